@@ -1,0 +1,60 @@
+"""FPO agents: reward minus gamma times a penalty for how much the response steers the RM."""
+
+from __future__ import annotations
+
+import torch
+
+from agents import fpo
+from agents.whitebox import WhiteBoxAgent
+
+
+class FPOAgent(WhiteBoxAgent):
+    """Foresighted policy optimisation: ascends ``r(y) - gamma * penalty(y)``.
+
+    ``form`` is ``"practical"`` (no oracle), ``"relaxed"`` (queries the labeler for each scored
+    response) or ``"exact"`` (virtual real RM update; this suite's extension). See
+    :mod:`agents.fpo` for the penalties.
+
+    Source: Gauthier, Bach & Jordan, "Explaining and Preventing Alignment Collapse in Iterative
+    RLHF", arXiv 2605.04266, Sec. 2 (practical and relaxed forms).
+    """
+
+    name = "fpo"
+    form = "practical"
+
+    def score(self, env, y: torch.Tensor) -> torch.Tensor:
+        core = env.unwrapped.core
+        r = core.reward_model.score(core.params, y)
+        label_fn = env.unwrapped.query_labeler
+        if not self.config.label_grad:
+            label_fn = _detached(label_fn)
+        pen = fpo.penalty(self.form, core, y, label_fn)
+        return r - self.config.gamma * pen
+
+
+def _detached(fn):
+    def wrapped(y: torch.Tensor) -> torch.Tensor:
+        return fn(y).detach()
+
+    return wrapped
+
+
+class FPORelaxedAgent(FPOAgent):
+    """FPO with the labeler's verdict in the penalty (one oracle query per scored response).
+
+    Source: arXiv 2605.04266, Sec. 2 ("relaxed" FPO).
+    """
+
+    name = "fpo-relaxed"
+    form = "relaxed"
+
+
+class FPOExactAgent(FPOAgent):
+    """FPO scored by the RM after a virtual real update step that includes the response.
+
+    The first-order forms are its linearisation. One oracle query per scored response.
+    Source: this suite's extension of arXiv 2605.04266, Sec. 2.
+    """
+
+    name = "fpo-exact"
+    form = "exact"

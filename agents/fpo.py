@@ -1,0 +1,133 @@
+"""FPO penalties: how much a response would move the reward model that learns from it.
+
+Foresighted policy optimisation (Gauthier, Bach & Jordan, arXiv 2605.04266, Sec. 2) scores a
+response by ``r(y) - gamma * penalty(y)``, where the penalty stands in for the parameter-steering
+term that naive iterative RLHF drops. One gradient step of the RM (learning rate ``eta``) on the
+labelled response ``y`` changes its reward there by, to first order,
+
+* rating, loss ``(r(y) - U(y))^2``:      ``delta r(y) = -2 eta (r(y) - U(y)) K(y, y)``
+* preference (Bradley-Terry vs ``y_ref``, soft label ``p* = sigmoid(U(y) - U(y_ref))``):
+  ``delta r(y) = -eta (p_phi - p*) (K(y, y) - K(y, y_ref))``
+
+with the tangent kernel ``K(a, b) = <grad_phi r(a), grad_phi r(b)>`` given in closed form by each
+reward model (``reward_model.ntk``). The three forms:
+
+* ``relaxed``: the penalty is the error factor times the kernel term (needs the labeler's verdict
+  on the response: an oracle query), so ``r - gamma * penalty`` tracks the RM's reward *after* it
+  learns from ``y``;
+* ``practical``: the error factor set to 1 (no oracle query);
+* ``exact`` (this suite's extension): the penalty is minus the real change of ``r(y)`` after a
+  virtual optimiser step (same optimiser, loss and buffer, plus ``y``), divided by
+  ``c * eta`` (``c = 2`` for rating, 1 for preference) so that it reduces to ``relaxed`` as
+  ``eta -> 0`` with a plain SGD retrainer.
+
+All functions take responses ``y`` of shape ``(S, n, d)`` (``S`` experiments, ``n`` candidates)
+and return ``(S, n)``; they are differentiable in ``y``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from rlhf_envs.core import RLHFCore
+
+FORMS = ("practical", "relaxed", "exact")
+
+LabelFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def loss_factor(feedback: str) -> float:
+    """``c`` in ``delta r = -c * eta * relaxed_penalty`` (2 for squared loss, 1 for BT)."""
+    return 2.0 if feedback == "rating" else 1.0
+
+
+def kernel_term(rm, params, y: torch.Tensor, feedback: str, reference: torch.Tensor | None):
+    """``K(y, y)`` for rating feedback, ``K(y, y) - K(y, y_ref)`` for preference feedback."""
+    k = rm.ntk(params, y, y)
+    if feedback == "preference":
+        ref = reference.reshape(y.shape[0], 1, -1).expand_as(y)
+        k = k - rm.ntk(params, y, ref)
+    return k
+
+
+def error_factor(
+    rm, params, y: torch.Tensor, label: torch.Tensor, feedback: str, reference=None
+) -> torch.Tensor:
+    """``r(y) - label`` (rating) or ``sigmoid(r(y) - r(y_ref)) - label`` (preference)."""
+    r = rm.score(params, y)
+    if feedback == "rating":
+        return r - label
+    r_ref = rm.score(params, reference.reshape(y.shape[0], 1, -1))
+    return torch.sigmoid(r - r_ref) - label
+
+
+def practical_penalty(rm, params, y, feedback: str, reference=None) -> torch.Tensor:
+    """Practical FPO penalty: ``K(y, y)`` or ``K(y, y) - K(y, y_ref)``."""
+    return kernel_term(rm, params, y, feedback, reference)
+
+
+def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torch.Tensor:
+    """Relaxed FPO penalty: error factor times the practical penalty.
+
+    ``label`` is the labeler's noiseless verdict on ``y`` (rating value, or the probability that
+    ``y`` beats the reference), shape ``(S, n)``.
+    """
+    err = error_factor(rm, params, y, label, feedback, reference)
+    return err * kernel_term(rm, params, y, feedback, reference)
+
+
+def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``r_{phi'}(y)`` after one virtual optimiser step on the buffer with ``y`` pushed in.
+
+    Pure: the env's reward model, optimiser state and buffer are untouched. ``y`` (S, n, d) holds
+    ``n`` alternative candidates; each gets its own virtual update (same optimiser, loss, state
+    and FIFO rule as the env's real update). Differentiable in ``y``. The loss gradient is split
+    into the part of the retained buffer (constant in ``y``, computed once) and the part of
+    ``y``, which equals the gradient on the whole pushed buffer up to summation order.
+    """
+    rm, c = core.reward_model, core.config
+    rest_y, rest_t = core.retained_after_push(1)
+    n = rest_y.shape[1] + 1
+    with torch.no_grad():
+        g_rest = rm.loss_grad(core.params, rest_y, rest_t, c.feedback, core.references, n)
+    out = []
+    for j in range(y.shape[1]):
+        yj, lj = y[:, j : j + 1], label[:, j : j + 1]
+        g_new = rm.loss_grad(core.params, yj, lj, c.feedback, core.references, n)
+        grads = {k: g_rest[k] + g_new[k] for k in g_rest}
+        params, _ = rm.apply_grads(core.params, core.opt_state, grads)
+        out.append(rm.score(params, yj))
+    return torch.cat(out, dim=1)
+
+
+def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Exact FPO penalty: ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring)."""
+    c = core.config
+    r_now = core.reward_model.score(core.params, y)
+    r_next = virtual_update_reward(core, y, label)
+    return -(r_next - r_now) / (loss_factor(c.feedback) * c.rm_lr)
+
+
+def penalty(form: str, core: RLHFCore, y: torch.Tensor, label_fn: LabelFn | None = None):
+    """FPO penalty of ``form`` for responses ``y`` (S, n, d) under the env's current RM.
+
+    Args:
+        form: ``"practical"``, ``"relaxed"`` or ``"exact"``.
+        core: the env's follower (``env.unwrapped.core``).
+        y: candidate responses.
+        label_fn: returns the labeler's verdict on ``y`` (an oracle query); needed by
+            ``relaxed`` and ``exact``. Typically ``env.unwrapped.query_labeler``.
+    """
+    rm, c = core.reward_model, core.config
+    if form == "practical":
+        return practical_penalty(rm, core.params, y, c.feedback, core.references)
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if label_fn is None:
+        raise ValueError(f"form={form!r} needs label_fn (the labeler's verdict on y)")
+    label = label_fn(y)
+    if form == "relaxed":
+        return relaxed_penalty(rm, core.params, y, label, c.feedback, core.references)
+    return exact_penalty(core, y, label)

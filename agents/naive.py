@@ -1,0 +1,21 @@
+"""Naive iterative RLHF: ascend the current reward model, ignore that it will be retrained."""
+
+from __future__ import annotations
+
+import torch
+
+from agents.whitebox import WhiteBoxAgent
+
+
+class NaiveAgent(WhiteBoxAgent):
+    """Optimises ``r_phi(y)`` of the current RM (drops the parameter-steering term).
+
+    Source: the naive baseline of Gauthier, Bach & Jordan, "Explaining and Preventing Alignment
+    Collapse in Iterative RLHF", arXiv 2605.04266, Sec. 1 and 3.
+    """
+
+    name = "naive"
+
+    def score(self, env, y: torch.Tensor) -> torch.Tensor:
+        core = env.unwrapped.core
+        return core.reward_model.score(core.params, y)

@@ -1,0 +1,158 @@
+"""Run folders, atomic writes and the statistics every table in the suite uses."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRIC_COLUMNS = [
+    "round",
+    "true_utility",
+    "proxy_reward",
+    "gap",
+    "sample_true_utility",
+    "sample_proxy_reward",
+    "rm_error",
+    "signal_norm",
+    "noise_norm",
+    "labels_used",
+    "oracle_queries",
+]
+
+
+# -- files -------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never torn)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def metrics_csv(history: dict[str, np.ndarray], column: int) -> str:
+    """Per-round metrics of one experiment as CSV text (floats written with ``repr``)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(METRIC_COLUMNS)
+    rounds = len(next(iter(history.values())))
+    for t in range(rounds):
+        row: list[Any] = [t + 1]
+        for key in METRIC_COLUMNS[1:]:
+            v = history[key][t, column]
+            row.append(int(v) if key in ("labels_used", "oracle_queries") else repr(float(v)))
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
+
+
+def run_dir(out: Path, env_id: str, agent: str, seed: int) -> Path:
+    return Path(out) / env_id / agent / f"seed_{seed}"
+
+
+def config_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_done(folder: Path, digest: str) -> bool | None:
+    """True if finished with these settings, False if not finished, None if settings differ."""
+    summary = folder / "summary.json"
+    if not summary.exists():
+        return False
+    try:
+        done = json.loads(summary.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if done.get("status") != "ok":
+        return False
+    return True if done.get("config_hash") == digest else None
+
+
+# -- provenance --------------------------------------------------------------------------------
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("rlhf-blindspot-gym", "gymnasium", "numpy", "torch", "stable-baselines3"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# -- statistics --------------------------------------------------------------------------------
+def bootstrap_ci(x: np.ndarray, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0):
+    """Percentile bootstrap CI of the mean along axis 0 (fixed seed: reproducible tables)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return x.mean(0), x.mean(0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    means = x[idx].mean(1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
+    return lo, hi
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50 % (Agarwal et al. 2021, arXiv 2108.13264)."""
+    x = np.sort(np.asarray(x, dtype=float))
+    n = len(x)
+    if n < 4:
+        return float(x.mean())
+    lo, hi = int(np.floor(0.25 * n)), int(np.ceil(0.75 * n))
+    return float(x[lo:hi].mean())
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y) + 0.5 P(X = Y) over all pairs of runs (Agarwal et al. 2021)."""
+    x, y = np.asarray(x, float)[:, None], np.asarray(y, float)[None, :]
+    return float(((x > y) + 0.5 * (x == y)).mean())
+
+
+def summarise_history(u: np.ndarray) -> dict[str, float]:
+    """Collapse metrics of one true-utility curve (one value per round)."""
+    peak_round = int(np.argmax(u))
+    return {
+        "final_true_utility": float(u[-1]),
+        "peak_true_utility": float(u[peak_round]),
+        "peak_round": peak_round + 1,
+        "collapse_drop": float(u[peak_round] - u[-1]),
+        "auc_true_utility": float(u.mean()),
+    }

@@ -1,0 +1,369 @@
+"""Run agents on the suite's environments: one folder per (env, agent, seed).
+
+Examples::
+
+    python -m baselines.run --agent fpo
+    python -m baselines.run --agent naive --env RLHFNeuralBlindSpot-v0 --seeds 0-9 --jobs 2
+    python -m baselines.run --agent fpo-relaxed --env-kwargs label_noise=0.5 --agent-kwargs gamma=0.2
+
+Each run writes ``OUT/ENV/AGENT/seed_S/`` with ``config.json`` (every setting, package versions,
+git commit), ``metrics.csv`` (per round) and ``summary.json`` (written last: its presence marks a
+finished run). All writes are atomic. Rerunning skips finished runs with the same settings;
+``--force`` redoes them. The seeds of one (env, agent) run as one batched tensor program (the
+env's natively vectorised form); results do not depend on how seeds are batched or on ``--jobs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import re
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from baselines import results
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_ENV = "RLHFBlindSpot-v0"
+AGENT_NAMES = ("naive", "fpo", "fpo-relaxed", "fpo-exact", "oracle")
+
+
+class CLIError(Exception):
+    """A usage problem, reported as one line and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise CLIError(message)
+
+
+# -- parsing helpers -----------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"``, ``"3"``, ``"0,2,5"`` or ``"0-4,10-12"`` -> sorted unique seeds."""
+    seeds: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if m := re.fullmatch(r"(\d+)-(\d+)", part):
+            lo, hi = int(m[1]), int(m[2])
+            if lo > hi:
+                raise CLIError(f"--seeds: range {part!r} is empty (start > end)")
+            seeds.update(range(lo, hi + 1))
+        elif re.fullmatch(r"\d+", part):
+            seeds.add(int(part))
+        else:
+            raise CLIError(f"--seeds: cannot read {part!r}; use e.g. 0-9, 3 or 0,2,5 (ints >= 0)")
+    if max(seeds) >= 2**31:
+        raise CLIError(f"--seeds must be ints in [0, 2^31), got {text!r}")
+    return sorted(seeds)
+
+
+def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict, values read as YAML (numbers, bools, lists, strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item or item.startswith("="):
+            raise CLIError(f"{flag}: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def load_defaults(env_id: str) -> dict[str, Any]:
+    table = yaml.safe_load((CONFIG_DIR / "whitebox.yaml").read_text()) or {}
+    return table.get(env_id, {})
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    env_id: str
+    agent: str
+    seeds: list[int]
+    rounds: int
+    env_kwargs: dict[str, Any]
+    agent_config: dict[str, Any]
+    out: str
+    digests: dict[int, str] = field(default_factory=dict)
+    settings: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]:
+    """Validate everything up front and build the pending jobs; returns (jobs, skipped)."""
+    import gymnasium as gym
+
+    import rlhf_envs  # noqa: F401  (registers the envs)
+    from agents import AGENTS, WhiteBoxConfig
+
+    if args.env not in gym.registry:
+        known = ", ".join(rlhf_envs.ENV_IDS)
+        raise CLIError(f"--env: unknown environment {args.env!r}; known: {known}")
+    env_kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
+    try:
+        env = gym.make(args.env, **env_kwargs)
+        env.close()
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--env-kwargs: {e}") from None
+    defaults = load_defaults(args.env)
+    agent_kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(args.agent, {})}
+    cli_agent = parse_kwargs(args.agent_kwargs, "--agent-kwargs")
+    allowed = WhiteBoxConfig.field_names()
+    unknown = sorted(set(cli_agent) - set(allowed))
+    if unknown:
+        raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
+    agent_kwargs.update(cli_agent)
+    rounds = args.rounds if args.rounds is not None else defaults.get("rounds")
+    if rounds is not None:
+        agent_kwargs["rounds"] = rounds
+    try:
+        agent_cfg = AGENTS[args.agent].config_cls(**agent_kwargs)
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--agent-kwargs: {e}") from None
+    rounds = agent_cfg.rounds
+
+    pending, skipped = [], []
+    digests, settings = {}, {}
+    for seed in parse_seeds(args.seeds):
+        s = {
+            "env_id": args.env,
+            "env_kwargs": env_kwargs,
+            "agent": args.agent,
+            "agent_config": agent_cfg.to_dict(),
+            "rounds": rounds,
+            "seed": seed,
+        }
+        digest = results.config_hash(s)
+        state = results.is_done(results.run_dir(args.out, args.env, args.agent, seed), digest)
+        if state is None and not args.force:
+            folder = results.run_dir(args.out, args.env, args.agent, seed)
+            raise CLIError(
+                f"{folder} holds a finished run with other settings; pass --force to redo it "
+                "or choose another --out"
+            )
+        if state and not args.force:
+            skipped.append((args.agent, seed))
+            continue
+        pending.append(seed)
+        digests[seed], settings[seed] = digest, s
+    n_chunks = max(-(-len(pending) // args.batch_size), min(args.jobs, len(pending)))
+    jobs = []
+    for i in range(n_chunks):
+        chunk = pending[i::n_chunks]
+        if chunk:
+            jobs.append(
+                Job(
+                    args.env,
+                    args.agent,
+                    chunk,
+                    rounds,
+                    env_kwargs,
+                    agent_cfg.to_dict(),
+                    str(args.out),
+                    {s: digests[s] for s in chunk},
+                    {s: settings[s] for s in chunk},
+                )
+            )
+    return jobs, skipped
+
+
+_progress_queue = None
+
+
+def _init_worker(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def run_job(job: Job, progress=None) -> dict[str, Any]:
+    """Run one batch of seeds and write its run folders. Never raises: failures are recorded."""
+    import gymnasium as gym
+    import torch
+
+    import rlhf_envs  # noqa: F401
+    from agents import AGENTS
+
+    torch.set_num_threads(1)
+    report = progress or (_progress_queue.put if _progress_queue is not None else None)
+    start = time.perf_counter()
+    status, reason, tb = "ok", "", ""
+    history = None
+    try:
+        env = gym.make_vec(
+            job.env_id,
+            num_envs=len(job.seeds),
+            vectorization_mode="vector_entry_point",
+            **job.env_kwargs,
+        )
+        env.reset(seed=list(job.seeds))
+        cls = AGENTS[job.agent]
+        agent = cls(cls.config_cls(**job.agent_config), seed=list(job.seeds))
+        done = [0]
+
+        def callback(_row) -> None:
+            done[0] += 1
+            if report is not None and (done[0] % 50 == 0 or done[0] == job.rounds):
+                report(50 * len(job.seeds) if done[0] % 50 == 0 else (done[0] % 50) * len(job.seeds))
+
+        history = agent.learn(env, job.rounds, callback)
+    except FloatingPointError as e:
+        status, reason, tb = "stopped", str(e), traceback.format_exc()
+    except Exception as e:  # recorded in the run folder; the sweep goes on
+        status, reason, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+    wall = time.perf_counter() - start
+    versions, commit = results.package_versions(), results.git_commit()
+    for i, seed in enumerate(job.seeds):
+        folder = results.run_dir(job.out, job.env_id, job.agent, seed)
+        config = {
+            **job.settings[seed],
+            "config_hash": job.digests[seed],
+            "batched_with": job.seeds,
+            "versions": versions,
+            "git_commit": commit,
+        }
+        results.atomic_write_json(folder / "config.json", config)
+        summary: dict[str, Any] = {
+            "status": status,
+            "config_hash": job.digests[seed],
+            "env_id": job.env_id,
+            "agent": job.agent,
+            "seed": seed,
+            "rounds": job.rounds,
+            "wall_time_s": wall / len(job.seeds),
+            "batch_wall_time_s": wall,
+        }
+        if history is not None:
+            results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, i))
+            u = history["true_utility"][:, i]
+            summary.update(results.summarise_history(u))
+            last = {k: float(v[-1, i]) for k, v in history.items()}
+            summary.update(
+                final_proxy_reward=last["proxy_reward"],
+                final_gap=last["gap"],
+                final_rm_error=last["rm_error"],
+                final_signal_norm=last["signal_norm"],
+                final_noise_norm=last["noise_norm"],
+                labels_used=int(last["labels_used"]),
+                oracle_queries=int(last["oracle_queries"]),
+            )
+        else:
+            summary["reason"] = reason
+            results.atomic_write_text(folder / "error.txt", tb)
+        results.atomic_write_json(folder / "summary.json", summary)
+    return {"seeds": job.seeds, "status": status, "reason": reason, "wall": wall}
+
+
+def execute(jobs: list[Job], n_workers: int, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Run jobs in-process (1 worker) or in a spawn process pool, with one progress bar."""
+    from tqdm import tqdm
+
+    total = sum(j.rounds * len(j.seeds) for j in jobs)
+    bar = tqdm(total=total, unit="round", disable=not show_progress, dynamic_ncols=True)
+    out = []
+    try:
+        if n_workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                bar.set_description(f"{job.agent} seeds {job.seeds[0]}..{job.seeds[-1]}")
+                out.append(run_job(job, progress=bar.update))
+            return out
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager:
+            queue = manager.Queue()
+            with ProcessPoolExecutor(
+                max_workers=n_workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
+            ) as pool:
+                futures = {pool.submit(run_job, j) for j in jobs}
+                while futures:
+                    finished, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                    while not queue.empty():
+                        bar.update(queue.get())
+                    out.extend(f.result() for f in finished)
+                while not queue.empty():
+                    bar.update(queue.get())
+        return out
+    finally:
+        bar.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m baselines.run",
+        description="Run an agent on an iterative-RLHF environment over several seeds.",
+    )
+    p.add_argument(
+        "--agent",
+        required=True,
+        choices=AGENT_NAMES,
+        help="naive: ascend the current RM; fpo: practical FPO (no oracle); fpo-relaxed: FPO "
+        "with the labeler's verdict; fpo-exact: score by a virtual real RM update; oracle: "
+        "ascend the true utility (ceiling)",
+    )
+    p.add_argument("--env", default=DEFAULT_ENV, help=f"registered env id (default {DEFAULT_ENV})")
+    p.add_argument("--seeds", default="0-9", help="seeds: 0-9, 3, 0,2,5 or 0-4,10-12 (default 0-9)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="RM rounds per run (default: per-env YAML)"
+    )
+    p.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        metavar="K=V",
+        help="env arguments, e.g. feedback=preference label_noise=0.5 (values read as YAML)",
+    )
+    p.add_argument(
+        "--agent-kwargs",
+        nargs="*",
+        metavar="K=V",
+        help="agent config fields, e.g. gamma=0.2 policy_lr=0.01 (override the per-env YAML)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=10,
+        help="max seeds simulated together as one batched program (default 10)",
+    )
+    p.add_argument("--out", default="runs", help="output folder (default runs/)")
+    p.add_argument("--force", action="store_true", help="redo runs that already finished")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.rounds is not None and args.rounds < 1:
+            raise CLIError(f"--rounds must be >= 1, got {args.rounds}")
+        if args.jobs < 1:
+            raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.batch_size < 1:
+            raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+        jobs, skipped = resolve(args)
+    except CLIError as e:
+        print(f"python -m baselines.run: error: {e}", file=sys.stderr)
+        return 2
+    if skipped:
+        print(f"skipping {len(skipped)} finished run(s) (use --force to redo)", file=sys.stderr)
+    if not jobs:
+        return 0
+    import torch
+
+    torch.set_num_threads(1)
+    outcomes = execute(jobs, args.jobs, show_progress=not args.no_progress)
+    bad = [o for o in outcomes if o["status"] != "ok"]
+    n_runs = sum(len(o["seeds"]) for o in outcomes)
+    print(f"{n_runs - sum(len(o['seeds']) for o in bad)}/{n_runs} runs finished -> {args.out}")
+    for o in bad:
+        print(f"  {o['status']}: seeds {o['seeds']}: {o['reason']}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

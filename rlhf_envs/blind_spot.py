@@ -1,0 +1,229 @@
+"""``RLHFBlindSpot-v0``: a continuous response scored by a linear reward model with blind spots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from rlhf_envs.core import BlindSpotConfig, RLHFCore
+
+LINEAR_DEFAULTS: dict[str, Any] = {}  # BlindSpotConfig's defaults are the paper's linear env
+
+
+def _fresh_seed(np_random: np.random.Generator) -> int:
+    return int(np_random.integers(0, 2**31 - 1))
+
+
+class _BlindSpotMixin:
+    """Validation and white-box access shared by the single and the vectorised env."""
+
+    core: RLHFCore
+
+    def _check_actions(self, action: Any, shape: tuple[int, ...]) -> torch.Tensor:
+        try:
+            arr = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"action must be an array of numbers of shape {shape}: {e}") from e
+        if arr.shape != shape:
+            raise ValueError(f"action must have shape {shape}, got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError("action must be finite (got NaN or inf); the env state is unchanged")
+        return torch.from_numpy(arr.reshape(self.core.S, -1).copy())
+
+    @property
+    def reward_model(self):
+        """The reward model (functional, batched over experiments); see :attr:`rm_params`."""
+        return self.core.reward_model
+
+    @property
+    def rm_params(self) -> dict[str, torch.Tensor]:
+        """Current RM parameters, each with a leading experiment dimension. Do not modify."""
+        return self.core.params
+
+    def true_utility(self, ys: Any) -> torch.Tensor:
+        """Oracle query of the hidden true utility, counted in ``info["oracle_queries"]``.
+
+        Args:
+            ys: responses of shape ``(S, ..., d)`` (a tensor keeps its autograd graph).
+        """
+        y = torch.as_tensor(ys, dtype=torch.float64)
+        self.core.charge(y)
+        return self.core.utility(y)
+
+    def query_labeler(self, ys: Any) -> torch.Tensor:
+        """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)).
+
+        This is what the RM will be trained toward; counted like :meth:`true_utility`.
+        """
+        y = torch.as_tensor(ys, dtype=torch.float64)
+        self.core.charge(y)
+        return self.core.labeler_target(y)
+
+
+class BlindSpotEnv(_BlindSpotMixin, gym.Env):
+    """Iterative RLHF with a retrained reward model that has blind spots.
+
+    ## Description
+    Each step the agent submits one response ``y`` in ``R^d``. The reward is the score of the
+    *current* reward model (RM), the proxy. Every ``samples_per_round`` steps the env's labeler
+    labels that round's responses using the hidden true utility and the RM is retrained on its
+    FIFO buffer of labelled responses, so the RM follows the policy (iterative RLHF). Defaults are
+    the linear environment of Gauthier, Bach & Jordan (arXiv 2605.04266, Sec. 3): ``d = 50``,
+    3 signal dims, ``r(y) = w . y`` with ``w0 = 1`` on the signal dims plus ``N(0, 0.1^2)`` on
+    every dim, one labelled response per round, SGD step ``w <- w (1 - 1e-4) + 0.005 * 2 (U - w.y) y``.
+
+    ## Action Space
+    ``Box(-action_bound, action_bound, (dims,), float32)``: the response. Any finite response of
+    the right shape is accepted (the bounds are for samplers); NaN/inf or a wrong shape raises
+    ``ValueError`` and leaves the env unchanged.
+
+    ## Observation Space
+    ``Box(0, 1, (1,), float32)``, always ``[0.]``: there is no prompt (a context-free bandit).
+
+    ## Rewards
+    ``r_phi(y)``, the current RM's score, computed before the RM learns from ``y``.
+
+    ## True utility vs feedback
+    ``U(y) = utility_scale * exp(-utility_width * ||y - y*||^2)``, ``y* = target_value`` on the
+    first ``signal_dims`` dims and 0 elsewhere. It is never the reward; it is reported in
+    ``info["true_utility"]``. Feedback ``"rating"``: the label is ``U(y)`` (+ labeler bias,
+    + ``N(0, label_noise^2)``) and the RM minimises the squared error. ``"preference"``: the label
+    is ``sigmoid((U(y) - U(y_ref)) / temperature)`` (soft, or a Bernoulli draw of it) and the RM
+    minimises the Bradley-Terry cross-entropy of ``sigmoid(r(y) - r(y_ref))``.
+
+    ## Blind spots
+    * RM initial error on every dim (``rm_init_noise``): a naive policy drifts along the error's
+      noise dims where the RM overrates responses; retraining can correct it only where the policy
+      goes ("alignment collapse").
+    * ``blind_spot_bias`` on ``blind_spot_dims``: an extra initial overrating of chosen dims.
+    * ``labeler_bias`` on ``labeler_bias_dims``: the labeler itself overrates those dims; no amount
+      of retraining removes this one.
+
+    ## Episodes
+    One step per episode (``terminated=True`` every step). ``reset(seed=s)`` starts a new
+    experiment (fresh RM and buffer from ``s``); ``reset()`` without a seed keeps the RM.
+
+    ## Info
+    ``true_utility``, ``proxy_reward``, ``round`` (completed RM rounds), ``rm_updated`` (the RM was
+    retrained after this step), ``labels_used``, ``oracle_queries``.
+
+    ## White-box access
+    ``env.unwrapped.reward_model`` (score, tangent kernel, per-sample gradients, pure update),
+    ``env.unwrapped.rm_params``, ``env.unwrapped.true_utility(ys)`` and
+    ``env.unwrapped.query_labeler(ys)`` (counted oracle queries), ``env.unwrapped.core``.
+
+    ## Arguments
+    See :class:`rlhf_envs.core.BlindSpotConfig`: ``dims``, ``signal_dims``, ``rm_init_noise``,
+    ``blind_spot_dims``/``blind_spot_bias``, ``feedback``, ``label_noise``, ``labeler_bias``,
+    ``samples_per_round``, ``buffer_size``, ``rm_lr``, ... Unknown names raise ``TypeError``.
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": []}
+    defaults: dict[str, Any] = LINEAR_DEFAULTS
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        self.config = BlindSpotConfig.from_kwargs(**{**self.defaults, **kwargs})
+        self.core = RLHFCore(self.config, 1)
+        b = np.float32(self.config.action_bound)
+        self.action_space = spaces.Box(-b, b, (self.config.dims,), np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.render_mode = render_mode
+        self._obs = np.zeros(1, dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self.core.seeds:
+            self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
+        return self._obs.copy(), self._info(None, None, False)
+
+    def step(self, action):
+        if not self.core.seeds:
+            raise RuntimeError("call reset() before step()")
+        y = self._check_actions(action, (self.config.dims,))
+        proxy, true_u, updated = self.core.step(y)
+        info = self._info(float(proxy[0]), float(true_u[0]), updated)
+        return self._obs.copy(), float(proxy[0]), True, False, info
+
+    def _info(self, proxy: float | None, true_u: float | None, updated: bool) -> dict[str, Any]:
+        c = self.core
+        info: dict[str, Any] = {
+            "round": c.round,
+            "rm_updated": updated,
+            "labels_used": int(c.labels_used[0]),
+            "oracle_queries": int(c.oracle_queries[0]),
+        }
+        if proxy is not None:
+            info["true_utility"] = true_u
+            info["proxy_reward"] = proxy
+        return info
+
+
+class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
+    """``num_envs`` independent blind-spot experiments as one batched tensor program.
+
+    Made by ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point")``. Experiment
+    ``i`` reset with seed ``s`` gives exactly the numbers of the single env reset with ``s``.
+    ``reset(seed=s)`` seeds experiment ``i`` with ``s + i`` (or pass a list of seeds). Every step
+    ends an episode and the env resets itself in the same step (the RM persists), so every action
+    counts.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    single_env_cls = BlindSpotEnv
+
+    def __init__(self, num_envs: int = 1, **kwargs: Any):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        cfg = {**self.single_env_cls.defaults, **kwargs}
+        self.config = BlindSpotConfig.from_kwargs(**cfg)
+        self.num_envs = num_envs
+        self.core = RLHFCore(self.config, num_envs)
+        b = np.float32(self.config.action_bound)
+        self.single_action_space = spaces.Box(-b, b, (self.config.dims,), np.float32)
+        self.single_observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = spaces.Box(-b, b, (num_envs, self.config.dims), np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (num_envs, 1), np.float32)
+        self._obs = np.zeros((num_envs, 1), dtype=np.float32)
+        self._np_random = None
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        if seed is None:
+            if not self.core.seeds:
+                rng = np.random.default_rng()
+                self.core.reset([_fresh_seed(rng) for _ in range(self.num_envs)])
+        else:
+            seeds = list(seed) if isinstance(seed, (list, tuple)) else [
+                int(seed) + i for i in range(self.num_envs)
+            ]
+            self.core.reset(seeds)
+        return self._obs.copy(), self._infos(None, None, False)
+
+    def step(self, actions):
+        if not self.core.seeds:
+            raise RuntimeError("call reset() before step()")
+        y = self._check_actions(actions, (self.num_envs, self.config.dims))
+        proxy, true_u, updated = self.core.step(y)
+        infos = self._infos(proxy, true_u, updated)
+        ones = np.ones(self.num_envs, dtype=np.bool_)
+        return self._obs.copy(), proxy.copy(), ones, ~ones, infos
+
+    def _infos(self, proxy, true_u, updated: bool) -> dict[str, Any]:
+        c = self.core
+        infos: dict[str, Any] = {
+            "round": np.full(self.num_envs, c.round),
+            "rm_updated": np.full(self.num_envs, updated),
+            "labels_used": c.labels_used.copy(),
+            "oracle_queries": c.oracle_queries.copy(),
+        }
+        if proxy is not None:
+            infos["true_utility"] = true_u.copy()
+            infos["proxy_reward"] = proxy.copy()
+        return infos

@@ -1,0 +1,370 @@
+"""The iterative-RLHF follower shared by the blind-spot environments.
+
+:class:`RLHFCore` holds ``S`` independent experiments (one per seed) as stacked tensors: the
+reward model's parameters and optimiser state, the labelled FIFO buffer, the responses of the
+current round, the labeler, per-experiment random generators and the label / oracle counters.
+The single-agent :class:`~rlhf_envs.blind_spot.BlindSpotEnv` uses ``S = 1``; the natively
+vectorised :class:`~rlhf_envs.blind_spot.BlindSpotVectorEnv` uses ``S = num_envs``. Because each
+experiment has its own generator and every operation is batched over the leading dimension,
+experiment ``i`` with seed ``s`` gives the same numbers whatever else is in the batch.
+
+One round, top to bottom (see :meth:`RLHFCore.step`):
+  1. the policy submits ``samples_per_round`` responses, one per ``step``; each is scored by the
+     *current* reward model (the proxy reward);
+  2. the labeler labels the round's responses (rating or preference feedback);
+  3. the labelled responses enter the FIFO buffer;
+  4. the reward model takes ``rm_steps`` optimiser steps on the buffer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf_envs.reward_models import (
+    LinearRewardModel,
+    MLPRewardModel,
+    OptimizerConfig,
+    Params,
+    RewardModel,
+)
+
+FEEDBACK_TYPES = ("rating", "preference")
+PREFERENCE_LABELS = ("soft", "sampled")
+RM_TYPES = ("linear", "mlp")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class BlindSpotConfig:
+    """Settings of a blind-spot environment (defaults: the paper's linear environment).
+
+    Attributes:
+        dims: response dimension ``d`` (>= 1).
+        signal_dims: the true utility peaks on the first ``signal_dims`` dims (1..dims).
+        rm_init_noise: the reward model's initial error. Linear RM: std of the Gaussian error on
+            every coordinate of ``w0``. MLP: std of the initial weights (>= 0).
+        blind_spot_dims: dims on which the reward model starts with an extra bias.
+        blind_spot_bias: size of that bias (added to ``w0`` for the linear RM; a trainable
+            linear skip term for the MLP).
+        target_value: the utility peak ``y*`` has this value on the signal dims, 0 elsewhere.
+        utility_scale: peak height of ``U(y) = scale * exp(-width * ||y - y*||^2)``.
+        utility_width: ``width`` in that formula (> 0).
+        reward_model: ``"linear"`` (``r = w . y``, ``w0 = 1`` on signal dims + noise) or ``"mlp"``.
+        rm_hidden: hidden sizes of the MLP.
+        rm_optimizer: ``"sgd"`` or ``"adam"``.
+        rm_lr: reward-model learning rate (> 0).
+        rm_weight_decay: L2 weight decay in ``torch.optim`` convention (>= 0). The paper's linear
+            rule ``w <- w (1 - 1e-4) + ...`` is SGD with lr 0.005 and weight decay 0.02.
+        rm_steps: optimiser steps per round (>= 1).
+        buffer_size: FIFO buffer of labelled responses (>= 1).
+        samples_per_round: responses labelled per round; the RM retrains after this many steps.
+        feedback: ``"rating"`` (squared loss on a noisy utility label) or ``"preference"``
+            (Bradley-Terry against ``reference_response``).
+        label_noise: std of Gaussian noise on rating labels (>= 0).
+        preference_labels: ``"soft"`` (probability labels) or ``"sampled"`` (Bernoulli draws).
+        temperature: Bradley-Terry temperature of the labeler (> 0).
+        labeler_bias: the labeler overrates ``sum(y[labeler_bias_dims])`` by this factor; a
+            blind spot that retraining cannot fix.
+        labeler_bias_dims: dims the labeler overrates (default: the last dim).
+        reference_response: the response preferences are judged against (default: zeros).
+        action_bound: half-width of the action Box (what samplers draw from; any finite
+            response is accepted).
+    """
+
+    dims: int = 50
+    signal_dims: int = 3
+    rm_init_noise: float = 0.1
+    blind_spot_dims: tuple[int, ...] = ()
+    blind_spot_bias: float = 0.0
+    target_value: float = 2.0
+    utility_scale: float = 10.0
+    utility_width: float = 0.3
+    reward_model: str = "linear"
+    rm_hidden: tuple[int, int] = (32, 32)
+    rm_optimizer: str = "sgd"
+    rm_lr: float = 0.005
+    rm_weight_decay: float = 0.02
+    rm_steps: int = 1
+    buffer_size: int = 1
+    samples_per_round: int = 1
+    feedback: str = "rating"
+    label_noise: float = 0.0
+    preference_labels: str = "soft"
+    temperature: float = 1.0
+    labeler_bias: float = 0.0
+    labeler_bias_dims: tuple[int, ...] | None = None
+    reference_response: tuple[float, ...] | None = None
+    action_bound: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        def need_int(name: str, lo: int, hi: int | None = None) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+            if v < lo or (hi is not None and v > hi):
+                rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise ValueError(f"{name} must be in {rng}, got {v}")
+            setattr(self, name, int(v))
+
+        def need_float(name: str, lo: float, strict: bool) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+                raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+            v = float(v)
+            if not math.isfinite(v) or (v <= lo if strict else v < lo):
+                op = ">" if strict else ">="
+                raise ValueError(f"{name} must be finite and {op} {lo}, got {v}")
+            setattr(self, name, v)
+
+        def need_choice(name: str, allowed: tuple[str, ...]) -> None:
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+
+        def need_dims(name: str) -> None:
+            v = getattr(self, name)
+            if v is None:
+                return
+            try:
+                dims = tuple(int(i) for i in v)
+            except TypeError as e:
+                raise TypeError(f"{name} must be a sequence of ints, got {v!r}") from e
+            bad = [i for i in dims if not 0 <= i < self.dims]
+            if bad:
+                raise ValueError(f"{name} entries must be in [0, {self.dims - 1}], got {bad}")
+            setattr(self, name, dims)
+
+        need_int("dims", 1, 100_000)
+        need_int("signal_dims", 1, self.dims)
+        need_float("rm_init_noise", 0.0, strict=False)
+        need_float("blind_spot_bias", -math.inf, strict=False)
+        need_float("target_value", -math.inf, strict=False)
+        need_float("utility_scale", 0.0, strict=True)
+        need_float("utility_width", 0.0, strict=True)
+        need_choice("reward_model", RM_TYPES)
+        need_choice("rm_optimizer", OPTIMIZERS)
+        need_float("rm_lr", 0.0, strict=True)
+        need_float("rm_weight_decay", 0.0, strict=False)
+        need_int("rm_steps", 1, 10_000)
+        need_int("buffer_size", 1, 1_000_000)
+        need_int("samples_per_round", 1, 1_000_000)
+        need_choice("feedback", FEEDBACK_TYPES)
+        need_float("label_noise", 0.0, strict=False)
+        need_choice("preference_labels", PREFERENCE_LABELS)
+        need_float("temperature", 0.0, strict=True)
+        need_float("labeler_bias", -math.inf, strict=False)
+        need_float("action_bound", 0.0, strict=True)
+        need_dims("blind_spot_dims")
+        need_dims("labeler_bias_dims")
+        try:
+            hidden = tuple(int(h) for h in self.rm_hidden)
+        except TypeError as e:
+            raise TypeError(f"rm_hidden must be two ints, got {self.rm_hidden!r}") from e
+        if len(hidden) != 2 or min(hidden) < 1:
+            raise ValueError(f"rm_hidden must be two ints >= 1, got {self.rm_hidden!r}")
+        self.rm_hidden = hidden
+        if self.reference_response is not None:
+            ref = tuple(float(x) for x in self.reference_response)
+            if len(ref) != self.dims or not all(math.isfinite(x) for x in ref):
+                raise ValueError(
+                    f"reference_response must be {self.dims} finite numbers, got {len(ref)}"
+                )
+            self.reference_response = ref
+        if self.labeler_bias_dims is None:
+            self.labeler_bias_dims = (self.dims - 1,)
+        if self.extra:
+            raise TypeError(f"unknown keyword arguments: {sorted(self.extra)}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> BlindSpotConfig:
+        """Build from keyword arguments, rejecting unknown names with a clear message."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown argument(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+
+class RLHFCore:
+    """``S`` independent iterative-RLHF followers (reward model + labeler + buffer)."""
+
+    def __init__(self, config: BlindSpotConfig, num_experiments: int = 1):
+        self.config = config
+        self.S = int(num_experiments)
+        self.dtype = torch.float64
+        c = config
+        self.y_star = torch.zeros(c.dims, dtype=self.dtype)
+        self.y_star[: c.signal_dims] = c.target_value
+        self.reference = torch.zeros(c.dims, dtype=self.dtype)
+        if c.reference_response is not None:
+            self.reference = torch.tensor(c.reference_response, dtype=self.dtype)
+        self.references = self.reference.expand(self.S, c.dims)
+        self.labeler_direction = torch.zeros(c.dims, dtype=self.dtype)
+        if c.labeler_bias:
+            self.labeler_direction[list(c.labeler_bias_dims)] = 1.0
+        opt = OptimizerConfig(c.rm_optimizer, c.rm_lr, c.rm_weight_decay)
+        blind = torch.zeros(c.dims, dtype=self.dtype)
+        if c.blind_spot_dims:
+            blind[list(c.blind_spot_dims)] = c.blind_spot_bias
+        self.reward_model: RewardModel
+        if c.reward_model == "linear":
+            mean = blind.clone()
+            mean[: c.signal_dims] += 1.0
+            self.reward_model = LinearRewardModel(c.dims, opt, mean, c.rm_init_noise)
+        else:
+            skip = blind if (c.blind_spot_dims and c.blind_spot_bias) else None
+            self.reward_model = MLPRewardModel(
+                c.dims, opt, c.rm_hidden, c.rm_init_noise, skip_init=skip
+            )
+        self.seeds: list[int] = []
+        self.params: Params = {}
+
+    # -- experiment lifecycle -------------------------------------------------------------------
+    def reset(self, seeds: list[int]) -> None:
+        """Start fresh experiments: new RM, empty buffer, zero counters."""
+        if len(seeds) != self.S:
+            raise ValueError(f"need {self.S} seeds, got {len(seeds)}")
+        self.seeds = [int(s) for s in seeds]
+        self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self.params = self.reward_model.init_params(self.generators)
+        self.opt_state = self.reward_model.init_opt_state(self.params)
+        c = self.config
+        self.buffer_y = torch.zeros(self.S, c.buffer_size, c.dims, dtype=self.dtype)
+        self.buffer_t = torch.zeros(self.S, c.buffer_size, dtype=self.dtype)
+        self.buffer_len = 0
+        self.buffer_pos = 0
+        self.round_y = torch.zeros(self.S, c.samples_per_round, c.dims, dtype=self.dtype)
+        self.in_round = 0
+        self.round = 0
+        self.labels_used = np.zeros(self.S, dtype=np.int64)
+        self.oracle_queries = np.zeros(self.S, dtype=np.int64)
+
+    # -- the hidden truth and the labeler -------------------------------------------------------
+    def utility(self, y: torch.Tensor) -> torch.Tensor:
+        """Hidden true utility, uncounted (for the env itself and the harness's audit)."""
+        c = self.config
+        sq = ((y - self.y_star) ** 2).sum(-1)
+        return c.utility_scale * torch.exp(-c.utility_width * sq)
+
+    def labeler_utility(self, y: torch.Tensor) -> torch.Tensor:
+        """What the labeler believes: true utility plus its own bias, uncounted."""
+        u = self.utility(y)
+        if self.config.labeler_bias:
+            u = u + self.config.labeler_bias * (y @ self.labeler_direction)
+        return u
+
+    def labeler_target(self, y: torch.Tensor) -> torch.Tensor:
+        """The labeler's noiseless verdict: rating value, or P(y beats the reference)."""
+        lab = self.labeler_utility(y)
+        if self.config.feedback == "rating":
+            return lab
+        ref = self.labeler_utility(self.reference)
+        return torch.sigmoid((lab - ref) / self.config.temperature)
+
+    def charge(self, y: torch.Tensor) -> None:
+        """Count one oracle query per response in ``y`` (shape (S, ..., d))."""
+        per_exp = int(np.prod(y.shape[1:-1])) if y.dim() > 2 else 1
+        self.oracle_queries += per_exp
+
+    # -- one response ---------------------------------------------------------------------------
+    def score(self, y: torch.Tensor) -> torch.Tensor:
+        return self.reward_model.score(self.params, y)
+
+    def step(self, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Submit one response per experiment, ``y`` of shape (S, d).
+
+        Returns (proxy reward, true utility, whether the RM was retrained), each per experiment.
+        """
+        with torch.no_grad():
+            proxy = self.reward_model.score(self.params, y.unsqueeze(1))[:, 0]
+            true_u = self.utility(y)
+            self.round_y[:, self.in_round] = y
+            self.in_round += 1
+            updated = False
+            if self.in_round == self.config.samples_per_round:
+                self._label_and_retrain()
+                updated = True
+        return proxy.numpy(), true_u.numpy(), updated
+
+    def _label_and_retrain(self) -> None:
+        c = self.config
+        ys = self.round_y
+        target = self.labeler_target(ys)
+        if c.feedback == "rating" and c.label_noise > 0:
+            noise = torch.stack(
+                [
+                    torch.randn(c.samples_per_round, generator=g, dtype=self.dtype)
+                    for g in self.generators
+                ]
+            )
+            target = target + c.label_noise * noise
+        elif c.feedback == "preference" and c.preference_labels == "sampled":
+            draws = torch.stack(
+                [
+                    torch.rand(c.samples_per_round, generator=g, dtype=self.dtype)
+                    for g in self.generators
+                ]
+            )
+            target = (draws < target).to(self.dtype)
+        self.buffer_y, self.buffer_t, self.buffer_pos, self.buffer_len = self.push(ys, target)
+        for _ in range(c.rm_steps):
+            self.params, self.opt_state = self.reward_model.update(
+                self.params, self.opt_state, *self.training_batch(), c.feedback, self.references
+            )
+        for name, p in self.params.items():
+            if not torch.isfinite(p).all():
+                bad = [s for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1)) if not ok]
+                raise FloatingPointError(
+                    f"reward model parameter {name!r} became NaN/inf at round {self.round} "
+                    f"(seeds {bad}); lower rm_lr or bound the responses"
+                )
+        self.in_round = 0
+        self.round += 1
+        self.labels_used += c.samples_per_round
+
+    def push(self, ys: torch.Tensor, targets: torch.Tensor):
+        """The FIFO buffer after pushing ``ys`` (S, n, d) with ``targets`` (S, n).
+
+        Pure (differentiable in ``ys`` and ``targets``); returns
+        ``(buffer_y, buffer_t, next_position, length)`` in the layout the real update uses.
+        """
+        size = self.config.buffer_size
+        by, bt = self.buffer_y.clone(), self.buffer_t.clone()
+        pos, length = self.buffer_pos, self.buffer_len
+        for j in range(ys.shape[1]):
+            by[:, pos] = ys[:, j]
+            bt[:, pos] = targets[:, j]
+            pos = (pos + 1) % size
+            length = min(length + 1, size)
+        return by, bt, pos, length
+
+    def retained_after_push(self, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled responses and targets still in the buffer after ``n_new`` pushes."""
+        size = self.config.buffer_size
+        keep = min(self.buffer_len, size - n_new)
+        if keep <= 0:
+            empty = self.buffer_y[:, :0], self.buffer_t[:, :0]
+            return empty
+        if self.buffer_len < size:
+            idx = torch.arange(self.buffer_len - keep, self.buffer_len)
+        else:  # full: the oldest entry sits at buffer_pos
+            idx = (torch.arange(size - keep, size) + self.buffer_pos) % size
+        return self.buffer_y[:, idx], self.buffer_t[:, idx]
+
+    def training_batch(self, pushed=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled responses and targets the RM trains on (the filled part of the buffer)."""
+        by, bt, _, length = pushed if pushed is not None else (
+            self.buffer_y, self.buffer_t, self.buffer_pos, self.buffer_len
+        )
+        return by[:, :length], bt[:, :length]

@@ -1,0 +1,351 @@
+"""Reward models that are retrained on the policy's own responses.
+
+Every reward model here holds the parameters of ``S`` independent experiments stacked along a
+leading batch dimension, so that many seeds run as one tensor program. Parameters are plain
+dicts of tensors and every operation is a pure function of them, which gives agents white-box
+access without touching the environment's state:
+
+- :meth:`RewardModel.score` -- ``r_phi(y)`` for responses ``y`` of shape ``(S, n, d)``.
+- :meth:`RewardModel.ntk` -- ``<grad_phi r(y_a), grad_phi r(y_b)>`` in closed form. All FPO
+  penalties are built from this kernel (see :mod:`agents.fpo`).
+- :meth:`RewardModel.per_sample_grads` -- flat per-sample parameter gradients ``(S, n, P)``
+  (closed form for the linear model, ``torch.func`` for the MLP).
+- :meth:`RewardModel.update` -- one optimiser step on a labelled batch, returning new parameters
+  and optimiser state (pure; differentiable when ``create_graph=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Params = dict[str, torch.Tensor]
+OptState = dict[str, torch.Tensor]
+
+__all__ = ["LinearRewardModel", "MLPRewardModel", "RewardModel", "OptimizerConfig"]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """How the reward model is retrained each round.
+
+    Attributes:
+        name: ``"sgd"`` or ``"adam"``.
+        lr: learning rate (> 0).
+        weight_decay: L2 coefficient added to the gradient, as in ``torch.optim`` (>= 0). With SGD
+            the parameters shrink by the factor ``1 - lr * weight_decay`` per step.
+        betas: Adam's moment decay rates.
+        eps: Adam's denominator constant.
+    """
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+class RewardModel:
+    """Base class: a batched, functional reward model.
+
+    Subclasses define :meth:`init_params`, :meth:`score` and :meth:`ntk`.
+    """
+
+    def __init__(self, dims: int, optimizer: OptimizerConfig, dtype: torch.dtype = torch.float64):
+        self.dims = dims
+        self.optimizer = optimizer
+        self.dtype = dtype
+
+    # -- to be provided by subclasses -------------------------------------------------------
+    def init_params(self, generators: list[torch.Generator]) -> Params:  # pragma: no cover
+        raise NotImplementedError
+
+    def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """Reward of responses ``y`` (S, n, d) -> (S, n)."""
+        raise NotImplementedError
+
+    def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Pairwise tangent kernel ``<grad_phi r(ya_i), grad_phi r(yb_i)>`` -> (S, n)."""
+        raise NotImplementedError  # pragma: no cover
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
+        """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)``.
+
+        Uses ``torch.func`` (vmap over experiments and samples of ``grad``); parameters are
+        flattened in sorted-name order.
+        """
+        from torch.func import grad, vmap
+
+        names = sorted(params)
+
+        def single(p: Params, yi: torch.Tensor) -> torch.Tensor:
+            batched = {k: v.unsqueeze(0) for k, v in p.items()}
+            return self.score(batched, yi.reshape(1, 1, -1)).reshape(())
+
+        per_sample = vmap(vmap(grad(single), in_dims=(None, 0)), in_dims=(0, 0))(params, y)
+        S, n = y.shape[:2]
+        return torch.cat([per_sample[k].reshape(S, n, -1) for k in names], dim=-1)
+
+    def num_params(self, params: Params) -> int:
+        return sum(v[0].numel() for v in params.values())
+
+    def init_opt_state(self, params: Params) -> OptState:
+        if self.optimizer.name == "sgd":
+            return {}
+        state = {"step": torch.zeros((), dtype=self.dtype)}
+        for k, v in params.items():
+            state["m." + k] = torch.zeros_like(v)
+            state["v." + k] = torch.zeros_like(v)
+        return state
+
+    def loss(
+        self,
+        params: Params,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        feedback: str,
+        reference: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-experiment loss on a labelled batch, shape (S,).
+
+        ``rating``: mean of ``(r(y) - target)^2``. ``preference``: mean binary cross-entropy of
+        ``sigmoid(r(y) - r(reference))`` against the (soft or hard) label ``target`` = P(y wins).
+        """
+        r = self.score(params, y)
+        if feedback == "rating":
+            return ((r - target) ** 2).mean(dim=-1)
+        if feedback == "preference":
+            assert reference is not None
+            r_ref = self.score(params, reference.reshape(y.shape[0], 1, -1))
+            logits = r - r_ref
+            bce = F.softplus(logits) - target * logits  # = -[p log s + (1-p) log(1-s)]
+            return bce.mean(dim=-1)
+        raise ValueError(f"feedback must be 'rating' or 'preference', got {feedback!r}")
+
+    def loss_grad(
+        self,
+        params: Params,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        feedback: str,
+        reference: torch.Tensor | None = None,
+        denominator: int | None = None,
+    ) -> Params:
+        """Gradient of :meth:`loss` with respect to every parameter, in closed form.
+
+        The loss gradient is a weighted sum of per-sample gradients,
+        ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))`` with ``a_i = dloss/dr_i``,
+        computed by :meth:`weighted_grad` without autograd. Being built from ordinary tensor
+        operations, it stays differentiable in ``y`` and ``target``. ``denominator`` replaces the
+        batch size in the mean, so that the gradient on a batch is the sum of the gradients on
+        its parts.
+        """
+        n = y.shape[1] if denominator is None else denominator
+        r = self.score(params, y)
+        if feedback == "rating":
+            return self.weighted_grad(params, y, 2.0 * (r - target) / n)
+        if feedback != "preference":
+            raise ValueError(f"feedback must be 'rating' or 'preference', got {feedback!r}")
+        ref = reference.reshape(y.shape[0], 1, -1)
+        a = (torch.sigmoid(r - self.score(params, ref)) - target) / n
+        g = self.weighted_grad(params, y, a)
+        g_ref = self.weighted_grad(params, ref, -a.sum(1, keepdim=True))
+        return {k: g[k] + g_ref[k] for k in g}
+
+    def weighted_grad(self, params: Params, y: torch.Tensor, a: torch.Tensor) -> Params:
+        """``sum_i a_i grad_phi r(y_i)`` per experiment; ``a`` of shape (S, n)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def update(
+        self,
+        params: Params,
+        opt_state: OptState,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        feedback: str,
+        reference: torch.Tensor | None = None,
+    ) -> tuple[Params, OptState]:
+        """One optimiser step on the labelled batch; returns new ``(params, opt_state)``.
+
+        Pure: nothing passed in is modified. The result is differentiable with respect to ``y``
+        and ``target`` when they require grad (the exact-lookahead agent relies on this).
+        """
+        grads = self.loss_grad(params, y, target, feedback, reference)
+        return self.apply_grads(params, opt_state, grads)
+
+    def apply_grads(self, params: Params, opt_state: OptState, grads: Params) -> tuple[Params, OptState]:
+        cfg = self.optimizer
+        if cfg.name == "sgd":
+            new = {
+                k: params[k] - cfg.lr * (grads[k] + cfg.weight_decay * params[k]) for k in params
+            }
+            return new, {}
+        b1, b2 = cfg.betas
+        step = opt_state["step"] + 1
+        t = float(step)  # bias corrections as python floats, like torch.optim.Adam
+        bc1 = 1 - b1**t
+        bc2 = 1 - b2**t
+        new_params, new_state = {}, {"step": step}
+        for k, p in params.items():
+            g = grads[k] + cfg.weight_decay * p if cfg.weight_decay else grads[k]
+            m = b1 * opt_state["m." + k] + (1 - b1) * g
+            v = b2 * opt_state["v." + k] + (1 - b2) * g * g
+            denom = (v / bc2).sqrt() + cfg.eps
+            new_params[k] = p - (cfg.lr / bc1) * m / denom
+            new_state["m." + k] = m
+            new_state["v." + k] = v
+        return new_params, new_state
+
+
+class LinearRewardModel(RewardModel):
+    """``r(y) = w . y`` (no bias), as in the paper's linear environment.
+
+    The per-sample gradient is ``y`` itself, so the tangent kernel is ``ya . yb``.
+
+    Args:
+        dims: response dimension ``d``.
+        optimizer: retraining optimiser.
+        init_mean: (d,) mean of ``w0`` (the paper: 1 on the signal dims, 0 elsewhere, plus any
+            blind-spot bias).
+        init_noise: std of the Gaussian error added to every coordinate of ``w0``.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        optimizer: OptimizerConfig,
+        init_mean: torch.Tensor,
+        init_noise: float,
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__(dims, optimizer, dtype)
+        self.init_mean = init_mean.to(dtype)
+        self.init_noise = init_noise
+
+    def init_params(self, generators: list[torch.Generator]) -> Params:
+        noise = torch.stack(
+            [torch.randn(self.dims, generator=g, dtype=self.dtype) for g in generators]
+        )
+        return {"w": self.init_mean + self.init_noise * noise}
+
+    def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:
+        return (y * params["w"].unsqueeze(1)).sum(-1)
+
+    def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return (ya * yb).sum(-1)
+
+    def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    def weighted_grad(self, params: Params, y: torch.Tensor, a: torch.Tensor) -> Params:
+        return {"w": (a.unsqueeze(-1) * y).sum(1)}
+
+
+class MLPRewardModel(RewardModel):
+    """Two-hidden-layer MLP ``d -> h1 -> h2 -> 1`` with Softplus, as in the paper's neural env.
+
+    Weights start ``N(0, init_std^2)``, biases at 0. An optional linear skip term ``s . y``
+    (trainable, initialised to ``skip_init``) places a blind spot along chosen directions.
+
+    With ``z1 = W1 y + b1``, ``h1 = softplus(z1)``, ``z2 = W2 h1 + b2``, ``h2 = softplus(z2)``,
+    ``r = w3 . h2 + b3`` and back-propagated signals ``delta2 = w3 * sigmoid(z2)``,
+    ``delta1 = (W2^T delta2) * sigmoid(z1)``, the tangent kernel is
+
+        K(a, b) = 1 + h2a.h2b + (delta2a.delta2b)(1 + h1a.h1b) + (delta1a.delta1b)(1 + a.b)
+                  [+ a.b with the skip term].
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        optimizer: OptimizerConfig,
+        hidden: tuple[int, int] = (32, 32),
+        init_std: float = 0.1,
+        skip_init: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__(dims, optimizer, dtype)
+        self.hidden = hidden
+        self.init_std = init_std
+        self.skip_init = None if skip_init is None else skip_init.to(dtype)
+
+    def init_params(self, generators: list[torch.Generator]) -> Params:
+        h1, h2 = self.hidden
+        d = self.dims
+        per = []
+        for g in generators:
+            per.append(
+                {
+                    "W1": torch.randn(h1, d, generator=g, dtype=self.dtype) * self.init_std,
+                    "W2": torch.randn(h2, h1, generator=g, dtype=self.dtype) * self.init_std,
+                    "w3": torch.randn(h2, generator=g, dtype=self.dtype) * self.init_std,
+                }
+            )
+        S = len(generators)
+        params = {k: torch.stack([p[k] for p in per]) for k in per[0]}
+        params["b1"] = torch.zeros(S, h1, dtype=self.dtype)
+        params["b2"] = torch.zeros(S, h2, dtype=self.dtype)
+        params["b3"] = torch.zeros(S, dtype=self.dtype)
+        if self.skip_init is not None:
+            params["skip"] = self.skip_init.expand(S, d).clone()
+        return params
+
+    def _forward(self, params: Params, y: torch.Tensor):
+        z1 = torch.bmm(y, params["W1"].transpose(1, 2)) + params["b1"].unsqueeze(1)
+        h1 = F.softplus(z1)
+        z2 = torch.bmm(h1, params["W2"].transpose(1, 2)) + params["b2"].unsqueeze(1)
+        h2 = F.softplus(z2)
+        # Broadcast products summed over the last dim (not einsum/matmul): one experiment's
+        # numbers then do not depend on how many experiments share the batch.
+        r = (h2 * params["w3"].unsqueeze(1)).sum(-1) + params["b3"].unsqueeze(1)
+        if "skip" in params:
+            r = r + (y * params["skip"].unsqueeze(1)).sum(-1)
+        return z1, h1, z2, h2, r
+
+    def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:
+        return self._forward(params, y)[-1]
+
+    def _tangent_parts(self, params: Params, y: torch.Tensor):
+        z1, h1, z2, h2, _ = self._forward(params, y)
+        delta2 = params["w3"].unsqueeze(1) * torch.sigmoid(z2)
+        delta1 = torch.bmm(delta2, params["W2"]) * torch.sigmoid(z1)
+        return h1, h2, delta1, delta2
+
+    def weighted_grad(self, params: Params, y: torch.Tensor, a: torch.Tensor) -> Params:
+        # Reductions over samples are broadcast products summed over dim 1 (not matmuls), so
+        # the result for one experiment does not depend on how many share the batch.
+        h1, h2, d1, d2 = self._tangent_parts(params, y)
+        ad1, ad2 = a.unsqueeze(-1) * d1, a.unsqueeze(-1) * d2
+        g = {
+            "W1": (ad1.unsqueeze(-1) * y.unsqueeze(-2)).sum(1),
+            "b1": ad1.sum(1),
+            "W2": (ad2.unsqueeze(-1) * h1.unsqueeze(-2)).sum(1),
+            "b2": ad2.sum(1),
+            "w3": (a.unsqueeze(-1) * h2).sum(1),
+            "b3": a.sum(1),
+        }
+        if "skip" in params:
+            g["skip"] = (a.unsqueeze(-1) * y).sum(1)
+        return g
+
+    def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        h1a, h2a, d1a, d2a = self._tangent_parts(params, ya)
+        if yb is ya:
+            h1b, h2b, d1b, d2b = h1a, h2a, d1a, d2a
+        else:
+            h1b, h2b, d1b, d2b = self._tangent_parts(params, yb)
+        yy = (ya * yb).sum(-1)
+        k = (
+            1.0
+            + (h2a * h2b).sum(-1)
+            + (d2a * d2b).sum(-1) * (1.0 + (h1a * h1b).sum(-1))
+            + (d1a * d1b).sum(-1) * (1.0 + yy)
+        )
+        if "skip" in params:
+            k = k + yy
+        return k
+
