@@ -162,8 +162,10 @@ class WhiteBoxAgent:
             sigma = _schedule(cfg.sigma, cfg.sigma_end, t, T, cfg.decay_power)
             if gaussian:
                 eps = torch.stack(
-                    [torch.randn(cfg.inner_steps + spr, d, generator=g, dtype=torch.float64)
-                     for g in gens]
+                    [
+                        torch.randn(cfg.inner_steps + spr, d, generator=g, dtype=torch.float64)
+                        for g in gens
+                    ]
                 )
             # 1. optimise the policy against the current reward model
             for i in range(cfg.inner_steps):

@@ -134,7 +134,9 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     for env_id, part in df.groupby("env_id"):
         curves = {}
         fig, ax = plt.subplots(figsize=(7, 4))
-        for agent in sorted(part.agent.unique(), key=lambda a: AGENT_ORDER.index(a) if a in AGENT_ORDER else 99):
+        for agent in sorted(
+            part.agent.unique(), key=lambda a: AGENT_ORDER.index(a) if a in AGENT_ORDER else 99
+        ):
             runs = part[part.agent == agent]
             ms = [results.read_metrics(Path(f) / "metrics.csv") for f in runs.folder]
             u = np.stack([m["true_utility"] for m in ms])
@@ -152,7 +154,9 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         made.append(path)
         if env_id == "RLHFBlindSpot-v0":
             cfg = json.loads((Path(part.folder.iloc[0]) / "config.json").read_text())
-            made.append(_signal_noise(curves, cfg["env_kwargs"], out / f"{env_id}_signal_noise.png", plt))
+            made.append(
+                _signal_noise(curves, cfg["env_kwargs"], out / f"{env_id}_signal_noise.png", plt)
+            )
     return made
 
 
@@ -163,7 +167,9 @@ def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:
     # ||y - y*||^2 = (s - ||y*||)^2 + n^2.
     c = BlindSpotConfig.from_kwargs(**env_kwargs)
     y_star_norm = abs(c.target_value) * np.sqrt(c.signal_dims)
-    s, n = np.meshgrid(np.linspace(0, 1.6 * y_star_norm, 200), np.linspace(0, 1.6 * y_star_norm, 200))
+    s, n = np.meshgrid(
+        np.linspace(0, 1.6 * y_star_norm, 200), np.linspace(0, 1.6 * y_star_norm, 200)
+    )
     u = c.utility_scale * np.exp(-c.utility_width * ((s - y_star_norm) ** 2 + n**2))
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     cs = ax.contourf(s, n, u, levels=20, cmap="Greys")
@@ -182,14 +188,19 @@ def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m baselines.leaderboard", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m baselines.leaderboard", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--runs", default="runs", help="folder of run folders (default runs/)")
     p.add_argument("--results", default="results", help="where to write (default results/)")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs from different commits")
     args = p.parse_args(argv)
     df = collect(Path(args.runs))
     if df.empty:
-        print(f"python -m baselines.leaderboard: error: no finished runs under {args.runs}", file=sys.stderr)
+        print(
+            f"python -m baselines.leaderboard: error: no finished runs under {args.runs}",
+            file=sys.stderr,
+        )
         return 2
     if not args.allow_mixed:
         try:

@@ -71,11 +71,20 @@ def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
         if "=" not in item or item.startswith("="):
             raise CLIError(f"{flag}: expected key=value, got {item!r}")
         key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.strip()] = value
+        out[key.strip()] = _read_value(value)
     return out
+
+
+def _read_value(text: str) -> Any:
+    for cast in (int, float):  # YAML 1.1 would read "1e6" as a string
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def load_defaults(env_id: str) -> dict[str, Any]:
@@ -211,7 +220,9 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
         def callback(_row) -> None:
             done[0] += 1
             if report is not None and (done[0] % 50 == 0 or done[0] == job.rounds):
-                report(50 * len(job.seeds) if done[0] % 50 == 0 else (done[0] % 50) * len(job.seeds))
+                report(
+                    50 * len(job.seeds) if done[0] % 50 == 0 else (done[0] % 50) * len(job.seeds)
+                )
 
         history = agent.learn(env, job.rounds, callback)
     except FloatingPointError as e:

@@ -200,9 +200,11 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
                 rng = np.random.default_rng()
                 self.core.reset([_fresh_seed(rng) for _ in range(self.num_envs)])
         else:
-            seeds = list(seed) if isinstance(seed, (list, tuple)) else [
-                int(seed) + i for i in range(self.num_envs)
-            ]
+            seeds = (
+                list(seed)
+                if isinstance(seed, (list, tuple))
+                else [int(seed) + i for i in range(self.num_envs)]
+            )
             self.core.reset(seeds)
         return self._obs.copy(), self._infos(None, None, False)
 

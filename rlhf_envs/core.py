@@ -324,7 +324,9 @@ class RLHFCore:
             )
         for name, p in self.params.items():
             if not torch.isfinite(p).all():
-                bad = [s for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1)) if not ok]
+                bad = [
+                    s for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1)) if not ok
+                ]
                 raise FloatingPointError(
                     f"reward model parameter {name!r} became NaN/inf at round {self.round} "
                     f"(seeds {bad}); lower rm_lr or bound the responses"
@@ -364,7 +366,9 @@ class RLHFCore:
 
     def training_batch(self, pushed=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The labelled responses and targets the RM trains on (the filled part of the buffer)."""
-        by, bt, _, length = pushed if pushed is not None else (
-            self.buffer_y, self.buffer_t, self.buffer_pos, self.buffer_len
+        by, bt, _, length = (
+            pushed
+            if pushed is not None
+            else (self.buffer_y, self.buffer_t, self.buffer_pos, self.buffer_len)
         )
         return by[:, :length], bt[:, :length]

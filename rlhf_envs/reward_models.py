@@ -177,7 +177,9 @@ class RewardModel:
         grads = self.loss_grad(params, y, target, feedback, reference)
         return self.apply_grads(params, opt_state, grads)
 
-    def apply_grads(self, params: Params, opt_state: OptState, grads: Params) -> tuple[Params, OptState]:
+    def apply_grads(
+        self, params: Params, opt_state: OptState, grads: Params
+    ) -> tuple[Params, OptState]:
         cfg = self.optimizer
         if cfg.name == "sgd":
             new = {
@@ -348,4 +350,3 @@ class MLPRewardModel(RewardModel):
         if "skip" in params:
             k = k + yy
         return k
-
