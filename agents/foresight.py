@@ -31,6 +31,21 @@ class FPOAgent(WhiteBoxAgent):
         pen = fpo.penalty(self.form, core, y, label_fn)
         return r - self.config.gamma * pen
 
+    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor | None:
+        """Closed form for rating feedback in the practical and relaxed forms, else autograd."""
+        core = env.unwrapped.core
+        if core.config.feedback != "rating" or self.form == "exact":
+            return None
+        rm = core.reward_model
+        r, g_r = rm.score_and_grad_y(core.params, y)
+        k, g_k = rm.ntk_diag_and_grad_y(core.params, y)
+        if self.form == "practical":
+            return g_r - self.config.gamma * g_k
+        label, g_label = env.unwrapped.query_labeler_and_grad(y)
+        g_err = g_r - g_label if self.config.label_grad else g_r
+        g_pen = g_err * k.unsqueeze(-1) + (r - label).unsqueeze(-1) * g_k
+        return g_r - self.config.gamma * g_pen
+
 
 def _detached(fn):
     def wrapped(y: torch.Tensor) -> torch.Tensor:

@@ -78,8 +78,9 @@ def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torc
     return err * kernel_term(rm, params, y, feedback, reference)
 
 
-def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """``r_{phi'}(y)`` after one virtual optimiser step on the buffer with ``y`` pushed in.
+def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
+    """``(r_phi(y), r_{phi'}(y))``: the reward now and after one virtual optimiser step on the
+    buffer with ``y`` pushed in.
 
     Pure: the env's reward model, optimiser state and buffer are untouched. ``y`` (S, n, d) holds
     ``n`` alternative candidates; each gets its own virtual update (same optimiser, loss, state
@@ -92,21 +93,21 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor) 
     n = rest_y.shape[1] + 1
     with torch.no_grad():
         g_rest = rm.loss_grad(core.params, rest_y, rest_t, c.feedback, core.references, n)
-    out = []
+    before, after = [], []
     for j in range(y.shape[1]):
         yj, lj = y[:, j : j + 1], label[:, j : j + 1]
-        g_new = rm.loss_grad(core.params, yj, lj, c.feedback, core.references, n)
+        g_new, r_now = rm.loss_grad_and_score(core.params, yj, lj, c.feedback, core.references, n)
         grads = {k: g_rest[k] + g_new[k] for k in g_rest}
         params, _ = rm.apply_grads(core.params, core.opt_state, grads)
-        out.append(rm.score(params, yj))
-    return torch.cat(out, dim=1)
+        before.append(r_now)
+        after.append(rm.score(params, yj))
+    return torch.cat(before, dim=1), torch.cat(after, dim=1)
 
 
 def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Exact FPO penalty: ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring)."""
     c = core.config
-    r_now = core.reward_model.score(core.params, y)
-    r_next = virtual_update_reward(core, y, label)
+    r_now, r_next = virtual_update_reward(core, y, label)
     return -(r_next - r_now) / (loss_factor(c.feedback) * c.rm_lr)
 
 

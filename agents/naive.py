@@ -19,3 +19,7 @@ class NaiveAgent(WhiteBoxAgent):
     def score(self, env, y: torch.Tensor) -> torch.Tensor:
         core = env.unwrapped.core
         return core.reward_model.score(core.params, y)
+
+    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor:
+        core = env.unwrapped.core
+        return core.reward_model.score_and_grad_y(core.params, y)[1]

@@ -55,6 +55,18 @@ class _BlindSpotMixin:
         self.core.charge(y)
         return self.core.utility(y)
 
+    def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`true_utility` with its closed-form gradient in ``ys`` (same query count)."""
+        y = torch.as_tensor(ys, dtype=torch.float64)
+        self.core.charge(y)
+        return self.core.utility_and_grad(y)
+
+    def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`query_labeler` with its closed-form gradient in ``ys`` (same query count)."""
+        y = torch.as_tensor(ys, dtype=torch.float64)
+        self.core.charge(y)
+        return self.core.labeler_target_and_grad(y)
+
     def query_labeler(self, ys: Any) -> torch.Tensor:
         """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)).
 

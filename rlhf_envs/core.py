@@ -257,6 +257,22 @@ class RLHFCore:
         sq = ((y - self.y_star) ** 2).sum(-1)
         return c.utility_scale * torch.exp(-c.utility_width * sq)
 
+    def utility_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U(y), grad_y U(y))`` in closed form, uncounted."""
+        u = self.utility(y)
+        return u, (-2.0 * self.config.utility_width * u).unsqueeze(-1) * (y - self.y_star)
+
+    def labeler_target_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`labeler_target` and its gradient in ``y``, uncounted."""
+        u, g = self.utility_and_grad(y)
+        if self.config.labeler_bias:
+            u = u + self.config.labeler_bias * (y @ self.labeler_direction)
+            g = g + self.config.labeler_bias * self.labeler_direction
+        if self.config.feedback == "rating":
+            return u, g
+        p = torch.sigmoid((u - self.labeler_utility(self.reference)) / self.config.temperature)
+        return p, (p * (1 - p) / self.config.temperature).unsqueeze(-1) * g
+
     def labeler_utility(self, y: torch.Tensor) -> torch.Tensor:
         """What the labeler believes: true utility plus its own bias, uncounted."""
         u = self.utility(y)

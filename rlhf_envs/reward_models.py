@@ -71,6 +71,14 @@ class RewardModel:
         """Pairwise tangent kernel ``<grad_phi r(ya_i), grad_phi r(yb_i)>`` -> (S, n)."""
         raise NotImplementedError  # pragma: no cover
 
+    def score_and_grad_y(self, params: Params, y: torch.Tensor):
+        """``(r(y), grad_y r(y))`` in closed form, shapes (S, n) and (S, n, d)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
+        """``(K(y, y), grad_y K(y, y))`` in closed form, shapes (S, n) and (S, n, d)."""
+        raise NotImplementedError  # pragma: no cover
+
     # -- shared machinery ---------------------------------------------------------------------
     def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)``.
@@ -94,13 +102,16 @@ class RewardModel:
         return sum(v[0].numel() for v in params.values())
 
     def init_opt_state(self, params: Params) -> OptState:
+        """Optimiser state: empty for SGD; for Adam the step count and the moment estimates,
+        kept flat as ``(S, P)`` tensors over all parameters in sorted-name order."""
         if self.optimizer.name == "sgd":
             return {}
-        state = {"step": torch.zeros((), dtype=self.dtype)}
-        for k, v in params.items():
-            state["m." + k] = torch.zeros_like(v)
-            state["v." + k] = torch.zeros_like(v)
-        return state
+        flat = flatten(params)
+        return {
+            "step": torch.zeros((), dtype=self.dtype),
+            "m": torch.zeros_like(flat),
+            "v": torch.zeros_like(flat),
+        }
 
     def loss(
         self,
@@ -144,20 +155,42 @@ class RewardModel:
         batch size in the mean, so that the gradient on a batch is the sum of the gradients on
         its parts.
         """
+        return self.loss_grad_and_score(params, y, target, feedback, reference, denominator)[0]
+
+    def loss_grad_and_score(
+        self,
+        params: Params,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        feedback: str,
+        reference: torch.Tensor | None = None,
+        denominator: int | None = None,
+    ) -> tuple[Params, torch.Tensor]:
+        """:meth:`loss_grad` and ``r(y)`` from one forward pass."""
         n = y.shape[1] if denominator is None else denominator
-        r = self.score(params, y)
+        parts = self.parts(params, y)
+        r = parts[0]
         if feedback == "rating":
-            return self.weighted_grad(params, y, 2.0 * (r - target) / n)
+            return self.weighted_grad(params, y, 2.0 * (r - target) / n, parts), r
         if feedback != "preference":
             raise ValueError(f"feedback must be 'rating' or 'preference', got {feedback!r}")
         ref = reference.reshape(y.shape[0], 1, -1)
         a = (torch.sigmoid(r - self.score(params, ref)) - target) / n
-        g = self.weighted_grad(params, y, a)
+        g = self.weighted_grad(params, y, a, parts)
         g_ref = self.weighted_grad(params, ref, -a.sum(1, keepdim=True))
-        return {k: g[k] + g_ref[k] for k in g}
+        return {k: g[k] + g_ref[k] for k in g}, r
 
-    def weighted_grad(self, params: Params, y: torch.Tensor, a: torch.Tensor) -> Params:
-        """``sum_i a_i grad_phi r(y_i)`` per experiment; ``a`` of shape (S, n)."""
+    def parts(self, params: Params, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Forward-pass quantities reused by :meth:`weighted_grad`; ``parts[0]`` is ``r(y)``."""
+        return (self.score(params, y),)
+
+    def weighted_grad(
+        self, params: Params, y: torch.Tensor, a: torch.Tensor, parts: tuple | None = None
+    ) -> Params:
+        """``sum_i a_i grad_phi r(y_i)`` per experiment; ``a`` of shape (S, n).
+
+        ``parts`` may pass :meth:`parts` of the same ``(params, y)`` to skip a forward pass.
+        """
         raise NotImplementedError  # pragma: no cover
 
     def update(
@@ -186,21 +219,41 @@ class RewardModel:
                 k: params[k] - cfg.lr * (grads[k] + cfg.weight_decay * params[k]) for k in params
             }
             return new, {}
+        # Adam (torch.optim.Adam semantics: L2 weight decay added to the gradient), applied to
+        # all parameters at once as one flat vector: a handful of tensor ops per step.
         b1, b2 = cfg.betas
         step = opt_state["step"] + 1
         t = float(step)  # bias corrections as python floats, like torch.optim.Adam
         bc1 = 1 - b1**t
         bc2 = 1 - b2**t
-        new_params, new_state = {}, {"step": step}
-        for k, p in params.items():
-            g = grads[k] + cfg.weight_decay * p if cfg.weight_decay else grads[k]
-            m = b1 * opt_state["m." + k] + (1 - b1) * g
-            v = b2 * opt_state["v." + k] + (1 - b2) * g * g
-            denom = (v / bc2).sqrt() + cfg.eps
-            new_params[k] = p - (cfg.lr / bc1) * m / denom
-            new_state["m." + k] = m
-            new_state["v." + k] = v
-        return new_params, new_state
+        p = flatten(params)
+        g = flatten(grads)
+        if cfg.weight_decay:
+            g = g + cfg.weight_decay * p
+        m = b1 * opt_state["m"] + (1 - b1) * g
+        v = b2 * opt_state["v"] + (1 - b2) * g * g
+        p = p - (cfg.lr / bc1) * m / ((v / bc2).sqrt() + cfg.eps)
+        return unflatten(p, params), {"step": step, "m": m, "v": v}
+
+
+def flatten(params: Params) -> torch.Tensor:
+    """Concatenate per-experiment parameters in sorted-name order -> ``(S, P)``."""
+    return torch.cat([params[k].reshape(params[k].shape[0], -1) for k in sorted(params)], dim=1)
+
+
+def unflatten(flat: torch.Tensor, like: Params) -> Params:
+    """Inverse of :func:`flatten`, shaped like ``like``.
+
+    The pieces are made contiguous: matmuls on strided views would take other BLAS paths for
+    other batch sizes and break the bit-identity of one experiment across batch sizes.
+    """
+    out, i = {}, 0
+    for k in sorted(like):
+        shape = like[k].shape
+        n = like[k][0].numel()
+        out[k] = flat[:, i : i + n].reshape(shape).contiguous()
+        i += n
+    return out
 
 
 class LinearRewardModel(RewardModel):
@@ -243,8 +296,14 @@ class LinearRewardModel(RewardModel):
     def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         return y.clone()
 
-    def weighted_grad(self, params: Params, y: torch.Tensor, a: torch.Tensor) -> Params:
+    def weighted_grad(self, params, y, a, parts=None) -> Params:
         return {"w": (a.unsqueeze(-1) * y).sum(1)}
+
+    def score_and_grad_y(self, params: Params, y: torch.Tensor):
+        return self.score(params, y), params["w"].unsqueeze(1).expand_as(y)
+
+    def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
+        return (y * y).sum(-1), 2.0 * y
 
 
 class MLPRewardModel(RewardModel):
@@ -311,21 +370,31 @@ class MLPRewardModel(RewardModel):
     def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         return self._forward(params, y)[-1]
 
-    def _tangent_parts(self, params: Params, y: torch.Tensor):
-        z1, h1, z2, h2, _ = self._forward(params, y)
+    def parts(self, params: Params, y: torch.Tensor):
+        """``(r, h1, h2, delta1, delta2)``: the reward and the factors of its gradient."""
+        z1, h1, z2, h2, r = self._forward(params, y)
         delta2 = params["w3"].unsqueeze(1) * torch.sigmoid(z2)
         delta1 = torch.bmm(delta2, params["W2"]) * torch.sigmoid(z1)
-        return h1, h2, delta1, delta2
+        return r, h1, h2, delta1, delta2
 
-    def weighted_grad(self, params: Params, y: torch.Tensor, a: torch.Tensor) -> Params:
-        # Reductions over samples are broadcast products summed over dim 1 (not matmuls), so
-        # the result for one experiment does not depend on how many share the batch.
-        h1, h2, d1, d2 = self._tangent_parts(params, y)
+    def _tangent_parts(self, params: Params, y: torch.Tensor):
+        return self.parts(params, y)[1:]
+
+    def weighted_grad(self, params, y, a, parts=None) -> Params:
+        h1, h2, d1, d2 = (parts if parts is not None else self.parts(params, y))[1:]
         ad1, ad2 = a.unsqueeze(-1) * d1, a.unsqueeze(-1) * d2
+        if torch.is_grad_enabled() and (y.requires_grad or a.requires_grad):
+            # Differentiable path (exact lookahead, few samples): broadcast outer products,
+            # whose backward does not depend on the batch size (bmm's backward does).
+            g_w1 = (ad1.unsqueeze(-1) * y.unsqueeze(-2)).sum(1)
+            g_w2 = (ad2.unsqueeze(-1) * h1.unsqueeze(-2)).sum(1)
+        else:  # the env's update on the whole buffer: one batched matmul each
+            g_w1 = torch.bmm(ad1.transpose(1, 2), y)
+            g_w2 = torch.bmm(ad2.transpose(1, 2), h1)
         g = {
-            "W1": (ad1.unsqueeze(-1) * y.unsqueeze(-2)).sum(1),
+            "W1": g_w1,
             "b1": ad1.sum(1),
-            "W2": (ad2.unsqueeze(-1) * h1.unsqueeze(-2)).sum(1),
+            "W2": g_w2,
             "b2": ad2.sum(1),
             "w3": (a.unsqueeze(-1) * h2).sum(1),
             "b3": a.sum(1),
@@ -333,6 +402,42 @@ class MLPRewardModel(RewardModel):
         if "skip" in params:
             g["skip"] = (a.unsqueeze(-1) * y).sum(1)
         return g
+
+    def score_and_grad_y(self, params: Params, y: torch.Tensor):
+        z1, _, z2, _, r = self._forward(params, y)
+        delta2 = params["w3"].unsqueeze(1) * torch.sigmoid(z2)
+        delta1 = torch.bmm(delta2, params["W2"]) * torch.sigmoid(z1)
+        g = torch.bmm(delta1, params["W1"])
+        if "skip" in params:
+            g = g + params["skip"].unsqueeze(1)
+        return r, g
+
+    def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
+        """Reverse-mode derivative of the closed-form kernel, written out by hand.
+
+        With ``u = W2^T delta2`` (so ``delta1 = u * s1``), ``s = sigmoid(z)``, ``s' = s (1 - s)``:
+        ``K = 1 + |h2|^2 + |delta2|^2 (1 + |h1|^2) + |delta1|^2 (1 + |y|^2)``.
+        """
+        W1, W2, w3 = params["W1"], params["W2"], params["w3"].unsqueeze(1)
+        z1, h1, z2, h2, _ = self._forward(params, y)
+        s1, s2 = torch.sigmoid(z1), torch.sigmoid(z2)
+        delta2 = w3 * s2
+        u = torch.bmm(delta2, W2)
+        delta1 = u * s1
+        a2, a1 = (delta2 * delta2).sum(-1), (delta1 * delta1).sum(-1)
+        q1, qy = 1.0 + (h1 * h1).sum(-1), 1.0 + (y * y).sum(-1)
+        k = 1.0 + (h2 * h2).sum(-1) + a2 * q1 + a1 * qy
+        g_delta1 = 2.0 * delta1 * qy.unsqueeze(-1)
+        g_u = g_delta1 * s1
+        g_delta2 = 2.0 * delta2 * q1.unsqueeze(-1) + torch.bmm(g_u, W2.transpose(1, 2))
+        g_z2 = 2.0 * h2 * s2 + g_delta2 * w3 * s2 * (1.0 - s2)
+        g_h1 = 2.0 * a2.unsqueeze(-1) * h1 + torch.bmm(g_z2, W2)
+        g_z1 = g_h1 * s1 + g_delta1 * u * s1 * (1.0 - s1)
+        g_y = torch.bmm(g_z1, W1) + 2.0 * a1.unsqueeze(-1) * y
+        if "skip" in params:
+            k = k + (y * y).sum(-1)
+            g_y = g_y + 2.0 * y
+        return k, g_y
 
     def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         h1a, h2a, d1a, d2a = self._tangent_parts(params, ya)

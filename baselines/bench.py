@@ -1,0 +1,107 @@
+"""Speed of the suite, measured in one run: env steps/s and seconds per agent-run.
+
+    python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
+                              [--repeats 3]
+
+For each env: single-env steps/s with random actions (RM retraining included); for each agent:
+seconds per agent-run when ``--seeds`` seeds run as one batched program, and when one seed runs
+alone (measured on fewer rounds and scaled to the same round count), the batching speed-up, and
+the cost of every agent relative to naive. Medians over ``--repeats``; the machine is shared, so
+compare the ratios, which are measured side by side, rather than absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import rlhf_envs
+from agents import AGENTS
+from baselines.run import load_defaults
+
+
+def env_steps_per_second(env_id: str, steps: int, repeats: int) -> float:
+    rates = []
+    for r in range(repeats):
+        env = gym.make(env_id)
+        env.reset(seed=r)
+        rng = np.random.default_rng(r)
+        actions = rng.uniform(-3, 3, size=(steps, *env.action_space.shape))
+        t = time.perf_counter()
+        for a in actions:
+            env.step(a)
+            env.reset()
+        rates.append(steps / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def agent_seconds(env_id: str, agent: str, seeds: list[int], rounds: int, repeats: int) -> float:
+    """Median wall seconds of one batched learn() over ``seeds`` for ``rounds`` rounds."""
+    defaults = load_defaults(env_id)
+    kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
+    kwargs["rounds"] = rounds
+    cls = AGENTS[agent]
+    times = []
+    for _ in range(repeats):
+        env = gym.make_vec(env_id, num_envs=len(seeds), vectorization_mode="vector_entry_point")
+        env.reset(seed=seeds)
+        a = cls(cls.config_cls(**kwargs), seed=seeds)
+        t = time.perf_counter()
+        a.learn(env)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m baselines.bench", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--envs", nargs="*", default=list(rlhf_envs.ENV_IDS))
+    p.add_argument("--agents", nargs="*", default=list(AGENTS))
+    p.add_argument("--seeds", type=int, default=10, help="seeds per batched run (default 10)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default: the env's YAML)")
+    p.add_argument(
+        "--single-rounds",
+        type=int,
+        default=200,
+        help="rounds measured for the one-seed runs, scaled up (default 200)",
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2000, help="env steps for steps/s")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    unknown = [a for a in args.agents if a not in AGENTS]
+    if unknown:
+        print(f"python -m baselines.bench: error: unknown agent(s) {unknown}", file=sys.stderr)
+        return 2
+    print(f"torch threads: {torch.get_num_threads()}, repeats: {args.repeats} (medians)\n")
+    for env_id in args.envs:
+        rounds = args.rounds or load_defaults(env_id).get("rounds", 300)
+        sps = env_steps_per_second(env_id, args.steps, args.repeats)
+        print(f"## {env_id}: {sps:,.0f} env steps/s (single env, random actions)")
+        print(f"rounds per agent-run: {rounds}; batched runs use seeds 0-{args.seeds - 1}\n")
+        print(
+            "| agent | s/agent-run batched | s/agent-run alone | batching speed-up | x naive (batched) |"
+        )
+        print("|---|---|---|---|---|")
+        single_rounds = min(rounds, args.single_rounds)
+        rows = {}
+        for agent in args.agents:
+            batched = agent_seconds(env_id, agent, list(range(args.seeds)), rounds, args.repeats)
+            alone = agent_seconds(env_id, agent, [0], single_rounds, args.repeats)
+            rows[agent] = (batched / args.seeds, alone * rounds / single_rounds)
+        base = rows.get("naive", next(iter(rows.values())))[0]
+        for agent, (b, a) in rows.items():
+            print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

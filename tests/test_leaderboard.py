@@ -1,0 +1,105 @@
+"""Leaderboard statistics and generation from real (short) runs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from baselines import leaderboard, results
+from baselines.run import main as run_main
+
+
+def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(5, 1, 10), rng.normal(5, 1, 1000)
+    lo, hi = results.bootstrap_ci(small)
+    assert lo < small.mean() < hi
+    lo2, hi2 = results.bootstrap_ci(large)
+    assert (hi2 - lo2) < (hi - lo) / 3
+    assert lo2 < 5 < hi2
+
+
+def test_iqm_ignores_outer_quartiles():
+    x = np.array([-100.0, 1, 2, 3, 4, 5, 6, 1000])
+    assert results.iqm(x) == pytest.approx(np.mean([2, 3, 4, 5]))
+
+
+def test_probability_of_improvement():
+    assert results.probability_of_improvement(np.array([2, 3]), np.array([0, 1])) == 1.0
+    assert results.probability_of_improvement(np.array([1]), np.array([1])) == 0.5
+
+
+def test_summarise_history_collapse_metrics():
+    s = results.summarise_history(np.array([1.0, 4.0, 2.0]))
+    assert s["peak_true_utility"] == 4.0 and s["peak_round"] == 2
+    assert s["collapse_drop"] == 2.0 and s["final_true_utility"] == 2.0
+    assert s["auc_true_utility"] == pytest.approx(7 / 3)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    for agent in ("naive", "fpo-relaxed"):
+        assert (
+            run_main(
+                [
+                    "--agent",
+                    agent,
+                    "--seeds",
+                    "0-2",
+                    "--rounds",
+                    "60",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+    return out
+
+
+def test_leaderboard_tables_and_figures(runs, tmp_path):
+    assert leaderboard.main(["--runs", str(runs), "--results", str(tmp_path)]) == 0
+    tab = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert set(tab.agent) == {"naive", "fpo-relaxed"}
+    assert (tab.seeds == 3).all()
+    per_run = pd.read_csv(tmp_path / "runs.csv")
+    for agent in ("naive", "fpo-relaxed"):
+        finals = per_run[per_run.agent == agent].final_true_utility
+        row = tab[tab.agent == agent].iloc[0]
+        assert row.final_true_utility == pytest.approx(finals.mean(), rel=1e-5)
+        assert (
+            row.final_true_utility_ci_low
+            <= row.final_true_utility
+            <= row.final_true_utility_ci_high
+        )
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "| naive | 3 |" in md and "| fpo-relaxed | 3 |" in md
+    assert (tmp_path / "figures" / "RLHFBlindSpot-v0_true_utility.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "RLHFBlindSpot-v0_signal_noise.png").stat().st_size > 1000
+
+
+def test_leaderboard_refuses_mixed_commits(runs, tmp_path, capsys):
+    cfg_path = results.run_dir(runs, "RLHFBlindSpot-v0", "naive", 1) / "config.json"
+    original = cfg_path.read_text()
+    cfg = json.loads(original)
+    cfg["git_commit"] = "0123456789abcdef"
+    cfg_path.write_text(json.dumps(cfg))
+    try:
+        assert leaderboard.main(["--runs", str(runs), "--results", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "commits" in err and "0123456789ab" in err
+        assert not (tmp_path / "LEADERBOARD.md").exists()
+        assert (
+            leaderboard.main(["--runs", str(runs), "--results", str(tmp_path), "--allow-mixed"])
+            == 0
+        )
+    finally:
+        cfg_path.write_text(original)
+
+
+def test_leaderboard_with_no_runs_is_an_error(tmp_path, capsys):
+    assert leaderboard.main(["--runs", str(tmp_path / "none"), "--results", str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
