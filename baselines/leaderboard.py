@@ -33,6 +33,11 @@ REFERENCE = {  # PAPER.md Sec. 5, measured by running the reference notebooks on
 }
 
 
+def _order(label: str) -> int:
+    base = label.split("@")[0]
+    return AGENT_ORDER.index(base) if base in AGENT_ORDER else len(AGENT_ORDER)
+
+
 class MixedRunsError(Exception):
     pass
 
@@ -48,6 +53,7 @@ def collect(runs: Path) -> pd.DataFrame:
         s["git_commit"] = cfg.get("git_commit", "unknown")
         s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
         s["folder"] = str(summary.parent)
+        s.setdefault("label", s["agent"])
         rows.append(s)
     return pd.DataFrame(rows)
 
@@ -69,8 +75,8 @@ def _fmt(mean: float, lo: float, hi: float) -> str:
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (env_id, agent), part in df.groupby(["env_id", "agent"]):
-        row = {"env_id": env_id, "agent": agent, "seeds": len(part)}
+    for (env_id, label), part in df.groupby(["env_id", "label"]):
+        row = {"env_id": env_id, "agent": label, "seeds": len(part)}
         for col in ("final_true_utility", "auc_true_utility", "collapse_drop", "final_gap"):
             x = part[col].to_numpy()
             lo, hi = results.bootstrap_ci(x)
@@ -82,7 +88,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         row["wall_time_s"] = part["wall_time_s"].mean()
         rows.append(row)
     out = pd.DataFrame(rows)
-    out["order"] = out["agent"].map(lambda a: AGENT_ORDER.index(a) if a in AGENT_ORDER else 99)
+    out["order"] = out["agent"].map(_order)
     return out.sort_values(["env_id", "order", "agent"]).drop(columns="order")
 
 
@@ -134,10 +140,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     for env_id, part in df.groupby("env_id"):
         curves = {}
         fig, ax = plt.subplots(figsize=(7, 4))
-        for agent in sorted(
-            part.agent.unique(), key=lambda a: AGENT_ORDER.index(a) if a in AGENT_ORDER else 99
-        ):
-            runs = part[part.agent == agent]
+        for agent in sorted(part.label.unique(), key=lambda a: (_order(a), a)):
+            runs = part[part.label == agent]
             ms = [results.read_metrics(Path(f) / "metrics.csv") for f in runs.folder]
             u = np.stack([m["true_utility"] for m in ms])
             curves[agent] = ms

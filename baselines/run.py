@@ -104,84 +104,124 @@ class Job:
     out: str
     digests: dict[int, str] = field(default_factory=dict)
     settings: dict[int, dict[str, Any]] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.agent
 
 
 def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]:
-    """Validate everything up front and build the pending jobs; returns (jobs, skipped)."""
+    """Validate the CLI arguments and build the pending jobs; returns (jobs, skipped)."""
+    return plan(
+        env_id=args.env,
+        agent=args.agent,
+        seeds=parse_seeds(args.seeds),
+        rounds=args.rounds,
+        env_kwargs=parse_kwargs(args.env_kwargs, "--env-kwargs"),
+        agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
+        out=args.out,
+        force=args.force,
+        batch_size=args.batch_size,
+        jobs=args.jobs,
+    )
+
+
+def plan(
+    env_id: str,
+    agent: str,
+    seeds: list[int],
+    rounds: int | None,
+    env_kwargs: dict[str, Any],
+    agent_kwargs: dict[str, Any],
+    out: str | Path,
+    force: bool = False,
+    batch_size: int = 10,
+    jobs: int = 1,
+    tag: str = "",
+) -> tuple[list[Job], list[tuple[str, int]]]:
+    """Validate one (env, agent, settings) over seeds and build its pending jobs.
+
+    Everything is checked before anything runs (env kwargs by building the env, agent kwargs by
+    building the config). ``tag`` names a hyperparameter variant: its runs go to
+    ``OUT/ENV/AGENT@TAG/seed_S``. Returns (jobs, skipped finished runs).
+    """
     import gymnasium as gym
 
     import rlhf_envs  # noqa: F401  (registers the envs)
     from agents import AGENTS, WhiteBoxConfig
 
-    if args.env not in gym.registry:
+    if agent not in AGENTS:
+        raise CLIError(f"--agent: unknown agent {agent!r}; known: {', '.join(AGENTS)}")
+    if env_id not in gym.registry:
         known = ", ".join(rlhf_envs.ENV_IDS)
-        raise CLIError(f"--env: unknown environment {args.env!r}; known: {known}")
-    env_kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
+        raise CLIError(f"--env: unknown environment {env_id!r}; known: {known}")
     try:
-        env = gym.make(args.env, **env_kwargs)
+        env = gym.make(env_id, **env_kwargs)
         env.close()
     except (TypeError, ValueError) as e:
-        raise CLIError(f"--env-kwargs: {e}") from None
-    defaults = load_defaults(args.env)
-    agent_kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(args.agent, {})}
-    cli_agent = parse_kwargs(args.agent_kwargs, "--agent-kwargs")
+        raise CLIError(f"--env-kwargs: {str(e).split(' was raised from')[0]}") from None
+    defaults = load_defaults(env_id)
+    resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
     allowed = WhiteBoxConfig.field_names()
-    unknown = sorted(set(cli_agent) - set(allowed))
+    unknown = sorted(set(agent_kwargs) - set(allowed))
     if unknown:
         raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
-    agent_kwargs.update(cli_agent)
-    rounds = args.rounds if args.rounds is not None else defaults.get("rounds")
+    resolved.update(agent_kwargs)
+    rounds = rounds if rounds is not None else defaults.get("rounds")
     if rounds is not None:
-        agent_kwargs["rounds"] = rounds
+        resolved["rounds"] = rounds
     try:
-        agent_cfg = AGENTS[args.agent].config_cls(**agent_kwargs)
+        agent_cfg = AGENTS[agent].config_cls(**resolved)
     except (TypeError, ValueError) as e:
         raise CLIError(f"--agent-kwargs: {e}") from None
     rounds = agent_cfg.rounds
+    label = f"{agent}@{tag}" if tag else agent
 
     pending, skipped = [], []
     digests, settings = {}, {}
-    for seed in parse_seeds(args.seeds):
+    for seed in seeds:
         s = {
-            "env_id": args.env,
+            "env_id": env_id,
             "env_kwargs": env_kwargs,
-            "agent": args.agent,
+            "agent": agent,
+            "label": label,
             "agent_config": agent_cfg.to_dict(),
             "rounds": rounds,
             "seed": seed,
         }
         digest = results.config_hash(s)
-        state = results.is_done(results.run_dir(args.out, args.env, args.agent, seed), digest)
-        if state is None and not args.force:
-            folder = results.run_dir(args.out, args.env, args.agent, seed)
+        folder = results.run_dir(out, env_id, label, seed)
+        state = results.is_done(folder, digest)
+        if state is None and not force:
             raise CLIError(
                 f"{folder} holds a finished run with other settings; pass --force to redo it "
                 "or choose another --out"
             )
-        if state and not args.force:
-            skipped.append((args.agent, seed))
+        if state and not force:
+            skipped.append((label, seed))
             continue
         pending.append(seed)
         digests[seed], settings[seed] = digest, s
-    n_chunks = max(-(-len(pending) // args.batch_size), min(args.jobs, len(pending)))
-    jobs = []
+    n_chunks = max(-(-len(pending) // batch_size), min(jobs, len(pending)))
+    out_jobs = []
     for i in range(n_chunks):
         chunk = pending[i::n_chunks]
         if chunk:
-            jobs.append(
+            out_jobs.append(
                 Job(
-                    args.env,
-                    args.agent,
+                    env_id,
+                    agent,
                     chunk,
                     rounds,
                     env_kwargs,
                     agent_cfg.to_dict(),
-                    str(args.out),
+                    str(out),
                     {s: digests[s] for s in chunk},
                     {s: settings[s] for s in chunk},
+                    label,
                 )
             )
-    return jobs, skipped
+    return out_jobs, skipped
 
 
 _progress_queue = None
@@ -190,6 +230,20 @@ _progress_queue = None
 def _init_worker(queue) -> None:
     global _progress_queue
     _progress_queue = queue
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to kill this worker when the sweep's main process dies, so a
+    killed sweep leaves no orphan still writing run folders (best effort elsewhere)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def run_job(job: Job, progress=None) -> dict[str, Any]:
@@ -232,7 +286,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     wall = time.perf_counter() - start
     versions, commit = results.package_versions(), results.git_commit()
     for i, seed in enumerate(job.seeds):
-        folder = results.run_dir(job.out, job.env_id, job.agent, seed)
+        folder = results.run_dir(job.out, job.env_id, job.label, seed)
         config = {
             **job.settings[seed],
             "config_hash": job.digests[seed],
@@ -246,6 +300,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             "config_hash": job.digests[seed],
             "env_id": job.env_id,
             "agent": job.agent,
+            "label": job.label,
             "seed": seed,
             "rounds": job.rounds,
             "wall_time_s": wall / len(job.seeds),
@@ -312,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--agent",
         required=True,
-        choices=AGENT_NAMES,
+        metavar="{" + ",".join(AGENT_NAMES) + "}",
         help="naive: ascend the current RM; fpo: practical FPO (no oracle); fpo-relaxed: FPO "
         "with the labeler's verdict; fpo-exact: score by a virtual real RM update; oracle: "
         "ascend the true utility (ceiling)",

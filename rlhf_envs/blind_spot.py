@@ -45,25 +45,38 @@ class _BlindSpotMixin:
         """Current RM parameters, each with a leading experiment dimension. Do not modify."""
         return self.core.params
 
+    def _responses(self, ys: Any) -> torch.Tensor:
+        """``ys`` as a float64 tensor of shape (S, ..., d); a single env also takes (d,)."""
+        y = torch.as_tensor(ys, dtype=torch.float64)
+        S, d = self.core.S, self.config.dims
+        if y.dim() == 1 and S == 1:
+            y = y.unsqueeze(0)
+        if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != d:
+            raise ValueError(
+                f"ys must have shape ({S}, ..., {d}): experiments first, response last; "
+                f"got {tuple(y.shape)}"
+            )
+        return y
+
     def true_utility(self, ys: Any) -> torch.Tensor:
         """Oracle query of the hidden true utility, counted in ``info["oracle_queries"]``.
 
         Args:
             ys: responses of shape ``(S, ..., d)`` (a tensor keeps its autograd graph).
         """
-        y = torch.as_tensor(ys, dtype=torch.float64)
+        y = self._responses(ys)
         self.core.charge(y)
         return self.core.utility(y)
 
     def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`true_utility` with its closed-form gradient in ``ys`` (same query count)."""
-        y = torch.as_tensor(ys, dtype=torch.float64)
+        y = self._responses(ys)
         self.core.charge(y)
         return self.core.utility_and_grad(y)
 
     def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`query_labeler` with its closed-form gradient in ``ys`` (same query count)."""
-        y = torch.as_tensor(ys, dtype=torch.float64)
+        y = self._responses(ys)
         self.core.charge(y)
         return self.core.labeler_target_and_grad(y)
 
@@ -72,7 +85,7 @@ class _BlindSpotMixin:
 
         This is what the RM will be trained toward; counted like :meth:`true_utility`.
         """
-        y = torch.as_tensor(ys, dtype=torch.float64)
+        y = self._responses(ys)
         self.core.charge(y)
         return self.core.labeler_target(y)
 

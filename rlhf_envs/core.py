@@ -39,6 +39,16 @@ RM_TYPES = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adam")
 
 
+def int_sequence(name: str, value: Any) -> tuple[int, ...]:
+    """A sequence of ints (bools and floats refused), or a TypeError naming ``name``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
+    items = list(value)
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in items):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
+    return tuple(int(i) for i in items)
+
+
 @dataclass
 class BlindSpotConfig:
     """Settings of a blind-spot environment (defaults: the paper's linear environment).
@@ -116,7 +126,10 @@ class BlindSpotConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
                 raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
-            v = float(v)
+            try:
+                v = float(v)
+            except OverflowError:
+                raise ValueError(f"{name} must be a finite number, got {v!r}") from None
             if not math.isfinite(v) or (v <= lo if strict else v < lo):
                 op = ">" if strict else ">="
                 raise ValueError(f"{name} must be finite and {op} {lo}, got {v}")
@@ -124,17 +137,14 @@ class BlindSpotConfig:
 
         def need_choice(name: str, allowed: tuple[str, ...]) -> None:
             v = getattr(self, name)
-            if v not in allowed:
+            if not isinstance(v, str) or v not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
 
         def need_dims(name: str) -> None:
             v = getattr(self, name)
             if v is None:
                 return
-            try:
-                dims = tuple(int(i) for i in v)
-            except TypeError as e:
-                raise TypeError(f"{name} must be a sequence of ints, got {v!r}") from e
+            dims = int_sequence(name, v)
             bad = [i for i in dims if not 0 <= i < self.dims]
             if bad:
                 raise ValueError(f"{name} entries must be in [0, {self.dims - 1}], got {bad}")
@@ -162,19 +172,18 @@ class BlindSpotConfig:
         need_float("action_bound", 0.0, strict=True)
         need_dims("blind_spot_dims")
         need_dims("labeler_bias_dims")
-        try:
-            hidden = tuple(int(h) for h in self.rm_hidden)
-        except TypeError as e:
-            raise TypeError(f"rm_hidden must be two ints, got {self.rm_hidden!r}") from e
-        if len(hidden) != 2 or min(hidden) < 1:
-            raise ValueError(f"rm_hidden must be two ints >= 1, got {self.rm_hidden!r}")
+        hidden = int_sequence("rm_hidden", self.rm_hidden)
+        if len(hidden) != 2 or not all(1 <= h <= 4096 for h in hidden):
+            raise ValueError(f"rm_hidden must be two ints in [1, 4096], got {self.rm_hidden!r}")
         self.rm_hidden = hidden
         if self.reference_response is not None:
-            ref = tuple(float(x) for x in self.reference_response)
+            msg = f"reference_response must be {self.dims} finite numbers"
+            try:
+                ref = tuple(float(x) for x in self.reference_response)
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError(f"{msg}, got {self.reference_response!r}") from None
             if len(ref) != self.dims or not all(math.isfinite(x) for x in ref):
-                raise ValueError(
-                    f"reference_response must be {self.dims} finite numbers, got {len(ref)}"
-                )
+                raise ValueError(f"{msg}, got {self.reference_response!r}")
             self.reference_response = ref
         if self.labeler_bias_dims is None:
             self.labeler_bias_dims = (self.dims - 1,)
@@ -341,7 +350,7 @@ class RLHFCore:
         for name, p in self.params.items():
             if not torch.isfinite(p).all():
                 bad = [
-                    s for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1)) if not ok
+                    s for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1), strict=False) if not ok
                 ]
                 raise FloatingPointError(
                     f"reward model parameter {name!r} became NaN/inf at round {self.round} "

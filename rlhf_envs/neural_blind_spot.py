@@ -34,6 +34,23 @@ class NeuralBlindSpotEnv(BlindSpotEnv):
     on a FIFO buffer of the last 50 labelled responses; 5 responses labelled per round, then one
     RM step.
 
+    ## Action Space
+    ``Box(-action_bound, action_bound, (dims,), float32)`` (default ``dims = 10``): the response.
+    Any finite response of the right shape is accepted; NaN/inf or a wrong shape raises
+    ``ValueError`` and leaves the env unchanged.
+
+    ## Observation Space
+    ``Box(0, 1, (1,), float32)``, always ``[0.]`` (no prompt).
+
+    ## Rewards
+    ``r_phi(y)``, the current MLP reward model's score, computed before the RM learns from ``y``.
+
+    ## True utility vs feedback
+    ``U(y) = 10 exp(-0.2 ||y - y*||^2)``, ``y* = 2.5`` on the first ``signal_dims = 2`` dims,
+    reported in ``info["true_utility"]``, never the reward. Feedback as in the linear env:
+    ``"rating"`` (squared loss on the labeler's value, optional ``label_noise``) or
+    ``"preference"`` (Bradley-Terry against ``reference_response``).
+
     ## Blind spots
     The MLP starts with random errors everywhere and only learns where the policy samples, so its
     overrated regions move with the policy. ``blind_spot_bias`` on ``blind_spot_dims`` adds a

@@ -1,0 +1,223 @@
+"""Sweeps over envs x agents x seeds x hyperparameter grids, locally or on a Ray cluster.
+
+    python -m baselines.sweep SWEEP.yaml [--backend {local,ray}] [--address ADDR] [--jobs N]
+                                         [--out DIR] [--force]
+
+A sweep file::
+
+    envs: [RLHFBlindSpot-v0, RLHFNeuralBlindSpot-v0]
+    agents: [naive, fpo, fpo-relaxed]
+    seeds: 0-9                  # or a list
+    rounds: 200                 # optional; default per env (baselines/configs/whitebox.yaml)
+    env_kwargs: {label_noise: 0.1}
+    agent_kwargs: {}
+    grid:                       # optional cartesian product; keys env.NAME or agent.NAME
+      agent.gamma: [0.05, 0.1]
+    subdir: my-sweep            # optional folder under --out (must stay inside it)
+    batch_size: 10
+
+Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it
+and writes the same run folders (grid points go to ``AGENT@k=v,...``). The local backend runs
+jobs in a process pool; the ``ray`` backend submits one Ray task per job (``ray.init(address)``,
+or a local Ray instance when no address is given) with retries on worker failure. Results are
+identical byte for byte whatever the backend and job count. A sweep killed at any point and
+restarted redoes only unfinished runs; a run that raises is recorded as failed (traceback in its
+folder) and the sweep goes on; ``sweep_summary.json`` lists every run's status.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from baselines import results
+from baselines.run import CLIError, Job, _Parser, execute, parse_seeds, plan, run_job
+
+KEYS = {
+    "envs",
+    "agents",
+    "seeds",
+    "rounds",
+    "env_kwargs",
+    "agent_kwargs",
+    "grid",
+    "subdir",
+    "batch_size",
+}
+_SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
+
+
+def confined(base: Path, sub: str | None) -> Path:
+    """``base / sub``, refusing absolute paths and anything that escapes ``base``."""
+    base = Path(base).resolve()
+    if not sub:
+        return base
+    if Path(sub).is_absolute():
+        raise CLIError(f"subdir must be relative to --out, got {sub!r}")
+    path = (base / sub).resolve()
+    if path != base and base not in path.parents:
+        raise CLIError(f"subdir {sub!r} leaves the output folder {base}")
+    return path
+
+
+def tag_of(point: dict[str, Any]) -> str:
+    return _SAFE.sub("_", ",".join(f"{k.split('.', 1)[1]}={v}" for k, v in sorted(point.items())))
+
+
+def load_sweep(path: Path) -> dict[str, Any]:
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise CLIError(f"cannot read sweep file {path}: {e}") from None
+    if not isinstance(spec, dict):
+        raise CLIError(f"sweep file {path} must be a mapping")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise CLIError(f"sweep file: unknown key(s) {unknown}; allowed: {sorted(KEYS)}")
+    for key in ("envs", "agents"):
+        if not isinstance(spec.get(key), list) or not spec[key]:
+            raise CLIError(f"sweep file: {key} must be a non-empty list")
+    for key in ("env_kwargs", "agent_kwargs", "grid"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise CLIError(f"sweep file: {key} must be a mapping")
+    for key, values in (spec.get("grid") or {}).items():
+        if not re.fullmatch(r"(env|agent)\.\w+", str(key)):
+            raise CLIError(f"sweep file: grid key {key!r} must look like env.NAME or agent.NAME")
+        if not isinstance(values, list) or not values:
+            raise CLIError(f"sweep file: grid values of {key!r} must be a non-empty list")
+    return spec
+
+
+def plan_sweep(
+    spec: dict[str, Any], out: Path, force: bool, jobs: int
+) -> tuple[list[Job], list[Path]]:
+    """All jobs still to run, and the run folders the whole sweep consists of."""
+    seeds = spec["seeds"]
+    seeds = parse_seeds(",".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds))
+    grid = spec.get("grid") or {}
+    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    all_jobs: list[Job] = []
+    folders: list[Path] = []
+    for env_id, agent, point in itertools.product(spec["envs"], spec["agents"], points or [{}]):
+        env_kw = {**(spec.get("env_kwargs") or {})}
+        agent_kw = {**(spec.get("agent_kwargs") or {})}
+        for key, value in point.items():
+            group, name = key.split(".", 1)
+            (env_kw if group == "env" else agent_kw)[name] = value
+        new, done = plan(
+            env_id,
+            agent,
+            seeds,
+            spec.get("rounds"),
+            env_kw,
+            agent_kw,
+            out,
+            force,
+            int(spec.get("batch_size", 10)),
+            jobs,
+            tag=tag_of(point),
+        )
+        all_jobs += new
+        label = f"{agent}@{tag_of(point)}" if point else agent
+        folders += [results.run_dir(out, env_id, label, s) for s in seeds]
+        del done
+    return all_jobs, folders
+
+
+def execute_ray(jobs: list[Job], address: str | None, n_workers: int) -> list[dict[str, Any]]:
+    """One Ray task per job, retried if its worker dies; returns the jobs' outcomes."""
+    try:
+        import ray
+    except ImportError:
+        raise CLIError("--backend ray needs Ray: pip install -e '.[ray]'") from None
+    from tqdm import tqdm
+
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:  # a local instance on this machine only
+        ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=3)(run_job)
+        pending = [task.remote(job) for job in jobs]
+        outcomes = []
+        with tqdm(total=len(jobs), unit="job") as bar:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                outcomes += ray.get(ready)
+                bar.update(len(ready))
+        return outcomes
+    finally:
+        ray.shutdown()
+
+
+def write_summary(out: Path, folders: list[Path], outcomes: list[dict[str, Any]], wall: float):
+    runs = []
+    for folder in folders:
+        status = "missing"
+        try:
+            status = json.loads((folder / "summary.json").read_text()).get("status", "?")
+        except (OSError, json.JSONDecodeError):
+            pass
+        runs.append({"folder": str(folder.relative_to(out)), "status": status})
+    summary = {
+        "runs": runs,
+        "failed": [r for r in runs if r["status"] != "ok"],
+        "jobs_run": len(outcomes),
+        "wall_time_s": wall,
+        "job_compute_s": sum(o["wall"] for o in outcomes),
+    }
+    results.atomic_write_json(out / "sweep_summary.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="python -m baselines.sweep", description=__doc__.split("\n")[0])
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--backend", default="local", help="local (process pool) or ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default 2)")
+    p.add_argument("--out", default="runs", help="output root (default runs/)")
+    p.add_argument("--force", action="store_true", help="redo finished runs")
+    p.add_argument("--no-progress", action="store_true")
+    try:
+        args = p.parse_args(argv)
+        if args.backend not in ("local", "ray"):
+            raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
+        if args.jobs < 1:
+            raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.address and args.backend != "ray":
+            raise CLIError("--address needs --backend ray")
+        spec = load_sweep(Path(args.sweep))
+        out = confined(Path(args.out), spec.get("subdir"))
+        jobs, folders = plan_sweep(spec, out, args.force, args.jobs)
+    except CLIError as e:
+        print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
+        return 2
+    todo = sum(len(j.seeds) for j in jobs)
+    print(f"{len(jobs)} job(s), {todo} run(s) to do, {len(folders) - todo} done", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        if args.backend == "ray":
+            outcomes = execute_ray(jobs, args.address, args.jobs) if jobs else []
+        else:
+            outcomes = execute(jobs, args.jobs, show_progress=not args.no_progress)
+    except CLIError as e:
+        print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
+        return 2
+    summary = write_summary(out, folders, outcomes, time.perf_counter() - start)
+    n = len(summary["runs"])
+    print(f"{n - len(summary['failed'])}/{n} runs ok -> {out}")
+    for r in summary["failed"]:
+        print(f"  {r['status']}: {r['folder']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

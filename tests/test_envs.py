@@ -1,0 +1,347 @@
+"""Registry-driven contract tests: every id in ``rlhf_envs.ENV_IDS`` gets all of them.
+
+Covers the Gymnasium / SB3 env checkers, seeding and bit-identical reproducibility, pickling,
+vectorisation (sync, SB3 DummyVecEnv and the native batched env), the info contract, the true
+utility formula and the docstring sections.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import rlhf_envs
+
+ENV_IDS = list(rlhf_envs.ENV_IDS)
+INFO_KEYS = ("true_utility", "proxy_reward", "round", "rm_updated", "labels_used", "oracle_queries")
+DOC_SECTIONS = (
+    "Action Space",
+    "Observation Space",
+    "Rewards",
+    "True utility",
+    "Blind spots",
+    "Arguments",
+    "Version History",
+)
+# Paper §3 settings (U(y) = scale * exp(-width * ||y - y*||^2), y* = value on the first k dims).
+PAPER_UTILITY = {
+    "RLHFBlindSpot-v0": dict(dims=50, k=3, value=2.0, scale=10.0, width=0.3),
+    "RLHFNeuralBlindSpot-v0": dict(dims=10, k=2, value=2.5, scale=10.0, width=0.2),
+}
+N_STEPS = 30
+
+
+def _dims(env_id: str) -> int:
+    env = gym.make(env_id)
+    d = env.unwrapped.config.dims
+    env.close()
+    return d
+
+
+def _actions(env_id: str, n: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    d = _dims(env_id)
+    rng = np.random.default_rng(seed)
+    return (scale * rng.normal(size=(n, d))).astype(np.float64)
+
+
+def _run(env, actions):
+    out = []
+    for a in actions:
+        obs, r, term, trunc, info = env.step(a)
+        out.append((obs.copy(), r, term, trunc, dict(info)))
+    return out
+
+
+def _assert_same_trace(t1, t2):
+    assert len(t1) == len(t2)
+    for (o1, r1, te1, tr1, i1), (o2, r2, te2, tr2, i2) in zip(t1, t2, strict=False):
+        assert np.array_equal(o1, o2)
+        assert o1.dtype == o2.dtype
+        assert r1 == r2  # bit-identical, not approximately equal
+        assert te1 == te2 and tr1 == tr2
+        assert i1 == i2
+
+
+# ---------------------------------------------------------------------------------------------
+# env checkers
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_gymnasium_check_env(env_id):
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env.unwrapped, skip_render_check=True)
+    # the checker left a usable env behind that still reports the truth
+    env.unwrapped.reset(seed=1)
+    _, r, term, _, info = env.unwrapped.step(env.unwrapped.action_space.sample())
+    assert term is True
+    assert np.isfinite(info["true_utility"]) and r == info["proxy_reward"]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_sb3_check_env(env_id):
+    from stable_baselines3.common.env_checker import check_env
+
+    env = gym.make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env, warn=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+
+
+# ---------------------------------------------------------------------------------------------
+# seeding and reproducibility
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_same_seed_same_actions_bit_identical(env_id):
+    actions = _actions(env_id, N_STEPS, seed=1)
+    e1, e2 = gym.make(env_id), gym.make(env_id)
+    o1, i1 = e1.reset(seed=123)
+    o2, i2 = e2.reset(seed=123)
+    assert np.array_equal(o1, o2) and i1 == i2
+    t1, t2 = _run(e1, actions), _run(e2, actions)
+    _assert_same_trace(t1, t2)
+    # the sequence crossed several reward-model retrain rounds
+    spr = e1.unwrapped.config.samples_per_round
+    assert t1[-1][4]["round"] == N_STEPS // spr >= 3
+    assert sum(t[4]["rm_updated"] for t in t1) == N_STEPS // spr
+    # and the RMs end up identical too
+    p1, p2 = e1.unwrapped.rm_params, e2.unwrapped.rm_params
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_different_seeds_give_different_rewards(env_id):
+    actions = _actions(env_id, 10, seed=2)
+    e1, e2 = gym.make(env_id), gym.make(env_id)
+    e1.reset(seed=1)
+    e2.reset(seed=2)
+    r1 = np.array([t[1] for t in _run(e1, actions)])
+    r2 = np.array([t[1] for t in _run(e2, actions)])
+    assert not np.array_equal(r1, r2)
+    assert np.all(r1 != r2)  # every step differs: the RMs start from different draws
+    # the true utility does not depend on the seed
+    u1 = [t[4]["true_utility"] for t in _run(e1, actions[:3])]
+    u2 = [t[4]["true_utility"] for t in _run(e2, actions[:3])]
+    assert u1 == u2
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_pickle_round_trip_mid_experiment(env_id):
+    actions = _actions(env_id, 20, seed=3)
+    env = gym.make(env_id)
+    env.reset(seed=7)
+    _run(env, actions[:7])  # mid-round for samples_per_round > 1
+    clone = pickle.loads(pickle.dumps(env))
+    assert clone is not env
+    t_orig = _run(env, actions[7:])
+    t_clone = _run(clone, actions[7:])
+    _assert_same_trace(t_orig, t_clone)
+    assert t_orig[-1][4]["round"] >= 2
+    p1, p2 = env.unwrapped.rm_params, clone.unwrapped.rm_params
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+# ---------------------------------------------------------------------------------------------
+# vectorisation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_make_vec_sync(env_id):
+    venv = gym.make_vec(env_id, num_envs=3, vectorization_mode="sync")
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape[0] == 3
+    # NEXT_STEP autoreset: steps 1 and 3 execute the actions, steps 2 and 4 are reset steps
+    # (the action is ignored and the info is the reset info, which has no response to score).
+    for t in range(1, 5):
+        obs, rew, term, trunc, infos = venv.step(venv.action_space.sample())
+        assert rew.shape == (3,) and np.all(np.isfinite(rew))
+        if t % 2 == 1:
+            assert term.all()
+            assert "true_utility" in infos and infos["_true_utility"].all()
+            assert infos["true_utility"].shape == (3,)
+            assert np.all(np.isfinite(infos["true_utility"]))
+            assert np.all(infos["true_utility"] >= 0)
+            assert np.array_equal(rew, infos["proxy_reward"].astype(rew.dtype))
+        else:
+            assert not term.any() and np.all(rew == 0)
+    venv.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_sb3_dummy_vec_env(env_id):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = DummyVecEnv([lambda: gym.make(env_id)])
+    venv.seed(0)
+    venv.reset()
+    d = venv.action_space.shape[0]
+    for t in range(5):
+        obs, rew, done, infos = venv.step(np.full((1, d), 0.1 * t, dtype=np.float32))
+        assert obs.shape == (1, 1)
+        assert done[0]
+        assert "true_utility" in infos[0] and np.isfinite(infos[0]["true_utility"])
+        assert np.float32(infos[0]["proxy_reward"]) == rew[0]
+    venv.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_native_vector_env_matches_single_envs(env_id):
+    seeds = [11, 5, 2024]
+    n = 20
+    venv = gym.make_vec(env_id, num_envs=3, vectorization_mode="vector_entry_point")
+    venv.reset(seed=seeds)
+    d = venv.unwrapped.single_action_space.shape[0]
+    rng = np.random.default_rng(4)
+    acts = rng.normal(size=(n, 3, d))
+    v_rew, v_util = [], []
+    for a in acts:
+        _, rew, term, trunc, infos = venv.step(a)
+        assert term.all() and not trunc.any()
+        v_rew.append(np.asarray(rew).copy())
+        v_util.append(np.asarray(infos["true_utility"]).copy())
+    v_rew, v_util = np.array(v_rew), np.array(v_util)
+    assert not np.array_equal(v_rew[:, 0], v_rew[:, 1])  # the experiments differ
+    for i, s in enumerate(seeds):
+        env = gym.make(env_id)
+        env.reset(seed=s)
+        trace = _run(env, acts[:, i])
+        s_rew = np.array([t[1] for t in trace])
+        s_util = np.array([t[4]["true_utility"] for t in trace])
+        assert np.array_equal(s_rew, v_rew[:, i]), f"experiment {i}: rewards differ"
+        assert np.array_equal(s_util, v_util[:, i]), f"experiment {i}: true utilities differ"
+        for k, v in env.unwrapped.rm_params.items():
+            assert torch.equal(v[0], venv.unwrapped.rm_params[k][i])
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_native_vector_env_int_seed_is_seed_plus_index(env_id):
+    venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point")
+    venv.reset(seed=40)
+    d = venv.unwrapped.single_action_space.shape[0]
+    a = np.ones((2, d))
+    _, rew, *_ = venv.step(a)
+    for i in range(2):
+        env = gym.make(env_id)
+        env.reset(seed=40 + i)
+        _, r, *_ = env.step(a[i])
+        assert r == rew[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# info contract and the true utility
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_info_keys_and_reward_is_proxy(env_id):
+    env = gym.make(env_id)
+    _, info0 = env.reset(seed=0)
+    assert info0["round"] == 0 and info0["labels_used"] == 0 and info0["oracle_queries"] == 0
+    spr = env.unwrapped.config.samples_per_round
+    for t, a in enumerate(_actions(env_id, 2 * spr, seed=5), start=1):
+        _, r, term, trunc, info = env.step(a)
+        for k in INFO_KEYS:
+            assert k in info, k
+        assert isinstance(r, float)
+        assert r == info["proxy_reward"]
+        assert term is True and trunc is False
+        assert info["round"] == t // spr
+        assert info["rm_updated"] == (t % spr == 0)
+        assert info["labels_used"] == (t // spr) * spr
+        assert info["oracle_queries"] == 0  # stepping is not an oracle query
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_true_utility_query_is_counted(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    d = env.unwrapped.config.dims
+    _, _, _, _, info = env.step(np.zeros(d))
+    q0 = info["oracle_queries"]
+    ys = np.random.default_rng(0).normal(size=(1, 4, d))
+    u = env.unwrapped.true_utility(ys)
+    assert tuple(u.shape) == (1, 4)
+    _, _, _, _, info = env.step(np.zeros(d))
+    assert info["oracle_queries"] == q0 + 4
+    env.unwrapped.true_utility(ys[:, :1])
+    env.unwrapped.true_utility(ys[:, 0])  # (S, d): one response
+    _, _, _, _, info = env.step(np.zeros(d))
+    assert info["oracle_queries"] == q0 + 6
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_true_utility_query_unbatched_responses_are_all_counted(env_id):
+    """Five responses passed as (5, d) to the single env must cost five queries (or be refused)."""
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    d = env.unwrapped.config.dims
+    ys = np.random.default_rng(1).normal(size=(5, d))
+    try:
+        u = env.unwrapped.true_utility(ys)
+    except (ValueError, TypeError) as e:  # refusing the shape is acceptable too
+        assert "ys" in str(e) or "shape" in str(e)
+        return
+    assert u.numel() == 5
+    _, _, _, _, info = env.step(np.zeros(d))
+    assert info["oracle_queries"] == 5, "utility of 5 responses was computed but under-charged"
+
+
+def _numpy_utility(y, dims, k, value, scale, width):
+    y_star = np.zeros(dims)
+    y_star[:k] = value
+    return scale * np.exp(-width * np.sum((np.asarray(y, np.float64) - y_star) ** 2))
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_true_utility_matches_formula(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    c = env.unwrapped.config
+    if env_id in PAPER_UTILITY:  # the defaults are the paper's
+        p = PAPER_UTILITY[env_id]
+        assert (c.dims, c.signal_dims, c.target_value) == (p["dims"], p["k"], p["value"])
+        assert (c.utility_scale, c.utility_width) == (p["scale"], p["width"])
+    rng = np.random.default_rng(6)
+    y_star = np.zeros(c.dims)
+    y_star[: c.signal_dims] = c.target_value
+    for y in [rng.normal(size=c.dims) * 0.5 + y_star, rng.normal(size=c.dims), y_star]:
+        expected = _numpy_utility(
+            y, c.dims, c.signal_dims, c.target_value, c.utility_scale, c.utility_width
+        )
+        _, _, _, _, info = env.step(y)
+        assert info["true_utility"] == pytest.approx(expected, rel=1e-12, abs=1e-300)
+        oracle = env.unwrapped.true_utility(y[None])
+        assert float(oracle[0]) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    assert info["true_utility"] == pytest.approx(c.utility_scale)  # the last one was y*
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_true_utility_formula_with_custom_settings(env_id):
+    kw = dict(dims=4, signal_dims=2, target_value=-1.5, utility_scale=3.0, utility_width=0.7)
+    env = gym.make(env_id, **kw)
+    env.reset(seed=0)
+    y = np.array([0.3, -2.0, 1.0, 0.5])
+    _, _, _, _, info = env.step(y)
+    expected = 3.0 * np.exp(-0.7 * ((0.3 + 1.5) ** 2 + (-2.0 + 1.5) ** 2 + 1.0 + 0.25))
+    assert info["true_utility"] == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# documentation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("section", DOC_SECTIONS)
+def test_docstring_sections(env_id, section):
+    cls = type(gym.make(env_id).unwrapped)
+    doc = cls.__doc__ or ""
+    headings = [ln.strip() for ln in doc.splitlines() if ln.strip().startswith("#")]
+    assert any(re.match(r"#+\s*" + re.escape(section), h) for h in headings), (
+        f"{cls.__name__} docstring lacks a '## {section}' section; headings: {headings}"
+    )
