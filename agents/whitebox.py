@@ -126,13 +126,20 @@ class WhiteBoxAgent:
     config_cls = WhiteBoxConfig
 
     def __init__(self, config: WhiteBoxConfig | None = None, seed: int | list[int] = 0):
-        self.config = config if config is not None else self.config_cls()
+        if config is None:
+            config = self.config_cls()
+        elif not isinstance(config, self.config_cls):  # a base config: keep its fields
+            config = self.config_cls(**config.to_dict())
+        self.config = config
         self.seeds = [seed] if isinstance(seed, int) else list(seed)
 
     # -- what an agent optimises ------------------------------------------------------------------
     def score(self, env, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """The score the policy ascends, for responses ``y`` (S, n, d) -> (S, n)."""
         raise NotImplementedError
+
+    def on_start(self, env) -> None:
+        """Called once at the start of :meth:`learn`, after the env was reset."""
 
     def score_grad(self, env, y: torch.Tensor) -> torch.Tensor | None:
         """Closed-form ``grad_y score(y)`` (S, n, d), or ``None`` to use autograd on :meth:`score`.
@@ -161,6 +168,7 @@ class WhiteBoxAgent:
         spr, k = core.config.samples_per_round, core.config.signal_dims
         vector = isinstance(env.unwrapped, VectorEnv)
         gens = [torch.Generator().manual_seed(_agent_seed(s)) for s in self.seeds]
+        self.on_start(env)
         theta = torch.full((S, d), float(cfg.init), dtype=torch.float64)
         history: dict[str, list[np.ndarray]] = {}
         gaussian = cfg.policy == "gaussian"

@@ -22,7 +22,7 @@ import pandas as pd
 
 from baselines import results
 
-AGENT_ORDER = ["naive", "fpo", "fpo-relaxed", "fpo-exact", "oracle"]
+AGENT_ORDER = ["naive", "fpo", "fpo-relaxed", "fpo-exact", "static", "kl", "ensemble", "oracle"]
 REFERENCE = {  # PAPER.md Sec. 5, measured by running the reference notebooks on this CPU
     ("RLHFBlindSpot-v0", "naive"): "3.91",
     ("RLHFBlindSpot-v0", "fpo-relaxed"): "9.81",

@@ -32,7 +32,7 @@ from baselines import results
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_ENV = "RLHFBlindSpot-v0"
-AGENT_NAMES = ("naive", "fpo", "fpo-relaxed", "fpo-exact", "oracle")
+AGENT_NAMES = ("naive", "fpo", "fpo-relaxed", "fpo-exact", "oracle", "static", "kl", "ensemble")
 
 
 class CLIError(Exception):
@@ -148,7 +148,7 @@ def plan(
     import gymnasium as gym
 
     import rlhf_envs  # noqa: F401  (registers the envs)
-    from agents import AGENTS, WhiteBoxConfig
+    from agents import AGENTS
 
     if agent not in AGENTS:
         raise CLIError(f"--agent: unknown agent {agent!r}; known: {', '.join(AGENTS)}")
@@ -162,7 +162,7 @@ def plan(
         raise CLIError(f"--env-kwargs: {str(e).split(' was raised from')[0]}") from None
     defaults = load_defaults(env_id)
     resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
-    allowed = WhiteBoxConfig.field_names()
+    allowed = AGENTS[agent].config_cls.field_names()
     unknown = sorted(set(agent_kwargs) - set(allowed))
     if unknown:
         raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{" + ",".join(AGENT_NAMES) + "}",
         help="naive: ascend the current RM; fpo: practical FPO (no oracle); fpo-relaxed: FPO "
         "with the labeler's verdict; fpo-exact: score by a virtual real RM update; oracle: "
-        "ascend the true utility (ceiling)",
+        "ascend the true utility (ceiling); static: ascend the initial RM; kl: current RM "
+        "minus kl_coef*||y-y0||^2; ensemble: pessimistic RM ensemble (mean - k*std or min)",
     )
     p.add_argument("--env", default=DEFAULT_ENV, help=f"registered env id (default {DEFAULT_ENV})")
     p.add_argument("--seeds", default="0-9", help="seeds: 0-9, 3, 0,2,5 or 0-4,10-12 (default 0-9)")

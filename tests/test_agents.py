@@ -13,8 +13,8 @@ NEURAL = "RLHFNeuralBlindSpot-v0"
 LINEAR = "RLHFBlindSpot-v0"
 
 
-def config(env_id: str, **kw) -> WhiteBoxConfig:
-    return WhiteBoxConfig(**{**load_defaults(env_id)["agent"], **kw})
+def config(env_id: str, cls=WhiteBoxConfig, **kw) -> WhiteBoxConfig:
+    return cls(**{**load_defaults(env_id)["agent"], **kw})
 
 
 def vec_env(env_id, seeds, **kw):
@@ -100,3 +100,63 @@ def test_learn_requires_matching_seeds():
     env = vec_env(LINEAR, [0, 1])
     with pytest.raises(ValueError, match="seeds"):
         AGENTS["naive"](config(LINEAR), seed=[0]).learn(env)
+
+
+def test_static_agent_scores_with_the_initial_rm_while_the_env_retrains():
+    env = vec_env(LINEAR, [0, 1])
+    w0 = env.unwrapped.core.params["w"].clone()
+    agent = AGENTS["static"](config(LINEAR, rounds=50), seed=[0, 1])
+    h = agent.learn(env)
+    assert not torch.equal(env.unwrapped.core.params["w"], w0)  # the env did retrain
+    torch.testing.assert_close(agent.params0["w"], w0)
+    # gradient ascent on w0.y - l2 ||y||^2 from 0: y_t = w0 / (2 l2) * (1 - (1 - 2 l2 lr)^t)
+    expected = w0 / 0.2 * (1 - (1 - 2 * 0.1 * 0.02) ** 50)
+    torch.testing.assert_close(agent.theta, expected, rtol=1e-9, atol=1e-12)
+    assert h["labels_used"][-1, 0] == 50
+
+
+def test_kl_anchor_equals_practical_fpo_on_the_linear_env():
+    """For r = w.y the practical penalty is ||y||^2: the same objective as an anchor at y0 = 0."""
+    kl_cls = AGENTS["kl"].config_cls
+    kl = AGENTS["kl"](config(LINEAR, kl_cls, rounds=40, kl_coef=0.1), seed=[0, 1]).learn(
+        vec_env(LINEAR, [0, 1])
+    )
+    fpo = AGENTS["fpo"](config(LINEAR, rounds=40, gamma=0.1), seed=[0, 1]).learn(
+        vec_env(LINEAR, [0, 1])
+    )
+    np.testing.assert_allclose(kl["true_utility"], fpo["true_utility"], rtol=1e-10)
+    weak = AGENTS["kl"](config(LINEAR, kl_cls, rounds=40, kl_coef=0.0), seed=[0, 1]).learn(
+        vec_env(LINEAR, [0, 1])
+    )
+    assert not np.allclose(weak["noise_norm"], kl["noise_norm"])
+
+
+def test_ensemble_members_train_on_the_env_buffer_and_disagree():
+    from agents.ensemble import RMEnsemble
+
+    env = vec_env(NEURAL, [0, 1])
+    core = env.unwrapped.core
+    ens = RMEnsemble(core, 3, [0, 1])
+    y = torch.randn(2, 4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = ens.scores(y).clone()
+    for _ in range(10):  # two RM rounds
+        env.step(np.random.default_rng(0).normal(size=(2, 10)))
+    ens.sync()
+    after = ens.scores(y)
+    assert ens.round == core.round == 2
+    assert not torch.equal(before[1:], after[1:])  # extra members were trained
+    assert (after.std(0) > 0).all()  # different initialisations disagree
+    pess = ens.pessimistic(y, "mean_std", 1.0)
+    torch.testing.assert_close(pess, after.mean(0) - after.std(0))
+    torch.testing.assert_close(ens.pessimistic(y, "min"), after.min(0).values)
+
+
+def test_defence_configs_validate():
+    from agents.defences import EnsembleConfig, KLConfig
+
+    with pytest.raises(ValueError, match="kl_coef"):
+        KLConfig(kl_coef=-1.0)
+    with pytest.raises(ValueError, match="ensemble_size"):
+        EnsembleConfig(ensemble_size=1)
+    with pytest.raises(ValueError, match="ensemble_mode"):
+        EnsembleConfig(ensemble_mode="median")

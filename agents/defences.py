@@ -1,0 +1,119 @@
+"""The field's usual defences against reward over-optimisation, as white-box agents.
+
+* ``static``: ascends the reward model as it was at the start (never retrained from the
+  agent's point of view): classic over-optimisation of a fixed proxy (Gao, Schulman & Hilton,
+  "Scaling Laws for Reward Model Overoptimization", arXiv 2210.10760).
+* ``kl``: ascends the current RM minus ``kl_coef * ||y - y0||^2``, an anchor to the initial
+  policy. For Gaussian policies with a shared fixed covariance the KL to the initial policy is
+  proportional to ``||theta - theta0||^2``; the anchor on the sampled response has the same
+  expected gradient (the scale is absorbed in ``kl_coef``). The KL-regularised RLHF objective of
+  Ziegler et al., "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593.
+* ``ensemble``: ascends a pessimistic aggregate of K reward models (mean - k*std, or min) trained
+  on the same labels from different initialisations (Coste et al., "Reward Model Ensembles Help
+  Mitigate Overoptimization", arXiv 2310.02743).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from agents.ensemble import MODES, RMEnsemble
+from agents.whitebox import WhiteBoxAgent, WhiteBoxConfig
+
+
+class StaticAgent(WhiteBoxAgent):
+    """Ascends the initial reward model ``r_{phi_0}`` (the env keeps retraining, unseen).
+
+    Source: the fixed-proxy setting of Gao et al., arXiv 2210.10760.
+    """
+
+    name = "static"
+
+    def on_start(self, env) -> None:
+        self.params0 = {k: v.clone() for k, v in env.unwrapped.core.params.items()}
+
+    def score(self, env, y: torch.Tensor) -> torch.Tensor:
+        return env.unwrapped.core.reward_model.score(self.params0, y)
+
+    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor:
+        return env.unwrapped.core.reward_model.score_and_grad_y(self.params0, y)[1]
+
+
+@dataclass
+class KLConfig(WhiteBoxConfig):
+    """:class:`WhiteBoxConfig` plus ``kl_coef``, the weight of the anchor (>= 0)."""
+
+    kl_coef: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (
+            not isinstance(self.kl_coef, (int, float))
+            or not math.isfinite(self.kl_coef)
+            or (self.kl_coef < 0)
+        ):
+            raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef!r}")
+
+
+class KLAgent(WhiteBoxAgent):
+    """Current RM minus ``kl_coef * ||y - y0||^2`` (anchor to the initial policy).
+
+    Source: KL-regularised RLHF, Ziegler et al., arXiv 1909.08593.
+    """
+
+    name = "kl"
+    config_cls = KLConfig
+
+    def score(self, env, y: torch.Tensor) -> torch.Tensor:
+        core = env.unwrapped.core
+        anchor = ((y - self.config.init) ** 2).sum(-1)
+        return core.reward_model.score(core.params, y) - self.config.kl_coef * anchor
+
+    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor:
+        core = env.unwrapped.core
+        g = core.reward_model.score_and_grad_y(core.params, y)[1]
+        return g - 2.0 * self.config.kl_coef * (y - self.config.init)
+
+
+@dataclass
+class EnsembleConfig(WhiteBoxConfig):
+    """:class:`WhiteBoxConfig` plus the ensemble's size, aggregate and pessimism."""
+
+    ensemble_size: int = 5
+    ensemble_mode: str = "mean_std"
+    ensemble_k: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (
+            isinstance(self.ensemble_size, bool)
+            or not isinstance(self.ensemble_size, int)
+            or (self.ensemble_size < 2)
+        ):
+            raise ValueError(f"ensemble_size must be an int >= 2, got {self.ensemble_size!r}")
+        if self.ensemble_mode not in MODES:
+            raise ValueError(f"ensemble_mode must be one of {MODES}, got {self.ensemble_mode!r}")
+        if not isinstance(self.ensemble_k, (int, float)) or not math.isfinite(self.ensemble_k):
+            raise ValueError(f"ensemble_k must be a finite number, got {self.ensemble_k!r}")
+
+
+class EnsembleAgent(WhiteBoxAgent):
+    """Pessimistic ensemble of reward models (mean - k*std or min).
+
+    The extra members train on the env's labelled buffer whenever the env retrains, so they use
+    no extra labels; their cost is compute.
+    Source: Coste et al., arXiv 2310.02743.
+    """
+
+    name = "ensemble"
+    config_cls = EnsembleConfig
+
+    def on_start(self, env) -> None:
+        self.ensemble = RMEnsemble(env.unwrapped.core, self.config.ensemble_size, self.seeds)
+
+    def score(self, env, y: torch.Tensor) -> torch.Tensor:
+        self.ensemble.sync()
+        return self.ensemble.pessimistic(y, self.config.ensemble_mode, self.config.ensemble_k)
