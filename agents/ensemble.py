@@ -53,16 +53,16 @@ class RMEnsemble:
                     )
         self.round = core.round
 
-    def scores(self, y: torch.Tensor) -> torch.Tensor:
-        """Member scores, shape (K, S, n); member 0 is the env's reward model."""
-        rm = self.core.reward_model
-        return torch.stack(
-            [rm.score(self.core.params, y)] + [rm.score(m[0], y) for m in self.members]
-        )
+    def scores(self, y: torch.Tensor, core=None) -> torch.Tensor:
+        """Member scores, shape (K, S, n); member 0 is the env's reward model (or ``core``'s,
+        e.g. a snapshot taken before a step)."""
+        core = core if core is not None else self.core
+        rm = core.reward_model
+        return torch.stack([rm.score(core.params, y)] + [rm.score(m[0], y) for m in self.members])
 
-    def pessimistic(self, y: torch.Tensor, mode: str = "mean_std", k: float = 1.0):
+    def pessimistic(self, y: torch.Tensor, mode: str = "mean_std", k: float = 1.0, core=None):
         """``mean - k * std`` over members (``mode="mean_std"``) or their ``min``."""
-        members = list(self.scores(y))
+        members = list(self.scores(y, core))
         # Explicit sums over members (not tensor reductions over dim 0, whose algorithm depends
         # on the layout): one experiment's numbers then do not depend on the batch size.
         if mode == "min":

@@ -105,6 +105,8 @@ class Job:
     digests: dict[int, str] = field(default_factory=dict)
     settings: dict[int, dict[str, Any]] = field(default_factory=dict)
     label: str = ""
+    optimizer: str = "whitebox"
+    hyperparams: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.agent
@@ -123,6 +125,7 @@ def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]
         force=args.force,
         batch_size=args.batch_size,
         jobs=args.jobs,
+        optimizer=args.optimizer,
     )
 
 
@@ -138,12 +141,15 @@ def plan(
     batch_size: int = 10,
     jobs: int = 1,
     tag: str = "",
+    optimizer: str = "whitebox",
 ) -> tuple[list[Job], list[tuple[str, int]]]:
     """Validate one (env, agent, settings) over seeds and build its pending jobs.
 
     Everything is checked before anything runs (env kwargs by building the env, agent kwargs by
     building the config). ``tag`` names a hyperparameter variant: its runs go to
-    ``OUT/ENV/AGENT@TAG/seed_S``. Returns (jobs, skipped finished runs).
+    ``OUT/ENV/AGENT@TAG/seed_S``. ``optimizer`` is ``whitebox`` (the paper's gradient agents,
+    seeds batched) or an SB3 algorithm (``ppo``, ``sac``, ``a2c``; runs go to
+    ``AGENT+ALGO``). Returns (jobs, skipped finished runs).
     """
     import gymnasium as gym
 
@@ -161,6 +167,27 @@ def plan(
     except (TypeError, ValueError) as e:
         raise CLIError(f"--env-kwargs: {str(e).split(' was raised from')[0]}") from None
     defaults = load_defaults(env_id)
+    hyperparams: dict[str, Any] = {}
+    if optimizer == "whitebox":
+        if gym.spec(env_id).vector_entry_point is None:
+            raise CLIError(
+                f"--env: {env_id} has no white-box agents; use --optimizer ppo (or sac, a2c)"
+            )
+    else:
+        from baselines.sb3_runner import ALGOS, WRAPPED_AGENTS
+
+        if optimizer not in ALGOS:
+            raise CLIError(
+                f"--optimizer must be whitebox or one of {', '.join(ALGOS)}, got {optimizer!r}"
+            )
+        if agent not in WRAPPED_AGENTS:
+            raise CLIError(
+                f"--agent: {agent} has no SB3 form; allowed: {', '.join(WRAPPED_AGENTS)}"
+            )
+        sb3 = defaults.get("sb3", {})
+        hyperparams = dict(sb3.get(optimizer, {}))
+        if rounds is None:
+            rounds = sb3.get("rounds")
     resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
     allowed = AGENTS[agent].config_cls.field_names()
     unknown = sorted(set(agent_kwargs) - set(allowed))
@@ -175,7 +202,8 @@ def plan(
     except (TypeError, ValueError) as e:
         raise CLIError(f"--agent-kwargs: {e}") from None
     rounds = agent_cfg.rounds
-    label = f"{agent}@{tag}" if tag else agent
+    label = agent if optimizer == "whitebox" else f"{agent}+{optimizer}"
+    label = f"{label}@{tag}" if tag else label
 
     pending, skipped = [], []
     digests, settings = {}, {}
@@ -189,6 +217,8 @@ def plan(
             "rounds": rounds,
             "seed": seed,
         }
+        if optimizer != "whitebox":
+            s.update(optimizer=optimizer, hyperparams=hyperparams)
         digest = results.config_hash(s)
         folder = results.run_dir(out, env_id, label, seed)
         state = results.is_done(folder, digest)
@@ -219,6 +249,8 @@ def plan(
                     {s: digests[s] for s in chunk},
                     {s: settings[s] for s in chunk},
                     label,
+                    optimizer,
+                    hyperparams,
                 )
             )
     return out_jobs, skipped
@@ -258,31 +290,53 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
     start = time.perf_counter()
     status, reason, tb = "ok", "", ""
-    history = None
+    columns: list[tuple[dict, int]] = []  # (history, column) per seed
+    units = [0]
+
+    def callback(_row, per_round: int = 1) -> None:
+        units[0] += per_round
+        if report is not None and units[0] >= 50:
+            report(units[0])
+            units[0] = 0
+
     try:
-        env = gym.make_vec(
-            job.env_id,
-            num_envs=len(job.seeds),
-            vectorization_mode="vector_entry_point",
-            **job.env_kwargs,
-        )
-        env.reset(seed=list(job.seeds))
-        cls = AGENTS[job.agent]
-        agent = cls(cls.config_cls(**job.agent_config), seed=list(job.seeds))
-        done = [0]
+        if job.optimizer == "whitebox":
+            env = gym.make_vec(
+                job.env_id,
+                num_envs=len(job.seeds),
+                vectorization_mode="vector_entry_point",
+                **job.env_kwargs,
+            )
+            env.reset(seed=list(job.seeds))
+            cls = AGENTS[job.agent]
+            agent = cls(cls.config_cls(**job.agent_config), seed=list(job.seeds))
+            n = len(job.seeds)
+            history = agent.learn(env, job.rounds, lambda row: callback(row, n))
+            columns = [(history, i) for i in range(n)]
+        else:
+            from baselines.sb3_runner import learn_sb3
 
-        def callback(_row) -> None:
-            done[0] += 1
-            if report is not None and (done[0] % 50 == 0 or done[0] == job.rounds):
-                report(
-                    50 * len(job.seeds) if done[0] % 50 == 0 else (done[0] % 50) * len(job.seeds)
+            for seed in job.seeds:  # SB3 runs one experiment at a time
+                h = learn_sb3(
+                    job.env_id,
+                    job.env_kwargs,
+                    job.agent,
+                    job.agent_config,
+                    job.optimizer,
+                    job.hyperparams,
+                    job.rounds,
+                    seed,
+                    callback,
                 )
-
-        history = agent.learn(env, job.rounds, callback)
+                columns.append((h, 0))
+        if report is not None and units[0]:
+            report(units[0])
     except FloatingPointError as e:
         status, reason, tb = "stopped", str(e), traceback.format_exc()
+        columns = []
     except Exception as e:  # recorded in the run folder; the sweep goes on
         status, reason, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+        columns = []
     wall = time.perf_counter() - start
     versions, commit = results.package_versions(), results.git_commit()
     for i, seed in enumerate(job.seeds):
@@ -306,11 +360,12 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             "wall_time_s": wall / len(job.seeds),
             "batch_wall_time_s": wall,
         }
-        if history is not None:
-            results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, i))
-            u = history["true_utility"][:, i]
+        if columns:
+            history, col = columns[i]
+            results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, col))
+            u = history["true_utility"][:, col]
             summary.update(results.summarise_history(u))
-            last = {k: float(v[-1, i]) for k, v in history.items()}
+            last = {k: float(v[-1, col]) for k, v in history.items()}
             summary.update(
                 final_proxy_reward=last["proxy_reward"],
                 final_gap=last["gap"],
@@ -372,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         "with the labeler's verdict; fpo-exact: score by a virtual real RM update; oracle: "
         "ascend the true utility (ceiling); static: ascend the initial RM; kl: current RM "
         "minus kl_coef*||y-y0||^2; ensemble: pessimistic RM ensemble (mean - k*std or min)",
+    )
+    p.add_argument(
+        "--optimizer",
+        default="whitebox",
+        help="whitebox (the paper's gradient agents, seeds batched; default) or an SB3 "
+        "algorithm: ppo, sac, a2c (the agent becomes a reward wrapper; hyperparameters from "
+        "the env's sb3 section in baselines/configs/whitebox.yaml)",
     )
     p.add_argument("--env", default=DEFAULT_ENV, help=f"registered env id (default {DEFAULT_ENV})")
     p.add_argument("--seeds", default="0-9", help="seeds: 0-9, 3, 0,2,5 or 0-4,10-12 (default 0-9)")

@@ -174,6 +174,7 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
             raise RuntimeError("call reset() before step()")
         y = self._check_actions(action, (self.config.dims,))
         proxy, true_u, updated = self.core.step(y)
+        self.last_response = y  # (1, d): the vector the RM scored (read by reward wrappers)
         info = self._info(float(proxy[0]), float(true_u[0]), updated)
         return self._obs.copy(), float(proxy[0]), True, False, info
 
@@ -238,6 +239,7 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
             raise RuntimeError("call reset() before step()")
         y = self._check_actions(actions, (self.num_envs, self.config.dims))
         proxy, true_u, updated = self.core.step(y)
+        self.last_response = y
         infos = self._infos(proxy, true_u, updated)
         ones = np.ones(self.num_envs, dtype=np.bool_)
         return self._obs.copy(), proxy.copy(), ones, ~ones, infos

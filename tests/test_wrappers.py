@@ -1,0 +1,145 @@
+"""Reward wrappers for SB3: the algorithm sees the wrapped reward, the truth stays the env's."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.monitor import Monitor
+
+import rlhf_envs  # noqa: F401
+from agents import wrappers
+from baselines.run import main as run_main
+
+LINEAR = "RLHFBlindSpot-v0"
+NEURAL = "RLHFNeuralBlindSpot-v0"
+
+
+def make(env_id, wrapper, **kw):
+    env = wrapper(gym.make(env_id), **kw)
+    env.reset(seed=3)
+    return env
+
+
+def step_checked(env, action):
+    """Step, and recompute what the wrapper should have paid, independently."""
+    core = env.unwrapped.core
+    params = {k: v.clone() for k, v in core.params.items()}
+    y = torch.as_tensor(action, dtype=torch.float64).reshape(1, 1, -1)
+    obs, reward, term, trunc, info = env.step(action)
+    with torch.no_grad():
+        r = core.reward_model.score(params, y)[0, 0].item()
+        u = core.utility(y)[0, 0].item()
+    return reward, info, r, u, params, y
+
+
+@pytest.mark.parametrize("env_id", [LINEAR, NEURAL])
+def test_fpo_wrapper_pays_rm_minus_penalty_and_keeps_truth(env_id):
+    env = make(env_id, wrappers.FPORewardWrapper, form="practical", gamma=0.3)
+    rng = np.random.default_rng(0)
+    for _ in range(12):  # crosses RM retrains on both envs
+        action = rng.normal(size=env.action_space.shape)
+        reward, info, r, u, params, y = step_checked(env, action)
+        k = env.unwrapped.core.reward_model.ntk(params, y, y)[0, 0].item()
+        assert reward == pytest.approx(r - 0.3 * k, rel=1e-12, abs=1e-12)
+        assert info["wrapped_reward"] == reward
+        assert info["true_utility"] == pytest.approx(u, rel=1e-12, abs=1e-300)
+        assert info["proxy_reward"] == pytest.approx(r, rel=1e-12, abs=1e-12)
+        assert reward != info["proxy_reward"]
+        env.reset()
+
+
+def test_oracle_wrapper_pays_truth_and_counts_queries():
+    env = make(NEURAL, wrappers.OracleRewardWrapper)
+    for i in range(7):
+        reward, info, r, u, _, _ = step_checked(env, np.full(10, 0.3 * i))
+        assert reward == pytest.approx(u, rel=1e-12)
+        assert info["proxy_reward"] == pytest.approx(r)  # the env's proxy is not overwritten
+        assert info["oracle_queries"] == i + 1
+        env.reset()
+
+
+def test_static_wrapper_scores_with_initial_rm():
+    env = make(LINEAR, wrappers.StaticRewardWrapper)
+    w0 = env.unwrapped.core.params["w"].clone()
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        a = rng.normal(size=50)
+        reward, info, *_ = step_checked(env, a)
+        assert reward == pytest.approx(float(w0[0] @ torch.as_tensor(a)), rel=1e-12)
+        env.reset()
+    assert not torch.equal(env.unwrapped.core.params["w"], w0)
+
+
+def test_ensemble_wrapper_is_pessimistic():
+    env = make(NEURAL, wrappers.EnsembleRewardWrapper, size=4, k=2.0)
+    rng = np.random.default_rng(2)
+    for _ in range(11):
+        reward, info, r, *_ = step_checked(env, rng.normal(size=10))
+        env.reset()
+    assert env.unwrapped.core.round == 2 and env.ensemble.round == 2
+    y = torch.zeros(1, 1, 10, dtype=torch.float64)
+    s = env.ensemble.scores(y)
+    assert env.ensemble.pessimistic(y, "mean_std", 2.0).item() < s.mean().item()
+
+
+@pytest.mark.parametrize(
+    "wrapper,kw",
+    [
+        (wrappers.FPORewardWrapper, {"form": "practical", "gamma": 0.1}),
+        (wrappers.FPORewardWrapper, {"form": "relaxed", "gamma": 0.1}),
+        (wrappers.FPORewardWrapper, {"form": "exact", "gamma": 0.1}),
+        (wrappers.OracleRewardWrapper, {}),
+        (wrappers.EnsembleRewardWrapper, {"size": 3}),
+    ],
+)
+def test_ppo_trains_on_each_wrapper_and_monitor_reports_truth(wrapper, kw):
+    env = Monitor(wrapper(gym.make(NEURAL), **kw), info_keywords=("true_utility",))
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, seed=0, device="cpu")
+    model.learn(total_timesteps=128)
+    core = env.unwrapped.core
+    assert core.round == 128 // 5  # the RM kept retraining on PPO's rollouts
+    # Monitor logged the algorithm's (wrapped) rewards; the truth in info is the env's own
+    paid = np.array(env.get_episode_rewards())
+    assert len(paid) == 128 and np.isfinite(paid).all()
+    env.reset()
+    action = np.full(10, 1.0)
+    _, reward, _, _, info = env.step(action)
+    y = torch.full((1, 1, 10), 1.0, dtype=torch.float64)
+    assert info["true_utility"] == pytest.approx(core.utility(y)[0, 0].item(), rel=1e-12)
+    assert info["wrapped_reward"] == reward
+    if wrapper is not wrappers.OracleRewardWrapper:
+        assert reward != pytest.approx(info["true_utility"], rel=1e-3)
+
+
+def test_wrapper_rejects_bad_form():
+    with pytest.raises(ValueError, match="form"):
+        wrappers.FPORewardWrapper(gym.make(LINEAR), form="psychic")
+
+
+def test_harness_runs_sb3_agents_and_rejects_kl(tmp_path, capsys):
+    out = str(tmp_path)
+    assert (
+        run_main(
+            [
+                "--agent",
+                "fpo",
+                "--optimizer",
+                "ppo",
+                "--seeds",
+                "0",
+                "--rounds",
+                "40",
+                "--env",
+                NEURAL,
+                "--out",
+                out,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    csv = (tmp_path / NEURAL / "fpo+ppo" / "seed_0" / "metrics.csv").read_text().splitlines()
+    assert len(csv) == 41
+    assert run_main(["--agent", "kl", "--optimizer", "ppo", "--out", out]) == 2
+    assert "kl" in capsys.readouterr().err
