@@ -58,6 +58,21 @@ def agent_seconds(env_id: str, agent: str, seeds: list[int], rounds: int, repeat
     return statistics.median(times)
 
 
+def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -> float:
+    """Median seconds of one SB3 run (one seed) of ``rounds`` RM rounds."""
+    from baselines.sb3_runner import learn_sb3
+
+    defaults = load_defaults(env_id)
+    cfg = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
+    hyper = defaults.get("sb3", {}).get(algo, {})
+    times = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        learn_sb3(env_id, {}, agent, cfg, algo, hyper, rounds, seed=r)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m baselines.bench", description=__doc__.split("\n")[0]
@@ -74,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=2000, help="env steps for steps/s")
+    p.add_argument(
+        "--sb3",
+        default="ppo",
+        help="SB3 algorithm whose wall time with and without FPO wrappers is compared "
+        "(ppo, sac, a2c; 'none' to skip)",
+    )
+    p.add_argument("--sb3-rounds", type=int, default=400, help="RM rounds per SB3 run")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     unknown = [a for a in args.agents if a not in AGENTS]
@@ -100,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         for agent, (b, a) in rows.items():
             print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
         print()
+        if args.sb3 != "none":
+            print(f"{args.sb3.upper()} through reward wrappers, {args.sb3_rounds} RM rounds, 1 seed:\n")
+            print("| agent | s/run | x naive |")
+            print("|---|---|---|")
+            sb3_seconds(env_id, "naive", args.sb3, 5, 1)  # warm-up: imports, first compile
+            sb3_rows = {
+                a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats)
+                for a in ("naive", "fpo", "fpo-relaxed")
+            }
+            for a, sec in sb3_rows.items():
+                print(f"| {a}+{args.sb3} | {sec:.2f} | {sec / sb3_rows['naive']:.2f}x |")
+            print()
     return 0
 
 
