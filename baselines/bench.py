@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
         print()
         if args.sb3 != "none":
-            print(f"{args.sb3.upper()} through reward wrappers, {args.sb3_rounds} RM rounds, 1 seed:\n")
+            print(
+                f"{args.sb3.upper()} through reward wrappers, {args.sb3_rounds} RM rounds, 1 seed:\n"
+            )
             print("| agent | s/run | x naive |")
             print("|---|---|---|")
             sb3_seconds(env_id, "naive", args.sb3, 5, 1)  # warm-up: imports, first compile

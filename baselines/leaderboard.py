@@ -6,7 +6,9 @@ Per (env, agent) over seeds: final true utility and area under the true-utility 
 over rounds) with mean, 95 % percentile-bootstrap CI and IQM; collapse drop (peak minus final);
 final proxy-true gap; labels and oracle queries; wall time per run. Figures: true utility per
 round with 95 % CI bands per agent, and for the linear env the signal-vs-noise trajectory over the
-utility landscape. Runs made with different code commits or package versions are refused unless
+utility landscape; a probability-of-improvement table of each FPO form against naive and the
+defences. A hand-written reading of an env's table, ``RESULTS/notes/ENV_ID.md``, is shown
+under it when present. Runs made with different code commits or package versions are refused unless
 ``--allow-mixed`` is given.
 """
 
@@ -92,7 +94,48 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["env_id", "order", "agent"]).drop(columns="order")
 
 
-def markdown(tab: pd.DataFrame, df: pd.DataFrame) -> str:
+FPO_FORMS = ("fpo", "fpo-relaxed", "fpo-exact")
+BASELINES = ("naive", "static", "kl", "ensemble")
+
+
+def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """P(FPO form beats baseline) on final true utility, with a bootstrap CI over seeds.
+
+    Probability of improvement as in Agarwal et al. (arXiv 2108.13264): over all pairs of runs,
+    P(X > Y) + 0.5 P(X = Y); the CI resamples the seeds of both agents.
+    """
+    rows = []
+    rng = np.random.default_rng(0)
+    for env_id, part in df.groupby("env_id"):
+        finals = {label: g.final_true_utility.to_numpy() for label, g in part.groupby("label")}
+        for a in FPO_FORMS:
+            for b in BASELINES:
+                if a not in finals or b not in finals:
+                    continue
+                x, y = finals[a], finals[b]
+                poi = results.probability_of_improvement(x, y)
+                boots = [
+                    results.probability_of_improvement(
+                        x[rng.integers(0, len(x), len(x))], y[rng.integers(0, len(y), len(y))]
+                    )
+                    for _ in range(n_boot)
+                ]
+                lo, hi = np.quantile(boots, [0.025, 0.975])
+                rows.append(
+                    {
+                        "env_id": env_id,
+                        "fpo": a,
+                        "baseline": b,
+                        "p_improvement": poi,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "mean_difference": x.mean() - y.mean(),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path) -> str:
     lines = [
         "# Leaderboard",
         "",
@@ -126,6 +169,24 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame) -> str:
         lines += ["", f"![true utility](figures/{env_id}_true_utility.png)", ""]
         if env_id == "RLHFBlindSpot-v0":
             lines += [f"![signal vs noise](figures/{env_id}_signal_noise.png)", ""]
+        sub = poi[poi.env_id == env_id] if len(poi) else poi
+        if len(sub):
+            lines += [
+                "Probability that the FPO form ends with higher true utility than the baseline "
+                "(over all pairs of seeds; 95 % bootstrap CI; 0.5 = no difference):",
+                "",
+                "| FPO form | vs | P(improvement) | mean difference in final U |",
+                "|---|---|---|---|",
+            ]
+            for _, r in sub.iterrows():
+                lines.append(
+                    f"| {r.fpo} | {r.baseline} | {r.p_improvement:.2f} [{r.ci_low:.2f}, "
+                    f"{r.ci_high:.2f}] | {r.mean_difference:+.2f} |"
+                )
+            lines.append("")
+        note = notes / f"{env_id}.md"
+        if note.exists():
+            lines += ["### Reading", "", note.read_text().strip(), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     results.atomic_write_text(out / "leaderboard.csv", tab.to_csv(index=False, float_format="%.6g"))
     per_run = df.drop(columns=["folder", "versions"]).sort_values(["env_id", "agent", "seed"])
     results.atomic_write_text(out / "runs.csv", per_run.to_csv(index=False, float_format="%.6g"))
-    results.atomic_write_text(out / "LEADERBOARD.md", markdown(tab, df))
+    poi = improvement_table(df)
+    results.atomic_write_text(
+        out / "probability_of_improvement.csv", poi.to_csv(index=False, float_format="%.6g")
+    )
+    results.atomic_write_text(out / "LEADERBOARD.md", markdown(tab, df, poi, out / "notes"))
     print(f"wrote {out / 'LEADERBOARD.md'} ({len(df)} runs, {len(tab)} rows)")
     return 0
 
