@@ -1,0 +1,158 @@
+"""Seconds per protocol step, split into generation, scoring and update.
+
+    python -m llm_track.bench --shapes tiny
+    python -m llm_track.bench --shapes llama-3.2-1b --device cuda --dtype bfloat16
+
+Two scoring modes are timed in the same run, on the same models and prompts:
+- ``batched``: candidates + reference in one forward of the base model (oracle utility) and one of
+  the reward model, FPO head penalties in closed form from the head's input features;
+- ``per-candidate``: one forward per answer for each model and per-candidate autograd for the
+  head gradient (the straightforward implementation the paper's timing describes).
+``--shapes llama-3.2-1b`` builds the real Llama-3.2-1B and DeBERTa-v3-base architectures with
+random weights (no download) and synthetic word-level tokenizers of their vocabulary sizes; it is
+meant for a GPU (too slow for more than a smoke test on a small CPU).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from llm_track.config import LLMTrackError, preset_config
+from llm_track.run import OneLineParser, _quiet_libraries
+
+
+def build(shapes: str, cfg):
+    """Models (with LoRA, frozen RM backbone) of the requested shapes, on ``cfg.device``."""
+    import torch
+
+    from llm_track import models as M
+
+    if shapes == "tiny":
+        return M.load_models(cfg)
+    dtype = M.torch_dtype(cfg.dtype)
+    with torch.device(cfg.device):
+        base, rm = M.build_random_models(
+            M.llama_1b_config(), M.deberta_v3_base_config(), cfg.model_seed, dtype
+        )
+    for p in base.parameters():
+        p.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 7)
+        policy = M.add_lora(base, cfg).to(cfg.device)
+    M.freeze_all_but_head(rm)
+    return M.Models(
+        policy,
+        M.build_synthetic_tokenizer(base.config.vocab_size),
+        rm.eval(),
+        M.build_synthetic_tokenizer(rm.config.vocab_size),
+    )
+
+
+def bench(
+    shapes: str, device: str, dtype: str, steps: int, candidates: int, max_new: int, agent: str
+) -> dict:
+    import torch
+
+    from llm_track.loop import Protocol
+    from llm_track.prompts import TRAIN_PROMPTS
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
+    preset = "tiny" if shapes == "tiny" else "paper"
+    cfg = preset_config(
+        preset,
+        agent=agent,
+        device=device,
+        dtype=dtype,
+        candidates=candidates,
+        max_new_tokens=max_new,
+        min_new_tokens=min(5, max_new),
+        steps=steps,
+    )
+    t0 = time.perf_counter()
+    models = build(shapes, cfg)
+    build_s = time.perf_counter() - t0
+    proto = Protocol(cfg, models, list(TRAIN_PROMPTS))
+    out: dict = {
+        "shapes": shapes,
+        "device": device,
+        "dtype": dtype,
+        "candidates": candidates,
+        "max_new_tokens": max_new,
+        "agent": agent,
+        "steps": steps,
+        "build_s": build_s,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name()
+    for mode, batched in (("batched", True), ("per-candidate", False)):
+        proto.step(0, batched=batched)  # warm-up (allocations, kernels), not timed
+        rows = [proto.step(t, batched=batched) for t in range(1, steps + 1)]
+        out[mode] = {
+            k: statistics.fmean(r[k] for r in rows)
+            for k in ("gen_s", "score_s", "update_s", "step_s")
+        }
+    if device.startswith("cuda"):
+        out["max_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    out["scoring_speedup"] = out["per-candidate"]["score_s"] / max(out["batched"]["score_s"], 1e-9)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(prog="python -m llm_track.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default="tiny", choices=("tiny", "llama-3.2-1b"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--steps", type=int, default=3, help="timed steps per mode (after a warm-up)")
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--agent", default="fpo-relaxed", choices=("naive", "fpo", "fpo-relaxed"))
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    try:
+        if args.steps < 1:
+            raise LLMTrackError(f"--steps must be >= 1; got {args.steps}")
+        _quiet_libraries()
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        res = bench(
+            args.shapes,
+            args.device,
+            args.dtype,
+            args.steps,
+            args.candidates,
+            args.max_new_tokens,
+            args.agent,
+        )
+    except LLMTrackError as exc:
+        print(f"python -m llm_track.bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{res['shapes']} on {res.get('gpu', res['device'])} ({res['dtype']}), "
+        f"{res['candidates']} candidates x {res['max_new_tokens']} tokens, agent {res['agent']}, "
+        f"mean of {res['steps']} steps (models built in {res['build_s']:.1f} s)"
+    )
+    print("| mode | generation s | scoring s | update s | step s |")
+    print("|---|---|---|---|---|")
+    for mode in ("batched", "per-candidate"):
+        r = res[mode]
+        print(
+            f"| {mode} | {r['gen_s']:.3f} | {r['score_s']:.3f} | {r['update_s']:.3f} | "
+            f"{r['step_s']:.3f} |"
+        )
+    print(f"scoring speed-up of batched + closed form: {res['scoring_speedup']:.1f}x")
+    if args.json:
+        from llm_track.io import write_json
+
+        write_json(args.json, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

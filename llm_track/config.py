@@ -1,0 +1,143 @@
+"""Typed settings of the LLM protocol, with the two presets (``paper`` and ``tiny``).
+
+The ``paper`` preset reproduces the LLM pipeline of Gauthier, Bach, Jordan, "Explaining and
+Preventing Alignment Collapse in Iterative RLHF", arXiv 2605.04266 (2026), section 4. The ``tiny``
+preset runs the same protocol offline on small randomly initialised models built locally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+AGENTS = ("naive", "fpo", "fpo-relaxed")
+PRESETS = ("paper", "tiny")
+
+
+class LLMTrackError(Exception):
+    """A user-facing error: the CLIs print its message as one line and exit non-zero."""
+
+
+@dataclass
+class LLMConfig:
+    """All settings of one run of the LLM protocol (defaults = the paper's, section 4)."""
+
+    agent: str = "naive"
+    """Leader: ``naive`` (RM score only), ``fpo`` (practical penalty) or ``fpo-relaxed``."""
+    preset: str = "paper"
+    """``paper`` loads the hub models; ``tiny`` builds small random models locally."""
+    policy: str = "meta-llama/Llama-3.2-1B-Instruct"
+    """Policy (and oracle base model): hub id or local path; ``tiny`` builds it locally."""
+    reward_model: str = "OpenAssistant/reward-model-deberta-v3-base"
+    """Reward model: hub id or local path; ``tiny`` builds it locally."""
+    seed: int = 0
+    """Run seed: prompt order, sampling, dropout."""
+    model_seed: int = 0
+    """Seed of the locally built ``tiny`` models (shared by all agents and run seeds)."""
+    steps: int = 500
+    """Protocol steps (one prompt per step)."""
+    candidates: int = 8
+    """Candidates sampled by the policy per step."""
+    max_new_tokens: int = 32
+    """Longest candidate / reference answer."""
+    min_new_tokens: int = 5
+    """EOS is forbidden before this many new tokens."""
+    top_p: float = 0.9
+    """Nucleus sampling mass."""
+    temperature: float = 0.8
+    """Sampling temperature."""
+    gamma: float = 10.0
+    """FPO penalty weight (ignored by ``naive``)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Modules that get LoRA adapters."""
+    policy_lr: float = 2e-5
+    """AdamW learning rate of the LoRA adapter (SFT step on the winner)."""
+    rm_lr: float = 5e-5
+    """Adam learning rate of the RM head (Bradley-Terry step, winner vs reference)."""
+    grad_accum: int = 4
+    """Policy gradient accumulation (SFT steps per optimiser step). The RM head steps every
+    protocol step, as in the FPO derivation (one RM step per labelled response)."""
+    utility_offset: float = 5.0
+    """Oracle utility U = -NLL_per_token(base) + offset ..."""
+    utility_clip: tuple[float, float] = (-15.0, 5.0)
+    """... clipped to this range."""
+    prompts: str = "auto"
+    """``auto`` (UltraFeedback if ``datasets`` is importable and reachable, else built-in),
+    ``builtin`` or ``ultrafeedback``."""
+    eval_max_new_tokens: int = 64
+    """Greedy answer length used by ``llm_track.evaluate``."""
+    max_prompt_tokens: int = 256
+    """Prompts are truncated (from the left) to this many tokens."""
+    device: str = "cpu"
+    """Torch device."""
+    dtype: str = "float32"
+    """Model dtype: ``float32`` or ``bfloat16``."""
+    tiny_hidden: int = 64
+    """Hidden size of the tiny models."""
+    tiny_layers: int = 2
+    """Layers of the tiny models."""
+
+    def __post_init__(self) -> None:
+        self.lora_targets = tuple(self.lora_targets)
+        self.utility_clip = tuple(self.utility_clip)
+        if self.agent not in AGENTS:
+            raise LLMTrackError(f"--agent must be one of {', '.join(AGENTS)}; got {self.agent!r}")
+        if self.preset not in PRESETS:
+            raise LLMTrackError(
+                f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}"
+            )
+        if self.steps < 0:
+            raise LLMTrackError(f"--steps must be >= 0; got {self.steps}")
+        if self.candidates < 1:
+            raise LLMTrackError(f"--candidates must be >= 1; got {self.candidates}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
+            raise LLMTrackError(
+                "need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1"
+            )
+        if not 0.0 < self.top_p <= 1.0 or self.temperature <= 0.0:
+            raise LLMTrackError("need 0 < top_p <= 1 and temperature > 0")
+        if self.gamma < 0 or self.policy_lr <= 0 or self.rm_lr <= 0 or self.grad_accum < 1:
+            raise LLMTrackError("need gamma >= 0, positive learning rates and grad_accum >= 1")
+        if self.prompts not in ("auto", "builtin", "ultrafeedback"):
+            raise LLMTrackError(
+                f"prompts must be auto, builtin or ultrafeedback; got {self.prompts!r}"
+            )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise LLMTrackError(f"--dtype must be float32 or bfloat16; got {self.dtype!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LLMConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def preset_config(preset: str, **overrides) -> LLMConfig:
+    """The config of a preset, with ``overrides`` (None values are ignored) applied on top."""
+    if preset not in PRESETS:
+        raise LLMTrackError(f"--preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+    base: dict = {"preset": preset}
+    if preset == "tiny":
+        # Same protocol; small models learn fast enough to show drift within 50 steps.
+        base.update(
+            policy="tiny",
+            reward_model="tiny",
+            steps=50,
+            policy_lr=3e-3,
+            rm_lr=3e-2,
+            grad_accum=1,
+            gamma=1.0,
+            prompts="builtin",
+            eval_max_new_tokens=32,
+            max_prompt_tokens=64,
+        )
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return LLMConfig(**base)

@@ -1,0 +1,422 @@
+"""One step of the paper's LLM protocol (arXiv 2605.04266, section 4), top to bottom.
+
+Per step: pick a prompt; the base model (policy with its LoRA adapter disabled) samples a reference
+answer and the policy samples n candidates (KV cache, top-p, temperature, min/max new tokens);
+candidates + reference are scored in one batched forward of the base model (oracle utility
+U = clip(-NLL per token + 5, -15, 5)) and one batched forward of the reward model (reward r and
+head features h); each candidate's score is r minus gamma times the FPO penalty (closed form, see
+``fpo_head``); the best candidate wins; the RM head takes a Bradley-Terry step on (winner vs
+reference) with soft label sigmoid(U_w - U_ref); the policy takes an SFT step on the winner.
+
+Randomness is explicit: sampling uses a ``torch.Generator`` seeded from (seed, step) and the
+dropout of the SFT step runs under a forked global RNG seeded the same way, so a step's outcome
+depends only on the seed, the step index and the model/optimiser state (which checkpoints hold).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llm_track.config import LLMConfig
+from llm_track.fpo_head import autograd_penalty, fpo_scores, head_features
+from llm_track.models import Models
+
+
+# --------------------------------------------------------------------------- helpers
+def encode_prompt(tok, prompt: str, max_tokens: int) -> list[int]:
+    """Token ids of a prompt in the policy's format (chat template when the tokenizer has one)."""
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tok(f"question : {prompt} answer :", add_special_tokens=False)["input_ids"]
+        if tok.bos_token_id is not None:
+            ids = [tok.bos_token_id] + ids
+    return ids[-max_tokens:]
+
+
+def _top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    probs = torch.softmax(logits, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sorted_p, idx = probs.sort(dim=-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    out = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return out / out.sum(-1, keepdim=True)
+
+
+def _forward_kwarg(model, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that the (base) model's forward accepts (versions differ)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return next((n for n in names if n in params), None)
+
+
+def _cache_kwarg(model) -> str:
+    """Name of the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``."""
+    return _forward_kwarg(model, ("cache",)) or "past_key_values"
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    n: int,
+    *,
+    max_new: int,
+    min_new: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n answers to one prompt with a KV cache: (ids (n, T) right-padded, lengths (n,)).
+
+    Lengths count the EOS token when one was produced; EOS is masked before ``min_new`` tokens.
+    """
+    input_ids = prompt_ids.unsqueeze(0).expand(n, -1).contiguous()
+    cache_kw = _cache_kwarg(model)
+    out = model(input_ids=input_ids, use_cache=True)
+    cache, logits = getattr(out, cache_kw), out.logits[:, -1]
+    done = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
+    lengths = torch.full((n,), max_new, dtype=torch.long, device=input_ids.device)
+    tokens = []
+    for t in range(max_new):
+        logits = logits.float()
+        if t < min_new:
+            logits[:, eos_id] = float("-inf")
+        if greedy:
+            nxt = logits.argmax(-1)
+        else:
+            probs = _top_p_probs(logits / temperature, top_p)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        ended = ~done & (nxt == eos_id)
+        lengths[ended] = t + 1
+        done |= ended
+        if bool(done.all()) or t == max_new - 1:
+            break
+        out = model(input_ids=nxt.unsqueeze(1), use_cache=True, **{cache_kw: cache})
+        cache, logits = getattr(out, cache_kw), out.logits[:, -1]
+    return torch.stack(tokens, 1), lengths
+
+
+def response_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: torch.Tensor):
+    """Mean per-token NLL of each response given the prompt, one batched forward: (n,)."""
+    n, T = resp.shape
+    ids = torch.cat([prompt_ids.unsqueeze(0).expand(n, -1), resp], 1)
+    keep = torch.arange(T, device=resp.device).unsqueeze(0) < lengths.unsqueeze(1)
+    mask = torch.cat(
+        [torch.ones(n, prompt_ids.numel(), dtype=torch.long, device=resp.device), keep.long()], 1
+    )
+    keep_kw = _forward_kwarg(model, ("logits_to_keep", "num_logits_to_keep"))
+    extra = {keep_kw: T + 1} if keep_kw else {}
+    logits = model(input_ids=ids, attention_mask=mask, **extra).logits[:, -(T + 1) : -1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+    return -(logp * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+def pad_cat(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int):
+    """Concatenate (ids, lengths) batches with different widths (right padding)."""
+    width = max(ids.shape[1] for ids, _ in parts)
+    ids = torch.cat([F.pad(ids, (0, width - ids.shape[1]), value=pad_id) for ids, _ in parts])
+    return ids, torch.cat([lens for _, lens in parts])
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: str):
+    """Run a block (e.g. dropout) on the global torch RNG seeded with ``seed``; restore it after."""
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- the protocol
+class Protocol:
+    """The iterative-RLHF loop on a LoRA policy and a reward model with a trainable head."""
+
+    def __init__(self, cfg: LLMConfig, models: Models, prompts: list[str]):
+        self.cfg, self.m, self.prompts = cfg, models, prompts
+        self.head = models.rm_head
+        self.tok = models.policy_tokenizer
+        self.eos_id = self.tok.eos_token_id
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
+        lora_params = [p for p in models.policy.parameters() if p.requires_grad]
+        self.policy_opt = torch.optim.AdamW(lora_params, lr=cfg.policy_lr, weight_decay=0.0)
+        self.rm_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.rm_lr)
+        self.generator = torch.Generator(device=cfg.device)
+        self.oracle_queries = 0
+        self.step_count = 0  # protocol steps done
+
+    # ---------------------------------------------------------------- pieces
+    def step_seed(self, t: int) -> int:
+        return (self.cfg.seed * 1_000_003 + t * 7_919) % (2**63 - 1)
+
+    def prompt_index(self, t: int) -> int:
+        n = len(self.prompts)
+        perm = np.random.default_rng([self.cfg.seed, t // n]).permutation(n)
+        return int(perm[t % n])
+
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        ids = encode_prompt(self.tok, prompt, self.cfg.max_prompt_tokens)
+        return torch.tensor(ids, dtype=torch.long, device=self.cfg.device)
+
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        n: int,
+        *,
+        base: bool,
+        greedy: bool = False,
+        max_new: int | None = None,
+    ):
+        cfg = self.cfg
+        kw = dict(
+            max_new=max_new or cfg.max_new_tokens,
+            min_new=cfg.min_new_tokens,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            generator=self.generator,
+            greedy=greedy,
+        )
+        self.m.policy.eval()
+        if base:
+            with self.m.policy.disable_adapter():
+                return sample(self.m.policy, prompt_ids, n, **kw)
+        return sample(self.m.policy, prompt_ids, n, **kw)
+
+    def decode(self, resp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        return [
+            self.tok.decode(resp[i, : int(lengths[i])].tolist(), skip_special_tokens=True)
+            for i in range(resp.shape[0])
+        ]
+
+    @torch.no_grad()
+    def utility(self, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: torch.Tensor):
+        """Oracle utility (uncounted here; the caller counts queries): base model, adapter off."""
+        self.m.policy.eval()
+        with self.m.policy.disable_adapter():
+            nll = response_nll(self.m.policy, prompt_ids, resp, lengths)
+        lo, hi = self.cfg.utility_clip
+        return (-nll + self.cfg.utility_offset).clamp(lo, hi)
+
+    def rm_inputs(self, prompt: str, texts: list[str]) -> dict:
+        enc = self.m.rm_tokenizer(
+            [prompt] * len(texts),
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=512,
+            return_tensors="pt",
+        )
+        return {k: enc[k].to(self.cfg.device) for k in ("input_ids", "attention_mask")}
+
+    def rewards(self, prompt: str, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, h) of each text in one batched reward-model forward."""
+        with torch.no_grad():
+            r, h = head_features(self.m.reward_model, self.head, self.rm_inputs(prompt, texts))
+        return r.float(), h
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, prompt: str, prompt_ids, resp, lengths, texts, batched: bool = True) -> dict:
+        """U, r, h, penalty and FPO score of candidates (rows 0..n-1) and reference (row n)."""
+        cfg = self.cfg
+        if batched:
+            u = self.utility(prompt_ids, resp, lengths)
+            r, h = self.rewards(prompt, texts)
+        else:  # one candidate at a time, autograd for the head gradient (the slow reference)
+            u = torch.cat(
+                [
+                    self.utility(prompt_ids, resp[i : i + 1], lengths[i : i + 1])
+                    for i in range(resp.shape[0])
+                ]
+            )
+            rh = [self.rewards(prompt, [tx]) for tx in texts]
+            r, h = torch.cat([x[0] for x in rh]), torch.cat([x[1] for x in rh])
+        n = resp.shape[0] - 1
+        if batched or cfg.agent == "naive":
+            score, pen = fpo_scores(cfg.agent, cfg.gamma, r[:n], h[:n], r[n], h[n], u[:n], u[n])
+        else:
+            pen = autograd_penalty(cfg.agent, self.head, h[:n], h[n], u[:n], u[n])
+            score = r[:n] - cfg.gamma * pen
+        return {"u": u, "r": r, "h": h, "penalty": pen, "score": score}
+
+    # ---------------------------------------------------------------- updates
+    def rm_step(self, h_w: torch.Tensor, h_ref: torch.Tensor, u_w, u_ref) -> float:
+        """Bradley-Terry step of the head on (winner vs reference), soft label sigmoid(U_w - U_ref).
+
+        The loss sees only r_w - r_ref, so the head's bias gets no gradient (as in the penalty,
+        where the bias terms cancel); only the weight moves.
+        """
+        self.rm_opt.zero_grad(set_to_none=True)
+        logit = (self.head(h_w.unsqueeze(0)) - self.head(h_ref.unsqueeze(0))).squeeze().float()
+        label = torch.sigmoid(u_w - u_ref).float()
+        loss = F.binary_cross_entropy_with_logits(logit, label)
+        loss.backward()
+        self.rm_opt.step()
+        return loss.item()
+
+    def sft_step(self, t: int, prompt_ids, resp_w, len_w) -> float:
+        """SFT on the winner (mean token NLL), with gradient accumulation."""
+        self.m.policy.train()
+        with seeded_global_rng(self.step_seed(t) + 1, self.cfg.device):
+            loss = response_nll(self.m.policy, prompt_ids, resp_w.unsqueeze(0), len_w.view(1))[0]
+            (loss / self.cfg.grad_accum).backward()
+        if (t + 1) % self.cfg.grad_accum == 0:
+            self.policy_opt.step()
+            self.policy_opt.zero_grad(set_to_none=True)
+        self.m.policy.eval()
+        return loss.item()
+
+    # ---------------------------------------------------------------- one step
+    def step(self, t: int, batched: bool = True) -> dict:
+        cfg, dev = self.cfg, self.cfg.device
+        self.generator.manual_seed(self.step_seed(t))
+        p_idx = self.prompt_index(t)
+        prompt = self.prompts[p_idx]
+        prompt_ids = self.prompt_ids(prompt)
+
+        _sync(dev)
+        t0 = time.perf_counter()
+        ref = self.generate(prompt_ids, 1, base=True)
+        cands = self.generate(prompt_ids, cfg.candidates, base=False)
+        resp, lengths = pad_cat([cands, ref], self.pad_id)
+        texts = self.decode(resp, lengths)
+        _sync(dev)
+        t1 = time.perf_counter()
+
+        s = self.score(prompt, prompt_ids, resp, lengths, texts, batched=batched)
+        n = cfg.candidates
+        w = int(torch.argmax(s["score"]))
+        _sync(dev)
+        t2 = time.perf_counter()
+
+        u, r, h = s["u"], s["r"], s["h"]
+        rm_loss = self.rm_step(h[w], h[n], u[w], u[n])
+        sft_loss = self.sft_step(t, prompt_ids, resp[w], lengths[w])
+        _sync(dev)
+        t3 = time.perf_counter()
+
+        self.oracle_queries += 1 + (n if cfg.agent == "fpo-relaxed" else 0)
+        self.step_count = t + 1
+        return {
+            "step": t,
+            "prompt_idx": p_idx,
+            "proxy_winner": float(r[w]),
+            "utility_winner": float(u[w]),
+            "proxy_ref": float(r[n]),
+            "utility_ref": float(u[n]),
+            "penalty_winner": float(s["penalty"][w]),
+            "score_winner": float(s["score"][w]),
+            "proxy_mean": float(r[:n].mean()),
+            "utility_mean": float(u[:n].mean()),
+            "overconfidence": float(torch.sigmoid(r[w] - r[n]) - torch.sigmoid(u[w] - u[n])),
+            "winner_tokens": int(lengths[w]),
+            "winner_words": len(texts[w].split()),
+            "rm_loss": rm_loss,
+            "sft_loss": sft_loss,
+            "oracle_queries": self.oracle_queries,
+            "gen_s": t1 - t0,
+            "score_s": t2 - t1,
+            "update_s": t3 - t2,
+            "step_s": t3 - t0,
+        }
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, folder: str) -> None:
+        """Adapter (``save_pretrained``), head, optimisers, pending grads, RNG states, step.
+
+        Written to ``folder + '.tmp'`` and swapped in, so a crash never leaves half a checkpoint.
+        """
+        tmp, old = folder + ".tmp", folder + ".old"
+        for path in (tmp, old):
+            if os.path.exists(path):
+                _rmtree(path)
+        os.makedirs(tmp)
+        self.m.policy.save_pretrained(os.path.join(tmp, "adapter"))
+        lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
+        state = {
+            "step": self.step_count,
+            "oracle_queries": self.oracle_queries,
+            "lora": {n: p.detach().cpu().clone() for n, p in lora.items()},
+            "lora_grad": {
+                n: p.grad.detach().cpu().clone() for n, p in lora.items() if p.grad is not None
+            },
+            "rm_head": {k: v.cpu().clone() for k, v in self.head.state_dict().items()},
+            "policy_opt": self.policy_opt.state_dict(),
+            "rm_opt": self.rm_opt.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "generator": self.generator.get_state(),
+                "python": random.getstate(),
+                "numpy": _numpy_state_to_tensors(np.random.get_state()),
+            },
+        }
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        torch.save(state["rm_head"], os.path.join(tmp, "rm_head.pt"))
+        if os.path.exists(folder):
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if os.path.exists(old):
+            _rmtree(old)
+
+    def load_checkpoint(self, folder: str) -> int:
+        """Restore a checkpoint written by ``save_checkpoint``; returns the step to continue at."""
+        # weights_only: tensors and plain containers only, no arbitrary unpickling
+        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+        params = dict(self.m.policy.named_parameters())
+        with torch.no_grad():
+            for n, v in state["lora"].items():
+                params[n].copy_(v)
+                params[n].grad = None
+            for n, g in state["lora_grad"].items():
+                params[n].grad = g.to(params[n].device)
+        self.head.load_state_dict(state["rm_head"])
+        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.rm_opt.load_state_dict(state["rm_opt"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        random.setstate(rng["python"])
+        np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
+        self.oracle_queries = state["oracle_queries"]
+        self.step_count = state["step"]
+        return self.step_count
+
+
+def _numpy_state_to_tensors(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _numpy_state_from_tensors(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

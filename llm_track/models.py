@@ -1,0 +1,392 @@
+"""Loading (hub id or local path) and local building (``tiny`` preset) of the LLM-track models.
+
+Three things come out of here, bundled in :class:`Models`:
+- the policy: a causal LM wrapped with a LoRA adapter (peft). With the adapter disabled it *is*
+  the frozen base model, which samples the reference answer and defines the oracle utility, so the
+  base weights are held once;
+- the reward model: a sequence classifier with one output (DeBERTa-v2/v3 in practice) whose
+  backbone is frozen; only its final linear layer (``classifier``, "the head") is trained;
+- the tokenizers of both (the ``tiny`` preset shares one word-level tokenizer).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llm_track.config import LLMConfig, LLMTrackError
+from llm_track.prompts import BUILTIN_PROMPTS
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "[CLS]", "[SEP]"]
+
+
+@dataclass
+class Models:
+    """The models of one run: LoRA policy (base = adapters off), reward model and tokenizers."""
+
+    policy: nn.Module
+    policy_tokenizer: object
+    reward_model: nn.Module
+    rm_tokenizer: object
+
+    @property
+    def rm_head(self) -> nn.Linear:
+        return rm_head(self.reward_model)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+# --------------------------------------------------------------------------- tokenizers
+def _wrap_tokenizer(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+
+
+def _finish_word_level(tok):
+    from tokenizers import decoders, normalizers, pre_tokenizers, processors
+
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, tidies punctuation
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return _wrap_tokenizer(tok)
+
+
+def build_tiny_tokenizer():
+    """A word-level tokenizer trained on the built-in prompts (deterministic, no download)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    extra = ["question", ":", "answer", "\n"]
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator(list(BUILTIN_PROMPTS) + [" ".join(extra)], trainer=trainer)
+    return _finish_word_level(tok)
+
+
+def build_synthetic_tokenizer(vocab_size: int):
+    """A word-level tokenizer with ``vocab_size`` entries (``w6``, ``w7``, ...) for benchmarks
+    with real vocabulary sizes and random weights: any sampled id decodes to a word."""
+    from tokenizers import Tokenizer, models
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
+    return _finish_word_level(Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>")))
+
+
+# --------------------------------------------------------------------------- model configs
+def tiny_llama_config(vocab_size: int, hidden: int = 64, layers: int = 2):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def llama_1b_config():
+    """The architecture of Llama-3.2-1B(-Instruct), for random-weight benchmarks."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def tiny_deberta_config(vocab_size: int, hidden: int = 64, layers: int = 2):
+    from transformers import DebertaV2Config
+
+    return DebertaV2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=64,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        pooler_hidden_size=hidden,
+        pooler_hidden_act="gelu",
+        type_vocab_size=0,
+        num_labels=1,
+        pad_token_id=0,
+    )
+
+
+def deberta_v3_base_config():
+    """The architecture of DeBERTa-v3-base (as in OpenAssistant's reward model)."""
+    cfg = tiny_deberta_config(128100, hidden=768, layers=12)
+    cfg.num_attention_heads = 12
+    cfg.intermediate_size = 3072
+    cfg.position_buckets = 256
+    cfg.max_relative_positions = -1
+    cfg.pooler_hidden_size = 768
+    return cfg
+
+
+def build_random_models(llama_cfg, deberta_cfg, seed: int, dtype: torch.dtype):
+    """Randomly initialised policy base model and reward model, identical for the same seed."""
+    from transformers import DebertaV2ForSequenceClassification, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    policy = LlamaForCausalLM(llama_cfg).to(dtype)
+    torch.manual_seed(seed + 1)
+    rm = DebertaV2ForSequenceClassification(deberta_cfg).to(dtype)
+    return policy, rm
+
+
+# --------------------------------------------------------------------------- loading
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """Whether the hub's host answers a TCP connection within 3 s (avoids long retry loops)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
+    """``cls.from_pretrained`` from local files first, then the hub unless HF_HUB_OFFLINE."""
+    if name.startswith(("/", ".", "~")) and not os.path.exists(os.path.expanduser(name)):
+        raise LLMTrackError(
+            f"cannot load the {what} {name!r}: no such folder; pass {flag} PATH to a local model "
+            "folder (or a hub id), or use --preset tiny to build small models offline"
+        )
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)
+    except Exception as first:
+        if _offline() or os.path.exists(name) or not _hub_reachable():
+            err = first
+        else:
+            try:
+                return cls.from_pretrained(name, **kwargs)
+            except Exception as second:
+                err = second
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise LLMTrackError(
+        f"cannot load the {what} {name!r} ({msg[:160]}); pass {flag} PATH to a local model "
+        f"folder (or a cached hub id), or use --preset tiny to build small models offline"
+    )
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``dtype=`` (transformers >= 4.56) or ``torch_dtype=`` (older) for ``from_pretrained``."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def load_policy_base(name: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, name, "policy tokenizer", "--policy")
+    model = _from_pretrained(
+        AutoModelForCausalLM, name, "policy", "--policy", **_dtype_kwarg(dtype)
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def load_reward_model(name: str, dtype: torch.dtype):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, name, "reward-model tokenizer", "--reward-model")
+    model = _from_pretrained(
+        AutoModelForSequenceClassification,
+        name,
+        "reward model",
+        "--reward-model",
+        **_dtype_kwarg(dtype),
+    )
+    if getattr(model.config, "num_labels", 1) != 1:
+        raise LLMTrackError(
+            f"the reward model {name!r} has {model.config.num_labels} outputs; need num_labels=1"
+        )
+    return model, tok
+
+
+def rm_head(reward_model: nn.Module) -> nn.Linear:
+    """The final linear layer of the reward model: "the head" whose input features are h.
+
+    For DeBERTa sequence classifiers this is ``classifier``; the ``pooler`` (dense + activation)
+    that precedes it belongs to the frozen backbone, so h is the pooler's output.
+    """
+    for name in ("classifier", "score"):
+        head = getattr(reward_model, name, None)
+        if isinstance(head, nn.Linear):
+            return head
+        if head is not None and isinstance(getattr(head, "out_proj", None), nn.Linear):
+            return head.out_proj
+    raise LLMTrackError("the reward model has no final linear head ('classifier' or 'score')")
+
+
+def add_lora(base: nn.Module, cfg: LLMConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora)
+
+
+def freeze_all_but_head(reward_model: nn.Module) -> None:
+    for p in reward_model.parameters():
+        p.requires_grad_(False)
+    for p in rm_head(reward_model).parameters():
+        p.requires_grad_(True)
+
+
+def pretrain_tiny_base(model: nn.Module, tok, seed: int, steps: int = 150) -> None:
+    """Give the random tiny policy some language: a short, seeded LM fit on built-in prompts.
+
+    Sequences are ``question : P_i answer : P_j </s>`` with P_j a random other prompt, so the base
+    model prefers fluent, corpus-like answers that end, and the oracle utility (its per-token
+    likelihood) has structure to lose when the policy drifts. Runs on one thread so the weights
+    are identical whatever the caller's thread count.
+    """
+    g = torch.Generator().manual_seed(seed + 2)
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in BUILTIN_PROMPTS]
+    head = [tok.bos_token_id] + tok("question :", add_special_tokens=False)["input_ids"]
+    mid = tok("answer :", add_special_tokens=False)["input_ids"]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.train()
+        for _ in range(steps):
+            js = torch.randint(len(prompts), (len(prompts),), generator=g).tolist()
+            seqs = [
+                head + p + mid + prompts[j] + [tok.eos_token_id]
+                for p, j in zip(prompts, js, strict=True)
+            ]
+            width = max(map(len, seqs))
+            ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+            labels = ids.masked_fill(ids == tok.pad_token_id, -100)
+            mask = (ids != tok.pad_token_id).long()
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_state(model_seed: int, hidden: int, layers: int):
+    """State dicts of the tiny models (built once per process, then copied)."""
+    tok = build_tiny_tokenizer()
+    deberta_cfg = tiny_deberta_config(len(tok), hidden, layers)
+    deberta_cfg.initializer_range = 0.2  # random features that vary with the text
+    base, rm = build_random_models(
+        tiny_llama_config(len(tok), hidden, layers), deberta_cfg, model_seed, torch.float32
+    )
+    pretrain_tiny_base(base, tok, model_seed)
+    return base.config, base.state_dict(), rm.config, rm.state_dict()
+
+
+def build_tiny_models(cfg: LLMConfig):
+    """(policy base, reward model, tokenizer) of the ``tiny`` preset, identical for a model_seed."""
+    from transformers import DebertaV2ForSequenceClassification, LlamaForCausalLM
+
+    pcfg, pstate, rcfg, rstate = _tiny_state(cfg.model_seed, cfg.tiny_hidden, cfg.tiny_layers)
+    base, rm = LlamaForCausalLM(pcfg), DebertaV2ForSequenceClassification(rcfg)
+    base.load_state_dict(pstate)
+    rm.load_state_dict(rstate)
+    dtype = torch_dtype(cfg.dtype)
+    return base.to(dtype), rm.to(dtype), build_tiny_tokenizer()
+
+
+def load_base_models(cfg: LLMConfig):
+    """(policy base model, policy tokenizer, reward model, RM tokenizer), no adapter yet.
+
+    Hub/path models load first, so a missing one is reported before any local building.
+    """
+    dtype = torch_dtype(cfg.dtype)
+    if (cfg.policy == "tiny" or cfg.reward_model == "tiny") and cfg.preset != "tiny":
+        raise LLMTrackError("'tiny' models exist only with --preset tiny")
+    base = policy_tok = rm = rm_tok = None
+    if cfg.policy != "tiny":
+        base, policy_tok = load_policy_base(cfg.policy, dtype)
+    if cfg.reward_model != "tiny":
+        rm, rm_tok = load_reward_model(cfg.reward_model, dtype)
+    if base is None or rm is None:
+        tiny_base, tiny_rm, tiny_tok = build_tiny_models(cfg)
+        if base is None:
+            base, policy_tok = tiny_base, tiny_tok
+        if rm is None:
+            rm, rm_tok = tiny_rm, tiny_tok
+    return base, policy_tok, rm, rm_tok
+
+
+def load_models(cfg: LLMConfig) -> Models:
+    """Models of a run, on ``cfg.device``: LoRA on the policy, RM frozen except its head."""
+    base, policy_tok, rm, rm_tok = load_base_models(cfg)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # LoRA init is seeded by the run seed
+        torch.manual_seed(cfg.seed + 7)
+        policy = add_lora(base, cfg).to(cfg.device)
+    freeze_all_but_head(rm)
+    rm = rm.to(cfg.device).eval()  # eval: no dropout, so h is a deterministic feature
+    return Models(policy, policy_tok, rm, rm_tok)

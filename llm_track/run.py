@@ -1,0 +1,267 @@
+"""Run the paper's LLM protocol for one agent and seed.
+
+    python -m llm_track.run --agent fpo --preset tiny                # offline, CPU, ~1 minute
+    python -m llm_track.run --agent naive --preset paper --steps 500 # Llama-3.2-1B + DeBERTa RM
+
+Writes ``OUT/<agent>/seed_<s>/``: ``config.json`` (all settings, package versions, prompt source),
+``metrics.csv`` (one row per step), ``summary.json`` and ``checkpoint/`` (LoRA adapter saved with
+``save_pretrained``, RM head, optimisers, pending gradients, RNG states, step) every
+``--checkpoint-every`` steps and at the end. ``--resume`` continues from the checkpoint and gives
+the same result as an uninterrupted run with the same seed (on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_config
+from llm_track.io import read_csv, read_json, write_csv, write_json
+
+TIMING_COLUMNS = ("gen_s", "score_s", "update_s", "step_s", "rss_mb")
+# Settings that must match for --resume (steps may grow; device may change).
+_RESUME_FREE = {"steps", "device"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line (no usage block) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run_dir(out: str, agent: str, seed: int) -> str:
+    return os.path.join(out, agent, f"seed_{seed}")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float) -> dict:
+    k = max(1, min(10, len(rows) // 5 or 1))
+
+    def mean(key, part):
+        vals = [r[key] for r in part]
+        return sum(vals) / len(vals) if vals else None
+
+    first, last = rows[:k], rows[-k:]
+    return {
+        "agent": cfg.agent,
+        "seed": cfg.seed,
+        "steps_done": len(rows),
+        "window": k,
+        "utility_winner_first": mean("utility_winner", first),
+        "utility_winner_last": mean("utility_winner", last),
+        "proxy_winner_first": mean("proxy_winner", first),
+        "proxy_winner_last": mean("proxy_winner", last),
+        "utility_ref_mean": mean("utility_ref", rows),
+        "overconfidence_last": mean("overconfidence", last),
+        "oracle_queries": rows[-1]["oracle_queries"] if rows else 0,
+        "mean_step_s": mean("step_s", rows),
+        "wall_s_this_session": wall_s,
+        "max_rss_mb": _rss_mb(),
+    }
+
+
+def _check_resumable(cfg: LLMConfig, folder: str) -> None:
+    old = read_json(os.path.join(folder, "config.json"))["config"]
+    now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+    diff = [k for k in now if k not in _RESUME_FREE and old.get(k) != now[k]]
+    if diff:
+        raise LLMTrackError(
+            f"--resume: settings differ from the checkpointed run in {folder} ({', '.join(diff)}); "
+            "use the same settings or another --out"
+        )
+
+
+def run_protocol(
+    cfg: LLMConfig,
+    out: str,
+    *,
+    resume: bool = False,
+    checkpoint_every: int = 50,
+    progress: bool = True,
+) -> str:
+    """Run (or resume) one agent/seed; returns the run folder."""
+    import torch
+    from tqdm import tqdm
+
+    from llm_track.io import versions
+    from llm_track.loop import Protocol
+    from llm_track.models import load_models
+    from llm_track.prompts import load_prompts
+
+    if checkpoint_every < 1:
+        raise LLMTrackError(f"--checkpoint-every must be >= 1; got {checkpoint_every}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
+    folder = run_dir(out, cfg.agent, cfg.seed)
+    ckpt = os.path.join(folder, "checkpoint")
+    resuming = resume and os.path.exists(os.path.join(ckpt, "state.pt"))
+    if resuming:
+        _check_resumable(cfg, folder)
+
+    prompts, source = load_prompts(cfg.prompts, "train")
+    models = load_models(cfg)
+    proto = Protocol(cfg, models, prompts)
+    rows: list[dict] = []
+    start = 0
+    if resuming:
+        start = proto.load_checkpoint(ckpt)
+        rows = [r for r in read_csv(os.path.join(folder, "metrics.csv")) if r["step"] < start]
+    os.makedirs(folder, exist_ok=True)
+    write_json(
+        os.path.join(folder, "config.json"),
+        {
+            "config": cfg.to_dict(),
+            "prompt_source": source,
+            "n_prompts": len(prompts),
+            "checkpoint_every": checkpoint_every,
+            "versions": versions(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+
+    t_start = time.perf_counter()
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        disable=not progress,
+        desc=f"{cfg.agent} seed {cfg.seed}",
+        file=sys.stderr,
+    )
+    for t in bar:
+        row = proto.step(t)
+        row["rss_mb"] = _rss_mb()
+        rows.append(row)
+        bar.set_postfix(
+            step_s=f"{row['step_s']:.2f}",
+            rss_mb=f"{row['rss_mb']:.0f}",
+            U=f"{row['utility_winner']:.2f}",
+            r=f"{row['proxy_winner']:.2f}",
+        )
+        write_csv(os.path.join(folder, "metrics.csv"), rows)
+        if (t + 1) % checkpoint_every == 0 or t + 1 == cfg.steps:
+            proto.save_checkpoint(ckpt)
+    bar.close()
+    if cfg.steps == 0 or not rows:
+        write_csv(os.path.join(folder, "metrics.csv"), rows)
+        proto.save_checkpoint(ckpt)
+    write_json(
+        os.path.join(folder, "summary.json"), _summary(cfg, rows, time.perf_counter() - t_start)
+    )
+    return folder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m llm_track.run", description=__doc__.split("\n")[0])
+    p.add_argument("--agent", required=True, choices=AGENTS)
+    p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} (default paper)")
+    p.add_argument("--policy", help="policy model: hub id or local path (default: the preset's)")
+    p.add_argument("--reward-model", help="reward model: hub id or local path")
+    p.add_argument("--steps", type=int, help="protocol steps (paper 500, tiny 50)")
+    p.add_argument("--candidates", type=int, help="candidates per step (default 8)")
+    p.add_argument("--gamma", type=float, help="FPO penalty weight (paper 10, tiny 1)")
+    p.add_argument(
+        "--prompts",
+        choices=("auto", "builtin", "ultrafeedback"),
+        help="prompt source (paper: auto = UltraFeedback if reachable; tiny: builtin)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--dtype", help="float32 (default) or bfloat16")
+    p.add_argument("--out", default="runs/llm_track", help="output root (default runs/llm_track)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/<agent>/seed_<s>/checkpoint"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint period in steps")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: 1 for --preset tiny, torch's default otherwise)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = preset_config(
+            args.preset,
+            agent=args.agent,
+            policy=args.policy,
+            reward_model=args.reward_model,
+            steps=args.steps,
+            candidates=args.candidates,
+            gamma=args.gamma,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            prompts=args.prompts,
+        )
+        _quiet_libraries()
+        _set_threads(args.threads, cfg)
+        folder = run_protocol(
+            cfg,
+            args.out,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.no_progress,
+        )
+    except LLMTrackError as exc:
+        print(f"python -m llm_track.run: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("python -m llm_track.run: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    summary = read_json(os.path.join(folder, "summary.json"))
+    if not summary["steps_done"]:
+        print(f"{folder}: 0 steps (models and checkpoint written)")
+        return 0
+    print(
+        f"{folder}: {summary['steps_done']} steps, oracle utility of winner "
+        f"{summary['utility_winner_first']:.3f} -> {summary['utility_winner_last']:.3f}, "
+        f"proxy {summary['proxy_winner_first']:.3f} -> {summary['proxy_winner_last']:.3f}"
+    )
+    return 0
+
+
+def _set_threads(threads: int | None, cfg: LLMConfig) -> None:
+    """Tiny models run fastest (and without stalls on a busy machine) on one CPU thread."""
+    import torch
+
+    if threads is None and cfg.preset == "tiny" and cfg.device == "cpu":
+        threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise LLMTrackError(f"--threads must be >= 1; got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _quiet_libraries() -> None:
+    """Silence library chatter (deprecation notes, hub hints) so errors stay one line."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError as exc:
+        raise LLMTrackError('the LLM track needs the llm extra: pip install -e ".[llm]"') from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

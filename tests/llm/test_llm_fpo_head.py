@@ -1,0 +1,100 @@
+"""Closed-form FPO head penalties equal the autograd ones (arXiv 2605.04266, section 2)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from llm_track.fpo_head import (  # noqa: E402
+    autograd_penalty,
+    fpo_scores,
+    head_features,
+    practical_penalty,
+    relaxed_penalty,
+)
+
+torch.set_num_threads(1)
+
+
+def _head_and_features(dim=16, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(dim, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(1, dim, generator=g))
+        head.bias.fill_(0.3)
+    h = torch.randn(n, dim, generator=g)
+    h_ref = torch.randn(dim, generator=g)
+    u = torch.randn(n, generator=g) * 3
+    u_ref = torch.tensor(0.5)
+    return head, h, h_ref, u, u_ref
+
+
+def test_practical_penalty_matches_autograd():
+    head, h, h_ref, _, _ = _head_and_features()
+    closed = practical_penalty(h, h_ref)
+    auto = autograd_penalty("fpo", head, h, h_ref)
+    torch.testing.assert_close(closed, auto, rtol=1e-5, atol=1e-5)
+    # the bias terms cancel: (h.h + 1) - (h.h_ref + 1)
+    torch.testing.assert_close(closed, (h * h).sum(1) - h @ h_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_relaxed_penalty_matches_autograd():
+    head, h, h_ref, u, u_ref = _head_and_features(seed=1)
+    with torch.no_grad():
+        r, r_ref = head(h).squeeze(-1), head(h_ref).squeeze()
+    closed = relaxed_penalty(h, h_ref, r, r_ref, u, u_ref)
+    auto = autograd_penalty("fpo-relaxed", head, h, h_ref, u, u_ref)
+    torch.testing.assert_close(closed, auto, rtol=1e-5, atol=1e-5)
+    assert (closed != 0).all()
+
+
+def test_scores_per_agent():
+    head, h, h_ref, u, u_ref = _head_and_features(seed=2)
+    with torch.no_grad():
+        r, r_ref = head(h).squeeze(-1), head(h_ref).squeeze()
+    s_naive, p_naive = fpo_scores("naive", 10.0, r, h, r_ref, h_ref)
+    assert torch.equal(s_naive, r) and torch.equal(p_naive, torch.zeros_like(r))
+    s_fpo, p_fpo = fpo_scores("fpo", 10.0, r, h, r_ref, h_ref)
+    torch.testing.assert_close(s_fpo, r - 10.0 * practical_penalty(h, h_ref))
+    with pytest.raises(ValueError):
+        fpo_scores("fpo-relaxed", 1.0, r, h, r_ref, h_ref)
+
+
+def test_penalty_is_first_order_change_of_reward():
+    """-eta * relaxed penalty ~= the change of r(y) after one BT SGD step on (y vs ref)."""
+    head, h, h_ref, u, u_ref = _head_and_features(seed=3)
+    eta = 1e-4
+    y = 0
+    with torch.no_grad():
+        r_ref = head(h_ref).squeeze()
+        r_y = head(h[y]).squeeze()
+        pen = relaxed_penalty(h[y : y + 1], h_ref, r_y.view(1), r_ref, u[y : y + 1], u_ref)[0]
+    logit = head(h[y]).squeeze() - head(h_ref).squeeze()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.sigmoid(u[y] - u_ref))
+    loss.backward()
+    with torch.no_grad():
+        for p in head.parameters():
+            p -= eta * p.grad
+        delta = head(h[y]).squeeze() - r_y
+    torch.testing.assert_close(delta, -eta * pen, rtol=1e-3, atol=1e-7)
+
+
+def test_head_features_hook_on_tiny_deberta():
+    """h captured by the hook is the input of DeBERTa's final linear layer (after the pooler)."""
+    from transformers import DebertaV2ForSequenceClassification
+
+    from llm_track.models import build_tiny_tokenizer, rm_head, tiny_deberta_config
+
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    rm = DebertaV2ForSequenceClassification(tiny_deberta_config(len(tok))).eval()
+    enc = tok(
+        ["why is the sky blue"] * 2, ["light", "a short poem"], padding=True, return_tensors="pt"
+    )
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    r, h = head_features(rm, rm_head(rm), batch)
+    with torch.no_grad():
+        logits = rm(**batch).logits.squeeze(-1)
+        pooled = rm.pooler(rm.deberta(**batch)[0])
+    torch.testing.assert_close(r, logits)
+    torch.testing.assert_close(h, pooled)
