@@ -189,6 +189,11 @@ class WhiteBoxAgent:
                 if cfg.grad_clip is not None:
                     grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
                 theta = theta + lr * grad
+            if not torch.isfinite(theta).all():
+                bad = [s for s, ok in zip(self.seeds, torch.isfinite(theta).all(1)) if not ok]
+                raise FloatingPointError(
+                    f"policy became NaN/inf at round {t} (seeds {bad}); lower policy_lr"
+                )
             # 2. submit responses: the env scores them, labels the round and retrains its RM
             proxies, trues = [], []
             for j in range(spr):
