@@ -47,7 +47,7 @@ class MixedRunsError(Exception):
 def collect(runs: Path) -> pd.DataFrame:
     """One row per finished run folder (``summary.json`` + its ``config.json`` provenance)."""
     rows = []
-    for summary in sorted(Path(runs).glob("*/*/seed_*/summary.json")):
+    for summary in sorted(Path(runs).rglob("seed_*/summary.json")):
         s = json.loads(summary.read_text())
         if s.get("status") != "ok":
             continue
@@ -58,6 +58,16 @@ def collect(runs: Path) -> pd.DataFrame:
         s.setdefault("label", s["agent"])
         rows.append(s)
     return pd.DataFrame(rows)
+
+
+def check_duplicates(df: pd.DataFrame) -> None:
+    dup = df[df.duplicated(["env_id", "label", "seed"], keep=False)]
+    if len(dup):
+        first = dup.sort_values("folder").iloc[:2].folder.tolist()
+        raise MixedRunsError(
+            f"the same (env, agent, seed) was found in more than one folder ({first[0]} and "
+            f"{first[1]}); point --runs at one sweep's folder"
+        )
 
 
 def check_provenance(df: pd.DataFrame) -> None:
@@ -267,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not args.allow_mixed:
-        try:
+    try:
+        check_duplicates(df)
+        if not args.allow_mixed:
             check_provenance(df)
-        except MixedRunsError as e:
-            print(f"python -m baselines.leaderboard: error: {e}", file=sys.stderr)
-            return 2
+    except MixedRunsError as e:
+        print(f"python -m baselines.leaderboard: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.results)
     tab = table(df)
     figures(df, out / "figures")

@@ -110,3 +110,14 @@ def test_leaderboard_refuses_mixed_commits(runs, tmp_path, capsys):
 def test_leaderboard_with_no_runs_is_an_error(tmp_path, capsys):
     assert leaderboard.main(["--runs", str(tmp_path / "none"), "--results", str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_leaderboard_refuses_the_same_run_twice(runs, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(runs, copy / "a")
+    shutil.copytree(runs, copy / "b")
+    assert leaderboard.main(["--runs", str(copy), "--results", str(tmp_path / "r")]) == 2
+    assert "more than one folder" in capsys.readouterr().err
+    assert leaderboard.main(["--runs", str(copy / "a"), "--results", str(tmp_path / "r")]) == 0
