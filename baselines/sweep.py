@@ -15,6 +15,7 @@ A sweep file::
       agent.gamma: [0.05, 0.1]
     subdir: my-sweep            # optional folder under --out (must stay inside it)
     batch_size: 10
+    optimizers: [whitebox]      # optional; or SB3 algorithms: ppo, sac, a2c
 
 Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it
 and writes the same run folders (grid points go to ``AGENT@k=v,...``). The local backend runs
@@ -105,7 +106,9 @@ def plan_sweep(
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     all_jobs: list[Job] = []
     folders: list[Path] = []
-    for env_id, agent, point in itertools.product(spec["envs"], spec["agents"], points or [{}]):
+    optimizers = spec.get("optimizers") or ["whitebox"]
+    combos = itertools.product(spec["envs"], optimizers, spec["agents"], points or [{}])
+    for env_id, optimizer, agent, point in combos:
         env_kw = {**(spec.get("env_kwargs") or {})}
         agent_kw = {**(spec.get("agent_kwargs") or {})}
         for key, value in point.items():
@@ -125,7 +128,8 @@ def plan_sweep(
             tag=tag_of(point),
         )
         all_jobs += new
-        label = f"{agent}@{tag_of(point)}" if point else agent
+        label = agent if optimizer == "whitebox" else f"{agent}+{optimizer}"
+        label = f"{label}@{tag_of(point)}" if point else label
         folders += [results.run_dir(out, env_id, label, s) for s in seeds]
         del done
     return all_jobs, folders
