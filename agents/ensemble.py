@@ -74,5 +74,7 @@ class RMEnsemble:
             K = len(members)
             mean = sum(members[1:], members[0]) / K
             var = sum(((m - mean) ** 2 for m in members[1:]), (members[0] - mean) ** 2) / (K - 1)
-            return mean - k * var.sqrt()
+            # the epsilon keeps the gradient finite where all members agree (e.g. y = 0 for
+            # linear members), where d sqrt(var) would be infinite
+            return mean - k * (var + 1e-12).sqrt()
         raise ValueError(f"ensemble_mode must be one of {MODES}, got {mode!r}")

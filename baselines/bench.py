@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m baselines.bench", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--envs", nargs="*", default=list(rlhf_envs.ENV_IDS))
+    p.add_argument("--envs", nargs="*", default=list(rlhf_envs.BLIND_SPOT_ENV_IDS))
     p.add_argument("--agents", nargs="*", default=list(AGENTS))
     p.add_argument("--seeds", type=int, default=10, help="seeds per batched run (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default: the env's YAML)")

@@ -9,20 +9,29 @@ Importing this package registers every environment (all registrations live here)
 from gymnasium.envs.registration import register, registry
 
 from rlhf_envs.blind_spot import BlindSpotEnv, BlindSpotVectorEnv
+from rlhf_envs.contextual import ContextualConfig, ContextualEnv
 from rlhf_envs.core import BlindSpotConfig, RLHFCore
 from rlhf_envs.neural_blind_spot import NeuralBlindSpotEnv, NeuralBlindSpotVectorEnv
 from rlhf_envs.reward_models import LinearRewardModel, MLPRewardModel, OptimizerConfig
+from rlhf_envs.verbosity import VerbosityConfig, VerbosityEnv
 
 __version__ = "0.1.0"
 
-ENV_IDS = ["RLHFBlindSpot-v0", "RLHFNeuralBlindSpot-v0"]
+# Box-response bandits with the paper's blind spots and a natively vectorised version.
+BLIND_SPOT_ENV_IDS = ["RLHFBlindSpot-v0", "RLHFNeuralBlindSpot-v0"]
+# Responses mapped to feature vectors for the shared follower (single env only).
+FEATURE_ENV_IDS = ["RLHFVerbosity-v0", "RLHFContextual-v0"]
+ENV_IDS = BLIND_SPOT_ENV_IDS + FEATURE_ENV_IDS
 
-_SPECS = {
+# id -> (entry point, native vector entry point or None), relative to this package
+_SPECS: dict[str, tuple[str, str | None]] = {
     "RLHFBlindSpot-v0": ("blind_spot:BlindSpotEnv", "blind_spot:BlindSpotVectorEnv"),
     "RLHFNeuralBlindSpot-v0": (
         "neural_blind_spot:NeuralBlindSpotEnv",
         "neural_blind_spot:NeuralBlindSpotVectorEnv",
     ),
+    "RLHFVerbosity-v0": ("verbosity:VerbosityEnv", None),
+    "RLHFContextual-v0": ("contextual:ContextualEnv", None),
 }
 
 for _id, (_single, _vector) in _SPECS.items():
@@ -30,18 +39,24 @@ for _id, (_single, _vector) in _SPECS.items():
         register(
             id=_id,
             entry_point=f"rlhf_envs.{_single}",
-            vector_entry_point=f"rlhf_envs.{_vector}",
+            vector_entry_point=f"rlhf_envs.{_vector}" if _vector else None,
         )
 
 __all__ = [
+    "BLIND_SPOT_ENV_IDS",
     "ENV_IDS",
+    "FEATURE_ENV_IDS",
     "BlindSpotConfig",
     "BlindSpotEnv",
     "BlindSpotVectorEnv",
+    "ContextualConfig",
+    "ContextualEnv",
     "LinearRewardModel",
     "MLPRewardModel",
     "NeuralBlindSpotEnv",
     "NeuralBlindSpotVectorEnv",
     "OptimizerConfig",
     "RLHFCore",
+    "VerbosityConfig",
+    "VerbosityEnv",
 ]

@@ -49,8 +49,68 @@ def int_sequence(name: str, value: Any) -> tuple[int, ...]:
     return tuple(int(i) for i in items)
 
 
+def check_int(obj: Any, name: str, lo: int, hi: int | None = None) -> None:
+    """Validate ``obj.name`` as an int in ``[lo, hi]`` (bools refused) and store it as ``int``."""
+    v = getattr(obj, name)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be in {rng}, got {v}")
+    setattr(obj, name, int(v))
+
+
+def check_float(obj: Any, name: str, lo: float, strict: bool) -> None:
+    """Validate ``obj.name`` as a finite number ``> lo`` (``strict``) or ``>= lo``; store a float."""
+    v = getattr(obj, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+    try:
+        v = float(v)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number, got {v!r}") from None
+    if not math.isfinite(v) or (v <= lo if strict else v < lo):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be finite and {op} {lo}, got {v}")
+    setattr(obj, name, v)
+
+
+def check_choice(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
+    """Validate that ``obj.name`` is one of the strings ``allowed``."""
+    v = getattr(obj, name)
+    if not isinstance(v, str) or v not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+
+
+def check_hidden(obj: Any, name: str = "rm_hidden") -> None:
+    """Validate the two MLP hidden widths in ``obj.name`` and store them as a tuple of ints."""
+    v = getattr(obj, name)
+    hidden = int_sequence(name, v)
+    if len(hidden) != 2 or not all(1 <= h <= 4096 for h in hidden):
+        raise ValueError(f"{name} must be two ints in [1, 4096], got {v!r}")
+    setattr(obj, name, hidden)
+
+
+class KwargsConfig:
+    """``from_kwargs`` / ``to_dict`` for the env config dataclasses."""
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any):
+        """Build from keyword arguments, rejecting unknown names with a clear message."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown argument(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra", None)
+        return d
+
+
 @dataclass
-class BlindSpotConfig:
+class BlindSpotConfig(KwargsConfig):
     """Settings of a blind-spot environment (defaults: the paper's linear environment).
 
     Attributes:
@@ -114,31 +174,13 @@ class BlindSpotConfig:
 
     def __post_init__(self) -> None:
         def need_int(name: str, lo: int, hi: int | None = None) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
-            if v < lo or (hi is not None and v > hi):
-                rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-                raise ValueError(f"{name} must be in {rng}, got {v}")
-            setattr(self, name, int(v))
+            check_int(self, name, lo, hi)
 
         def need_float(name: str, lo: float, strict: bool) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-                raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
-            try:
-                v = float(v)
-            except OverflowError:
-                raise ValueError(f"{name} must be a finite number, got {v!r}") from None
-            if not math.isfinite(v) or (v <= lo if strict else v < lo):
-                op = ">" if strict else ">="
-                raise ValueError(f"{name} must be finite and {op} {lo}, got {v}")
-            setattr(self, name, v)
+            check_float(self, name, lo, strict)
 
         def need_choice(name: str, allowed: tuple[str, ...]) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, str) or v not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+            check_choice(self, name, allowed)
 
         def need_dims(name: str) -> None:
             v = getattr(self, name)
@@ -172,10 +214,7 @@ class BlindSpotConfig:
         need_float("action_bound", 0.0, strict=True)
         need_dims("blind_spot_dims")
         need_dims("labeler_bias_dims")
-        hidden = int_sequence("rm_hidden", self.rm_hidden)
-        if len(hidden) != 2 or not all(1 <= h <= 4096 for h in hidden):
-            raise ValueError(f"rm_hidden must be two ints in [1, 4096], got {self.rm_hidden!r}")
-        self.rm_hidden = hidden
+        check_hidden(self, "rm_hidden")
         if self.reference_response is not None:
             msg = f"reference_response must be {self.dims} finite numbers"
             try:
@@ -190,25 +229,24 @@ class BlindSpotConfig:
         if self.extra:
             raise TypeError(f"unknown keyword arguments: {sorted(self.extra)}")
 
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> BlindSpotConfig:
-        """Build from keyword arguments, rejecting unknown names with a clear message."""
-        known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown argument(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("extra")
-        return d
-
 
 class RLHFCore:
-    """``S`` independent iterative-RLHF followers (reward model + labeler + buffer)."""
+    """``S`` independent iterative-RLHF followers (reward model + labeler + buffer).
 
-    def __init__(self, config: BlindSpotConfig, num_experiments: int = 1):
+    Envs whose responses are not points of ``R^d`` (token sequences, prompt + response pairs)
+    reuse the core by mapping each response to a fixed-length feature vector that the core
+    treats as "the response", and subclass it to redefine the truth on those vectors:
+    :meth:`utility` and :meth:`utility_and_grad` (the labeler follows, since it is built from
+    them) and :meth:`labeler_bias_and_grad` (the labeler's own error). ``reward_model`` passes a
+    prebuilt reward model instead of the one ``config`` describes.
+    """
+
+    def __init__(
+        self,
+        config: BlindSpotConfig,
+        num_experiments: int = 1,
+        reward_model: RewardModel | None = None,
+    ):
         self.config = config
         self.S = int(num_experiments)
         self.dtype = torch.float64
@@ -227,7 +265,9 @@ class RLHFCore:
         if c.blind_spot_dims:
             blind[list(c.blind_spot_dims)] = c.blind_spot_bias
         self.reward_model: RewardModel
-        if c.reward_model == "linear":
+        if reward_model is not None:
+            self.reward_model = reward_model
+        elif c.reward_model == "linear":
             mean = blind.clone()
             mean[: c.signal_dims] += 1.0
             self.reward_model = LinearRewardModel(c.dims, opt, mean, c.rm_init_noise)
@@ -271,12 +311,23 @@ class RLHFCore:
         u = self.utility(y)
         return u, (-2.0 * self.config.utility_width * u).unsqueeze(-1) * (y - self.y_star)
 
+    def labeler_bias_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The labeler's own error ``b(y)`` (added to ``U(y)``) and ``grad_y b``; None if unbiased.
+
+        Here ``b(y) = labeler_bias * sum(y[labeler_bias_dims])``, uncounted.
+        """
+        if not self.config.labeler_bias:
+            return None
+        c = self.config.labeler_bias
+        return c * (y @ self.labeler_direction), c * self.labeler_direction
+
     def labeler_target_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`labeler_target` and its gradient in ``y``, uncounted."""
         u, g = self.utility_and_grad(y)
-        if self.config.labeler_bias:
-            u = u + self.config.labeler_bias * (y @ self.labeler_direction)
-            g = g + self.config.labeler_bias * self.labeler_direction
+        bias = self.labeler_bias_and_grad(y)
+        if bias is not None:
+            u = u + bias[0]
+            g = g + bias[1]
         if self.config.feedback == "rating":
             return u, g
         p = torch.sigmoid((u - self.labeler_utility(self.reference)) / self.config.temperature)
@@ -285,8 +336,9 @@ class RLHFCore:
     def labeler_utility(self, y: torch.Tensor) -> torch.Tensor:
         """What the labeler believes: true utility plus its own bias, uncounted."""
         u = self.utility(y)
-        if self.config.labeler_bias:
-            u = u + self.config.labeler_bias * (y @ self.labeler_direction)
+        bias = self.labeler_bias_and_grad(y)
+        if bias is not None:
+            u = u + bias[0]
         return u
 
     def labeler_target(self, y: torch.Tensor) -> torch.Tensor:
@@ -350,7 +402,9 @@ class RLHFCore:
         for name, p in self.params.items():
             if not torch.isfinite(p).all():
                 bad = [
-                    s for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1), strict=False) if not ok
+                    s
+                    for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1), strict=False)
+                    if not ok
                 ]
                 raise FloatingPointError(
                     f"reward model parameter {name!r} became NaN/inf at round {self.round} "

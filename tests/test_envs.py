@@ -1,8 +1,12 @@
-"""Registry-driven contract tests: every id in ``rlhf_envs.ENV_IDS`` gets all of them.
+"""Registry-driven contract tests.
 
-Covers the Gymnasium / SB3 env checkers, seeding and bit-identical reproducibility, pickling,
-vectorisation (sync, SB3 DummyVecEnv and the native batched env), the info contract, the true
-utility formula and the docstring sections.
+Generic tests (every id in ``rlhf_envs.ENV_IDS``): the Gymnasium / SB3 env checkers, seeding and
+bit-identical reproducibility, pickling, vectorisation (sync, SB3 DummyVecEnv), the info contract
+and the docstring sections. Valid actions come from the env's own (seeded) action space, and
+episodes of several steps (token envs) are handled by resetting after each finished response.
+
+Blind-spot-specific tests (``rlhf_envs.BLIND_SPOT_ENV_IDS``): the native batched env, oracle
+queries on ``dims``-shaped responses and the true-utility formula.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import torch
 import rlhf_envs
 
 ENV_IDS = list(rlhf_envs.ENV_IDS)
+BLIND_SPOT_IDS = list(rlhf_envs.BLIND_SPOT_ENV_IDS)
 INFO_KEYS = ("true_utility", "proxy_reward", "round", "rm_updated", "labels_used", "oracle_queries")
 DOC_SECTIONS = (
+    "Description",
     "Action Space",
     "Observation Space",
     "Rewards",
@@ -44,23 +50,50 @@ def _dims(env_id: str) -> int:
     return d
 
 
-def _actions(env_id: str, n: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+def _box_actions(env_id: str, n: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """``n`` Gaussian responses for a Box-response env."""
     d = _dims(env_id)
     rng = np.random.default_rng(seed)
     return (scale * rng.normal(size=(n, d))).astype(np.float64)
 
 
+def _actions(env_id: str, n_responses: int, seed: int = 0) -> list:
+    """Valid actions, drawn from the env's seeded action space, that finish ``n_responses``
+    responses (one action each for bandits; whole token sequences for token envs)."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    env.reset(seed=0)
+    out, done = [], 0
+    while done < n_responses:
+        a = env.action_space.sample()
+        out.append(a)
+        if env.step(a)[2]:
+            done += 1
+            env.reset()
+    env.close()
+    return out
+
+
 def _run(env, actions):
+    """Step through ``actions``; after a finished response the env is reset (no seed) and the
+    reset's output is part of the trace."""
     out = []
     for a in actions:
         obs, r, term, trunc, info = env.step(a)
         out.append((obs.copy(), r, term, trunc, dict(info)))
+        if term or trunc:
+            obs, info = env.reset()
+            out.append((obs.copy(), None, None, None, dict(info)))
     return out
+
+
+def _terminal(trace):
+    return [t for t in trace if t[2]]
 
 
 def _assert_same_trace(t1, t2):
     assert len(t1) == len(t2)
-    for (o1, r1, te1, tr1, i1), (o2, r2, te2, tr2, i2) in zip(t1, t2, strict=False):
+    for (o1, r1, te1, tr1, i1), (o2, r2, te2, tr2, i2) in zip(t1, t2, strict=True):
         assert np.array_equal(o1, o2)
         assert o1.dtype == o2.dtype
         assert r1 == r2  # bit-identical, not approximately equal
@@ -81,7 +114,8 @@ def test_gymnasium_check_env(env_id):
         check_env(env.unwrapped, skip_render_check=True)
     # the checker left a usable env behind that still reports the truth
     env.unwrapped.reset(seed=1)
-    _, r, term, _, info = env.unwrapped.step(env.unwrapped.action_space.sample())
+    for a in _actions(env_id, 1, seed=1):
+        _, r, term, _, info = env.unwrapped.step(a)
     assert term is True
     assert np.isfinite(info["true_utility"]) and r == info["proxy_reward"]
 
@@ -103,7 +137,9 @@ def test_sb3_check_env(env_id):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_same_seed_same_actions_bit_identical(env_id):
-    actions = _actions(env_id, N_STEPS, seed=1)
+    spr = gym.make(env_id).unwrapped.core.config.samples_per_round
+    n = max(N_STEPS // spr, 3) * spr if spr > 1 else N_STEPS
+    actions = _actions(env_id, n, seed=1)
     e1, e2 = gym.make(env_id), gym.make(env_id)
     o1, i1 = e1.reset(seed=123)
     o2, i2 = e2.reset(seed=123)
@@ -111,9 +147,10 @@ def test_same_seed_same_actions_bit_identical(env_id):
     t1, t2 = _run(e1, actions), _run(e2, actions)
     _assert_same_trace(t1, t2)
     # the sequence crossed several reward-model retrain rounds
-    spr = e1.unwrapped.config.samples_per_round
-    assert t1[-1][4]["round"] == N_STEPS // spr >= 3
-    assert sum(t[4]["rm_updated"] for t in t1) == N_STEPS // spr
+    ends = _terminal(t1)
+    assert len(ends) == n
+    assert ends[-1][4]["round"] == n // spr >= 3
+    assert sum(t[4]["rm_updated"] for t in ends) == n // spr
     # and the RMs end up identical too
     p1, p2 = e1.unwrapped.rm_params, e2.unwrapped.rm_params
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
@@ -125,28 +162,36 @@ def test_different_seeds_give_different_rewards(env_id):
     e1, e2 = gym.make(env_id), gym.make(env_id)
     e1.reset(seed=1)
     e2.reset(seed=2)
-    r1 = np.array([t[1] for t in _run(e1, actions)])
-    r2 = np.array([t[1] for t in _run(e2, actions)])
-    assert not np.array_equal(r1, r2)
-    assert np.all(r1 != r2)  # every step differs: the RMs start from different draws
-    # the true utility does not depend on the seed
-    u1 = [t[4]["true_utility"] for t in _run(e1, actions[:3])]
-    u2 = [t[4]["true_utility"] for t in _run(e2, actions[:3])]
+    r1 = np.array([t[1] for t in _terminal(_run(e1, actions))])
+    r2 = np.array([t[1] for t in _terminal(_run(e2, actions))])
+    assert len(r1) == 10
+    assert np.all(r1 != r2)  # every response differs: the RMs start from different draws
+
+
+@pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
+def test_true_utility_does_not_depend_on_the_seed(env_id):
+    actions = _box_actions(env_id, 3, seed=2)
+    e1, e2 = gym.make(env_id), gym.make(env_id)
+    e1.reset(seed=1)
+    e2.reset(seed=2)
+    u1 = [t[4]["true_utility"] for t in _terminal(_run(e1, actions))]
+    u2 = [t[4]["true_utility"] for t in _terminal(_run(e2, actions))]
     assert u1 == u2
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_pickle_round_trip_mid_experiment(env_id):
     actions = _actions(env_id, 20, seed=3)
+    cut = len(_actions(env_id, 7, seed=3)) + 1  # mid-round; mid-response for token envs
     env = gym.make(env_id)
     env.reset(seed=7)
-    _run(env, actions[:7])  # mid-round for samples_per_round > 1
+    _run(env, actions[:cut])
     clone = pickle.loads(pickle.dumps(env))
     assert clone is not env
-    t_orig = _run(env, actions[7:])
-    t_clone = _run(clone, actions[7:])
+    t_orig = _run(env, actions[cut:])
+    t_clone = _run(clone, actions[cut:])
     _assert_same_trace(t_orig, t_clone)
-    assert t_orig[-1][4]["round"] >= 2
+    assert _terminal(t_orig)[-1][4]["round"] >= 2
     p1, p2 = env.unwrapped.rm_params, clone.unwrapped.rm_params
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
 
@@ -157,22 +202,29 @@ def test_pickle_round_trip_mid_experiment(env_id):
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_make_vec_sync(env_id):
     venv = gym.make_vec(env_id, num_envs=3, vectorization_mode="sync")
+    venv.action_space.seed(0)
     obs, _ = venv.reset(seed=0)
     assert obs.shape[0] == 3
-    # NEXT_STEP autoreset: steps 1 and 3 execute the actions, steps 2 and 4 are reset steps
-    # (the action is ignored and the info is the reset info, which has no response to score).
-    for t in range(1, 5):
+    # NEXT_STEP autoreset: the step after a finished response is a reset step (the action is
+    # ignored, the reward is 0 and the info is the reset info, which has no response to score).
+    resetting = np.zeros(3, dtype=bool)
+    finished = 0
+    for _ in range(24):
         obs, rew, term, trunc, infos = venv.step(venv.action_space.sample())
         assert rew.shape == (3,) and np.all(np.isfinite(rew))
-        if t % 2 == 1:
-            assert term.all()
-            assert "true_utility" in infos and infos["_true_utility"].all()
-            assert infos["true_utility"].shape == (3,)
-            assert np.all(np.isfinite(infos["true_utility"]))
-            assert np.all(infos["true_utility"] >= 0)
-            assert np.array_equal(rew, infos["proxy_reward"].astype(rew.dtype))
-        else:
-            assert not term.any() and np.all(rew == 0)
+        assert not trunc.any()
+        live = ~resetting
+        assert np.array_equal(infos.get("_true_utility", np.zeros(3, dtype=bool)), live)
+        assert np.all(rew[resetting] == 0) and not term[resetting].any()
+        if not live.any():
+            resetting = term | trunc
+            continue
+        assert np.all(np.isfinite(infos["true_utility"][live]))
+        assert np.all(infos["true_utility"][live] >= 0)
+        assert np.array_equal(rew[live], infos["proxy_reward"][live].astype(rew.dtype))
+        finished += int(term.sum())
+        resetting = term | trunc
+    assert finished >= 3
     venv.close()
 
 
@@ -183,17 +235,19 @@ def test_sb3_dummy_vec_env(env_id):
     venv = DummyVecEnv([lambda: gym.make(env_id)])
     venv.seed(0)
     venv.reset()
-    d = venv.action_space.shape[0]
-    for t in range(5):
-        obs, rew, done, infos = venv.step(np.full((1, d), 0.1 * t, dtype=np.float32))
-        assert obs.shape == (1, 1)
-        assert done[0]
+    shape = gym.make(env_id).observation_space.shape
+    done_count = 0
+    for a in _actions(env_id, 5, seed=4):
+        obs, rew, done, infos = venv.step(np.array([a]))
+        assert obs.shape == (1, *shape)
         assert "true_utility" in infos[0] and np.isfinite(infos[0]["true_utility"])
         assert np.float32(infos[0]["proxy_reward"]) == rew[0]
+        done_count += int(done[0])
+    assert done_count == 5
     venv.close()
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
 def test_native_vector_env_matches_single_envs(env_id):
     seeds = [11, 5, 2024]
     n = 20
@@ -213,7 +267,7 @@ def test_native_vector_env_matches_single_envs(env_id):
     for i, s in enumerate(seeds):
         env = gym.make(env_id)
         env.reset(seed=s)
-        trace = _run(env, acts[:, i])
+        trace = _terminal(_run(env, acts[:, i]))
         s_rew = np.array([t[1] for t in trace])
         s_util = np.array([t[4]["true_utility"] for t in trace])
         assert np.array_equal(s_rew, v_rew[:, i]), f"experiment {i}: rewards differ"
@@ -222,7 +276,7 @@ def test_native_vector_env_matches_single_envs(env_id):
             assert torch.equal(v[0], venv.unwrapped.rm_params[k][i])
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
 def test_native_vector_env_int_seed_is_seed_plus_index(env_id):
     venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point")
     venv.reset(seed=40)
@@ -244,21 +298,26 @@ def test_info_keys_and_reward_is_proxy(env_id):
     env = gym.make(env_id)
     _, info0 = env.reset(seed=0)
     assert info0["round"] == 0 and info0["labels_used"] == 0 and info0["oracle_queries"] == 0
-    spr = env.unwrapped.config.samples_per_round
-    for t, a in enumerate(_actions(env_id, 2 * spr, seed=5), start=1):
+    spr = env.unwrapped.core.config.samples_per_round
+    done = 0
+    for a in _actions(env_id, 2 * spr, seed=5):
         _, r, term, trunc, info = env.step(a)
+        done += int(term)
         for k in INFO_KEYS:
             assert k in info, k
         assert isinstance(r, float)
         assert r == info["proxy_reward"]
-        assert term is True and trunc is False
-        assert info["round"] == t // spr
-        assert info["rm_updated"] == (t % spr == 0)
-        assert info["labels_used"] == (t // spr) * spr
+        assert trunc is False
+        assert info["round"] == done // spr
+        assert info["rm_updated"] == (term and done % spr == 0)
+        assert info["labels_used"] == (done // spr) * spr
         assert info["oracle_queries"] == 0  # stepping is not an oracle query
+        if term:
+            env.reset()
+    assert done == 2 * spr
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
 def test_true_utility_query_is_counted(env_id):
     env = gym.make(env_id)
     env.reset(seed=0)
@@ -276,7 +335,7 @@ def test_true_utility_query_is_counted(env_id):
     assert info["oracle_queries"] == q0 + 6
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
 def test_true_utility_query_unbatched_responses_are_all_counted(env_id):
     """Five responses passed as (5, d) to the single env must cost five queries (or be refused)."""
     env = gym.make(env_id)
@@ -299,7 +358,7 @@ def _numpy_utility(y, dims, k, value, scale, width):
     return scale * np.exp(-width * np.sum((np.asarray(y, np.float64) - y_star) ** 2))
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
 def test_true_utility_matches_formula(env_id):
     env = gym.make(env_id)
     env.reset(seed=0)
@@ -322,7 +381,7 @@ def test_true_utility_matches_formula(env_id):
     assert info["true_utility"] == pytest.approx(c.utility_scale)  # the last one was y*
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
 def test_true_utility_formula_with_custom_settings(env_id):
     kw = dict(dims=4, signal_dims=2, target_value=-1.5, utility_scale=3.0, utility_width=0.7)
     env = gym.make(env_id, **kw)

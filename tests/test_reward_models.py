@@ -94,7 +94,7 @@ def test_mlp_buffer_loss_decreases():
 # ---------------------------------------------------------------------------------------------
 # retraining schedule and reset semantics
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("env_id", rlhf_envs.ENV_IDS)
+@pytest.mark.parametrize("env_id", rlhf_envs.BLIND_SPOT_ENV_IDS + ["RLHFContextual-v0"])
 @pytest.mark.parametrize("spr", [1, 3, 5])
 def test_retrain_exactly_every_samples_per_round(env_id, spr):
     env = gym.make(env_id, samples_per_round=spr)
@@ -114,7 +114,7 @@ def test_retrain_exactly_every_samples_per_round(env_id, spr):
     assert changed == expected
 
 
-@pytest.mark.parametrize("env_id", rlhf_envs.ENV_IDS)
+@pytest.mark.parametrize("env_id", rlhf_envs.BLIND_SPOT_ENV_IDS + ["RLHFContextual-v0"])
 def test_reset_without_seed_keeps_rm_and_with_seed_restores(env_id):
     env = gym.make(env_id)
     env.reset(seed=9)

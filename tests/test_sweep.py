@@ -29,10 +29,7 @@ batch_size: 2
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("metrics.csv"))
-    }
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("metrics.csv"))}
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -44,8 +41,19 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_local_backends_give_identical_files(tmp_path):
     cfg = write(tmp_path, SMALL)
     for jobs in (1, 2):
-        assert sweep.main([str(cfg), "--jobs", str(jobs), "--out", str(tmp_path / f"j{jobs}"),
-                           "--no-progress"]) == 0
+        assert (
+            sweep.main(
+                [
+                    str(cfg),
+                    "--jobs",
+                    str(jobs),
+                    "--out",
+                    str(tmp_path / f"j{jobs}"),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     a, b = files(tmp_path / "j1"), files(tmp_path / "j2")
     assert len(a) == 2 * 2 * 2 * 3 and a == b
     summary = json.loads((tmp_path / "j1" / "sweep_summary.json").read_text())
@@ -56,20 +64,25 @@ def test_ray_backend_gives_identical_files(tmp_path):
     pytest.importorskip("ray")
     cfg = write(tmp_path, SMALL)
     assert sweep.main([str(cfg), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
-    assert sweep.main([str(cfg), "--backend", "ray", "--jobs", "2",
-                       "--out", str(tmp_path / "ray")]) == 0
+    assert (
+        sweep.main([str(cfg), "--backend", "ray", "--jobs", "2", "--out", str(tmp_path / "ray")])
+        == 0
+    )
     assert files(tmp_path / "local") == files(tmp_path / "ray")
 
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):
-    cfg = write(tmp_path, """
+    cfg = write(
+        tmp_path,
+        """
 envs: [RLHFBlindSpot-v0]
 agents: [naive]
 seeds: 0-1
 rounds: 40
 grid:
   env.rm_lr: [0.005, 1.0e+6]
-""")
+""",
+    )
     assert sweep.main([str(cfg), "--out", str(tmp_path), "--no-progress"]) == 1
     summary = json.loads((tmp_path / "sweep_summary.json").read_text())
     assert len(summary["runs"]) == 4
@@ -85,8 +98,24 @@ grid:
 
 
 def test_policy_nan_stops_the_run_with_a_reason(tmp_path):
-    assert run_main(["--agent", "naive", "--seeds", "0", "--rounds", "30", "--out", str(tmp_path),
-                     "--agent-kwargs", "policy_lr=1e300", "--no-progress"]) == 1
+    assert (
+        run_main(
+            [
+                "--agent",
+                "naive",
+                "--seeds",
+                "0",
+                "--rounds",
+                "30",
+                "--out",
+                str(tmp_path),
+                "--agent-kwargs",
+                "policy_lr=1e300",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     s = json.loads((tmp_path / "RLHFBlindSpot-v0/naive/seed_0/summary.json").read_text())
     assert s["status"] == "stopped" and "NaN" in s["reason"]
 
@@ -115,20 +144,37 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, text, needle, capsys):
 
 
 def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> None:
-    cfg = write(tmp_path, """
+    cfg = write(
+        tmp_path,
+        """
 envs: [RLHFBlindSpot-v0, RLHFNeuralBlindSpot-v0]
 agents: [naive, fpo]
 seeds: 0-5
 rounds: 120
 batch_size: 1
-""")
+""",
+    )
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "baselines.sweep", str(cfg), "--jobs", "2", "--out", str(out),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "baselines.sweep",
+        str(cfg),
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     rng = random.Random(seed)
     for _ in range(kills):
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         time.sleep(rng.uniform(1.0, 4.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)  # the main process only: workers die with it
@@ -155,17 +201,53 @@ def test_twenty_kills(tmp_path):
     kill_and_resume(tmp_path, kills=20, seed=1)
 
 
-FLAGS = ["--agent", "--env", "--seeds", "--rounds", "--env-kwargs", "--agent-kwargs", "--jobs",
-         "--batch-size", "--optimizer", "--force", "--bogus"]
-VALUES = ["naive", "fpo", "x", "0", "-1", "3-1", "0-2", "1e9", "nan", "RLHFBlindSpot-v0",
-          "dims=0", "gamma=-1", "signal_dims=99", "feedback=x", "=", "", "ppo", "kl", "2"]
+FLAGS = [
+    "--agent",
+    "--env",
+    "--seeds",
+    "--rounds",
+    "--env-kwargs",
+    "--agent-kwargs",
+    "--jobs",
+    "--batch-size",
+    "--optimizer",
+    "--force",
+    "--bogus",
+]
+VALUES = [
+    "naive",
+    "fpo",
+    "x",
+    "0",
+    "-1",
+    "3-1",
+    "0-2",
+    "1e9",
+    "nan",
+    "RLHFBlindSpot-v0",
+    "dims=0",
+    "gamma=-1",
+    "signal_dims=99",
+    "feedback=x",
+    "=",
+    "",
+    "ppo",
+    "kl",
+    "2",
+]
 
 
 @pytest.mark.slow
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.sampled_from(FLAGS + VALUES) | st.text(max_size=8), max_size=8))
 def test_cli_fuzz_never_crashes(tmp_path, argv):
     # the trailing flags keep any valid command tiny; argparse keeps the last occurrence
     tail = ["--rounds", "2", "--seeds", "0", "--out", str(tmp_path), "--no-progress"]
-    code = run_main([*argv, *tail]) if "--agent" in argv else run_main(["--agent", "naive", *argv, *tail])
+    code = (
+        run_main([*argv, *tail])
+        if "--agent" in argv
+        else run_main(["--agent", "naive", *argv, *tail])
+    )
     assert code in (0, 1, 2)

@@ -1,0 +1,341 @@
+"""``RLHFContextual-v0``: a contextual bandit whose labeler is biased in one region of prompt space."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from rlhf_envs.blind_spot import _BlindSpotMixin, _fresh_seed
+from rlhf_envs.core import (
+    OPTIMIZERS,
+    RM_TYPES,
+    BlindSpotConfig,
+    KwargsConfig,
+    RLHFCore,
+    check_choice,
+    check_float,
+    check_hidden,
+    check_int,
+    int_sequence,
+)
+from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
+
+
+@dataclass
+class ContextualConfig(KwargsConfig):
+    """Settings of :class:`ContextualEnv`.
+
+    Attributes:
+        prompt_dims: prompt dimension ``p`` (1..256).
+        dims: response dimension ``d`` (1..256).
+        n_clusters: number of prompt clusters (1..2p). Cluster ``k`` is centred at
+            ``cluster_radius * e_k`` for ``k < p`` and ``-cluster_radius * e_(k-p)`` after.
+        cluster_radius: distance of the cluster centres from the origin (> 0).
+        cluster_std: std of the prompts around their centre (>= 0).
+        target_std: the per-cluster utility peaks ``y*_k`` are drawn ``N(0, target_std^2 I_d)``
+            (> 0).
+        task_seed: seed of those peaks (0..2^31-1); fixed across experiments, unlike the
+            experiment seed given to ``reset``.
+        utility_scale: peak height of ``U`` (> 0).
+        utility_width: ``width`` in ``U = scale * exp(-width * ||y - y*(x)||^2)`` (> 0).
+        blind_cluster: the cluster where the labeler is biased (0..n_clusters-1).
+        labeler_bias: in that cluster the labeler adds ``labeler_bias * sum(y[labeler_bias_dims])``
+            to the true utility (any real number; 0 disables the blind spot).
+        labeler_bias_dims: the spurious response dims (default: the last one).
+        reward_model: ``"mlp"`` (default; on ``concat(x, y)``) or ``"linear"`` (``w . [x, y]``,
+            which cannot fit a peaked utility: a capacity blind spot).
+        rm_hidden: hidden sizes of the MLP (two ints in [1, 4096]).
+        rm_init_noise: std of the MLP's initial weights / of the linear RM's initial weights
+            (>= 0).
+        rm_optimizer: ``"sgd"`` or ``"adam"``.
+        rm_lr: reward-model learning rate (> 0).
+        rm_weight_decay: L2 weight decay, ``torch.optim`` convention (>= 0).
+        rm_steps: optimiser steps per round (1..10000).
+        buffer_size: FIFO buffer of labelled (prompt, response) pairs (1..1e6).
+        samples_per_round: responses labelled per round; the RM retrains after this many steps.
+        label_noise: std of Gaussian noise on the rating labels (>= 0).
+        action_bound: half-width of the action Box (> 0); any finite response is accepted.
+    """
+
+    prompt_dims: int = 4
+    dims: int = 4
+    n_clusters: int = 4
+    cluster_radius: float = 3.0
+    cluster_std: float = 0.5
+    target_std: float = 1.0
+    task_seed: int = 0
+    utility_scale: float = 10.0
+    utility_width: float = 0.1
+    blind_cluster: int = 0
+    labeler_bias: float = 1.0
+    labeler_bias_dims: tuple[int, ...] | None = None
+    reward_model: str = "mlp"
+    rm_hidden: tuple[int, int] = (32, 32)
+    rm_init_noise: float = 0.1
+    rm_optimizer: str = "adam"
+    rm_lr: float = 1e-2
+    rm_weight_decay: float = 1e-3
+    rm_steps: int = 2
+    buffer_size: int = 64
+    samples_per_round: int = 8
+    label_noise: float = 0.0
+    action_bound: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_int(self, "prompt_dims", 1, 256)
+        check_int(self, "dims", 1, 256)
+        check_int(self, "n_clusters", 1, 2048)
+        if self.n_clusters > 2 * self.prompt_dims:
+            raise ValueError(
+                f"n_clusters must be at most 2 * prompt_dims = {2 * self.prompt_dims} (the "
+                f"centres are +-cluster_radius on the prompt axes), got n_clusters="
+                f"{self.n_clusters} with prompt_dims={self.prompt_dims}"
+            )
+        check_float(self, "cluster_radius", 0.0, strict=True)
+        check_float(self, "cluster_std", 0.0, strict=False)
+        check_float(self, "target_std", 0.0, strict=True)
+        check_int(self, "task_seed", 0, 2**31 - 1)
+        check_float(self, "utility_scale", 0.0, strict=True)
+        check_float(self, "utility_width", 0.0, strict=True)
+        check_int(self, "blind_cluster", 0, self.n_clusters - 1)
+        check_float(self, "labeler_bias", -math.inf, strict=False)
+        if self.labeler_bias_dims is None:
+            self.labeler_bias_dims = (self.dims - 1,)
+        dims = int_sequence("labeler_bias_dims", self.labeler_bias_dims)
+        bad = [i for i in dims if not 0 <= i < self.dims]
+        if bad:
+            raise ValueError(
+                f"labeler_bias_dims entries must be in [0, {self.dims - 1}], got {bad}"
+            )
+        self.labeler_bias_dims = dims
+        check_choice(self, "reward_model", RM_TYPES)
+        check_hidden(self, "rm_hidden")
+        check_float(self, "rm_init_noise", 0.0, strict=False)
+        check_choice(self, "rm_optimizer", OPTIMIZERS)
+        check_float(self, "rm_lr", 0.0, strict=True)
+        check_float(self, "rm_weight_decay", 0.0, strict=False)
+        check_int(self, "rm_steps", 1, 10_000)
+        check_int(self, "buffer_size", 1, 1_000_000)
+        check_int(self, "samples_per_round", 1, 1_000_000)
+        check_float(self, "label_noise", 0.0, strict=False)
+        check_float(self, "action_bound", 0.0, strict=True)
+
+    def core_config(self) -> BlindSpotConfig:
+        """The follower's settings on the vectors ``z = concat(x, y)`` (``dims = p + d``)."""
+        p = self.prompt_dims
+        return BlindSpotConfig(
+            dims=p + self.dims,
+            signal_dims=1,
+            rm_init_noise=self.rm_init_noise,
+            utility_scale=self.utility_scale,
+            utility_width=self.utility_width,
+            reward_model=self.reward_model,
+            rm_hidden=self.rm_hidden,
+            rm_optimizer=self.rm_optimizer,
+            rm_lr=self.rm_lr,
+            rm_weight_decay=self.rm_weight_decay,
+            rm_steps=self.rm_steps,
+            buffer_size=self.buffer_size,
+            samples_per_round=self.samples_per_round,
+            feedback="rating",
+            label_noise=self.label_noise,
+            labeler_bias=self.labeler_bias,
+            labeler_bias_dims=tuple(p + i for i in self.labeler_bias_dims),
+            action_bound=self.action_bound,
+        )
+
+
+class ContextualCore(RLHFCore):
+    """The follower on ``z = concat(x, y)``: prompt first, response last (see the env)."""
+
+    def __init__(self, config: ContextualConfig, num_experiments: int = 1):
+        core_cfg = config.core_config()
+        if config.reward_model == "linear":
+            opt = OptimizerConfig(config.rm_optimizer, config.rm_lr, config.rm_weight_decay)
+            zero = torch.zeros(core_cfg.dims, dtype=torch.float64)
+            rm = LinearRewardModel(core_cfg.dims, opt, zero, config.rm_init_noise)
+            super().__init__(core_cfg, num_experiments, reward_model=rm)
+        else:
+            super().__init__(core_cfg, num_experiments)
+        self.env_config = c = config
+        p = c.prompt_dims
+        eye = torch.eye(p, dtype=torch.float64)
+        self.centres = (c.cluster_radius * torch.cat([eye, -eye]))[: c.n_clusters]
+        g = torch.Generator().manual_seed(c.task_seed)
+        self.targets = c.target_std * torch.randn(
+            c.n_clusters, c.dims, generator=g, dtype=self.dtype
+        )
+
+    def cluster(self, z: torch.Tensor) -> torch.Tensor:
+        """Cluster of each prompt ``z[..., :p]``: the nearest centre (ties to the lower index)."""
+        x = z[..., : self.env_config.prompt_dims]
+        return ((x.unsqueeze(-2) - self.centres) ** 2).sum(-1).argmin(-1)
+
+    def utility_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U(z), grad_z U(z))``, uncounted; the gradient in the prompt part is 0."""
+        c, p = self.env_config, self.env_config.prompt_dims
+        diff = z[..., p:] - self.targets[self.cluster(z)]
+        u = c.utility_scale * torch.exp(-c.utility_width * (diff**2).sum(-1))
+        g_y = (-2.0 * c.utility_width * u).unsqueeze(-1) * diff
+        return u, torch.cat([torch.zeros_like(z[..., :p]), g_y], dim=-1)
+
+    def utility(self, z: torch.Tensor) -> torch.Tensor:
+        """``U(x, y) = scale * exp(-width * ||y - y*_(cluster(x))||^2)``, uncounted."""
+        return self.utility_and_grad(z)[0]
+
+    def labeler_bias_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``labeler_bias * sum(y[labeler_bias_dims])`` in the blind cluster, 0 elsewhere."""
+        if not self.config.labeler_bias:
+            return None
+        blind = (self.cluster(z) == self.env_config.blind_cluster).to(self.dtype)
+        b = self.config.labeler_bias * blind
+        return b * (z @ self.labeler_direction), b.unsqueeze(-1) * self.labeler_direction
+
+
+class ContextualEnv(_BlindSpotMixin, gym.Env):
+    """Iterative RLHF on prompts: the labeler is biased in one region of prompt space only.
+
+    ## Description
+    A contextual bandit. Each episode the env draws a prompt ``x`` in ``R^p`` from a mixture of
+    ``n_clusters`` Gaussian clusters (uniform weights, centres ``+-cluster_radius`` on the
+    axes, std ``cluster_std``); the agent answers with one response ``y`` in ``R^d`` and the
+    episode ends. The reward is the score of the *current* reward model (RM), an MLP on
+    ``concat(x, y)``. Every ``samples_per_round`` responses the labeler rates that round's
+    (prompt, response) pairs and the RM is retrained on its FIFO buffer (iterative RLHF).
+
+    ``env.unwrapped.core`` treats ``z = concat(x, y)`` (length ``p + d``) as "the response", so
+    the white-box maths (tangent kernels, FPO penalties) work on it unchanged;
+    ``env.unwrapped.last_response`` is the (1, p + d) vector the RM scored at the last step.
+
+    ## Action Space
+    ``Box(-action_bound, action_bound, (dims,), float32)``: the response ``y``. Any finite
+    response of that shape is accepted; NaN/inf or a wrong shape raises ``ValueError`` naming
+    ``action`` and leaves the env unchanged.
+
+    ## Observation Space
+    ``Box(-inf, inf, (prompt_dims,), float32)``: the prompt ``x`` (the same ``x``, as float64,
+    is what the RM and the utility see).
+
+    ## Rewards
+    ``r_phi(x, y)``, the current RM's score, computed before the RM learns from ``(x, y)``.
+
+    ## True utility vs feedback
+    ``U(x, y) = utility_scale * exp(-utility_width * ||y - y*_k||^2)`` with ``k`` the cluster of
+    ``x`` (its nearest centre, ``info["cluster"]``) and ``y*_k ~ N(0, target_std^2 I)`` fixed by
+    ``task_seed`` and hidden from the agent. Reported in ``info["true_utility"]``, never the
+    reward. Feedback is a rating: the label is the labeler's value (+ ``N(0, label_noise^2)``)
+    and the RM minimises the squared error. (Preference feedback would need a reference response
+    per prompt; the shared follower has one fixed reference, so this env offers ratings only.)
+
+    ## Blind spots
+    * Local labeler bias: for prompts of cluster ``blind_cluster`` (default 0) the labeler adds
+      ``labeler_bias * sum(y[labeler_bias_dims])`` (default ``1 * y[d-1]``) to ``U``; everywhere
+      else its labels are exactly ``U``. A policy that follows the RM drifts along the spurious
+      direction on those prompts, so the proxy-true gap opens locally: with the defaults, a
+      naive policy climbing the RM per cluster (3 seeds, 500 rounds) gained true utility in the
+      other clusters (proxy ~ truth there) and lost it in the blind one (proxy 1.3-2x truth).
+      A much larger ``labeler_bias`` can spill over to other clusters through the shared MLP.
+    * RM initial error and capacity: the MLP starts random (``rm_init_noise``) and learns only
+      where the policy's (prompt, response) pairs land; ``reward_model="linear"`` cannot represent
+      a peaked utility at all.
+
+    ## Episodes
+    One step per episode (``terminated=True``). ``reset(seed=s)`` starts a new experiment
+    (fresh RM and buffer, prompt stream from ``s``); ``reset()`` without a seed draws the next
+    prompt and keeps the RM.
+
+    ## Info
+    ``true_utility``, ``proxy_reward``, ``round``, ``rm_updated``, ``labels_used``,
+    ``oracle_queries`` and ``cluster`` (the prompt's cluster; also in the reset info).
+
+    ## White-box access
+    ``env.unwrapped.core`` (a :class:`ContextualCore`), ``reward_model``, ``rm_params``,
+    ``true_utility(zs)`` / ``query_labeler(zs)`` (counted oracle queries on vectors
+    ``concat(x, y)`` of shape ``(1, ..., p + d)``), ``prompt`` (the current ``x``) and
+    ``last_response``.
+
+    ## Arguments
+    See :class:`ContextualConfig`: ``prompt_dims``, ``dims``, ``n_clusters``,
+    ``cluster_radius``, ``cluster_std``, ``target_std``, ``task_seed``, ``blind_cluster``,
+    ``labeler_bias``, ``labeler_bias_dims``, ``reward_model``, ``rm_lr``, ``samples_per_round``,
+    ... Unknown names raise ``TypeError``; invalid values raise ``ValueError``/``TypeError``
+    naming the argument.
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        self.config = ContextualConfig.from_kwargs(**kwargs)
+        self.core = ContextualCore(self.config, 1)
+        c = self.config
+        b = np.float32(c.action_bound)
+        self.action_space = spaces.Box(-b, b, (c.dims,), np.float32)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (c.prompt_dims,), np.float32)
+        self.render_mode = render_mode
+        self.prompt = np.zeros(c.prompt_dims, dtype=np.float32)
+        self._cluster = 0
+        self.last_response: torch.Tensor | None = None
+
+    def _responses(self, zs: Any) -> torch.Tensor:
+        """``zs`` as a float64 tensor of shape (1, ..., p + d); a single (p + d,) is accepted."""
+        z = torch.as_tensor(zs, dtype=torch.float64)
+        n = self.core.config.dims
+        if z.dim() == 1:
+            z = z.unsqueeze(0)
+        if z.dim() < 2 or z.shape[0] != 1 or z.shape[-1] != n:
+            raise ValueError(
+                f"ys must be vectors concat(x, y) of shape (1, ..., {n}): experiments first, "
+                f"prompt then response last; got {tuple(z.shape)}"
+            )
+        return z
+
+    def _draw_prompt(self) -> None:
+        c = self.config
+        k = int(self.np_random.integers(c.n_clusters))
+        noise = self.np_random.standard_normal(c.prompt_dims)
+        x = self.core.centres[k].numpy() + c.cluster_std * noise
+        self.prompt = x.astype(np.float32)
+        z = torch.from_numpy(self.prompt.astype(np.float64))
+        self._cluster = int(self.core.cluster(z))
+
+    def _info(self, proxy: float | None, true_u: float | None, updated: bool) -> dict[str, Any]:
+        c = self.core
+        info: dict[str, Any] = {
+            "round": c.round,
+            "rm_updated": updated,
+            "labels_used": int(c.labels_used[0]),
+            "oracle_queries": int(c.oracle_queries[0]),
+            "cluster": self._cluster,
+        }
+        if proxy is not None:
+            info["true_utility"] = true_u
+            info["proxy_reward"] = proxy
+        return info
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self.core.seeds:
+            self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
+        self._draw_prompt()
+        self.last_response = None
+        return self.prompt.copy(), self._info(None, None, False)
+
+    def step(self, action):
+        if not self.core.seeds:
+            raise RuntimeError("call reset() before step()")
+        y = self._check_actions(action, (self.config.dims,))
+        x = torch.from_numpy(self.prompt.astype(np.float64)).unsqueeze(0)
+        z = torch.cat([x, y], dim=-1)
+        proxy, true_u, updated = self.core.step(z)
+        self.last_response = z  # (1, p + d): the vector the RM scored
+        info = self._info(float(proxy[0]), float(true_u[0]), updated)
+        return self.prompt.copy(), float(proxy[0]), True, False, info
