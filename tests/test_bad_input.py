@@ -458,3 +458,23 @@ def test_every_field_rejection_names_the_argument(env_id, field):
                 rejected += 1
     assert rejected > 0
     assert not unnamed, "errors that do not name the argument:\n" + "\n".join(unnamed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the same two fuzzers with 500 examples each, in the slow suite (pytest -m slow)
+# ---------------------------------------------------------------------------------------------
+_SLOW = settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_random_valid_configs_never_crash_500 = pytest.mark.slow(
+    _SLOW(given(valid_setups())(test_random_valid_configs_never_crash.hypothesis.inner_test))
+)
+test_random_kwargs_only_raise_value_or_type_error_500 = pytest.mark.slow(
+    _SLOW(
+        given(env_id=st.sampled_from(ENV_IDS), data=st.data())(
+            test_random_kwargs_only_raise_value_or_type_error.hypothesis.inner_test
+        )
+    )
+)
