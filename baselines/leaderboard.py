@@ -53,6 +53,7 @@ def collect(runs: Path) -> pd.DataFrame:
             continue
         cfg = json.loads((summary.parent / "config.json").read_text())
         s["git_commit"] = cfg.get("git_commit", "unknown")
+        s["code_hash"] = cfg.get("code_hash", s["git_commit"])
         s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
         s["folder"] = str(summary.parent)
         s.setdefault("label", s["agent"])
@@ -72,7 +73,7 @@ def check_duplicates(df: pd.DataFrame) -> None:
 
 def check_provenance(df: pd.DataFrame) -> None:
     for env_id, part in df.groupby("env_id"):
-        for col, what in (("git_commit", "code commits"), ("versions", "package versions")):
+        for col, what in (("code_hash", "code versions"), ("versions", "package versions")):
             values = sorted(part[col].unique())
             if len(values) > 1:
                 raise MixedRunsError(
@@ -158,10 +159,11 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
     ]
     for env_id, part in tab.groupby("env_id", sort=True):
         commits = sorted(df[df.env_id == env_id]["git_commit"].unique())
+        codes = sorted(df[df.env_id == env_id]["code_hash"].unique())
         lines += [
             f"## {env_id}",
             "",
-            f"Code commit: {', '.join(c[:12] for c in commits)}.",
+            f"Code commit: {', '.join(c[:12] for c in commits)}; code hash: {', '.join(codes)}.",
             "",
             "| agent | seeds | final U | final U IQM | AUC | drop | gap | labels | oracle | s/run | paper ref. final U |",
             "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -107,6 +107,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def code_hash() -> str:
+    """Hash of the code that determines results (envs, agents, harness and their YAML).
+
+    Results are comparable when this matches, whatever the commit (a commit that only touches
+    docs or results does not change it). Computed once per process.
+    """
+    global _CODE_HASH
+    if _CODE_HASH is None:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for pkg in ("rlhf_envs", "agents", "baselines"):
+            for f in sorted((root / pkg).rglob("*")):
+                if f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
+                    h.update(str(f.relative_to(root)).encode())
+                    h.update(f.read_bytes())
+        _CODE_HASH = h.hexdigest()[:16]
+    return _CODE_HASH
+
+
+_CODE_HASH: str | None = None
+
+
 def git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:

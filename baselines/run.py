@@ -347,6 +347,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             "batched_with": job.seeds,
             "versions": versions,
             "git_commit": commit,
+            "code_hash": results.code_hash(),
         }
         results.atomic_write_json(folder / "config.json", config)
         summary: dict[str, Any] = {

@@ -92,12 +92,12 @@ def test_leaderboard_refuses_mixed_commits(runs, tmp_path, capsys):
     cfg_path = results.run_dir(runs, "RLHFBlindSpot-v0", "naive", 1) / "config.json"
     original = cfg_path.read_text()
     cfg = json.loads(original)
-    cfg["git_commit"] = "0123456789abcdef"
+    cfg["code_hash"] = "0123456789abcdef"
     cfg_path.write_text(json.dumps(cfg))
     try:
         assert leaderboard.main(["--runs", str(runs), "--results", str(tmp_path)]) == 2
         err = capsys.readouterr().err
-        assert "commits" in err and "0123456789ab" in err
+        assert "code versions" in err and "0123456789ab" in err
         assert not (tmp_path / "LEADERBOARD.md").exists()
         assert (
             leaderboard.main(["--runs", str(runs), "--results", str(tmp_path), "--allow-mixed"])
