@@ -99,7 +99,9 @@ def is_done(folder: Path, digest: str) -> bool | None:
 # -- provenance --------------------------------------------------------------------------------
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("rlhf-blindspot-gym", "gymnasium", "numpy", "torch", "stable-baselines3"):
+    # the suite's own code is identified by code_hash() and the git commit, not by whether it
+    # happens to be pip-installed
+    for name in ("gymnasium", "numpy", "torch", "stable-baselines3"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
