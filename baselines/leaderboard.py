@@ -296,7 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     results.atomic_write_text(
         out / "probability_of_improvement.csv", poi.to_csv(index=False, float_format="%.6g")
     )
-    results.atomic_write_text(out / "LEADERBOARD.md", markdown(tab, df, poi, out / "notes"))
+    text = markdown(tab, df, poi, out / "notes")
+    llm = out / "LLM_TRACK.md"  # written by python -m llm_track.evaluate
+    if llm.exists():
+        text += "\n" + llm.read_text().replace("## LLM track", "## LLM track (tiny preset)", 1)
+        note = out / "notes" / "LLM_TRACK.md"
+        if note.exists():
+            text += "\n### Reading\n\n" + note.read_text().strip() + "\n"
+    results.atomic_write_text(out / "LEADERBOARD.md", text)
     print(f"wrote {out / 'LEADERBOARD.md'} ({len(df)} runs, {len(tab)} rows)")
     return 0
 

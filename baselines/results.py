@@ -109,18 +109,30 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+RESULT_CODE = (
+    "rlhf_envs",
+    "agents",
+    "baselines/configs",
+    "baselines/run.py",
+    "baselines/sb3_runner.py",
+    "baselines/results.py",
+)
+
+
 def code_hash() -> str:
-    """Hash of the code that determines results (envs, agents, harness and their YAML).
+    """Hash of the code that determines a run's files: envs, agents, the runner, its YAML.
 
     Results are comparable when this matches, whatever the commit (a commit that only touches
-    docs or results does not change it). Computed once per process.
+    docs, the leaderboard or the bench does not change it). Computed once per process.
     """
     global _CODE_HASH
     if _CODE_HASH is None:
         root = Path(__file__).resolve().parent.parent
         h = hashlib.sha256()
-        for pkg in ("rlhf_envs", "agents", "baselines"):
-            for f in sorted((root / pkg).rglob("*")):
+        for part in RESULT_CODE:
+            path = root / part
+            files = [path] if path.is_file() else sorted(path.rglob("*"))
+            for f in files:
                 if f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
                     h.update(str(f.relative_to(root)).encode())
                     h.update(f.read_bytes())
