@@ -107,7 +107,10 @@ def plan_sweep(
     all_jobs: list[Job] = []
     folders: list[Path] = []
     optimizers = spec.get("optimizers") or ["whitebox"]
-    combos = itertools.product(spec["envs"], optimizers, spec["agents"], points or [{}])
+    combos = list(itertools.product(spec["envs"], optimizers, spec["agents"], points or [{}]))
+    # parallelism comes from the many (env, agent, grid point) jobs; split one's seeds across
+    # workers only when there are fewer of those than workers (results do not depend on it)
+    split = jobs if len(combos) < jobs else 1
     for env_id, optimizer, agent, point in combos:
         env_kw = {**(spec.get("env_kwargs") or {})}
         agent_kw = {**(spec.get("agent_kwargs") or {})}
