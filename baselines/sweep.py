@@ -138,6 +138,20 @@ def plan_sweep(
     return all_jobs, folders
 
 
+# rough relative cost per seed-round of each agent, to start the longest jobs first
+_AGENT_COST = {"fpo-exact": 12.0, "ensemble": 6.0, "fpo-relaxed": 2.5, "fpo": 2.0}
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """Order jobs by estimated cost, longest first, so the pool packs them tightly."""
+
+    def cost(job: Job) -> float:
+        steps = job.agent_config.get("inner_steps", 1) + 1
+        return job.rounds * steps * _AGENT_COST.get(job.agent, 1.0)
+
+    return sorted(jobs, key=cost, reverse=True)
+
+
 def execute_ray(jobs: list[Job], address: str | None, n_workers: int) -> list[dict[str, Any]]:
     """One Ray task per job, retried if its worker dies; returns the jobs' outcomes."""
     try:
@@ -204,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_sweep(Path(args.sweep))
         out = confined(Path(args.out), spec.get("subdir"))
         jobs, folders = plan_sweep(spec, out, args.force, args.jobs)
+        jobs = longest_first(jobs)
     except CLIError as e:
         print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
         return 2
