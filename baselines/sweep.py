@@ -127,8 +127,9 @@ def plan_sweep(
             out,
             force,
             int(spec.get("batch_size", 10)),
-            jobs,
+            split,
             tag=tag_of(point),
+            optimizer=optimizer,
         )
         all_jobs += new
         label = agent if optimizer == "whitebox" else f"{agent}+{optimizer}"

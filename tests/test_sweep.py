@@ -251,3 +251,33 @@ def test_cli_fuzz_never_crashes(tmp_path, argv):
         else run_main(["--agent", "naive", *argv, *tail])
     )
     assert code in (0, 1, 2)
+
+
+def test_many_jobs_are_not_split_but_a_single_one_is(tmp_path):
+    spec = sweep.load_sweep(write(tmp_path, SMALL))
+    jobs, folders = sweep.plan_sweep(spec, tmp_path, force=False, jobs=2)
+    assert len(folders) == 24 and all(len(j.seeds) == 2 or len(j.seeds) == 1 for j in jobs)
+    assert len(jobs) == 8 * 2  # 8 (env, agent, gamma) combinations, seeds 0-2 in batches of 2
+    one = sweep.load_sweep(
+        write(tmp_path, "envs: [RLHFBlindSpot-v0]\nagents: [naive]\nseeds: 0-9\n")
+    )
+    jobs, _ = sweep.plan_sweep(one, tmp_path, force=False, jobs=2)
+    assert sorted(len(j.seeds) for j in jobs) == [5, 5]
+    jobs = sweep.longest_first(sweep.plan_sweep(spec, tmp_path, force=False, jobs=2)[0])
+    assert jobs[0].env_id == "RLHFNeuralBlindSpot-v0" and jobs[0].agent == "fpo-relaxed"
+
+
+def test_sweep_runs_sb3_optimizers_into_their_own_folders(tmp_path):
+    cfg = write(
+        tmp_path,
+        """
+envs: [RLHFContextual-v0]
+agents: [naive]
+optimizers: [ppo]
+seeds: 0
+rounds: 3
+""",
+    )
+    assert sweep.main([str(cfg), "--out", str(tmp_path), "--no-progress"]) == 0
+    metrics = tmp_path / "RLHFContextual-v0" / "naive+ppo" / "seed_0" / "metrics.csv"
+    assert metrics.read_text().count("\n") == 4
