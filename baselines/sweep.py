@@ -51,6 +51,7 @@ KEYS = {
     "grid",
     "subdir",
     "batch_size",
+    "optimizers",
 }
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
