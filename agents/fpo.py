@@ -89,10 +89,7 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
     ``y``, which equals the gradient on the whole pushed buffer up to summation order.
     """
     rm, c = core.reward_model, core.config
-    rest_y, rest_t = core.retained_after_push(1)
-    n = rest_y.shape[1] + 1
-    with torch.no_grad():
-        g_rest = rm.loss_grad(core.params, rest_y, rest_t, c.feedback, core.references, n)
+    n, g_rest = _retained_grad(core)
     before, after = [], []
     for j in range(y.shape[1]):
         yj, lj = y[:, j : j + 1], label[:, j : j + 1]
@@ -104,11 +101,33 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
     return torch.cat(before, dim=1), torch.cat(after, dim=1)
 
 
+def _retained_grad(core: RLHFCore):
+    """Loss gradient of the buffer entries kept after one push, cached while the RM and its
+    buffer stay the same (a round's inner policy steps all reuse it)."""
+    cache = getattr(core, "_lookahead_cache", None)
+    if cache is not None and cache[0] is core.params and cache[1] is core.buffer_y:
+        return cache[2], cache[3]
+    c = core.config
+    rest_y, rest_t = core.retained_after_push(1)
+    n = rest_y.shape[1] + 1
+    with torch.no_grad():
+        g_rest = core.reward_model.loss_grad(
+            core.params, rest_y, rest_t, c.feedback, core.references, n
+        )
+    core._lookahead_cache = (core.params, core.buffer_y, n, g_rest)
+    return n, g_rest
+
+
 def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Exact FPO penalty: ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring)."""
+    return exact_penalty_and_reward(core, y, label)[0]
+
+
+def exact_penalty_and_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
+    """:func:`exact_penalty` and ``r_phi(y)``, which the virtual update computes anyway."""
     c = core.config
     r_now, r_next = virtual_update_reward(core, y, label)
-    return -(r_next - r_now) / (loss_factor(c.feedback) * c.rm_lr)
+    return -(r_next - r_now) / (loss_factor(c.feedback) * c.rm_lr), r_now
 
 
 def penalty(form: str, core: RLHFCore, y: torch.Tensor, label_fn: LabelFn | None = None):
