@@ -119,30 +119,37 @@ def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     for env_id, part in df.groupby("env_id"):
         finals = {label: g.final_true_utility.to_numpy() for label, g in part.groupby("label")}
-        for a in FPO_FORMS:
-            for b in BASELINES:
-                if a not in finals or b not in finals:
-                    continue
-                x, y = finals[a], finals[b]
-                poi = results.probability_of_improvement(x, y)
-                boots = [
-                    results.probability_of_improvement(
-                        x[rng.integers(0, len(x), len(x))], y[rng.integers(0, len(y), len(y))]
-                    )
-                    for _ in range(n_boot)
-                ]
-                lo, hi = np.quantile(boots, [0.025, 0.975])
-                rows.append(
-                    {
-                        "env_id": env_id,
-                        "fpo": a,
-                        "baseline": b,
-                        "p_improvement": poi,
-                        "ci_low": lo,
-                        "ci_high": hi,
-                        "mean_difference": x.mean() - y.mean(),
-                    }
+        # compare within one optimiser: "fpo+ppo" against "naive+ppo", "fpo" against "naive"
+        suffixes = sorted({label.partition("+")[1:] for label in finals})
+        pairs = [
+            ("".join((a, *suf)), "".join((b, *suf)))
+            for suf in suffixes
+            for a in FPO_FORMS
+            for b in BASELINES
+        ]
+        for a, b in pairs:
+            if a not in finals or b not in finals:
+                continue
+            x, y = finals[a], finals[b]
+            poi = results.probability_of_improvement(x, y)
+            boots = [
+                results.probability_of_improvement(
+                    x[rng.integers(0, len(x), len(x))], y[rng.integers(0, len(y), len(y))]
                 )
+                for _ in range(n_boot)
+            ]
+            lo, hi = np.quantile(boots, [0.025, 0.975])
+            rows.append(
+                {
+                    "env_id": env_id,
+                    "fpo": a,
+                    "baseline": b,
+                    "p_improvement": poi,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "mean_difference": x.mean() - y.mean(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
