@@ -36,7 +36,7 @@ REFERENCE = {  # PAPER.md Sec. 5, measured by running the reference notebooks on
 
 
 def _order(label: str) -> int:
-    base = label.split("@")[0]
+    base = label.split("@")[0].split("+")[0]
     return AGENT_ORDER.index(base) if base in AGENT_ORDER else len(AGENT_ORDER)
 
 
