@@ -49,6 +49,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files a killed writer left in ``folder`` (before rewriting it)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -341,6 +341,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     versions, commit = results.package_versions(), results.git_commit()
     for i, seed in enumerate(job.seeds):
         folder = results.run_dir(job.out, job.env_id, job.label, seed)
+        results.remove_stale_temps(folder)  # left by a writer killed mid-write
         config = {
             **job.settings[seed],
             "config_hash": job.digests[seed],
