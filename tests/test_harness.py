@@ -237,3 +237,15 @@ def test_config_hash_ignores_key_order_but_not_values():
     a = results.config_hash({"b": 1, "a": [1, 2]})
     assert a == results.config_hash({"a": [1, 2], "b": 1})
     assert a != results.config_hash({"a": [1, 2], "b": 2})
+
+
+def test_rerun_cleans_temp_files_left_by_a_killed_writer(tmp_path):
+    args = ["--agent", "naive", "--seeds", "0", "--rounds", "5", "--out", str(tmp_path)]
+    assert run(*args) == 0
+    folder = results.run_dir(tmp_path, LINEAR, "naive", 0)
+    (folder / "summary.json").unlink()  # as if killed before the last write
+    stale = folder / ".summary.json.k1ll3d.tmp"
+    stale.write_text('{"status": "o')
+    assert run(*args) == 0
+    assert not stale.exists()
+    assert json.loads((folder / "summary.json").read_text())["status"] == "ok"
