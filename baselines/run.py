@@ -174,15 +174,19 @@ def plan(
                 f"--env: {env_id} has no white-box agents; use --optimizer ppo (or sac, a2c)"
             )
     else:
-        from baselines.sb3_runner import ALGOS, WRAPPED_AGENTS
+        from baselines.sb3_runner import ALGOS, SB3_AGENTS, allowed_algos
 
         if optimizer not in ALGOS:
             raise CLIError(
                 f"--optimizer must be whitebox or one of {', '.join(ALGOS)}, got {optimizer!r}"
             )
-        if agent not in WRAPPED_AGENTS:
+        if agent not in SB3_AGENTS:
+            raise CLIError(f"--agent: {agent} has no SB3 form; allowed: {', '.join(SB3_AGENTS)}")
+        if optimizer not in allowed_algos(agent):
             raise CLIError(
-                f"--agent: {agent} has no SB3 form; allowed: {', '.join(WRAPPED_AGENTS)}"
+                f"--optimizer {optimizer} does not work with --agent {agent} (on-policy "
+                f"algorithms only); allowed --optimizer for --agent {agent}: "
+                f"{', '.join(allowed_algos(agent))}"
             )
         sb3 = defaults.get("sb3", {})
         hyperparams = dict(sb3.get(optimizer, {}))
@@ -428,13 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="naive: ascend the current RM; fpo: practical FPO (no oracle); fpo-relaxed: FPO "
         "with the labeler's verdict; fpo-exact: score by a virtual real RM update; oracle: "
         "ascend the true utility (ceiling); static: ascend the initial RM; kl: current RM "
-        "minus kl_coef*||y-y0||^2; ensemble: pessimistic RM ensemble (mean - k*std or min)",
+        "minus kl_coef*||y-y0||^2 (with --optimizer ppo or a2c: minus kl_coef times the "
+        "per-step KL to the initial policy); ensemble: pessimistic RM ensemble (mean - k*std "
+        "or min)",
     )
     p.add_argument(
         "--optimizer",
         default="whitebox",
         help="whitebox (the paper's gradient agents, seeds batched; default) or an SB3 "
-        "algorithm: ppo, sac, a2c (the agent becomes a reward wrapper; hyperparameters from "
+        "algorithm: ppo, sac, a2c (the agent becomes a reward wrapper, or for kl a reward "
+        "callback, ppo/a2c only; hyperparameters from "
         "the env's sb3 section in baselines/configs/whitebox.yaml)",
     )
     p.add_argument("--env", default=DEFAULT_ENV, help=f"registered env id (default {DEFAULT_ENV})")
