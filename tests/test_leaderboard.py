@@ -37,6 +37,22 @@ def test_summarise_history_collapse_metrics():
     assert s["auc_true_utility"] == pytest.approx(7 / 3)
 
 
+def test_collapse_drop_is_unbiased_on_a_flat_noisy_curve():
+    rng = np.random.default_rng(0)
+    drops, raw = [], []
+    for _ in range(200):
+        flat = 5.0 + rng.normal(0.0, 1.0, size=1000)  # noise only: nothing collapses
+        drops.append(results.summarise_history(flat)["collapse_drop"])
+        raw.append(flat.max() - flat[-1])
+    assert np.mean(raw) > 2.5  # the raw peak-minus-final would report a collapse
+    assert abs(np.mean(drops)) < 3 * np.std(drops) / np.sqrt(len(drops))
+    # a real rise and fall of 3 under the same noise is measured
+    curve = np.concatenate([np.linspace(5, 8, 500), np.linspace(8, 5, 500)])
+    s = results.summarise_history(curve + rng.normal(0.0, 1.0, size=1000))
+    assert 2.4 < s["collapse_drop"] < 3.6 and 400 < s["peak_round"] < 600
+    assert s["final_block_true_utility"] == pytest.approx(5.0, abs=0.5)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
