@@ -63,11 +63,12 @@ def metrics_csv(history: dict[str, np.ndarray], column: int) -> str:
     """Per-round metrics of one experiment as CSV text (floats written with ``repr``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRIC_COLUMNS)
+    extra = [k for k in history if k not in METRIC_COLUMNS]  # optional columns, in order
+    w.writerow(list(METRIC_COLUMNS) + extra)
     rounds = len(next(iter(history.values())))
     for t in range(rounds):
         row: list[Any] = [t + 1]
-        for key in METRIC_COLUMNS[1:]:
+        for key in list(METRIC_COLUMNS[1:]) + extra:
             v = history[key][t, column]
             row.append(int(v) if key in ("labels_used", "oracle_queries") else repr(float(v)))
         w.writerow(row)

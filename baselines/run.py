@@ -381,6 +381,13 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
                 labels_used=int(last["labels_used"]),
                 oracle_queries=int(last["oracle_queries"]),
             )
+            for key, v in history.items():  # optional columns (SB3 runs, contextual env)
+                if key.startswith("eval_"):
+                    summary[key] = float(v[-1, col])
+                elif key.startswith("true_utility_"):  # per-cluster: mean of the last 5 %
+                    tail = v[-max(1, len(v) // 20) :, col]
+                    seen = [x for x in tail.tolist() if x == x]  # drop NaN rounds
+                    summary[f"final_{key}"] = sum(seen) / len(seen) if seen else float("nan")
         else:
             summary["reason"] = reason
             results.atomic_write_text(folder / "error.txt", tb)

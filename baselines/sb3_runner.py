@@ -11,6 +11,7 @@ agents' ``metrics.csv``.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -64,8 +65,14 @@ def learn_sb3(
     rounds: int,
     seed: int,
     callback=None,
+    eval_responses: int = 64,
 ) -> dict[str, np.ndarray]:
-    """Train ``optimizer`` on the wrapped env until ``rounds`` RM rounds; per-round metrics."""
+    """Train ``optimizer`` on the wrapped env until ``rounds`` RM rounds; per-round metrics.
+
+    Besides the per-round columns, ``eval_true_utility`` (NaN except in the last row) is the
+    mean true utility of ``eval_responses`` deterministic responses of the final policy (see
+    :func:`evaluate_deterministic`), the number SB3's ``evaluate_policy`` would report.
+    """
     import stable_baselines3 as sb3
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
@@ -77,8 +84,11 @@ def learn_sb3(
     env = wrap(gym.make(env_id, **env_kwargs), agent, agent_config)
     core = env.unwrapped.core
     k = getattr(core.config, "signal_dims", None)
+    blind = getattr(getattr(env.unwrapped, "config", None), "blind_cluster", None)
     rows: list[dict[str, float]] = []
-    current: dict[str, list] = {"true": [], "proxy": [], "sig": [], "noise": []}
+    current: dict[str, list] = {
+        "true": [], "proxy": [], "sig": [], "noise": [], "in_blind": [], "out_blind": []
+    }
 
     class Recorder(BaseCallback):
         def _on_step(self) -> bool:
@@ -87,6 +97,9 @@ def learn_sb3(
                     continue
                 current["true"].append(info["true_utility"])
                 current["proxy"].append(info["proxy_reward"])
+                if blind is not None:
+                    side = "in_blind" if info["cluster"] == blind else "out_blind"
+                    current[side].append(info["true_utility"])
                 y = getattr(env.unwrapped, "last_response", None)
                 if k is not None and y is not None and y.shape[-1] == core.config.dims:
                     current["sig"].append(float(y[0, :k].norm()))
@@ -107,6 +120,12 @@ def learn_sb3(
                             "oracle_queries": info["oracle_queries"],
                         }
                     )
+                    if blind is not None:
+                        for side, key in (("in_blind", "blind"), ("out_blind", "other")):
+                            vals = current[side]
+                            rows[-1][f"true_utility_{key}_cluster{'s' * (key == 'other')}"] = (
+                                float(np.mean(vals)) if vals else np.nan
+                            )
                     for v in current.values():
                         v.clear()
                     if callback is not None:
@@ -122,4 +141,40 @@ def learn_sb3(
         callbacks.append(KLPenaltyCallback(agent_config["kl_coef"]))
     callbacks.append(Recorder())
     model.learn(total_timesteps=10**9, callback=CallbackList(callbacks))
-    return {key: np.array([[r[key]] for r in rows]) for key in rows[0]}
+    history = {key: np.array([[r[key]] for r in rows]) for key in rows[0]}
+    for key, value in evaluate_deterministic(model, env, eval_responses).items():
+        column = np.full((len(rows), 1), np.nan)
+        column[-1, 0] = value  # measured once, after the last round
+        history[key] = column
+    return history
+
+
+def evaluate_deterministic(model, env: gym.Env, responses: int) -> dict[str, float]:
+    """True utility of the trained policy's deterministic responses (SB3 ``predict``).
+
+    Runs on a deep copy of the env, so the run's own env, RM, counters and random state are
+    untouched (the copy retrains its RM on these responses as usual; they are then discarded).
+    For a contextual env the utility is also split between the blind cluster and the others.
+    """
+    if responses < 1:
+        raise ValueError(f"eval_responses must be >= 1, got {responses}")
+    e = copy.deepcopy(env.unwrapped)
+    blind = getattr(getattr(e, "config", None), "blind_cluster", None)
+    true, split = [], {"blind": [], "other": []}
+    obs, _ = e.reset()
+    while len(true) < responses:
+        action, _ = model.predict(obs, deterministic=True)
+        obs, _, terminated, truncated, info = e.step(action)
+        if "true_utility" in info and info.get("response_complete") is not False:
+            true.append(info["true_utility"])
+            if blind is not None:
+                split["blind" if info["cluster"] == blind else "other"].append(
+                    info["true_utility"]
+                )
+        if terminated or truncated:
+            obs, _ = e.reset()
+    out = {"eval_true_utility": float(np.mean(true))}
+    if blind is not None:
+        out["eval_true_utility_blind_cluster"] = float(np.mean(split["blind"] or [np.nan]))
+        out["eval_true_utility_other_clusters"] = float(np.mean(split["other"] or [np.nan]))
+    return out

@@ -144,3 +144,58 @@ def test_harness_runs_sb3_agents_and_rejects_kl(tmp_path, capsys):
     # kl has an SB3 form only for on-policy algorithms (tests/test_sb3_kl.py)
     assert run_main(["--agent", "kl", "--optimizer", "sac", "--out", out]) == 2
     assert "kl" in capsys.readouterr().err
+
+
+def test_deterministic_evaluation_uses_the_policy_mean_and_leaves_the_env_alone():
+    from baselines.sb3_runner import evaluate_deterministic
+
+    env = gym.make("RLHFBlindSpot-v0")
+    env.reset(seed=3)
+    model = PPO("MlpPolicy", env, seed=0, device="cpu", n_steps=32, batch_size=16)
+    core = env.unwrapped.core
+    params = {k: v.clone() for k, v in core.params.items()}
+    rng_state = core.generators[0].get_state().clone()
+    queries = int(core.oracle_queries[0])
+    out = evaluate_deterministic(model, env, responses=5)
+    # the observation is constant, so the deterministic response is the policy's mean
+    mean, _ = model.predict(np.zeros(1, dtype=np.float32), deterministic=True)
+    expected = float(core.utility(torch.as_tensor(mean, dtype=torch.float64)[None]))
+    assert out["eval_true_utility"] == pytest.approx(expected, rel=1e-9)
+    for k, v in core.params.items():
+        torch.testing.assert_close(v, params[k], rtol=0, atol=0)
+    assert torch.equal(core.generators[0].get_state(), rng_state)
+    assert int(core.oracle_queries[0]) == queries
+    with pytest.raises(ValueError, match="eval_responses"):
+        evaluate_deterministic(model, env, responses=0)
+
+
+def test_contextual_per_cluster_columns_match_the_env_infos():
+    from baselines.sb3_runner import learn_sb3
+
+    seen = []
+
+    class Spy(gym.Wrapper):
+        def step(self, action):
+            out = super().step(action)
+            seen.append((out[4]["cluster"], out[4]["true_utility"]))
+            return out
+
+    import baselines.sb3_runner as runner
+
+    original = runner.wrap
+    runner.wrap = lambda env, agent, cfg: Spy(original(env, agent, cfg))
+    try:
+        h = learn_sb3(
+            "RLHFContextual-v0", {}, "naive", {}, "ppo", {"n_steps": 32, "batch_size": 16}, 6, 0
+        )
+    finally:
+        runner.wrap = original
+    per_round = 8  # RLHFContextual-v0's samples_per_round
+    for t in range(6):
+        chunk = seen[t * per_round : (t + 1) * per_round]
+        blind = [u for c, u in chunk if c == 0]
+        other = [u for c, u in chunk if c != 0]
+        got_b, got_o = h["true_utility_blind_cluster"][t, 0], h["true_utility_other_clusters"][t, 0]
+        assert (np.isnan(got_b) and not blind) or got_b == pytest.approx(np.mean(blind))
+        assert got_o == pytest.approx(np.mean(other))
+    assert np.isnan(h["eval_true_utility"][:-1]).all() and np.isfinite(h["eval_true_utility"][-1])
