@@ -190,7 +190,11 @@ class WhiteBoxAgent:
                     grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
                 theta = theta + lr * grad
             if not torch.isfinite(theta).all():
-                bad = [s for s, ok in zip(self.seeds, torch.isfinite(theta).all(1), strict=True) if not ok]
+                bad = [
+                    s
+                    for s, ok in zip(self.seeds, torch.isfinite(theta).all(1), strict=True)
+                    if not ok
+                ]
                 raise FloatingPointError(
                     f"policy became NaN/inf at round {t} (seeds {bad}); lower policy_lr"
                 )

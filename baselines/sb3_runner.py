@@ -87,7 +87,12 @@ def learn_sb3(
     blind = getattr(getattr(env.unwrapped, "config", None), "blind_cluster", None)
     rows: list[dict[str, float]] = []
     current: dict[str, list] = {
-        "true": [], "proxy": [], "sig": [], "noise": [], "in_blind": [], "out_blind": []
+        "true": [],
+        "proxy": [],
+        "sig": [],
+        "noise": [],
+        "in_blind": [],
+        "out_blind": [],
     }
 
     class Recorder(BaseCallback):
@@ -168,9 +173,7 @@ def evaluate_deterministic(model, env: gym.Env, responses: int) -> dict[str, flo
         if "true_utility" in info and info.get("response_complete") is not False:
             true.append(info["true_utility"])
             if blind is not None:
-                split["blind" if info["cluster"] == blind else "other"].append(
-                    info["true_utility"]
-                )
+                split["blind" if info["cluster"] == blind else "other"].append(info["true_utility"])
         if terminated or truncated:
             obs, _ = e.reset()
     out = {"eval_true_utility": float(np.mean(true))}
