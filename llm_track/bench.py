@@ -3,9 +3,14 @@
     python -m llm_track.bench --shapes tiny
     python -m llm_track.bench --shapes llama-3.2-1b --device cuda --dtype bfloat16
 
-Two scoring modes are timed in the same run, on the same models and prompts:
-- ``batched``: candidates + reference in one forward of the base model (oracle utility) and one of
-  the reward model, FPO head penalties in closed form from the head's input features;
+Three modes are timed in the same run, on the same models and prompts:
+- ``batched``: reference + candidates generated in one token loop (peft mixed-adapter batch: the
+  reference row runs without the LoRA adapter), scored with one forward of the base model (oracle
+  utility) and one of the reward model, FPO head penalties in closed form from the head's input
+  features;
+- ``two-loop-gen``: the same, but the reference and the candidates are generated in two token
+  loops (base model, then policy), as before the one-loop generation; the ratio of the two
+  generation times is printed;
 - ``per-candidate``: one forward per answer for each model and per-candidate autograd for the
   head gradient (the straightforward implementation the paper's timing describes).
 ``--shapes llama-3.2-1b`` builds the real Llama-3.2-1B and DeBERTa-v3-base architectures with
@@ -21,6 +26,9 @@ import time
 
 from llm_track.config import LLMTrackError, preset_config
 from llm_track.run import OneLineParser, _quiet_libraries
+
+# (name, batched scoring, one-loop generation when possible)
+MODES = (("batched", True, True), ("two-loop-gen", True, False), ("per-candidate", False, True))
 
 
 def build(shapes: str, cfg):
@@ -51,7 +59,14 @@ def build(shapes: str, cfg):
 
 
 def bench(
-    shapes: str, device: str, dtype: str, steps: int, candidates: int, max_new: int, agent: str
+    shapes: str,
+    device: str,
+    dtype: str,
+    steps: int,
+    candidates: int,
+    max_new: int,
+    agent: str,
+    mixing: str = "row-mask",
 ) -> dict:
     import torch
 
@@ -75,6 +90,7 @@ def bench(
     models = build(shapes, cfg)
     build_s = time.perf_counter() - t0
     proto = Protocol(cfg, models, list(TRAIN_PROMPTS))
+    proto.mixing = mixing
     out: dict = {
         "shapes": shapes,
         "device": device,
@@ -88,16 +104,27 @@ def bench(
     }
     if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name()
-    for mode, batched in (("batched", True), ("per-candidate", False)):
-        proto.step(0, batched=batched)  # warm-up (allocations, kernels), not timed
-        rows = [proto.step(t, batched=batched) for t in range(1, steps + 1)]
+    out["generation_mode"] = proto.generation_mode  # one-loop unless the policy cannot mix
+    # Warm-up step of every mode first (allocations, kernels), then the timed steps with the modes
+    # interleaved, so that no mode alone pays for the process warming up (on a GPU the first few
+    # steps of a process, and new prompt shapes, run markedly slower).
+    rows: dict[str, list[dict]] = {mode: [] for mode, *_ in MODES}
+    for t in range(steps + 1):
+        for mode, batched, mixed in MODES:
+            proto.mixed_generation = mixed
+            row = proto.step(t, batched=batched)
+            if t > 0:
+                rows[mode].append(row)
+    proto.mixed_generation = True
+    for mode in rows:
         out[mode] = {
-            k: statistics.fmean(r[k] for r in rows)
+            k: statistics.fmean(r[k] for r in rows[mode])
             for k in ("gen_s", "score_s", "update_s", "step_s")
         }
     if device.startswith("cuda"):
         out["max_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     out["scoring_speedup"] = out["per-candidate"]["score_s"] / max(out["batched"]["score_s"], 1e-9)
+    out["generation_speedup"] = out["two-loop-gen"]["gen_s"] / max(out["batched"]["gen_s"], 1e-9)
     return out
 
 
@@ -110,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--agent", default="fpo-relaxed", choices=("naive", "fpo", "fpo-relaxed"))
+    p.add_argument(
+        "--mixing",
+        default="row-mask",
+        choices=("row-mask", "peft"),
+        help="how the one-loop generation runs the reference row without the adapter",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -129,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             args.candidates,
             args.max_new_tokens,
             args.agent,
+            args.mixing,
         )
     except LLMTrackError as exc:
         print(f"python -m llm_track.bench: error: {exc}", file=sys.stderr)
@@ -136,17 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{res['shapes']} on {res.get('gpu', res['device'])} ({res['dtype']}), "
         f"{res['candidates']} candidates x {res['max_new_tokens']} tokens, agent {res['agent']}, "
-        f"mean of {res['steps']} steps (models built in {res['build_s']:.1f} s)"
+        f"mean of {res['steps']} steps (models built in {res['build_s']:.1f} s), "
+        f"generation {res['generation_mode']}"
     )
     print("| mode | generation s | scoring s | update s | step s |")
     print("|---|---|---|---|---|")
-    for mode in ("batched", "per-candidate"):
+    for mode, *_ in MODES:
         r = res[mode]
         print(
             f"| {mode} | {r['gen_s']:.3f} | {r['score_s']:.3f} | {r['update_s']:.3f} | "
             f"{r['step_s']:.3f} |"
         )
     print(f"scoring speed-up of batched + closed form: {res['scoring_speedup']:.1f}x")
+    print(
+        f"generation speed-up of one loop (mixed-adapter batch) vs two loops: "
+        f"{res['generation_speedup']:.2f}x"
+        + ("" if res["generation_mode"] != "two-loop" else " (policy cannot mix: both two-loop)")
+    )
     if args.json:
         from llm_track.io import write_json
 

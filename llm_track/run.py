@@ -124,6 +124,8 @@ def run_protocol(
             "checkpoint_every": checkpoint_every,
             "versions": versions(),
             "torch_threads": torch.get_num_threads(),
+            # reference + candidates in one token loop or two: same seed, different samples
+            "generation": proto.generation_mode,
         },
     )
 

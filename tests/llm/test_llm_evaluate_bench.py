@@ -89,8 +89,12 @@ def test_bench_tiny(tmp_path, capsys):
         == 0
     )
     res = json.loads(out.read_text())
-    for mode in ("batched", "per-candidate"):
+    for mode in ("batched", "two-loop-gen", "per-candidate"):
         assert set(res[mode]) == {"gen_s", "score_s", "update_s", "step_s"}
         assert all(v > 0 for v in res[mode].values())
-    assert "per-candidate" in capsys.readouterr().out
+    assert res["generation_mode"] == "one-loop/row-mask"
+    assert res["generation_speedup"] > 0
+    out_text = capsys.readouterr().out
+    assert "per-candidate" in out_text and "two-loop-gen" in out_text
+    assert "generation speed-up" in out_text
     assert os.path.exists(out)
