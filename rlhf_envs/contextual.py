@@ -65,7 +65,7 @@ class ContextualConfig(KwargsConfig):
 
     prompt_dims: int = 4
     dims: int = 4
-    n_clusters: int = 4
+    n_clusters: int = 2
     cluster_radius: float = 3.0
     cluster_std: float = 0.5
     target_std: float = 1.0
@@ -73,7 +73,7 @@ class ContextualConfig(KwargsConfig):
     utility_scale: float = 10.0
     utility_width: float = 0.1
     blind_cluster: int = 0
-    labeler_bias: float = 1.0
+    labeler_bias: float = 5.0
     labeler_bias_dims: tuple[int, ...] | None = None
     reward_model: str = "mlp"
     rm_hidden: tuple[int, int] = (32, 32)
@@ -235,12 +235,14 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
 
     ## Blind spots
     * Local labeler bias: for prompts of cluster ``blind_cluster`` (default 0) the labeler adds
-      ``labeler_bias * sum(y[labeler_bias_dims])`` (default ``1 * y[d-1]``) to ``U``; everywhere
-      else its labels are exactly ``U``. A policy that follows the RM drifts along the spurious
-      direction on those prompts, so the proxy-true gap opens locally: with the defaults, a
-      naive policy climbing the RM per cluster (3 seeds, 500 rounds) gained true utility in the
-      other clusters (proxy ~ truth there) and lost it in the blind one (proxy 1.3-2x truth).
-      A much larger ``labeler_bias`` can spill over to other clusters through the shared MLP.
+      ``labeler_bias * sum(y[labeler_bias_dims])`` (default ``5 * y[d-1]``) to ``U``; everywhere
+      else its labels are exactly ``U``. At the default bias the labeler's own optimum on those
+      prompts is the edge of the action box (``U ~ 0``), so a policy that follows the RM there
+      first improves, then drifts along the spurious direction. The defaults (2 clusters, half
+      of the prompts blind) make this local collapse visible in the overall true utility: with
+      SB3 PPO (2 seeds, 1000 rounds) a naive policy's true utility rose to ~5.3, then fell to
+      ~4.3 while the blind cluster went from ~4 to 0 and the other one kept improving (~8.5);
+      its deterministic policy scored ~0 on blind prompts and ~9.9 on the others.
     * RM initial error and capacity: the MLP starts random (``rm_init_noise``) and learns only
       where the policy's (prompt, response) pairs land; ``reward_model="linear"`` cannot represent
       a peaked utility at all.

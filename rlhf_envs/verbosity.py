@@ -75,15 +75,15 @@ class VerbosityConfig(KwargsConfig):
     utility_scale: float = 10.0
     length_penalty: float = 0.15
     no_answer_value: float = 0.1
-    labeler_bias: float = 1.0
+    labeler_bias: float = 6.0
     reward_model: str = "linear"
     rm_answer_weight: float = 5.0
-    rm_length_bias: float = 4.0
-    rm_filler_bias: float = 4.0
+    rm_length_bias: float = -4.0
+    rm_filler_bias: float = 4.5
     rm_init_noise: float = 0.1
     rm_hidden: tuple[int, int] = (16, 16)
     rm_optimizer: str = "sgd"
-    rm_lr: float = 0.05
+    rm_lr: float = 0.003
     rm_weight_decay: float = 0.0
     rm_steps: int = 1
     buffer_size: int = 16
@@ -249,17 +249,22 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     (soft, or a Bernoulli draw) and the RM minimises the Bradley-Terry cross-entropy.
 
     ## Blind spots
-    * Initial RM bias (``rm_length_bias``, ``rm_filler_bias``): the RM starts at
+    * Initial RM blind spot (``rm_length_bias``, ``rm_filler_bias``): the RM starts at
       ``w0 = [rm_answer_weight, rm_length_bias, rm_filler_bias] + N(0, rm_init_noise^2)``
-      (defaults 5, 4, 4), so at round 0 padding the answer with filler scores higher than the
-      correct short answer: ``[ANSWER, FILLER x 6, EOS]`` gets ``5 + 4 * 7/8 + 4 * 6/8 = 11.5``
-      against 5.5 for ``[ANSWER, EOS]``, while its true utility is 4.07 against 10.
-    * Retraining only corrects the RM where the policy goes: labelling padded responses lowers
-      the RM along their feature vector, which shares ``has_answer`` with the short answer, so
-      the short answer's score drops too and a reward-greedy policy stays padded.
-    * Labeler bias (``labeler_bias``, default 1): the labeler itself adds ``labeler_bias *
-      (length + filler)``; with the default it still prefers ``[ANSWER, EOS]`` (10.1 vs 5.7) but
-      larger values make padding the labeler's own choice, which no retraining can fix.
+      (defaults 5, -4, 4.5). It penalises length, as the truth does, except that a FILLER token
+      earns back more than its length costs, so at round 0 padding the answer with filler scores
+      a little higher than the correct short answer: ``[ANSWER, FILLER x 6, EOS]`` gets
+      ``5 - 4 * 7/8 + 4.5 * 6/8 = 4.875`` against 4.5 for ``[ANSWER, EOS]``, while its true
+      utility is 4.07 against 10. Neutral words cost 0.5 each, so the RM first teaches the
+      policy to answer and to stop.
+    * Labeler bias (``labeler_bias``, default 6): the labeler itself adds ``labeler_bias *
+      (length + filler)``, so it rates the padded answer above the short one (13.8 vs 10.75).
+      The RM inherits this only from the policy's own labelled responses: the more filler the
+      policy emits, the more the RM learns to pay for it (slowly, ``rm_lr`` 0.003), and the more
+      the policy pads. With SB3 PPO (``learning_rate`` 1e-3, 1000 rounds, seed 0) a naive policy's
+      true utility rose from 3.1 to 7.7 in the first ~250 rounds and then fell to the padded
+      answer's 3.5, where it stayed (the same settings with ``labeler_bias`` 12 peaked at
+      ~5.5 on seeds 0 and 1).
 
     ## Episodes
     One response per episode. ``reset(seed=s)`` starts a new experiment (fresh RM and buffer

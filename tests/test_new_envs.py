@@ -51,7 +51,7 @@ def test_verbosity_padding_beats_short_answer_at_round_0(seed):
     env.reset()
     _, r_pad, _, _, i_pad = _respond(env, PADDED)
     assert i_pad["round"] == 0  # both scored by the initial RM
-    assert r_pad > r_short + 3.0
+    assert r_pad > r_short + 0.1
     assert i_pad["true_utility"] < i_short["true_utility"] - 3.0
     # the documented values of the utility
     assert i_short["true_utility"] == pytest.approx(10.0)
@@ -165,7 +165,7 @@ def test_contextual_prompts_clusters_and_reset_semantics():
         y_star = core.targets[k].numpy()
         assert step_info["true_utility"] == pytest.approx(10.0 * np.exp(-0.1 * (y_star**2).sum()))
         obs, info = env.reset()  # next prompt, same RM
-    assert seen == set(range(4))
+    assert seen == set(range(env.unwrapped.config.n_clusters))
     assert info["round"] == 40 // 8
     obs, _ = env.reset(seed=3)
     assert np.array_equal(obs, first)
