@@ -95,8 +95,8 @@ def test_leaderboard_tables_and_figures(runs, tmp_path):
     assert "| naive | 3 |" in md and "| fpo-relaxed | 3 |" in md
     poi = pd.read_csv(tmp_path / "probability_of_improvement.csv")
     row = poi[(poi.fpo == "fpo-relaxed") & (poi.baseline == "naive")].iloc[0]
-    x = per_run[per_run.agent == "fpo-relaxed"].final_true_utility.to_numpy()
-    y = per_run[per_run.agent == "naive"].final_true_utility.to_numpy()
+    x = per_run[per_run.agent == "fpo-relaxed"].final_block_true_utility.to_numpy()
+    y = per_run[per_run.agent == "naive"].final_block_true_utility.to_numpy()
     assert row.p_improvement == pytest.approx(results.probability_of_improvement(x, y), abs=1e-5)
     assert row.ci_low <= row.p_improvement <= row.ci_high
     assert "| fpo-relaxed | naive |" in md
