@@ -129,9 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             print("| agent | s/run | x naive |")
             print("|---|---|---|")
             sb3_seconds(env_id, "naive", args.sb3, 5, 1)  # warm-up: imports, first compile
+            from baselines.sb3_runner import allowed_algos
+
+            sb3_agents = [
+                a for a in ("naive", "fpo", "fpo-relaxed", "kl") if args.sb3 in allowed_algos(a)
+            ]
             sb3_rows = {
                 a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats)
-                for a in ("naive", "fpo", "fpo-relaxed")
+                for a in sb3_agents
             }
             for a, sec in sb3_rows.items():
                 print(f"| {a}+{args.sb3} | {sec:.2f} | {sec / sb3_rows['naive']:.2f}x |")
