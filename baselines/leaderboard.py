@@ -242,7 +242,7 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
                 "Probability that the FPO form ends with higher true utility than the baseline "
                 "(over all pairs of seeds; 95 % bootstrap CI; 0.5 = no difference):",
                 "",
-                "| FPO form | vs | P(improvement) | mean difference in final U |",
+                "| FPO form | vs | P(improvement) | mean difference in final-block U |",
                 "|---|---|---|---|",
             ]
             for _, r in sub.iterrows():
