@@ -126,6 +126,7 @@ def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]
         batch_size=args.batch_size,
         jobs=args.jobs,
         optimizer=args.optimizer,
+        sb3_kwargs=parse_kwargs(args.sb3_kwargs, "--sb3-kwargs"),
     )
 
 
@@ -142,6 +143,7 @@ def plan(
     jobs: int = 1,
     tag: str = "",
     optimizer: str = "whitebox",
+    sb3_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[Job], list[tuple[str, int]]]:
     """Validate one (env, agent, settings) over seeds and build its pending jobs.
 
@@ -169,6 +171,8 @@ def plan(
     defaults = load_defaults(env_id)
     hyperparams: dict[str, Any] = {}
     if optimizer == "whitebox":
+        if sb3_kwargs:
+            raise CLIError("--sb3-kwargs needs an SB3 --optimizer (ppo, sac or a2c)")
         if gym.spec(env_id).vector_entry_point is None:
             raise CLIError(
                 f"--env: {env_id} has no white-box agents; use --optimizer ppo (or sac, a2c)"
@@ -190,6 +194,28 @@ def plan(
             )
         sb3 = defaults.get("sb3", {})
         hyperparams = dict(sb3.get(optimizer, {}))
+        if sb3_kwargs:
+            import inspect
+
+            import stable_baselines3 as sb3_lib
+
+            cls = {"ppo": sb3_lib.PPO, "sac": sb3_lib.SAC, "a2c": sb3_lib.A2C}[optimizer]
+            allowed = set(inspect.signature(cls.__init__).parameters) - {
+                "self",
+                "policy",
+                "env",
+                "seed",
+                "device",
+                "verbose",
+                "_init_setup_model",
+            }
+            unknown = sorted(set(sb3_kwargs) - allowed)
+            if unknown:
+                raise CLIError(
+                    f"--sb3-kwargs: unknown {optimizer} argument(s) {unknown}; allowed: "
+                    f"{', '.join(sorted(allowed))}"
+                )
+            hyperparams.update(sb3_kwargs)
         if rounds is None:
             rounds = sb3.get("rounds")
     resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
@@ -467,6 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="K=V",
         help="agent config fields, e.g. gamma=0.2 policy_lr=0.01 (override the per-env YAML)",
+    )
+    p.add_argument(
+        "--sb3-kwargs",
+        nargs="*",
+        metavar="K=V",
+        help="SB3 algorithm arguments, e.g. ent_coef=0.01 learning_rate=3e-4 (override the "
+        "env's sb3 section in the YAML; with --optimizer ppo, sac or a2c)",
     )
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument(

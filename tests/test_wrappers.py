@@ -199,3 +199,23 @@ def test_contextual_per_cluster_columns_match_the_env_infos():
         assert (np.isnan(got_b) and not blind) or got_b == pytest.approx(np.mean(blind))
         assert got_o == pytest.approx(np.mean(other))
     assert np.isnan(h["eval_true_utility"][:-1]).all() and np.isfinite(h["eval_true_utility"][-1])
+
+
+def test_sb3_kwargs_override_the_yaml_and_are_checked(tmp_path, capsys):
+    import json
+
+    out = str(tmp_path)
+    args = ["--agent", "naive", "--optimizer", "ppo", "--seeds", "0", "--rounds", "3"]
+    args += ["--env", "RLHFVerbosity-v0", "--out", out, "--no-progress"]
+    assert run_main(args + ["--sb3-kwargs", "ent_coef=0.01"]) == 0
+    cfg = json.loads(
+        (tmp_path / "RLHFVerbosity-v0" / "naive+ppo" / "seed_0" / "config.json").read_text()
+    )
+    hp = json.dumps(cfg)
+    assert '"ent_coef": 0.01' in hp and '"n_steps": 512' in hp  # override + the YAML's values
+    capsys.readouterr()
+    assert run_main(args + ["--force", "--sb3-kwargs", "ent_coeff=0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sb3-kwargs" in err[0] and "ent_coeff" in err[0]
+    assert "ent_coef" in err[0].split("allowed:")[1]
+    assert run_main(["--agent", "naive", "--out", out, "--sb3-kwargs", "ent_coef=0.01"]) == 2
