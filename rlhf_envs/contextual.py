@@ -23,6 +23,7 @@ from rlhf_envs.core import (
     check_hidden,
     check_int,
     int_sequence,
+    rm_training_fields,
 )
 from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
 
@@ -132,22 +133,11 @@ class ContextualConfig(KwargsConfig):
         return BlindSpotConfig(
             dims=p + self.dims,
             signal_dims=1,
-            rm_init_noise=self.rm_init_noise,
-            utility_scale=self.utility_scale,
             utility_width=self.utility_width,
-            reward_model=self.reward_model,
-            rm_hidden=self.rm_hidden,
-            rm_optimizer=self.rm_optimizer,
-            rm_lr=self.rm_lr,
-            rm_weight_decay=self.rm_weight_decay,
-            rm_steps=self.rm_steps,
-            buffer_size=self.buffer_size,
-            samples_per_round=self.samples_per_round,
             feedback="rating",
-            label_noise=self.label_noise,
-            labeler_bias=self.labeler_bias,
             labeler_bias_dims=tuple(p + i for i in self.labeler_bias_dims),
             action_bound=self.action_bound,
+            **rm_training_fields(self),
         )
 
 

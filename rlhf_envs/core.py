@@ -109,6 +109,20 @@ class KwargsConfig:
         return d
 
 
+# BlindSpotConfig fields that the token and contextual envs pass through unchanged from their
+# own settings (the reward model, its training and the labeler's noise)
+RM_TRAINING_FIELDS = (
+    "rm_init_noise", "utility_scale", "reward_model", "rm_hidden", "rm_optimizer", "rm_lr",
+    "rm_weight_decay", "rm_steps", "buffer_size", "samples_per_round", "label_noise",
+    "labeler_bias",
+)
+
+
+def rm_training_fields(settings: Any) -> dict[str, Any]:
+    """``{name: settings.name}`` for :data:`RM_TRAINING_FIELDS` (an env config's own values)."""
+    return {name: getattr(settings, name) for name in RM_TRAINING_FIELDS}
+
+
 @dataclass
 class BlindSpotConfig(KwargsConfig):
     """Settings of a blind-spot environment (defaults: the paper's linear environment).

@@ -24,6 +24,7 @@ from rlhf_envs.core import (
     check_float,
     check_hidden,
     check_int,
+    rm_training_fields,
 )
 from rlhf_envs.reward_models import LinearRewardModel, MLPRewardModel, OptimizerConfig
 
@@ -123,24 +124,13 @@ class VerbosityConfig(KwargsConfig):
         return BlindSpotConfig(
             dims=N_FEATURES,
             signal_dims=1,
-            rm_init_noise=self.rm_init_noise,
-            utility_scale=self.utility_scale,
-            reward_model=self.reward_model,
-            rm_hidden=self.rm_hidden,
-            rm_optimizer=self.rm_optimizer,
-            rm_lr=self.rm_lr,
-            rm_weight_decay=self.rm_weight_decay,
-            rm_steps=self.rm_steps,
-            buffer_size=self.buffer_size,
-            samples_per_round=self.samples_per_round,
             feedback=self.feedback,
-            label_noise=self.label_noise,
             preference_labels=self.preference_labels,
             temperature=self.temperature,
-            labeler_bias=self.labeler_bias,
             labeler_bias_dims=(1, 2),  # length and filler
             reference_response=(0.0,) * N_FEATURES,  # the empty response [EOS]
             action_bound=1.0,
+            **rm_training_fields(self),
         )
 
 
