@@ -3,11 +3,14 @@
     python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
                               [--repeats 3]
 
-For each env: single-env steps/s with random actions (RM retraining included); for each agent:
-seconds per agent-run when ``--seeds`` seeds run as one batched program, and when one seed runs
-alone (measured on fewer rounds and scaled to the same round count), the batching speed-up, and
-the cost of every agent relative to naive. Medians over ``--repeats``; the machine is shared, so
-compare the ratios, which are measured side by side, rather than absolute times across runs.
+For each env: single-env steps/s with random actions (RM retraining included); for each
+white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
+one seed runs alone (measured on fewer rounds and scaled to the same round count), the batching
+speed-up, and the cost of every agent relative to naive; then the wall time of one SB3 run per
+agent (naive, the three FPO forms and kl) relative to naive. The token and contextual envs have no
+white-box agents, so only their SB3 rows are measured. Medians over ``--repeats``; the machine is
+shared, so compare the ratios, which are measured side by side, rather than absolute times across
+runs.
 """
 
 from __future__ import annotations
@@ -31,8 +34,15 @@ def env_steps_per_second(env_id: str, steps: int, repeats: int) -> float:
     for r in range(repeats):
         env = gym.make(env_id)
         env.reset(seed=r)
-        rng = np.random.default_rng(r)
-        actions = rng.uniform(-3, 3, size=(steps, *env.action_space.shape))
+        space = env.action_space
+        if isinstance(space, gym.spaces.Box):
+            # moderate responses: the full box (+-10 on 50 dims) makes the linear RM's SGD
+            # diverge, which the env reports as an error
+            rng = np.random.default_rng(r)
+            actions = rng.uniform(-3, 3, size=(steps, *space.shape)).astype(space.dtype)
+        else:
+            space.seed(r)
+            actions = [space.sample() for _ in range(steps)]
         t = time.perf_counter()
         for a in actions:
             env.step(a)
@@ -73,56 +83,95 @@ def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -
     return statistics.median(times)
 
 
+def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
+    """Print seconds per white-box agent-run, batched over seeds and alone."""
+    print(
+        "| agent | s/agent-run batched | s/agent-run alone | batching speed-up | x naive (batched) |"
+    )
+    print("|---|---|---|---|---|")
+    single_rounds = min(rounds, args.single_rounds)
+    rows = {}
+    for agent in args.agents:
+        batched = agent_seconds(env_id, agent, list(range(args.seeds)), rounds, args.repeats)
+        alone = agent_seconds(env_id, agent, [0], single_rounds, args.repeats)
+        rows[agent] = (batched / args.seeds, alone * rounds / single_rounds)
+    base = rows.get("naive", next(iter(rows.values())))[0]
+    for agent, (b, a) in rows.items():
+        print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
+    print()
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m baselines.bench", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--envs", nargs="*", default=list(rlhf_envs.BLIND_SPOT_ENV_IDS))
+    p.add_argument("--envs", nargs="*", default=list(rlhf_envs.ENV_IDS))
     p.add_argument("--agents", nargs="*", default=list(AGENTS))
-    p.add_argument("--seeds", type=int, default=10, help="seeds per batched run (default 10)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default: the env's YAML)")
+    p.add_argument(
+        "--seeds", type=positive_int, default=10, help="seeds per batched run (default 10)"
+    )
+    p.add_argument(
+        "--rounds", type=positive_int, default=None, help="rounds (default: the env's YAML)"
+    )
     p.add_argument(
         "--single-rounds",
-        type=int,
+        type=positive_int,
         default=200,
         help="rounds measured for the one-seed runs, scaled up (default 200)",
     )
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=2000, help="env steps for steps/s")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--steps", type=positive_int, default=2000, help="env steps for steps/s")
     p.add_argument(
         "--sb3",
         default="ppo",
+        choices=("ppo", "sac", "a2c", "none"),
         help="SB3 algorithm whose wall time with and without FPO wrappers is compared "
         "(ppo, sac, a2c; 'none' to skip)",
     )
-    p.add_argument("--sb3-rounds", type=int, default=400, help="RM rounds per SB3 run")
+    p.add_argument("--sb3-rounds", type=positive_int, default=400, help="RM rounds per SB3 run")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     unknown = [a for a in args.agents if a not in AGENTS]
     if unknown:
-        print(f"python -m baselines.bench: error: unknown agent(s) {unknown}", file=sys.stderr)
+        print(
+            f"python -m baselines.bench: error: --agents: unknown {unknown}; "
+            f"allowed: {sorted(AGENTS)}",
+            file=sys.stderr,
+        )
+        return 2
+    unknown = [e for e in args.envs if e not in rlhf_envs.ENV_IDS]
+    if unknown:
+        print(
+            f"python -m baselines.bench: error: --envs: unknown {unknown}; "
+            f"allowed: {rlhf_envs.ENV_IDS}",
+            file=sys.stderr,
+        )
         return 2
     print(f"torch threads: {torch.get_num_threads()}, repeats: {args.repeats} (medians)\n")
     for env_id in args.envs:
         rounds = args.rounds or load_defaults(env_id).get("rounds", 300)
         sps = env_steps_per_second(env_id, args.steps, args.repeats)
         print(f"## {env_id}: {sps:,.0f} env steps/s (single env, random actions)")
-        print(f"rounds per agent-run: {rounds}; batched runs use seeds 0-{args.seeds - 1}\n")
-        print(
-            "| agent | s/agent-run batched | s/agent-run alone | batching speed-up | x naive (batched) |"
-        )
-        print("|---|---|---|---|---|")
-        single_rounds = min(rounds, args.single_rounds)
-        rows = {}
-        for agent in args.agents:
-            batched = agent_seconds(env_id, agent, list(range(args.seeds)), rounds, args.repeats)
-            alone = agent_seconds(env_id, agent, [0], single_rounds, args.repeats)
-            rows[agent] = (batched / args.seeds, alone * rounds / single_rounds)
-        base = rows.get("naive", next(iter(rows.values())))[0]
-        for agent, (b, a) in rows.items():
-            print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
-        print()
-        if args.sb3 != "none":
+        if env_id in rlhf_envs.BLIND_SPOT_ENV_IDS:
+            print(f"rounds per agent-run: {rounds}; batched runs use seeds 0-{args.seeds - 1}\n")
+            white_box_table(env_id, args, rounds)
+        else:
+            print("no white-box agents on this env (SB3 agents only)\n")
+        discrete = isinstance(gym.make(env_id).action_space, gym.spaces.Discrete)
+        if args.sb3 == "sac" and discrete:
+            print("SAC needs a Box action space: no SB3 rows on this env\n")
+        elif args.sb3 != "none":
             print(
                 f"{args.sb3.upper()} through reward wrappers, {args.sb3_rounds} RM rounds, 1 seed:\n"
             )
@@ -132,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             from baselines.sb3_runner import allowed_algos
 
             sb3_agents = [
-                a for a in ("naive", "fpo", "fpo-relaxed", "kl") if args.sb3 in allowed_algos(a)
+                a
+                for a in ("naive", "fpo", "fpo-relaxed", "fpo-exact", "kl")
+                if args.sb3 in allowed_algos(a)
             ]
             sb3_rows = {
                 a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats)

@@ -1,0 +1,51 @@
+"""``python -m baselines.bench``: runs on every env kind and rejects bad arguments."""
+
+import re
+
+import pytest
+
+from baselines import bench
+
+
+def sb3_rows(text: str) -> dict[str, float]:
+    """``{agent: ratio to naive}`` from the SB3 table of one env's section."""
+    return {
+        m.group(1): float(m.group(3))
+        for m in re.finditer(r"^\| (\S+)\+ppo \| ([0-9.]+) \| ([0-9.]+)x \|$", text, re.M)
+    }
+
+
+def test_contextual_env_gets_sb3_rows_only(capsys):
+    argv = ["--envs", "RLHFContextual-v0", "--agents", "naive", "--repeats", "1"]
+    assert bench.main(argv + ["--steps", "20", "--sb3-rounds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "no white-box agents on this env" in out
+    assert "batching speed-up" not in out
+    rows = sb3_rows(out)
+    assert set(rows) == {"naive", "fpo", "fpo-relaxed", "fpo-exact", "kl"}
+    assert rows["naive"] == 1.0 and all(r > 0 for r in rows.values())
+
+
+def test_white_box_table_and_sac_skip_on_discrete_env(capsys):
+    argv = ["--agents", "naive", "fpo", "--repeats", "1", "--steps", "20", "--seeds", "2"]
+    argv += ["--rounds", "3", "--single-rounds", "2", "--sb3", "none"]
+    assert bench.main(["--envs", "RLHFBlindSpot-v0"] + argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\| naive \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| 1\.00x \|$", out, re.M)
+    assert re.search(r"^\| fpo \| ", out, re.M) and "+ppo" not in out
+    assert bench.main(["--envs", "RLHFVerbosity-v0", "--steps", "20", "--sb3", "sac"]) == 0
+    assert "SAC needs a Box action space" in capsys.readouterr().out
+
+
+def test_bad_arguments_name_the_argument(capsys):
+    assert bench.main(["--envs", "RLHFNope-v0"]) == 2
+    err = capsys.readouterr().err
+    assert "--envs" in err and "RLHFNope-v0" in err and "RLHFVerbosity-v0" in err
+    assert bench.main(["--agents", "fpo-fast"]) == 2
+    err = capsys.readouterr().err
+    assert "--agents" in err and "fpo-relaxed" in err
+    for argv in (["--repeats", "0"], ["--sb3-rounds", "-1"], ["--sb3", "dqn"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        assert e.value.code == 2
+        assert argv[0] in capsys.readouterr().err
