@@ -103,10 +103,11 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
 
 def _retained_grad(core: RLHFCore):
     """Loss gradient of the buffer entries kept after one push, cached while the RM and its
-    buffer stay the same (a round's inner policy steps all reuse it)."""
-    cache = getattr(core, "_lookahead_cache", None)
-    if cache is not None and cache[0] is core.params and cache[1] is core.buffer_y:
-        return cache[2], cache[3]
+    buffer stay the same (a round's inner policy steps, and the SB3 wrapper's per-response
+    snapshots of the core, all reuse it)."""
+    cache = core.lookahead_cache
+    if cache.get("params") is core.params and cache.get("buffer_y") is core.buffer_y:
+        return cache["n"], cache["g_rest"]
     c = core.config
     rest_y, rest_t = core.retained_after_push(1)
     n = rest_y.shape[1] + 1
@@ -114,7 +115,7 @@ def _retained_grad(core: RLHFCore):
         g_rest = core.reward_model.loss_grad(
             core.params, rest_y, rest_t, c.feedback, core.references, n
         )
-    core._lookahead_cache = (core.params, core.buffer_y, n, g_rest)
+    cache.update(params=core.params, buffer_y=core.buffer_y, n=n, g_rest=g_rest)
     return n, g_rest
 
 

@@ -60,8 +60,12 @@ class FPORewardWrapper(_RMRewardWrapper):
 
     def wrapped_reward(self, core, y):
         with torch.no_grad():
-            r = core.reward_model.score(core.params, y)
-            pen = fpo.penalty(self.form, core, y, self.env.unwrapped.query_labeler)
+            if self.form == "exact":  # the virtual update scores y anyway
+                label = self.env.unwrapped.query_labeler(y)
+                pen, r = fpo.exact_penalty_and_reward(core, y, label)
+            else:
+                r = core.reward_model.score(core.params, y)
+                pen = fpo.penalty(self.form, core, y, self.env.unwrapped.query_labeler)
         return r - self.gamma * pen
 
 

@@ -112,8 +112,17 @@ class KwargsConfig:
 # BlindSpotConfig fields that the token and contextual envs pass through unchanged from their
 # own settings (the reward model, its training and the labeler's noise)
 RM_TRAINING_FIELDS = (
-    "rm_init_noise", "utility_scale", "reward_model", "rm_hidden", "rm_optimizer", "rm_lr",
-    "rm_weight_decay", "rm_steps", "buffer_size", "samples_per_round", "label_noise",
+    "rm_init_noise",
+    "utility_scale",
+    "reward_model",
+    "rm_hidden",
+    "rm_optimizer",
+    "rm_lr",
+    "rm_weight_decay",
+    "rm_steps",
+    "buffer_size",
+    "samples_per_round",
+    "label_noise",
     "labeler_bias",
 )
 
@@ -312,6 +321,10 @@ class RLHFCore:
         self.round = 0
         self.labels_used = np.zeros(self.S, dtype=np.int64)
         self.oracle_queries = np.zeros(self.S, dtype=np.int64)
+        # scratch space of agents that look ahead (``agents.fpo``), keyed by the identity of the
+        # RM parameters and buffer; a dict so that shallow copies of the core (the SB3 wrappers'
+        # snapshots) share it
+        self.lookahead_cache: dict[str, Any] = {}
 
     # -- the hidden truth and the labeler -------------------------------------------------------
     def utility(self, y: torch.Tensor) -> torch.Tensor:

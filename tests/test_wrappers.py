@@ -49,6 +49,44 @@ def test_fpo_wrapper_pays_rm_minus_penalty_and_keeps_truth(env_id):
         env.reset()
 
 
+@pytest.mark.parametrize("env_id", [LINEAR, NEURAL])
+def test_exact_fpo_wrapper_pays_the_virtual_update_and_reuses_the_buffer_gradient(
+    env_id, monkeypatch
+):
+    import copy
+
+    from agents import fpo
+    from rlhf_envs.core import RLHFCore
+
+    env = make(env_id, wrappers.FPORewardWrapper, form="exact", gamma=0.2)
+    core = env.unwrapped.core
+    calls = []  # cache misses of the env's core and its snapshots (they share the cache dict)
+    retained = RLHFCore.retained_after_push
+
+    def counting(self, n_new):
+        if self.lookahead_cache is core.lookahead_cache:
+            calls.append(self.round)
+        return retained(self, n_new)
+
+    monkeypatch.setattr(RLHFCore, "retained_after_push", counting)
+    rng = np.random.default_rng(1)
+    per_round = core.config.samples_per_round
+    for i in range(3 * per_round):
+        action = rng.normal(size=env.action_space.shape)
+        twin = copy.deepcopy(core)  # independent: its own cache, params and buffer
+        y = torch.as_tensor(action, dtype=torch.float64).reshape(1, 1, -1)
+        obs, reward, term, trunc, info = env.step(action)
+        with torch.no_grad():
+            pen = fpo.exact_penalty(twin, y, twin.labeler_target(y))
+            r = twin.reward_model.score(twin.params, y)
+        assert reward == pytest.approx((r - 0.2 * pen)[0, 0].item(), rel=1e-9, abs=1e-9)
+        assert info["true_utility"] == pytest.approx(core.utility(y)[0, 0].item(), rel=1e-12)
+        assert info["oracle_queries"] == i + 1
+        env.reset()
+    # the retained-buffer gradient is computed once per RM state (3 rounds), not per response
+    assert calls == [0, 1, 2]
+
+
 def test_oracle_wrapper_pays_truth_and_counts_queries():
     env = make(NEURAL, wrappers.OracleRewardWrapper)
     for i in range(7):
