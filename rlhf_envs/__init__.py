@@ -10,7 +10,7 @@ from gymnasium.envs.registration import register, registry
 
 from rlhf_envs.blind_spot import BlindSpotEnv, BlindSpotVectorEnv
 from rlhf_envs.contextual import ContextualConfig, ContextualEnv
-from rlhf_envs.core import BlindSpotConfig, RLHFCore
+from rlhf_envs.core import BlindSpotConfig, FollowerConfig, RLHFCore
 from rlhf_envs.neural_blind_spot import NeuralBlindSpotEnv, NeuralBlindSpotVectorEnv
 from rlhf_envs.reward_models import LinearRewardModel, MLPRewardModel, OptimizerConfig
 from rlhf_envs.verbosity import VerbosityConfig, VerbosityEnv
@@ -51,6 +51,7 @@ __all__ = [
     "BlindSpotVectorEnv",
     "ContextualConfig",
     "ContextualEnv",
+    "FollowerConfig",
     "LinearRewardModel",
     "MLPRewardModel",
     "NeuralBlindSpotEnv",

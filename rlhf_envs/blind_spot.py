@@ -12,17 +12,38 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from rlhf_envs.core import BlindSpotConfig, RLHFCore
 
-LINEAR_DEFAULTS: dict[str, Any] = {}  # BlindSpotConfig's defaults are the paper's linear env
-
 
 def _fresh_seed(np_random: np.random.Generator) -> int:
     return int(np_random.integers(0, 2**31 - 1))
 
 
 class _BlindSpotMixin:
-    """Validation and white-box access shared by the single and the vectorised env."""
+    """Validation, info and white-box access shared by every env on an :class:`RLHFCore`."""
 
     core: RLHFCore
+
+    def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
+        """The info dict: counters; with ``proxy`` / ``true_u`` (arrays (S,)) the response's
+        values; with ``y`` (the (S, n) vectors the RM scored) ``signal_norm`` and ``noise_norm``,
+        the norms of ``y[:, :signal_dims]`` and ``y[:, signal_dims:]``. Python scalars for a
+        single env, arrays per experiment for a vector env.
+        """
+        c, n = self.core, getattr(self, "num_envs", None)
+        per = (lambda a: a.copy()) if n else (lambda a: a[0].item())
+        info: dict[str, Any] = {
+            "round": np.full(n, c.round) if n else c.round,
+            "rm_updated": np.full(n, updated) if n else updated,
+            "labels_used": per(c.labels_used),
+            "oracle_queries": per(c.oracle_queries),
+        }
+        if proxy is not None:
+            info["true_utility"] = per(true_u)
+            info["proxy_reward"] = per(proxy)
+        if y is not None:
+            k = c.config.signal_dims
+            info["signal_norm"] = per(y[:, :k].norm(dim=-1).numpy())
+            info["noise_norm"] = per(y[:, k:].norm(dim=-1).numpy())
+        return info
 
     def _check_actions(self, action: Any, shape: tuple[int, ...]) -> torch.Tensor:
         try:
@@ -134,8 +155,11 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     experiment (fresh RM and buffer from ``s``); ``reset()`` without a seed keeps the RM.
 
     ## Info
-    ``true_utility``, ``proxy_reward``, ``round`` (completed RM rounds), ``rm_updated`` (the RM was
-    retrained after this step), ``labels_used``, ``oracle_queries``.
+    Every step: ``true_utility``, ``proxy_reward``, ``round`` (completed RM rounds),
+    ``rm_updated`` (the RM was retrained after this step), ``labels_used``, ``oracle_queries``,
+    ``signal_norm`` (``||y[:signal_dims]||``) and ``noise_norm`` (``||y[signal_dims:]||``) of the
+    response. The reset info has only ``round``, ``rm_updated``, ``labels_used`` and
+    ``oracle_queries``. The vector env gives the same keys, as arrays per experiment.
 
     ## White-box access
     ``env.unwrapped.reward_model`` (score, tangent kernel, per-sample gradients, pure update),
@@ -152,7 +176,7 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     """
 
     metadata = {"render_modes": []}
-    defaults: dict[str, Any] = LINEAR_DEFAULTS
+    defaults: dict[str, Any] = {}  # BlindSpotConfig's defaults are the paper's linear env
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         self.config = BlindSpotConfig.from_kwargs(**{**self.defaults, **kwargs})
@@ -167,7 +191,7 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
         super().reset(seed=seed)
         if seed is not None or not self.core.seeds:
             self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
-        return self._obs.copy(), self._info(None, None, False)
+        return self._obs.copy(), self._info()
 
     def step(self, action):
         if not self.core.seeds:
@@ -175,21 +199,7 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
         y = self._check_actions(action, (self.config.dims,))
         proxy, true_u, updated = self.core.step(y)
         self.last_response = y  # (1, d): the vector the RM scored (read by reward wrappers)
-        info = self._info(float(proxy[0]), float(true_u[0]), updated)
-        return self._obs.copy(), float(proxy[0]), True, False, info
-
-    def _info(self, proxy: float | None, true_u: float | None, updated: bool) -> dict[str, Any]:
-        c = self.core
-        info: dict[str, Any] = {
-            "round": c.round,
-            "rm_updated": updated,
-            "labels_used": int(c.labels_used[0]),
-            "oracle_queries": int(c.oracle_queries[0]),
-        }
-        if proxy is not None:
-            info["true_utility"] = true_u
-            info["proxy_reward"] = proxy
-        return info
+        return self._obs.copy(), float(proxy[0]), True, False, self._info(proxy, true_u, updated, y)
 
 
 class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
@@ -199,7 +209,7 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
     ``i`` reset with seed ``s`` gives exactly the numbers of the single env reset with ``s``.
     ``reset(seed=s)`` seeds experiment ``i`` with ``s + i`` (or pass a list of seeds). Every step
     ends an episode and the env resets itself in the same step (the RM persists), so every action
-    counts.
+    counts. The infos have the single env's keys as arrays of shape ``(num_envs,)``.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -232,7 +242,7 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
                 else [int(seed) + i for i in range(self.num_envs)]
             )
             self.core.reset(seeds)
-        return self._obs.copy(), self._infos(None, None, False)
+        return self._obs.copy(), self._info()
 
     def step(self, actions):
         if not self.core.seeds:
@@ -240,19 +250,6 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         y = self._check_actions(actions, (self.num_envs, self.config.dims))
         proxy, true_u, updated = self.core.step(y)
         self.last_response = y
-        infos = self._infos(proxy, true_u, updated)
+        infos = self._info(proxy, true_u, updated, y)
         ones = np.ones(self.num_envs, dtype=np.bool_)
         return self._obs.copy(), proxy.copy(), ones, ~ones, infos
-
-    def _infos(self, proxy, true_u, updated: bool) -> dict[str, Any]:
-        c = self.core
-        infos: dict[str, Any] = {
-            "round": np.full(self.num_envs, c.round),
-            "rm_updated": np.full(self.num_envs, updated),
-            "labels_used": c.labels_used.copy(),
-            "oracle_queries": c.oracle_queries.copy(),
-        }
-        if proxy is not None:
-            infos["true_utility"] = true_u.copy()
-            infos["proxy_reward"] = proxy.copy()
-        return infos

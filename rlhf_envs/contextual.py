@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,24 +12,27 @@ from gymnasium import spaces
 
 from rlhf_envs.blind_spot import _BlindSpotMixin, _fresh_seed
 from rlhf_envs.core import (
-    OPTIMIZERS,
-    RM_TYPES,
     BlindSpotConfig,
-    KwargsConfig,
+    FollowerConfig,
     RLHFCore,
-    check_choice,
+    check_dims,
     check_float,
-    check_hidden,
     check_int,
-    int_sequence,
-    rm_training_fields,
 )
 from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
 
 
 @dataclass
-class ContextualConfig(KwargsConfig):
+class ContextualConfig(FollowerConfig):
     """Settings of :class:`ContextualEnv`.
+
+    Plus the follower fields of :class:`FollowerConfig` (the RM works on ``concat(x, y)``), with
+    these defaults: ``labeler_bias`` 5.0, ``reward_model`` ``"mlp"``, ``rm_optimizer``
+    ``"adam"``, ``rm_lr`` 1e-2, ``rm_weight_decay`` 1e-3, ``rm_steps`` 2, ``buffer_size`` 64,
+    ``samples_per_round`` 8. In cluster ``blind_cluster`` the labeler adds ``labeler_bias *
+    sum(y[labeler_bias_dims])`` to the true utility (0 disables the blind spot).
+    ``reward_model="linear"`` (``w . [x, y]``, zero-mean initial weights of std
+    ``rm_init_noise``) cannot fit a peaked utility: a capacity blind spot.
 
     Attributes:
         prompt_dims: prompt dimension ``p`` (1..256).
@@ -43,27 +45,20 @@ class ContextualConfig(KwargsConfig):
             (> 0).
         task_seed: seed of those peaks (0..2^31-1); fixed across experiments, unlike the
             experiment seed given to ``reset``.
-        utility_scale: peak height of ``U`` (> 0).
-        utility_width: ``width`` in ``U = scale * exp(-width * ||y - y*(x)||^2)`` (> 0).
+        utility_width: ``width`` in ``U = utility_scale * exp(-width * ||y - y*(x)||^2)`` (> 0).
         blind_cluster: the cluster where the labeler is biased (0..n_clusters-1).
-        labeler_bias: in that cluster the labeler adds ``labeler_bias * sum(y[labeler_bias_dims])``
-            to the true utility (any real number; 0 disables the blind spot).
         labeler_bias_dims: the spurious response dims (default: the last one).
-        reward_model: ``"mlp"`` (default; on ``concat(x, y)``) or ``"linear"`` (``w . [x, y]``,
-            which cannot fit a peaked utility: a capacity blind spot).
-        rm_hidden: hidden sizes of the MLP (two ints in [1, 4096]).
-        rm_init_noise: std of the MLP's initial weights / of the linear RM's initial weights
-            (>= 0).
-        rm_optimizer: ``"sgd"`` or ``"adam"``.
-        rm_lr: reward-model learning rate (> 0).
-        rm_weight_decay: L2 weight decay, ``torch.optim`` convention (>= 0).
-        rm_steps: optimiser steps per round (1..10000).
-        buffer_size: FIFO buffer of labelled (prompt, response) pairs (1..1e6).
-        samples_per_round: responses labelled per round; the RM retrains after this many steps.
-        label_noise: std of Gaussian noise on the rating labels (>= 0).
         action_bound: half-width of the action Box (> 0); any finite response is accepted.
     """
 
+    labeler_bias: float = 5.0
+    reward_model: str = "mlp"
+    rm_optimizer: str = "adam"
+    rm_lr: float = 1e-2
+    rm_weight_decay: float = 1e-3
+    rm_steps: int = 2
+    buffer_size: int = 64
+    samples_per_round: int = 8
     prompt_dims: int = 4
     dims: int = 4
     n_clusters: int = 2
@@ -71,24 +66,13 @@ class ContextualConfig(KwargsConfig):
     cluster_std: float = 0.5
     target_std: float = 1.0
     task_seed: int = 0
-    utility_scale: float = 10.0
     utility_width: float = 0.1
     blind_cluster: int = 0
-    labeler_bias: float = 5.0
     labeler_bias_dims: tuple[int, ...] | None = None
-    reward_model: str = "mlp"
-    rm_hidden: tuple[int, int] = (32, 32)
-    rm_init_noise: float = 0.1
-    rm_optimizer: str = "adam"
-    rm_lr: float = 1e-2
-    rm_weight_decay: float = 1e-3
-    rm_steps: int = 2
-    buffer_size: int = 64
-    samples_per_round: int = 8
-    label_noise: float = 0.0
     action_bound: float = 10.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int(self, "prompt_dims", 1, 256)
         check_int(self, "dims", 1, 256)
         check_int(self, "n_clusters", 1, 2048)
@@ -102,29 +86,11 @@ class ContextualConfig(KwargsConfig):
         check_float(self, "cluster_std", 0.0, strict=False)
         check_float(self, "target_std", 0.0, strict=True)
         check_int(self, "task_seed", 0, 2**31 - 1)
-        check_float(self, "utility_scale", 0.0, strict=True)
         check_float(self, "utility_width", 0.0, strict=True)
         check_int(self, "blind_cluster", 0, self.n_clusters - 1)
-        check_float(self, "labeler_bias", -math.inf, strict=False)
         if self.labeler_bias_dims is None:
             self.labeler_bias_dims = (self.dims - 1,)
-        dims = int_sequence("labeler_bias_dims", self.labeler_bias_dims)
-        bad = [i for i in dims if not 0 <= i < self.dims]
-        if bad:
-            raise ValueError(
-                f"labeler_bias_dims entries must be in [0, {self.dims - 1}], got {bad}"
-            )
-        self.labeler_bias_dims = dims
-        check_choice(self, "reward_model", RM_TYPES)
-        check_hidden(self, "rm_hidden")
-        check_float(self, "rm_init_noise", 0.0, strict=False)
-        check_choice(self, "rm_optimizer", OPTIMIZERS)
-        check_float(self, "rm_lr", 0.0, strict=True)
-        check_float(self, "rm_weight_decay", 0.0, strict=False)
-        check_int(self, "rm_steps", 1, 10_000)
-        check_int(self, "buffer_size", 1, 1_000_000)
-        check_int(self, "samples_per_round", 1, 1_000_000)
-        check_float(self, "label_noise", 0.0, strict=False)
+        check_dims(self, "labeler_bias_dims", self.dims)
         check_float(self, "action_bound", 0.0, strict=True)
 
     def core_config(self) -> BlindSpotConfig:
@@ -137,7 +103,7 @@ class ContextualConfig(KwargsConfig):
             feedback="rating",
             labeler_bias_dims=tuple(p + i for i in self.labeler_bias_dims),
             action_bound=self.action_bound,
-            **rm_training_fields(self),
+            **self.follower_settings(),
         )
 
 
@@ -243,8 +209,12 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     prompt and keeps the RM.
 
     ## Info
-    ``true_utility``, ``proxy_reward``, ``round``, ``rm_updated``, ``labels_used``,
-    ``oracle_queries`` and ``cluster`` (the prompt's cluster; also in the reset info).
+    Every step: ``true_utility``, ``proxy_reward``, ``round``, ``rm_updated``, ``labels_used``,
+    ``oracle_queries``, ``cluster`` (the prompt's cluster), ``in_blind_cluster`` (bool: ``cluster
+    == blind_cluster``), and ``signal_norm`` / ``noise_norm``: the norms of the first
+    ``core.config.signal_dims`` (= 1, i.e. ``|x[0]|``) and of the remaining coordinates of the
+    scored vector ``z = concat(x, y)``. The reset info has ``round``, ``rm_updated``,
+    ``labels_used``, ``oracle_queries``, ``cluster`` and ``in_blind_cluster`` (of the new prompt).
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`ContextualCore`), ``reward_model``, ``rm_params``,
@@ -299,18 +269,10 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         z = torch.from_numpy(self.prompt.astype(np.float64))
         self._cluster = int(self.core.cluster(z))
 
-    def _info(self, proxy: float | None, true_u: float | None, updated: bool) -> dict[str, Any]:
-        c = self.core
-        info: dict[str, Any] = {
-            "round": c.round,
-            "rm_updated": updated,
-            "labels_used": int(c.labels_used[0]),
-            "oracle_queries": int(c.oracle_queries[0]),
-            "cluster": self._cluster,
-        }
-        if proxy is not None:
-            info["true_utility"] = true_u
-            info["proxy_reward"] = proxy
+    def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
+        info = super()._info(proxy, true_u, updated, y)
+        info["cluster"] = self._cluster
+        info["in_blind_cluster"] = self._cluster == self.config.blind_cluster
         return info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -319,7 +281,7 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
             self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
         self._draw_prompt()
         self.last_response = None
-        return self.prompt.copy(), self._info(None, None, False)
+        return self.prompt.copy(), self._info()
 
     def step(self, action):
         if not self.core.seeds:
@@ -329,5 +291,5 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         z = torch.cat([x, y], dim=-1)
         proxy, true_u, updated = self.core.step(z)
         self.last_response = z  # (1, p + d): the vector the RM scored
-        info = self._info(float(proxy[0]), float(true_u[0]), updated)
+        info = self._info(proxy, true_u, updated, z)
         return self.prompt.copy(), float(proxy[0]), True, False, info

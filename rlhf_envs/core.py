@@ -19,7 +19,7 @@ One round, top to bottom (see :meth:`RLHFCore.step`):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -91,92 +91,57 @@ def check_hidden(obj: Any, name: str = "rm_hidden") -> None:
     setattr(obj, name, hidden)
 
 
+def check_dims(obj: Any, name: str, dims: int) -> None:
+    """Validate ``obj.name`` (None or indices in ``[0, dims)``); store a tuple of ints."""
+    if getattr(obj, name) is None:
+        return
+    idx = int_sequence(name, getattr(obj, name))
+    bad = [i for i in idx if not 0 <= i < dims]
+    if bad:
+        raise ValueError(f"{name} entries must be in [0, {dims - 1}], got {bad}")
+    setattr(obj, name, idx)
+
+
 class KwargsConfig:
     """``from_kwargs`` / ``to_dict`` for the env config dataclasses."""
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any):
         """Build from keyword arguments, rejecting unknown names with a clear message."""
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"unknown argument(s) {unknown}; allowed: {sorted(known)}")
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("extra", None)
-        return d
-
-
-# BlindSpotConfig fields that the token and contextual envs pass through unchanged from their
-# own settings (the reward model, its training and the labeler's noise)
-RM_TRAINING_FIELDS = (
-    "rm_init_noise",
-    "utility_scale",
-    "reward_model",
-    "rm_hidden",
-    "rm_optimizer",
-    "rm_lr",
-    "rm_weight_decay",
-    "rm_steps",
-    "buffer_size",
-    "samples_per_round",
-    "label_noise",
-    "labeler_bias",
-)
-
-
-def rm_training_fields(settings: Any) -> dict[str, Any]:
-    """``{name: settings.name}`` for :data:`RM_TRAINING_FIELDS` (an env config's own values)."""
-    return {name: getattr(settings, name) for name in RM_TRAINING_FIELDS}
+        return asdict(self)
 
 
 @dataclass
-class BlindSpotConfig(KwargsConfig):
-    """Settings of a blind-spot environment (defaults: the paper's linear environment).
+class FollowerConfig(KwargsConfig):
+    """The reward model, its training and the labeler's noise, shared by every env config.
+
+    Each env config inherits these fields (redeclaring some with its own defaults) and passes
+    them unchanged to the follower :class:`RLHFCore`. Defaults: the paper's linear environment.
 
     Attributes:
-        dims: response dimension ``d`` (>= 1).
-        signal_dims: the true utility peaks on the first ``signal_dims`` dims (1..dims).
-        rm_init_noise: the reward model's initial error. Linear RM: std of the Gaussian error on
-            every coordinate of ``w0``. MLP: std of the initial weights (>= 0).
-        blind_spot_dims: dims on which the reward model starts with an extra bias.
-        blind_spot_bias: size of that bias (added to ``w0`` for the linear RM; a trainable
-            linear skip term for the MLP).
-        target_value: the utility peak ``y*`` has this value on the signal dims, 0 elsewhere.
-        utility_scale: peak height of ``U(y) = scale * exp(-width * ||y - y*||^2)``.
-        utility_width: ``width`` in that formula (> 0).
-        reward_model: ``"linear"`` (``r = w . y``, ``w0 = 1`` on signal dims + noise) or ``"mlp"``.
-        rm_hidden: hidden sizes of the MLP.
+        rm_init_noise: initial RM error: std of the linear RM's noise / MLP's weights (>= 0).
+        utility_scale: peak height of the true utility (> 0).
+        reward_model: ``"linear"`` or ``"mlp"`` (what it sees is the env's response vector).
+        rm_hidden: hidden sizes of the MLP (two ints in [1, 4096]).
         rm_optimizer: ``"sgd"`` or ``"adam"``.
         rm_lr: reward-model learning rate (> 0).
-        rm_weight_decay: L2 weight decay in ``torch.optim`` convention (>= 0). The paper's linear
-            rule ``w <- w (1 - 1e-4) + ...`` is SGD with lr 0.005 and weight decay 0.02.
-        rm_steps: optimiser steps per round (>= 1).
-        buffer_size: FIFO buffer of labelled responses (>= 1).
-        samples_per_round: responses labelled per round; the RM retrains after this many steps.
-        feedback: ``"rating"`` (squared loss on a noisy utility label) or ``"preference"``
-            (Bradley-Terry against ``reference_response``).
+        rm_weight_decay: L2 weight decay in ``torch.optim`` convention (>= 0).
+        rm_steps: optimiser steps per round (1..10000).
+        buffer_size: FIFO buffer of labelled responses (1..1e6).
+        samples_per_round: responses labelled per round; the RM retrains after that many (1..1e6).
         label_noise: std of Gaussian noise on rating labels (>= 0).
-        preference_labels: ``"soft"`` (probability labels) or ``"sampled"`` (Bernoulli draws).
-        temperature: Bradley-Terry temperature of the labeler (> 0).
-        labeler_bias: the labeler overrates ``sum(y[labeler_bias_dims])`` by this factor; a
-            blind spot that retraining cannot fix.
-        labeler_bias_dims: dims the labeler overrates (default: the last dim).
-        reference_response: the response preferences are judged against (default: zeros).
-        action_bound: half-width of the action Box (what samplers draw from; any finite
-            response is accepted).
+        labeler_bias: the labeler's own error, a factor on the env's spurious dims (0: none).
     """
 
-    dims: int = 50
-    signal_dims: int = 3
     rm_init_noise: float = 0.1
-    blind_spot_dims: tuple[int, ...] = ()
-    blind_spot_bias: float = 0.0
-    target_value: float = 2.0
     utility_scale: float = 10.0
-    utility_width: float = 0.3
     reward_model: str = "linear"
     rm_hidden: tuple[int, int] = (32, 32)
     rm_optimizer: str = "sgd"
@@ -185,59 +150,87 @@ class BlindSpotConfig(KwargsConfig):
     rm_steps: int = 1
     buffer_size: int = 1
     samples_per_round: int = 1
-    feedback: str = "rating"
     label_noise: float = 0.0
+    labeler_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_float(self, "rm_init_noise", 0.0, strict=False)
+        check_float(self, "utility_scale", 0.0, strict=True)
+        check_choice(self, "reward_model", RM_TYPES)
+        check_hidden(self, "rm_hidden")
+        check_choice(self, "rm_optimizer", OPTIMIZERS)
+        check_float(self, "rm_lr", 0.0, strict=True)
+        check_float(self, "rm_weight_decay", 0.0, strict=False)
+        check_int(self, "rm_steps", 1, 10_000)
+        check_int(self, "buffer_size", 1, 1_000_000)
+        check_int(self, "samples_per_round", 1, 1_000_000)
+        check_float(self, "label_noise", 0.0, strict=False)
+        check_float(self, "labeler_bias", -math.inf, strict=False)
+
+    def follower_settings(self) -> dict[str, Any]:
+        """``{name: value}`` of the :class:`FollowerConfig` fields (to build the core's config)."""
+        return {f.name: getattr(self, f.name) for f in fields(FollowerConfig)}
+
+
+@dataclass
+class BlindSpotConfig(FollowerConfig):
+    """Settings of a blind-spot environment (defaults: the paper's linear environment).
+
+    The follower fields (``rm_init_noise``, ``utility_scale``, ``reward_model``, ``rm_hidden``,
+    ``rm_optimizer``, ``rm_lr``, ``rm_weight_decay``, ``rm_steps``, ``buffer_size``,
+    ``samples_per_round``, ``label_noise``, ``labeler_bias``) are those of
+    :class:`FollowerConfig`, with its defaults. For the linear RM ``r = w . y``, ``w0 = 1`` on the
+    signal dims plus ``N(0, rm_init_noise^2)`` on every dim; for the MLP ``rm_init_noise`` is the
+    std of the initial weights. The paper's linear rule ``w <- w (1 - 1e-4) + ...`` is SGD with
+    lr 0.005 and weight decay 0.02. ``labeler_bias``: the labeler overrates
+    ``sum(y[labeler_bias_dims])`` by this factor, a blind spot that retraining cannot fix.
+
+    Attributes:
+        dims: response dimension ``d`` (>= 1).
+        signal_dims: the true utility peaks on the first ``signal_dims`` dims (1..dims).
+        blind_spot_dims: dims on which the reward model starts with an extra bias.
+        blind_spot_bias: size of that bias (added to ``w0`` for the linear RM; a trainable
+            linear skip term for the MLP).
+        target_value: the utility peak ``y*`` has this value on the signal dims, 0 elsewhere.
+        utility_width: ``width`` in ``U(y) = utility_scale * exp(-width * ||y - y*||^2)`` (> 0).
+        feedback: ``"rating"`` (squared loss on a noisy utility label) or ``"preference"``
+            (Bradley-Terry against ``reference_response``).
+        preference_labels: ``"soft"`` (probability labels) or ``"sampled"`` (Bernoulli draws).
+        temperature: Bradley-Terry temperature of the labeler (> 0).
+        labeler_bias_dims: dims the labeler overrates (default: the last dim).
+        reference_response: the response preferences are judged against (default: zeros).
+        action_bound: half-width of the action Box (what samplers draw from; any finite
+            response is accepted).
+    """
+
+    dims: int = 50
+    signal_dims: int = 3
+    blind_spot_dims: tuple[int, ...] = ()
+    blind_spot_bias: float = 0.0
+    target_value: float = 2.0
+    utility_width: float = 0.3
+    feedback: str = "rating"
     preference_labels: str = "soft"
     temperature: float = 1.0
-    labeler_bias: float = 0.0
     labeler_bias_dims: tuple[int, ...] | None = None
     reference_response: tuple[float, ...] | None = None
     action_bound: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        def need_int(name: str, lo: int, hi: int | None = None) -> None:
-            check_int(self, name, lo, hi)
-
-        def need_float(name: str, lo: float, strict: bool) -> None:
-            check_float(self, name, lo, strict)
-
-        def need_choice(name: str, allowed: tuple[str, ...]) -> None:
-            check_choice(self, name, allowed)
-
-        def need_dims(name: str) -> None:
-            v = getattr(self, name)
-            if v is None:
-                return
-            dims = int_sequence(name, v)
-            bad = [i for i in dims if not 0 <= i < self.dims]
-            if bad:
-                raise ValueError(f"{name} entries must be in [0, {self.dims - 1}], got {bad}")
-            setattr(self, name, dims)
-
-        need_int("dims", 1, 100_000)
-        need_int("signal_dims", 1, self.dims)
-        need_float("rm_init_noise", 0.0, strict=False)
-        need_float("blind_spot_bias", -math.inf, strict=False)
-        need_float("target_value", -math.inf, strict=False)
-        need_float("utility_scale", 0.0, strict=True)
-        need_float("utility_width", 0.0, strict=True)
-        need_choice("reward_model", RM_TYPES)
-        need_choice("rm_optimizer", OPTIMIZERS)
-        need_float("rm_lr", 0.0, strict=True)
-        need_float("rm_weight_decay", 0.0, strict=False)
-        need_int("rm_steps", 1, 10_000)
-        need_int("buffer_size", 1, 1_000_000)
-        need_int("samples_per_round", 1, 1_000_000)
-        need_choice("feedback", FEEDBACK_TYPES)
-        need_float("label_noise", 0.0, strict=False)
-        need_choice("preference_labels", PREFERENCE_LABELS)
-        need_float("temperature", 0.0, strict=True)
-        need_float("labeler_bias", -math.inf, strict=False)
-        need_float("action_bound", 0.0, strict=True)
-        need_dims("blind_spot_dims")
-        need_dims("labeler_bias_dims")
-        check_hidden(self, "rm_hidden")
+        super().__post_init__()
+        check_int(self, "dims", 1, 100_000)
+        check_int(self, "signal_dims", 1, self.dims)
+        check_float(self, "blind_spot_bias", -math.inf, strict=False)
+        check_float(self, "target_value", -math.inf, strict=False)
+        check_float(self, "utility_width", 0.0, strict=True)
+        check_choice(self, "feedback", FEEDBACK_TYPES)
+        check_choice(self, "preference_labels", PREFERENCE_LABELS)
+        check_float(self, "temperature", 0.0, strict=True)
+        check_float(self, "action_bound", 0.0, strict=True)
+        check_dims(self, "blind_spot_dims", self.dims)
+        if self.labeler_bias_dims is None:
+            self.labeler_bias_dims = (self.dims - 1,)
+        check_dims(self, "labeler_bias_dims", self.dims)
         if self.reference_response is not None:
             msg = f"reference_response must be {self.dims} finite numbers"
             try:
@@ -247,10 +240,6 @@ class BlindSpotConfig(KwargsConfig):
             if len(ref) != self.dims or not all(math.isfinite(x) for x in ref):
                 raise ValueError(f"{msg}, got {self.reference_response!r}")
             self.reference_response = ref
-        if self.labeler_bias_dims is None:
-            self.labeler_bias_dims = (self.dims - 1,)
-        if self.extra:
-            raise TypeError(f"unknown keyword arguments: {sorted(self.extra)}")
 
 
 class RLHFCore:
@@ -321,10 +310,6 @@ class RLHFCore:
         self.round = 0
         self.labels_used = np.zeros(self.S, dtype=np.int64)
         self.oracle_queries = np.zeros(self.S, dtype=np.int64)
-        # scratch space of agents that look ahead (``agents.fpo``), keyed by the identity of the
-        # RM parameters and buffer; a dict so that shallow copies of the core (the SB3 wrappers'
-        # snapshots) share it
-        self.lookahead_cache: dict[str, Any] = {}
 
     # -- the hidden truth and the labeler -------------------------------------------------------
     def utility(self, y: torch.Tensor) -> torch.Tensor:
@@ -470,11 +455,6 @@ class RLHFCore:
             idx = (torch.arange(size - keep, size) + self.buffer_pos) % size
         return self.buffer_y[:, idx], self.buffer_t[:, idx]
 
-    def training_batch(self, pushed=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The labelled responses and targets the RM trains on (the filled part of the buffer)."""
-        by, bt, _, length = (
-            pushed
-            if pushed is not None
-            else (self.buffer_y, self.buffer_t, self.buffer_pos, self.buffer_len)
-        )
-        return by[:, :length], bt[:, :length]
+        return self.buffer_y[:, : self.buffer_len], self.buffer_t[:, : self.buffer_len]

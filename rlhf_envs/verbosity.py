@@ -14,17 +14,13 @@ from gymnasium import spaces
 from rlhf_envs.blind_spot import _BlindSpotMixin, _fresh_seed
 from rlhf_envs.core import (
     FEEDBACK_TYPES,
-    OPTIMIZERS,
     PREFERENCE_LABELS,
-    RM_TYPES,
     BlindSpotConfig,
-    KwargsConfig,
+    FollowerConfig,
     RLHFCore,
     check_choice,
     check_float,
-    check_hidden,
     check_int,
-    rm_training_fields,
 )
 from rlhf_envs.reward_models import LinearRewardModel, MLPRewardModel, OptimizerConfig
 
@@ -34,88 +30,64 @@ N_FEATURES = len(FEATURES)
 
 
 @dataclass
-class VerbosityConfig(KwargsConfig):
+class VerbosityConfig(FollowerConfig):
     """Settings of :class:`VerbosityEnv`.
+
+    Plus the follower fields of :class:`FollowerConfig` (the RM works on the feature vector
+    ``f``), with these defaults: ``labeler_bias`` 6.0, ``rm_hidden`` (16, 16), ``rm_lr`` 0.003,
+    ``rm_weight_decay`` 0.0, ``buffer_size`` 16, ``samples_per_round`` 4 (completed responses,
+    not tokens). ``utility_scale`` is the true utility of the ideal response ``[ANSWER, EOS]``;
+    the labeler adds ``labeler_bias * (length + filler)`` (the features, i.e. token counts /
+    ``max_len``) to the true utility: a length and filler bias that retraining cannot remove.
+    ``reward_model="mlp"`` is an MLP on ``f`` plus a trainable linear skip term ``s . f`` starting
+    at the initial weights below; ``rm_init_noise`` is the std of the Gaussian error on the
+    initial linear weights, or of the MLP's initial weights.
 
     Attributes:
         vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, the rest are
             neutral words.
         max_len: most tokens per response, EOS included (2..256); the response ends there.
-        utility_scale: true utility of the ideal response ``[ANSWER, EOS]`` (> 0).
         length_penalty: ``lambda``: each token beyond the answer multiplies the true utility by
             ``exp(-lambda)`` (>= 0).
         no_answer_value: true utility of a response without ANSWER, as a fraction of
             ``utility_scale`` before the length factor (in [0, 1]).
-        labeler_bias: the labeler adds ``labeler_bias * (length + filler)`` (the features, i.e.
-            token counts / ``max_len``) to the true utility: a length and filler bias that
-            retraining cannot remove (any real number; 0 disables it).
-        reward_model: ``"linear"`` (``r = w . f``) or ``"mlp"`` (MLP on ``f`` plus a trainable
-            linear skip term ``s . f`` starting at the initial weights below).
         rm_answer_weight: initial RM weight on ``has_answer`` (finite).
         rm_length_bias: initial RM weight on ``length`` (finite): the RM's initial length bias.
         rm_filler_bias: initial RM weight on ``filler`` (finite): its initial filler bias.
-        rm_init_noise: std of the Gaussian error on the initial linear weights; for the MLP the
-            std of its initial weights (>= 0).
-        rm_hidden: hidden sizes of the MLP (two ints in [1, 4096]).
-        rm_optimizer: ``"sgd"`` or ``"adam"``.
-        rm_lr: reward-model learning rate (> 0).
-        rm_weight_decay: L2 weight decay, ``torch.optim`` convention (>= 0).
-        rm_steps: optimiser steps per round (1..10000).
-        buffer_size: FIFO buffer of labelled responses (1..1e6).
-        samples_per_round: completed responses labelled per round; the RM retrains after this
-            many responses (not tokens) (1..1e6).
         feedback: ``"rating"`` (squared loss on the labeler's value) or ``"preference"``
             (Bradley-Terry against the empty response ``[EOS]``).
-        label_noise: std of Gaussian noise on rating labels (>= 0).
         preference_labels: ``"soft"`` (probabilities) or ``"sampled"`` (Bernoulli draws).
         temperature: Bradley-Terry temperature of the labeler (> 0).
     """
 
+    labeler_bias: float = 6.0
+    rm_hidden: tuple[int, int] = (16, 16)
+    rm_lr: float = 0.003
+    rm_weight_decay: float = 0.0
+    buffer_size: int = 16
+    samples_per_round: int = 4
     vocab_size: int = 8
     max_len: int = 8
-    utility_scale: float = 10.0
     length_penalty: float = 0.15
     no_answer_value: float = 0.1
-    labeler_bias: float = 6.0
-    reward_model: str = "linear"
     rm_answer_weight: float = 5.0
     rm_length_bias: float = -4.0
     rm_filler_bias: float = 4.5
-    rm_init_noise: float = 0.1
-    rm_hidden: tuple[int, int] = (16, 16)
-    rm_optimizer: str = "sgd"
-    rm_lr: float = 0.003
-    rm_weight_decay: float = 0.0
-    rm_steps: int = 1
-    buffer_size: int = 16
-    samples_per_round: int = 4
     feedback: str = "rating"
-    label_noise: float = 0.0
     preference_labels: str = "soft"
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int(self, "vocab_size", 3, 1024)
         check_int(self, "max_len", 2, 256)
-        check_float(self, "utility_scale", 0.0, strict=True)
         check_float(self, "length_penalty", 0.0, strict=False)
         check_float(self, "no_answer_value", 0.0, strict=False)
         if self.no_answer_value > 1.0:
             raise ValueError(f"no_answer_value must be in [0, 1], got {self.no_answer_value}")
-        check_float(self, "labeler_bias", -math.inf, strict=False)
-        check_choice(self, "reward_model", RM_TYPES)
         for name in ("rm_answer_weight", "rm_length_bias", "rm_filler_bias"):
             check_float(self, name, -math.inf, strict=False)
-        check_float(self, "rm_init_noise", 0.0, strict=False)
-        check_hidden(self, "rm_hidden")
-        check_choice(self, "rm_optimizer", OPTIMIZERS)
-        check_float(self, "rm_lr", 0.0, strict=True)
-        check_float(self, "rm_weight_decay", 0.0, strict=False)
-        check_int(self, "rm_steps", 1, 10_000)
-        check_int(self, "buffer_size", 1, 1_000_000)
-        check_int(self, "samples_per_round", 1, 1_000_000)
         check_choice(self, "feedback", FEEDBACK_TYPES)
-        check_float(self, "label_noise", 0.0, strict=False)
         check_choice(self, "preference_labels", PREFERENCE_LABELS)
         check_float(self, "temperature", 0.0, strict=True)
 
@@ -130,7 +102,7 @@ class VerbosityConfig(KwargsConfig):
             labeler_bias_dims=(1, 2),  # length and filler
             reference_response=(0.0,) * N_FEATURES,  # the empty response [EOS]
             action_bound=1.0,
-            **rm_training_fields(self),
+            **self.follower_settings(),
         )
 
 
@@ -262,9 +234,13 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     after the response ended, without a reset, raises ``RuntimeError``.
 
     ## Info
-    ``true_utility``, ``proxy_reward`` (both 0.0 before the last step), ``round`` (completed RM
-    rounds), ``rm_updated``, ``labels_used``, ``oracle_queries``, ``response_length`` (content
-    tokens so far) and ``response_complete``.
+    Every step: ``true_utility``, ``proxy_reward`` (both 0.0 before the last step), ``round``
+    (completed RM rounds), ``rm_updated``, ``labels_used``, ``oracle_queries``,
+    ``response_length`` (content tokens so far) and ``response_complete``. The last step of a
+    response also has ``signal_norm`` (``|has_answer|``, the first ``core.config.signal_dims = 1``
+    features) and ``noise_norm`` (``||[length, filler]||``) of the scored feature vector ``f``.
+    The reset info has ``round``, ``rm_updated``, ``labels_used``, ``oracle_queries``,
+    ``response_length`` (0) and ``response_complete`` (False).
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`VerbosityCore` on feature vectors), ``reward_model``,
@@ -351,19 +327,12 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         obs[-1] = len(self.tokens) / c.max_len
         return obs
 
-    def _info(self, proxy: float, true_u: float, updated: bool, complete: bool) -> dict[str, Any]:
-        c = self.core
+    def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
+        info = super()._info(proxy, true_u, updated, y)
         content = self.tokens[:-1] if self.tokens and self.tokens[-1] == EOS else self.tokens
-        return {
-            "true_utility": true_u,
-            "proxy_reward": proxy,
-            "round": c.round,
-            "rm_updated": updated,
-            "labels_used": int(c.labels_used[0]),
-            "oracle_queries": int(c.oracle_queries[0]),
-            "response_length": len(content),
-            "response_complete": complete,
-        }
+        info["response_length"] = len(content)
+        info["response_complete"] = y is not None
+        return info
 
     # -- gymnasium API ----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -373,9 +342,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         self.tokens = []
         self.last_response = None
         self._done = False
-        info = self._info(0.0, 0.0, False, False)
-        del info["true_utility"], info["proxy_reward"]  # no response yet
-        return self._obs(), info
+        return self._obs(), self._info()  # no response yet
 
     def step(self, action):
         if not self.core.seeds:
@@ -386,13 +353,13 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         self.tokens.append(tok)
         if tok != EOS and len(self.tokens) < self.config.max_len:
             self.last_response = None
-            return self._obs(), 0.0, False, False, self._info(0.0, 0.0, False, False)
+            zero = np.zeros(1)  # the response is unfinished: nothing scored, nothing labelled
+            return self._obs(), 0.0, False, False, self._info(zero, zero, False)
         self._done = True
         f = torch.from_numpy(sequence_features(self.tokens, self.config.max_len)).unsqueeze(0)
         proxy, true_u, updated = self.core.step(f)
         self.last_response = f  # (1, 3): the vector the RM scored
-        info = self._info(float(proxy[0]), float(true_u[0]), updated, True)
-        return self._obs(), float(proxy[0]), True, False, info
+        return self._obs(), float(proxy[0]), True, False, self._info(proxy, true_u, updated, f)
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

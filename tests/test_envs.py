@@ -25,6 +25,7 @@ import rlhf_envs
 ENV_IDS = list(rlhf_envs.ENV_IDS)
 BLIND_SPOT_IDS = list(rlhf_envs.BLIND_SPOT_ENV_IDS)
 INFO_KEYS = ("true_utility", "proxy_reward", "round", "rm_updated", "labels_used", "oracle_queries")
+NORM_KEYS = ("signal_norm", "noise_norm")  # in the info of each step that completes a response
 DOC_SECTIONS = (
     "Description",
     "Action Space",
@@ -242,6 +243,8 @@ def test_sb3_dummy_vec_env(env_id):
         assert obs.shape == (1, *shape)
         assert "true_utility" in infos[0] and np.isfinite(infos[0]["true_utility"])
         assert np.float32(infos[0]["proxy_reward"]) == rew[0]
+        # the env's own diagnostics survive SB3's auto-reset (which clears ``last_response``)
+        assert all(np.isfinite(infos[0].get(k, np.nan)) for k in NORM_KEYS) == done[0]
         done_count += int(done[0])
     assert done_count == 5
     venv.close()
@@ -256,13 +259,15 @@ def test_native_vector_env_matches_single_envs(env_id):
     d = venv.unwrapped.single_action_space.shape[0]
     rng = np.random.default_rng(4)
     acts = rng.normal(size=(n, 3, d))
-    v_rew, v_util = [], []
+    v_rew, v_util, v_norms = [], [], []
     for a in acts:
         _, rew, term, trunc, infos = venv.step(a)
         assert term.all() and not trunc.any()
+        assert set(NORM_KEYS) <= set(infos) and all(infos[k].shape == (3,) for k in NORM_KEYS)
         v_rew.append(np.asarray(rew).copy())
         v_util.append(np.asarray(infos["true_utility"]).copy())
-    v_rew, v_util = np.array(v_rew), np.array(v_util)
+        v_norms.append([infos[k].copy() for k in NORM_KEYS])
+    v_rew, v_util, v_norms = np.array(v_rew), np.array(v_util), np.array(v_norms)
     assert not np.array_equal(v_rew[:, 0], v_rew[:, 1])  # the experiments differ
     for i, s in enumerate(seeds):
         env = gym.make(env_id)
@@ -272,6 +277,8 @@ def test_native_vector_env_matches_single_envs(env_id):
         s_util = np.array([t[4]["true_utility"] for t in trace])
         assert np.array_equal(s_rew, v_rew[:, i]), f"experiment {i}: rewards differ"
         assert np.array_equal(s_util, v_util[:, i]), f"experiment {i}: true utilities differ"
+        s_norms = np.array([[t[4][k] for k in NORM_KEYS] for t in trace])
+        assert np.array_equal(s_norms, v_norms[:, :, i]), f"experiment {i}: norms differ"
         for k, v in env.unwrapped.rm_params.items():
             assert torch.equal(v[0], venv.unwrapped.rm_params[k][i])
 
@@ -315,6 +322,69 @@ def test_info_keys_and_reward_is_proxy(env_id):
         if term:
             env.reset()
     assert done == 2 * spr
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_info_norms_are_those_of_the_scored_vector(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=1)
+    u = env.unwrapped
+    k, n = u.core.config.signal_dims, u.core.config.dims
+    completed = 0
+    for a in _actions(env_id, 6, seed=2):
+        _, _, term, _, info = env.step(a)
+        if not term:  # an unfinished token response: nothing was scored
+            assert not set(NORM_KEYS) & set(info)
+            continue
+        completed += 1
+        y = u.last_response.numpy()
+        assert y.shape == (1, n)
+        for key, part in (("signal_norm", y[0, :k]), ("noise_norm", y[0, k:])):
+            assert isinstance(info[key], float) and np.isfinite(info[key])
+            assert info[key] == pytest.approx(np.sqrt((part**2).sum()), rel=1e-12, abs=1e-300)
+        env.reset()
+    assert completed == 6
+
+
+# the FollowerConfig fields, in declaration order, with each env's own defaults
+FOLLOWER_DEFAULTS = {
+    "RLHFBlindSpot-v0": (0.1, 10.0, "linear", (32, 32), "sgd", 0.005, 0.02, 1, 1, 1, 0.0, 0.0),
+    "RLHFNeuralBlindSpot-v0": (0.1, 10.0, "mlp", (32, 32), "adam", 1e-3, 1e-3, 1, 50, 5, 0.0, 0.0),
+    "RLHFVerbosity-v0": (0.1, 10.0, "linear", (16, 16), "sgd", 0.003, 0.0, 1, 16, 4, 0.0, 6.0),
+    "RLHFContextual-v0": (0.1, 10.0, "mlp", (32, 32), "adam", 1e-2, 1e-3, 2, 64, 8, 0.0, 5.0),
+}
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_follower_config_is_shared_with_flat_kwargs_and_per_env_defaults(env_id):
+    from dataclasses import fields
+
+    names = [f.name for f in fields(rlhf_envs.FollowerConfig)]
+    u = gym.make(env_id).unwrapped
+    assert isinstance(u.config, rlhf_envs.FollowerConfig)
+    assert tuple(getattr(u.config, n) for n in names) == FOLLOWER_DEFAULTS[env_id]
+    assert tuple(getattr(u.core.config, n) for n in names) == FOLLOWER_DEFAULTS[env_id]
+    core = gym.make(env_id, rm_lr=0.25, buffer_size=3, rm_hidden=[4, 5]).unwrapped.core
+    assert (core.config.rm_lr, core.config.buffer_size, core.config.rm_hidden) == (0.25, 3, (4, 5))
+    with pytest.raises(ValueError, match=r"^rm_steps must be in \[1, 10000\], got 0$"):
+        gym.make(env_id, rm_steps=0)
+
+
+def test_info_exact_values_by_hand():
+    """dims 2, one signal dim, no RM noise: ``w0 = [1, 0]``, paper SGD ``w <- w (1 - 1e-4) +
+    0.01 (U - w . y) y``; every number of two steps computed by hand."""
+    env = gym.make("RLHFBlindSpot-v0", dims=2, signal_dims=1, rm_init_noise=0.0)
+    env.reset(seed=0)
+    y1, y2 = np.array([3.0, 4.0]), np.array([-1.0, 2.0])
+    u1 = 10.0 * np.exp(-0.3 * ((3.0 - 2.0) ** 2 + 4.0**2))
+    _, r1, _, _, i1 = env.step(y1)
+    assert (r1, i1["true_utility"], i1["signal_norm"], i1["noise_norm"]) == (3.0, u1, 3.0, 4.0)
+    assert i1["rm_updated"] and i1["round"] == 1 and i1["labels_used"] == 1
+    w1 = np.array([1.0, 0.0]) * (1 - 1e-4) + 0.01 * (u1 - 3.0) * y1
+    _, r2, _, _, i2 = env.step(y2)
+    assert r2 == pytest.approx(w1 @ y2, rel=1e-14)
+    assert i2["true_utility"] == pytest.approx(10.0 * np.exp(-0.3 * (9.0 + 4.0)), rel=1e-14)
+    assert (i2["signal_norm"], i2["noise_norm"]) == (1.0, 2.0)
 
 
 @pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)

@@ -113,6 +113,7 @@ def test_verbosity_observation_and_intermediate_info():
     assert (r, term, trunc) == (0.0, False, False)
     assert info["true_utility"] == 0.0 and info["proxy_reward"] == 0.0
     assert info["response_length"] == 1 and not info["response_complete"]
+    assert "signal_norm" not in info and "noise_norm" not in info
     assert env.unwrapped.last_response is None
     obs, *_ = env.step(FILLER)
     expected = np.zeros(9, dtype=np.float32)
@@ -124,6 +125,9 @@ def test_verbosity_observation_and_intermediate_info():
         assert env.step(3)[2] is False
     _, _, term, _, info = env.step(4)
     assert term is True and info["response_length"] == 8 and info["response_complete"]
+    # f = [has_answer, length, filler] = [1, 8/8, 1/8]; signal_dims = 1
+    assert info["signal_norm"] == 1.0
+    assert info["noise_norm"] == pytest.approx(np.sqrt(1 + 1 / 64), rel=1e-14)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(ANSWER)
 
@@ -160,8 +164,14 @@ def test_contextual_prompts_clusters_and_reset_semantics():
         k = info["cluster"]
         seen.add(k)
         assert int(np.argmin(((obs - core.centres.numpy()) ** 2).sum(1))) == k
+        assert info["in_blind_cluster"] is (k == env.unwrapped.config.blind_cluster)
         _, _, term, _, step_info = env.step(np.zeros(4, dtype=np.float32))
         assert term and step_info["cluster"] == k
+        assert step_info["in_blind_cluster"] is (k == env.unwrapped.config.blind_cluster)
+        # z = concat(x, y) with y = 0: signal_dims = 1, so |x[0]| and ||x[1:]||
+        x = obs.astype(np.float64)
+        assert step_info["signal_norm"] == pytest.approx(abs(x[0]), rel=1e-12)
+        assert step_info["noise_norm"] == pytest.approx(np.sqrt((x[1:] ** 2).sum()), rel=1e-12)
         y_star = core.targets[k].numpy()
         assert step_info["true_utility"] == pytest.approx(10.0 * np.exp(-0.1 * (y_star**2).sum()))
         obs, info = env.reset()  # next prompt, same RM
