@@ -1,4 +1,8 @@
-"""Run folders, atomic writes and the statistics every table in the suite uses."""
+"""Run folders, atomic writes, CSV/JSON files and provenance records of both tracks.
+
+The LLM track (``llm_track``) writes its files through this module too; the statistics of the
+tables are in ``baselines.stats``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ import io
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,13 +36,18 @@ METRIC_COLUMNS = [
 
 
 # -- files -------------------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never torn)."""
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a fsync'd temporary file and ``os.replace``.
+
+    A reader sees the old file or the new one, never a torn one. The file gets the mode a plain
+    ``open`` would give it (``mkstemp``'s files are readable by their owner only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 less the umask
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -55,20 +64,57 @@ def remove_stale_temps(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: Path | str, obj: Any, default: Any = None) -> None:
+    """Indented, key-sorted JSON; ``default`` as in ``json.dumps`` (the LLM track passes str)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n")
+
+
+def read_json(path: Path | str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_csv(path: Path | str, rows: list[dict[str, Any]], lineterminator: str = "\r\n") -> None:
+    """Rows of dicts as CSV (header from the first row's keys); no rows: an empty file.
+
+    Values are written with ``str`` (floats round-trip). The line end defaults to the csv
+    module's own, which the LLM track's ``metrics.csv`` files have always had.
+    """
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator=lineterminator)
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _number(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def read_csv(path: Path | str) -> list[dict[str, Any]]:
+    """Rows of a CSV file as dicts, numbers parsed back (int where possible, else float)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def metrics_csv(history: dict[str, np.ndarray], column: int) -> str:
     """Per-round metrics of one experiment as CSV text (floats written with ``repr``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    known = [k for k in METRIC_COLUMNS[1:] if k in history]  # SB3 runs record samples only
     extra = [k for k in history if k not in METRIC_COLUMNS]  # optional columns, in order
-    w.writerow(list(METRIC_COLUMNS) + extra)
+    w.writerow(["round", *known, *extra])
     rounds = len(next(iter(history.values())))
     for t in range(rounds):
         row: list[Any] = [t + 1]
-        for key in list(METRIC_COLUMNS[1:]) + extra:
+        for key in known + extra:
             v = history[key][t, column]
             row.append(int(v) if key in ("labels_used", "oracle_queries") else repr(float(v)))
         w.writerow(row)
@@ -104,11 +150,16 @@ def is_done(folder: Path, digest: str) -> bool | None:
 
 
 # -- provenance --------------------------------------------------------------------------------
-def package_versions() -> dict[str, str]:
+BASELINE_PACKAGES = ("gymnasium", "numpy", "torch", "stable-baselines3")
+LLM_PACKAGES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "numpy")
+
+
+def package_versions(names: tuple[str, ...] = BASELINE_PACKAGES) -> dict[str, str]:
+    """Python's version and those of the packages ``names`` ("not installed" if missing)."""
     out = {"python": platform.python_version()}
     # the suite's own code is identified by code_hash() and the git commit, not by whether it
     # happens to be pip-installed
-    for name in ("gymnasium", "numpy", "torch", "stable-baselines3"):
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -163,35 +214,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-# -- statistics --------------------------------------------------------------------------------
-def bootstrap_ci(x: np.ndarray, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0):
-    """Percentile bootstrap CI of the mean along axis 0 (fixed seed: reproducible tables)."""
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2:
-        return x.mean(0), x.mean(0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    means = x[idx].mean(1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
-    return lo, hi
+def versions_record(names: tuple[str, ...] = LLM_PACKAGES) -> dict[str, str]:
+    """One record of package versions, the platform and the git commit (the LLM track's)."""
+    return {**package_versions(names), "platform": platform.platform(), "git_commit": git_commit()}
 
 
-def iqm(x: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50 % (Agarwal et al. 2021, arXiv 2108.13264)."""
-    x = np.sort(np.asarray(x, dtype=float))
-    n = len(x)
-    if n < 4:
-        return float(x.mean())
-    lo, hi = int(np.floor(0.25 * n)), int(np.ceil(0.75 * n))
-    return float(x[lo:hi].mean())
-
-
-def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
-    """P(X > Y) + 0.5 P(X = Y) over all pairs of runs (Agarwal et al. 2021)."""
-    x, y = np.asarray(x, float)[:, None], np.asarray(y, float)[None, :]
-    return float(((x > y) + 0.5 * (x == y)).mean())
-
-
+# -- per-run summary -------------------------------------------------------------------------
 def summarise_history(u: np.ndarray, blocks: int = 20) -> dict[str, float]:
     """Collapse metrics of one true-utility curve (one value per round).
 

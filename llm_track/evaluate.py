@@ -8,9 +8,9 @@ Per run, ``eval.json`` gets, per prompt and on average: oracle utility U of the 
 frozen base model's clipped per-token log-likelihood, as in training), proxy reward r of the run's
 own final reward model, RM overconfidence sigmoid(r - r_ref) - sigmoid(U - U_ref), and answer
 length. Between agents, answers to the same (seed, prompt) are compared by U: wins, losses, ties
-and a two-sided exact binomial test on wins vs losses. An LLM judge through an OpenAI-compatible
-chat endpoint is optional (``--judge-url``; off by default, urllib only). The markdown section is
-written to ``--out``.
+and a two-sided exact binomial (sign) test on wins vs losses. An LLM judge through an
+OpenAI-compatible chat endpoint is optional (``--judge-url``; off by default, urllib only). The
+markdown section is written to ``--out``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import statistics
 import sys
 import urllib.request
 
+from baselines.results import atomic_write_json, atomic_write_text, read_json
+from baselines.stats import bootstrap_ci, sign_test
 from llm_track.config import LLMConfig, LLMTrackError
-from llm_track.io import atomic_write_text, read_json, write_json
 from llm_track.run import OneLineParser, _quiet_libraries
 
 MODEL_KEYS = (
@@ -40,16 +41,6 @@ MODEL_KEYS = (
     "utility_offset",
     "utility_clip",
 )
-
-
-def binomial_two_sided(wins: int, losses: int) -> float:
-    """Exact two-sided binomial test of wins vs losses under p = 1/2 (ties dropped)."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    probs = [math.comb(n, k) / 2**n for k in range(n + 1)]
-    observed = probs[wins]
-    return min(1.0, sum(p for p in probs if p <= observed * (1 + 1e-9)))
 
 
 def _sigmoid(x: float) -> float:
@@ -244,19 +235,22 @@ def pairwise(results: dict[str, dict[int, dict]], judge=None) -> list[dict]:
                 "losses": l_,
                 "ties": t,
                 "win_rate": w / (w + l_) if w + l_ else None,
-                "p": binomial_two_sided(w, l_),
+                "p": sign_test(w, l_),
             }
             if judge is not None:
-                row.update(judge_wins=jw, judge_losses=jl, judge_p=binomial_two_sided(jw, jl))
+                row.update(judge_wins=jw, judge_losses=jl, judge_p=sign_test(jw, jl))
             out.append(row)
     return out
 
 
 def _ms(values: list[float]) -> str:
+    """Mean over seeds with its 95 % percentile-bootstrap CI (the leaderboard's method)."""
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+    if len(values) < 2:
+        return f"{values[0]:.3f}"
+    lo, hi = bootstrap_ci(values)
+    return f"{statistics.fmean(values):.3f} [{float(lo):.3f}, {float(hi):.3f}]"
 
 
 def markdown(results, summaries, pairs, meta) -> str:
@@ -265,8 +259,9 @@ def markdown(results, summaries, pairs, meta) -> str:
         "",
         f"Runs: {meta['n_runs']} ({meta['models']}); held-out prompts: {meta['n_prompts']} "
         f"({meta['prompt_source']}), greedy answers of at most {meta['max_new']} tokens. "
-        "Mean ± sd over seeds. U = oracle utility (base model log-likelihood per token + 5, "
-        "clipped to [-15, 5]); r = the run's final reward model; overconfidence = "
+        "Mean over seeds [95 % percentile-bootstrap CI] (one seed: no CI). U = oracle utility "
+        "(base model log-likelihood per token + 5, clipped to [-15, 5]); r = the run's final "
+        "reward model; overconfidence = "
         "sigmoid(r - r_ref) - sigmoid(U - U_ref) against the base model's answer.",
         "",
         "| agent | seeds | eval U | eval U (reference) | eval r | overconfidence | words | "
@@ -347,7 +342,7 @@ def evaluate(
                 models=f"policy {cfg.policy}, reward model {cfg.reward_model}",
             )
         ev = evaluators[key].evaluate_run(folder)
-        write_json(os.path.join(folder, "eval.json"), ev)
+        atomic_write_json(os.path.join(folder, "eval.json"), ev, default=str)
         results.setdefault(cfg.agent, {})[cfg.seed] = ev
         summary_path = os.path.join(folder, "summary.json")
         summaries.setdefault(cfg.agent, {})[cfg.seed] = (

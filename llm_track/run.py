@@ -19,8 +19,8 @@ import resource
 import sys
 import time
 
+from baselines.results import atomic_write_json, read_csv, read_json, versions_record, write_csv
 from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_config
-from llm_track.io import read_csv, read_json, write_csv, write_json
 
 TIMING_COLUMNS = ("gen_s", "score_s", "update_s", "step_s", "rss_mb")
 # Settings that must match for --resume (steps may grow; device may change).
@@ -91,7 +91,6 @@ def run_protocol(
     import torch
     from tqdm import tqdm
 
-    from llm_track.io import versions
     from llm_track.loop import Protocol
     from llm_track.models import load_models
     from llm_track.prompts import load_prompts
@@ -115,18 +114,19 @@ def run_protocol(
         start = proto.load_checkpoint(ckpt)
         rows = [r for r in read_csv(os.path.join(folder, "metrics.csv")) if r["step"] < start]
     os.makedirs(folder, exist_ok=True)
-    write_json(
+    atomic_write_json(
         os.path.join(folder, "config.json"),
         {
             "config": cfg.to_dict(),
             "prompt_source": source,
             "n_prompts": len(prompts),
             "checkpoint_every": checkpoint_every,
-            "versions": versions(),
+            "versions": versions_record(),
             "torch_threads": torch.get_num_threads(),
             # reference + candidates in one token loop or two: same seed, different samples
             "generation": proto.generation_mode,
         },
+        default=str,
     )
 
     t_start = time.perf_counter()
@@ -155,8 +155,10 @@ def run_protocol(
     if cfg.steps == 0 or not rows:
         write_csv(os.path.join(folder, "metrics.csv"), rows)
         proto.save_checkpoint(ckpt)
-    write_json(
-        os.path.join(folder, "summary.json"), _summary(cfg, rows, time.perf_counter() - t_start)
+    atomic_write_json(
+        os.path.join(folder, "summary.json"),
+        _summary(cfg, rows, time.perf_counter() - t_start),
+        default=str,
     )
     return folder
 

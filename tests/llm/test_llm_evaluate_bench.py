@@ -1,4 +1,4 @@
-"""Evaluation (held-out prompts, pairwise binomial test) and the benchmark CLI on tiny models."""
+"""Evaluation (held-out prompts, pairwise sign test) and the benchmark CLI on tiny models."""
 
 import json
 import os
@@ -16,16 +16,48 @@ from llm_track.run import run_protocol  # noqa: E402
 torch.set_num_threads(1)
 
 
-def test_binomial_two_sided():
-    assert evaluate.binomial_two_sided(0, 0) == 1.0
-    assert evaluate.binomial_two_sided(5, 5) == pytest.approx(1.0)
-    assert evaluate.binomial_two_sided(10, 0) == pytest.approx(2 / 1024)
-    assert evaluate.binomial_two_sided(0, 10) == pytest.approx(2 / 1024)
-    assert evaluate.binomial_two_sided(7, 3) == pytest.approx(0.34375)
-    stats = pytest.importorskip("scipy.stats")
-    for w, l_ in [(188, 144), (140, 135), (167, 138), (12, 3)]:
-        want = stats.binomtest(w, w + l_, 0.5).pvalue
-        assert evaluate.binomial_two_sided(w, l_) == pytest.approx(want, rel=1e-6)
+def test_pairwise_sign_test_by_hand():
+    def run(*utilities):
+        return {"per_prompt": [{"prompt": "q", "answer": "", "utility": u} for u in utilities]}
+
+    # seed 0: 1 > 0, 2 > 0, 3 = 3; seed 1: 5 > 4 -> 3 wins, 0 losses, 1 tie: p = 2 / 2^3
+    results = {"a": {0: run(1.0, 2.0, 3.0), 1: run(5.0)}, "b": {0: run(0.0, 0.0, 3.0), 1: run(4.0)}}
+    (row,) = evaluate.pairwise(results)
+    assert (row["wins"], row["losses"], row["ties"]) == (3, 0, 1)
+    assert row["win_rate"] == 1.0 and row["p"] == pytest.approx(0.25)
+
+
+def test_mean_and_bootstrap_ci_column():
+    assert evaluate._ms([]) == "-"
+    assert evaluate._ms([2.0]) == "2.000"  # one seed: no interval
+    # two seeds 0 and 1: resampled means 0, .5, 1 -> 95 % CI [0, 1]
+    assert evaluate._ms([0.0, 1.0]) == "0.500 [0.000, 1.000]"
+
+
+def test_llm_files_keep_their_format(tmp_path):
+    """metrics.csv (csv-module line ends), JSON with default=str, through baselines.results."""
+    from baselines.results import atomic_write_json, read_csv, read_json, write_csv
+
+    rows = [
+        {"step": 0, "utility_winner": 0.5, "agent": "fpo"},
+        {"step": 1, "utility_winner": -1.25, "agent": "fpo"},
+    ]
+    write_csv(tmp_path / "metrics.csv", rows)
+    assert (tmp_path / "metrics.csv").read_bytes() == (
+        b"step,utility_winner,agent\r\n0,0.5,fpo\r\n1,-1.25,fpo\r\n"
+    )
+    assert read_csv(tmp_path / "metrics.csv") == rows
+    write_csv(tmp_path / "empty.csv", [])
+    assert (tmp_path / "empty.csv").read_bytes() == b""
+    atomic_write_json(str(tmp_path / "a.json"), {"b": (1, 2), "a": torch.float32}, default=str)
+    assert (tmp_path / "a.json").read_text() == (
+        '{\n  "a": "torch.float32",\n  "b": [\n    1,\n    2\n  ]\n}\n'
+    )
+    assert read_json(tmp_path / "a.json")["b"] == [1, 2]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "a.json").st_mode & 0o777 == 0o666 & ~umask
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_evaluate_writes_eval_and_markdown(tmp_path):

@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from baselines.results import read_csv, read_json  # noqa: E402
 from llm_track import loop as loop_module  # noqa: E402
 from llm_track.config import preset_config  # noqa: E402
-from llm_track.io import read_csv, read_json  # noqa: E402
 from llm_track.models import load_base_models, load_models  # noqa: E402
 from llm_track.run import TIMING_COLUMNS, main, run_protocol  # noqa: E402
 

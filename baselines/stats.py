@@ -1,0 +1,168 @@
+"""The statistics of both tracks' tables (the leaderboard and the LLM track).
+
+Aggregates over runs follow Agarwal et al. 2021, "Deep RL at the edge of the statistical
+precipice" (arXiv 2108.13264, the rliable library): interquartile mean, stratified bootstrap
+confidence intervals, probability of improvement and performance profiles. rliable itself does
+not import on this stack, so the definitions are implemented here, on ``scipy.stats`` where it
+covers them (``trim_mean``, ``bootstrap``, ``binomtest``).
+
+Scores of several tasks (envs, configs) are passed as a 2-D array (runs x tasks), as a sequence
+of 1-D arrays (one per task; tasks may have different numbers of runs) or as a mapping from task
+to 1-D array. A 1-D array is one task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+
+def tasks_of(scores: Any) -> list[np.ndarray]:
+    """The per-task 1-D float arrays of ``scores`` (see the module docstring for the forms)."""
+    if isinstance(scores, Mapping):
+        scores = list(scores.values())
+    if isinstance(scores, (list, tuple)) and scores and np.ndim(scores[0]) == 1:
+        tasks = [np.asarray(t, dtype=float) for t in scores]
+    else:
+        a = np.asarray(scores, dtype=float)
+        if a.ndim not in (1, 2):
+            raise ValueError(f"scores: expected 1-D or 2-D (runs x tasks); got shape {a.shape}")
+        tasks = [a] if a.ndim == 1 else list(a.T)
+    if not tasks or any(t.ndim != 1 or len(t) == 0 for t in tasks):
+        raise ValueError("scores: every task needs a 1-D array of at least one run")
+    return tasks
+
+
+# -- the leaderboard's bootstrap (numbers frozen) ------------------------------------------------
+def bootstrap_ci(x: np.ndarray, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0):
+    """Percentile bootstrap CI of the mean along axis 0 (fixed seed: reproducible tables).
+
+    Resamples the rows of ``x`` with ``numpy.random.default_rng(seed)`` and takes the
+    ``alpha / 2`` and ``1 - alpha / 2`` quantiles of the resampled means. The leaderboard's and the
+    LLM track's CIs come from this function; it gives the same numbers for the same inputs as
+    the one the committed tables were built with, so do not change it (scipy's ``bootstrap``
+    draws its resamples differently). Fewer than two rows: the CI is the mean itself.
+    """
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return x.mean(0), x.mean(0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    means = x[idx].mean(1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)
+    return lo, hi
+
+
+# -- rliable's aggregates ----------------------------------------------------------------------
+def iqm(x: Any, axis: int | None = None):
+    """Interquartile mean: the 25 % trimmed mean (``scipy.stats.trim_mean(x, 0.25)``).
+
+    ``axis=None`` pools all runs of all tasks, as rliable does, and returns a float; with an
+    axis it returns an array (the form :func:`stratified_bootstrap_ci` calls it in).
+    """
+    if axis is None:
+        return float(sps.trim_mean(np.concatenate(tasks_of(x)), 0.25, axis=None))
+    return sps.trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
+
+
+def stratified_bootstrap_ci(
+    scores: Any,
+    statistic: Callable[..., Any] = iqm,
+    n_boot: int = 10_000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    method: str = "percentile",
+) -> tuple[float, float]:
+    """Stratified bootstrap CI of an aggregate of all runs of all tasks.
+
+    Each resample draws, for every task independently, as many runs as that task has, with
+    replacement from that task's runs (so every resample keeps the task mix); ``statistic`` is
+    then taken over the pooled resampled runs. ``statistic(pooled, axis=-1)`` must reduce along
+    ``axis`` (``iqm``, ``np.mean``, ``np.median`` do). Uses ``scipy.stats.bootstrap``, which
+    resamples each of several samples independently; ``method`` is passed on ("percentile", as
+    rliable, or "BCa", "basic"). Every task needs at least two runs.
+    """
+    tasks = tasks_of(scores)
+
+    def pooled(*samples: np.ndarray, axis: int = -1):
+        return statistic(np.concatenate(samples, axis=axis), axis=axis)
+
+    res = sps.bootstrap(
+        tasks,
+        pooled,
+        n_resamples=n_boot,
+        vectorized=True,
+        confidence_level=1 - alpha,
+        method=method,
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _poi(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, float)[:, None], np.asarray(y, float)[None, :]
+    return float(((x > y) + 0.5 * (x == y)).mean())
+
+
+def probability_of_improvement(x: Any, y: Any) -> float:
+    """P(X > Y) + 0.5 P(X = Y) over all pairs of runs of a task, averaged over tasks.
+
+    ``x`` and ``y`` hold the runs of the two agents on the same tasks, in the same order.
+    """
+    xs, ys = tasks_of(x), tasks_of(y)
+    if len(xs) != len(ys):
+        raise ValueError(f"x has {len(xs)} tasks and y {len(ys)}; they must match")
+    if len(xs) == 1:
+        return _poi(xs[0], ys[0])
+    return float(np.mean([_poi(a, b) for a, b in zip(xs, ys, strict=True)]))
+
+
+def probability_of_improvement_ci(
+    x: Any,
+    y: Any,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    rng: np.random.Generator | int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`probability_of_improvement`, stratified by task.
+
+    Each resample draws, task by task, the runs of ``x`` and then those of ``y`` with
+    replacement, independently. ``rng`` may be a shared generator (the leaderboard passes one
+    through all its pairs, which fixes the committed numbers) or a seed.
+    """
+    xs, ys = tasks_of(x), tasks_of(y)
+    if len(xs) != len(ys):
+        raise ValueError(f"x has {len(xs)} tasks and y {len(ys)}; they must match")
+    rng = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
+    boots = []
+    for _ in range(n_boot):
+        per_task = [
+            _poi(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+            for a, b in zip(xs, ys, strict=True)
+        ]
+        boots.append(per_task[0] if len(per_task) == 1 else float(np.mean(per_task)))
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def performance_profile(scores: Any, taus: Any) -> np.ndarray:
+    """Run-score distribution: for each tau, the fraction of runs with score > tau.
+
+    The fraction is taken within each task and averaged over tasks (rliable's definition).
+    Returns one value per tau, non-increasing in tau.
+    """
+    taus = np.atleast_1d(np.asarray(taus, dtype=float))
+    fractions = [(t[:, None] > taus[None, :]).mean(0) for t in tasks_of(scores)]
+    return np.mean(fractions, axis=0)
+
+
+# -- paired comparisons ------------------------------------------------------------------------
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial (sign) test of wins vs losses under p = 1/2, ties dropped."""
+    n = int(wins) + int(losses)
+    if n == 0:
+        return 1.0
+    return float(sps.binomtest(int(wins), n, 0.5).pvalue)
