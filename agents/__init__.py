@@ -1,32 +1,23 @@
 """Leaders of the iterative-RLHF game: naive, FPO (practical / relaxed / exact), oracle, and
 the usual defences (static RM, KL anchor, RM ensemble).
 
-All agents share one interface: build from a config dataclass and a seed (or a list of seeds for
-a vectorised env), then ``history = agent.learn(env)``. FPO maths lives in :mod:`agents.fpo`.
+An agent is a scoring rule with a declaration of what it reads (:class:`Agent`); the white-box
+gradient optimiser (:meth:`Agent.learn`) and any stable-baselines3 algorithm (through
+:class:`agents.wrappers.AgentRewardWrapper`) ascend it. Every tool finds agents in
+:mod:`agents.registry`. FPO maths lives in :mod:`agents.fpo`.
 """
 
 from agents.defences import EnsembleAgent, KLAgent, StaticAgent
 from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent
 from agents.naive import NaiveAgent
 from agents.oracle import OracleAgent
-from agents.whitebox import WhiteBoxAgent, WhiteBoxConfig
-
-AGENTS: dict[str, type[WhiteBoxAgent]] = {
-    cls.name: cls
-    for cls in (
-        NaiveAgent,
-        FPOAgent,
-        FPORelaxedAgent,
-        FPOExactAgent,
-        OracleAgent,
-        StaticAgent,
-        KLAgent,
-        EnsembleAgent,
-    )
-}
+from agents.registry import BUILTIN as AGENTS
+from agents.whitebox import READS, Agent, WhiteBoxAgent, WhiteBoxConfig
 
 __all__ = [
     "AGENTS",
+    "READS",
+    "Agent",
     "EnsembleAgent",
     "KLAgent",
     "StaticAgent",

@@ -21,25 +21,27 @@ from dataclasses import dataclass
 import torch
 
 from agents.ensemble import MODES, RMEnsemble
-from agents.whitebox import WhiteBoxAgent, WhiteBoxConfig
+from agents.whitebox import Agent, WhiteBoxConfig
 
 
-class StaticAgent(WhiteBoxAgent):
+class StaticAgent(Agent):
     """Ascends the initial reward model ``r_{phi_0}`` (the env keeps retraining, unseen).
 
     Source: the fixed-proxy setting of Gao et al., arXiv 2210.10760.
     """
 
     name = "static"
+    reads = ("initial_rm",)
+    role = "baseline"
 
-    def on_start(self, env) -> None:
-        self.params0 = {k: v.clone() for k, v in env.unwrapped.core.params.items()}
+    def start(self, core) -> None:
+        self.params0 = {k: v.clone() for k, v in core.params.items()}
 
-    def score(self, env, y: torch.Tensor) -> torch.Tensor:
-        return env.unwrapped.core.reward_model.score(self.params0, y)
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        return core.reward_model.score(self.params0, y)
 
-    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor:
-        return env.unwrapped.core.reward_model.score_and_grad_y(self.params0, y)[1]
+    def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        return core.reward_model.score_and_grad_y(self.params0, y)[1]
 
 
 @dataclass
@@ -58,7 +60,7 @@ class KLConfig(WhiteBoxConfig):
             raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef!r}")
 
 
-class KLAgent(WhiteBoxAgent):
+class KLAgent(Agent):
     """Current RM minus ``kl_coef * ||y - y0||^2`` (anchor to the initial policy).
 
     Source: KL-regularised RLHF, Ziegler et al., arXiv 1909.08593.
@@ -66,16 +68,26 @@ class KLAgent(WhiteBoxAgent):
 
     name = "kl"
     config_cls = KLConfig
+    role = "baseline"
+    sb3_algos = ("ppo", "a2c")  # the callback reshapes on-policy rollouts only
 
-    def score(self, env, y: torch.Tensor) -> torch.Tensor:
-        core = env.unwrapped.core
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         anchor = ((y - self.config.init) ** 2).sum(-1)
         return core.reward_model.score(core.params, y) - self.config.kl_coef * anchor
 
-    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor:
-        core = env.unwrapped.core
+    def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         g = core.reward_model.score_and_grad_y(core.params, y)[1]
         return g - 2.0 * self.config.kl_coef * (y - self.config.init)
+
+    def sb3_score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        """Under SB3 the reward is the current RM's; the anchor is the KL callback's."""
+        return core.reward_model.score(core.params, y)
+
+    def sb3_callbacks(self) -> list:
+        """The per-step KL penalty to the initial policy (:mod:`agents.sb3_kl`)."""
+        from agents.sb3_kl import KLPenaltyCallback
+
+        return [KLPenaltyCallback(self.config.kl_coef)]
 
 
 @dataclass
@@ -100,7 +112,7 @@ class EnsembleConfig(WhiteBoxConfig):
             raise ValueError(f"ensemble_k must be a finite number, got {self.ensemble_k!r}")
 
 
-class EnsembleAgent(WhiteBoxAgent):
+class EnsembleAgent(Agent):
     """Pessimistic ensemble of reward models (mean - k*std or min).
 
     The extra members train on the env's labelled buffer whenever the env retrains, so they use
@@ -110,10 +122,14 @@ class EnsembleAgent(WhiteBoxAgent):
 
     name = "ensemble"
     config_cls = EnsembleConfig
+    reads = ("current_rm", "rm_buffer")
+    role = "baseline"
+    cost = 6.0
 
-    def on_start(self, env) -> None:
-        self.ensemble = RMEnsemble(env.unwrapped.core, self.config.ensemble_size, self.seeds)
+    def start(self, core) -> None:
+        self.ensemble = RMEnsemble(core, self.config.ensemble_size, core.seeds)
 
-    def score(self, env, y: torch.Tensor) -> torch.Tensor:
-        self.ensemble.sync()
-        return self.ensemble.pessimistic(y, self.config.ensemble_mode, self.config.ensemble_k)
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        self.ensemble.sync(core)
+        c = self.config
+        return self.ensemble.pessimistic(core, y, c.ensemble_mode, c.ensemble_k)

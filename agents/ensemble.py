@@ -4,7 +4,7 @@ Member 0 is the env's reward model. Members ``1..K-1`` start from the env's RM i
 their own random streams and take the same optimiser steps on the same labelled buffer each
 time the env retrains, so they differ only through initialisation (as in Coste et al.,
 "Reward Model Ensembles Help Mitigate Overoptimization", arXiv 2310.02743). Used by the
-``ensemble`` agent and :class:`agents.wrappers.EnsembleRewardWrapper`.
+``ensemble`` agent, white-box and through SB3.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def member_seed(seed: int, member: int) -> int:
 
 
 class RMEnsemble:
-    """``size`` reward models over the experiments of ``core``; call :meth:`sync` after steps.
+    """``size`` reward models over the experiments of ``core``; :meth:`sync` before scoring.
 
     Args:
         core: the env's follower (``env.unwrapped.core``), already reset.
@@ -31,7 +31,6 @@ class RMEnsemble:
     def __init__(self, core, size: int, seeds: list[int]):
         if isinstance(size, bool) or not isinstance(size, int) or size < 2:
             raise ValueError(f"ensemble_size must be an int >= 2, got {size!r}")
-        self.core = core
         rm = core.reward_model
         self.members = []
         for k in range(1, size):
@@ -40,9 +39,8 @@ class RMEnsemble:
             self.members.append([params, rm.init_opt_state(params)])
         self.round = core.round
 
-    def sync(self) -> None:
-        """Train the extra members on the env's buffer for each RM round they missed."""
-        core = self.core
+    def sync(self, core) -> None:
+        """Train the extra members on ``core``'s buffer for each RM round they missed."""
         c = core.config
         for _ in range(self.round, core.round):
             batch = core.training_batch()
@@ -53,16 +51,15 @@ class RMEnsemble:
                     )
         self.round = core.round
 
-    def scores(self, y: torch.Tensor, core=None) -> torch.Tensor:
-        """Member scores, shape (K, S, n); member 0 is the env's reward model (or ``core``'s,
-        e.g. a snapshot taken before a step)."""
-        core = core if core is not None else self.core
+    def scores(self, core, y: torch.Tensor) -> torch.Tensor:
+        """Member scores, shape (K, S, n); member 0 is ``core``'s reward model (the env's, or a
+        snapshot of it taken before a step)."""
         rm = core.reward_model
         return torch.stack([rm.score(core.params, y)] + [rm.score(m[0], y) for m in self.members])
 
-    def pessimistic(self, y: torch.Tensor, mode: str = "mean_std", k: float = 1.0, core=None):
+    def pessimistic(self, core, y: torch.Tensor, mode: str = "mean_std", k: float = 1.0):
         """``mean - k * std`` over members (``mode="mean_std"``) or their ``min``."""
-        members = list(self.scores(y, core))
+        members = list(self.scores(core, y))
         # Explicit sums over members (not tensor reductions over dim 0, whose algorithm depends
         # on the layout): one experiment's numbers then do not depend on the batch size.
         if mode == "min":

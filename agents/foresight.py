@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 
 from agents import fpo
-from agents.whitebox import WhiteBoxAgent
+from agents.whitebox import Agent
 
 
-class FPOAgent(WhiteBoxAgent):
+class FPOAgent(Agent):
     """Foresighted policy optimisation: ascends ``r(y) - gamma * penalty(y)``.
 
     ``form`` is ``"practical"`` (no oracle), ``"relaxed"`` (queries the labeler for each scored
-    response) or ``"exact"`` (virtual real RM update; this suite's extension). See
-    :mod:`agents.fpo` for the penalties.
+    response) or ``"exact"`` (virtual real RM update; this suite's extension). The maths is in
+    :mod:`agents.fpo`.
 
     Source: Gauthier, Bach & Jordan, "Explaining and Preventing Alignment Collapse in Iterative
     RLHF", arXiv 2605.04266, Sec. 2 (practical and relaxed forms).
@@ -21,13 +21,31 @@ class FPOAgent(WhiteBoxAgent):
 
     name = "fpo"
     form = "practical"
+    llm_penalty = "practical"
+    cost = 2.0
+    paper_reference = {
+        "RLHFBlindSpot-v0": "5.47",
+        "RLHFNeuralBlindSpot-v0": "6.25 +- 3.39 (5 seeds)",
+    }
 
-    def score(self, env, y: torch.Tensor) -> torch.Tensor:
-        core = env.unwrapped.core
-        label_fn = env.unwrapped.query_labeler
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lookahead: dict = {}  # exact form: the buffer's share of the virtual update
+
+    def declared_reads(self) -> tuple[str, ...]:
+        if self.form == "practical":
+            return ("current_rm",)
+        label = "labeler_grads" if self.config.label_grad else "labeler_values"
+        return ("current_rm", "rm_buffer", label) if self.form == "exact" else ("current_rm", label)
+
+    def start(self, core) -> None:
+        self._lookahead = {}
+
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        label_fn = oracle.query_labeler
         if self.form == "exact":  # r(y) comes out of the virtual update: one forward pass less
             label = label_fn(y) if self.config.label_grad else label_fn(y).detach()
-            pen, r = fpo.exact_penalty_and_reward(core, y, label)
+            pen, r = fpo.exact_penalty_and_reward(core, y, label, self._lookahead)
             return r - self.config.gamma * pen
         r = core.reward_model.score(core.params, y)
         if not self.config.label_grad:
@@ -35,20 +53,18 @@ class FPOAgent(WhiteBoxAgent):
         pen = fpo.penalty(self.form, core, y, label_fn)
         return r - self.config.gamma * pen
 
-    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor | None:
+    def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         """Closed form for rating feedback in the practical and relaxed forms, else autograd."""
-        core = env.unwrapped.core
         if core.config.feedback != "rating" or self.form == "exact":
             return None
-        rm = core.reward_model
-        r, g_r = rm.score_and_grad_y(core.params, y)
-        k, g_k = rm.ntk_diag_and_grad_y(core.params, y)
-        if self.form == "practical":
-            return g_r - self.config.gamma * g_k
-        label, g_label = env.unwrapped.query_labeler_and_grad(y)
-        g_err = g_r - g_label if self.config.label_grad else g_r
-        g_pen = g_err * k.unsqueeze(-1) + (r - label).unsqueeze(-1) * g_k
-        return g_r - self.config.gamma * g_pen
+        return fpo.first_order_score_grad(
+            self.form,
+            core,
+            y,
+            self.config.gamma,
+            oracle.query_labeler_and_grad,
+            self.config.label_grad,
+        )
 
 
 def _detached(fn):
@@ -66,6 +82,12 @@ class FPORelaxedAgent(FPOAgent):
 
     name = "fpo-relaxed"
     form = "relaxed"
+    llm_penalty = "relaxed"
+    cost = 2.5
+    paper_reference = {
+        "RLHFBlindSpot-v0": "9.81",
+        "RLHFNeuralBlindSpot-v0": "6.40 +- 3.73 (5 seeds)",
+    }
 
 
 class FPOExactAgent(FPOAgent):
@@ -77,3 +99,6 @@ class FPOExactAgent(FPOAgent):
 
     name = "fpo-exact"
     form = "exact"
+    llm_penalty = None
+    cost = 12.0
+    paper_reference = {}

@@ -56,11 +56,13 @@ def error_factor(
     rm, params, y: torch.Tensor, label: torch.Tensor, feedback: str, reference=None
 ) -> torch.Tensor:
     """``r(y) - label`` (rating) or ``sigmoid(r(y) - r(y_ref)) - label`` (preference)."""
-    r = rm.score(params, y)
-    if feedback == "rating":
-        return r - label
-    r_ref = rm.score(params, reference.reshape(y.shape[0], 1, -1))
-    return torch.sigmoid(r - r_ref) - label
+    r_ref = None if feedback == "rating" else rm.score(params, reference.reshape(y.shape[0], 1, -1))
+    return error_from_scores(rm.score(params, y), label, feedback, r_ref)
+
+
+def error_from_scores(r, label, feedback: str, r_ref=None) -> torch.Tensor:
+    """:func:`error_factor` from rewards already computed (``r_ref``: the reference's)."""
+    return r - label if feedback == "rating" else torch.sigmoid(r - r_ref) - label
 
 
 def practical_penalty(rm, params, y, feedback: str, reference=None) -> torch.Tensor:
@@ -78,7 +80,7 @@ def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torc
     return err * kernel_term(rm, params, y, feedback, reference)
 
 
-def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
+def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
     """``(r_phi(y), r_{phi'}(y))``: the reward now and after one virtual optimiser step on the
     buffer with ``y`` pushed in.
 
@@ -87,9 +89,11 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
     and FIFO rule as the env's real update). Differentiable in ``y``. The loss gradient is split
     into the part of the retained buffer (constant in ``y``, computed once) and the part of
     ``y``, which equals the gradient on the whole pushed buffer up to summation order.
+    ``cache``: a dict owned by the caller that keeps the retained part while the RM and its
+    buffer stay the same (a round's inner policy steps, or consecutive SB3 responses).
     """
     rm, c = core.reward_model, core.config
-    n, g_rest = _retained_grad(core)
+    n, g_rest = _retained_grad(core, {} if cache is None else cache)
     before, after = [], []
     for j in range(y.shape[1]):
         yj, lj = y[:, j : j + 1], label[:, j : j + 1]
@@ -101,11 +105,9 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
     return torch.cat(before, dim=1), torch.cat(after, dim=1)
 
 
-def _retained_grad(core: RLHFCore):
-    """Loss gradient of the buffer entries kept after one push, cached while the RM and its
-    buffer stay the same (a round's inner policy steps, and the SB3 wrapper's per-response
-    snapshots of the core, all reuse it)."""
-    cache = core.lookahead_cache
+def _retained_grad(core: RLHFCore, cache: dict):
+    """Loss gradient of the buffer entries kept after one push; ``cache`` is keyed by the
+    identity of the RM parameters and buffer (an update replaces them, never mutates them)."""
     if cache.get("params") is core.params and cache.get("buffer_y") is core.buffer_y:
         return cache["n"], cache["g_rest"]
     c = core.config
@@ -119,16 +121,37 @@ def _retained_grad(core: RLHFCore):
     return n, g_rest
 
 
-def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
     """Exact FPO penalty: ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring)."""
-    return exact_penalty_and_reward(core, y, label)[0]
+    return exact_penalty_and_reward(core, y, label, cache)[0]
 
 
-def exact_penalty_and_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor):
+def exact_penalty_and_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
     """:func:`exact_penalty` and ``r_phi(y)``, which the virtual update computes anyway."""
     c = core.config
-    r_now, r_next = virtual_update_reward(core, y, label)
+    r_now, r_next = virtual_update_reward(core, y, label, cache)
     return -(r_next - r_now) / (loss_factor(c.feedback) * c.rm_lr), r_now
+
+
+def first_order_score_grad(
+    form: str, core: RLHFCore, y: torch.Tensor, gamma: float, labeler=None, label_grad=True
+) -> torch.Tensor:
+    """``grad_y [r(y) - gamma * penalty(y)]`` in closed form, rating feedback, first-order forms.
+
+    ``labeler(y) -> (verdict, grad_y verdict)`` is the counted query (relaxed form only); with
+    ``label_grad=False`` the verdict is a constant label (its gradient is not used).
+    """
+    if core.config.feedback != "rating" or form not in ("practical", "relaxed"):
+        raise ValueError("closed-form FPO gradients cover the practical and relaxed forms, rating")
+    rm = core.reward_model
+    r, g_r = rm.score_and_grad_y(core.params, y)
+    k, g_k = rm.ntk_diag_and_grad_y(core.params, y)
+    if form == "practical":
+        return g_r - gamma * g_k
+    label, g_label = labeler(y)
+    g_err = g_r - g_label if label_grad else g_r
+    g_pen = g_err * k.unsqueeze(-1) + (r - label).unsqueeze(-1) * g_k
+    return g_r - gamma * g_pen
 
 
 def penalty(form: str, core: RLHFCore, y: torch.Tensor, label_fn: LabelFn | None = None):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from agents.whitebox import WhiteBoxAgent
+from agents.whitebox import Agent
 
 
-class NaiveAgent(WhiteBoxAgent):
+class NaiveAgent(Agent):
     """Optimises ``r_phi(y)`` of the current RM (drops the parameter-steering term).
 
     Source: the naive baseline of Gauthier, Bach & Jordan, "Explaining and Preventing Alignment
@@ -15,11 +15,15 @@ class NaiveAgent(WhiteBoxAgent):
     """
 
     name = "naive"
+    role = "baseline"
+    llm_penalty = "none"
+    paper_reference = {
+        "RLHFBlindSpot-v0": "3.91",
+        "RLHFNeuralBlindSpot-v0": "4.38 +- 2.20 (5 seeds)",
+    }
 
-    def score(self, env, y: torch.Tensor) -> torch.Tensor:
-        core = env.unwrapped.core
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         return core.reward_model.score(core.params, y)
 
-    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor:
-        core = env.unwrapped.core
+    def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         return core.reward_model.score_and_grad_y(core.params, y)[1]

@@ -9,10 +9,10 @@ Two policies, as in Gauthier, Bach & Jordan (arXiv 2605.04266, Sec. 3):
   then submits ``samples_per_round`` fresh samples. ``sigma`` and the step size decay from their
   start to their end value by the factor ``1 - (t/T)^decay_power``.
 
-The objective is ``agent.score(y) - l2 * ||y||^2``; agents differ only in :meth:`score`.
+The objective is ``agent.score(y) - l2 * ||y||^2``; agents differ only in :meth:`Agent.score`.
 Gradients are exact (autograd), batched over the ``S`` experiments of a vectorised env.
 
-The loop of one round reads top to bottom in :meth:`WhiteBoxAgent.learn`: optimise the policy
+The loop of one round reads top to bottom in :meth:`Agent.learn`: optimise the policy
 against the current RM, submit responses (the env scores, labels and retrains), record metrics.
 """
 
@@ -107,48 +107,92 @@ def _schedule(start: float, end: float | None, t: int, T: int, power: float) -> 
 
 RoundCallback = Callable[[dict[str, np.ndarray]], None]
 
+#: What an agent may read, besides the responses it scores. ``current_rm``: the env's reward
+#: model as it is now; ``initial_rm``: the RM as it was at the start; ``rm_buffer``: the labels
+#: the RM was trained on (already paid for); ``labeler_values`` / ``labeler_grads``: the
+#: labeler's verdict on new responses, or its gradient (counted oracle queries); ``truth``: the
+#: hidden true utility (counted; only the oracle ceiling may read it).
+READS = ("current_rm", "initial_rm", "rm_buffer", "labeler_values", "labeler_grads", "truth")
 
-class WhiteBoxAgent:
-    """Base class of the gradient agents: subclasses define :meth:`score`.
 
-    Usage::
+class Agent:
+    """An agent is a scoring rule for responses plus a declaration of what it reads.
 
-        env = gym.make("RLHFBlindSpot-v0"); env.reset(seed=0)
-        agent = NaiveAgent(WhiteBoxConfig(), seed=0)
-        history = agent.learn(env)          # dict of per-round arrays, shape (rounds, S)
+    Subclasses set :attr:`name` and define :meth:`score` (and, where it is cheaper,
+    :meth:`score_grad`). Both policy optimisers ascend the same rule: the white-box gradient
+    optimiser of the paper's simulations (:meth:`learn`) and any stable-baselines3 algorithm
+    through :class:`agents.wrappers.AgentRewardWrapper`. Register a new agent by adding it to
+    :mod:`agents.registry`, or pass ``module:Class`` to the harness.
 
-    Works on a single env and on the natively vectorised env (``gym.make_vec(...,
-    vectorization_mode="vector_entry_point")``), whose ``S`` experiments are optimised as one
-    batched program.
+    ``score(core, y, oracle)`` gets the env's follower ``core`` (the reward model ``core
+    .reward_model``, its parameters ``core.params``, optimiser state, buffer and config; a
+    snapshot taken before the step under SB3), responses ``y`` of shape (S, n, d), and
+    ``oracle``, the env's counted query methods (``query_labeler``, ``query_labeler_and_grad``,
+    ``true_utility``, ``true_utility_and_grad``). It returns scores of shape (S, n).
+
+    Class attributes read by the harness (declare them, do not compute them elsewhere):
+
+    * ``reads``: the subset of :data:`READS` the agent uses (:meth:`declared_reads` may refine
+      it from the config);
+    * ``role``: ``"baseline"`` (naive and the usual defences), ``"method"`` (what is compared
+      against the baselines) or ``"ceiling"`` (reads the truth);
+    * ``sb3_algos``: the SB3 algorithms it works with (``None``: all), and
+      :meth:`sb3_callbacks` for agents that act on the optimiser itself;
+    * ``llm_penalty``: the FPO penalty form the LLM track uses for it (``None``: not in the LLM
+      track);
+    * ``cost``: rough compute per agent-run relative to naive (for scheduling sweeps).
     """
 
     name = "base"
     config_cls = WhiteBoxConfig
+    reads: tuple[str, ...] = ("current_rm",)
+    role = "method"
+    sb3_algos: tuple[str, ...] | None = None
+    llm_penalty: str | None = None
+    cost = 1.0
+    #: values of the paper's reference notebooks, per env id (shown beside the leaderboard)
+    paper_reference: dict[str, str] = {}
 
-    def __init__(self, config: WhiteBoxConfig | None = None, seed: int | list[int] = 0):
+    def __init__(
+        self, config: WhiteBoxConfig | None = None, seed: int | list[int] = 0, **fields_: Any
+    ):
         if config is None:
-            config = self.config_cls()
+            config = self.config_cls(**fields_)
+        elif fields_:
+            raise TypeError("pass either config or config fields, not both")
         elif not isinstance(config, self.config_cls):  # a base config: keep its fields
             config = self.config_cls(**config.to_dict())
         self.config = config
         self.seeds = [seed] if isinstance(seed, int) else list(seed)
 
     # -- what an agent optimises ------------------------------------------------------------------
-    def score(self, env, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def declared_reads(self) -> tuple[str, ...]:
+        """What this agent reads with its config (default: the class's :attr:`reads`)."""
+        return self.reads
+
+    def start(self, core) -> None:
+        """Called once per experiment start (after ``reset(seed=...)``), before any scoring."""
+
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:  # pragma: no cover
         """The score the policy ascends, for responses ``y`` (S, n, d) -> (S, n)."""
         raise NotImplementedError
 
-    def on_start(self, env) -> None:
-        """Called once at the start of :meth:`learn`, after the env was reset."""
-
-    def score_grad(self, env, y: torch.Tensor) -> torch.Tensor | None:
+    def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         """Closed-form ``grad_y score(y)`` (S, n, d), or ``None`` to use autograd on :meth:`score`.
 
         Must charge the same oracle queries as :meth:`score`; tests check both paths agree.
         """
         return None
 
-    # -- the loop ---------------------------------------------------------------------------------
+    def sb3_score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        """The reward an SB3 algorithm is paid (default: :meth:`score`)."""
+        return self.score(core, y, oracle)
+
+    def sb3_callbacks(self) -> list:
+        """SB3 callbacks through which the agent acts on the optimiser itself (default: none)."""
+        return []
+
+    # -- the white-box loop -------------------------------------------------------------------------
     def learn(
         self, env, rounds: int | None = None, callback: RoundCallback | None = None
     ) -> dict[str, np.ndarray]:
@@ -159,16 +203,17 @@ class WhiteBoxAgent:
         """
         cfg = self.config
         T = rounds if rounds is not None else cfg.rounds
-        core = env.unwrapped.core
+        oracle = env.unwrapped
+        core = oracle.core
         if not core.seeds:
             raise RuntimeError("reset the env with a seed before learn()")
         S, d = core.S, core.config.dims
         if len(self.seeds) != S:
             raise ValueError(f"agent has {len(self.seeds)} seeds, env has {S} experiments")
         spr, k = core.config.samples_per_round, core.config.signal_dims
-        vector = isinstance(env.unwrapped, VectorEnv)
+        vector = isinstance(oracle, VectorEnv)
         gens = [torch.Generator().manual_seed(_agent_seed(s)) for s in self.seeds]
-        self.on_start(env)
+        self.start(core)
         theta = torch.full((S, d), float(cfg.init), dtype=torch.float64)
         history: dict[str, list[np.ndarray]] = {}
         gaussian = cfg.policy == "gaussian"
@@ -185,7 +230,7 @@ class WhiteBoxAgent:
             # 1. optimise the policy against the current reward model
             for i in range(cfg.inner_steps):
                 y = theta + sigma * eps[:, i] if gaussian else theta
-                grad = self._objective_grad(env, y)
+                grad = self._objective_grad(core, y, oracle)
                 if cfg.grad_clip is not None:
                     grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
                 theta = theta + lr * grad
@@ -214,13 +259,13 @@ class WhiteBoxAgent:
         self.theta = theta
         return {key: np.stack(v) for key, v in history.items()}
 
-    def _objective_grad(self, env, y: torch.Tensor) -> torch.Tensor:
+    def _objective_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         """``grad_y [score(y) - l2 ||y||^2]`` for one response per experiment, (S, d)."""
         y = y.detach().unsqueeze(1)
-        grad = self.score_grad(env, y)
+        grad = self.score_grad(core, y, oracle)
         if grad is None:
             y.requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.score(env, y).sum(), y)
+            (grad,) = torch.autograd.grad(self.score(core, y, oracle).sum(), y)
         return grad[:, 0] - 2.0 * self.config.l2 * y[:, 0].detach()
 
     @staticmethod
@@ -255,3 +300,6 @@ def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]
     if terminated or truncated:
         env.reset()  # keeps the reward model: the next episode of the same experiment
     return np.array([info["proxy_reward"]]), np.array([info["true_utility"]])
+
+
+WhiteBoxAgent = Agent  # the name of earlier releases

@@ -1,9 +1,11 @@
-"""Reward wrappers that turn any stable-baselines3 algorithm into an iterative-RLHF agent.
+"""One reward wrapper that turns any agent and any stable-baselines3 algorithm into an
+iterative-RLHF learner (in the spirit of imitation's ``RewardVecEnvWrapper(reward_fn=...)``).
 
 The env keeps scoring, labelling and retraining its reward model on the rollouts every
-``samples_per_round`` responses, whatever the algorithm. A wrapper only replaces the reward the
-algorithm sees; ``info["true_utility"]`` and ``info["proxy_reward"]`` stay those of the env, so
-``Monitor``/``evaluate_policy`` and the harness report the truth. The wrapped reward is in
+``samples_per_round`` responses, whatever the algorithm. The wrapper only replaces the reward the
+algorithm sees by the agent's score (:meth:`agents.whitebox.Agent.sb3_score`);
+``info["true_utility"]`` and ``info["proxy_reward"]`` stay those of the env, so
+``Monitor``/``evaluate_policy`` and the harness report the truth. The paid reward is in
 ``info["wrapped_reward"]``.
 
 A response is scored under the reward model that scored it in the env (before any retraining
@@ -11,110 +13,98 @@ that the same step triggered): the wrapper keeps a shallow snapshot of the env's
 before the step (parameters, optimiser state and buffer are replaced, never mutated, by an
 update, so the snapshot is exact and cheap).
 
-The response is ``env.unwrapped.last_response`` after the step (shape (1, d): the vector the RM
-scores), or ``None`` while a response is still incomplete (token envs); then the reward passes
-through unchanged.
+The response is ``env.unwrapped.last_response`` right after the step (shape (1, d): the vector
+the RM scores), or ``None`` while a response is still incomplete (token envs); then the reward
+passes through unchanged.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import gymnasium as gym
 import torch
 
-from agents import fpo
-from agents.ensemble import RMEnsemble
+from agents.whitebox import Agent
 
 
-class _RMRewardWrapper(gym.Wrapper):
+class AgentRewardWrapper(gym.Wrapper):
+    """Pays an SB3 algorithm ``agent.sb3_score`` for each response the env scores.
+
+    Args:
+        env: a suite env (single, not vectorised).
+        agent: an :class:`~agents.whitebox.Agent`; its :meth:`~agents.whitebox.Agent.start`
+            runs at every ``reset(seed=...)`` (and the first reset).
+    """
+
+    def __init__(self, env: gym.Env, agent: Agent):
+        super().__init__(env)
+        if not isinstance(agent, Agent):
+            raise TypeError(f"agent must be an agents.Agent, got {type(agent).__name__}")
+        self.agent = agent
+        self._started = False
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        if kwargs.get("seed") is not None or not self._started:
+            self.agent.start(self.env.unwrapped.core)
+            self._started = True
+        return out
+
     def step(self, action):
         core = self.env.unwrapped.core
         before = copy.copy(core)
         obs, reward, terminated, truncated, info = self.env.step(action)
         y = getattr(self.env.unwrapped, "last_response", None)
         if y is not None:
-            reward = float(self.wrapped_reward(before, y.unsqueeze(1))[0, 0])
-            info["oracle_queries"] = int(core.oracle_queries[0])  # the wrapper's own queries
+            with torch.no_grad():
+                score = self.agent.sb3_score(before, y.unsqueeze(1), self.env.unwrapped)
+            reward = float(score[0, 0])
+            info["oracle_queries"] = int(core.oracle_queries[0])  # the agent's own queries
         info["wrapped_reward"] = reward
         return obs, reward, terminated, truncated, info
 
-    def wrapped_reward(self, core, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+
+def _deprecated(old: str, make):
+    def wrapper(env: gym.Env, *args, **kwargs) -> AgentRewardWrapper:
+        warnings.warn(
+            f"{old} is deprecated; use AgentRewardWrapper(env, agent)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AgentRewardWrapper(env, make(*args, **kwargs))
+
+    wrapper.__name__ = old
+    return wrapper
 
 
-class FPORewardWrapper(_RMRewardWrapper):
-    """Reward ``r(y) - gamma * penalty(y)`` with the FPO penalty of ``form``.
+def _fpo(form: str = "practical", gamma: float = 0.1) -> Agent:
+    from agents.registry import BUILTIN
 
-    ``practical`` needs no oracle; ``relaxed`` and ``exact`` query the labeler once per
-    response (counted). Source: Gauthier, Bach & Jordan, arXiv 2605.04266, Sec. 2.
-    """
-
-    def __init__(self, env: gym.Env, form: str = "practical", gamma: float = 0.1):
-        super().__init__(env)
-        if form not in fpo.FORMS:
-            raise ValueError(f"form must be one of {fpo.FORMS}, got {form!r}")
-        if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
-        self.form, self.gamma = form, float(gamma)
-
-    def wrapped_reward(self, core, y):
-        with torch.no_grad():
-            if self.form == "exact":  # the virtual update scores y anyway
-                label = self.env.unwrapped.query_labeler(y)
-                pen, r = fpo.exact_penalty_and_reward(core, y, label)
-            else:
-                r = core.reward_model.score(core.params, y)
-                pen = fpo.penalty(self.form, core, y, self.env.unwrapped.query_labeler)
-        return r - self.gamma * pen
+    names = {c.form: n for n, c in BUILTIN.items() if getattr(c, "form", None)}
+    if form not in names:
+        raise ValueError(f"form must be one of {tuple(names)}, got {form!r}")
+    return BUILTIN[names[form]](gamma=gamma)
 
 
-class OracleRewardWrapper(_RMRewardWrapper):
-    """Reward = the true utility (a counted oracle query per response): the ceiling."""
+def _ensemble(size: int = 5, mode: str = "mean_std", k: float = 1.0) -> Agent:
+    from agents.defences import EnsembleAgent
 
-    def wrapped_reward(self, core, y):
-        return self.env.unwrapped.true_utility(y)
-
-
-class StaticRewardWrapper(_RMRewardWrapper):
-    """Reward = the RM as it was when the experiment started (the env still retrains it).
-
-    Source: the fixed-proxy setting of Gao et al., arXiv 2210.10760.
-    """
-
-    def reset(self, **kwargs):
-        out = self.env.reset(**kwargs)
-        core = self.env.unwrapped.core
-        if kwargs.get("seed") is not None or not hasattr(self, "params0"):
-            self.params0 = dict(core.params)
-        return out
-
-    def wrapped_reward(self, core, y):
-        return core.reward_model.score(self.params0, y)
+    return EnsembleAgent(ensemble_size=size, ensemble_mode=mode, ensemble_k=k)
 
 
-class EnsembleRewardWrapper(_RMRewardWrapper):
-    """Reward = ``mean - k * std`` (or ``min``) over an ensemble of K reward models.
+def _plain(cls_name: str):
+    def make() -> Agent:
+        import agents
 
-    Members besides the env's RM train on the env's labelled buffer each time it retrains.
-    Source: Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization",
-    arXiv 2310.02743.
-    """
+        return getattr(agents, cls_name)()
 
-    def __init__(self, env: gym.Env, size: int = 5, mode: str = "mean_std", k: float = 1.0):
-        super().__init__(env)
-        self.size, self.mode, self.k = size, mode, k
-        self.ensemble: RMEnsemble | None = None
+    return make
 
-    def reset(self, **kwargs):
-        out = self.env.reset(**kwargs)
-        core = self.env.unwrapped.core
-        if kwargs.get("seed") is not None or self.ensemble is None:
-            self.ensemble = RMEnsemble(core, self.size, core.seeds)
-        return out
 
-    def wrapped_reward(self, core, y):
-        with torch.no_grad():
-            reward = self.ensemble.pessimistic(y, self.mode, self.k, core=core)
-        self.ensemble.sync()
-        return reward
+# the wrappers of earlier releases, kept for one release
+FPORewardWrapper = _deprecated("FPORewardWrapper", _fpo)
+EnsembleRewardWrapper = _deprecated("EnsembleRewardWrapper", _ensemble)
+OracleRewardWrapper = _deprecated("OracleRewardWrapper", _plain("OracleAgent"))
+StaticRewardWrapper = _deprecated("StaticRewardWrapper", _plain("StaticAgent"))

@@ -7,7 +7,7 @@ For each env: single-env steps/s with random actions (RM retraining included); f
 white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
 one seed runs alone (measured on fewer rounds and scaled to the same round count), the batching
 speed-up, and the cost of every agent relative to naive; then the wall time of one SB3 run per
-agent (naive, the three FPO forms and kl) relative to naive. The token and contextual envs have no
+agent of ``--agents`` (those that work with ``--sb3``) relative to naive. The token and contextual envs have no
 white-box agents, so only their SB3 rows are measured. Medians over ``--repeats``; the machine is
 shared, so compare the ratios, which are measured side by side, rather than absolute times across
 runs.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import rlhf_envs
-from agents import AGENTS
+from agents import registry
 from baselines.run import load_defaults
 
 
@@ -56,7 +56,7 @@ def agent_seconds(env_id: str, agent: str, seeds: list[int], rounds: int, repeat
     defaults = load_defaults(env_id)
     kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
     kwargs["rounds"] = rounds
-    cls = AGENTS[agent]
+    cls = registry.get(agent)
     times = []
     for _ in range(repeats):
         env = gym.make_vec(env_id, num_envs=len(seeds), vectorization_mode="vector_entry_point")
@@ -95,7 +95,7 @@ def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
         batched = agent_seconds(env_id, agent, list(range(args.seeds)), rounds, args.repeats)
         alone = agent_seconds(env_id, agent, [0], single_rounds, args.repeats)
         rows[agent] = (batched / args.seeds, alone * rounds / single_rounds)
-    base = rows.get("naive", next(iter(rows.values())))[0]
+    base = rows.get(registry.REFERENCE, next(iter(rows.values())))[0]
     for agent, (b, a) in rows.items():
         print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
     print()
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m baselines.bench", description=__doc__.split("\n")[0]
     )
     p.add_argument("--envs", nargs="*", default=list(rlhf_envs.ENV_IDS))
-    p.add_argument("--agents", nargs="*", default=list(AGENTS))
+    p.add_argument("--agents", nargs="*", default=list(registry.names()))
     p.add_argument(
         "--seeds", type=positive_int, default=10, help="seeds per batched run (default 10)"
     )
@@ -142,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sb3-rounds", type=positive_int, default=400, help="RM rounds per SB3 run")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    unknown = [a for a in args.agents if a not in AGENTS]
+    unknown = [a for a in args.agents if a not in registry.BUILTIN]
     if unknown:
         print(
             f"python -m baselines.bench: error: --agents: unknown {unknown}; "
-            f"allowed: {sorted(AGENTS)}",
+            f"allowed: {sorted(registry.names())}",
             file=sys.stderr,
         )
         return 2
@@ -177,20 +177,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("| agent | s/run | x naive |")
             print("|---|---|---|")
-            sb3_seconds(env_id, "naive", args.sb3, 5, 1)  # warm-up: imports, first compile
+            ref = registry.REFERENCE
+            sb3_seconds(env_id, ref, args.sb3, 5, 1)  # warm-up: imports, first compile
             from baselines.sb3_runner import allowed_algos
 
-            sb3_agents = [
-                a
-                for a in ("naive", "fpo", "fpo-relaxed", "fpo-exact", "kl")
-                if args.sb3 in allowed_algos(a)
-            ]
+            sb3_agents = [a for a in args.agents if args.sb3 in allowed_algos(a)]
             sb3_rows = {
                 a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats)
                 for a in sb3_agents
             }
             for a, sec in sb3_rows.items():
-                print(f"| {a}+{args.sb3} | {sec:.2f} | {sec / sb3_rows['naive']:.2f}x |")
+                print(f"| {a}+{args.sb3} | {sec:.2f} | {sec / sb3_rows[ref]:.2f}x |")
             print()
     return 0
 

@@ -22,22 +22,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from baselines import results
+from baselines import results, stats
 
-AGENT_ORDER = ["naive", "fpo", "fpo-relaxed", "fpo-exact", "static", "kl", "ensemble", "oracle"]
-REFERENCE = {  # PAPER.md Sec. 5, measured by running the reference notebooks on this CPU
-    ("RLHFBlindSpot-v0", "naive"): "3.91",
-    ("RLHFBlindSpot-v0", "fpo-relaxed"): "9.81",
-    ("RLHFBlindSpot-v0", "fpo"): "5.47",
-    ("RLHFNeuralBlindSpot-v0", "naive"): "4.38 +- 2.20 (5 seeds)",
-    ("RLHFNeuralBlindSpot-v0", "fpo-relaxed"): "6.40 +- 3.73 (5 seeds)",
-    ("RLHFNeuralBlindSpot-v0", "fpo"): "6.25 +- 3.39 (5 seeds)",
-}
+
+def _agent_class(label: str):
+    """The registered class of a run label (``AGENT[+ALGO][@TAG]``), or None if unknown."""
+    from agents import registry
+
+    base = label.split("@")[0].split("+")[0]
+    return registry.BUILTIN.get(base)
 
 
 def _order(label: str) -> int:
+    from agents import registry
+
     base = label.split("@")[0].split("+")[0]
-    return AGENT_ORDER.index(base) if base in AGENT_ORDER else len(AGENT_ORDER)
+    names = list(registry.BUILTIN)
+    return names.index(base) if base in names else len(names)
+
+
+def _paper_reference(env_id: str, label: str) -> str:
+    cls = _agent_class(label)
+    return cls.paper_reference.get(env_id, "-") if cls is not None and "+" not in label else "-"
 
 
 class MixedRunsError(Exception):
@@ -98,15 +104,15 @@ OPTIONAL_COLUMNS = (
     "eval_true_utility",
     "eval_true_utility_blind_cluster",
     "eval_true_utility_other_clusters",
-    "final_true_utility_blind_cluster",
-    "final_true_utility_other_clusters",
+    "final_sample_true_utility_blind_cluster",
+    "final_sample_true_utility_other_clusters",
 )
 OPTIONAL_HEADERS = {
     "eval_true_utility": "det. U",
     "eval_true_utility_blind_cluster": "det. U, blind cluster",
     "eval_true_utility_other_clusters": "det. U, other clusters",
-    "final_true_utility_blind_cluster": "final U, blind cluster",
-    "final_true_utility_other_clusters": "final U, other clusters",
+    "final_sample_true_utility_blind_cluster": "final U, blind cluster",
+    "final_sample_true_utility_other_clusters": "final U, other clusters",
 }
 POI_COLUMN = "final_block_true_utility"
 
@@ -119,10 +125,12 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             if col not in part or part[col].isna().all():
                 continue
             x = part[col].to_numpy(dtype=float)
-            lo, hi = results.bootstrap_ci(x)
+            lo, hi = stats.bootstrap_ci(x)
             row[col] = x.mean()
             row[col + "_ci_low"], row[col + "_ci_high"] = float(lo), float(hi)
-            row[col + "_iqm"] = results.iqm(x)
+            row[col + "_iqm"] = stats.iqm(x)
+        reads = part["reads"].dropna().unique() if "reads" in part else []
+        row["reads"] = " / ".join(sorted(reads)) or "?"
         row["labels_used"] = part["labels_used"].mean()
         row["oracle_queries"] = part["oracle_queries"].mean()
         row["wall_time_s"] = part["wall_time_s"].mean()
@@ -132,44 +140,41 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["env_id", "order", "agent"]).drop(columns="order")
 
 
-FPO_FORMS = ("fpo", "fpo-relaxed", "fpo-exact")
-BASELINES = ("naive", "static", "kl", "ensemble")
-
-
 def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """P(FPO form beats baseline) on final-block true utility, with a bootstrap CI over seeds.
+    """P(method beats baseline) on final-block true utility, with a bootstrap CI over seeds.
 
     Probability of improvement as in Agarwal et al. (arXiv 2108.13264): over all pairs of runs,
     P(X > Y) + 0.5 P(X = Y); the CI resamples the seeds of both agents.
     """
+    from agents import registry
+
+    methods = [n for n, c in registry.BUILTIN.items() if c.role == "method"]
+    baselines = registry.with_role("baseline")
+    # agents from outside the package are compared against the baselines too
+    outside = {lab.split("@")[0].split("+")[0] for lab in df["label"]} - set(registry.BUILTIN)
+    methods += sorted(outside)
     rows = []
     rng = np.random.default_rng(0)
     for env_id, part in df.groupby("env_id"):
         finals = {label: g[POI_COLUMN].to_numpy() for label, g in part.groupby("label")}
-        # compare within one optimiser: "fpo+ppo" against "naive+ppo", "fpo" against "naive"
+        # compare within one optimiser: METHOD+ppo against BASELINE+ppo, white-box with white-box
         suffixes = sorted({label.partition("+")[1:] for label in finals})
         pairs = [
             ("".join((a, *suf)), "".join((b, *suf)))
             for suf in suffixes
-            for a in FPO_FORMS
-            for b in BASELINES
+            for a in methods
+            for b in baselines
         ]
         for a, b in pairs:
             if a not in finals or b not in finals:
                 continue
             x, y = finals[a], finals[b]
-            poi = results.probability_of_improvement(x, y)
-            boots = [
-                results.probability_of_improvement(
-                    x[rng.integers(0, len(x), len(x))], y[rng.integers(0, len(y), len(y))]
-                )
-                for _ in range(n_boot)
-            ]
-            lo, hi = np.quantile(boots, [0.025, 0.975])
+            poi = stats.probability_of_improvement(x, y)
+            lo, hi = stats.probability_of_improvement_ci(x, y, n_boot, rng=rng)
             rows.append(
                 {
                     "env_id": env_id,
-                    "fpo": a,
+                    "method": a,
                     "baseline": b,
                     "p_improvement": poi,
                     "ci_low": lo,
@@ -194,6 +199,8 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
         "(the run cut into 20 blocks; peak chosen on even rounds, measured on odd rounds, so that",
         "noise alone gives 0 on average) minus the final block.",
         "Gap: proxy reward minus true utility at the end. Oracle: oracle queries per run.",
+        "Reads: what the agent declares it reads (agents.registry): the current or initial RM,",
+        "the RM's labelled buffer, labeler values or gradients on new responses, or the truth.",
         "det. U (SB3 agents): mean true utility of 64 responses of the final policy acting",
         "deterministically, measured on a copy of the env (as SB3's `evaluate_policy`).",
         "",
@@ -206,19 +213,19 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
             "",
             f"Code commit: {', '.join(c[:12] for c in commits)}; code hash: {', '.join(codes)}.",
             "",
-            "| agent | seeds | final U | final U IQM | final block | AUC | drop | gap | labels | oracle | s/run | paper ref. final U |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| agent | reads | seeds | final U | final U IQM | final block | AUC | drop | gap | labels | oracle | s/run | paper ref. final U |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for _, r in part.iterrows():
             lines.append(
-                f"| {r.agent} | {r.seeds} | "
+                f"| {r.agent} | {r.reads} | {r.seeds} | "
                 f"{_fmt(r.final_true_utility, r.final_true_utility_ci_low, r.final_true_utility_ci_high)} | "
                 f"{r.final_true_utility_iqm:.2f} | "
                 f"{_fmt(r.final_block_true_utility, r.final_block_true_utility_ci_low, r.final_block_true_utility_ci_high)} | "
                 f"{_fmt(r.auc_true_utility, r.auc_true_utility_ci_low, r.auc_true_utility_ci_high)} | "
                 f"{_fmt(r.collapse_drop, r.collapse_drop_ci_low, r.collapse_drop_ci_high)} | "
                 f"{r.final_gap:.2f} | {r.labels_used:.0f} | {r.oracle_queries:.0f} | "
-                f"{r.wall_time_s:.2f} | {REFERENCE.get((env_id, r.agent), '-')} |"
+                f"{r.wall_time_s:.2f} | {_paper_reference(env_id, r.agent)} |"
             )
         extra = [c for c in OPTIONAL_COLUMNS if c in part and part[c].notna().any()]
         if extra:
@@ -239,15 +246,15 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
         sub = poi[poi.env_id == env_id] if len(poi) else poi
         if len(sub):
             lines += [
-                "Probability that the FPO form ends with higher true utility than the baseline "
+                "Probability that the method ends with higher true utility than the baseline "
                 "(over all pairs of seeds; 95 % bootstrap CI; 0.5 = no difference):",
                 "",
-                "| FPO form | vs | P(improvement) | mean difference in final-block U |",
+                "| method | vs | P(improvement) | mean difference in final-block U |",
                 "|---|---|---|---|",
             ]
             for _, r in sub.iterrows():
                 lines.append(
-                    f"| {r.fpo} | {r.baseline} | {r.p_improvement:.2f} [{r.ci_low:.2f}, "
+                    f"| {r.method} | {r.baseline} | {r.p_improvement:.2f} [{r.ci_low:.2f}, "
                     f"{r.ci_high:.2f}] | {r.mean_difference:+.2f} |"
                 )
             lines.append("")
@@ -271,9 +278,9 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         for agent in sorted(part.label.unique(), key=lambda a: (_order(a), a)):
             runs = part[part.label == agent]
             ms = [results.read_metrics(Path(f) / "metrics.csv") for f in runs.folder]
-            u = np.stack([m["true_utility"] for m in ms])
+            u = np.stack([m.get("true_utility", m.get("sample_true_utility")) for m in ms])
             curves[agent] = ms
-            lo, hi = results.bootstrap_ci(u, n_boot=1000)
+            lo, hi = stats.bootstrap_ci(u, n_boot=1000)
             x = np.arange(1, u.shape[1] + 1)
             (line,) = ax.plot(x, u.mean(0), label=f"{agent} (n={len(u)})")
             ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())

@@ -32,7 +32,6 @@ from baselines import results
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_ENV = "RLHFBlindSpot-v0"
-AGENT_NAMES = ("naive", "fpo", "fpo-relaxed", "fpo-exact", "oracle", "static", "kl", "ensemble")
 
 
 class CLIError(Exception):
@@ -156,10 +155,12 @@ def plan(
     import gymnasium as gym
 
     import rlhf_envs  # noqa: F401  (registers the envs)
-    from agents import AGENTS
+    from agents import registry
 
-    if agent not in AGENTS:
-        raise CLIError(f"--agent: unknown agent {agent!r}; known: {', '.join(AGENTS)}")
+    try:
+        agent_cls = registry.get(agent)
+    except ValueError as e:
+        raise CLIError(f"--agent: {e}") from None
     if env_id not in gym.registry:
         known = ", ".join(rlhf_envs.ENV_IDS)
         raise CLIError(f"--env: unknown environment {env_id!r}; known: {known}")
@@ -178,14 +179,12 @@ def plan(
                 f"--env: {env_id} has no white-box agents; use --optimizer ppo (or sac, a2c)"
             )
     else:
-        from baselines.sb3_runner import ALGOS, SB3_AGENTS, allowed_algos
+        from baselines.sb3_runner import ALGOS, allowed_algos
 
         if optimizer not in ALGOS:
             raise CLIError(
                 f"--optimizer must be whitebox or one of {', '.join(ALGOS)}, got {optimizer!r}"
             )
-        if agent not in SB3_AGENTS:
-            raise CLIError(f"--agent: {agent} has no SB3 form; allowed: {', '.join(SB3_AGENTS)}")
         if optimizer not in allowed_algos(agent):
             raise CLIError(
                 f"--optimizer {optimizer} does not work with --agent {agent} (on-policy "
@@ -218,8 +217,9 @@ def plan(
             hyperparams.update(sb3_kwargs)
         if rounds is None:
             rounds = sb3.get("rounds")
-    resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
-    allowed = AGENTS[agent].config_cls.field_names()
+    name = agent_cls.name
+    resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(name, {})}
+    allowed = agent_cls.config_cls.field_names()
     unknown = sorted(set(agent_kwargs) - set(allowed))
     if unknown:
         raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
@@ -228,11 +228,11 @@ def plan(
     if rounds is not None:
         resolved["rounds"] = rounds
     try:
-        agent_cfg = AGENTS[agent].config_cls(**resolved)
+        agent_cfg = agent_cls.config_cls(**resolved)
     except (TypeError, ValueError) as e:
         raise CLIError(f"--agent-kwargs: {e}") from None
     rounds = agent_cfg.rounds
-    label = agent if optimizer == "whitebox" else f"{agent}+{optimizer}"
+    label = name if optimizer == "whitebox" else f"{name}+{optimizer}"
     label = f"{label}@{tag}" if tag else label
 
     pending, skipped = [], []
@@ -314,7 +314,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     import torch
 
     import rlhf_envs  # noqa: F401
-    from agents import AGENTS
+    from agents import registry
 
     torch.set_num_threads(1)
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
@@ -338,7 +338,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
                 **job.env_kwargs,
             )
             env.reset(seed=list(job.seeds))
-            cls = AGENTS[job.agent]
+            cls = registry.get(job.agent)
             agent = cls(cls.config_cls(**job.agent_config), seed=list(job.seeds))
             n = len(job.seeds)
             history = agent.learn(env, job.rounds, lambda row: callback(row, n))
@@ -368,6 +368,8 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
         status, reason, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
         columns = []
     wall = time.perf_counter() - start
+    cls = registry.get(job.agent)
+    reads = cls(cls.config_cls(**job.agent_config)).declared_reads()
     versions, commit = results.package_versions(), results.git_commit()
     for i, seed in enumerate(job.seeds):
         folder = results.run_dir(job.out, job.env_id, job.label, seed)
@@ -391,34 +393,48 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             "rounds": job.rounds,
             "wall_time_s": wall / len(job.seeds),
             "batch_wall_time_s": wall,
+            "reads": ",".join(reads),
         }
         if columns:
             history, col = columns[i]
             results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, col))
-            u = history["true_utility"][:, col]
-            summary.update(results.summarise_history(u))
-            last = {k: float(v[-1, col]) for k, v in history.items()}
-            summary.update(
-                final_proxy_reward=last["proxy_reward"],
-                final_gap=last["gap"],
-                final_rm_error=last["rm_error"],
-                final_signal_norm=last["signal_norm"],
-                final_noise_norm=last["noise_norm"],
-                labels_used=int(last["labels_used"]),
-                oracle_queries=int(last["oracle_queries"]),
-            )
-            for key, v in history.items():  # optional columns (SB3 runs, contextual env)
-                if key.startswith("eval_"):
-                    summary[key] = float(v[-1, col])
-                elif key.startswith("true_utility_"):  # per-cluster: mean of the last 5 %
-                    tail = v[-max(1, len(v) // 20) :, col]
-                    seen = [x for x in tail.tolist() if x == x]  # drop NaN rounds
-                    summary[f"final_{key}"] = sum(seen) / len(seen) if seen else float("nan")
+            summary.update(summarise(history, col))
         else:
             summary["reason"] = reason
             results.atomic_write_text(folder / "error.txt", tb)
         results.atomic_write_json(folder / "summary.json", summary)
     return {"seeds": job.seeds, "status": status, "reason": reason, "wall": wall}
+
+
+def summarise(history: dict, col: int) -> dict[str, Any]:
+    """The summary of one run's per-round ``history`` (column ``col``).
+
+    The collapse metrics read the policy mean's ``true_utility`` where the optimiser records it
+    (white-box) and the sampled responses' ``sample_true_utility`` otherwise (SB3); the summary
+    says which in ``utility_of``.
+    """
+    sampled = "true_utility" not in history
+    prefix = "sample_" if sampled else ""
+    out: dict[str, Any] = {"utility_of": "policy samples" if sampled else "policy mean"}
+    out.update(results.summarise_history(history[f"{prefix}true_utility"][:, col]))
+    last = {k: float(v[-1, col]) for k, v in history.items()}
+    out.update(
+        final_proxy_reward=last[f"{prefix}proxy_reward"],
+        final_gap=last[f"{prefix}gap"],
+        final_rm_error=last["rm_error"],
+        final_signal_norm=last.get("signal_norm", float("nan")),
+        final_noise_norm=last.get("noise_norm", float("nan")),
+        labels_used=int(last["labels_used"]),
+        oracle_queries=int(last["oracle_queries"]),
+    )
+    for key, v in history.items():  # optional columns (SB3 runs, contextual env)
+        if key.startswith("eval_"):
+            out[key] = float(v[-1, col])
+        elif key.startswith("sample_true_utility_"):  # per-cluster: mean of the last 5 %
+            tail = v[-max(1, len(v) // 20) :, col]
+            seen = [x for x in tail.tolist() if x == x]  # drop NaN rounds
+            out[f"final_{key}"] = sum(seen) / len(seen) if seen else float("nan")
+    return out
 
 
 def execute(jobs: list[Job], n_workers: int, show_progress: bool = True) -> list[dict[str, Any]]:
@@ -458,16 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m baselines.run",
         description="Run an agent on an iterative-RLHF environment over several seeds.",
     )
+    from agents import registry
+
     p.add_argument(
         "--agent",
         required=True,
-        metavar="{" + ",".join(AGENT_NAMES) + "}",
-        help="naive: ascend the current RM; fpo: practical FPO (no oracle); fpo-relaxed: FPO "
-        "with the labeler's verdict; fpo-exact: score by a virtual real RM update; oracle: "
-        "ascend the true utility (ceiling); static: ascend the initial RM; kl: current RM "
-        "minus kl_coef*||y-y0||^2 (with --optimizer ppo or a2c: minus kl_coef times the "
-        "per-step KL to the initial policy); ensemble: pessimistic RM ensemble (mean - k*std "
-        "or min)",
+        metavar="{" + ",".join(registry.names()) + "} or module:Class",
+        help="; ".join(
+            f"{n}: {(c.__doc__ or '').strip().splitlines()[0]}" for n, c in registry.BUILTIN.items()
+        )
+        + "; or module:Class for an agent of your own (a subclass of agents.Agent)",
     )
     p.add_argument(
         "--optimizer",

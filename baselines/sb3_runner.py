@@ -1,12 +1,11 @@
 """Agents whose policy optimiser is a stable-baselines3 algorithm (PPO, SAC, A2C).
 
 The env keeps retraining its reward model on the rollouts; the agent decides only which reward
-the algorithm sees: a reward wrapper around the env (see :mod:`agents.wrappers`), or, for ``kl``,
-the naive reward minus a per-step KL penalty to the initial policy, applied by a callback inside
-the algorithm's rollout collection (see :mod:`agents.sb3_kl`; PPO and A2C only). Metrics are
-recorded per RM round from the responses the policy actually produced in that round (its true
-utility, the proxy it was paid, the RM's error on them), the same columns as the white-box
-agents' ``metrics.csv``.
+the algorithm sees, through the one reward wrapper (:class:`agents.wrappers.AgentRewardWrapper`),
+and, for agents that act on the optimiser itself, through the callbacks the agent declares
+(``kl``: a per-step KL penalty to the initial policy, :mod:`agents.sb3_kl`). Metrics are recorded
+per RM round from the responses the policy actually sampled in that round, in columns named
+``sample_*`` (white-box runs record the policy mean's ``true_utility`` besides).
 """
 
 from __future__ import annotations
@@ -18,41 +17,27 @@ import gymnasium as gym
 import numpy as np
 
 ALGOS = ("ppo", "sac", "a2c")
-WRAPPED_AGENTS = ("naive", "fpo", "fpo-relaxed", "fpo-exact", "oracle", "static", "ensemble")
-CALLBACK_AGENTS = ("kl",)  # naive reward + a callback that reshapes it inside the algorithm
-SB3_AGENTS = WRAPPED_AGENTS + CALLBACK_AGENTS
-# agents that work with only some algorithms (the rest work with all of ALGOS)
-AGENT_ALGOS: dict[str, tuple[str, ...]] = {"kl": ("ppo", "a2c")}
+
+# info keys that are counters or bookkeeping, not per-response measurements
+_NOT_MEASURED = {
+    "round",
+    "rm_updated",
+    "labels_used",
+    "oracle_queries",
+    "response_complete",
+    "cluster",
+    "in_blind_cluster",
+}
+# the env's truth and proxy on the responses the policy sampled
+_RENAMED = {"true_utility": "sample_true_utility", "proxy_reward": "sample_proxy_reward"}
 
 
 def allowed_algos(agent: str) -> tuple[str, ...]:
-    """The SB3 algorithms that ``agent`` works with."""
-    return AGENT_ALGOS.get(agent, ALGOS)
+    """The SB3 algorithms that ``agent`` (a name or ``module:Class``) works with."""
+    from agents import registry
 
-
-def wrap(env: gym.Env, agent: str, agent_config: dict[str, Any]) -> gym.Env:
-    """The reward wrapper that makes ``agent`` out of any SB3 algorithm."""
-    from agents import wrappers
-
-    if agent in ("naive", "kl"):  # kl: the penalty comes from a callback (see learn_sb3)
-        return env
-    if agent in ("fpo", "fpo-relaxed", "fpo-exact"):
-        form = {"fpo": "practical", "fpo-relaxed": "relaxed", "fpo-exact": "exact"}[agent]
-        return wrappers.FPORewardWrapper(env, form, agent_config["gamma"])
-    if agent == "oracle":
-        return wrappers.OracleRewardWrapper(env)
-    if agent == "static":
-        return wrappers.StaticRewardWrapper(env)
-    if agent == "ensemble":
-        return wrappers.EnsembleRewardWrapper(
-            env,
-            agent_config.get("ensemble_size", 5),
-            agent_config.get("ensemble_mode", "mean_std"),
-            agent_config.get("ensemble_k", 1.0),
-        )
-    raise ValueError(
-        f"agent {agent!r} has no SB3 form (allowed with --optimizer: {', '.join(SB3_AGENTS)})"
-    )
+    algos = registry.get(agent).sb3_algos
+    return ALGOS if algos is None else tuple(a for a in ALGOS if a in algos)
 
 
 def learn_sb3(
@@ -67,86 +52,71 @@ def learn_sb3(
     callback=None,
     eval_responses: int = 64,
 ) -> dict[str, np.ndarray]:
-    """Train ``optimizer`` on the wrapped env until ``rounds`` RM rounds; per-round metrics.
+    """Train ``optimizer`` on the agent-wrapped env until ``rounds`` RM rounds; per-round metrics.
 
-    Besides the per-round columns, ``eval_true_utility`` (NaN except in the last row) is the
-    mean true utility of ``eval_responses`` deterministic responses of the final policy (see
+    Per round: the mean over the responses the policy sampled of every per-response number the
+    env reports in ``info`` (``true_utility`` and ``proxy_reward`` become
+    ``sample_true_utility`` and ``sample_proxy_reward``; diagnostics such as ``signal_norm``
+    keep their names), the RM's error on them, and the label / oracle counters. On a contextual
+    env, the sampled true utility is also split by ``info["in_blind_cluster"]``. Besides,
+    ``eval_true_utility`` (NaN except in the last row) is the mean true utility of
+    ``eval_responses`` deterministic responses of the final policy (see
     :func:`evaluate_deterministic`), the number SB3's ``evaluate_policy`` would report.
     """
     import stable_baselines3 as sb3
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    from agents import registry
+    from agents.wrappers import AgentRewardWrapper
 
     if optimizer not in allowed_algos(agent):
         raise ValueError(
             f"agent {agent!r} works only with optimizer {' or '.join(allowed_algos(agent))}, "
             f"got {optimizer!r}"
         )
-    env = wrap(gym.make(env_id, **env_kwargs), agent, agent_config)
-    core = env.unwrapped.core
-    k = getattr(core.config, "signal_dims", None)
-    blind = getattr(getattr(env.unwrapped, "config", None), "blind_cluster", None)
+    cls = registry.get(agent)
+    the_agent = cls(cls.config_cls(**agent_config), seed=seed)
+    env = AgentRewardWrapper(gym.make(env_id, **env_kwargs), the_agent)
     rows: list[dict[str, float]] = []
-    current: dict[str, list] = {
-        "true": [],
-        "proxy": [],
-        "sig": [],
-        "noise": [],
-        "in_blind": [],
-        "out_blind": [],
-    }
+    current: dict[str, list] = {}
 
     class Recorder(BaseCallback):
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
                 if "true_utility" not in info or info.get("response_complete") is False:
                     continue
-                current["true"].append(info["true_utility"])
-                current["proxy"].append(info["proxy_reward"])
-                if blind is not None:
-                    side = "in_blind" if info["cluster"] == blind else "out_blind"
-                    current[side].append(info["true_utility"])
-                y = getattr(env.unwrapped, "last_response", None)
-                if k is not None and y is not None and y.shape[-1] == core.config.dims:
-                    current["sig"].append(float(y[0, :k].norm()))
-                    current["noise"].append(float(y[0, k:].norm()))
+                for key, v in info.items():
+                    if key not in _NOT_MEASURED and isinstance(v, (int, float, np.number)):
+                        current.setdefault(_RENAMED.get(key, key), []).append(float(v))
+                if "in_blind_cluster" in info:
+                    side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
+                    current.setdefault(f"sample_true_utility_{side}", [])
+                    current[f"sample_true_utility_{side}"].append(info["true_utility"])
                 if info["rm_updated"]:
-                    t, p = np.array(current["true"]), np.array(current["proxy"])
-                    rows.append(
-                        {
-                            "true_utility": t.mean(),
-                            "proxy_reward": p.mean(),
-                            "gap": p.mean() - t.mean(),
-                            "sample_true_utility": t.mean(),
-                            "sample_proxy_reward": p.mean(),
-                            "rm_error": np.abs(p - t).mean(),
-                            "signal_norm": np.mean(current["sig"]) if current["sig"] else np.nan,
-                            "noise_norm": np.mean(current["noise"]) if current["noise"] else np.nan,
-                            "labels_used": info["labels_used"],
-                            "oracle_queries": info["oracle_queries"],
-                        }
+                    t = np.array(current["sample_true_utility"])
+                    p = np.array(current["sample_proxy_reward"])
+                    row = {k: float(np.mean(v)) for k, v in current.items()}
+                    row.update(
+                        sample_gap=p.mean() - t.mean(),
+                        rm_error=np.abs(p - t).mean(),
+                        labels_used=info["labels_used"],
+                        oracle_queries=info["oracle_queries"],
                     )
-                    if blind is not None:
-                        for side, key in (("in_blind", "blind"), ("out_blind", "other")):
-                            vals = current[side]
-                            rows[-1][f"true_utility_{key}_cluster{'s' * (key == 'other')}"] = (
-                                float(np.mean(vals)) if vals else np.nan
-                            )
-                    for v in current.values():
-                        v.clear()
+                    if "in_blind_cluster" in info:  # a round may miss one side
+                        for side in ("blind_cluster", "other_clusters"):
+                            row.setdefault(f"sample_true_utility_{side}", np.nan)
+                    rows.append(row)
+                    current.clear()
                     if callback is not None:
                         callback(rows[-1])
             return len(rows) < rounds
 
-    cls = {"ppo": sb3.PPO, "sac": sb3.SAC, "a2c": sb3.A2C}[optimizer]
-    model = cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparams)
-    callbacks: list[BaseCallback] = []
-    if agent == "kl":
-        from agents.sb3_kl import KLPenaltyCallback
-
-        callbacks.append(KLPenaltyCallback(agent_config["kl_coef"]))
-    callbacks.append(Recorder())
+    algo = {"ppo": sb3.PPO, "sac": sb3.SAC, "a2c": sb3.A2C}[optimizer]
+    model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparams)
+    callbacks = [*the_agent.sb3_callbacks(), Recorder()]
     model.learn(total_timesteps=10**9, callback=CallbackList(callbacks))
-    history = {key: np.array([[r[key]] for r in rows]) for key in rows[0]}
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    history = {key: np.array([[r.get(key, np.nan)] for r in rows]) for key in keys}
     for key, value in evaluate_deterministic(model, env, eval_responses).items():
         column = np.full((len(rows), 1), np.nan)
         column[-1, 0] = value  # measured once, after the last round
@@ -164,20 +134,20 @@ def evaluate_deterministic(model, env: gym.Env, responses: int) -> dict[str, flo
     if responses < 1:
         raise ValueError(f"eval_responses must be >= 1, got {responses}")
     e = copy.deepcopy(env.unwrapped)
-    blind = getattr(getattr(e, "config", None), "blind_cluster", None)
-    true, split = [], {"blind": [], "other": []}
+    true, split = [], {"blind_cluster": [], "other_clusters": []}
     obs, _ = e.reset()
     while len(true) < responses:
         action, _ = model.predict(obs, deterministic=True)
         obs, _, terminated, truncated, info = e.step(action)
         if "true_utility" in info and info.get("response_complete") is not False:
             true.append(info["true_utility"])
-            if blind is not None:
-                split["blind" if info["cluster"] == blind else "other"].append(info["true_utility"])
+            if "in_blind_cluster" in info:
+                side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
+                split[side].append(info["true_utility"])
         if terminated or truncated:
             obs, _ = e.reset()
     out = {"eval_true_utility": float(np.mean(true))}
-    if blind is not None:
-        out["eval_true_utility_blind_cluster"] = float(np.mean(split["blind"] or [np.nan]))
-        out["eval_true_utility_other_clusters"] = float(np.mean(split["other"] or [np.nan]))
+    if split["blind_cluster"] or split["other_clusters"]:
+        for side, vals in split.items():
+            out[f"eval_true_utility_{side}"] = float(np.mean(vals or [np.nan]))
     return out

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from agents import registry
 from baselines import results
 from baselines.run import CLIError, Job, _Parser, execute, parse_seeds, plan, run_job
 
@@ -133,15 +134,12 @@ def plan_sweep(
             optimizer=optimizer,
         )
         all_jobs += new
-        label = agent if optimizer == "whitebox" else f"{agent}+{optimizer}"
+        name = registry.get(agent).name
+        label = name if optimizer == "whitebox" else f"{name}+{optimizer}"
         label = f"{label}@{tag_of(point)}" if point else label
         folders += [results.run_dir(out, env_id, label, s) for s in seeds]
         del done
     return all_jobs, folders
-
-
-# rough relative cost per seed-round of each agent, to start the longest jobs first
-_AGENT_COST = {"fpo-exact": 12.0, "ensemble": 6.0, "fpo-relaxed": 2.5, "fpo": 2.0}
 
 
 def longest_first(jobs: list[Job]) -> list[Job]:
@@ -149,7 +147,7 @@ def longest_first(jobs: list[Job]) -> list[Job]:
 
     def cost(job: Job) -> float:
         steps = job.agent_config.get("inner_steps", 1) + 1
-        return job.rounds * steps * _AGENT_COST.get(job.agent, 1.0)
+        return job.rounds * steps * registry.get(job.agent).cost  # declared by the agent
 
     return sorted(jobs, key=cost, reverse=True)
 

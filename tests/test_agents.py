@@ -40,10 +40,10 @@ def test_closed_form_gradient_equals_autograd(env_id, name, label_grad):
         generator=torch.Generator().manual_seed(1),
     )
     q0 = env.unwrapped.core.oracle_queries.copy()
-    closed = agent.score_grad(env, y)
+    closed = agent.score_grad(env.unwrapped.core, y, env.unwrapped)
     q1 = env.unwrapped.core.oracle_queries.copy()
     yy = y.clone().requires_grad_(True)
-    (auto,) = torch.autograd.grad(agent.score(env, yy).sum(), yy)
+    (auto,) = torch.autograd.grad(agent.score(env.unwrapped.core, yy, env.unwrapped).sum(), yy)
     q2 = env.unwrapped.core.oracle_queries.copy()
     torch.testing.assert_close(closed, auto, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(q1 - q0, q2 - q1)  # both paths charge the same queries
@@ -74,7 +74,12 @@ def test_oracle_queries_counted_per_scored_response():
 def test_preference_feedback_uses_autograd_path_and_learns():
     env = vec_env(LINEAR, [0, 1], feedback="preference")
     agent = FPOAgent(config(LINEAR, rounds=200), seed=[0, 1])
-    assert agent.score_grad(env, torch.zeros(2, 1, 50, dtype=torch.float64)) is None
+    assert (
+        agent.score_grad(
+            env.unwrapped.core, torch.zeros(2, 1, 50, dtype=torch.float64), env.unwrapped
+        )
+        is None
+    )
     h = agent.learn(env)
     assert (h["true_utility"][-1] > h["true_utility"][0]).all()
 
@@ -138,17 +143,17 @@ def test_ensemble_members_train_on_the_env_buffer_and_disagree():
     core = env.unwrapped.core
     ens = RMEnsemble(core, 3, [0, 1])
     y = torch.randn(2, 4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    before = ens.scores(y).clone()
+    before = ens.scores(core, y).clone()
     for _ in range(10):  # two RM rounds
         env.step(np.random.default_rng(0).normal(size=(2, 10)))
-    ens.sync()
-    after = ens.scores(y)
+    ens.sync(core)
+    after = ens.scores(core, y)
     assert ens.round == core.round == 2
     assert not torch.equal(before[1:], after[1:])  # extra members were trained
     assert (after.std(0) > 0).all()  # different initialisations disagree
-    pess = ens.pessimistic(y, "mean_std", 1.0)
+    pess = ens.pessimistic(core, y, "mean_std", 1.0)
     torch.testing.assert_close(pess, after.mean(0) - after.std(0))
-    torch.testing.assert_close(ens.pessimistic(y, "min"), after.min(0).values)
+    torch.testing.assert_close(ens.pessimistic(core, y, "min"), after.min(0).values)
 
 
 def test_defence_configs_validate():

@@ -6,28 +6,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from baselines import leaderboard, results
+from baselines import leaderboard, results, stats
 from baselines.run import main as run_main
 
 
 def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():
     rng = np.random.default_rng(0)
     small, large = rng.normal(5, 1, 10), rng.normal(5, 1, 1000)
-    lo, hi = results.bootstrap_ci(small)
+    lo, hi = stats.bootstrap_ci(small)
     assert lo < small.mean() < hi
-    lo2, hi2 = results.bootstrap_ci(large)
+    lo2, hi2 = stats.bootstrap_ci(large)
     assert (hi2 - lo2) < (hi - lo) / 3
     assert lo2 < 5 < hi2
 
 
 def test_iqm_ignores_outer_quartiles():
     x = np.array([-100.0, 1, 2, 3, 4, 5, 6, 1000])
-    assert results.iqm(x) == pytest.approx(np.mean([2, 3, 4, 5]))
+    assert stats.iqm(x) == pytest.approx(np.mean([2, 3, 4, 5]))
 
 
 def test_probability_of_improvement():
-    assert results.probability_of_improvement(np.array([2, 3]), np.array([0, 1])) == 1.0
-    assert results.probability_of_improvement(np.array([1]), np.array([1])) == 0.5
+    assert stats.probability_of_improvement(np.array([2, 3]), np.array([0, 1])) == 1.0
+    assert stats.probability_of_improvement(np.array([1]), np.array([1])) == 0.5
 
 
 def test_summarise_history_collapse_metrics():
@@ -92,12 +92,13 @@ def test_leaderboard_tables_and_figures(runs, tmp_path):
             <= row.final_true_utility_ci_high
         )
     md = (tmp_path / "LEADERBOARD.md").read_text()
-    assert "| naive | 3 |" in md and "| fpo-relaxed | 3 |" in md
+    assert "| naive | current_rm | 3 |" in md
+    assert "| fpo-relaxed | current_rm,labeler_grads | 3 |" in md
     poi = pd.read_csv(tmp_path / "probability_of_improvement.csv")
-    row = poi[(poi.fpo == "fpo-relaxed") & (poi.baseline == "naive")].iloc[0]
+    row = poi[(poi.method == "fpo-relaxed") & (poi.baseline == "naive")].iloc[0]
     x = per_run[per_run.agent == "fpo-relaxed"].final_block_true_utility.to_numpy()
     y = per_run[per_run.agent == "naive"].final_block_true_utility.to_numpy()
-    assert row.p_improvement == pytest.approx(results.probability_of_improvement(x, y), abs=1e-5)
+    assert row.p_improvement == pytest.approx(stats.probability_of_improvement(x, y), abs=1e-5)
     assert row.ci_low <= row.p_improvement <= row.ci_high
     assert "| fpo-relaxed | naive |" in md
     assert (tmp_path / "figures" / "RLHFBlindSpot-v0_true_utility.png").stat().st_size > 1000

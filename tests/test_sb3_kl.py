@@ -154,14 +154,16 @@ class Recording(gym.Wrapper):
 
 @pytest.mark.parametrize("env_id", [LINEAR, VERBOSITY])
 def test_learn_sb3_reports_the_env_truth(env_id, monkeypatch):
-    envs = []
-    orig = sb3_runner.wrap
+    from agents import wrappers
 
-    def wrap(env, agent, cfg):
-        envs.append(Recording(orig(env, agent, cfg)))
+    envs = []
+    orig = wrappers.AgentRewardWrapper
+
+    def wrap(env, agent):
+        envs.append(Recording(orig(env, agent)))
         return envs[-1]
 
-    monkeypatch.setattr(sb3_runner, "wrap", wrap)
+    monkeypatch.setattr(wrappers, "AgentRewardWrapper", wrap)
     rounds = 80 if env_id == LINEAR else 20
     h = sb3_runner.learn_sb3(env_id, {}, "kl", {"kl_coef": 1.0}, "ppo", TINY, rounds, seed=0)
     true, proxy, rows = [], [], []
@@ -173,8 +175,8 @@ def test_learn_sb3_reports_the_env_truth(env_id, monkeypatch):
             true, proxy = [], []
     rows = np.array(rows[:rounds])
     assert len(rows) == rounds
-    np.testing.assert_array_equal(h["true_utility"][:, 0], rows[:, 0])
-    np.testing.assert_array_equal(h["proxy_reward"][:, 0], rows[:, 1])
+    np.testing.assert_array_equal(h["sample_true_utility"][:, 0], rows[:, 0])
+    np.testing.assert_array_equal(h["sample_proxy_reward"][:, 0], rows[:, 1])
 
 
 @pytest.mark.parametrize(
@@ -189,10 +191,13 @@ def test_kl_coef_zero_is_naive_exactly(env_id, optimizer):
         return sb3_runner.learn_sb3(env_id, {}, agent, cfg, optimizer, hyper, rounds, seed=1)
 
     naive, zero, strong = run("naive"), run("kl", 0.0), run("kl", 1.0)
-    assert naive.keys() == zero.keys()
+    assert zero.keys() == naive.keys() | {"kl_penalty"}  # the callback's per-step penalty
+    np.testing.assert_array_equal(zero["kl_penalty"], 0.0)
+    assert (strong["kl_penalty"][1:] > 0).any()
     for key in naive:
         np.testing.assert_array_equal(zero[key], naive[key], err_msg=key)
-    assert not np.array_equal(strong["true_utility"], naive["true_utility"])  # the penalty acts
+    u = "sample_true_utility"
+    assert not np.array_equal(strong[u], naive[u])  # the penalty acts
 
 
 def test_cli_rejects_kl_with_sac_in_one_line(tmp_path, capsys):

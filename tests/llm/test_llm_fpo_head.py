@@ -5,7 +5,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from agents import fpo, registry  # noqa: E402
+from llm_track.config import AGENTS, LLMConfig, agent_with_penalty  # noqa: E402
 from llm_track.fpo_head import (  # noqa: E402
+    FORMS,
     autograd_penalty,
     fpo_scores,
     head_features,
@@ -32,7 +35,7 @@ def _head_and_features(dim=16, n=8, seed=0):
 def test_practical_penalty_matches_autograd():
     head, h, h_ref, _, _ = _head_and_features()
     closed = practical_penalty(h, h_ref)
-    auto = autograd_penalty("fpo", head, h, h_ref)
+    auto = autograd_penalty("practical", head, h, h_ref)
     torch.testing.assert_close(closed, auto, rtol=1e-5, atol=1e-5)
     # the bias terms cancel: (h.h + 1) - (h.h_ref + 1)
     torch.testing.assert_close(closed, (h * h).sum(1) - h @ h_ref, rtol=1e-5, atol=1e-5)
@@ -43,21 +46,76 @@ def test_relaxed_penalty_matches_autograd():
     with torch.no_grad():
         r, r_ref = head(h).squeeze(-1), head(h_ref).squeeze()
     closed = relaxed_penalty(h, h_ref, r, r_ref, u, u_ref)
-    auto = autograd_penalty("fpo-relaxed", head, h, h_ref, u, u_ref)
+    auto = autograd_penalty("relaxed", head, h, h_ref, u, u_ref)
     torch.testing.assert_close(closed, auto, rtol=1e-5, atol=1e-5)
     assert (closed != 0).all()
 
 
-def test_scores_per_agent():
+def test_scores_per_penalty_form():
     head, h, h_ref, u, u_ref = _head_and_features(seed=2)
     with torch.no_grad():
         r, r_ref = head(h).squeeze(-1), head(h_ref).squeeze()
-    s_naive, p_naive = fpo_scores("naive", 10.0, r, h, r_ref, h_ref)
-    assert torch.equal(s_naive, r) and torch.equal(p_naive, torch.zeros_like(r))
-    s_fpo, p_fpo = fpo_scores("fpo", 10.0, r, h, r_ref, h_ref)
+    s_none, p_none = fpo_scores("none", 10.0, r, h, r_ref, h_ref)
+    assert torch.equal(s_none, r) and torch.equal(p_none, torch.zeros_like(r))
+    s_fpo, p_fpo = fpo_scores("practical", 10.0, r, h, r_ref, h_ref)
     torch.testing.assert_close(s_fpo, r - 10.0 * practical_penalty(h, h_ref))
+    s_rel, p_rel = fpo_scores("relaxed", 10.0, r, h, r_ref, h_ref, u, u_ref)
+    torch.testing.assert_close(p_rel, relaxed_penalty(h, h_ref, r, r_ref, u, u_ref))
     with pytest.raises(ValueError):
-        fpo_scores("fpo-relaxed", 1.0, r, h, r_ref, h_ref)
+        fpo_scores("relaxed", 1.0, r, h, r_ref, h_ref)
+    with pytest.raises(ValueError):
+        fpo_scores(registry.REFERENCE, 1.0, r, h, r_ref, h_ref)  # an agent name is not a form
+
+
+def test_llm_agents_come_from_the_registry():
+    """The LLM track's agents are the registry's with an llm_penalty; behaviour follows it."""
+    assert AGENTS == registry.llm_names() and AGENTS
+    assert LLMConfig().agent == registry.REFERENCE
+    for name in AGENTS:
+        form = registry.get(name).llm_penalty
+        assert form in FORMS
+        assert LLMConfig(agent=name).penalty_form == form
+    for form in FORMS:
+        assert registry.get(agent_with_penalty(form)).llm_penalty == form
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adapter_equals_direct_and_agents_fpo(seed, dtype):
+    """The fpo_head adapters = the direct head formulas = agents.fpo with a LinearRewardModel on
+    [h, 1] whose weights are the head's (w, b), Bradley-Terry feedback, p* = sigmoid(U - U_ref)."""
+    from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
+
+    g = torch.Generator().manual_seed(100 + seed)
+    n, dim = 7, 24
+    h = torch.randn(n, dim, generator=g).to(dtype)
+    h_ref = torch.randn(dim, generator=g).to(dtype)
+    w, b = torch.randn(dim, generator=g), torch.randn((), generator=g)
+    u, u_ref = torch.randn(n, generator=g) * 3, torch.randn((), generator=g)
+    hf, hrf = h.float(), h_ref.float()
+    r, r_ref = hf @ w + b, hrf @ w + b
+
+    prac = practical_penalty(h, h_ref)
+    rel = relaxed_penalty(h, h_ref, r, r_ref, u, u_ref)
+    assert prac.dtype == rel.dtype == torch.float32 and prac.shape == rel.shape == (n,)
+
+    # direct: h.h - h.h_ref, and (p_phi - p*) times it
+    direct = (hf * hf).sum(1) - hf @ hrf
+    p_phi, p_star = torch.sigmoid(r - r_ref), torch.sigmoid(u - u_ref)
+    torch.testing.assert_close(prac, direct, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rel, (p_phi - p_star) * direct, rtol=1e-5, atol=1e-4)
+
+    # agents.fpo on a linear RM over y = [h, 1] (1, n, D+1), reference [h_ref, 1], params (w, b)
+    one = torch.ones(n, 1)
+    y = torch.cat([hf, one], 1).unsqueeze(0)
+    ref = torch.cat([hrf, torch.ones(1)])
+    rm = LinearRewardModel(dim + 1, OptimizerConfig(), torch.zeros(dim + 1), 0.0, torch.float32)
+    params = {"w": torch.cat([w, b.view(1)]).unsqueeze(0)}
+    torch.testing.assert_close(
+        prac, fpo.practical_penalty(rm, params, y, "preference", ref)[0], rtol=1e-5, atol=1e-4
+    )
+    want = fpo.relaxed_penalty(rm, params, y, p_star.unsqueeze(0), "preference", ref)[0]
+    torch.testing.assert_close(rel, want, rtol=1e-5, atol=1e-4)
 
 
 def test_penalty_is_first_order_change_of_reward():

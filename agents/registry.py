@@ -1,0 +1,88 @@
+"""The one list of agents that every tool reads (``baselines.run``, ``sweep``, ``bench``,
+``leaderboard`` and the LLM track).
+
+Adding a built-in agent: write its class (a scoring rule, see :class:`agents.whitebox.Agent`) and
+add it to :data:`BUILTIN`; per-env settings go in ``baselines/configs/whitebox.yaml``. An agent
+from outside the package needs no registration: pass ``module:Class`` wherever an agent name is
+accepted (``python -m baselines.run --agent my_pkg.my_module:MyAgent``, sweep files); its runs
+are labelled by the class's ``name``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from agents.defences import EnsembleAgent, KLAgent, StaticAgent
+from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent
+from agents.naive import NaiveAgent
+from agents.oracle import OracleAgent
+from agents.whitebox import READS, Agent
+
+#: Built-in agents, in the order tables list them.
+BUILTIN: dict[str, type[Agent]] = {
+    cls.name: cls
+    for cls in (
+        NaiveAgent,
+        FPOAgent,
+        FPORelaxedAgent,
+        FPOExactAgent,
+        StaticAgent,
+        KLAgent,
+        EnsembleAgent,
+        OracleAgent,
+    )
+}
+
+#: The agent every other is compared against (probability of improvement, "x naive" speed).
+REFERENCE = NaiveAgent.name
+
+
+def get(spec: str) -> type[Agent]:
+    """The agent class for a built-in name or a ``module:Class`` path.
+
+    Raises:
+        ValueError: unknown name, a module or class that cannot be imported, or a class that is
+            not an :class:`~agents.whitebox.Agent` (one line naming the allowed forms).
+    """
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(
+            f"unknown agent {spec!r}; known: {', '.join(BUILTIN)}, or module:Class for your own"
+        )
+    module, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load agent {spec!r}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise ValueError(f"agent {spec!r} is not a subclass of agents.Agent")
+    if not cls.name or cls.name == Agent.name or "/" in cls.name or cls.name in BUILTIN:
+        raise ValueError(
+            f"agent {spec!r} needs its own class attribute name (not {cls.name!r}; no '/', "
+            "not a built-in name)"
+        )
+    bad = sorted(set(cls.reads) - set(READS))
+    if bad:
+        raise ValueError(f"agent {spec!r} declares unknown reads {bad}; allowed: {READS}")
+    return cls
+
+
+def names() -> tuple[str, ...]:
+    """The built-in agent names."""
+    return tuple(BUILTIN)
+
+
+def sb3_names() -> tuple[str, ...]:
+    """Built-in agents with a stable-baselines3 form (all of them)."""
+    return tuple(n for n, c in BUILTIN.items() if c.sb3_algos is None or c.sb3_algos)
+
+
+def llm_names() -> tuple[str, ...]:
+    """Built-in agents the LLM track implements (those with an ``llm_penalty`` form)."""
+    return tuple(n for n, c in BUILTIN.items() if c.llm_penalty is not None)
+
+
+def with_role(role: str) -> tuple[str, ...]:
+    """Built-in agents of one role (``baseline``, ``method`` or ``ceiling``)."""
+    return tuple(n for n, c in BUILTIN.items() if c.role == role)

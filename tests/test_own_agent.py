@@ -1,0 +1,80 @@
+"""An agent written outside the package (the README's example) runs through every tool."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from baselines import leaderboard, results, sweep
+from baselines.run import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+NEURAL = "RLHFNeuralBlindSpot-v0"
+
+
+@pytest.fixture
+def my_agent(tmp_path, monkeypatch):
+    """The README's "write your own agent" code saved as ``my_agent.py`` on the import path."""
+    text = README.read_text()
+    section = text[text.index("### Write your own agent") :]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)[1]
+    (tmp_path / "my_agent.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # for spawned workers
+    yield "my_agent:HalfStaticAgent"
+    sys.modules.pop("my_agent", None)
+
+
+def summary(out: Path, env: str, label: str, seed: int) -> dict:
+    return json.loads((results.run_dir(out, env, label, seed) / "summary.json").read_text())
+
+
+def test_own_agent_white_box_ppo_sweep_and_leaderboard(my_agent, tmp_path):
+    out = tmp_path / "runs"
+    args = ["--out", str(out), "--no-progress"]
+    assert (
+        main(["--agent", my_agent, "--env", NEURAL, "--seeds", "0-1", "--rounds", "30", *args]) == 0
+    )
+    assert (
+        main(["--agent", "naive", "--env", NEURAL, "--seeds", "0-1", "--rounds", "30", *args]) == 0
+    )
+    s = summary(out, NEURAL, "half-static", 0)
+    assert s["status"] == "ok" and s["reads"] == "current_rm,initial_rm"
+    assert s["agent"] == my_agent and s["oracle_queries"] == 0
+    # it is not naive: the initial RM pulls its policy elsewhere
+    assert s["final_true_utility"] != summary(out, NEURAL, "naive", 0)["final_true_utility"]
+
+    ppo = ["--optimizer", "ppo", "--env", "RLHFVerbosity-v0", "--seeds", "0", "--rounds", "3"]
+    assert main(["--agent", my_agent, *ppo, *args]) == 0
+    metrics = results.run_dir(out, "RLHFVerbosity-v0", "half-static+ppo", 0) / "metrics.csv"
+    assert metrics.read_text().count("\n") == 4  # header + 3 rounds
+
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        f"envs: [{NEURAL}]\nagents: [naive, '{my_agent}']\nseeds: 2-3\nrounds: 30\nsubdir: sw\n"
+    )
+    assert sweep.main([str(spec), "--out", str(out), "--jobs", "2", "--no-progress"]) == 0
+    assert summary(out / "sw", NEURAL, "half-static", 3)["status"] == "ok"
+
+    res = tmp_path / "res"
+    assert leaderboard.main(["--runs", str(out / "sw"), "--results", str(res)]) == 0
+    board = (res / "LEADERBOARD.md").read_text()
+    row = next(line for line in board.splitlines() if line.startswith("| half-static |"))
+    assert "current_rm,initial_rm" in row
+    # the outside agent is compared against the baselines
+    assert "| half-static | naive |" in board
+
+
+def test_unknown_or_bad_agent_is_a_one_line_error(tmp_path, capsys, my_agent):
+    (tmp_path / "not_agent.py").write_text("class Thing:\n    name = 'thing'\n")
+    for spec, needle in [
+        ("psychic", "unknown agent 'psychic'"),
+        ("no_such_module:X", "cannot load agent"),
+        ("my_agent:Nope", "cannot load agent"),
+        ("not_agent:Thing", "not a subclass of agents.Agent"),
+    ]:
+        assert main(["--agent", spec, "--out", str(tmp_path), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
