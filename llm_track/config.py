@@ -10,7 +10,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-AGENTS = ("naive", "fpo", "fpo-relaxed")
+from agents import registry
+
+#: The agents the LLM track implements: the registry's agents with an ``llm_penalty`` form.
+AGENTS = registry.llm_names()
+#: The FPO penalty forms of the LLM track (``Agent.llm_penalty``): ``none`` (score = r),
+#: ``practical`` and ``relaxed`` (see :mod:`llm_track.fpo_head`).
+PENALTY_FORMS = ("none", "practical", "relaxed")
 PRESETS = ("paper", "tiny")
 
 
@@ -18,12 +24,34 @@ class LLMTrackError(Exception):
     """A user-facing error: the CLIs print its message as one line and exit non-zero."""
 
 
+def penalty_form(agent: str) -> str:
+    """The FPO penalty form (``Agent.llm_penalty``) of an LLM-track agent."""
+    if agent not in AGENTS:
+        raise LLMTrackError(f"--agent must be one of {', '.join(AGENTS)}; got {agent!r}")
+    form = registry.get(agent).llm_penalty
+    if form not in PENALTY_FORMS:
+        raise LLMTrackError(
+            f"agent {agent!r} declares llm_penalty {form!r}; the LLM track implements "
+            f"{', '.join(PENALTY_FORMS)}"
+        )
+    return form
+
+
+def agent_with_penalty(form: str) -> str:
+    """The first LLM-track agent (registry order) whose penalty form is ``form``."""
+    for agent in AGENTS:
+        if registry.get(agent).llm_penalty == form:
+            return agent
+    raise LLMTrackError(f"no LLM-track agent has penalty form {form!r}")
+
+
 @dataclass
 class LLMConfig:
     """All settings of one run of the LLM protocol (defaults = the paper's, section 4)."""
 
-    agent: str = "naive"
-    """Leader: ``naive`` (RM score only), ``fpo`` (practical penalty) or ``fpo-relaxed``."""
+    agent: str = registry.REFERENCE
+    """Leader, one of :data:`AGENTS` (``agents.registry.llm_names()``); what it scores is its
+    class's ``llm_penalty`` form (:attr:`penalty_form`). Default: the registry's reference."""
     preset: str = "paper"
     """``paper`` loads the hub models; ``tiny`` builds small random models locally."""
     policy: str = "meta-llama/Llama-3.2-1B-Instruct"
@@ -47,7 +75,7 @@ class LLMConfig:
     temperature: float = 0.8
     """Sampling temperature."""
     gamma: float = 10.0
-    """FPO penalty weight (ignored by ``naive``)."""
+    """FPO penalty weight (ignored by agents of penalty form ``none``)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -86,8 +114,7 @@ class LLMConfig:
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
         self.utility_clip = tuple(self.utility_clip)
-        if self.agent not in AGENTS:
-            raise LLMTrackError(f"--agent must be one of {', '.join(AGENTS)}; got {self.agent!r}")
+        penalty_form(self.agent)  # raises LLMTrackError for an agent the LLM track lacks
         if self.preset not in PRESETS:
             raise LLMTrackError(
                 f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}"
@@ -110,6 +137,11 @@ class LLMConfig:
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise LLMTrackError(f"--dtype must be float32 or bfloat16; got {self.dtype!r}")
+
+    @property
+    def penalty_form(self) -> str:
+        """The agent's FPO penalty form: ``none``, ``practical`` or ``relaxed``."""
+        return penalty_form(self.agent)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,17 +9,31 @@ the trained parameters phi = (w, b) is (h(y), 1), so for candidate y and referen
     relaxed penalty    (p_phi - p*) <g_y, g_y - g_ref>,
                        p_phi = sigmoid(r_y - r_ref),  p* = sigmoid(U_y - U_ref)
 
-and the FPO score is r - gamma * penalty. Here "the head" is the *final* linear layer only
-(``classifier`` of DeBERTa); DeBERTa's pooler (dense + activation) before it is part of the frozen
-backbone and h is the pooler's output, captured with a forward pre-hook on the head.
+and the FPO score is r - gamma * penalty. The head is a linear reward model on the features
+y = [h, 1] (tangent kernel K(a, b) = a . b), so the closed forms are thin adapters onto the
+simulations' FPO maths: :func:`agents.fpo.practical_penalty` and
+:func:`agents.fpo.relaxed_penalty` with Bradley-Terry (``preference``) feedback and a
+:class:`~rlhf_envs.reward_models.LinearRewardModel` on ``[h, 1]``. Which penalty an agent uses is
+its class's ``llm_penalty`` form (``none``, ``practical`` or ``relaxed``; :mod:`agents.registry`),
+never its name. Here "the head" is the *final* linear layer only (``classifier`` of DeBERTa);
+DeBERTa's pooler (dense + activation) before it is part of the frozen backbone and h is the
+pooler's output, captured with a forward pre-hook on the head.
 ``autograd_penalty`` computes the same numbers with per-candidate autograd (the slow path, kept
 for the benchmark and the tests).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+
+from agents import fpo
+from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
+
+#: Penalty forms (``Agent.llm_penalty``) implemented here.
+FORMS = ("none", "practical", "relaxed")
 
 
 def head_features(
@@ -43,10 +57,28 @@ def head_features(
     return head(h).squeeze(-1), h
 
 
+@functools.lru_cache(maxsize=8)
+def _head_rm(dims: int) -> LinearRewardModel:
+    """The head as a linear reward model on ``[h, 1]`` (only its tangent kernel is used; the
+    optimiser and initial weights are placeholders, never read)."""
+    return LinearRewardModel(dims, OptimizerConfig(), torch.zeros(dims), 0.0, torch.float32)
+
+
+def _with_one(h: torch.Tensor) -> torch.Tensor:
+    """``[h, 1]`` in float32: the head's per-sample parameter gradient (d r / d(w, b))."""
+    h = h.float()
+    return torch.cat([h, h.new_ones(*h.shape[:-1], 1)], dim=-1)
+
+
 def practical_penalty(h: torch.Tensor, h_ref: torch.Tensor) -> torch.Tensor:
-    """<g_y, g_y - g_ref> for every candidate: h (n, D), h_ref (D,) -> (n,)."""
-    h, h_ref = h.float(), h_ref.float()
-    return (h * h).sum(-1) + 1.0 - (h @ h_ref + 1.0)
+    """<g_y, g_y - g_ref> for every candidate: h (n, D), h_ref (D,) -> (n,) float32.
+
+    :func:`agents.fpo.practical_penalty` of a linear RM on ``y = [h, 1]`` (shape (1, n, D+1))
+    against the reference ``[h_ref, 1]``, Bradley-Terry feedback.
+    """
+    y, ref = _with_one(h).unsqueeze(0), _with_one(h_ref)
+    rm = _head_rm(y.shape[-1])
+    return fpo.practical_penalty(rm, {}, y, "preference", ref)[0]
 
 
 def relaxed_penalty(
@@ -57,14 +89,19 @@ def relaxed_penalty(
     u: torch.Tensor,
     u_ref: torch.Tensor,
 ) -> torch.Tensor:
-    """(p_phi - p*) <g_y, g_y - g_ref> for every candidate (needs the oracle's U)."""
-    p_phi = torch.sigmoid(r.float() - r_ref.float())
+    """(p_phi - p*) <g_y, g_y - g_ref> for every candidate (needs the oracle's U), float32.
+
+    :func:`agents.fpo.relaxed_penalty` of a linear RM on ``[h, 1]``, Bradley-Terry feedback with
+    the soft label p* = sigmoid(U_y - U_ref): the error factor p_phi - p* (p_phi = sigmoid(r -
+    r_ref), from the given rewards) times the practical penalty.
+    """
     p_star = torch.sigmoid(u.float() - u_ref.float())
-    return (p_phi - p_star) * practical_penalty(h, h_ref)
+    err = fpo.error_from_scores(r.float(), p_star, "preference", r_ref.float())
+    return err * practical_penalty(h, h_ref)
 
 
 def fpo_scores(
-    agent: str,
+    form: str,
     gamma: float,
     r: torch.Tensor,
     h: torch.Tensor,
@@ -73,17 +110,18 @@ def fpo_scores(
     u: torch.Tensor | None = None,
     u_ref: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score, penalty) of each candidate for ``agent`` (naive: score = r, penalty 0)."""
-    if agent == "naive":
+    """(score, penalty) of each candidate for penalty ``form`` (an agent's ``llm_penalty``):
+    ``none`` (score = r, penalty 0), ``practical`` or ``relaxed`` (needs ``u``, ``u_ref``)."""
+    if form == "none":
         return r.float(), torch.zeros_like(r, dtype=torch.float32)
-    if agent == "fpo":
+    if form == "practical":
         pen = practical_penalty(h, h_ref)
-    elif agent == "fpo-relaxed":
+    elif form == "relaxed":
         if u is None or u_ref is None:
-            raise ValueError("fpo-relaxed needs the oracle utilities u and u_ref")
+            raise ValueError("the relaxed penalty needs the oracle utilities u and u_ref")
         pen = relaxed_penalty(h, h_ref, r, r_ref, u, u_ref)
     else:
-        raise ValueError(f"unknown agent {agent!r}")
+        raise ValueError(f"unknown penalty form {form!r}; known: {', '.join(FORMS)}")
     return r.float() - gamma * pen, pen
 
 
@@ -95,14 +133,17 @@ def head_grad(head: nn.Linear, r: torch.Tensor) -> torch.Tensor:
 
 
 def autograd_penalty(
-    agent: str,
+    form: str,
     head: nn.Linear,
     h: torch.Tensor,
     h_ref: torch.Tensor,
     u: torch.Tensor | None = None,
     u_ref: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The FPO penalty of each candidate from autograd gradients, one candidate at a time."""
+    """The FPO penalty (form ``practical`` or ``relaxed``) of each candidate from autograd
+    gradients, one candidate at a time."""
+    if form not in ("practical", "relaxed"):
+        raise ValueError(f"autograd_penalty covers the practical and relaxed forms, not {form!r}")
     with torch.enable_grad():
         r_ref = head(h_ref.unsqueeze(0)).squeeze()
         g_ref = head_grad(head, r_ref)
@@ -111,7 +152,7 @@ def autograd_penalty(
             r_i = head(h[i : i + 1]).squeeze()
             g_i = head_grad(head, r_i)
             pen = g_i @ (g_i - g_ref)
-            if agent == "fpo-relaxed":
+            if form == "relaxed":
                 p_phi = torch.sigmoid(r_i.detach().float() - r_ref.detach().float())
                 pen = (p_phi - torch.sigmoid(u[i].float() - u_ref.float())) * pen
             out.append(pen)

@@ -480,10 +480,11 @@ class Protocol:
             rh = [self.rewards(prompt, [tx]) for tx in texts]
             r, h = torch.cat([x[0] for x in rh]), torch.cat([x[1] for x in rh])
         n = resp.shape[0] - 1
-        if batched or cfg.agent == "naive":
-            score, pen = fpo_scores(cfg.agent, cfg.gamma, r[:n], h[:n], r[n], h[n], u[:n], u[n])
+        form = cfg.penalty_form  # the agent class's llm_penalty (agents.registry)
+        if batched or form == "none":
+            score, pen = fpo_scores(form, cfg.gamma, r[:n], h[:n], r[n], h[n], u[:n], u[n])
         else:
-            pen = autograd_penalty(cfg.agent, self.head, h[:n], h[n], u[:n], u[n])
+            pen = autograd_penalty(form, self.head, h[:n], h[n], u[:n], u[n])
             score = r[:n] - cfg.gamma * pen
         return {"u": u, "r": r, "h": h, "penalty": pen, "score": score}
 
@@ -541,7 +542,7 @@ class Protocol:
         _sync(dev)
         t3 = time.perf_counter()
 
-        self.oracle_queries += 1 + (n if cfg.agent == "fpo-relaxed" else 0)
+        self.oracle_queries += 1 + (n if cfg.penalty_form == "relaxed" else 0)
         self.step_count = t + 1
         return {
             "step": t,
