@@ -25,7 +25,7 @@ import sys
 import time
 
 from llm_track.config import LLMTrackError, preset_config
-from llm_track.run import OneLineParser, _quiet_libraries
+from llm_track.run import STEP_TIMES, OneLineParser, _quiet_libraries
 
 # (name, batched scoring, one-loop generation when possible)
 MODES = (("batched", True, True), ("two-loop-gen", True, False), ("per-candidate", False, True))
@@ -44,18 +44,8 @@ def build(shapes: str, cfg):
         base, rm = M.build_random_models(
             M.llama_1b_config(), M.deberta_v3_base_config(), cfg.model_seed, dtype
         )
-    for p in base.parameters():
-        p.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 7)
-        policy = M.add_lora(base, cfg).to(cfg.device)
-    M.freeze_all_but_head(rm)
-    return M.Models(
-        policy,
-        M.build_synthetic_tokenizer(base.config.vocab_size),
-        rm.eval(),
-        M.build_synthetic_tokenizer(rm.config.vocab_size),
-    )
+    policy_tok = M.build_synthetic_tokenizer(base.config.vocab_size)
+    return M.with_lora(base, policy_tok, rm, M.build_synthetic_tokenizer(rm.config.vocab_size), cfg)
 
 
 def bench(
@@ -64,7 +54,7 @@ def bench(
     dtype: str,
     steps: int,
     candidates: int,
-    max_new: int,
+    max_new_tokens: int,
     agent: str,
     mixing: str = "row-mask",
 ) -> dict:
@@ -82,8 +72,8 @@ def bench(
         device=device,
         dtype=dtype,
         candidates=candidates,
-        max_new_tokens=max_new,
-        min_new_tokens=min(5, max_new),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min(5, max_new_tokens),
         steps=steps,
     )
     t0 = time.perf_counter()
@@ -96,7 +86,7 @@ def bench(
         "device": device,
         "dtype": dtype,
         "candidates": candidates,
-        "max_new_tokens": max_new,
+        "max_new_tokens": max_new_tokens,
         "agent": agent,
         "steps": steps,
         "build_s": build_s,
@@ -115,12 +105,8 @@ def bench(
             row = proto.step(t, batched=batched)
             if t > 0:
                 rows[mode].append(row)
-    proto.mixed_generation = True
     for mode in rows:
-        out[mode] = {
-            k: statistics.fmean(r[k] for r in rows[mode])
-            for k in ("gen_s", "score_s", "update_s", "step_s")
-        }
+        out[mode] = {k: statistics.fmean(r[k] for r in rows[mode]) for k in STEP_TIMES}
     if device.startswith("cuda"):
         out["max_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     out["scoring_speedup"] = out["per-candidate"]["score_s"] / max(out["batched"]["score_s"], 1e-9)
@@ -160,16 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        res = bench(
-            args.shapes,
-            args.device,
-            args.dtype,
-            args.steps,
-            args.candidates,
-            args.max_new_tokens,
-            args.agent,
-            args.mixing,
-        )
+        res = bench(**{k: v for k, v in vars(args).items() if k not in ("threads", "json")})
     except LLMTrackError as exc:
         print(f"python -m llm_track.bench: error: {exc}", file=sys.stderr)
         return 2
@@ -182,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| mode | generation s | scoring s | update s | step s |")
     print("|---|---|---|---|---|")
     for mode, *_ in MODES:
-        r = res[mode]
-        print(
-            f"| {mode} | {r['gen_s']:.3f} | {r['score_s']:.3f} | {r['update_s']:.3f} | "
-            f"{r['step_s']:.3f} |"
-        )
+        print(f"| {mode} | " + " | ".join(f"{res[mode][k]:.3f}" for k in STEP_TIMES) + " |")
     print(f"scoring speed-up of batched + closed form: {res['scoring_speedup']:.1f}x")
     print(
         f"generation speed-up of one loop (mixed-adapter batch) vs two loops: "

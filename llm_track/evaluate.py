@@ -27,20 +27,12 @@ from baselines.stats import bootstrap_ci, sign_test
 from llm_track.config import LLMConfig, LLMTrackError
 from llm_track.run import OneLineParser, _quiet_libraries
 
+#: The settings that fix the models, prompts and answer scoring: runs that share them share an
+#: ``Evaluator``.
 MODEL_KEYS = (
-    "preset",
-    "policy",
-    "reward_model",
-    "model_seed",
-    "tiny_hidden",
-    "tiny_layers",
-    "dtype",
-    "prompts",
-    "max_prompt_tokens",
-    "min_new_tokens",
-    "utility_offset",
-    "utility_clip",
-)
+    "preset policy reward_model model_seed tiny_hidden tiny_layers dtype prompts "
+    "max_prompt_tokens min_new_tokens utility_offset utility_clip"
+).split()
 
 
 def _sigmoid(x: float) -> float:
@@ -53,9 +45,8 @@ def find_runs(roots: list[str]) -> list[str]:
         if not os.path.isdir(root):
             raise LLMTrackError(f"--runs: no such folder {root!r}")
         for dirpath, _dirs, files in os.walk(root):
-            if "config.json" in files and os.path.exists(
-                os.path.join(dirpath, "checkpoint", "state.pt")
-            ):
+            ckpt = os.path.join(dirpath, "checkpoint", "state.pt")
+            if "config.json" in files and os.path.exists(ckpt):
                 found.append(dirpath)
     if not found:
         raise LLMTrackError(f"--runs: no run folders (config.json + checkpoint/) under {roots}")
@@ -69,12 +60,16 @@ class Evaluator:
     def __init__(self, cfg: LLMConfig, prompts: list[str], max_new: int):
         import torch
 
-        from llm_track.loop import encode_prompt, response_nll, sample
+        from llm_track import loop
         from llm_track.models import freeze_all_but_head, load_base_models, rm_head
 
-        self.torch, self.sample, self.nll = torch, sample, response_nll
-        self.cfg, self.max_new = cfg, max_new
+        self.torch, self.loop, self.cfg = torch, loop, cfg
         base, self.tok, rm, self.rm_tok = load_base_models(cfg)
+        eos, pad = loop.special_ids(self.tok)
+        # greedy answers: ``loop.sample(model, prompt ids, 1, **self.greedy)``
+        self.greedy = dict(
+            max_new=max_new, min_new=cfg.min_new_tokens, eos_id=eos, pad_id=pad, greedy=True
+        )
         self.base = base.to(cfg.device).eval()
         freeze_all_but_head(rm)
         self.rm = rm.to(cfg.device).eval()
@@ -82,54 +77,18 @@ class Evaluator:
         self.head_init = {k: v.clone() for k, v in self.head.state_dict().items()}
         self.prompts = prompts
         self.prompt_ids = [
-            torch.tensor(encode_prompt(self.tok, p, cfg.max_prompt_tokens), device=cfg.device)
-            for p in prompts
+            loop.encode_prompt(self.tok, p, cfg.max_prompt_tokens, cfg.device) for p in prompts
         ]
-        self.ref = [self._answer(self.base, ids) for ids in self.prompt_ids]
+        self.ref = [loop.sample(self.base, ids, 1, **self.greedy) for ids in self.prompt_ids]
         self.ref_u = [
             self._utility(ids, a) for ids, a in zip(self.prompt_ids, self.ref, strict=True)
         ]
 
-    def _answer(self, model, ids):
-        eos = self.tok.eos_token_id
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else eos
-        with self.torch.no_grad():
-            return self.sample(
-                model,
-                ids,
-                1,
-                max_new=self.max_new,
-                min_new=self.cfg.min_new_tokens,
-                eos_id=eos,
-                pad_id=pad,
-                greedy=True,
-            )
-
     def _utility(self, ids, answer) -> float:
         with self.torch.no_grad():
-            nll = float(self.nll(self.base, ids, *answer)[0])
+            nll = float(self.loop.response_nll(self.base, ids, *answer)[0])
         lo, hi = self.cfg.utility_clip
         return min(hi, max(lo, -nll + self.cfg.utility_offset))
-
-    def _text(self, answer) -> str:
-        resp, lens = answer
-        return self.tok.decode(resp[0, : int(lens[0])].tolist(), skip_special_tokens=True)
-
-    def _rewards(self, prompt: str, texts: list[str]) -> list[float]:
-        from llm_track.fpo_head import head_features
-
-        enc = self.rm_tok(
-            [prompt] * len(texts),
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=512,
-            return_tensors="pt",
-        )
-        batch = {k: enc[k].to(self.cfg.device) for k in ("input_ids", "attention_mask")}
-        with self.torch.no_grad():
-            r, _ = head_features(self.rm, self.head, batch)
-        return [float(x) for x in r]
 
     def evaluate_run(self, folder: str) -> dict:
         from peft import PeftModel
@@ -143,11 +102,14 @@ class Evaluator:
             for prompt, ids, ref, u_ref in zip(
                 self.prompts, self.prompt_ids, self.ref, self.ref_u, strict=True
             ):
-                ans = self._answer(policy, ids)
+                ans = self.loop.sample(policy, ids, 1, **self.greedy)
                 with policy.disable_adapter():
                     u = self._utility(ids, ans)
-                text, ref_text = self._text(ans), self._text(ref)
-                r, r_ref = self._rewards(prompt, [text, ref_text])
+                text, ref_text = (self.loop.decode(self.tok, *a)[0] for a in (ans, ref))
+                rh = self.loop.rewards(
+                    self.rm, self.head, self.rm_tok, prompt, [text, ref_text], self.cfg.device
+                )
+                r, r_ref = (float(x) for x in rh[0])
                 rows.append(
                     {
                         "prompt": prompt,
@@ -165,18 +127,8 @@ class Evaluator:
         finally:
             self.base = policy.unload()  # take the adapter out again: the base stays clean
             self.head.load_state_dict(self.head_init)
-        means = {
-            k: statistics.fmean(r[k] for r in rows)
-            for k in (
-                "utility",
-                "utility_ref",
-                "proxy",
-                "proxy_ref",
-                "overconfidence",
-                "words",
-                "tokens",
-            )
-        }
+        numeric = [k for k, v in rows[0].items() if not isinstance(v, str)]
+        means = {k: statistics.fmean(r[k] for r in rows) for k in numeric}
         return {"means": means, "per_prompt": rows}
 
 

@@ -30,10 +30,8 @@ import torch
 from torch import nn
 
 from agents import fpo
+from llm_track.config import PENALTY_FORMS as FORMS  # the forms (``Agent.llm_penalty``) here
 from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
-
-#: Penalty forms (``Agent.llm_penalty``) implemented here.
-FORMS = ("none", "practical", "relaxed")
 
 
 def head_features(
@@ -125,13 +123,6 @@ def fpo_scores(
     return r.float() - gamma * pen, pen
 
 
-def head_grad(head: nn.Linear, r: torch.Tensor) -> torch.Tensor:
-    """Flattened gradient of the scalar reward ``r`` with respect to the head's parameters."""
-    params = [p for p in head.parameters()]
-    grads = torch.autograd.grad(r, params, retain_graph=True)
-    return torch.cat([g.reshape(-1) for g in grads]).float()
-
-
 def autograd_penalty(
     form: str,
     head: nn.Linear,
@@ -144,13 +135,19 @@ def autograd_penalty(
     gradients, one candidate at a time."""
     if form not in ("practical", "relaxed"):
         raise ValueError(f"autograd_penalty covers the practical and relaxed forms, not {form!r}")
+    params = list(head.parameters())
+
+    def head_grad(r: torch.Tensor) -> torch.Tensor:  # d r / d(head parameters), flattened
+        grads = torch.autograd.grad(r, params, retain_graph=True)
+        return torch.cat([g.reshape(-1) for g in grads]).float()
+
     with torch.enable_grad():
         r_ref = head(h_ref.unsqueeze(0)).squeeze()
-        g_ref = head_grad(head, r_ref)
+        g_ref = head_grad(r_ref)
         out = []
         for i in range(h.shape[0]):
             r_i = head(h[i : i + 1]).squeeze()
-            g_i = head_grad(head, r_i)
+            g_i = head_grad(r_i)
             pen = g_i @ (g_i - g_ref)
             if form == "relaxed":
                 p_phi = torch.sigmoid(r_i.detach().float() - r_ref.detach().float())

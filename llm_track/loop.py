@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
+import shutil
 import time
 from contextlib import contextmanager, nullcontext
 
@@ -40,7 +41,7 @@ from llm_track.models import Models
 
 
 # --------------------------------------------------------------------------- helpers
-def encode_prompt(tok, prompt: str, max_tokens: int) -> list[int]:
+def encode_prompt(tok, prompt: str, max_tokens: int, device) -> torch.Tensor:
     """Token ids of a prompt in the policy's format (chat template when the tokenizer has one)."""
     if getattr(tok, "chat_template", None):
         text = tok.apply_chat_template(
@@ -51,7 +52,7 @@ def encode_prompt(tok, prompt: str, max_tokens: int) -> list[int]:
         ids = tok(f"question : {prompt} answer :", add_special_tokens=False)["input_ids"]
         if tok.bos_token_id is not None:
             ids = [tok.bos_token_id] + ids
-    return ids[-max_tokens:]
+    return torch.tensor(ids[-max_tokens:], dtype=torch.long, device=device)
 
 
 def _top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -70,11 +71,6 @@ def _forward_kwarg(model, names: tuple[str, ...]) -> str | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return next((n for n in names if n in params), None)
-
-
-def _cache_kwarg(model) -> str:
-    """Name of the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``."""
-    return _forward_kwarg(model, ("cache",)) or "past_key_values"
 
 
 @torch.no_grad()
@@ -106,7 +102,8 @@ def sample(
     once from ``generator`` for all n rows (row-major).
     """
     input_ids = prompt_ids.unsqueeze(0).expand(n, -1).contiguous()
-    cache_kw = _cache_kwarg(model)
+    # the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``
+    cache_kw = _forward_kwarg(model, ("cache",)) or "past_key_values"
     extra, hooks = {}, nullcontext()
     if adapter_names is not None:
         if len(adapter_names) != n:
@@ -187,17 +184,14 @@ def mixed_batch_adapter(model) -> str | None:
         return None
     if not hasattr(model.base_model, "_enable_peft_forward_hooks"):
         return None
-    if getattr(model, "_adapters_disabled", False):
+    if getattr(model, "_adapters_disabled", False) or len(model.active_adapters) != 1:
         return None
-    active = model.active_adapters
-    if len(active) != 1:
-        return None
-    name = active[0]
+    name = model.active_adapters[0]
     config = model.peft_config.get(name)
     if config is None or config.is_prompt_learning or getattr(config, "use_dora", False):
         return None
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not layers or not any(name in m.lora_A for m in layers):
+    if not any(name in m.lora_A for m in layers):
         return None
     for m in layers:
         if m.merged or m.disable_adapters or not hasattr(m, "_mixed_batch_forward"):
@@ -304,6 +298,36 @@ def response_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: t
     return -(logp * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
+def decode(tok, resp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """The text of each row of ``resp`` up to its length."""
+    return [
+        tok.decode(ids[: int(k)].tolist(), skip_special_tokens=True)
+        for ids, k in zip(resp, lengths, strict=True)
+    ]
+
+
+def rewards(reward_model, head, rm_tok, prompt: str, texts: list[str], device) -> tuple:
+    """(r, h) of each (prompt, text) pair in one batched reward-model forward."""
+    enc = rm_tok(
+        [prompt] * len(texts),
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=512,
+        return_tensors="pt",
+    )
+    batch = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        r, h = head_features(reward_model, head, batch)
+    return r.float(), h
+
+
+def special_ids(tok) -> tuple[int, int]:
+    """(EOS id, padding id) of a tokenizer; EOS pads when it has no padding token."""
+    pad = tok.pad_token_id
+    return tok.eos_token_id, tok.eos_token_id if pad is None else pad
+
+
 def pad_cat(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int):
     """Concatenate (ids, lengths) batches with different widths (right padding)."""
     width = max(ids.shape[1] for ids, _ in parts)
@@ -320,9 +344,11 @@ def seeded_global_rng(seed: int, device: str):
         yield
 
 
-def _sync(device: str) -> None:
+def _clock(device: str) -> float:
+    """``time.perf_counter()`` once the device's queued work is done."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -333,8 +359,7 @@ class Protocol:
         self.cfg, self.m, self.prompts = cfg, models, prompts
         self.head = models.rm_head
         self.tok = models.policy_tokenizer
-        self.eos_id = self.tok.eos_token_id
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
+        self.eos_id, self.pad_id = special_ids(self.tok)
         lora_params = [p for p in models.policy.parameters() if p.requires_grad]
         self.policy_opt = torch.optim.AdamW(lora_params, lr=cfg.policy_lr, weight_decay=0.0)
         self.rm_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.rm_lr)
@@ -356,38 +381,7 @@ class Protocol:
         return int(perm[t % n])
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
-        ids = encode_prompt(self.tok, prompt, self.cfg.max_prompt_tokens)
-        return torch.tensor(ids, dtype=torch.long, device=self.cfg.device)
-
-    def _sample_kwargs(self, greedy: bool, max_new: int | None) -> dict:
-        cfg = self.cfg
-        return dict(
-            max_new=max_new or cfg.max_new_tokens,
-            min_new=cfg.min_new_tokens,
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            generator=self.generator,
-            greedy=greedy,
-        )
-
-    def generate(
-        self,
-        prompt_ids: torch.Tensor,
-        n: int,
-        *,
-        base: bool,
-        greedy: bool = False,
-        max_new: int | None = None,
-    ):
-        """n answers of the base model (adapter disabled) or of the policy, one token loop."""
-        kw = self._sample_kwargs(greedy, max_new)
-        self.m.policy.eval()
-        if base:
-            with self.m.policy.disable_adapter():
-                return sample(self.m.policy, prompt_ids, n, **kw)
-        return sample(self.m.policy, prompt_ids, n, **kw)
+        return encode_prompt(self.tok, prompt, self.cfg.max_prompt_tokens, self.cfg.device)
 
     def _mixing(self) -> tuple[str, str] | None:
         """(adapter, ``row-mask`` or ``peft``) of the one-loop generation, None for two loops."""
@@ -406,11 +400,7 @@ class Protocol:
         return "two-loop" if mix is None else f"one-loop/{mix[1]}"
 
     def generate_step(
-        self,
-        prompt_ids: torch.Tensor,
-        *,
-        greedy: bool = False,
-        max_new: int | None = None,
+        self, prompt_ids: torch.Tensor, *, greedy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The candidates (rows 0..n-1, policy) and the reference (row n, base model): (ids, lengths).
 
@@ -419,23 +409,25 @@ class Protocol:
         else the reference's loop then the candidates' loop. The two modes draw from
         ``self.generator`` in a different order (see the module docstring).
         """
-        n = self.cfg.candidates
+        cfg, policy, n = self.cfg, self.m.policy, self.cfg.candidates
         mix = self._mixing()
+        kw = dict(
+            max_new=cfg.max_new_tokens,
+            min_new=cfg.min_new_tokens,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            generator=self.generator,
+            greedy=greedy,
+        )
+        policy.eval()  # peft refuses adapter_names in training mode; no LoRA dropout
         if mix is None:
-            ref = self.generate(prompt_ids, 1, base=True, greedy=greedy, max_new=max_new)
-            cands = self.generate(prompt_ids, n, base=False, greedy=greedy, max_new=max_new)
-            return pad_cat([cands, ref], self.pad_id)
-        name, mixing = mix
-        self.m.policy.eval()  # peft refuses adapter_names in training mode; no LoRA dropout
-        names = [name] * n + [BASE_ADAPTER]
-        kw = self._sample_kwargs(greedy, max_new)
-        return sample(self.m.policy, prompt_ids, n + 1, adapter_names=names, mixing=mixing, **kw)
-
-    def decode(self, resp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        return [
-            self.tok.decode(resp[i, : int(lengths[i])].tolist(), skip_special_tokens=True)
-            for i in range(resp.shape[0])
-        ]
+            with policy.disable_adapter():
+                ref = sample(policy, prompt_ids, 1, **kw)
+            return pad_cat([sample(policy, prompt_ids, n, **kw), ref], self.pad_id)
+        names = [mix[0]] * n + [BASE_ADAPTER]
+        return sample(policy, prompt_ids, n + 1, adapter_names=names, mixing=mix[1], **kw)
 
     @torch.no_grad()
     def utility(self, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: torch.Tensor):
@@ -446,22 +438,10 @@ class Protocol:
         lo, hi = self.cfg.utility_clip
         return (-nll + self.cfg.utility_offset).clamp(lo, hi)
 
-    def rm_inputs(self, prompt: str, texts: list[str]) -> dict:
-        enc = self.m.rm_tokenizer(
-            [prompt] * len(texts),
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=512,
-            return_tensors="pt",
-        )
-        return {k: enc[k].to(self.cfg.device) for k in ("input_ids", "attention_mask")}
-
     def rewards(self, prompt: str, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(r, h) of each text in one batched reward-model forward."""
-        with torch.no_grad():
-            r, h = head_features(self.m.reward_model, self.head, self.rm_inputs(prompt, texts))
-        return r.float(), h
+        m = self.m
+        return rewards(m.reward_model, self.head, m.rm_tokenizer, prompt, texts, self.cfg.device)
 
     # ---------------------------------------------------------------- scoring
     def score(self, prompt: str, prompt_ids, resp, lengths, texts, batched: bool = True) -> dict:
@@ -471,12 +451,8 @@ class Protocol:
             u = self.utility(prompt_ids, resp, lengths)
             r, h = self.rewards(prompt, texts)
         else:  # one candidate at a time, autograd for the head gradient (the slow reference)
-            u = torch.cat(
-                [
-                    self.utility(prompt_ids, resp[i : i + 1], lengths[i : i + 1])
-                    for i in range(resp.shape[0])
-                ]
-            )
+            rows = zip(resp.split(1), lengths.split(1), strict=True)
+            u = torch.cat([self.utility(prompt_ids, x, k) for x, k in rows])
             rh = [self.rewards(prompt, [tx]) for tx in texts]
             r, h = torch.cat([x[0] for x in rh]), torch.cat([x[1] for x in rh])
         n = resp.shape[0] - 1
@@ -523,24 +499,20 @@ class Protocol:
         prompt = self.prompts[p_idx]
         prompt_ids = self.prompt_ids(prompt)
 
-        _sync(dev)
-        t0 = time.perf_counter()
+        t0 = _clock(dev)
         resp, lengths = self.generate_step(prompt_ids)
-        texts = self.decode(resp, lengths)
-        _sync(dev)
-        t1 = time.perf_counter()
+        texts = decode(self.tok, resp, lengths)
+        t1 = _clock(dev)
 
         s = self.score(prompt, prompt_ids, resp, lengths, texts, batched=batched)
         n = cfg.candidates
         w = int(torch.argmax(s["score"]))
-        _sync(dev)
-        t2 = time.perf_counter()
+        t2 = _clock(dev)
 
         u, r, h = s["u"], s["r"], s["h"]
         rm_loss = self.rm_step(h[w], h[n], u[w], u[n])
         sft_loss = self.sft_step(t, prompt_ids, resp[w], lengths[w])
-        _sync(dev)
-        t3 = time.perf_counter()
+        t3 = _clock(dev)
 
         self.oracle_queries += 1 + (n if cfg.penalty_form == "relaxed" else 0)
         self.step_count = t + 1
@@ -576,7 +548,7 @@ class Protocol:
         tmp, old = folder + ".tmp", folder + ".old"
         for path in (tmp, old):
             if os.path.exists(path):
-                _rmtree(path)
+                shutil.rmtree(path, ignore_errors=True)
         os.makedirs(tmp)
         self.m.policy.save_pretrained(os.path.join(tmp, "adapter"))
         lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
@@ -603,7 +575,7 @@ class Protocol:
             os.replace(folder, old)
         os.replace(tmp, folder)
         if os.path.exists(old):
-            _rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, folder: str) -> int:
         """Restore a checkpoint written by ``save_checkpoint``; returns the step to continue at."""
@@ -637,9 +609,3 @@ def _numpy_state_to_tensors(state: tuple) -> tuple:
 def _numpy_state_from_tensors(state: tuple) -> tuple:
     name, keys, pos, has_gauss, cached = state
     return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-
-
-def _rmtree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

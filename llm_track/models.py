@@ -43,22 +43,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- tokenizers
-def _wrap_tokenizer(tok):
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-    )
-
-
 def _finish_word_level(tok):
     from tokenizers import decoders, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -69,7 +56,15 @@ def _finish_word_level(tok):
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
-    return _wrap_tokenizer(tok)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
 
 
 def build_tiny_tokenizer():
@@ -96,10 +91,10 @@ def build_synthetic_tokenizer(vocab_size: int):
 
 
 # --------------------------------------------------------------------------- model configs
-def tiny_llama_config(vocab_size: int, hidden: int = 64, layers: int = 2):
+def tiny_llama_config(vocab_size: int, hidden: int = 64, layers: int = 2, **overrides):
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -112,27 +107,22 @@ def tiny_llama_config(vocab_size: int, hidden: int = 64, layers: int = 2):
         bos_token_id=1,
         eos_token_id=2,
     )
+    return LlamaConfig(**{**kwargs, **overrides})
 
 
 def llama_1b_config():
     """The architecture of Llama-3.2-1B(-Instruct), for random-weight benchmarks."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=128256,
-        hidden_size=2048,
+    return tiny_llama_config(
+        128256,
+        hidden=2048,
+        layers=16,
         intermediate_size=8192,
-        num_hidden_layers=16,
         num_attention_heads=32,
         num_key_value_heads=8,
         head_dim=64,
         max_position_embeddings=131072,
         rope_theta=500000.0,
         rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
     )
 
 
@@ -165,7 +155,6 @@ def deberta_v3_base_config():
     cfg.intermediate_size = 3072
     cfg.position_buckets = 256
     cfg.max_relative_positions = -1
-    cfg.pooler_hidden_size = 768
     return cfg
 
 
@@ -181,10 +170,6 @@ def build_random_models(llama_cfg, deberta_cfg, seed: int, dtype: torch.dtype):
 
 
 # --------------------------------------------------------------------------- loading
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 @functools.lru_cache(maxsize=1)
 def _hub_reachable() -> bool:
     """Whether the hub's host answers a TCP connection within 3 s (avoids long retry loops)."""
@@ -209,7 +194,8 @@ def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
     try:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
     except Exception as first:
-        if _offline() or os.path.exists(name) or not _hub_reachable():
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        if offline or os.path.exists(name) or not _hub_reachable():
             err = first
         else:
             try:
@@ -223,42 +209,15 @@ def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
     )
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
-    """``dtype=`` (transformers >= 4.56) or ``torch_dtype=`` (older) for ``from_pretrained``."""
+def _load(auto_cls, name: str, what: str, flag: str, dtype: torch.dtype):
+    """(model, tokenizer) of ``name``; ``flag`` is the CLI option that names it."""
     import transformers
 
+    tok = _from_pretrained(transformers.AutoTokenizer, name, f"{flag[2:]} tokenizer", flag)
+    # ``dtype=`` (transformers >= 4.56) or ``torch_dtype=`` (older)
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
-def load_policy_base(name: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = _from_pretrained(AutoTokenizer, name, "policy tokenizer", "--policy")
-    model = _from_pretrained(
-        AutoModelForCausalLM, name, "policy", "--policy", **_dtype_kwarg(dtype)
-    )
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
-
-
-def load_reward_model(name: str, dtype: torch.dtype):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = _from_pretrained(AutoTokenizer, name, "reward-model tokenizer", "--reward-model")
-    model = _from_pretrained(
-        AutoModelForSequenceClassification,
-        name,
-        "reward model",
-        "--reward-model",
-        **_dtype_kwarg(dtype),
-    )
-    if getattr(model.config, "num_labels", 1) != 1:
-        raise LLMTrackError(
-            f"the reward model {name!r} has {model.config.num_labels} outputs; need num_labels=1"
-        )
-    return model, tok
+    kw = {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+    return _from_pretrained(auto_cls, name, what, flag, **kw), tok
 
 
 def rm_head(reward_model: nn.Module) -> nn.Linear:
@@ -274,19 +233,6 @@ def rm_head(reward_model: nn.Module) -> nn.Linear:
         if head is not None and isinstance(getattr(head, "out_proj", None), nn.Linear):
             return head.out_proj
     raise LLMTrackError("the reward model has no final linear head ('classifier' or 'score')")
-
-
-def add_lora(base: nn.Module, cfg: LLMConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, lora)
 
 
 def freeze_all_but_head(reward_model: nn.Module) -> None:
@@ -362,14 +308,25 @@ def load_base_models(cfg: LLMConfig):
 
     Hub/path models load first, so a missing one is reported before any local building.
     """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
     dtype = torch_dtype(cfg.dtype)
     if (cfg.policy == "tiny" or cfg.reward_model == "tiny") and cfg.preset != "tiny":
         raise LLMTrackError("'tiny' models exist only with --preset tiny")
     base = policy_tok = rm = rm_tok = None
     if cfg.policy != "tiny":
-        base, policy_tok = load_policy_base(cfg.policy, dtype)
+        base, policy_tok = _load(AutoModelForCausalLM, cfg.policy, "policy", "--policy", dtype)
+        if policy_tok.pad_token is None:
+            policy_tok.pad_token = policy_tok.eos_token
     if cfg.reward_model != "tiny":
-        rm, rm_tok = load_reward_model(cfg.reward_model, dtype)
+        name = cfg.reward_model
+        rm, rm_tok = _load(
+            AutoModelForSequenceClassification, name, "reward model", "--reward-model", dtype
+        )
+        if getattr(rm.config, "num_labels", 1) != 1:
+            raise LLMTrackError(
+                f"the reward model {name!r} has {rm.config.num_labels} outputs; need num_labels=1"
+            )
     if base is None or rm is None:
         tiny_base, tiny_rm, tiny_tok = build_tiny_models(cfg)
         if base is None:
@@ -381,12 +338,25 @@ def load_base_models(cfg: LLMConfig):
 
 def load_models(cfg: LLMConfig) -> Models:
     """Models of a run, on ``cfg.device``: LoRA on the policy, RM frozen except its head."""
-    base, policy_tok, rm, rm_tok = load_base_models(cfg)
+    return with_lora(*load_base_models(cfg), cfg)
+
+
+def with_lora(base: nn.Module, policy_tok, rm: nn.Module, rm_tok, cfg: LLMConfig) -> Models:
+    """``load_models`` from base models already built (the benchmark's random ones)."""
+    from peft import LoraConfig, get_peft_model
+
     for p in base.parameters():
         p.requires_grad_(False)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+    )
     with torch.random.fork_rng(devices=[]):  # LoRA init is seeded by the run seed
         torch.manual_seed(cfg.seed + 7)
-        policy = add_lora(base, cfg).to(cfg.device)
+        policy = get_peft_model(base, lora).to(cfg.device)
     freeze_all_but_head(rm)
     rm = rm.to(cfg.device).eval()  # eval: no dropout, so h is a deterministic feature
     return Models(policy, policy_tok, rm, rm_tok)

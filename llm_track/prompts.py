@@ -61,7 +61,7 @@ TRAIN_PROMPTS: tuple[str, ...] = BUILTIN_PROMPTS[:N_TRAIN]
 EVAL_PROMPTS: tuple[str, ...] = BUILTIN_PROMPTS[N_TRAIN:]
 
 
-def _ultrafeedback(split: str, limit: int) -> list[str] | None:
+def _ultrafeedback(split: str) -> list[str] | None:
     """UltraFeedback binarized prompts, or None when ``datasets`` is missing or unreachable."""
     if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
         return None
@@ -77,21 +77,21 @@ def _ultrafeedback(split: str, limit: int) -> list[str] | None:
             stacklevel=3,
         )
         return None
-    return [str(p) for p in ds["prompt"][:limit]]
+    return [str(p) for p in ds["prompt"][:100_000]]
 
 
-def load_prompts(source: str, split: str = "train", limit: int = 100_000) -> tuple[list[str], str]:
+def load_prompts(source: str, split: str = "train") -> tuple[list[str], str]:
     """Prompts for ``split`` (``train`` or ``eval``) and the name of the source actually used.
 
     Args:
         source: ``auto``, ``builtin`` or ``ultrafeedback`` (the latter falls back to built-in
             prompts with a warning when the dataset cannot be loaded).
-        split: ``train`` (UltraFeedback ``train_prefs``) or ``eval`` (``test_prefs``).
-        limit: at most this many prompts from UltraFeedback.
+        split: ``train`` (UltraFeedback ``train_prefs``) or ``eval`` (``test_prefs``); at most
+            100 000 prompts from UltraFeedback.
     """
     if source in ("auto", "ultrafeedback"):
         hf_split = "train_prefs" if split == "train" else "test_prefs"
-        got = _ultrafeedback(hf_split, limit)
+        got = _ultrafeedback(hf_split)
         if got:
             return got, "ultrafeedback"
     return list(TRAIN_PROMPTS if split == "train" else EVAL_PROMPTS), "builtin"

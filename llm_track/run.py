@@ -13,6 +13,7 @@ the same result as an uninterrupted run with the same seed (on CPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -22,7 +23,8 @@ import time
 from baselines.results import atomic_write_json, read_csv, read_json, versions_record, write_csv
 from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_config
 
-TIMING_COLUMNS = ("gen_s", "score_s", "update_s", "step_s", "rss_mb")
+STEP_TIMES = ("gen_s", "score_s", "update_s", "step_s")  # seconds per part of a step
+TIMING_COLUMNS = (*STEP_TIMES, "rss_mb")
 # Settings that must match for --resume (steps may grow; device may change).
 _RESUME_FREE = {"steps", "device"}
 
@@ -32,10 +34,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def run_dir(out: str, agent: str, seed: int) -> str:
-    return os.path.join(out, agent, f"seed_{seed}")
 
 
 def _rss_mb() -> float:
@@ -99,7 +97,7 @@ def run_protocol(
         raise LLMTrackError(f"--checkpoint-every must be >= 1; got {checkpoint_every}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
-    folder = run_dir(out, cfg.agent, cfg.seed)
+    folder = os.path.join(out, cfg.agent, f"seed_{cfg.seed}")
     ckpt = os.path.join(folder, "checkpoint")
     resuming = resume and os.path.exists(os.path.join(ckpt, "state.pt"))
     if resuming:
@@ -197,19 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = preset_config(
-            args.preset,
-            agent=args.agent,
-            policy=args.policy,
-            reward_model=args.reward_model,
-            steps=args.steps,
-            candidates=args.candidates,
-            gamma=args.gamma,
-            seed=args.seed,
-            device=args.device,
-            dtype=args.dtype,
-            prompts=args.prompts,
-        )
+        # the options named like an LLMConfig field (agent, policy, steps, seed, ...) set it
+        fields = {f.name for f in dataclasses.fields(LLMConfig)} - {"preset"}
+        cfg = preset_config(args.preset, **{k: v for k, v in vars(args).items() if k in fields})
         _quiet_libraries()
         _set_threads(args.threads, cfg)
         folder = run_protocol(
