@@ -9,7 +9,7 @@ from agents.whitebox import Agent
 
 
 class FPOAgent(Agent):
-    """Foresighted policy optimisation: ascends ``r(y) - gamma * penalty(y)``.
+    """Foresighted policy optimisation: ascends ``r(y) - fpo_gamma * penalty(y)``.
 
     ``form`` is ``"practical"`` (no oracle), ``"relaxed"`` (queries the labeler for each scored
     response) or ``"exact"`` (virtual real RM update; this suite's extension). The maths is in
@@ -46,12 +46,12 @@ class FPOAgent(Agent):
         if self.form == "exact":  # r(y) comes out of the virtual update: one forward pass less
             label = label_fn(y) if self.config.label_grad else label_fn(y).detach()
             pen, r = fpo.exact_penalty_and_reward(core, y, label, self._lookahead)
-            return r - self.config.gamma * pen
+            return r - self.config.fpo_gamma * pen
         r = core.reward_model.score(core.params, y)
         if not self.config.label_grad:
             label_fn = _detached(label_fn)
         pen = fpo.penalty(self.form, core, y, label_fn)
-        return r - self.config.gamma * pen
+        return r - self.config.fpo_gamma * pen
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         """Closed form for rating feedback in the practical and relaxed forms, else autograd."""
@@ -61,7 +61,7 @@ class FPOAgent(Agent):
             self.form,
             core,
             y,
-            self.config.gamma,
+            self.config.fpo_gamma,
             oracle.query_labeler_and_grad,
             self.config.label_grad,
         )

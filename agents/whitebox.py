@@ -19,6 +19,7 @@ against the current RM, submit responses (the env scores, labels and retrains), 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -45,7 +46,8 @@ class WhiteBoxConfig:
         inner_steps: policy steps per round (>= 1).
         l2: weight of the ``||y||^2`` regulariser in the objective (>= 0).
         grad_clip: clip each gradient coordinate to ``[-grad_clip, grad_clip]`` (``None``: no).
-        gamma: FPO penalty weight (>= 0; ignored by naive and oracle).
+        fpo_gamma: FPO penalty weight, the paper's gamma (>= 0; used by the FPO agents only;
+            not SB3's discount ``gamma``).
         init: initial response / policy mean (a number broadcast to all dims).
         label_grad: let the policy gradient flow through oracle answers (the labeler's verdict
             in relaxed/exact FPO). The paper's linear simulation differentiates the whole
@@ -63,7 +65,7 @@ class WhiteBoxConfig:
     inner_steps: int = 1
     l2: float = 0.1
     grad_clip: float | None = None
-    gamma: float = 0.1
+    fpo_gamma: float = 0.1
     init: float = 0.0
     label_grad: bool = True
 
@@ -82,7 +84,7 @@ class WhiteBoxConfig:
                 continue
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo:
                 raise ValueError(f"{name} must be a finite number > {lo}, got {v!r}")
-        for name in ("l2", "gamma", "decay_power"):
+        for name in ("l2", "fpo_gamma", "decay_power"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -97,6 +99,20 @@ class WhiteBoxConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Config names of earlier releases and their new names (accepted, with a warning, for one release).
+RENAMED_FIELDS = {"gamma": "fpo_gamma"}
+
+
+def renamed_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the names of :data:`RENAMED_FIELDS` replaced (DeprecationWarning)."""
+    out = dict(values)
+    for old, new in RENAMED_FIELDS.items():
+        if old in out:
+            warnings.warn(f"agent field {old!r} is now {new!r}", DeprecationWarning, stacklevel=3)
+            out.setdefault(new, out.pop(old))
+    return out
 
 
 def _schedule(start: float, end: float | None, t: int, T: int, power: float) -> float:
@@ -157,7 +173,7 @@ class Agent:
         self, config: WhiteBoxConfig | None = None, seed: int | list[int] = 0, **fields_: Any
     ):
         if config is None:
-            config = self.config_cls(**fields_)
+            config = self.config_cls(**renamed_fields(fields_))
         elif fields_:
             raise TypeError("pass either config or config fields, not both")
         elif not isinstance(config, self.config_cls):  # a base config: keep its fields

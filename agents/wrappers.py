@@ -85,7 +85,7 @@ def _fpo(form: str = "practical", gamma: float = 0.1) -> Agent:
     names = {c.form: n for n, c in BUILTIN.items() if getattr(c, "form", None)}
     if form not in names:
         raise ValueError(f"form must be one of {tuple(names)}, got {form!r}")
-    return BUILTIN[names[form]](gamma=gamma)
+    return BUILTIN[names[form]](fpo_gamma=gamma)
 
 
 def _ensemble(size: int = 5, mode: str = "mean_std", k: float = 1.0) -> Agent:

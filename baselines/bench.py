@@ -142,22 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sb3-rounds", type=positive_int, default=400, help="RM rounds per SB3 run")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    unknown = [a for a in args.agents if a not in registry.BUILTIN]
-    if unknown:
-        print(
-            f"python -m baselines.bench: error: --agents: unknown {unknown}; "
-            f"allowed: {sorted(registry.names())}",
-            file=sys.stderr,
-        )
-        return 2
-    unknown = [e for e in args.envs if e not in rlhf_envs.ENV_IDS]
-    if unknown:
-        print(
-            f"python -m baselines.bench: error: --envs: unknown {unknown}; "
-            f"allowed: {rlhf_envs.ENV_IDS}",
-            file=sys.stderr,
-        )
-        return 2
+    for flag, given, known, allowed in (
+        ("agents", args.agents, registry.BUILTIN, sorted(registry.names())),
+        ("envs", args.envs, rlhf_envs.ENV_IDS, rlhf_envs.ENV_IDS),
+    ):
+        unknown = [x for x in given if x not in known]
+        if unknown:
+            print(
+                f"python -m baselines.bench: error: --{flag}: unknown {unknown}; allowed: {allowed}",
+                file=sys.stderr,
+            )
+            return 2
     print(f"torch threads: {torch.get_num_threads()}, repeats: {args.repeats} (medians)\n")
     for env_id in args.envs:
         rounds = args.rounds or load_defaults(env_id).get("rounds", 300)

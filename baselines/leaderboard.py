@@ -62,13 +62,13 @@ def collect(runs: Path) -> pd.DataFrame:
         s["code_hash"] = cfg.get("code_hash", s["git_commit"])
         s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
         s["folder"] = str(summary.parent)
-        s.setdefault("label", s["agent"])
+        s["run_name"] = s.pop("label", None) or s.get("run_name") or s["agent"]  # old: label
         rows.append(s)
     return pd.DataFrame(rows)
 
 
 def check_duplicates(df: pd.DataFrame) -> None:
-    dup = df[df.duplicated(["env_id", "label", "seed"], keep=False)]
+    dup = df[df.duplicated(["env_id", "run_name", "seed"], keep=False)]
     if len(dup):
         first = dup.sort_values("folder").iloc[:2].folder.tolist()
         raise MixedRunsError(
@@ -119,7 +119,7 @@ POI_COLUMN = "final_block_true_utility"
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (env_id, label), part in df.groupby(["env_id", "label"]):
+    for (env_id, label), part in df.groupby(["env_id", "run_name"]):
         row = {"env_id": env_id, "agent": label, "seeds": len(part)}
         for col in MAIN_COLUMNS + OPTIONAL_COLUMNS:
             if col not in part or part[col].isna().all():
@@ -151,12 +151,12 @@ def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     methods = [n for n, c in registry.BUILTIN.items() if c.role == "method"]
     baselines = registry.with_role("baseline")
     # agents from outside the package are compared against the baselines too
-    outside = {lab.split("@")[0].split("+")[0] for lab in df["label"]} - set(registry.BUILTIN)
+    outside = {lab.split("@")[0].split("+")[0] for lab in df["run_name"]} - set(registry.BUILTIN)
     methods += sorted(outside)
     rows = []
     rng = np.random.default_rng(0)
     for env_id, part in df.groupby("env_id"):
-        finals = {label: g[POI_COLUMN].to_numpy() for label, g in part.groupby("label")}
+        finals = {label: g[POI_COLUMN].to_numpy() for label, g in part.groupby("run_name")}
         # compare within one optimiser: METHOD+ppo against BASELINE+ppo, white-box with white-box
         suffixes = sorted({label.partition("+")[1:] for label in finals})
         pairs = [
@@ -275,8 +275,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     for env_id, part in df.groupby("env_id"):
         curves = {}
         fig, ax = plt.subplots(figsize=(7, 4))
-        for agent in sorted(part.label.unique(), key=lambda a: (_order(a), a)):
-            runs = part[part.label == agent]
+        for agent in sorted(part.run_name.unique(), key=lambda a: (_order(a), a)):
+            runs = part[part.run_name == agent]
             ms = [results.read_metrics(Path(f) / "metrics.csv") for f in runs.folder]
             u = np.stack([m.get("true_utility", m.get("sample_true_utility")) for m in ms])
             curves[agent] = ms

@@ -4,7 +4,7 @@ Examples::
 
     python -m baselines.run --agent fpo
     python -m baselines.run --agent naive --env RLHFNeuralBlindSpot-v0 --seeds 0-9 --jobs 2
-    python -m baselines.run --agent fpo-relaxed --env-kwargs label_noise=0.5 --agent-kwargs gamma=0.2
+    python -m baselines.run --agent fpo-relaxed --env-kwargs label_noise=0.5 --agent-kwargs fpo_gamma=0.2
 
 Each run writes ``OUT/ENV/AGENT/seed_S/`` with ``config.json`` (every setting, package versions,
 git commit), ``metrics.csv`` (per round) and ``summary.json`` (written last: its presence marks a
@@ -103,12 +103,12 @@ class Job:
     out: str
     digests: dict[int, str] = field(default_factory=dict)
     settings: dict[int, dict[str, Any]] = field(default_factory=dict)
-    label: str = ""
-    optimizer: str = "whitebox"
+    run_name: str = ""
+    policy_optimizer: str = "whitebox"
     hyperparams: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.label = self.label or self.agent
+        self.run_name = self.run_name or self.agent
 
 
 def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]:
@@ -124,9 +124,15 @@ def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]
         force=args.force,
         batch_size=args.batch_size,
         jobs=args.jobs,
-        optimizer=args.optimizer,
+        policy_optimizer=args.policy_optimizer,
         sb3_kwargs=parse_kwargs(args.sb3_kwargs, "--sb3-kwargs"),
     )
+
+
+def run_folder_name(agent_name: str, policy_optimizer: str = "whitebox", tag: str = "") -> str:
+    """``AGENT[+ALGO][@TAG]``: the folder of an agent's runs under ``OUT/ENV/``."""
+    name = agent_name if policy_optimizer == "whitebox" else f"{agent_name}+{policy_optimizer}"
+    return f"{name}@{tag}" if tag else name
 
 
 def plan(
@@ -141,14 +147,14 @@ def plan(
     batch_size: int = 10,
     jobs: int = 1,
     tag: str = "",
-    optimizer: str = "whitebox",
+    policy_optimizer: str = "whitebox",
     sb3_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[Job], list[tuple[str, int]]]:
     """Validate one (env, agent, settings) over seeds and build its pending jobs.
 
     Everything is checked before anything runs (env kwargs by building the env, agent kwargs by
     building the config). ``tag`` names a hyperparameter variant: its runs go to
-    ``OUT/ENV/AGENT@TAG/seed_S``. ``optimizer`` is ``whitebox`` (the paper's gradient agents,
+    ``OUT/ENV/AGENT@TAG/seed_S``. ``policy_optimizer`` is ``whitebox`` (the paper's gradient agents,
     seeds batched) or an SB3 algorithm (``ppo``, ``sac``, ``a2c``; runs go to
     ``AGENT+ALGO``). Returns (jobs, skipped finished runs).
     """
@@ -156,6 +162,7 @@ def plan(
 
     import rlhf_envs  # noqa: F401  (registers the envs)
     from agents import registry
+    from agents.whitebox import renamed_fields
 
     try:
         agent_cls = registry.get(agent)
@@ -171,34 +178,32 @@ def plan(
         raise CLIError(f"--env-kwargs: {str(e).split(' was raised from')[0]}") from None
     defaults = load_defaults(env_id)
     hyperparams: dict[str, Any] = {}
-    if optimizer == "whitebox":
+    if policy_optimizer == "whitebox":
         if sb3_kwargs:
-            raise CLIError("--sb3-kwargs needs an SB3 --optimizer (ppo, sac or a2c)")
+            raise CLIError("--sb3-kwargs needs an SB3 --policy-optimizer (ppo, sac or a2c)")
         if gym.spec(env_id).vector_entry_point is None:
             raise CLIError(
-                f"--env: {env_id} has no white-box agents; use --optimizer ppo (or sac, a2c)"
+                f"--env: {env_id} has no white-box agents; use --policy-optimizer ppo (or sac, a2c)"
             )
     else:
-        from baselines.sb3_runner import ALGOS, allowed_algos
+        from baselines.sb3_runner import ALGOS, algorithm, allowed_algos
 
-        if optimizer not in ALGOS:
+        if policy_optimizer not in ALGOS:
             raise CLIError(
-                f"--optimizer must be whitebox or one of {', '.join(ALGOS)}, got {optimizer!r}"
+                f"--policy-optimizer must be whitebox or one of {', '.join(ALGOS)}, got {policy_optimizer!r}"
             )
-        if optimizer not in allowed_algos(agent):
+        if policy_optimizer not in allowed_algos(agent):
             raise CLIError(
-                f"--optimizer {optimizer} does not work with --agent {agent} (on-policy "
-                f"algorithms only); allowed --optimizer for --agent {agent}: "
+                f"--policy-optimizer {policy_optimizer} does not work with --agent {agent} (on-policy "
+                f"algorithms only); allowed --policy-optimizer for --agent {agent}: "
                 f"{', '.join(allowed_algos(agent))}"
             )
         sb3 = defaults.get("sb3", {})
-        hyperparams = dict(sb3.get(optimizer, {}))
+        hyperparams = dict(sb3.get(policy_optimizer, {}))
         if sb3_kwargs:
             import inspect
 
-            import stable_baselines3 as sb3_lib
-
-            cls = {"ppo": sb3_lib.PPO, "sac": sb3_lib.SAC, "a2c": sb3_lib.A2C}[optimizer]
+            cls = algorithm(policy_optimizer)
             allowed = set(inspect.signature(cls.__init__).parameters) - {
                 "self",
                 "policy",
@@ -211,7 +216,7 @@ def plan(
             unknown = sorted(set(sb3_kwargs) - allowed)
             if unknown:
                 raise CLIError(
-                    f"--sb3-kwargs: unknown {optimizer} argument(s) {unknown}; allowed: "
+                    f"--sb3-kwargs: unknown {policy_optimizer} argument(s) {unknown}; allowed: "
                     f"{', '.join(sorted(allowed))}"
                 )
             hyperparams.update(sb3_kwargs)
@@ -220,6 +225,7 @@ def plan(
     name = agent_cls.name
     resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(name, {})}
     allowed = agent_cls.config_cls.field_names()
+    agent_kwargs = renamed_fields(agent_kwargs)
     unknown = sorted(set(agent_kwargs) - set(allowed))
     if unknown:
         raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
@@ -232,8 +238,7 @@ def plan(
     except (TypeError, ValueError) as e:
         raise CLIError(f"--agent-kwargs: {e}") from None
     rounds = agent_cfg.rounds
-    label = name if optimizer == "whitebox" else f"{name}+{optimizer}"
-    label = f"{label}@{tag}" if tag else label
+    run_name = run_folder_name(name, policy_optimizer, tag)
 
     pending, skipped = [], []
     digests, settings = {}, {}
@@ -242,15 +247,15 @@ def plan(
             "env_id": env_id,
             "env_kwargs": env_kwargs,
             "agent": agent,
-            "label": label,
+            "run_name": run_name,
             "agent_config": agent_cfg.to_dict(),
             "rounds": rounds,
             "seed": seed,
         }
-        if optimizer != "whitebox":
-            s.update(optimizer=optimizer, hyperparams=hyperparams)
+        if policy_optimizer != "whitebox":
+            s.update(policy_optimizer=policy_optimizer, hyperparams=hyperparams)
         digest = results.config_hash(s)
-        folder = results.run_dir(out, env_id, label, seed)
+        folder = results.run_dir(out, env_id, run_name, seed)
         state = results.is_done(folder, digest)
         if state is None and not force:
             raise CLIError(
@@ -258,7 +263,7 @@ def plan(
                 "or choose another --out"
             )
         if state and not force:
-            skipped.append((label, seed))
+            skipped.append((run_name, seed))
             continue
         pending.append(seed)
         digests[seed], settings[seed] = digest, s
@@ -278,8 +283,8 @@ def plan(
                     str(out),
                     {s: digests[s] for s in chunk},
                     {s: settings[s] for s in chunk},
-                    label,
-                    optimizer,
+                    run_name,
+                    policy_optimizer,
                     hyperparams,
                 )
             )
@@ -330,7 +335,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             units[0] = 0
 
     try:
-        if job.optimizer == "whitebox":
+        if job.policy_optimizer == "whitebox":
             env = gym.make_vec(
                 job.env_id,
                 num_envs=len(job.seeds),
@@ -352,7 +357,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
                     job.env_kwargs,
                     job.agent,
                     job.agent_config,
-                    job.optimizer,
+                    job.policy_optimizer,
                     job.hyperparams,
                     job.rounds,
                     seed,
@@ -372,7 +377,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     reads = cls(cls.config_cls(**job.agent_config)).declared_reads()
     versions, commit = results.package_versions(), results.git_commit()
     for i, seed in enumerate(job.seeds):
-        folder = results.run_dir(job.out, job.env_id, job.label, seed)
+        folder = results.run_dir(job.out, job.env_id, job.run_name, seed)
         results.remove_stale_temps(folder)  # left by a writer killed mid-write
         config = {
             **job.settings[seed],
@@ -388,7 +393,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             "config_hash": job.digests[seed],
             "env_id": job.env_id,
             "agent": job.agent,
-            "label": job.label,
+            "run_name": job.run_name,
             "seed": seed,
             "rounds": job.rounds,
             "wall_time_s": wall / len(job.seeds),
@@ -469,6 +474,12 @@ def execute(jobs: list[Job], n_workers: int, show_progress: bool = True) -> list
         bar.close()
 
 
+def warn_renamed_flags(argv: list[str]) -> None:
+    """One stderr line for each flag spelled as in earlier releases (still accepted)."""
+    if any(a == "--optimizer" or a.startswith("--optimizer=") for a in argv):
+        print("warning: --optimizer is now --policy-optimizer", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m baselines.run",
@@ -486,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
         + "; or module:Class for an agent of your own (a subclass of agents.Agent)",
     )
     p.add_argument(
-        "--optimizer",
+        "--policy-optimizer",
+        "--optimizer",  # the name of earlier releases
+        dest="policy_optimizer",
         default="whitebox",
         help="whitebox (the paper's gradient agents, seeds batched; default) or an SB3 "
         "algorithm: ppo, sac, a2c (the agent becomes a reward wrapper, or for kl a reward "
@@ -508,14 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-kwargs",
         nargs="*",
         metavar="K=V",
-        help="agent config fields, e.g. gamma=0.2 policy_lr=0.01 (override the per-env YAML)",
+        help="agent config fields, e.g. fpo_gamma=0.2 policy_lr=0.01 (override the per-env YAML)",
     )
     p.add_argument(
         "--sb3-kwargs",
         nargs="*",
         metavar="K=V",
         help="SB3 algorithm arguments, e.g. ent_coef=0.01 learning_rate=3e-4 (override the "
-        "env's sb3 section in the YAML; with --optimizer ppo, sac or a2c)",
+        "env's sb3 section in the YAML; with --policy-optimizer ppo, sac or a2c)",
     )
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument(
@@ -533,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        warn_renamed_flags(sys.argv[1:] if argv is None else argv)
         if args.rounds is not None and args.rounds < 1:
             raise CLIError(f"--rounds must be >= 1, got {args.rounds}")
         if args.jobs < 1:

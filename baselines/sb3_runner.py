@@ -32,6 +32,13 @@ _NOT_MEASURED = {
 _RENAMED = {"true_utility": "sample_true_utility", "proxy_reward": "sample_proxy_reward"}
 
 
+def algorithm(name: str):
+    """The stable-baselines3 class of ``name`` (one of :data:`ALGOS`)."""
+    import stable_baselines3 as sb3
+
+    return {"ppo": sb3.PPO, "sac": sb3.SAC, "a2c": sb3.A2C}[name]
+
+
 def allowed_algos(agent: str) -> tuple[str, ...]:
     """The SB3 algorithms that ``agent`` (a name or ``module:Class``) works with."""
     from agents import registry
@@ -45,14 +52,14 @@ def learn_sb3(
     env_kwargs: dict[str, Any],
     agent: str,
     agent_config: dict[str, Any],
-    optimizer: str,
+    policy_optimizer: str,
     hyperparams: dict[str, Any],
     rounds: int,
     seed: int,
     callback=None,
     eval_responses: int = 64,
 ) -> dict[str, np.ndarray]:
-    """Train ``optimizer`` on the agent-wrapped env until ``rounds`` RM rounds; per-round metrics.
+    """Train the SB3 ``policy_optimizer`` on the agent-wrapped env for ``rounds`` RM rounds.
 
     Per round: the mean over the responses the policy sampled of every per-response number the
     env reports in ``info`` (``true_utility`` and ``proxy_reward`` become
@@ -63,16 +70,15 @@ def learn_sb3(
     ``eval_responses`` deterministic responses of the final policy (see
     :func:`evaluate_deterministic`), the number SB3's ``evaluate_policy`` would report.
     """
-    import stable_baselines3 as sb3
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
     from agents import registry
     from agents.wrappers import AgentRewardWrapper
 
-    if optimizer not in allowed_algos(agent):
+    if policy_optimizer not in allowed_algos(agent):
         raise ValueError(
-            f"agent {agent!r} works only with optimizer {' or '.join(allowed_algos(agent))}, "
-            f"got {optimizer!r}"
+            f"agent {agent!r} works only with policy_optimizer "
+            f"{' or '.join(allowed_algos(agent))}, got {policy_optimizer!r}"
         )
     cls = registry.get(agent)
     the_agent = cls(cls.config_cls(**agent_config), seed=seed)
@@ -111,8 +117,9 @@ def learn_sb3(
                         callback(rows[-1])
             return len(rows) < rounds
 
-    algo = {"ppo": sb3.PPO, "sac": sb3.SAC, "a2c": sb3.A2C}[optimizer]
-    model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparams)
+    model = algorithm(policy_optimizer)(
+        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparams
+    )
     callbacks = [*the_agent.sb3_callbacks(), Recorder()]
     model.learn(total_timesteps=10**9, callback=CallbackList(callbacks))
     keys = list(dict.fromkeys(k for r in rows for k in r))

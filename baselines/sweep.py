@@ -12,10 +12,10 @@ A sweep file::
     env_kwargs: {label_noise: 0.1}
     agent_kwargs: {}
     grid:                       # optional cartesian product; keys env.NAME or agent.NAME
-      agent.gamma: [0.05, 0.1]
+      agent.fpo_gamma: [0.05, 0.1]
     subdir: my-sweep            # optional folder under --out (must stay inside it)
     batch_size: 10
-    optimizers: [whitebox]      # optional; or SB3 algorithms: ppo, sac, a2c
+    policy_optimizers: [whitebox]   # optional; or SB3 algorithms: ppo, sac, a2c
 
 Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it
 and writes the same run folders (grid points go to ``AGENT@k=v,...``). The local backend runs
@@ -40,7 +40,16 @@ import yaml
 
 from agents import registry
 from baselines import results
-from baselines.run import CLIError, Job, _Parser, execute, parse_seeds, plan, run_job
+from baselines.run import (
+    CLIError,
+    Job,
+    _Parser,
+    execute,
+    parse_seeds,
+    plan,
+    run_folder_name,
+    run_job,
+)
 
 KEYS = {
     "envs",
@@ -52,7 +61,8 @@ KEYS = {
     "grid",
     "subdir",
     "batch_size",
-    "optimizers",
+    "policy_optimizers",
+    "optimizers",  # the name of earlier releases
 }
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
@@ -81,6 +91,8 @@ def load_sweep(path: Path) -> dict[str, Any]:
         raise CLIError(f"cannot read sweep file {path}: {e}") from None
     if not isinstance(spec, dict):
         raise CLIError(f"sweep file {path} must be a mapping")
+    if "optimizers" in spec:
+        print("warning: sweep key optimizers is now policy_optimizers", file=sys.stderr)
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise CLIError(f"sweep file: unknown key(s) {unknown}; allowed: {sorted(KEYS)}")
@@ -108,12 +120,12 @@ def plan_sweep(
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     all_jobs: list[Job] = []
     folders: list[Path] = []
-    optimizers = spec.get("optimizers") or ["whitebox"]
+    optimizers = spec.get("policy_optimizers") or spec.get("optimizers") or ["whitebox"]
     combos = list(itertools.product(spec["envs"], optimizers, spec["agents"], points or [{}]))
     # parallelism comes from the many (env, agent, grid point) jobs; split one's seeds across
     # workers only when there are fewer of those than workers (results do not depend on it)
     split = jobs if len(combos) < jobs else 1
-    for env_id, optimizer, agent, point in combos:
+    for env_id, policy_optimizer, agent, point in combos:
         env_kw = {**(spec.get("env_kwargs") or {})}
         agent_kw = {**(spec.get("agent_kwargs") or {})}
         for key, value in point.items():
@@ -131,13 +143,11 @@ def plan_sweep(
             int(spec.get("batch_size", 10)),
             split,
             tag=tag_of(point),
-            optimizer=optimizer,
+            policy_optimizer=policy_optimizer,
         )
         all_jobs += new
-        name = registry.get(agent).name
-        label = name if optimizer == "whitebox" else f"{name}+{optimizer}"
-        label = f"{label}@{tag_of(point)}" if point else label
-        folders += [results.run_dir(out, env_id, label, s) for s in seeds]
+        name = run_folder_name(registry.get(agent).name, policy_optimizer, tag_of(point))
+        folders += [results.run_dir(out, env_id, name, s) for s in seeds]
         del done
     return all_jobs, folders
 

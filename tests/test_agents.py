@@ -126,7 +126,7 @@ def test_kl_anchor_equals_practical_fpo_on_the_linear_env():
     kl = AGENTS["kl"](config(LINEAR, kl_cls, rounds=40, kl_coef=0.1), seed=[0, 1]).learn(
         vec_env(LINEAR, [0, 1])
     )
-    fpo = AGENTS["fpo"](config(LINEAR, rounds=40, gamma=0.1), seed=[0, 1]).learn(
+    fpo = AGENTS["fpo"](config(LINEAR, rounds=40, fpo_gamma=0.1), seed=[0, 1]).learn(
         vec_env(LINEAR, [0, 1])
     )
     np.testing.assert_allclose(kl["true_utility"], fpo["true_utility"], rtol=1e-10)

@@ -46,7 +46,16 @@ def test_own_agent_white_box_ppo_sweep_and_leaderboard(my_agent, tmp_path):
     # it is not naive: the initial RM pulls its policy elsewhere
     assert s["final_true_utility"] != summary(out, NEURAL, "naive", 0)["final_true_utility"]
 
-    ppo = ["--optimizer", "ppo", "--env", "RLHFVerbosity-v0", "--seeds", "0", "--rounds", "3"]
+    ppo = [
+        "--policy-optimizer",
+        "ppo",
+        "--env",
+        "RLHFVerbosity-v0",
+        "--seeds",
+        "0",
+        "--rounds",
+        "3",
+    ]
     assert main(["--agent", my_agent, *ppo, *args]) == 0
     metrics = results.run_dir(out, "RLHFVerbosity-v0", "half-static+ppo", 0) / "metrics.csv"
     assert metrics.read_text().count("\n") == 4  # header + 3 rounds

@@ -201,18 +201,25 @@ def test_kl_coef_zero_is_naive_exactly(env_id, optimizer):
 
 
 def test_cli_rejects_kl_with_sac_in_one_line(tmp_path, capsys):
-    code = run_main(["--agent", "kl", "--optimizer", "sac", "--seeds", "0", "--out", str(tmp_path)])
+    argv = ["--agent", "kl", "--policy-optimizer", "sac", "--seeds", "0", "--out", str(tmp_path)]
+    code = run_main(argv)
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("python -m baselines.run: error:")
-    assert "--optimizer" in err and "--agent kl" in err and "ppo, a2c" in err
+    assert "--policy-optimizer" in err and "--agent kl" in err and "ppo, a2c" in err
     assert not any(tmp_path.iterdir())  # nothing ran
+    # the flag's old spelling still works, with a warning
+    argv[argv.index("--policy-optimizer")] = "--optimizer"
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--optimizer is now --policy-optimizer" in err and "ppo, a2c" in err
 
 
 @pytest.mark.parametrize("optimizer", ["ppo", "a2c"])
 def test_plan_accepts_kl_with_on_policy_algorithms(tmp_path, optimizer):
-    jobs, _ = plan(VERBOSITY, "kl", [0], 3, {}, {"kl_coef": 0.2}, tmp_path, optimizer=optimizer)
-    assert jobs[0].label == f"kl+{optimizer}" and jobs[0].agent_config["kl_coef"] == 0.2
+    cfg = {"kl_coef": 0.2}
+    jobs, _ = plan(VERBOSITY, "kl", [0], 3, {}, cfg, tmp_path, policy_optimizer=optimizer)
+    assert jobs[0].run_name == f"kl+{optimizer}" and jobs[0].agent_config["kl_coef"] == 0.2
 
 
 def test_callback_rejects_off_policy_algorithms_and_bad_coefs():

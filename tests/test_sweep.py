@@ -23,7 +23,7 @@ agents: [naive, fpo-relaxed]
 seeds: 0-2
 rounds: 15
 grid:
-  agent.gamma: [0.05, 0.2]
+  agent.fpo_gamma: [0.05, 0.2]
 batch_size: 2
 """
 
@@ -133,7 +133,7 @@ def test_config_paths_are_confined_to_the_output_folder(tmp_path, subdir, capsys
         ("envs: [RLHFBlindSpot-v0]\n", "agents"),
         ("envs: [X]\nagents: [naive]\nseeds: 0\n", "X"),
         (SMALL + "colour: red\n", "colour"),
-        (SMALL.replace("agent.gamma", "agentgamma"), "agentgamma"),
+        (SMALL.replace("agent.fpo_gamma", "agentgamma"), "agentgamma"),
         ("- just a list\n", "mapping"),
     ],
 )
@@ -210,7 +210,7 @@ FLAGS = [
     "--agent-kwargs",
     "--jobs",
     "--batch-size",
-    "--optimizer",
+    "--policy-optimizer",
     "--force",
     "--bogus",
 ]
@@ -226,7 +226,7 @@ VALUES = [
     "nan",
     "RLHFBlindSpot-v0",
     "dims=0",
-    "gamma=-1",
+    "fpo_gamma=-1",
     "signal_dims=99",
     "feedback=x",
     "=",
@@ -273,7 +273,7 @@ def test_sweep_runs_sb3_optimizers_into_their_own_folders(tmp_path):
         """
 envs: [RLHFContextual-v0]
 agents: [naive]
-optimizers: [ppo]
+policy_optimizers: [ppo]
 seeds: 0
 rounds: 3
 """,

@@ -50,7 +50,7 @@ def step_checked(env, action):
 @pytest.mark.parametrize("form", ["practical", "relaxed"])
 @pytest.mark.parametrize("env_id", [LINEAR, NEURAL])
 def test_fpo_wrapper_pays_rm_minus_penalty_and_keeps_truth(env_id, form):
-    agent = FPOAgent(gamma=0.3) if form == "practical" else FPORelaxedAgent(gamma=0.3)
+    agent = FPOAgent(fpo_gamma=0.3) if form == "practical" else FPORelaxedAgent(fpo_gamma=0.3)
     env = make(env_id, agent)
     assert env.agent is agent
     core = env.unwrapped.core
@@ -79,7 +79,7 @@ def test_fpo_wrapper_pays_rm_minus_penalty_and_keeps_truth(env_id, form):
 def test_exact_fpo_wrapper_pays_the_virtual_update_and_reuses_the_buffer_gradient(
     env_id, monkeypatch
 ):
-    agent = FPOExactAgent(gamma=0.2)
+    agent = FPOExactAgent(fpo_gamma=0.2)
     env = make(env_id, agent)
     core = env.unwrapped.core
     assert agent._lookahead == {}  # start() at the seeded reset gives a fresh cache
@@ -175,9 +175,9 @@ def test_ensemble_wrapper_is_pessimistic():
 @pytest.mark.parametrize(
     "agent",
     [
-        FPOAgent(gamma=0.1),
-        FPORelaxedAgent(gamma=0.1),
-        FPOExactAgent(gamma=0.1),
+        FPOAgent(fpo_gamma=0.1),
+        FPORelaxedAgent(fpo_gamma=0.1),
+        FPOExactAgent(fpo_gamma=0.1),
         OracleAgent(),
         EnsembleAgent(ensemble_size=3),
     ],
@@ -210,26 +210,26 @@ def test_wrapper_and_agents_reject_bad_arguments():
         AgentRewardWrapper(env, "not an agent")
     with pytest.raises(TypeError, match="agent"):
         AgentRewardWrapper(env, FPOAgent)  # the class, not an agent
-    with pytest.raises(ValueError, match="gamma"):
-        FPORelaxedAgent(gamma=-1)
-    with pytest.raises(ValueError, match="gamma"):
-        FPOExactAgent(gamma=float("nan"))
+    with pytest.raises(ValueError, match="fpo_gamma"):
+        FPORelaxedAgent(fpo_gamma=-1)
+    with pytest.raises(ValueError, match="fpo_gamma"):
+        FPOExactAgent(fpo_gamma=float("nan"))
     with pytest.raises(ValueError, match="ensemble_size"):
         EnsembleAgent(ensemble_size=1)
     with pytest.raises(ValueError, match="ensemble_mode"):
         EnsembleAgent(ensemble_mode="median")
     with pytest.raises(TypeError):
-        FPOAgent(gamma_typo=0.1)  # unknown config field
+        FPOAgent(fpo_gamma_typo=0.1)  # unknown config field
     with pytest.warns(DeprecationWarning, match="FPORewardWrapper"):
         with pytest.raises(ValueError, match="form"):
             wrappers.FPORewardWrapper(gym.make(LINEAR), form="psychic")
 
 
 DEPRECATED = [
-    ("FPORewardWrapper", {"form": "practical", "gamma": 0.3}, FPOAgent(gamma=0.3)),
-    ("FPORewardWrapper", {"form": "relaxed", "gamma": 0.3}, FPORelaxedAgent(gamma=0.3)),
-    ("FPORewardWrapper", {"form": "exact", "gamma": 0.3}, FPOExactAgent(gamma=0.3)),
-    ("FPORewardWrapper", {}, FPOAgent(gamma=0.1)),  # the old defaults
+    ("FPORewardWrapper", {"form": "practical", "gamma": 0.3}, FPOAgent(fpo_gamma=0.3)),
+    ("FPORewardWrapper", {"form": "relaxed", "gamma": 0.3}, FPORelaxedAgent(fpo_gamma=0.3)),
+    ("FPORewardWrapper", {"form": "exact", "gamma": 0.3}, FPOExactAgent(fpo_gamma=0.3)),
+    ("FPORewardWrapper", {}, FPOAgent(fpo_gamma=0.1)),  # the old defaults
     ("OracleRewardWrapper", {}, OracleAgent()),
     ("StaticRewardWrapper", {}, StaticAgent()),
     (
@@ -305,7 +305,7 @@ def test_harness_runs_sb3_agents_and_rejects_kl(tmp_path, capsys):
             [
                 "--agent",
                 "fpo",
-                "--optimizer",
+                "--policy-optimizer",
                 "ppo",
                 "--seeds",
                 "0",
@@ -323,7 +323,7 @@ def test_harness_runs_sb3_agents_and_rejects_kl(tmp_path, capsys):
     csv = (tmp_path / NEURAL / "fpo+ppo" / "seed_0" / "metrics.csv").read_text().splitlines()
     assert len(csv) == 41
     # kl has an SB3 form only for on-policy algorithms (tests/test_sb3_kl.py)
-    assert run_main(["--agent", "kl", "--optimizer", "sac", "--out", out]) == 2
+    assert run_main(["--agent", "kl", "--policy-optimizer", "sac", "--out", out]) == 2
     assert "kl" in capsys.readouterr().err
 
 
@@ -383,7 +383,7 @@ def test_sb3_kwargs_override_the_yaml_and_are_checked(tmp_path, capsys):
     import json
 
     out = str(tmp_path)
-    args = ["--agent", "naive", "--optimizer", "ppo", "--seeds", "0", "--rounds", "3"]
+    args = ["--agent", "naive", "--policy-optimizer", "ppo", "--seeds", "0", "--rounds", "3"]
     args += ["--env", "RLHFVerbosity-v0", "--out", out, "--no-progress"]
     assert run_main(args + ["--sb3-kwargs", "ent_coef=0.01"]) == 0
     cfg = json.loads(
