@@ -22,6 +22,7 @@ import torch
 
 from agents.ensemble import MODES, RMEnsemble
 from agents.whitebox import Agent, WhiteBoxConfig
+from rlhf_envs.core import check_choice, check_float, check_int
 
 
 class StaticAgent(Agent):
@@ -52,12 +53,7 @@ class KLConfig(WhiteBoxConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (
-            not isinstance(self.kl_coef, (int, float))
-            or not math.isfinite(self.kl_coef)
-            or (self.kl_coef < 0)
-        ):
-            raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef!r}")
+        check_float(self, "kl_coef", 0.0, strict=False)
 
 
 class KLAgent(Agent):
@@ -100,16 +96,9 @@ class EnsembleConfig(WhiteBoxConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (
-            isinstance(self.ensemble_size, bool)
-            or not isinstance(self.ensemble_size, int)
-            or (self.ensemble_size < 2)
-        ):
-            raise ValueError(f"ensemble_size must be an int >= 2, got {self.ensemble_size!r}")
-        if self.ensemble_mode not in MODES:
-            raise ValueError(f"ensemble_mode must be one of {MODES}, got {self.ensemble_mode!r}")
-        if not isinstance(self.ensemble_k, (int, float)) or not math.isfinite(self.ensemble_k):
-            raise ValueError(f"ensemble_k must be a finite number, got {self.ensemble_k!r}")
+        check_int(self, "ensemble_size", 2, 1000)
+        check_choice(self, "ensemble_mode", MODES)
+        check_float(self, "ensemble_k", -math.inf, strict=False)
 
 
 class EnsembleAgent(Agent):

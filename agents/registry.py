@@ -73,11 +73,6 @@ def names() -> tuple[str, ...]:
     return tuple(BUILTIN)
 
 
-def sb3_names() -> tuple[str, ...]:
-    """Built-in agents with a stable-baselines3 form (all of them)."""
-    return tuple(n for n, c in BUILTIN.items() if c.sb3_algos is None or c.sb3_algos)
-
-
 def llm_names() -> tuple[str, ...]:
     """Built-in agents the LLM track implements (those with an ``llm_penalty`` form)."""
     return tuple(n for n, c in BUILTIN.items() if c.llm_penalty is not None)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
+from rlhf_envs.core import check_choice, check_float, check_int
+
 POLICIES = ("deterministic", "gaussian")
 
 
@@ -70,28 +72,15 @@ class WhiteBoxConfig:
     label_grad: bool = True
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        for name, lo, optional in [
-            ("policy_lr", 0.0, False),
-            ("policy_lr_end", 0.0, True),
-            ("sigma", 0.0, False),
-            ("sigma_end", 0.0, True),
-            ("grad_clip", 0.0, True),
-        ]:
-            v = getattr(self, name)
-            if v is None and optional:
-                continue
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo:
-                raise ValueError(f"{name} must be a finite number > {lo}, got {v!r}")
+        check_choice(self, "policy", POLICIES)
+        for name in ("policy_lr", "policy_lr_end", "sigma", "sigma_end", "grad_clip"):
+            if getattr(self, name) is not None or name in ("policy_lr", "sigma"):
+                check_float(self, name, 0.0, strict=True)
         for name in ("l2", "fpo_gamma", "decay_power"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        for name in ("rounds", "inner_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_float(self, name, 0.0, strict=False)
+        check_float(self, "init", -math.inf, strict=False)
+        check_int(self, "rounds", 1)
+        check_int(self, "inner_steps", 1)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -107,19 +107,14 @@ def _poi(x: np.ndarray, y: np.ndarray) -> float:
     return float(((x > y) + 0.5 * (x == y)).mean())
 
 
-def _paired_tasks(x: Any, y: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    xs, ys = tasks_of(x), tasks_of(y)
-    if len(xs) != len(ys):
-        raise ValueError(f"x has {len(xs)} tasks and y {len(ys)}; they must match")
-    return xs, ys
-
-
 def probability_of_improvement(x: Any, y: Any) -> float:
     """P(X > Y) + 0.5 P(X = Y) over all pairs of runs of a task, averaged over tasks.
 
     ``x`` and ``y`` hold the runs of the two agents on the same tasks, in the same order.
     """
-    xs, ys = _paired_tasks(x, y)
+    xs, ys = tasks_of(x), tasks_of(y)
+    if len(xs) != len(ys):
+        raise ValueError(f"x has {len(xs)} tasks and y {len(ys)}; they must match")
     return float(np.mean([_poi(a, b) for a, b in zip(xs, ys, strict=True)]))
 
 
@@ -136,7 +131,9 @@ def probability_of_improvement_ci(
     replacement, independently. ``rng`` may be a shared generator (the leaderboard passes one
     through all its pairs, which fixes the committed numbers) or a seed.
     """
-    xs, ys = _paired_tasks(x, y)
+    xs, ys = tasks_of(x), tasks_of(y)
+    if len(xs) != len(ys):
+        raise ValueError(f"x has {len(xs)} tasks and y {len(ys)}; they must match")
     rng = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
     boots = []
     for _ in range(n_boot):

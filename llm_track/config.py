@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from agents import registry
+from rlhf_envs.core import check_choice, check_float, check_int
 
 #: The agents the LLM track implements: the registry's agents with an ``llm_penalty`` form.
 AGENTS = registry.llm_names()
@@ -115,28 +116,25 @@ class LLMConfig:
         self.lora_targets = tuple(self.lora_targets)
         self.utility_clip = tuple(self.utility_clip)
         penalty_form(self.agent)  # raises LLMTrackError for an agent the LLM track lacks
-        if self.preset not in PRESETS:
-            raise LLMTrackError(
-                f"--preset must be one of {', '.join(PRESETS)}; got {self.preset!r}"
-            )
-        if self.steps < 0:
-            raise LLMTrackError(f"--steps must be >= 0; got {self.steps}")
-        if self.candidates < 1:
-            raise LLMTrackError(f"--candidates must be >= 1; got {self.candidates}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
-            raise LLMTrackError(
-                "need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1"
-            )
-        if not 0.0 < self.top_p <= 1.0 or self.temperature <= 0.0:
-            raise LLMTrackError("need 0 < top_p <= 1 and temperature > 0")
-        if self.gamma < 0 or self.policy_lr <= 0 or self.rm_lr <= 0 or self.grad_accum < 1:
-            raise LLMTrackError("need gamma >= 0, positive learning rates and grad_accum >= 1")
-        if self.prompts not in ("auto", "builtin", "ultrafeedback"):
-            raise LLMTrackError(
-                f"prompts must be auto, builtin or ultrafeedback; got {self.prompts!r}"
-            )
-        if self.dtype not in ("float32", "bfloat16"):
-            raise LLMTrackError(f"--dtype must be float32 or bfloat16; got {self.dtype!r}")
+        try:  # the env configs' checks, each error one line naming the setting and its range
+            check_choice(self, "preset", PRESETS)
+            check_int(self, "steps", 0)
+            check_int(self, "candidates", 1)
+            check_int(self, "max_new_tokens", 1)
+            check_int(self, "min_new_tokens", 0, self.max_new_tokens)
+            check_float(self, "top_p", 0.0, strict=True)
+            check_float(self, "temperature", 0.0, strict=True)
+            check_float(self, "gamma", 0.0, strict=False)
+            check_float(self, "policy_lr", 0.0, strict=True)
+            check_float(self, "rm_lr", 0.0, strict=True)
+            check_int(self, "grad_accum", 1)
+            check_choice(self, "prompts", ("auto", "builtin", "ultrafeedback"))
+            check_choice(self, "dtype", ("float32", "bfloat16"))
+            if self.top_p > 1.0:
+                raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        except (TypeError, ValueError) as e:
+            name, _, rest = str(e).partition(" ")
+            raise LLMTrackError(f"--{name.replace('_', '-')} {rest}") from None
 
     @property
     def penalty_form(self) -> str:
@@ -154,8 +152,6 @@ class LLMConfig:
 
 def preset_config(preset: str, **overrides) -> LLMConfig:
     """The config of a preset, with ``overrides`` (None values are ignored) applied on top."""
-    if preset not in PRESETS:
-        raise LLMTrackError(f"--preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     base: dict = {"preset": preset}
     if preset == "tiny":
         # Same protocol; small models learn fast enough to show drift within 50 steps.

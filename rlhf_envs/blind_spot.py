@@ -21,6 +21,8 @@ class _BlindSpotMixin:
     """Validation, info and white-box access shared by every env on an :class:`RLHFCore`."""
 
     core: RLHFCore
+    #: The error :meth:`_responses` raises, formatted with ``S`` and ``n`` (the core's ``dims``).
+    ys_error = "ys must have shape ({S}, ..., {n}): experiments first, response last"
 
     def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
         """The info dict: counters; with ``proxy`` / ``true_u`` (arrays (S,)) the response's
@@ -45,7 +47,15 @@ class _BlindSpotMixin:
             info["noise_norm"] = per(y[:, k:].norm(dim=-1).numpy())
         return info
 
+    def _start(self, seed: int | None) -> None:
+        """Seed ``np_random``; start fresh experiments if seeded or never started."""
+        gym.Env.reset(self, seed=seed)
+        if seed is not None or not self.core.seeds:
+            self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
+
     def _check_actions(self, action: Any, shape: tuple[int, ...]) -> torch.Tensor:
+        if not self.core.seeds:
+            raise RuntimeError("call reset() before step()")
         try:
             arr = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError) as e:
@@ -67,17 +77,20 @@ class _BlindSpotMixin:
         return self.core.params
 
     def _responses(self, ys: Any) -> torch.Tensor:
-        """``ys`` as a float64 tensor of shape (S, ..., d); a single env also takes (d,)."""
+        """``ys`` as a float64 tensor of shape (S, ..., n); a single env also takes (n,)."""
         y = torch.as_tensor(ys, dtype=torch.float64)
-        S, d = self.core.S, self.config.dims
+        S, n = self.core.S, self.core.config.dims
         if y.dim() == 1 and S == 1:
             y = y.unsqueeze(0)
-        if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != d:
-            raise ValueError(
-                f"ys must have shape ({S}, ..., {d}): experiments first, response last; "
-                f"got {tuple(y.shape)}"
-            )
+        if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != n:
+            raise ValueError(f"{self.ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")
         return y
+
+    def _query(self, ys: Any, fn):
+        """``fn`` of the responses ``ys``, counted as oracle queries."""
+        y = self._responses(ys)
+        self.core.charge(y)
+        return fn(y)
 
     def true_utility(self, ys: Any) -> torch.Tensor:
         """Oracle query of the hidden true utility, counted in ``info["oracle_queries"]``.
@@ -85,30 +98,22 @@ class _BlindSpotMixin:
         Args:
             ys: responses of shape ``(S, ..., d)`` (a tensor keeps its autograd graph).
         """
-        y = self._responses(ys)
-        self.core.charge(y)
-        return self.core.utility(y)
+        return self._query(ys, self.core.utility)
 
     def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`true_utility` with its closed-form gradient in ``ys`` (same query count)."""
-        y = self._responses(ys)
-        self.core.charge(y)
-        return self.core.utility_and_grad(y)
+        return self._query(ys, self.core.utility_and_grad)
 
     def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`query_labeler` with its closed-form gradient in ``ys`` (same query count)."""
-        y = self._responses(ys)
-        self.core.charge(y)
-        return self.core.labeler_target_and_grad(y)
+        return self._query(ys, self.core.labeler_target_and_grad)
 
     def query_labeler(self, ys: Any) -> torch.Tensor:
         """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)).
 
         This is what the RM will be trained toward; counted like :meth:`true_utility`.
         """
-        y = self._responses(ys)
-        self.core.charge(y)
-        return self.core.labeler_target(y)
+        return self._query(ys, self.core.labeler_target)
 
 
 class BlindSpotEnv(_BlindSpotMixin, gym.Env):
@@ -188,14 +193,10 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
         self._obs = np.zeros(1, dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None or not self.core.seeds:
-            self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
+        self._start(seed)
         return self._obs.copy(), self._info()
 
     def step(self, action):
-        if not self.core.seeds:
-            raise RuntimeError("call reset() before step()")
         y = self._check_actions(action, (self.config.dims,))
         proxy, true_u, updated = self.core.step(y)
         self.last_response = y  # (1, d): the vector the RM scored (read by reward wrappers)
@@ -218,8 +219,7 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
     def __init__(self, num_envs: int = 1, **kwargs: Any):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        cfg = {**self.single_env_cls.defaults, **kwargs}
-        self.config = BlindSpotConfig.from_kwargs(**cfg)
+        self.config = BlindSpotConfig.from_kwargs(**{**self.single_env_cls.defaults, **kwargs})
         self.num_envs = num_envs
         self.core = RLHFCore(self.config, num_envs)
         b = np.float32(self.config.action_bound)
@@ -231,22 +231,16 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         self._np_random = None
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        if seed is None:
-            if not self.core.seeds:
-                rng = np.random.default_rng()
-                self.core.reset([_fresh_seed(rng) for _ in range(self.num_envs)])
-        else:
-            seeds = (
-                list(seed)
-                if isinstance(seed, (list, tuple))
-                else [int(seed) + i for i in range(self.num_envs)]
-            )
-            self.core.reset(seeds)
+        if isinstance(seed, (list, tuple)):
+            self.core.reset(list(seed))
+        elif seed is not None:
+            self.core.reset([int(seed) + i for i in range(self.num_envs)])
+        elif not self.core.seeds:
+            rng = np.random.default_rng()
+            self.core.reset([_fresh_seed(rng) for _ in range(self.num_envs)])
         return self._obs.copy(), self._info()
 
     def step(self, actions):
-        if not self.core.seeds:
-            raise RuntimeError("call reset() before step()")
         y = self._check_actions(actions, (self.num_envs, self.config.dims))
         proxy, true_u, updated = self.core.step(y)
         self.last_response = y

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from rlhf_envs.blind_spot import _BlindSpotMixin, _fresh_seed
+from rlhf_envs.blind_spot import _BlindSpotMixin
 from rlhf_envs.core import (
     BlindSpotConfig,
     FollowerConfig,
@@ -88,9 +88,7 @@ class ContextualConfig(FollowerConfig):
         check_int(self, "task_seed", 0, 2**31 - 1)
         check_float(self, "utility_width", 0.0, strict=True)
         check_int(self, "blind_cluster", 0, self.n_clusters - 1)
-        if self.labeler_bias_dims is None:
-            self.labeler_bias_dims = (self.dims - 1,)
-        check_dims(self, "labeler_bias_dims", self.dims)
+        check_dims(self, "labeler_bias_dims", self.dims, default=(self.dims - 1,))
         check_float(self, "action_bound", 0.0, strict=True)
 
     def core_config(self) -> BlindSpotConfig:
@@ -234,6 +232,10 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     """
 
     metadata = {"render_modes": []}
+    ys_error = (
+        "ys must be vectors concat(x, y) of shape ({S}, ..., {n}): experiments first, "
+        "prompt then response last"
+    )
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         self.config = ContextualConfig.from_kwargs(**kwargs)
@@ -246,19 +248,6 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         self.prompt = np.zeros(c.prompt_dims, dtype=np.float32)
         self._cluster = 0
         self.last_response: torch.Tensor | None = None
-
-    def _responses(self, zs: Any) -> torch.Tensor:
-        """``zs`` as a float64 tensor of shape (1, ..., p + d); a single (p + d,) is accepted."""
-        z = torch.as_tensor(zs, dtype=torch.float64)
-        n = self.core.config.dims
-        if z.dim() == 1:
-            z = z.unsqueeze(0)
-        if z.dim() < 2 or z.shape[0] != 1 or z.shape[-1] != n:
-            raise ValueError(
-                f"ys must be vectors concat(x, y) of shape (1, ..., {n}): experiments first, "
-                f"prompt then response last; got {tuple(z.shape)}"
-            )
-        return z
 
     def _draw_prompt(self) -> None:
         c = self.config
@@ -276,16 +265,12 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         return info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None or not self.core.seeds:
-            self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
+        self._start(seed)
         self._draw_prompt()
         self.last_response = None
         return self.prompt.copy(), self._info()
 
     def step(self, action):
-        if not self.core.seeds:
-            raise RuntimeError("call reset() before step()")
         y = self._check_actions(action, (self.config.dims,))
         x = torch.from_numpy(self.prompt.astype(np.float64)).unsqueeze(0)
         z = torch.cat([x, y], dim=-1)

@@ -55,8 +55,8 @@ def check_int(obj: Any, name: str, lo: int, hi: int | None = None) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
     if v < lo or (hi is not None and v > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be in {rng}, got {v}")
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {rng}, got {v}")
     setattr(obj, name, int(v))
 
 
@@ -91,8 +91,10 @@ def check_hidden(obj: Any, name: str = "rm_hidden") -> None:
     setattr(obj, name, hidden)
 
 
-def check_dims(obj: Any, name: str, dims: int) -> None:
-    """Validate ``obj.name`` (None or indices in ``[0, dims)``); store a tuple of ints."""
+def check_dims(obj: Any, name: str, dims: int, default: tuple[int, ...] | None = None) -> None:
+    """Validate ``obj.name`` (None: ``default``, or indices in ``[0, dims)``); store a tuple."""
+    if getattr(obj, name) is None:
+        setattr(obj, name, default)
     if getattr(obj, name) is None:
         return
     idx = int_sequence(name, getattr(obj, name))
@@ -176,10 +178,7 @@ class FollowerConfig(KwargsConfig):
 class BlindSpotConfig(FollowerConfig):
     """Settings of a blind-spot environment (defaults: the paper's linear environment).
 
-    The follower fields (``rm_init_noise``, ``utility_scale``, ``reward_model``, ``rm_hidden``,
-    ``rm_optimizer``, ``rm_lr``, ``rm_weight_decay``, ``rm_steps``, ``buffer_size``,
-    ``samples_per_round``, ``label_noise``, ``labeler_bias``) are those of
-    :class:`FollowerConfig`, with its defaults. For the linear RM ``r = w . y``, ``w0 = 1`` on the
+    Plus the follower fields of :class:`FollowerConfig`, with its defaults. For the linear RM ``r = w . y``, ``w0 = 1`` on the
     signal dims plus ``N(0, rm_init_noise^2)`` on every dim; for the MLP ``rm_init_noise`` is the
     std of the initial weights. The paper's linear rule ``w <- w (1 - 1e-4) + ...`` is SGD with
     lr 0.005 and weight decay 0.02. ``labeler_bias``: the labeler overrates
@@ -228,9 +227,7 @@ class BlindSpotConfig(FollowerConfig):
         check_float(self, "temperature", 0.0, strict=True)
         check_float(self, "action_bound", 0.0, strict=True)
         check_dims(self, "blind_spot_dims", self.dims)
-        if self.labeler_bias_dims is None:
-            self.labeler_bias_dims = (self.dims - 1,)
-        check_dims(self, "labeler_bias_dims", self.dims)
+        check_dims(self, "labeler_bias_dims", self.dims, default=(self.dims - 1,))
         if self.reference_response is not None:
             msg = f"reference_response must be {self.dims} finite numbers"
             try:
@@ -349,9 +346,7 @@ class RLHFCore:
         """What the labeler believes: true utility plus its own bias, uncounted."""
         u = self.utility(y)
         bias = self.labeler_bias_and_grad(y)
-        if bias is not None:
-            u = u + bias[0]
-        return u
+        return u if bias is None else u + bias[0]
 
     def labeler_target(self, y: torch.Tensor) -> torch.Tensor:
         """The labeler's noiseless verdict: rating value, or P(y beats the reference)."""
@@ -391,33 +386,18 @@ class RLHFCore:
         ys = self.round_y
         target = self.labeler_target(ys)
         if c.feedback == "rating" and c.label_noise > 0:
-            noise = torch.stack(
-                [
-                    torch.randn(c.samples_per_round, generator=g, dtype=self.dtype)
-                    for g in self.generators
-                ]
-            )
-            target = target + c.label_noise * noise
+            target = target + c.label_noise * self._draw(torch.randn)
         elif c.feedback == "preference" and c.preference_labels == "sampled":
-            draws = torch.stack(
-                [
-                    torch.rand(c.samples_per_round, generator=g, dtype=self.dtype)
-                    for g in self.generators
-                ]
-            )
-            target = (draws < target).to(self.dtype)
+            target = (self._draw(torch.rand) < target).to(self.dtype)
         self.buffer_y, self.buffer_t, self.buffer_pos, self.buffer_len = self.push(ys, target)
         for _ in range(c.rm_steps):
             self.params, self.opt_state = self.reward_model.update(
                 self.params, self.opt_state, *self.training_batch(), c.feedback, self.references
             )
         for name, p in self.params.items():
-            if not torch.isfinite(p).all():
-                bad = [
-                    s
-                    for s, ok in zip(self.seeds, torch.isfinite(p).flatten(1).all(1), strict=False)
-                    if not ok
-                ]
+            finite = torch.isfinite(p).reshape(self.S, -1).all(1)
+            if not finite.all():
+                bad = [s for s, ok in zip(self.seeds, finite, strict=True) if not ok]
                 raise FloatingPointError(
                     f"reward model parameter {name!r} became NaN/inf at round {self.round} "
                     f"(seeds {bad}); lower rm_lr or bound the responses"
@@ -425,6 +405,11 @@ class RLHFCore:
         self.in_round = 0
         self.round += 1
         self.labels_used += c.samples_per_round
+
+    def _draw(self, sample) -> torch.Tensor:
+        """One ``sample`` (``torch.randn`` / ``torch.rand``) per response of the round, (S, n)."""
+        n = self.config.samples_per_round
+        return torch.stack([sample(n, generator=g, dtype=self.dtype) for g in self.generators])
 
     def push(self, ys: torch.Tensor, targets: torch.Tensor):
         """The FIFO buffer after pushing ``ys`` (S, n, d) with ``targets`` (S, n).
@@ -447,8 +432,7 @@ class RLHFCore:
         size = self.config.buffer_size
         keep = min(self.buffer_len, size - n_new)
         if keep <= 0:
-            empty = self.buffer_y[:, :0], self.buffer_t[:, :0]
-            return empty
+            return self.buffer_y[:, :0], self.buffer_t[:, :0]
         if self.buffer_len < size:
             idx = torch.arange(self.buffer_len - keep, self.buffer_len)
         else:  # full: the oldest entry sits at buffer_pos

@@ -137,15 +137,7 @@ class RewardModel:
             return bce.mean(dim=-1)
         raise ValueError(f"feedback must be 'rating' or 'preference', got {feedback!r}")
 
-    def loss_grad(
-        self,
-        params: Params,
-        y: torch.Tensor,
-        target: torch.Tensor,
-        feedback: str,
-        reference: torch.Tensor | None = None,
-        denominator: int | None = None,
-    ) -> Params:
+    def loss_grad(self, *args, **kwargs) -> Params:
         """Gradient of :meth:`loss` with respect to every parameter, in closed form.
 
         The loss gradient is a weighted sum of per-sample gradients,
@@ -154,8 +146,9 @@ class RewardModel:
         operations, it stays differentiable in ``y`` and ``target``. ``denominator`` replaces the
         batch size in the mean, so that the gradient on a batch is the sum of the gradients on
         its parts.
+        Takes the arguments of :meth:`loss_grad_and_score`.
         """
-        return self.loss_grad_and_score(params, y, target, feedback, reference, denominator)[0]
+        return self.loss_grad_and_score(*args, **kwargs)[0]
 
     def loss_grad_and_score(
         self,
@@ -337,15 +330,14 @@ class MLPRewardModel(RewardModel):
     def init_params(self, generators: list[torch.Generator]) -> Params:
         h1, h2 = self.hidden
         d = self.dims
-        per = []
-        for g in generators:
-            per.append(
-                {
-                    "W1": torch.randn(h1, d, generator=g, dtype=self.dtype) * self.init_std,
-                    "W2": torch.randn(h2, h1, generator=g, dtype=self.dtype) * self.init_std,
-                    "w3": torch.randn(h2, generator=g, dtype=self.dtype) * self.init_std,
-                }
-            )
+        per = [
+            {
+                "W1": torch.randn(h1, d, generator=g, dtype=self.dtype) * self.init_std,
+                "W2": torch.randn(h2, h1, generator=g, dtype=self.dtype) * self.init_std,
+                "w3": torch.randn(h2, generator=g, dtype=self.dtype) * self.init_std,
+            }
+            for g in generators
+        ]
         S = len(generators)
         params = {k: torch.stack([p[k] for p in per]) for k in per[0]}
         params["b1"] = torch.zeros(S, h1, dtype=self.dtype)
@@ -377,9 +369,6 @@ class MLPRewardModel(RewardModel):
         delta1 = torch.bmm(delta2, params["W2"]) * torch.sigmoid(z1)
         return r, h1, h2, delta1, delta2
 
-    def _tangent_parts(self, params: Params, y: torch.Tensor):
-        return self.parts(params, y)[1:]
-
     def weighted_grad(self, params, y, a, parts=None) -> Params:
         h1, h2, d1, d2 = (parts if parts is not None else self.parts(params, y))[1:]
         ad1, ad2 = a.unsqueeze(-1) * d1, a.unsqueeze(-1) * d2
@@ -404,9 +393,7 @@ class MLPRewardModel(RewardModel):
         return g
 
     def score_and_grad_y(self, params: Params, y: torch.Tensor):
-        z1, _, z2, _, r = self._forward(params, y)
-        delta2 = params["w3"].unsqueeze(1) * torch.sigmoid(z2)
-        delta1 = torch.bmm(delta2, params["W2"]) * torch.sigmoid(z1)
+        r, _, _, delta1, _ = self.parts(params, y)
         g = torch.bmm(delta1, params["W1"])
         if "skip" in params:
             g = g + params["skip"].unsqueeze(1)
@@ -440,11 +427,11 @@ class MLPRewardModel(RewardModel):
         return k, g_y
 
     def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        h1a, h2a, d1a, d2a = self._tangent_parts(params, ya)
+        h1a, h2a, d1a, d2a = self.parts(params, ya)[1:]
         if yb is ya:
             h1b, h2b, d1b, d2b = h1a, h2a, d1a, d2a
         else:
-            h1b, h2b, d1b, d2b = self._tangent_parts(params, yb)
+            h1b, h2b, d1b, d2b = self.parts(params, yb)[1:]
         yy = (ya * yb).sum(-1)
         k = (
             1.0

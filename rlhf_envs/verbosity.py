@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from rlhf_envs.blind_spot import _BlindSpotMixin, _fresh_seed
+from rlhf_envs.blind_spot import _BlindSpotMixin
 from rlhf_envs.core import (
     FEEDBACK_TYPES,
     PREFERENCE_LABELS,
@@ -144,10 +144,7 @@ class VerbosityCore(RLHFCore):
 
     def utility(self, y: torch.Tensor) -> torch.Tensor:
         """``U(f) = scale * (q + (1 - q) f0) * exp(-lambda * (max_len * f1 - f0))``, uncounted."""
-        c = self.env_config
-        a = c.no_answer_value + (1.0 - c.no_answer_value) * y[..., 0]
-        e = torch.exp(-c.length_penalty * (c.max_len * y[..., 1] - y[..., 0]))
-        return c.utility_scale * a * e
+        return self.utility_and_grad(y)[0]
 
     def utility_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U(f), grad_f U(f))`` in closed form, uncounted."""
@@ -260,6 +257,10 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     """
 
     metadata = {"render_modes": ["ansi"]}
+    ys_error = (
+        "ys must be feature vectors of shape ({S}, ..., {n}): experiments first, "
+        f"features {list(FEATURES)} last"
+    )
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         self.config = VerbosityConfig.from_kwargs(**kwargs)
@@ -285,18 +286,6 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
             rows = [sequence_features(s, self.config.max_len) for s in seqs]
             return torch.from_numpy(np.stack(rows))
         return torch.from_numpy(sequence_features(seqs, self.config.max_len))
-
-    def _responses(self, ys: Any) -> torch.Tensor:
-        """``ys`` as a float64 tensor of shape (1, ..., 3); a single (3,) vector is accepted."""
-        y = torch.as_tensor(ys, dtype=torch.float64)
-        if y.dim() == 1:
-            y = y.unsqueeze(0)
-        if y.dim() < 2 or y.shape[0] != 1 or y.shape[-1] != N_FEATURES:
-            raise ValueError(
-                f"ys must be feature vectors of shape (1, ..., {N_FEATURES}): experiments first, "
-                f"features {list(FEATURES)} last; got {tuple(y.shape)}"
-            )
-        return y
 
     def _check_action(self, action: Any) -> int:
         n = self.config.vocab_size
@@ -336,9 +325,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     # -- gymnasium API ----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None or not self.core.seeds:
-            self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
+        self._start(seed)
         self.tokens = []
         self.last_response = None
         self._done = False
