@@ -65,9 +65,8 @@ def bench(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
-    preset = "tiny" if shapes == "tiny" else "paper"
     cfg = preset_config(
-        preset,
+        "tiny" if shapes == "tiny" else "paper",
         agent=agent,
         device=device,
         dtype=dtype,

@@ -68,23 +68,18 @@ class LLMConfig:
     candidates: int = 8
     """Candidates sampled by the policy per step."""
     max_new_tokens: int = 32
-    """Longest candidate / reference answer."""
     min_new_tokens: int = 5
-    """EOS is forbidden before this many new tokens."""
+    """Longest candidate / reference answer; EOS is forbidden before ``min_new_tokens``."""
     top_p: float = 0.9
-    """Nucleus sampling mass."""
     temperature: float = 0.8
-    """Sampling temperature."""
+    """Nucleus sampling mass and temperature."""
     gamma: float = 10.0
     """FPO penalty weight (ignored by agents of penalty form ``none``)."""
     lora_r: int = 16
-    """LoRA rank."""
     lora_alpha: int = 32
-    """LoRA scaling numerator."""
     lora_dropout: float = 0.05
-    """LoRA dropout."""
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    """Modules that get LoRA adapters."""
+    """LoRA rank, scaling numerator, dropout and the modules that get adapters."""
     policy_lr: float = 2e-5
     """AdamW learning rate of the LoRA adapter (SFT step on the winner)."""
     rm_lr: float = 5e-5
@@ -93,9 +88,8 @@ class LLMConfig:
     """Policy gradient accumulation (SFT steps per optimiser step). The RM head steps every
     protocol step, as in the FPO derivation (one RM step per labelled response)."""
     utility_offset: float = 5.0
-    """Oracle utility U = -NLL_per_token(base) + offset ..."""
     utility_clip: tuple[float, float] = (-15.0, 5.0)
-    """... clipped to this range."""
+    """Oracle utility U = -NLL_per_token(base) + offset, clipped to this range."""
     prompts: str = "auto"
     """``auto`` (UltraFeedback if ``datasets`` is importable and reachable, else built-in),
     ``builtin`` or ``ultrafeedback``."""
@@ -104,13 +98,11 @@ class LLMConfig:
     max_prompt_tokens: int = 256
     """Prompts are truncated (from the left) to this many tokens."""
     device: str = "cpu"
-    """Torch device."""
     dtype: str = "float32"
-    """Model dtype: ``float32`` or ``bfloat16``."""
+    """Torch device and model dtype (``float32`` or ``bfloat16``)."""
     tiny_hidden: int = 64
-    """Hidden size of the tiny models."""
     tiny_layers: int = 2
-    """Layers of the tiny models."""
+    """Hidden size and layers of the tiny models."""
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)

@@ -2,14 +2,12 @@
 
 Per step: pick a prompt; the base model (policy with its LoRA adapter disabled) samples a reference
 answer and the policy samples n candidates (KV cache, top-p, temperature, min/max new tokens), in
-one token loop over a batch of n + 1 rows whose reference row runs without the LoRA update (peft's
-mixed-adapter batch semantics, ``adapter_names=[adapter] * n + ["__base__"]``, by default through a
-row mask on the LoRA update, see ``MIXING``; two loops, base then policy, when the policy or the
-installed peft cannot mix, see ``mixed_batch_adapter``);
-candidates + reference are scored in one batched forward of the base model (oracle utility
-U = clip(-NLL per token + 5, -15, 5)) and one batched forward of the reward model (reward r and
-head features h); each candidate's score is r minus gamma times the FPO penalty (closed form, see
-``fpo_head``); the best candidate wins; the RM head takes a Bradley-Terry step on (winner vs
+one token loop over n + 1 rows whose reference row runs without the LoRA update (peft's
+mixed-adapter batch semantics; two loops, base then policy, when the policy cannot mix: see
+``Protocol.generate_step``); candidates + reference are scored in one batched forward of the base
+model (oracle utility U = clip(-NLL per token + 5, -15, 5)) and one of the reward model (reward r
+and head features h); each candidate's score is r minus gamma times the FPO penalty (closed form,
+see ``fpo_head``); the best candidate wins; the RM head takes a Bradley-Terry step on (winner vs
 reference) with soft label sigmoid(U_w - U_ref); the policy takes an SFT step on the winner.
 
 Randomness is explicit: sampling uses a ``torch.Generator`` seeded from (seed, step) and the
@@ -93,40 +91,36 @@ def sample(
     """n answers to one prompt with a KV cache: (ids (n, T) right-padded, lengths (n,)).
 
     Lengths count the EOS token when one was produced; EOS is masked before ``min_new`` tokens.
-    ``adapter_names`` (one per row; peft LoRA models in eval mode only; peft's mixed-adapter batch
-    semantics): row i runs through adapter ``adapter_names[i]`` or, for ``"__base__"``, through
-    the base model. ``mixing`` picks how: ``"peft"`` uses peft's own mixed-adapter batch forward
-    (needs ``mixed_batch_adapter(model)``), ``"row-mask"`` zeroes the LoRA update of the
-    ``"__base__"`` rows (one active adapter; needs ``row_mask_ok``), see ``_row_masked_lora``.
-    All rows share the prompt, so no padding/attention mask is involved. Each token step draws
-    once from ``generator`` for all n rows (row-major).
+    ``adapter_names`` (one per row, peft LoRA models in eval mode): row i runs through adapter
+    ``adapter_names[i]`` or, for ``"__base__"``, the base model, by ``mixing``: ``"peft"`` (peft's
+    mixed-adapter batch forward; needs ``mixed_batch_adapter``) or ``"row-mask"``
+    (``_row_masked_lora``; needs ``row_mask_ok``). All rows share the prompt, so no padding or
+    attention mask. Each token step draws once from ``generator`` for all n rows (row-major).
     """
-    input_ids = prompt_ids.unsqueeze(0).expand(n, -1).contiguous()
+    ids, dev = prompt_ids.unsqueeze(0).expand(n, -1).contiguous(), prompt_ids.device
     # the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``
     cache_kw = _forward_kwarg(model, ("cache",)) or "past_key_values"
     extra, hooks = {}, nullcontext()
     if adapter_names is not None:
         if len(adapter_names) != n:
             raise ValueError(f"adapter_names has {len(adapter_names)} entries for {n} rows")
-        names = list(adapter_names)
         if mixing == "row-mask":
-            hooks = _row_masked_lora(model, names, input_ids.device)
+            hooks = _row_masked_lora(model, adapter_names, dev)
         elif mixing != "peft":
             raise ValueError(f"mixing must be 'row-mask' or 'peft'; got {mixing!r}")
         elif HOOKS_ONCE_PER_LOOP and hasattr(model, "_enable_peft_forward_hooks"):
             # What ``model(..., adapter_names=...)`` does around each forward (validate the
             # names, hook every LoRA layer, unhook), done once for the whole token loop.
-            hooks = model._enable_peft_forward_hooks(adapter_names=names)
+            hooks = model._enable_peft_forward_hooks(adapter_names=adapter_names)
         else:
-            extra["adapter_names"] = names
+            extra["adapter_names"] = adapter_names
     with _no_leaked_adapter_name_hooks(model, enabled=mixing == "peft"), hooks:
-        out = model(input_ids=input_ids, use_cache=True, **extra)
-        cache, logits = getattr(out, cache_kw), out.logits[:, -1]
-        done = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
-        lengths = torch.full((n,), max_new, dtype=torch.long, device=input_ids.device)
-        tokens = []
-        for t in range(max_new):
-            logits = logits.float()
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        lengths = torch.full((n,), max_new, dtype=torch.long, device=dev)
+        tokens, cache = [], None
+        for t in range(max_new):  # the first forward runs the prompt, the others one token
+            out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
+            cache, logits = getattr(out, cache_kw), out.logits[:, -1].float()
             if t < min_new:
                 logits[:, eos_id] = float("-inf")
             if greedy:
@@ -139,10 +133,9 @@ def sample(
             ended = ~done & (nxt == eos_id)
             lengths[ended] = t + 1
             done |= ended
-            if bool(done.all()) or t == max_new - 1:
+            if bool(done.all()):
                 break
-            out = model(input_ids=nxt.unsqueeze(1), use_cache=True, **{cache_kw: cache}, **extra)
-            cache, logits = getattr(out, cache_kw), out.logits[:, -1]
+            ids = nxt.unsqueeze(1)
     return torch.stack(tokens, 1), lengths
 
 
@@ -178,11 +171,10 @@ def mixed_batch_adapter(model) -> str | None:
         from peft.tuners.lora import LoraLayer, LoraModel
     except ImportError:
         return None
-    if Version(peft.__version__) < Version("0.10.0"):
+    if Version(peft.__version__) < Version("0.10.0") or not isinstance(model, PeftModel):
         return None
-    if not isinstance(model, PeftModel) or not isinstance(model.base_model, LoraModel):
-        return None
-    if not hasattr(model.base_model, "_enable_peft_forward_hooks"):
+    base = model.base_model
+    if not isinstance(base, LoraModel) or not hasattr(base, "_enable_peft_forward_hooks"):
         return None
     if getattr(model, "_adapters_disabled", False) or len(model.active_adapters) != 1:
         return None
@@ -191,12 +183,10 @@ def mixed_batch_adapter(model) -> str | None:
     if config is None or config.is_prompt_learning or getattr(config, "use_dora", False):
         return None
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not any(name in m.lora_A for m in layers):
-        return None
-    for m in layers:
-        if m.merged or m.disable_adapters or not hasattr(m, "_mixed_batch_forward"):
-            return None
-    return name
+    mixable = all(
+        not (m.merged or m.disable_adapters) and hasattr(m, "_mixed_batch_forward") for m in layers
+    )
+    return name if mixable and any(name in m.lora_A for m in layers) else None
 
 
 def row_mask_ok(model, name: str) -> bool:
@@ -215,9 +205,8 @@ def row_mask_ok(model, name: str) -> bool:
     for m in model.modules():
         if not isinstance(m, LoraLayer) or name not in m.lora_A:
             continue
-        if name in getattr(m, "lora_variant", {}) or getattr(m, "use_dora", {}).get(name):
-            return False
-        if name in getattr(m, "lora_embedding_A", {}):
+        variant = name in getattr(m, "lora_variant", {}) or getattr(m, "use_dora", {}).get(name)
+        if variant or name in getattr(m, "lora_embedding_A", {}):
             return False
         if not isinstance(m.lora_B[name], torch.nn.Module) or m.active_adapters != [name]:
             return False
@@ -242,9 +231,7 @@ def _row_masked_lora(model, adapter_names: list[str], device):
         raise ValueError("row-mask mixing needs a plain LoRA adapter; use mixing='peft'")
     drop = torch.tensor([a == BASE_ADAPTER for a in adapter_names], device=device)
 
-    def hook(module, args, out):
-        if out.shape[0] != drop.numel():
-            raise ValueError(f"adapter_names has {drop.numel()} rows, the batch {out.shape[0]}")
+    def hook(module, args, out):  # ``sample`` checked: one name per row
         return out.masked_fill(drop.view(-1, *([1] * (out.dim() - 1))), 0.0)
 
     handles = []
@@ -259,8 +246,7 @@ def _row_masked_lora(model, adapter_names: list[str], device):
 
 
 def _is_adapter_name_hook(hook) -> bool:
-    func = getattr(hook, "func", None)  # peft registers functools.partial(<hook>, adapter_names=..)
-    return getattr(func, "__name__", "") == "_adapter_names_pre_forward_hook"
+    return getattr(getattr(hook, "func", None), "__name__", "") == "_adapter_names_pre_forward_hook"
 
 
 @contextmanager
@@ -274,12 +260,12 @@ def _no_leaked_adapter_name_hooks(model, enabled: bool):
     try:
         yield
     except BaseException:
-        if enabled:
-            for module in model.modules():
-                hooks = getattr(module, "_forward_pre_hooks", None)
-                for hid in [k for k, h in (hooks or {}).items() if _is_adapter_name_hook(h)]:
-                    del hooks[hid]
-                    getattr(module, "_forward_pre_hooks_with_kwargs", {}).pop(hid, None)
+        for module in model.modules() if enabled else ():
+            hooks = getattr(module, "_forward_pre_hooks", None) or {}
+            # peft registers functools.partial(_adapter_names_pre_forward_hook, adapter_names=..)
+            for hid in [k for k, h in hooks.items() if _is_adapter_name_hook(h)]:
+                del hooks[hid]
+                getattr(module, "_forward_pre_hooks_with_kwargs", {}).pop(hid, None)
         raise
 
 
@@ -288,9 +274,7 @@ def response_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: t
     n, T = resp.shape
     ids = torch.cat([prompt_ids.unsqueeze(0).expand(n, -1), resp], 1)
     keep = torch.arange(T, device=resp.device).unsqueeze(0) < lengths.unsqueeze(1)
-    mask = torch.cat(
-        [torch.ones(n, prompt_ids.numel(), dtype=torch.long, device=resp.device), keep.long()], 1
-    )
+    mask = F.pad(keep.long(), (prompt_ids.numel(), 0), value=1)  # the prompt, then the answer
     keep_kw = _forward_kwarg(model, ("logits_to_keep", "num_logits_to_keep"))
     extra = {keep_kw: T + 1} if keep_kw else {}
     logits = model(input_ids=ids, attention_mask=mask, **extra).logits[:, -(T + 1) : -1]
@@ -308,14 +292,8 @@ def decode(tok, resp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
 
 def rewards(reward_model, head, rm_tok, prompt: str, texts: list[str], device) -> tuple:
     """(r, h) of each (prompt, text) pair in one batched reward-model forward."""
-    enc = rm_tok(
-        [prompt] * len(texts),
-        texts,
-        padding=True,
-        truncation=True,
-        max_length=512,
-        return_tensors="pt",
-    )
+    kw = dict(padding=True, truncation=True, max_length=512, return_tensors="pt")
+    enc = rm_tok([prompt] * len(texts), texts, **kw)
     batch = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
         r, h = head_features(reward_model, head, batch)
@@ -326,22 +304,6 @@ def special_ids(tok) -> tuple[int, int]:
     """(EOS id, padding id) of a tokenizer; EOS pads when it has no padding token."""
     pad = tok.pad_token_id
     return tok.eos_token_id, tok.eos_token_id if pad is None else pad
-
-
-def pad_cat(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int):
-    """Concatenate (ids, lengths) batches with different widths (right padding)."""
-    width = max(ids.shape[1] for ids, _ in parts)
-    ids = torch.cat([F.pad(ids, (0, width - ids.shape[1]), value=pad_id) for ids, _ in parts])
-    return ids, torch.cat([lens for _, lens in parts])
-
-
-@contextmanager
-def seeded_global_rng(seed: int, device: str):
-    """Run a block (e.g. dropout) on the global torch RNG seeded with ``seed``; restore it after."""
-    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _clock(device: str) -> float:
@@ -388,9 +350,8 @@ class Protocol:
         name = mixed_batch_adapter(self.m.policy) if self.mixed_generation else None
         if name is None:
             return None
-        if self.mixing == "row-mask" and row_mask_ok(self.m.policy, name):
-            return name, "row-mask"
-        return name, "peft"
+        row_mask = self.mixing == "row-mask" and row_mask_ok(self.m.policy, name)
+        return name, "row-mask" if row_mask else "peft"
 
     @property
     def generation_mode(self) -> str:
@@ -425,7 +386,10 @@ class Protocol:
         if mix is None:
             with policy.disable_adapter():
                 ref = sample(policy, prompt_ids, 1, **kw)
-            return pad_cat([sample(policy, prompt_ids, n, **kw), ref], self.pad_id)
+            parts = [sample(policy, prompt_ids, n, **kw), ref]  # right-pad to one width
+            width = max(ids.shape[1] for ids, _ in parts)
+            pad = [F.pad(ids, (0, width - ids.shape[1]), value=self.pad_id) for ids, _ in parts]
+            return torch.cat(pad), torch.cat([lens for _, lens in parts])
         names = [mix[0]] * n + [BASE_ADAPTER]
         return sample(policy, prompt_ids, n + 1, adapter_names=names, mixing=mix[1], **kw)
 
@@ -435,8 +399,7 @@ class Protocol:
         self.m.policy.eval()
         with self.m.policy.disable_adapter():
             nll = response_nll(self.m.policy, prompt_ids, resp, lengths)
-        lo, hi = self.cfg.utility_clip
-        return (-nll + self.cfg.utility_offset).clamp(lo, hi)
+        return (-nll + self.cfg.utility_offset).clamp(*self.cfg.utility_clip)
 
     def rewards(self, prompt: str, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(r, h) of each text in one batched reward-model forward."""
@@ -454,7 +417,7 @@ class Protocol:
             rows = zip(resp.split(1), lengths.split(1), strict=True)
             u = torch.cat([self.utility(prompt_ids, x, k) for x, k in rows])
             rh = [self.rewards(prompt, [tx]) for tx in texts]
-            r, h = torch.cat([x[0] for x in rh]), torch.cat([x[1] for x in rh])
+            r, h = (torch.cat(x) for x in zip(*rh, strict=True))
         n = resp.shape[0] - 1
         form = cfg.penalty_form  # the agent class's llm_penalty (agents.registry)
         if batched or form == "none":
@@ -480,9 +443,12 @@ class Protocol:
         return loss.item()
 
     def sft_step(self, t: int, prompt_ids, resp_w, len_w) -> float:
-        """SFT on the winner (mean token NLL), with gradient accumulation."""
+        """SFT on the winner (mean token NLL), with gradient accumulation; the dropout runs on the
+        global torch RNG seeded from (seed, step), restored after."""
         self.m.policy.train()
-        with seeded_global_rng(self.step_seed(t) + 1, self.cfg.device):
+        dev = torch.device(self.cfg.device)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(self.step_seed(t) + 1)
             loss = response_nll(self.m.policy, prompt_ids, resp_w.unsqueeze(0), len_w.view(1))[0]
             (loss / self.cfg.grad_accum).backward()
         if (t + 1) % self.cfg.grad_accum == 0:
@@ -547,11 +513,12 @@ class Protocol:
         """
         tmp, old = folder + ".tmp", folder + ".old"
         for path in (tmp, old):
-            if os.path.exists(path):
-                shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
         os.makedirs(tmp)
         self.m.policy.save_pretrained(os.path.join(tmp, "adapter"))
         lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
+        name, keys, pos, has_gauss, cached = np.random.get_state()  # keys as a tensor: weights_only
+        np_rest = (int(pos), int(has_gauss), float(cached))
         state = {
             "step": self.step_count,
             "oracle_queries": self.oracle_queries,
@@ -566,7 +533,7 @@ class Protocol:
                 "torch": torch.get_rng_state(),
                 "generator": self.generator.get_state(),
                 "python": random.getstate(),
-                "numpy": _numpy_state_to_tensors(np.random.get_state()),
+                "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *np_rest),
             },
         }
         torch.save(state, os.path.join(tmp, "state.pt"))
@@ -574,8 +541,7 @@ class Protocol:
         if os.path.exists(folder):
             os.replace(folder, old)
         os.replace(tmp, folder)
-        if os.path.exists(old):
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, folder: str) -> int:
         """Restore a checkpoint written by ``save_checkpoint``; returns the step to continue at."""
@@ -595,17 +561,8 @@ class Protocol:
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
         random.setstate(rng["python"])
-        np.random.set_state(_numpy_state_from_tensors(rng["numpy"]))
+        name, keys, *np_rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *np_rest))
         self.oracle_queries = state["oracle_queries"]
         self.step_count = state["step"]
         return self.step_count
-
-
-def _numpy_state_to_tensors(state: tuple) -> tuple:
-    name, keys, pos, has_gauss, cached = state
-    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
-
-
-def _numpy_state_from_tensors(state: tuple) -> tuple:
-    name, keys, pos, has_gauss, cached = state
-    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)

@@ -43,15 +43,21 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- tokenizers
-def _finish_word_level(tok):
-    from tokenizers import decoders, normalizers, pre_tokenizers, processors
+def _word_level(vocab: dict | None = None, corpus: list[str] | None = None):
+    """A lower-casing, whitespace-splitting word-level tokenizer: ``vocab`` given or trained on
+    ``corpus``, with the special tokens, [CLS]/[SEP] templates for (prompt, answer) pairs."""
+    import tokenizers as tk
     from transformers import PreTrainedTokenizerFast
 
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, tidies punctuation
+    tok = tk.Tokenizer(tk.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = tk.normalizers.Lowercase()
+    tok.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    if corpus is not None:
+        trainer = tk.trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
+        tok.train_from_iterator(corpus, trainer=trainer)
+    tok.decoder = tk.decoders.WordPiece(prefix="##")  # joins words with spaces, tidies punctuation
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
+    tok.post_processor = tk.processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
@@ -69,25 +75,15 @@ def _finish_word_level(tok):
 
 def build_tiny_tokenizer():
     """A word-level tokenizer trained on the built-in prompts (deterministic, no download)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    extra = ["question", ":", "answer", "\n"]
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
-    tok.train_from_iterator(list(BUILTIN_PROMPTS) + [" ".join(extra)], trainer=trainer)
-    return _finish_word_level(tok)
+    return _word_level(corpus=[*BUILTIN_PROMPTS, " ".join(["question", ":", "answer", "\n"])])
 
 
 def build_synthetic_tokenizer(vocab_size: int):
     """A word-level tokenizer with ``vocab_size`` entries (``w6``, ``w7``, ...) for benchmarks
     with real vocabulary sizes and random weights: any sampled id decodes to a word."""
-    from tokenizers import Tokenizer, models
-
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     vocab.update({f"w{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
-    return _finish_word_level(Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>")))
+    return _word_level(vocab)
 
 
 # --------------------------------------------------------------------------- model configs
@@ -194,14 +190,13 @@ def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
     try:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
     except Exception as first:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        if offline or os.path.exists(name) or not _hub_reachable():
-            err = first
-        else:
-            try:
-                return cls.from_pretrained(name, **kwargs)
-            except Exception as second:
-                err = second
+        err = first
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not (offline or os.path.exists(name) or not _hub_reachable()):
+        try:
+            return cls.from_pretrained(name, **kwargs)
+        except Exception as second:
+            err = second
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     raise LLMTrackError(
         f"cannot load the {what} {name!r} ({msg[:160]}); pass {flag} PATH to a local model "
@@ -236,10 +231,8 @@ def rm_head(reward_model: nn.Module) -> nn.Linear:
 
 
 def freeze_all_but_head(reward_model: nn.Module) -> None:
-    for p in reward_model.parameters():
-        p.requires_grad_(False)
-    for p in rm_head(reward_model).parameters():
-        p.requires_grad_(True)
+    reward_model.requires_grad_(False)
+    rm_head(reward_model).requires_grad_(True)
 
 
 def pretrain_tiny_base(model: nn.Module, tok, seed: int, steps: int = 150) -> None:
@@ -328,11 +321,9 @@ def load_base_models(cfg: LLMConfig):
                 f"the reward model {name!r} has {rm.config.num_labels} outputs; need num_labels=1"
             )
     if base is None or rm is None:
-        tiny_base, tiny_rm, tiny_tok = build_tiny_models(cfg)
-        if base is None:
-            base, policy_tok = tiny_base, tiny_tok
-        if rm is None:
-            rm, rm_tok = tiny_rm, tiny_tok
+        tiny_base, tiny_rm, tok = build_tiny_models(cfg)
+        base, policy_tok = (tiny_base, tok) if base is None else (base, policy_tok)
+        rm, rm_tok = (tiny_rm, tok) if rm is None else (rm, rm_tok)
     return base, policy_tok, rm, rm_tok
 
 
@@ -345,8 +336,7 @@ def with_lora(base: nn.Module, policy_tok, rm: nn.Module, rm_tok, cfg: LLMConfig
     """``load_models`` from base models already built (the benchmark's random ones)."""
     from peft import LoraConfig, get_peft_model
 
-    for p in base.parameters():
-        p.requires_grad_(False)
+    base.requires_grad_(False)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

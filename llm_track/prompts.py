@@ -81,14 +81,10 @@ def _ultrafeedback(split: str) -> list[str] | None:
 
 
 def load_prompts(source: str, split: str = "train") -> tuple[list[str], str]:
-    """Prompts for ``split`` (``train`` or ``eval``) and the name of the source actually used.
-
-    Args:
-        source: ``auto``, ``builtin`` or ``ultrafeedback`` (the latter falls back to built-in
-            prompts with a warning when the dataset cannot be loaded).
-        split: ``train`` (UltraFeedback ``train_prefs``) or ``eval`` (``test_prefs``); at most
-            100 000 prompts from UltraFeedback.
-    """
+    """Prompts for ``split`` (``train``: UltraFeedback ``train_prefs``; ``eval``: ``test_prefs``;
+    at most 100 000) and the name of the source used. ``source``: ``auto``, ``builtin`` or
+    ``ultrafeedback``; UltraFeedback falls back to the built-in prompts when it cannot be loaded
+    (with a warning when the download fails)."""
     if source in ("auto", "ultrafeedback"):
         hf_split = "train_prefs" if split == "train" else "test_prefs"
         got = _ultrafeedback(hf_split)

@@ -106,8 +106,7 @@ def run_protocol(
     prompts, source = load_prompts(cfg.prompts, "train")
     models = load_models(cfg)
     proto = Protocol(cfg, models, prompts)
-    rows: list[dict] = []
-    start = 0
+    start, rows = 0, []
     if resuming:
         start = proto.load_checkpoint(ckpt)
         rows = [r for r in read_csv(os.path.join(folder, "metrics.csv")) if r["step"] < start]
