@@ -37,6 +37,8 @@ class _BlindSpotMixin:
             "rm_updated": np.full(n, updated) if n else updated,
             "labels_used": per(c.labels_used),
             "oracle_queries": per(c.oracle_queries),
+            "oracle_grad_queries": per(c.oracle_grad_queries),
+            "oracle_value_equivalents": per(c.oracle_value_equivalents),
         }
         if proxy is not None:
             info["true_utility"] = per(true_u)
@@ -86,32 +88,36 @@ class _BlindSpotMixin:
             raise ValueError(f"{self.ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")
         return y
 
-    def _query(self, ys: Any, fn):
-        """``fn`` of the responses ``ys``, counted as oracle queries."""
-        y = self._responses(ys)
-        self.core.charge(y)
-        return fn(y)
+    def _query(self, ys: Any, fn, grad: bool = False):
+        """``fn`` of the responses ``ys`` (detached: no gradient leaks through a value), counted
+        as value queries, or with ``grad`` as gradient queries."""
+        y = self._responses(ys).detach()
+        self.core.charge(y, grad)
+        with torch.no_grad():
+            return fn(y)
 
     def true_utility(self, ys: Any) -> torch.Tensor:
         """Oracle query of the hidden true utility, counted in ``info["oracle_queries"]``.
 
         Args:
-            ys: responses of shape ``(S, ..., d)`` (a tensor keeps its autograd graph).
+            ys: responses of shape ``(S, ..., d)``. The value carries no gradient: ask
+                :meth:`true_utility_and_grad` (a gradient query) for one.
         """
         return self._query(ys, self.core.utility)
 
     def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`true_utility` with its closed-form gradient in ``ys`` (same query count)."""
-        return self._query(ys, self.core.utility_and_grad)
+        """:meth:`true_utility` and its gradient in ``ys``: a gradient query, counted in
+        ``info["oracle_grad_queries"]`` (``d + 1`` value queries' worth)."""
+        return self._query(ys, self.core.utility_and_grad, grad=True)
 
     def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`query_labeler` with its closed-form gradient in ``ys`` (same query count)."""
-        return self._query(ys, self.core.labeler_target_and_grad)
+        """:meth:`query_labeler` and its gradient in ``ys``: a gradient query."""
+        return self._query(ys, self.core.labeler_target_and_grad, grad=True)
 
     def query_labeler(self, ys: Any) -> torch.Tensor:
         """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)).
 
-        This is what the RM will be trained toward; counted like :meth:`true_utility`.
+        This is what the RM will be trained toward; a value query, like :meth:`true_utility`.
         """
         return self._query(ys, self.core.labeler_target)
 
@@ -161,10 +167,12 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
 
     ## Info
     Every step: ``true_utility``, ``proxy_reward``, ``round`` (completed RM rounds),
-    ``rm_updated`` (the RM was retrained after this step), ``labels_used``, ``oracle_queries``,
+    ``rm_updated`` (the RM was retrained after this step), ``labels_used``, the oracle counters
+    ``oracle_queries`` (value queries), ``oracle_grad_queries`` (gradient queries) and
+    ``oracle_value_equivalents`` (value queries + ``d + 1`` per gradient query), and
     ``signal_norm`` (``||y[:signal_dims]||``) and ``noise_norm`` (``||y[signal_dims:]||``) of the
-    response. The reset info has only ``round``, ``rm_updated``, ``labels_used`` and
-    ``oracle_queries``. The vector env gives the same keys, as arrays per experiment.
+    response. The reset info has only the counters. The vector env gives the same keys, as arrays
+    per experiment.
 
     ## White-box access
     ``env.unwrapped.reward_model`` (score, tangent kernel, per-sample gradients, pure update),

@@ -208,11 +208,11 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
 
     ## Info
     Every step: ``true_utility``, ``proxy_reward``, ``round``, ``rm_updated``, ``labels_used``,
-    ``oracle_queries``, ``cluster`` (the prompt's cluster), ``in_blind_cluster`` (bool: ``cluster
+    the oracle counters (as in ``RLHFBlindSpot-v0``), ``cluster`` (the prompt's cluster), ``in_blind_cluster`` (bool: ``cluster
     == blind_cluster``), and ``signal_norm`` / ``noise_norm``: the norms of the first
     ``core.config.signal_dims`` (= 1, i.e. ``|x[0]|``) and of the remaining coordinates of the
     scored vector ``z = concat(x, y)``. The reset info has ``round``, ``rm_updated``,
-    ``labels_used``, ``oracle_queries``, ``cluster`` and ``in_blind_cluster`` (of the new prompt).
+    ``labels_used``, the oracle counters, ``cluster`` and ``in_blind_cluster`` (of the new prompt).
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`ContextualCore`), ``reward_model``, ``rm_params``,

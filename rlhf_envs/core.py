@@ -138,6 +138,9 @@ class FollowerConfig(KwargsConfig):
         rm_steps: optimiser steps per round (1..10000).
         buffer_size: FIFO buffer of labelled responses (1..1e6).
         samples_per_round: responses labelled per round; the RM retrains after that many (1..1e6).
+        labels_per_response: labels the labeler gives each response (1..1000; each a separate
+            call, with its own noise draw); more RM labels for the same responses, which is how
+            budget-matched controls spend extra labeler calls under SB3.
         label_noise: std of Gaussian noise on rating labels (>= 0).
         labeler_bias: the labeler's own error, a factor on the env's spurious dims (0: none).
     """
@@ -152,6 +155,7 @@ class FollowerConfig(KwargsConfig):
     rm_steps: int = 1
     buffer_size: int = 1
     samples_per_round: int = 1
+    labels_per_response: int = 1
     label_noise: float = 0.0
     labeler_bias: float = 0.0
 
@@ -166,6 +170,7 @@ class FollowerConfig(KwargsConfig):
         check_int(self, "rm_steps", 1, 10_000)
         check_int(self, "buffer_size", 1, 1_000_000)
         check_int(self, "samples_per_round", 1, 1_000_000)
+        check_int(self, "labels_per_response", 1, 1000)
         check_float(self, "label_noise", 0.0, strict=False)
         check_float(self, "labeler_bias", -math.inf, strict=False)
 
@@ -306,7 +311,8 @@ class RLHFCore:
         self.in_round = 0
         self.round = 0
         self.labels_used = np.zeros(self.S, dtype=np.int64)
-        self.oracle_queries = np.zeros(self.S, dtype=np.int64)
+        self.oracle_queries = np.zeros(self.S, dtype=np.int64)  # value queries
+        self.oracle_grad_queries = np.zeros(self.S, dtype=np.int64)
 
     # -- the hidden truth and the labeler -------------------------------------------------------
     def utility(self, y: torch.Tensor) -> torch.Tensor:
@@ -356,10 +362,19 @@ class RLHFCore:
         ref = self.labeler_utility(self.reference)
         return torch.sigmoid((lab - ref) / self.config.temperature)
 
-    def charge(self, y: torch.Tensor) -> None:
-        """Count one oracle query per response in ``y`` (shape (S, ..., d))."""
+    def charge(self, y: torch.Tensor, grad: bool = False) -> None:
+        """Count one oracle query per response in ``y`` (shape (S, ..., d)): a value query, or
+        with ``grad`` a gradient query (the value and its d-dim gradient)."""
         per_exp = int(np.prod(y.shape[1:-1])) if y.dim() > 2 else 1
-        self.oracle_queries += per_exp
+        if grad:
+            self.oracle_grad_queries += per_exp
+        else:
+            self.oracle_queries += per_exp
+
+    @property
+    def oracle_value_equivalents(self) -> np.ndarray:
+        """Value queries plus ``d + 1`` per gradient query (what forward differences cost)."""
+        return self.oracle_queries + (self.config.dims + 1) * self.oracle_grad_queries
 
     # -- one response ---------------------------------------------------------------------------
     def score(self, y: torch.Tensor) -> torch.Tensor:
@@ -384,11 +399,13 @@ class RLHFCore:
     def _label_and_retrain(self) -> None:
         c = self.config
         ys = self.round_y
+        if c.labels_per_response > 1:
+            ys = ys.repeat_interleave(c.labels_per_response, dim=1)
         target = self.labeler_target(ys)
         if c.feedback == "rating" and c.label_noise > 0:
-            target = target + c.label_noise * self._draw(torch.randn)
+            target = target + c.label_noise * self._draw(torch.randn, ys.shape[1])
         elif c.feedback == "preference" and c.preference_labels == "sampled":
-            target = (self._draw(torch.rand) < target).to(self.dtype)
+            target = (self._draw(torch.rand, ys.shape[1]) < target).to(self.dtype)
         self.buffer_y, self.buffer_t, self.buffer_pos, self.buffer_len = self.push(ys, target)
         for _ in range(c.rm_steps):
             self.params, self.opt_state = self.reward_model.update(
@@ -404,11 +421,10 @@ class RLHFCore:
                 )
         self.in_round = 0
         self.round += 1
-        self.labels_used += c.samples_per_round
+        self.labels_used += ys.shape[1]
 
-    def _draw(self, sample) -> torch.Tensor:
-        """One ``sample`` (``torch.randn`` / ``torch.rand``) per response of the round, (S, n)."""
-        n = self.config.samples_per_round
+    def _draw(self, sample, n: int) -> torch.Tensor:
+        """``n`` draws of ``sample`` (``torch.randn`` / ``torch.rand``) per experiment, (S, n)."""
         return torch.stack([sample(n, generator=g, dtype=self.dtype) for g in self.generators])
 
     def push(self, ys: torch.Tensor, targets: torch.Tensor):

@@ -232,11 +232,12 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     ## Info
     Every step: ``true_utility``, ``proxy_reward`` (both 0.0 before the last step), ``round``
-    (completed RM rounds), ``rm_updated``, ``labels_used``, ``oracle_queries``,
+    (completed RM rounds), ``rm_updated``, ``labels_used``, the oracle counters (as in
+    ``RLHFBlindSpot-v0``),
     ``response_length`` (content tokens so far) and ``response_complete``. The last step of a
     response also has ``signal_norm`` (``|has_answer|``, the first ``core.config.signal_dims = 1``
     features) and ``noise_norm`` (``||[length, filler]||``) of the scored feature vector ``f``.
-    The reset info has ``round``, ``rm_updated``, ``labels_used``, ``oracle_queries``,
+    The reset info has ``round``, ``rm_updated``, ``labels_used``, the oracle counters,
     ``response_length`` (0) and ``response_complete`` (False).
 
     ## White-box access

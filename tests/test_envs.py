@@ -348,10 +348,24 @@ def test_info_norms_are_those_of_the_scored_vector(env_id):
 
 # the FollowerConfig fields, in declaration order, with each env's own defaults
 FOLLOWER_DEFAULTS = {
-    "RLHFBlindSpot-v0": (0.1, 10.0, "linear", (32, 32), "sgd", 0.005, 0.02, 1, 1, 1, 0.0, 0.0),
-    "RLHFNeuralBlindSpot-v0": (0.1, 10.0, "mlp", (32, 32), "adam", 1e-3, 1e-3, 1, 50, 5, 0.0, 0.0),
-    "RLHFVerbosity-v0": (0.1, 10.0, "linear", (16, 16), "sgd", 0.003, 0.0, 1, 16, 4, 0.0, 6.0),
-    "RLHFContextual-v0": (0.1, 10.0, "mlp", (32, 32), "adam", 1e-2, 1e-3, 2, 64, 8, 0.0, 5.0),
+    "RLHFBlindSpot-v0": (0.1, 10.0, "linear", (32, 32), "sgd", 0.005, 0.02, 1, 1, 1, 1, 0.0, 0.0),
+    "RLHFNeuralBlindSpot-v0": (
+        0.1,
+        10.0,
+        "mlp",
+        (32, 32),
+        "adam",
+        1e-3,
+        1e-3,
+        1,
+        50,
+        5,
+        1,
+        0.0,
+        0.0,
+    ),
+    "RLHFVerbosity-v0": (0.1, 10.0, "linear", (16, 16), "sgd", 0.003, 0.0, 1, 16, 4, 1, 0.0, 6.0),
+    "RLHFContextual-v0": (0.1, 10.0, "mlp", (32, 32), "adam", 1e-2, 1e-3, 2, 64, 8, 1, 0.0, 5.0),
 }
 
 
