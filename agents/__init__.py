@@ -8,9 +8,9 @@ gradient optimiser (:meth:`Agent.learn`) and any stable-baselines3 algorithm (th
 """
 
 from agents.defences import EnsembleAgent, KLAgent, StaticAgent
-from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent
+from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent, FPORelaxedGradAgent
 from agents.naive import NaiveAgent
-from agents.oracle import OracleAgent
+from agents.oracle import OracleAgent, OracleValuesAgent
 from agents.registry import BUILTIN as AGENTS
 from agents.whitebox import READS, Agent, WhiteBoxAgent, WhiteBoxConfig
 
@@ -24,8 +24,10 @@ __all__ = [
     "FPOAgent",
     "FPOExactAgent",
     "FPORelaxedAgent",
+    "FPORelaxedGradAgent",
     "NaiveAgent",
     "OracleAgent",
+    "OracleValuesAgent",
     "WhiteBoxAgent",
     "WhiteBoxConfig",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from agents import fpo
-from agents.whitebox import Agent
+from agents.whitebox import Agent, WhiteBoxConfig, differentiable
 
 
 class FPOAgent(Agent):
@@ -32,7 +34,7 @@ class FPOAgent(Agent):
         super().__init__(*args, **kwargs)
         self._lookahead: dict = {}  # exact form: the buffer's share of the virtual update
 
-    def declared_reads(self) -> tuple[str, ...]:
+    def white_box_reads(self) -> tuple[str, ...]:
         if self.form == "practical":
             return ("current_rm",)
         label = "labeler_grads" if self.config.label_grad else "labeler_values"
@@ -41,37 +43,36 @@ class FPOAgent(Agent):
     def start(self, core) -> None:
         self._lookahead = {}
 
-    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
-        label_fn = oracle.query_labeler
+    def label(self, y: torch.Tensor, oracle, grad: bool | None = None) -> torch.Tensor:
+        """The labeler's verdict on ``y``: a value query, or with ``grad`` (default:
+        ``label_grad``) a gradient query whose gradient autograd sees."""
+        if self.config.label_grad if grad is None else grad:
+            return differentiable(*oracle.query_labeler_and_grad(y), y)
+        return oracle.query_labeler(y)
+
+    def score(self, core, y: torch.Tensor, oracle, grad: bool | None = None) -> torch.Tensor:
         if self.form == "exact":  # r(y) comes out of the virtual update: one forward pass less
-            label = label_fn(y) if self.config.label_grad else label_fn(y).detach()
+            label = self.label(y, oracle, grad)
             pen, r = fpo.exact_penalty_and_reward(core, y, label, self._lookahead)
             return r - self.config.fpo_gamma * pen
         r = core.reward_model.score(core.params, y)
-        if not self.config.label_grad:
-            label_fn = _detached(label_fn)
-        pen = fpo.penalty(self.form, core, y, label_fn)
+        pen = fpo.penalty(self.form, core, y, lambda v: self.label(v, oracle, grad))
         return r - self.config.fpo_gamma * pen
+
+    def sb3_score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        return self.score(core, y, oracle, grad=False)
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         """Closed form for rating feedback in the practical and relaxed forms, else autograd."""
         if core.config.feedback != "rating" or self.form == "exact":
             return None
+        if self.config.label_grad:
+            labeler = oracle.query_labeler_and_grad
+        else:
+            labeler = lambda v: (oracle.query_labeler(v), None)  # noqa: E731
         return fpo.first_order_score_grad(
-            self.form,
-            core,
-            y,
-            self.config.fpo_gamma,
-            oracle.query_labeler_and_grad,
-            self.config.label_grad,
+            self.form, core, y, self.config.fpo_gamma, labeler, self.config.label_grad
         )
-
-
-def _detached(fn):
-    def wrapped(y: torch.Tensor) -> torch.Tensor:
-        return fn(y).detach()
-
-    return wrapped
 
 
 class FPORelaxedAgent(FPOAgent):
@@ -84,10 +85,29 @@ class FPORelaxedAgent(FPOAgent):
     form = "relaxed"
     llm_penalty = "relaxed"
     cost = 2.5
-    paper_reference = {
-        "RLHFBlindSpot-v0": "9.81",
-        "RLHFNeuralBlindSpot-v0": "6.40 +- 3.73 (5 seeds)",
-    }
+    paper_reference = {"RLHFNeuralBlindSpot-v0": "6.40 +- 3.73 (5 seeds)"}
+
+
+@dataclass
+class GradLabelConfig(WhiteBoxConfig):
+    """:class:`WhiteBoxConfig` with ``label_grad`` on by default."""
+
+    label_grad: bool = True
+
+
+class FPORelaxedGradAgent(FPORelaxedAgent):
+    """Relaxed FPO with the gradient of the labeler's verdict in the policy gradient (one
+    gradient query per scored response, ``d + 1`` value queries' worth).
+
+    The variant of the paper's linear simulation, which differentiates the whole objective by
+    forward differences (arXiv 2605.04266, Sec. 3 and its notebook). Kept beside ``fpo-relaxed``
+    so that the replication of the paper's linear figure stays visible with what it reads.
+    """
+
+    name = "fpo-relaxed-grad"
+    config_cls = GradLabelConfig
+    llm_penalty = None
+    paper_reference = {"RLHFBlindSpot-v0": "9.81"}
 
 
 class FPOExactAgent(FPOAgent):

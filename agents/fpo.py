@@ -138,8 +138,8 @@ def first_order_score_grad(
 ) -> torch.Tensor:
     """``grad_y [r(y) - gamma * penalty(y)]`` in closed form, rating feedback, first-order forms.
 
-    ``labeler(y) -> (verdict, grad_y verdict)`` is the counted query (relaxed form only); with
-    ``label_grad=False`` the verdict is a constant label (its gradient is not used).
+    ``labeler(y) -> (verdict, grad_y verdict or None)`` is the counted query (relaxed form
+    only); with ``label_grad=False`` the verdict is a constant label (no gradient needed).
     """
     if core.config.feedback != "rating" or form not in ("practical", "relaxed"):
         raise ValueError("closed-form FPO gradients cover the practical and relaxed forms, rating")

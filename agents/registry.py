@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib
 
 from agents.defences import EnsembleAgent, KLAgent, StaticAgent
-from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent
+from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent, FPORelaxedGradAgent
 from agents.naive import NaiveAgent
-from agents.oracle import OracleAgent
+from agents.oracle import OracleAgent, OracleValuesAgent
 from agents.whitebox import READS, Agent
 
 #: Built-in agents, in the order tables list them.
@@ -25,11 +25,13 @@ BUILTIN: dict[str, type[Agent]] = {
         NaiveAgent,
         FPOAgent,
         FPORelaxedAgent,
+        FPORelaxedGradAgent,
         FPOExactAgent,
         StaticAgent,
         KLAgent,
         EnsembleAgent,
         OracleAgent,
+        OracleValuesAgent,
     )
 }
 

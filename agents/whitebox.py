@@ -51,10 +51,11 @@ class WhiteBoxConfig:
         fpo_gamma: FPO penalty weight, the paper's gamma (>= 0; used by the FPO agents only;
             not SB3's discount ``gamma``).
         init: initial response / policy mean (a number broadcast to all dims).
-        label_grad: let the policy gradient flow through oracle answers (the labeler's verdict
-            in relaxed/exact FPO). The paper's linear simulation differentiates the whole
-            objective by finite differences, so its verdict term carries gradient (``True``);
-            ``False`` treats the verdict as a constant label.
+        label_grad: let the policy gradient flow through the labeler's verdict in relaxed/exact
+            FPO: each scored response then costs a gradient query instead of a value query.
+            ``False`` (default) treats the verdict as a constant label. The paper's linear
+            simulation differentiates the whole objective by finite differences, so its verdict
+            term carries gradient: that variant is the ``fpo-relaxed-grad`` agent.
     """
 
     policy: str = "deterministic"
@@ -69,7 +70,7 @@ class WhiteBoxConfig:
     grad_clip: float | None = None
     fpo_gamma: float = 0.1
     init: float = 0.0
-    label_grad: bool = True
+    label_grad: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self, "policy", POLICIES)
@@ -115,9 +116,25 @@ RoundCallback = Callable[[dict[str, np.ndarray]], None]
 #: What an agent may read, besides the responses it scores. ``current_rm``: the env's reward
 #: model as it is now; ``initial_rm``: the RM as it was at the start; ``rm_buffer``: the labels
 #: the RM was trained on (already paid for); ``labeler_values`` / ``labeler_grads``: the
-#: labeler's verdict on new responses, or its gradient (counted oracle queries); ``truth``: the
-#: hidden true utility (counted; only the oracle ceiling may read it).
-READS = ("current_rm", "initial_rm", "rm_buffer", "labeler_values", "labeler_grads", "truth")
+#: labeler's verdict on new responses, or its gradient (counted oracle queries: values in
+#: ``oracle_queries``, gradients in ``oracle_grad_queries``); ``truth_values`` /
+#: ``truth_grads``: the hidden true utility or its gradient (counted; the oracle ceiling).
+READS = (
+    "current_rm",
+    "initial_rm",
+    "rm_buffer",
+    "labeler_values",
+    "labeler_grads",
+    "truth_values",
+    "truth_grads",
+)
+
+
+def differentiable(value: torch.Tensor, grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``value`` (S, n) of a gradient query on ``y`` (S, n, d), made differentiable in ``y`` with
+    the gradient ``grad`` that the query returned: the same number, whose autograd gradient is
+    ``grad`` (first order). Oracle values themselves carry no gradient."""
+    return value + ((y - y.detach()) * grad).sum(-1)
 
 
 class Agent:
@@ -171,8 +188,14 @@ class Agent:
         self.seeds = [seed] if isinstance(seed, int) else list(seed)
 
     # -- what an agent optimises ------------------------------------------------------------------
-    def declared_reads(self) -> tuple[str, ...]:
-        """What this agent reads with its config (default: the class's :attr:`reads`)."""
+    def declared_reads(self, sb3: bool = False) -> tuple[str, ...]:
+        """What this agent reads with its config (default: the class's :attr:`reads`); under an
+        SB3 algorithm (``sb3``) no gradient is used, so gradient reads become value reads."""
+        reads = self.white_box_reads()
+        return tuple(r.replace("_grads", "_values") for r in reads) if sb3 else reads
+
+    def white_box_reads(self) -> tuple[str, ...]:
+        """What the white-box optimiser reads with this agent (default: :attr:`reads`)."""
         return self.reads
 
     def start(self, core) -> None:
@@ -190,7 +213,8 @@ class Agent:
         return None
 
     def sb3_score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
-        """The reward an SB3 algorithm is paid (default: :meth:`score`)."""
+        """The reward an SB3 algorithm is paid (default: :meth:`score`). It takes no gradient:
+        agents that ask for gradients in :meth:`score` ask for values here."""
         return self.score(core, y, oracle)
 
     def sb3_callbacks(self) -> list:
@@ -206,19 +230,21 @@ class Agent:
         Returns per-round metrics, each an array of shape ``(rounds, S)``; ``callback`` is called
         after each round with that round's metrics.
         """
+        from agents.sealed import FollowerView, Oracle
+
         cfg = self.config
         T = rounds if rounds is not None else cfg.rounds
-        oracle = env.unwrapped
-        core = oracle.core
+        core = env.unwrapped.core
+        view, oracle = FollowerView(core), Oracle(env.unwrapped)  # what the agent may see
         if not core.seeds:
             raise RuntimeError("reset the env with a seed before learn()")
         S, d = core.S, core.config.dims
         if len(self.seeds) != S:
             raise ValueError(f"agent has {len(self.seeds)} seeds, env has {S} experiments")
         spr, k = core.config.samples_per_round, core.config.signal_dims
-        vector = isinstance(oracle, VectorEnv)
+        vector = isinstance(env.unwrapped, VectorEnv)
         gens = [torch.Generator().manual_seed(_agent_seed(s)) for s in self.seeds]
-        self.start(core)
+        self.start(view)
         theta = torch.full((S, d), float(cfg.init), dtype=torch.float64)
         history: dict[str, list[np.ndarray]] = {}
         gaussian = cfg.policy == "gaussian"
@@ -235,7 +261,7 @@ class Agent:
             # 1. optimise the policy against the current reward model
             for i in range(cfg.inner_steps):
                 y = theta + sigma * eps[:, i] if gaussian else theta
-                grad = self._objective_grad(core, y, oracle)
+                grad = self._objective_grad(view, y, oracle)
                 if cfg.grad_clip is not None:
                     grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
                 theta = theta + lr * grad
@@ -289,6 +315,8 @@ class Agent:
             "noise_norm": theta[:, k:].norm(dim=-1).numpy(),
             "labels_used": core.labels_used.copy(),
             "oracle_queries": core.oracle_queries.copy(),
+            "oracle_grad_queries": core.oracle_grad_queries.copy(),
+            "oracle_value_equivalents": core.oracle_value_equivalents.copy(),
         }
 
 

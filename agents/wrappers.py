@@ -26,29 +26,37 @@ import warnings
 import gymnasium as gym
 import torch
 
+from agents.sealed import FollowerView, Oracle, seal_info
 from agents.whitebox import Agent
 
 
 class AgentRewardWrapper(gym.Wrapper):
     """Pays an SB3 algorithm ``agent.sb3_score`` for each response the env scores.
 
+    The agent sees the follower and the counted queries through :mod:`agents.sealed`.
+
     Args:
         env: a suite env (single, not vectorised).
         agent: an :class:`~agents.whitebox.Agent`; its :meth:`~agents.whitebox.Agent.start`
             runs at every ``reset(seed=...)`` (and the first reset).
+        seal_truth: remove the truth and the env's diagnostics from ``info`` (what the algorithm
+            and its callbacks see); they are in :attr:`audit` after each step instead. The
+            harness seals; ``False`` keeps ``info`` whole (for your own monitoring).
     """
 
-    def __init__(self, env: gym.Env, agent: Agent):
+    def __init__(self, env: gym.Env, agent: Agent, seal_truth: bool = True):
         super().__init__(env)
         if not isinstance(agent, Agent):
             raise TypeError(f"agent must be an agents.Agent, got {type(agent).__name__}")
-        self.agent = agent
+        self.agent, self.seal_truth = agent, seal_truth
+        self.oracle = Oracle(env.unwrapped)
+        self.audit: dict = {}  # the last step's sealed info
         self._started = False
 
     def reset(self, **kwargs):
         out = self.env.reset(**kwargs)
         if kwargs.get("seed") is not None or not self._started:
-            self.agent.start(self.env.unwrapped.core)
+            self.agent.start(FollowerView(self.env.unwrapped.core))
             self._started = True
         return out
 
@@ -59,10 +67,14 @@ class AgentRewardWrapper(gym.Wrapper):
         y = getattr(self.env.unwrapped, "last_response", None)
         if y is not None:
             with torch.no_grad():
-                score = self.agent.sb3_score(before, y.unsqueeze(1), self.env.unwrapped)
+                score = self.agent.sb3_score(FollowerView(before), y.unsqueeze(1), self.oracle)
             reward = float(score[0, 0])
-            info["oracle_queries"] = int(core.oracle_queries[0])  # the agent's own queries
+            for key in ("oracle_queries", "oracle_grad_queries"):  # the agent's own queries
+                info[key] = int(getattr(core, key)[0])
+            info["oracle_value_equivalents"] = int(core.oracle_value_equivalents[0])
         info["wrapped_reward"] = reward
+        if self.seal_truth:
+            info, self.audit = seal_info(info)
         return obs, reward, terminated, truncated, info
 
 
@@ -73,7 +85,7 @@ def _deprecated(old: str, make):
             DeprecationWarning,
             stacklevel=2,
         )
-        return AgentRewardWrapper(env, make(*args, **kwargs))
+        return AgentRewardWrapper(env, make(*args, **kwargs), seal_truth=False)  # as before
 
     wrapper.__name__ = old
     return wrapper
@@ -82,7 +94,10 @@ def _deprecated(old: str, make):
 def _fpo(form: str = "practical", gamma: float = 0.1) -> Agent:
     from agents.registry import BUILTIN
 
-    names = {c.form: n for n, c in BUILTIN.items() if getattr(c, "form", None)}
+    names: dict[str, str] = {}
+    for n, c in BUILTIN.items():  # the first agent of each form (not the gradient variant)
+        if getattr(c, "form", None):
+            names.setdefault(c.form, n)
     if form not in names:
         raise ValueError(f"form must be one of {tuple(names)}, got {form!r}")
     return BUILTIN[names[form]](fpo_gamma=gamma)

@@ -43,7 +43,8 @@ def _order(label: str) -> int:
 
 def _paper_reference(env_id: str, label: str) -> str:
     cls = _agent_class(label)
-    return cls.paper_reference.get(env_id, "-") if cls is not None and "+" not in label else "-"
+    plain = cls is not None and "+" not in label and "@" not in label  # the paper's settings
+    return cls.paper_reference.get(env_id, "-") if plain else "-"
 
 
 class MixedRunsError(Exception):
@@ -131,8 +132,11 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             row[col + "_iqm"] = stats.iqm(x)
         reads = part["reads"].dropna().unique() if "reads" in part else []
         row["reads"] = " / ".join(sorted(reads)) or "?"
-        row["labels_used"] = part["labels_used"].mean()
-        row["oracle_queries"] = part["oracle_queries"].mean()
+        for col in ("labels_used", "oracle_queries", "oracle_grad_queries"):
+            row[col] = part[col].mean() if col in part else 0.0
+        # every labeler call: labels + value queries + d + 1 per gradient query
+        calls = part["labeler_calls"] if "labeler_calls" in part else part["labels_used"]
+        row["labeler_calls"] = calls.mean()
         row["wall_time_s"] = part["wall_time_s"].mean()
         rows.append(row)
     out = pd.DataFrame(rows)
@@ -160,10 +164,11 @@ def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
         # compare within one optimiser: METHOD+ppo against BASELINE+ppo, white-box with white-box
         suffixes = sorted({label.partition("+")[1:] for label in finals})
         pairs = [
-            ("".join((a, *suf)), "".join((b, *suf)))
+            ("".join((a, *suf)), "".join((b, *suf, *extra)))
             for suf in suffixes
             for a in methods
             for b in baselines
+            for extra in ((), (f"@budget={a}",))  # and its budget-matched control, if run
         ]
         for a, b in pairs:
             if a not in finals or b not in finals:
@@ -198,7 +203,13 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
         "AUC: true utility averaged over all rounds. Drop: collapse, the height of the peak block",
         "(the run cut into 20 blocks; peak chosen on even rounds, measured on odd rounds, so that",
         "noise alone gives 0 on average) minus the final block.",
-        "Gap: proxy reward minus true utility at the end. Oracle: oracle queries per run.",
+        "Gap: proxy reward minus true utility at the end. Labels: the RM's labels per run.",
+        "Queries: the agent's own calls on the labeler or the truth, as value queries / gradient",
+        "queries (a gradient query on a d-dim response costs d + 1 value queries by forward",
+        "differences). Labeler calls: labels + value queries + (d + 1) x gradient queries.",
+        "AGENT@budget=X rows are budget-matched controls of agent X: naive given X's labeler calls",
+        "as extra RM labels, and the oracle limited to X's calls as value queries (no gradient);",
+        "the cost-frontier figure plots final U against labeler calls.",
         "Reads: what the agent declares it reads (agents.registry): the current or initial RM,",
         "the RM's labelled buffer, labeler values or gradients on new responses, or the truth.",
         "det. U (SB3 agents): mean true utility of 64 responses of the final policy acting",
@@ -213,8 +224,8 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
             "",
             f"Code commit: {', '.join(c[:12] for c in commits)}; code hash: {', '.join(codes)}.",
             "",
-            "| agent | reads | seeds | final U | final U IQM | final block | AUC | drop | gap | labels | oracle | s/run | paper ref. final U |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| agent | reads | seeds | final U | final U IQM | final block | AUC | drop | gap | labels | queries (value / grad) | labeler calls | s/run | paper ref. final U |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for _, r in part.iterrows():
             lines.append(
@@ -224,7 +235,8 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
                 f"{_fmt(r.final_block_true_utility, r.final_block_true_utility_ci_low, r.final_block_true_utility_ci_high)} | "
                 f"{_fmt(r.auc_true_utility, r.auc_true_utility_ci_low, r.auc_true_utility_ci_high)} | "
                 f"{_fmt(r.collapse_drop, r.collapse_drop_ci_low, r.collapse_drop_ci_high)} | "
-                f"{r.final_gap:.2f} | {r.labels_used:.0f} | {r.oracle_queries:.0f} | "
+                f"{r.final_gap:.2f} | {r.labels_used:.0f} | "
+                f"{r.oracle_queries:.0f} / {r.oracle_grad_queries:.0f} | {r.labeler_calls:.0f} | "
                 f"{r.wall_time_s:.2f} | {_paper_reference(env_id, r.agent)} |"
             )
         extra = [c for c in OPTIONAL_COLUMNS if c in part and part[c].notna().any()]
@@ -241,6 +253,7 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
                 ]
                 lines.append(f"| {r.agent} | " + " | ".join(cells) + " |")
         lines += ["", f"![true utility](figures/{env_id}_true_utility.png)", ""]
+        lines += [f"![cost frontier](figures/{env_id}_cost_frontier.png)", ""]
         if env_id == "RLHFBlindSpot-v0":
             lines += [f"![signal vs noise](figures/{env_id}_signal_noise.png)", ""]
         sub = poi[poi.env_id == env_id] if len(poi) else poi
@@ -287,6 +300,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set(xlabel="round", ylabel="true utility of the policy", title=env_id)
         ax.legend(fontsize=8)
         fig.tight_layout()
+        made.append(_cost_frontier(env_id, table(part), out, plt))
         path = out / f"{env_id}_true_utility.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -297,6 +311,33 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
                 _signal_noise(curves, cfg["env_kwargs"], out / f"{env_id}_signal_noise.png", plt)
             )
     return made
+
+
+def _cost_frontier(env_id: str, tab: pd.DataFrame, out: Path, plt) -> Path:
+    """Final true utility (mean, 95 % CI) against labeler calls per run, one point per row."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    seen: dict[tuple[float, float], int] = {}  # labels of points that nearly coincide stack up
+    for _, r in tab.sort_values(["labeler_calls", "final_true_utility"]).iterrows():
+        err = [[r.final_true_utility - r.final_true_utility_ci_low],
+               [r.final_true_utility_ci_high - r.final_true_utility]]  # fmt: skip
+        marker = "s" if "@budget=" in r.agent else "o"
+        ax.errorbar(r.labeler_calls, r.final_true_utility, yerr=err, fmt=marker, capsize=3)
+        spot = (round(np.log10(r.labeler_calls), 1), round(r.final_true_utility * 2) / 2)
+        k = seen[spot] = seen.get(spot, -1) + 1
+        ax.annotate(r.agent, (r.labeler_calls, r.final_true_utility), fontsize=7,
+                    xytext=(5, 3 + 9 * k), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.margins(x=0.35)
+    ax.set(
+        xlabel="labeler calls per run: labels + value queries + (d + 1) x gradient queries",
+        ylabel="final true utility (mean, 95 % CI)",
+        title=f"{env_id}: result against its cost\n(squares: budget-matched controls)",
+    )
+    fig.tight_layout()
+    path = out / f"{env_id}_cost_frontier.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:

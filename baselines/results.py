@@ -32,7 +32,11 @@ METRIC_COLUMNS = [
     "noise_norm",
     "labels_used",
     "oracle_queries",
+    "oracle_grad_queries",
+    "oracle_value_equivalents",
 ]
+
+COUNTERS = ("labels_used", "oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -116,7 +120,7 @@ def metrics_csv(history: dict[str, np.ndarray], column: int) -> str:
         row: list[Any] = [t + 1]
         for key in known + extra:
             v = history[key][t, column]
-            row.append(int(v) if key in ("labels_used", "oracle_queries") else repr(float(v)))
+            row.append(int(v) if key in COUNTERS else repr(float(v)))
         w.writerow(row)
     return buf.getvalue()
 

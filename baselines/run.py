@@ -319,7 +319,7 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     import torch
 
     import rlhf_envs  # noqa: F401
-    from agents import registry
+    from agents import Agent, registry
 
     torch.set_num_threads(1)
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
@@ -346,7 +346,8 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             cls = registry.get(job.agent)
             agent = cls(cls.config_cls(**job.agent_config), seed=list(job.seeds))
             n = len(job.seeds)
-            history = agent.learn(env, job.rounds, lambda row: callback(row, n))
+            # the harness's own loop, even if the agent overrides learn(): it sees the env
+            history = Agent.learn(agent, env, job.rounds, lambda row: callback(row, n))
             columns = [(history, i) for i in range(n)]
         else:
             from baselines.sb3_runner import learn_sb3
@@ -374,7 +375,8 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
         columns = []
     wall = time.perf_counter() - start
     cls = registry.get(job.agent)
-    reads = cls(cls.config_cls(**job.agent_config)).declared_reads()
+    sb3 = job.policy_optimizer != "whitebox"
+    reads = cls(cls.config_cls(**job.agent_config)).declared_reads(sb3)
     versions, commit = results.package_versions(), results.git_commit()
     for i, seed in enumerate(job.seeds):
         folder = results.run_dir(job.out, job.env_id, job.run_name, seed)
@@ -431,7 +433,11 @@ def summarise(history: dict, col: int) -> dict[str, Any]:
         final_noise_norm=last.get("noise_norm", float("nan")),
         labels_used=int(last["labels_used"]),
         oracle_queries=int(last["oracle_queries"]),
+        oracle_grad_queries=int(last.get("oracle_grad_queries", 0)),
+        oracle_value_equivalents=int(last.get("oracle_value_equivalents", last["oracle_queries"])),
     )
+    # every call on the labeler: the RM's labels plus the agent's queries (as value queries)
+    out["labeler_calls"] = out["labels_used"] + out["oracle_value_equivalents"]
     for key, v in history.items():  # optional columns (SB3 runs, contextual env)
         if key.startswith("eval_"):
             out[key] = float(v[-1, col])

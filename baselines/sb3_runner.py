@@ -24,6 +24,8 @@ _NOT_MEASURED = {
     "rm_updated",
     "labels_used",
     "oracle_queries",
+    "oracle_grad_queries",
+    "oracle_value_equivalents",
     "response_complete",
     "cluster",
     "in_blind_cluster",
@@ -88,7 +90,8 @@ def learn_sb3(
 
     class Recorder(BaseCallback):
         def _on_step(self) -> bool:
-            for info in self.locals["infos"]:
+            for info in self.locals["infos"]:  # one env; the truth comes on the audit channel
+                info = {**info, **env.get_wrapper_attr("audit")}
                 if "true_utility" not in info or info.get("response_complete") is False:
                     continue
                 for key, v in info.items():
@@ -107,6 +110,8 @@ def learn_sb3(
                         rm_error=np.abs(p - t).mean(),
                         labels_used=info["labels_used"],
                         oracle_queries=info["oracle_queries"],
+                        oracle_grad_queries=info["oracle_grad_queries"],
+                        oracle_value_equivalents=info["oracle_value_equivalents"],
                     )
                     if "in_blind_cluster" in info:  # a round may miss one side
                         for side in ("blind_cluster", "other_clusters"):

@@ -17,6 +17,12 @@ A sweep file::
     batch_size: 10
     policy_optimizers: [whitebox]   # optional; or SB3 algorithms: ppo, sac, a2c
 
+An ``agents`` entry may also be a mapping that runs an agent with its own settings under a tag
+(``AGENT@TAG``), for some envs only, e.g. a budget-matched control::
+
+    - {agent: naive, tag: budget=fpo-relaxed, envs: [RLHFNeuralBlindSpot-v0],
+       env_kwargs: {samples_per_round: 20, buffer_size: 200}}
+
 Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it
 and writes the same run folders (grid points go to ``AGENT@k=v,...``). The local backend runs
 jobs in a process pool; the ``ray`` backend submits one Ray task per job (``ray.init(address)``,
@@ -64,6 +70,7 @@ KEYS = {
     "policy_optimizers",
     "optimizers",  # the name of earlier releases
 }
+ENTRY_KEYS = {"agent", "tag", "envs", "env_kwargs", "agent_kwargs"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
 
@@ -99,6 +106,17 @@ def load_sweep(path: Path) -> dict[str, Any]:
     for key in ("envs", "agents"):
         if not isinstance(spec.get(key), list) or not spec[key]:
             raise CLIError(f"sweep file: {key} must be a non-empty list")
+    for entry in spec["agents"]:
+        if isinstance(entry, dict):
+            bad = sorted(set(entry) - ENTRY_KEYS)
+            envs = entry.get("envs", [])
+            if bad or not isinstance(entry.get("agent"), str) or not isinstance(envs, list):
+                raise CLIError(
+                    f"sweep file: an agents entry must be a name or a mapping with agent "
+                    f"(optional: {', '.join(sorted(ENTRY_KEYS - {'agent'}))}); got {entry!r}"
+                )
+        elif not isinstance(entry, str):
+            raise CLIError(f"sweep file: agents entries must be names or mappings, got {entry!r}")
     for key in ("env_kwargs", "agent_kwargs", "grid"):
         if not isinstance(spec.get(key) or {}, dict):
             raise CLIError(f"sweep file: {key} must be a mapping")
@@ -121,16 +139,23 @@ def plan_sweep(
     all_jobs: list[Job] = []
     folders: list[Path] = []
     optimizers = spec.get("policy_optimizers") or spec.get("optimizers") or ["whitebox"]
-    combos = list(itertools.product(spec["envs"], optimizers, spec["agents"], points or [{}]))
+    entries = [e if isinstance(e, dict) else {"agent": e} for e in spec["agents"]]
+    combos = [
+        c
+        for c in itertools.product(spec["envs"], optimizers, entries, points or [{}])
+        if c[0] in c[2].get("envs", [c[0]])
+    ]
     # parallelism comes from the many (env, agent, grid point) jobs; split one's seeds across
     # workers only when there are fewer of those than workers (results do not depend on it)
     split = jobs if len(combos) < jobs else 1
-    for env_id, policy_optimizer, agent, point in combos:
-        env_kw = {**(spec.get("env_kwargs") or {})}
-        agent_kw = {**(spec.get("agent_kwargs") or {})}
+    for env_id, policy_optimizer, entry, point in combos:
+        agent = entry["agent"]
+        env_kw = {**(spec.get("env_kwargs") or {}), **(entry.get("env_kwargs") or {})}
+        agent_kw = {**(spec.get("agent_kwargs") or {}), **(entry.get("agent_kwargs") or {})}
         for key, value in point.items():
             group, name = key.split(".", 1)
             (env_kw if group == "env" else agent_kw)[name] = value
+        tag = ",".join(t for t in (_SAFE.sub("_", str(entry.get("tag", ""))), tag_of(point)) if t)
         new, done = plan(
             env_id,
             agent,
@@ -142,11 +167,11 @@ def plan_sweep(
             force,
             int(spec.get("batch_size", 10)),
             split,
-            tag=tag_of(point),
+            tag=tag,
             policy_optimizer=policy_optimizer,
         )
         all_jobs += new
-        name = run_folder_name(registry.get(agent).name, policy_optimizer, tag_of(point))
+        name = run_folder_name(registry.get(agent).name, policy_optimizer, tag)
         folders += [results.run_dir(out, env_id, name, s) for s in seeds]
         del done
     return all_jobs, folders

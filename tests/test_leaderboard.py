@@ -93,7 +93,7 @@ def test_leaderboard_tables_and_figures(runs, tmp_path):
         )
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "| naive | current_rm | 3 |" in md
-    assert "| fpo-relaxed | current_rm,labeler_grads | 3 |" in md
+    assert "| fpo-relaxed | current_rm,labeler_values | 3 |" in md
     poi = pd.read_csv(tmp_path / "probability_of_improvement.csv")
     row = poi[(poi.method == "fpo-relaxed") & (poi.baseline == "naive")].iloc[0]
     x = per_run[per_run.agent == "fpo-relaxed"].final_block_true_utility.to_numpy()

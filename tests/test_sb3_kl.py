@@ -147,8 +147,9 @@ class Recording(gym.Wrapper):
 
     def step(self, action):
         obs, reward, term, trunc, info = self.env.step(action)
-        if "true_utility" in info and info.get("response_complete") is not False:
-            self.responses.append((info["true_utility"], info["proxy_reward"], info["rm_updated"]))
+        truth = self.env.audit.get("true_utility")  # sealed from info, on the audit channel
+        if truth is not None and info.get("response_complete") is not False:
+            self.responses.append((truth, info["proxy_reward"], info["rm_updated"]))
         return obs, reward, term, trunc, info
 
 

@@ -66,7 +66,7 @@ def test_fpo_wrapper_pays_rm_minus_penalty_and_keeps_truth(env_id, form):
         pen = k if form == "practical" else (r - core.labeler_target(y)[0, 0].item()) * k
         assert reward == pytest.approx(r - 0.3 * pen, rel=1e-12, abs=1e-12)
         assert info["wrapped_reward"] == reward
-        assert info["true_utility"] == pytest.approx(u, rel=1e-12, abs=1e-300)
+        assert env.audit["true_utility"] == pytest.approx(u, rel=1e-12, abs=1e-300)
         assert info["proxy_reward"] == pytest.approx(r, rel=1e-12, abs=1e-12)
         assert reward != info["proxy_reward"]
         # practical FPO asks no oracle; relaxed asks the labeler once per response
@@ -108,7 +108,7 @@ def test_exact_fpo_wrapper_pays_the_virtual_update_and_reuses_the_buffer_gradien
             pen = fpo.exact_penalty(twin, y, twin.labeler_target(y))
             r = twin.reward_model.score(twin.params, y)
         assert reward == pytest.approx((r - 0.2 * pen)[0, 0].item(), rel=1e-9, abs=1e-9)
-        assert info["true_utility"] == pytest.approx(core.utility(y)[0, 0].item(), rel=1e-12)
+        assert env.audit["true_utility"] == pytest.approx(core.utility(y)[0, 0].item(), rel=1e-12)
         assert info["oracle_queries"] == i + 1
         # the agent's cache is keyed by the RM that scored the response (the pre-step one)
         cache = agent._lookahead
@@ -184,7 +184,8 @@ def test_ensemble_wrapper_is_pessimistic():
     ids=lambda a: a.name,
 )
 def test_ppo_trains_on_each_wrapper_and_monitor_reports_truth(agent):
-    env = Monitor(AgentRewardWrapper(gym.make(NEURAL), agent), info_keywords=("true_utility",))
+    unsealed = AgentRewardWrapper(gym.make(NEURAL), agent, seal_truth=False)  # own monitoring
+    env = Monitor(unsealed, info_keywords=("true_utility",))
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, seed=0, device="cpu")
     model.learn(total_timesteps=128)
     core = env.unwrapped.core
@@ -250,7 +251,7 @@ def test_deprecated_wrappers_warn_and_pay_like_the_agent_wrapper(old, kw, agent)
     assert isinstance(legacy, AgentRewardWrapper)
     assert type(legacy.agent) is type(agent)
     assert legacy.agent.config == agent.config
-    new = AgentRewardWrapper(gym.make(NEURAL), agent)
+    new = AgentRewardWrapper(gym.make(NEURAL), agent, seal_truth=False)  # the old wrappers' info
     legacy.reset(seed=5)
     new.reset(seed=5)
     rng = np.random.default_rng(7)
@@ -285,7 +286,9 @@ def test_agent_wrapper_pays_each_builtin_agents_sb3_score_under_the_pre_step_rm(
         assert reward == float(expected[0, 0])
         assert info["wrapped_reward"] == reward
         assert info["oracle_queries"] == int(twin_env.core.oracle_queries[0])
-        assert info["true_utility"] == pytest.approx(oracle.core.utility(y)[0, 0].item(), rel=1e-12)
+        assert env.audit["true_utility"] == pytest.approx(
+            oracle.core.utility(y)[0, 0].item(), rel=1e-12
+        )
         if info["rm_updated"]:
             retrained += 1
             if "current_rm" in agent.declared_reads():
@@ -358,7 +361,7 @@ def test_contextual_per_cluster_columns_match_the_env_infos(monkeypatch):
     class Spy(AgentRewardWrapper):
         def step(self, action):
             out = super().step(action)
-            seen.append((out[4]["in_blind_cluster"], out[4]["true_utility"]))
+            seen.append((self.audit["in_blind_cluster"], self.audit["true_utility"]))
             return out
 
     # learn_sb3 looks the wrapper up in agents.wrappers when it runs
