@@ -1,0 +1,90 @@
+"""Budget-matched controls: extra labels per response, the value-limited oracle, sweep entries."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import rlhf_envs  # noqa: F401
+from agents import OracleValuesAgent, WhiteBoxConfig
+from baselines import leaderboard, results, sweep
+
+NEURAL = "RLHFNeuralBlindSpot-v0"
+
+
+def test_labels_per_response_labels_each_response_m_times_with_own_noise():
+    kw = {"samples_per_round": 3, "buffer_size": 6, "label_noise": 0.5}
+    one = gym.make(NEURAL, **kw)
+    two = gym.make(NEURAL, labels_per_response=2, **kw)
+    for env in (one, two):
+        env.reset(seed=0)
+        for i in range(3):
+            info = env.step(np.full(10, 0.1 * i))[-1]
+    assert info["rm_updated"] and one.unwrapped.core.labels_used[0] == 3
+    core = two.unwrapped.core
+    assert core.labels_used[0] == info["labels_used"] == 6
+    ys, ts = core.training_batch()
+    assert ys.shape[1] == 6
+    for j in range(3):  # copies of each response, each with its own noisy label
+        assert np.array_equal(ys[0, 2 * j], ys[0, 2 * j + 1])
+        assert ts[0, 2 * j] != ts[0, 2 * j + 1]
+    with pytest.raises(ValueError, match="labels_per_response"):
+        gym.make(NEURAL, labels_per_response=0)
+
+
+def test_value_limited_oracle_spends_its_budget_in_value_queries():
+    env = gym.make_vec(NEURAL, num_envs=2, vectorization_mode="vector_entry_point")
+    env.reset(seed=[0, 1])
+    cfg = WhiteBoxConfig(policy="gaussian", rounds=4, inner_steps=3, sigma=0.1)
+    config = OracleValuesAgent.config_cls(**cfg.to_dict(), value_queries=5)
+    agent = OracleValuesAgent(config, seed=[0, 1])
+    h = agent.learn(env)
+    assert (h["oracle_queries"][-1] == 4 * 3 * 5).all()
+    assert (h["oracle_grad_queries"][-1] == 0).all()
+    assert agent.declared_reads() == ("truth_values",)
+
+
+def test_sweep_agent_entries_run_under_their_tag_for_their_envs_only(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "envs: [RLHFBlindSpot-v0, RLHFNeuralBlindSpot-v0]\nseeds: 0\nrounds: 3\nagents:\n"
+        "  - naive\n"
+        "  - {agent: naive, tag: budget=fpo-relaxed, envs: [RLHFNeuralBlindSpot-v0],\n"
+        "     env_kwargs: {samples_per_round: 20, buffer_size: 200}}\n"
+    )
+    _, folders = sweep.plan_sweep(sweep.load_sweep(spec), tmp_path, force=False, jobs=1)
+    names = sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in folders)
+    assert names == [
+        "RLHFBlindSpot-v0/naive",
+        "RLHFNeuralBlindSpot-v0/naive",
+        "RLHFNeuralBlindSpot-v0/naive@budget=fpo-relaxed",
+    ]
+    assert sweep.main([str(spec), "--out", str(tmp_path), "--no-progress"]) == 0
+    folder = results.run_dir(tmp_path, NEURAL, "naive@budget=fpo-relaxed", 0)
+    assert json.loads((folder / "summary.json").read_text())["labels_used"] == 60
+    for bad in (
+        "  - {tag: x}\n",
+        "  - {agent: naive, envs: x}\n",
+        "  - {agent: naive, seeds: 3}\n",
+    ):
+        spec.write_text("envs: [RLHFBlindSpot-v0]\nseeds: 0\nagents:\n" + bad)
+        assert sweep.main([str(spec), "--out", str(tmp_path)]) == 2
+        assert "agents entry" in capsys.readouterr().err
+
+
+def test_leaderboard_pairs_methods_with_their_budget_controls_and_draws_the_frontier(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "envs: [RLHFBlindSpot-v0]\nseeds: 0-2\nrounds: 30\nagents:\n  - naive\n  - fpo-relaxed\n"
+        "  - {agent: naive, tag: budget=fpo-relaxed, env_kwargs: {samples_per_round: 2,"
+        " buffer_size: 2}}\n"
+    )
+    assert sweep.main([str(spec), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+    res = tmp_path / "res"
+    assert leaderboard.main(["--runs", str(tmp_path / "runs"), "--results", str(res)]) == 0
+    board = (res / "LEADERBOARD.md").read_text()
+    assert "| fpo-relaxed | naive@budget=fpo-relaxed |" in board
+    row = next(x for x in board.splitlines() if x.startswith("| fpo-relaxed |"))
+    assert "| 30 | 30 / 0 | 60 |" in row  # labels, queries (value / grad), labeler calls
+    assert (res / "figures" / "RLHFBlindSpot-v0_cost_frontier.png").stat().st_size > 10_000
