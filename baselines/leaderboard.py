@@ -25,26 +25,24 @@ import pandas as pd
 from baselines import results, stats
 
 
-def _agent_class(label: str):
-    """The registered class of a run label (``AGENT[+ALGO][@TAG]``), or None if unknown."""
+def _agent_name(run_name: str) -> str:
+    """The agent of a run folder name ``AGENT[+ALGO][@TAG]``."""
+    return run_name.split("@")[0].split("+")[0]
+
+
+def _order(run_name: str) -> int:
     from agents import registry
 
-    base = label.split("@")[0].split("+")[0]
-    return registry.BUILTIN.get(base)
-
-
-def _order(label: str) -> int:
-    from agents import registry
-
-    base = label.split("@")[0].split("+")[0]
     names = list(registry.BUILTIN)
+    base = _agent_name(run_name)
     return names.index(base) if base in names else len(names)
 
 
-def _paper_reference(env_id: str, label: str) -> str:
-    cls = _agent_class(label)
-    plain = cls is not None and "+" not in label and "@" not in label  # the paper's settings
-    return cls.paper_reference.get(env_id, "-") if plain else "-"
+def _paper_reference(env_id: str, run_name: str) -> str:
+    from agents import registry
+
+    cls = registry.BUILTIN.get(run_name)  # only runs with the paper's settings: no +ALGO, @TAG
+    return cls.paper_reference.get(env_id, "-") if cls is not None else "-"
 
 
 class MixedRunsError(Exception):
@@ -155,7 +153,7 @@ def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     methods = [n for n, c in registry.BUILTIN.items() if c.role == "method"]
     baselines = registry.with_role("baseline")
     # agents from outside the package are compared against the baselines too
-    outside = {lab.split("@")[0].split("+")[0] for lab in df["run_name"]} - set(registry.BUILTIN)
+    outside = {_agent_name(name) for name in df["run_name"]} - set(registry.BUILTIN)
     methods += sorted(outside)
     rows = []
     rng = np.random.default_rng(0)
