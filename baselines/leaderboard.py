@@ -1,6 +1,6 @@
 """Build the leaderboard from run folders: ``results/LEADERBOARD.md``, CSVs and figures.
 
-    python -m baselines.leaderboard [--runs runs] [--results results] [--allow-mixed]
+    python -m baselines.leaderboard [--runs runs] [--results leaderboard] [--force] [--allow-mixed]
 
 Per (env, agent) over seeds: final true utility and area under the true-utility curve (mean
 over rounds) with mean, 95 % percentile-bootstrap CI and IQM; collapse drop (peak minus final);
@@ -45,18 +45,55 @@ def _paper_reference(env_id: str, run_name: str) -> str:
     return cls.paper_reference.get(env_id, "-") if cls is not None else "-"
 
 
+ROOT = Path(__file__).resolve().parent.parent
+FIGURE_KINDS = ("_true_utility.png", "_cost_frontier.png", "_signal_noise.png")
+
+
 class MixedRunsError(Exception):
     pass
 
 
+#: summary numbers a run must have, finite, to be ranked
+NEEDED = ("final_true_utility", "final_block_true_utility", "auc_true_utility", "collapse_drop")
+
+
+def _damage(summary: Path) -> tuple[dict | None, dict | None, str]:
+    """``(summary, config, "")`` of a sound finished run folder, or a reason it is not one."""
+    import rlhf_envs
+
+    try:
+        s = json.loads(summary.read_text())
+        cfg = json.loads((summary.parent / "config.json").read_text())
+        if not isinstance(s, dict) or not isinstance(cfg, dict):
+            return None, None, "summary.json or config.json is not a JSON object"
+        if s.get("status") != "ok":
+            return None, None, ""  # a failed run: reported by the run command, not ranked
+        if s.get("env_id") not in rlhf_envs.ENV_IDS:
+            return None, None, f"unknown env_id {str(s.get('env_id'))[:60]!r}"
+        bad = [k for k in NEEDED if not isinstance(s.get(k), (int, float)) or s[k] != s[k]]
+        bad += [k for k in NEEDED if k not in bad and abs(s[k]) == float("inf")]
+        if bad:
+            return None, None, f"missing or non-finite {', '.join(bad)}"
+        rows = results.read_metrics(summary.parent / "metrics.csv")
+        n = len(next(iter(rows.values()), []))
+        if n != s.get("rounds"):
+            return None, None, f"metrics.csv has {n} rounds, the summary says {s.get('rounds')}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, None, f"{type(e).__name__}: {str(e)[:120]}"
+    return s, cfg, ""
+
+
 def collect(runs: Path) -> pd.DataFrame:
-    """One row per finished run folder (``summary.json`` + its ``config.json`` provenance)."""
+    """One row per sound finished run folder (``summary.json`` + its ``config.json``
+    provenance, ``metrics.csv`` with every round); damaged folders are skipped with one line
+    each on stderr."""
     rows = []
     for summary in sorted(Path(runs).rglob("seed_*/summary.json")):
-        s = json.loads(summary.read_text())
-        if s.get("status") != "ok":
+        s, cfg, why = _damage(summary)
+        if s is None:
+            if why:
+                print(f"skipping {summary.parent}: {why}", file=sys.stderr)
             continue
-        cfg = json.loads((summary.parent / "config.json").read_text())
         s["git_commit"] = cfg.get("git_commit", "unknown")
         s["code_hash"] = cfg.get("code_hash", s["git_commit"])
         s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
@@ -370,9 +407,24 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m baselines.leaderboard", description=__doc__.split("\n")[0]
     )
     p.add_argument("--runs", default="runs", help="folder of run folders (default runs/)")
-    p.add_argument("--results", default="results", help="where to write (default results/)")
+    p.add_argument(
+        "--results",
+        default="leaderboard",
+        help="where to write (default leaderboard/, untracked); the committed results/ only "
+        "with --force",
+    )
+    p.add_argument("--force", action="store_true", help="allow writing into results/")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs from different commits")
     args = p.parse_args(argv)
+    out = Path(args.results)
+    committed = ROOT / "results"
+    if not args.force and (out.resolve() == committed or committed in out.resolve().parents):
+        print(
+            f"python -m baselines.leaderboard: error: --results {args.results} is the committed "
+            "results folder; pass --force to regenerate it",
+            file=sys.stderr,
+        )
+        return 2
     df = collect(Path(args.runs))
     if df.empty:
         print(
@@ -387,9 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     except MixedRunsError as e:
         print(f"python -m baselines.leaderboard: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.results)
     tab = table(df)
-    figures(df, out / "figures")
+    made = figures(df, out / "figures")
+    fresh = {m.resolve() for m in made}
+    for old in (out / "figures").glob("*.png"):  # figures of envs no longer in the table
+        if old.resolve() not in fresh and old.name.endswith(FIGURE_KINDS):
+            old.unlink()
     results.atomic_write_text(out / "leaderboard.csv", tab.to_csv(index=False, float_format="%.6g"))
     per_run = df.drop(columns=["folder", "versions"]).sort_values(["env_id", "agent", "seed"])
     results.atomic_write_text(out / "runs.csv", per_run.to_csv(index=False, float_format="%.6g"))

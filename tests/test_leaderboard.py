@@ -138,3 +138,63 @@ def test_leaderboard_refuses_the_same_run_twice(runs, tmp_path, capsys):
     assert leaderboard.main(["--runs", str(copy), "--results", str(tmp_path / "r")]) == 2
     assert "more than one folder" in capsys.readouterr().err
     assert leaderboard.main(["--runs", str(copy / "a"), "--results", str(tmp_path / "r")]) == 0
+
+
+def test_leaderboard_writes_committed_results_only_when_forced(runs, tmp_path, capsys, monkeypatch):
+    committed = tmp_path / "repo" / "results"
+    committed.mkdir(parents=True)
+    (committed / "LEADERBOARD.md").write_text("the published table\n")
+    monkeypatch.setattr(leaderboard, "ROOT", tmp_path / "repo")
+    for target in (committed, committed / "learnability"):
+        assert leaderboard.main(["--runs", str(runs), "--results", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--force" in err
+    assert (committed / "LEADERBOARD.md").read_text() == "the published table\n"
+    # forced: rewritten, and the figures of envs no longer in the table are removed
+    stale = committed / "figures" / "RLHFContextual-v0_true_utility.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    other = committed / "figures" / "hand_made.png"  # not one of the command's figures: kept
+    other.write_bytes(b"mine")
+    assert leaderboard.main(["--runs", str(runs), "--results", str(committed), "--force"]) == 0
+    assert "fpo-relaxed" in (committed / "LEADERBOARD.md").read_text()
+    assert not stale.exists() and other.exists()
+    monkeypatch.chdir(tmp_path)  # the default goes to an untracked folder
+    assert leaderboard.main(["--runs", str(runs)]) == 0
+    assert (tmp_path / "leaderboard" / "LEADERBOARD.md").exists()
+
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (lambda f: (f / "summary.json").write_text('{"status": "ok", "env_id'), "JSONDecodeError"),
+        (lambda f: (f / "summary.json").write_text(""), "JSONDecodeError"),
+        (lambda f: (f / "config.json").unlink(), "FileNotFoundError"),
+        (lambda f: (f / "metrics.csv").write_text("round,true_utility\n1,3.0\n"), "rounds"),
+        (lambda f: (f / "metrics.csv").unlink(), "FileNotFoundError"),
+        (lambda f: _edit_summary(f, final_true_utility=float("nan")), "non-finite"),
+        (lambda f: _edit_summary(f, final_true_utility="3.0"), "non-finite"),
+        (lambda f: _edit_summary(f, env_id="../../../ESCAPED"), "unknown env_id"),
+        (lambda f: (f / "summary.json").write_text("[1, 2]"), "not a JSON object"),
+    ],
+)
+def test_damaged_runs_are_skipped_with_one_line_each(runs, tmp_path, capsys, damage, needle):
+    import shutil
+
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    folder = results.run_dir(copy, "RLHFBlindSpot-v0", "naive", 1)
+    damage(folder)
+    out = tmp_path / "res"
+    assert leaderboard.main(["--runs", str(copy), "--results", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(folder) in err[0] and needle in err[0], err
+    row = pd.read_csv(out / "leaderboard.csv").set_index("agent").loc["naive"]
+    assert row.seeds == 2  # the damaged run is not averaged in
+    assert not list(tmp_path.parent.glob("ESCAPED*")) and not (tmp_path / "ESCAPED").exists()
+
+
+def _edit_summary(folder, **changes):
+    s = json.loads((folder / "summary.json").read_text())
+    s.update(changes)
+    (folder / "summary.json").write_text(json.dumps(s))
