@@ -39,6 +39,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,12 @@ def load_sweep(path: Path) -> dict[str, Any]:
     for key in ("envs", "agents"):
         if not isinstance(spec.get(key), list) or not spec[key]:
             raise CLIError(f"sweep file: {key} must be a non-empty list")
+    if spec.get("seeds") is None or spec["seeds"] == []:
+        raise CLIError("sweep file: seeds is required, e.g. seeds: 0-9 or seeds: [0, 1, 2]")
+    for key in ("batch_size", "rounds"):
+        v = spec.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise CLIError(f"sweep file: {key} must be an int >= 1, got {v!r}")
     for entry in spec["agents"]:
         if isinstance(entry, dict):
             bad = sorted(set(entry) - ENTRY_KEYS)
@@ -174,6 +181,12 @@ def plan_sweep(
         name = run_folder_name(registry.get(agent).name, policy_optimizer, tag)
         folders += [results.run_dir(out, env_id, name, s) for s in seeds]
         del done
+    repeated = sorted(str(f) for f, n in Counter(folders).items() if n > 1)
+    if repeated:
+        raise CLIError(
+            f"sweep file: {repeated[0]} is planned twice (an agent, env or grid value listed "
+            "twice); list each once"
+        )
     return all_jobs, folders
 
 

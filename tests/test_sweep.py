@@ -135,6 +135,15 @@ def test_config_paths_are_confined_to_the_output_folder(tmp_path, subdir, capsys
         (SMALL + "colour: red\n", "colour"),
         (SMALL.replace("agent.fpo_gamma", "agentgamma"), "agentgamma"),
         ("- just a list\n", "mapping"),
+        ("envs: [RLHFBlindSpot-v0]\nagents: [naive]\n", "seeds is required"),
+        ("envs: [RLHFBlindSpot-v0]\nagents: [naive]\nseeds: 0\nbatch_size: 0\n", "batch_size"),
+        ("envs: [RLHFBlindSpot-v0]\nagents: [naive]\nseeds: 0\nbatch_size: zero\n", "batch_size"),
+        ("envs: [RLHFBlindSpot-v0]\nagents: [naive]\nseeds: 0\nrounds: -3\n", "rounds"),
+        ("envs: [RLHFBlindSpot-v0]\nagents: [naive, naive]\nseeds: 0\n", "planned twice"),
+        (
+            "envs: [RLHFBlindSpot-v0]\nagents: [naive]\nseeds: 0\ngrid: {agent.l2: [0.1, 0.1]}\n",
+            "planned twice",
+        ),
     ],
 )
 def test_bad_sweep_files_are_one_line_errors(tmp_path, text, needle, capsys):
