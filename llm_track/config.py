@@ -110,6 +110,8 @@ class LLMConfig:
         penalty_form(self.agent)  # raises LLMTrackError for an agent the LLM track lacks
         try:  # the env configs' checks, each error one line naming the setting and its range
             check_choice(self, "preset", PRESETS)
+            check_int(self, "seed", 0)
+            check_int(self, "model_seed", 0)
             check_int(self, "steps", 0)
             check_int(self, "candidates", 1)
             check_int(self, "max_new_tokens", 1)

@@ -23,6 +23,7 @@ reproduced bit for bit; same seed, same mode, same output still holds).
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import random
 import shutil
@@ -506,10 +507,12 @@ class Protocol:
         }
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, folder: str) -> None:
+    def save_checkpoint(self, folder: str, meta: dict | None = None) -> None:
         """Adapter (``save_pretrained``), head, optimisers, pending grads, RNG states, step.
 
-        Written to ``folder + '.tmp'`` and swapped in, so a crash never leaves half a checkpoint.
+        ``meta`` (JSON) goes to ``meta.json`` in the same folder (``llm_track.run`` records there
+        the run's settings and a digest of the metrics rows the checkpoint belongs to). Written to
+        ``folder + '.tmp'`` and swapped in, so a crash never leaves half a checkpoint.
         """
         tmp, old = folder + ".tmp", folder + ".old"
         for path in (tmp, old):
@@ -538,6 +541,10 @@ class Protocol:
         }
         torch.save(state, os.path.join(tmp, "state.pt"))
         torch.save(state["rm_head"], os.path.join(tmp, "rm_head.pt"))
+        if meta is not None:
+            with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, sort_keys=True, default=str)
+                f.write("\n")
         if os.path.exists(folder):
             os.replace(folder, old)
         os.replace(tmp, folder)

@@ -7,16 +7,22 @@ Writes ``OUT/<agent>/seed_<s>/``: ``config.json`` (all settings, package version
 ``metrics.csv`` (one row per step), ``summary.json`` and ``checkpoint/`` (LoRA adapter saved with
 ``save_pretrained``, RM head, optimisers, pending gradients, RNG states, step) every
 ``--checkpoint-every`` steps and at the end. ``--resume`` continues from the checkpoint and gives
-the same result as an uninterrupted run with the same seed (on CPU).
+the same result as an uninterrupted run with the same seed (on CPU); it refuses a checkpoint that
+does not match the settings or the ``metrics.csv`` rows it extends. A folder that already holds a
+run is refused unless ``--resume`` or ``--force`` (remove it and start over).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import dataclasses
+import hashlib
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 
@@ -66,10 +72,25 @@ def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float) -> dict:
     }
 
 
+#: What a run writes into its folder (``--force`` removes these before starting over).
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "eval.json")
+CHECKPOINT_DIRS = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
+
+
+def _settings(d: dict) -> dict:
+    """The settings that decide a run's numbers (JSON form: tuples as lists)."""
+    d = json.loads(json.dumps(d, default=str))
+    return {k: v for k, v in d.items() if k not in _RESUME_FREE}
+
+
 def _check_resumable(cfg: LLMConfig, folder: str) -> None:
-    old = read_json(os.path.join(folder, "config.json"))["config"]
-    now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
-    diff = [k for k in now if k not in _RESUME_FREE and old.get(k) != now[k]]
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        raise LLMTrackError(
+            f"--resume: {folder} has a checkpoint but no config.json; use --force to start over"
+        )
+    old, now = _settings(read_json(path)["config"]), _settings(cfg.to_dict())
+    diff = [k for k in now if old.get(k) != now[k]]
     if diff:
         raise LLMTrackError(
             f"--resume: settings differ from the checkpointed run in {folder} ({', '.join(diff)}); "
@@ -77,15 +98,100 @@ def _check_resumable(cfg: LLMConfig, folder: str) -> None:
         )
 
 
+def _metrics_records(folder: str) -> list[list[str]]:
+    """``metrics.csv`` as raw CSV records (header first); ``[]`` when there is none."""
+    path = os.path.join(folder, "metrics.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def _rows_digest(records: list[list[str]]) -> str:
+    return hashlib.sha256(json.dumps(records).encode()).hexdigest()
+
+
+def _checkpoint_meta(cfg: LLMConfig, folder: str, step: int) -> dict:
+    """What ties a checkpoint to its run: settings and a digest of the metrics rows it ends."""
+    records = _metrics_records(folder)
+    return {
+        "step": step,
+        "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+        "metrics_rows": max(0, len(records) - 1),
+        "metrics_sha256": _rows_digest(records),
+    }
+
+
+def _check_checkpoint_meta(cfg: LLMConfig, folder: str, ckpt: str) -> int | None:
+    """Check ``checkpoint/meta.json`` against the settings and ``metrics.csv``; its step.
+
+    ``None`` for a checkpoint written before ``meta.json`` existed (checked after loading).
+    """
+    path = os.path.join(ckpt, "meta.json")
+    if not os.path.exists(path):
+        return None
+    meta = read_json(path)
+    diff = [k for k, v in _settings(cfg.to_dict()).items() if meta["config"].get(k) != v]
+    if diff:
+        raise LLMTrackError(
+            f"--resume: settings differ from the checkpoint in {ckpt} ({', '.join(diff)}); "
+            "use the same settings or --force to start over"
+        )
+    step, n = meta["step"], meta["metrics_rows"]
+    records = _metrics_records(folder)
+    if len(records) - 1 < n or _rows_digest(records[: n + 1]) != meta["metrics_sha256"]:
+        raise LLMTrackError(
+            f"--resume: the checkpoint in {ckpt} (step {step}) does not match "
+            f"{os.path.join(folder, 'metrics.csv')} ({max(0, len(records) - 1)} rows, from "
+            "another start of the run?); use --force to start over"
+        )
+    return step
+
+
+def _check_rows(rows: list[dict], start: int, folder: str, oracle_queries: int) -> None:
+    """The metrics rows a resumed run keeps must be steps 0..start-1 of the checkpointed run."""
+    if [r["step"] for r in rows] != list(range(start)) or (
+        start and rows[-1].get("oracle_queries") != oracle_queries
+    ):
+        raise LLMTrackError(
+            f"--resume: the checkpoint in {folder} (step {start}) does not match "
+            f"{os.path.join(folder, 'metrics.csv')} ({len(rows)} rows before step {start}, from "
+            "another start of the run?); use --force to start over"
+        )
+
+
+def _existing_run(folder: str) -> str | None:
+    """A description of the run already in ``folder``, or None when there is none."""
+    present = [n for n in (*RUN_FILES, *CHECKPOINT_DIRS) if os.path.exists(os.path.join(folder, n))]
+    if not present:
+        return None
+    n = max(0, len(_metrics_records(folder)) - 1)
+    return f"{n} steps in metrics.csv" if "metrics.csv" in present else ", ".join(present)
+
+
+def _clear_run(folder: str) -> None:
+    """Remove what a run wrote into ``folder`` (``--force``): nothing stale for a later resume."""
+    for name in CHECKPOINT_DIRS:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+
+
 def run_protocol(
     cfg: LLMConfig,
     out: str,
     *,
     resume: bool = False,
+    force: bool = False,
     checkpoint_every: int = 50,
     progress: bool = True,
 ) -> str:
-    """Run (or resume) one agent/seed; returns the run folder."""
+    """Run (or resume) one agent/seed; returns the run folder.
+
+    A folder that already holds a run is refused unless ``resume`` (continue it; the checkpoint
+    must match the settings and the metrics rows) or ``force`` (remove it and start over).
+    """
     import torch
     from tqdm import tqdm
 
@@ -95,13 +201,28 @@ def run_protocol(
 
     if checkpoint_every < 1:
         raise LLMTrackError(f"--checkpoint-every must be >= 1; got {checkpoint_every}")
+    if resume and force:
+        raise LLMTrackError("--resume and --force exclude each other")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
     folder = os.path.join(out, cfg.agent, f"seed_{cfg.seed}")
     ckpt = os.path.join(folder, "checkpoint")
     resuming = resume and os.path.exists(os.path.join(ckpt, "state.pt"))
-    if resuming:
+    existing = _existing_run(folder)
+    if existing and not (resume or force):
+        raise LLMTrackError(
+            f"{folder} already holds a run ({existing}); use --resume to continue it "
+            "or --force to start it over"
+        )
+    meta_step = None
+    if resuming or (resume and os.path.exists(os.path.join(folder, "config.json"))):
         _check_resumable(cfg, folder)
+    if resuming:
+        meta_step = _check_checkpoint_meta(cfg, folder, ckpt)
+        if meta_step is not None and meta_step > cfg.steps:
+            raise LLMTrackError(
+                f"--resume: --steps {cfg.steps} is below the checkpoint's step {meta_step}"
+            )
 
     prompts, source = load_prompts(cfg.prompts, "train")
     models = load_models(cfg)
@@ -109,7 +230,20 @@ def run_protocol(
     start, rows = 0, []
     if resuming:
         start = proto.load_checkpoint(ckpt)
-        rows = [r for r in read_csv(os.path.join(folder, "metrics.csv")) if r["step"] < start]
+        if meta_step is not None and start != meta_step:
+            raise LLMTrackError(
+                f"--resume: {ckpt} is inconsistent (state.pt at step {start}, meta.json at step "
+                f"{meta_step}); use --force to start over"
+            )
+        if start > cfg.steps:
+            raise LLMTrackError(
+                f"--resume: --steps {cfg.steps} is below the checkpoint's step {start}"
+            )
+        path = os.path.join(folder, "metrics.csv")
+        rows = [r for r in read_csv(path) if r["step"] < start] if os.path.exists(path) else []
+        _check_rows(rows, start, folder, proto.oracle_queries)
+    elif existing:  # force, or resume of a run that never reached a checkpoint: start over
+        _clear_run(folder)
     os.makedirs(folder, exist_ok=True)
     atomic_write_json(
         os.path.join(folder, "config.json"),
@@ -147,11 +281,11 @@ def run_protocol(
         )
         write_csv(os.path.join(folder, "metrics.csv"), rows)
         if (t + 1) % checkpoint_every == 0 or t + 1 == cfg.steps:
-            proto.save_checkpoint(ckpt)
+            proto.save_checkpoint(ckpt, _checkpoint_meta(cfg, folder, t + 1))
     bar.close()
     if cfg.steps == 0 or not rows:
         write_csv(os.path.join(folder, "metrics.csv"), rows)
-        proto.save_checkpoint(ckpt)
+        proto.save_checkpoint(ckpt, _checkpoint_meta(cfg, folder, start))
     atomic_write_json(
         os.path.join(folder, "summary.json"),
         _summary(cfg, rows, time.perf_counter() - t_start),
@@ -178,8 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--dtype", help="float32 (default) or bfloat16")
     p.add_argument("--out", default="runs/llm_track", help="output root (default runs/llm_track)")
-    p.add_argument(
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume", action="store_true", help="continue from OUT/<agent>/seed_<s>/checkpoint"
+    )
+    again.add_argument(
+        "--force",
+        action="store_true",
+        help="start over when OUT/<agent>/seed_<s> already holds a run (removes its files)",
     )
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint period in steps")
     p.add_argument(
@@ -203,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             args.out,
             resume=args.resume,
+            force=args.force,
             checkpoint_every=args.checkpoint_every,
             progress=not args.no_progress,
         )

@@ -1,0 +1,171 @@
+"""llm_track.evaluate: duplicate runs refused, judge key only where asked, bad numbers refused."""
+
+import io
+import json
+import os
+import urllib.request
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from llm_track import evaluate  # noqa: E402
+from llm_track.config import LLMTrackError, preset_config  # noqa: E402
+from llm_track.run import run_protocol  # noqa: E402
+
+torch.set_num_threads(1)
+SECRET = "sk-test-secret-123"
+
+
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("python -m llm_track.evaluate: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+def test_duplicate_agent_seed_refused(tmp_path, capsys):
+    cfg = preset_config("tiny", agent="naive", steps=1, candidates=2)
+    a = run_protocol(cfg, str(tmp_path / "a"), progress=False)
+    b = run_protocol(cfg, str(tmp_path / "b"), progress=False)
+    out = tmp_path / "LLM.md"
+    code = evaluate.main(["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
+    assert code == 2
+    _one_line_error(capsys, a, b, "naive", "seed 0")
+    assert not out.exists()
+    assert not os.path.exists(os.path.join(a, "eval.json"))
+    # The same folder reached through two roots is one run, not a duplicate.
+    assert evaluate.find_runs([str(tmp_path / "a"), str(tmp_path / "a" / "naive")]) == [a]
+
+
+# --------------------------------------------------------------------------- judge and its key
+class _FakeNet:
+    """Stands in for the network: records each request, answers "A"."""
+
+    def __init__(self):
+        self.requests = []
+
+    def open(self, req, *args, **kwargs):
+        if isinstance(req, str):
+            req = urllib.request.Request(req)
+        self.requests.append(req)
+        body = {"choices": [{"message": {"content": "A"}}]}
+        return io.BytesIO(json.dumps(body).encode())
+
+
+@pytest.fixture
+def net(monkeypatch):
+    fake = _FakeNet()
+    monkeypatch.setattr(
+        urllib.request.OpenerDirector, "open", lambda self, req, *a, **k: fake.open(req)
+    )
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("MY_JUDGE_KEY", SECRET)
+    return fake
+
+
+@pytest.fixture
+def judged(monkeypatch, tmp_path):
+    """main() up to the evaluation, which is replaced by one call of the judge."""
+    calls = []
+
+    def fake_evaluate(roots, out, n_prompts, max_new, device, judge):
+        calls.append(judge("q", "a", "b") if judge else None)
+        return {"meta": {"n_runs": 0}}
+
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    (tmp_path / "runs").mkdir()
+    return lambda *extra: evaluate.main(
+        ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o.md"), *extra]
+    )
+
+
+def _auth(req):
+    return req.get_header("Authorization")
+
+
+def test_judge_key_not_sent_by_default(net, judged):
+    assert judged("--judge-url", "http://judge.example/v1") == 0
+    (req,) = net.requests
+    assert req.full_url == "http://judge.example/v1/chat/completions"
+    assert _auth(req) is None
+    assert all(SECRET not in str(v) for v in req.header_items())
+
+    assert judged("--judge-url", "https://judge.example/v1") == 0
+    assert _auth(net.requests[-1]) is None
+
+
+def test_judge_key_over_http_refused_without_flag(net, judged, capsys):
+    url = "http://judge.example/v1"
+    assert judged("--judge-url", url, "--judge-key-env", "MY_JUDGE_KEY") == 2
+    err = _one_line_error(capsys, "--judge-url", "http", "--judge-allow-http")
+    assert SECRET not in err
+    assert net.requests == []
+
+    assert judged("--judge-url", url, "--judge-key-env", "MY_JUDGE_KEY", "--judge-allow-http") == 0
+    (req,) = net.requests
+    assert req.full_url == url + "/chat/completions" and _auth(req) == f"Bearer {SECRET}"
+
+
+def test_judge_key_over_https_to_named_url_only(net, judged, capsys):
+    url = "https://judge.example/v1"
+    assert judged("--judge-url", url, "--judge-key-env", "MY_JUDGE_KEY") == 0
+    (req,) = net.requests
+    assert req.full_url == url + "/chat/completions" and _auth(req) == f"Bearer {SECRET}"
+
+    # Named but unset variable, or a key without a judge: one-line errors.
+    assert judged("--judge-url", url, "--judge-key-env", "NO_SUCH_VARIABLE_XYZ") == 2
+    _one_line_error(capsys, "NO_SUCH_VARIABLE_XYZ")
+    assert judged("--judge-key-env", "MY_JUDGE_KEY") == 2
+    _one_line_error(capsys, "--judge-url")
+    assert judged("--judge-url", "ftp://judge.example/v1") == 2
+    _one_line_error(capsys, "--judge-url")
+
+
+def test_judge_function_guards_key(net):
+    with pytest.raises(LLMTrackError, match="http"):
+        evaluate.judge_prefers_first("http://judge.example/v1", "m", "q", "a", "b", SECRET)
+    assert net.requests == []
+    assert evaluate.judge_prefers_first("https://judge.example/v1", "m", "q", "a", "b", SECRET) == 1
+
+
+def test_judge_redirects_not_followed(monkeypatch):
+    """urllib resends headers (the key) to a redirect's target: the judge's opener refuses."""
+    req = urllib.request.Request(
+        "https://judge.example/v1/chat/completions", headers={"Authorization": "Bearer x"}
+    )
+    with pytest.raises(OSError, match="redirect"):
+        evaluate._NoRedirect().redirect_request(req, None, 302, "Found", {}, "http://evil.example/")
+    handlers = []
+    monkeypatch.setattr(
+        urllib.request,
+        "build_opener",
+        lambda *h: handlers.extend(h) or (_ for _ in ()).throw(OSError("offline")),
+    )
+    with pytest.raises(LLMTrackError, match="no usable answer"):
+        evaluate.judge_prefers_first("https://judge.example/v1", "m", "q", "a", "b", "k")
+    assert evaluate._NoRedirect in handlers
+
+
+# --------------------------------------------------------------------------- bad numbers
+@pytest.mark.parametrize(
+    "extra, name",
+    [
+        (["--prompts", "0"], "--prompts"),
+        (["--prompts", "-2"], "--prompts"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens"),
+    ],
+)
+def test_bad_numbers_before_compute(tmp_path, capsys, monkeypatch, extra, name):
+    def no_compute(*a, **k):
+        raise AssertionError("evaluation started despite a bad argument")
+
+    monkeypatch.setattr(evaluate, "find_runs", no_compute)
+    (tmp_path / "runs").mkdir()
+    assert evaluate.main(["--runs", str(tmp_path / "runs"), *extra]) == 2
+    _one_line_error(capsys, name, ">= 1")
