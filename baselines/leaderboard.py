@@ -322,18 +322,21 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     made = []
     for env_id, part in df.groupby("env_id"):
         curves = {}
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for agent in sorted(part.run_name.unique(), key=lambda a: (_order(a), a)):
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        names = sorted(part.run_name.unique(), key=lambda a: (_order(a), a))
+        for i, agent in enumerate(names):
             runs = part[part.run_name == agent]
             ms = [results.read_metrics(Path(f) / "metrics.csv") for f in runs.folder]
             u = np.stack([m.get("true_utility", m.get("sample_true_utility")) for m in ms])
             curves[agent] = ms
             lo, hi = stats.bootstrap_ci(u, n_boot=1000)
             x = np.arange(1, u.shape[1] + 1)
-            (line,) = ax.plot(x, u.mean(0), label=f"{agent} (n={len(u)})")
-            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
-        ax.set(xlabel="round", ylabel="true utility of the policy", title=env_id)
-        ax.legend(fontsize=8)
+            style = {"color": plt.cm.tab20(i % 20), "ls": "--" if "@" in agent else "-"}
+            ax.plot(x, u.mean(0), label=f"{agent} (n={len(u)})", **style)
+            ax.fill_between(x, lo, hi, alpha=0.15, color=style["color"])
+        what = "policy mean" if "true_utility" in ms[0] else "sampled responses"
+        ax.set(xlabel="RM round", ylabel=f"true utility ({what}), mean and 95 % CI", title=env_id)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         made.append(_cost_frontier(env_id, table(part), out, plt))
         path = out / f"{env_id}_true_utility.png"
