@@ -203,6 +203,18 @@ class RewardModel:
         grads = self.loss_grad(params, y, target, feedback, reference)
         return self.apply_grads(params, opt_state, grads)
 
+    def stabilised(
+        self,
+        params: Params,
+        new: Params,
+        y: torch.Tensor,
+        feedback: str,
+        reference: torch.Tensor | None = None,
+    ) -> Params:
+        """The parameters after a step from ``params`` to ``new`` on the batch ``y``, through
+        the model's stability guard, if it has one (the linear model under SGD does)."""
+        return new
+
     def apply_grads(
         self, params: Params, opt_state: OptState, grads: Params
     ) -> tuple[Params, OptState]:
@@ -297,6 +309,59 @@ class LinearRewardModel(RewardModel):
 
     def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
         return (y * y).sum(-1), 2.0 * y
+
+    def step_scale(
+        self, y: torch.Tensor, feedback: str, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The SGD stability guard's factor on the learning rate, per experiment ``(S,)``.
+
+        The loss is quadratic (rating) or has curvature at most 1/4 per sample (preference), so
+        ``kappa = c * mean_i ||y_i - y_ref||^2 + weight_decay`` (``c`` = 2 or 1/4) bounds its
+        curvature in ``w``. A step with ``lr * kappa <= 1`` cannot overshoot; where a batch of
+        large responses would make it larger (e.g. uniform draws from the action Box, whose
+        squared norm is ~1,700 in the default 50 dims, against a threshold of 100), the step is
+        shrunk to ``lr / kappa``. On every path of the paper's linear simulation ``lr * kappa``
+        stays below 0.5, so the factor is exactly 1 there and the update is the paper's.
+        """
+        cfg = self.optimizer
+        if feedback == "preference" and reference is not None:
+            d = y - reference.reshape(y.shape[0], 1, -1)
+            c = 0.25
+        else:
+            d, c = y, 2.0
+        kappa = c * (d * d).sum(-1).mean(-1) + cfg.weight_decay
+        return torch.clamp(1.0 / (cfg.lr * kappa), max=1.0)
+
+    def update(
+        self,
+        params: Params,
+        opt_state: OptState,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        feedback: str,
+        reference: torch.Tensor | None = None,
+    ) -> tuple[Params, OptState]:
+        """:meth:`RewardModel.update`; with SGD, through the stability guard of
+        :meth:`step_scale` (inactive, a factor of exactly 1, unless ``lr * kappa > 1``)."""
+        new, state = super().update(params, opt_state, y, target, feedback, reference)
+        return self.stabilised(params, new, y, feedback, reference), state
+
+    def stabilised(
+        self,
+        params: Params,
+        new: Params,
+        y: torch.Tensor,
+        feedback: str,
+        reference: torch.Tensor | None = None,
+    ) -> Params:
+        """``new`` (one step from ``params`` on the batch ``y``) through the stability guard."""
+        if self.optimizer.name != "sgd":
+            return new
+        scale = self.step_scale(y, feedback, reference)
+        if bool((scale >= 1.0).all()):
+            return new  # the paper's step, bit for bit
+        s = scale.unsqueeze(-1)
+        return {k: params[k] + s * (new[k] - params[k]) for k in new}
 
 
 class MLPRewardModel(RewardModel):
