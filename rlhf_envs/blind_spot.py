@@ -10,6 +10,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from rlhf_envs import render as _render
 from rlhf_envs.core import BlindSpotConfig, RLHFCore
 
 
@@ -121,6 +122,26 @@ class _BlindSpotMixin:
         """
         return self._query(ys, self.core.labeler_target)
 
+    # -- rendering (rlhf_envs.render draws; matplotlib is imported only then) ------------------
+    def _rendered(self, y, proxy, true_u, extra: Any = None) -> None:
+        """With a render mode: keep the scored response for the frames; in ``"human"`` mode show
+        the frame, as Gymnasium envs do after each step."""
+        _render.remember(self, y, proxy, true_u, extra)
+        if self.render_mode == "human":
+            self.render()
+
+    def render(self):
+        """The current frame: an (H, W, 3) uint8 array in ``"rgb_array"`` mode; drawn into a
+        matplotlib window in ``"human"`` mode (returns None). See :mod:`rlhf_envs.render`."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass one to gym.make")
+            return None
+        return _render.render(self)
+
+    def close(self, **kwargs: Any) -> None:
+        _render.close(self)
+        super().close(**kwargs)
+
 
 class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     """Iterative RLHF with a retrained reward model that has blind spots.
@@ -179,6 +200,12 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     ``env.unwrapped.rm_params``, ``env.unwrapped.true_utility(ys)`` and
     ``env.unwrapped.query_labeler(ys)`` (counted oracle queries), ``env.unwrapped.core``.
 
+    ## Rendering
+    ``render_mode="rgb_array"`` (``render()`` returns a 960 x 360 uint8 frame) or ``"human"``
+    (a matplotlib window): the true utility and the current RM over the plane of the target
+    ``y*`` and the responses' drift, the recent responses on both, the scores per round
+    (:mod:`rlhf_envs.render`).
+
     ## Arguments
     See :class:`rlhf_envs.core.BlindSpotConfig`: ``dims``, ``signal_dims``, ``rm_init_noise``,
     ``blind_spot_dims``/``blind_spot_bias``, ``feedback``, ``label_noise``, ``labeler_bias``,
@@ -188,10 +215,11 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     * v0: initial release.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": list(_render.RENDER_MODES), "render_fps": _render.RENDER_FPS}
     defaults: dict[str, Any] = {}  # BlindSpotConfig's defaults are the paper's linear env
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        _render.check_render_mode(render_mode, self.metadata["render_modes"])
         self.config = BlindSpotConfig.from_kwargs(**{**self.defaults, **kwargs})
         self.core = RLHFCore(self.config, 1)
         b = np.float32(self.config.action_bound)
@@ -208,6 +236,8 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
         y = self._check_actions(action, (self.config.dims,))
         proxy, true_u, updated = self.core.step(y)
         self.last_response = y  # (1, d): the vector the RM scored (read by reward wrappers)
+        if self.render_mode is not None:
+            self._rendered(y, proxy, true_u)
         return self._obs.copy(), float(proxy[0]), True, False, self._info(proxy, true_u, updated, y)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from rlhf_envs import render as _render
 from rlhf_envs.blind_spot import _BlindSpotMixin
 from rlhf_envs.core import (
     BlindSpotConfig,
@@ -220,6 +221,11 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     ``concat(x, y)`` of shape ``(1, ..., p + d)``), ``prompt`` (the current ``x``) and
     ``last_response``.
 
+    ## Rendering
+    ``render_mode="rgb_array"`` / ``"human"``: per prompt cluster (up to 3), the true utility and
+    the current RM over the plane of the cluster's target and the labeler's spurious dims, that
+    cluster's recent responses and its scores per round (:mod:`rlhf_envs.render`).
+
     ## Arguments
     See :class:`ContextualConfig`: ``prompt_dims``, ``dims``, ``n_clusters``,
     ``cluster_radius``, ``cluster_std``, ``target_std``, ``task_seed``, ``blind_cluster``,
@@ -231,13 +237,14 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     * v0: initial release.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": list(_render.RENDER_MODES), "render_fps": _render.RENDER_FPS}
     ys_error = (
         "ys must be vectors concat(x, y) of shape ({S}, ..., {n}): experiments first, "
         "prompt then response last"
     )
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        _render.check_render_mode(render_mode, self.metadata["render_modes"])
         self.config = ContextualConfig.from_kwargs(**kwargs)
         self.core = ContextualCore(self.config, 1)
         c = self.config
@@ -276,5 +283,7 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         z = torch.cat([x, y], dim=-1)
         proxy, true_u, updated = self.core.step(z)
         self.last_response = z  # (1, p + d): the vector the RM scored
+        if self.render_mode is not None:
+            self._rendered(z, proxy, true_u, self._cluster)
         info = self._info(proxy, true_u, updated, z)
         return self.prompt.copy(), float(proxy[0]), True, False, info

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from rlhf_envs import render as _render
 from rlhf_envs.blind_spot import _BlindSpotMixin
 from rlhf_envs.core import (
     FEEDBACK_TYPES,
@@ -246,6 +247,11 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     feature vectors of shape ``(1, ..., 3)``), ``features(tokens)`` (uncounted: the features are
     public) and ``last_response``.
 
+    ## Rendering
+    ``render_mode="ansi"``: the response so far as text. ``"rgb_array"`` / ``"human"``: the last
+    answers as tokens with their proxy and true scores, the RM against the truth on the answer
+    padded with ``j`` fillers, the scores per round (:mod:`rlhf_envs.render`).
+
     ## Arguments
     See :class:`VerbosityConfig`: ``vocab_size``, ``max_len``, ``utility_scale``,
     ``length_penalty``, ``no_answer_value``, ``labeler_bias``, ``reward_model``,
@@ -257,16 +263,15 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     * v0: initial release.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi", *_render.RENDER_MODES], "render_fps": _render.RENDER_FPS}
     ys_error = (
         "ys must be feature vectors of shape ({S}, ..., {n}): experiments first, "
         f"features {list(FEATURES)} last"
     )
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        _render.check_render_mode(render_mode, self.metadata["render_modes"])
         self.config = VerbosityConfig.from_kwargs(**kwargs)
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.core = VerbosityCore(self.config, 1)
         c = self.config
         self.action_space = spaces.Discrete(c.vocab_size)
@@ -342,15 +347,21 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         if tok != EOS and len(self.tokens) < self.config.max_len:
             self.last_response = None
             zero = np.zeros(1)  # the response is unfinished: nothing scored, nothing labelled
+            if self.render_mode == "human":
+                self.render()
             return self._obs(), 0.0, False, False, self._info(zero, zero, False)
         self._done = True
         f = torch.from_numpy(sequence_features(self.tokens, self.config.max_len)).unsqueeze(0)
         proxy, true_u, updated = self.core.step(f)
         self.last_response = f  # (1, 3): the vector the RM scored
+        if self.render_mode is not None:
+            self._rendered(f, proxy, true_u, list(self.tokens))
         return self._obs(), float(proxy[0]), True, False, self._info(proxy, true_u, updated, f)
 
-    def render(self) -> str | None:
+    def render(self):
+        """The response so far as text in ``"ansi"`` mode; otherwise as the other envs (an
+        (H, W, 3) uint8 frame in ``"rgb_array"`` mode, a window in ``"human"`` mode)."""
         if self.render_mode != "ansi":
-            return None
+            return super().render()
         names = {EOS: "EOS", ANSWER: "ANSWER", FILLER: "FILLER"}
         return " ".join(names.get(t, f"w{t}") for t in self.tokens)

@@ -1,0 +1,451 @@
+"""Pictures of the blind spot: ``render_mode="rgb_array"`` and ``"human"`` for every env.
+
+Every env of the suite takes ``render_mode`` (``None``, ``"rgb_array"`` or ``"human"``; the token
+env also ``"ansi"``), as Gymnasium's envs do: ``gym.make(id, render_mode="rgb_array")``, then
+``env.render()`` returns the current frame, an ``(H, W, 3)`` ``uint8`` array;
+``gymnasium.wrappers.RecordVideo`` turns those frames into a video. In ``"human"`` mode the frame
+is drawn into a matplotlib window after every step (``render()`` returns ``None``); without a
+display (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY``) matplotlib's Agg backend is
+used, so nothing is shown and nothing fails.
+
+What a frame shows, beside the round number:
+
+* vector envs (``RLHFBlindSpot-v0``, ``RLHFNeuralBlindSpot-v0``): the true utility ``U`` and the
+  current reward model ``r_phi`` over a plane of response space, with the policy's recent
+  responses on both. The horizontal axis is the coordinate along the target ``y*``; the
+  vertical one is the distance from the ``y*`` axis (mostly the noise dims). ``U`` depends on
+  nothing else, so its panel is exact for every response; the RM is drawn on the plane that
+  holds ``y*`` and the direction in which the recent responses left that axis (their drift),
+  which is where a naive policy's RM overrates. A third panel traces ``U`` and ``r_phi`` of the
+  submitted responses round by round: collapse is the proxy climbing while ``U`` falls.
+* token env (``RLHFVerbosity-v0``): the last answers as coloured tokens with their proxy and
+  true scores; ``r_phi`` and ``U`` (and the labeler's rating) of ``ANSWER + j x FILLER`` for every
+  ``j``, the blind spot the RM learns; the same score trace.
+* contextual env (``RLHFContextual-v0``): per prompt cluster (its centre as the prompt), ``U``
+  and ``r_phi`` on the plane of that cluster's target ``y*_k`` and the labeler's spurious
+  response dims, with the cluster's recent responses; the score trace per cluster.
+
+Drawing reads the env's state through uncounted white-box access (rendering is for people, not
+for agents) and does not change it. Envs record what a frame needs only when ``render_mode`` is
+set: the last :data:`TRAIL` responses and the scores of the last :data:`HISTORY` ones. The
+module imports matplotlib only when a frame is drawn, so plain env use does not import it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+RENDER_MODES = ["human", "rgb_array"]
+RENDER_FPS = 4
+TRAIL = 48  # responses drawn on the maps
+HISTORY = 4000  # responses whose scores the trace shows
+FIG_WIDTH, PANEL_HEIGHT, DPI = 9.6, 3.6, 100  # 960 px wide, 360 px per row of panels
+MAX_CLUSTERS = 3  # clusters drawn by the contextual env's frame
+
+TOKEN_COLOURS = {0: "#444444", 1: "#2a9d4b", 2: "#e07b00"}  # EOS, ANSWER, FILLER; others grey
+PROXY_COLOUR, TRUE_COLOUR = "#d62728", "#1f77b4"
+
+
+def check_render_mode(render_mode: Any, modes: list[str]) -> None:
+    """Raise ``ValueError`` naming ``render_mode`` unless it is ``None`` or one of ``modes``."""
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
+
+
+class Trail:
+    """What the frames of one experiment need: recent responses and the scores of older ones.
+
+    ``items``: ``(vector, proxy, true_utility, round, extra)`` of the last :data:`TRAIL`
+    responses (``vector`` the float64 vector the RM scored; ``extra`` the tokens of a token
+    response or the cluster of a contextual one). ``scores``: ``(round, proxy, true_utility,
+    extra)`` of the last :data:`HISTORY` responses. ``experiment`` identifies the experiment
+    (the core's generator list, replaced by every ``reset(seed=...)``).
+    """
+
+    def __init__(self, experiment: Any):
+        self.experiment = experiment
+        self.items: deque = deque(maxlen=TRAIL)
+        self.scores: deque = deque(maxlen=HISTORY)
+        self.extent = np.zeros(4)  # the maps' (a_lo, a_hi, b_lo, b_hi), grown, never shrunk
+
+
+def remember(env, vector: Any, proxy: Any, true_u: Any, extra: Any = None) -> None:
+    """Record one scored response of a single env for its frames (called by ``step``)."""
+    trail = env.__dict__.get("_render_trail")
+    if trail is None or trail.experiment is not env.core.generators:  # a new experiment
+        trail = env._render_trail = Trail(env.core.generators)
+    v = np.asarray(vector, dtype=np.float64).reshape(-1).copy()
+    p, u = float(np.asarray(proxy).reshape(-1)[0]), float(np.asarray(true_u).reshape(-1)[0])
+    # the round the response belongs to: the core counts completed rounds, and may just have
+    # finished this one
+    rnd = env.core.round - (1 if env.core.in_round == 0 else 0)
+    trail.items.append((v, p, u, rnd, extra))
+    trail.scores.append((rnd, p, u, extra))
+
+
+def _trail(env) -> Trail:
+    trail = env.__dict__.get("_render_trail")
+    if trail is None or trail.experiment is not getattr(env.core, "generators", None):
+        trail = Trail(getattr(env.core, "generators", None))
+    return trail
+
+
+# -- figures and frames ----------------------------------------------------------------------------
+def _headless() -> bool:
+    return sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
+def render(env) -> np.ndarray | None:
+    """The frame of ``env`` (a single env of this suite) in its ``render_mode``.
+
+    ``"rgb_array"``: an ``(H, W, 3)`` uint8 array (drawn off screen, no pyplot state touched).
+    ``"human"``: the frame is drawn into the env's matplotlib window; returns ``None``.
+    """
+    mode = env.render_mode
+    if mode == "rgb_array":
+        fig = env.__dict__.get("_render_figure")
+        if fig is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            fig = env._render_figure = Figure(dpi=DPI)
+            FigureCanvasAgg(fig)
+        draw(env, fig)
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if mode == "human":
+        import matplotlib
+
+        if _headless() and "inline" not in matplotlib.get_backend():
+            matplotlib.use("Agg")  # no display: draw off screen rather than fail
+        import matplotlib.pyplot as plt
+
+        fig = env.__dict__.get("_render_figure")
+        if fig is None or not plt.fignum_exists(fig.number):
+            fig = env._render_figure = plt.figure(dpi=DPI)
+        draw(env, fig)
+        if matplotlib.get_backend().lower() in ("agg", "cairo", "pdf", "pgf", "ps", "svg"):
+            fig.canvas.draw()  # non-interactive backend: nothing to show
+        else:
+            plt.pause(1.0 / RENDER_FPS)
+        return None
+    return None
+
+
+def close(env) -> None:
+    """Close the env's human-mode window, if it has one."""
+    fig = env.__dict__.pop("_render_figure", None)
+    if fig is not None and env.render_mode == "human":
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def draw(env, fig) -> None:
+    """Draw the current frame of ``env`` into the matplotlib figure ``fig`` (cleared first)."""
+    from rlhf_envs.contextual import ContextualEnv
+    from rlhf_envs.verbosity import VerbosityEnv
+
+    fig.clear()
+    if isinstance(env, VerbosityEnv):
+        _draw_tokens(env, fig)
+    elif isinstance(env, ContextualEnv):
+        _draw_contextual(env, fig)
+    else:
+        _draw_vector(env, fig)
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+def rm_scores(env, vectors: np.ndarray) -> np.ndarray:
+    """The current RM's scores of float64 ``vectors`` (n, dims) of a single env (uncounted)."""
+    with torch.no_grad():
+        y = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float64)).unsqueeze(0)
+        return env.core.reward_model.score(env.core.params, y)[0].numpy()
+
+
+def _name(env) -> str:
+    return env.spec.id if env.spec is not None else type(env).__name__
+
+
+def _title(env, fig, trail: Trail, extra: str = "") -> None:
+    last = "  |  no response yet"
+    if trail.items:
+        last = f"  |  last response: U = {trail.items[-1][2]:.2f}, r = {trail.items[-1][1]:.2f}"
+    fig.suptitle(f"{_name(env)}  -  RM round {env.core.round}{last}{extra}", fontsize=10)
+
+
+def _trace(ax, scores: list, title: str = "scores of submitted responses") -> None:
+    """Proxy and true utility of responses, averaged per RM round."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("RM round", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if not scores:
+        ax.text(0.5, 0.5, "no response yet", ha="center", va="center", transform=ax.transAxes)
+        return
+    rounds = np.array([s[0] for s in scores])
+    first = rounds.min()
+    counts = np.bincount(rounds - first)
+    seen = counts > 0
+    x = np.arange(first, rounds.max() + 1)[seen]
+    for col, colour, label in ((2, TRUE_COLOUR, "true utility U"), (1, PROXY_COLOUR, "proxy r")):
+        vals = np.bincount(rounds - first, weights=[s[col] for s in scores])[seen] / counts[seen]
+        ax.plot(x, vals, color=colour, lw=1.2, label=label)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _layout(fig) -> None:
+    """Fixed margins in inches (the same layout in every frame: no jitter in a video)."""
+    h = fig.get_size_inches()[1]
+    fig.subplots_adjust(left=0.075, right=0.985, bottom=0.55 / h, top=1 - 0.75 / h,
+                        wspace=0.32, hspace=0.45)  # fmt: skip
+
+
+def _map(ax, fig, a, b, values, title, cmap, vmin=None, vmax=None, label=""):
+    im = ax.imshow(
+        values,
+        origin="lower",
+        extent=(a[0], a[-1], b[0], b[-1]),
+        aspect="auto",
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="bilinear",
+    )
+    cb = fig.colorbar(im, ax=ax, fraction=0.06, pad=0.02)
+    cb.ax.tick_params(labelsize=7)
+    cb.set_label(label, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def _points(ax, a: np.ndarray, b: np.ndarray, star: tuple[float, float], path=True) -> None:
+    """The target (star), the recent responses (fading, joined by their path if ``path``) and
+    the latest one (ringed)."""
+    ax.plot(*star, marker="*", ms=13, color="white", mec="black", mew=0.8, ls="none")
+    if len(a):
+        if path:
+            ax.plot(a, b, color="white", lw=0.7, alpha=0.6)
+        alpha = np.linspace(0.25, 1.0, len(a))
+        colours = np.zeros((len(a), 4))
+        colours[:, :3] = 1.0
+        colours[:, 3] = alpha
+        ax.scatter(a, b, s=10, c=colours, edgecolors="none")
+        ax.plot(a[-1], b[-1], "o", ms=8, mfc="none", mec="red", mew=1.8)
+
+
+def _grow(trail: Trail, extent: np.ndarray) -> np.ndarray:
+    """The maps' extent, grown to hold ``extent`` and never shrunk (frames do not jitter)."""
+    if not trail.extent.any():
+        trail.extent = extent.copy()
+    trail.extent = np.array(
+        [
+            min(trail.extent[0], extent[0]),
+            max(trail.extent[1], extent[1]),
+            min(trail.extent[2], extent[2]),
+            max(trail.extent[3], extent[3]),
+        ]
+    )
+    return trail.extent
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-9 else None
+
+
+# -- vector envs -------------------------------------------------------------------------------------
+def vector_plane(env) -> dict[str, Any]:
+    """The maps of a vector env's frame: axes ``a`` (along ``y*``), ``b`` (off the ``y*`` axis),
+    the true utility ``U`` and the RM's scores ``r`` on the grid, the responses' ``(a, b)``
+    coordinates and the target's. Uncounted white-box reads; the env is unchanged."""
+    core, trail = env.core, _trail(env)
+    c = core.config
+    y_star = core.y_star.numpy()
+    e1 = _unit(y_star)
+    if e1 is None:  # target at the origin: measure along the first signal dim
+        e1 = np.eye(c.dims)[0]
+    t = float(y_star @ e1)
+    ys = np.stack([it[0] for it in trail.items]) if trail.items else np.zeros((0, c.dims))
+    a_pts = ys @ e1
+    off = ys - np.outer(a_pts, e1)
+    b_pts = np.linalg.norm(off, axis=1)
+    # the drift direction: where the latest responses left the y* axis; before any drift, the
+    # RM's own gradient off that axis (where a naive policy will go)
+    e2 = _unit(off[-8:].mean(0)) if len(off) else None
+    if e2 is None:
+        last = ys[-1] if len(ys) else np.zeros(c.dims)
+        with torch.no_grad():
+            y = torch.from_numpy(last.reshape(1, 1, -1).copy())
+            try:
+                g = core.reward_model.score_and_grad_y(core.params, y)[1][0, 0].numpy()
+            except NotImplementedError:
+                g = np.zeros(c.dims)
+        e2 = _unit(g - (g @ e1) * e1)
+    if e2 is None:
+        basis = np.eye(c.dims)[min(c.signal_dims, c.dims - 1)]
+        e2 = _unit(basis - (basis @ e1) * e1)
+    span = max(abs(t), 1.0)
+    want = np.array(
+        [
+            min(-0.25 * span, a_pts.min(initial=0.0)),
+            max(1.5 * span, a_pts.max(initial=0.0)),
+            0.0,
+            max(1.25 * span, b_pts.max(initial=0.0)),
+        ]
+    )
+    ext = _grow(trail, want)
+    pad_a, pad_b = 0.05 * (ext[1] - ext[0]), 0.05 * ext[3]
+    a = np.linspace(ext[0] - pad_a, ext[1] + pad_a, 90)
+    b = np.linspace(-0.5 * pad_b, ext[3] + pad_b, 70)  # a little below 0: the target shows
+    A, B = np.meshgrid(a, b)
+    u = c.utility_scale * np.exp(-c.utility_width * ((A - t) ** 2 + B**2))
+    if e2 is None:  # a one-dimensional response: nothing off the axis
+        r = np.repeat(rm_scores(env, np.outer(a, e1))[None], len(b), 0)
+    else:
+        grid = A.reshape(-1, 1) * e1 + B.reshape(-1, 1) * e2
+        r = rm_scores(env, grid).reshape(A.shape)
+    return {"a": a, "b": b, "U": u, "r": r, "points": (a_pts, b_pts), "target": (t, 0.0)}
+
+
+def _draw_vector(env, fig) -> None:
+    trail = _trail(env)
+    p = vector_plane(env)
+    fig.set_size_inches(FIG_WIDTH, PANEL_HEIGHT)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    c = env.core.config
+    _map(axes[0], fig, p["a"], p["b"], p["U"], "true utility U (hidden)", "viridis",
+         0.0, c.utility_scale)  # fmt: skip
+    _map(axes[1], fig, p["a"], p["b"], p["r"], "reward model r (what the policy sees)", "magma")
+    for ax in axes[:2]:
+        _points(ax, *p["points"], p["target"])
+        ax.set_xlabel("along the target: y . y*/|y*|", fontsize=8)
+        ax.set_xlim(p["a"][0], p["a"][-1])
+        ax.set_ylim(p["b"][0], p["b"][-1])
+    axes[0].set_ylabel("distance from the y* axis\n(mostly the noise dims)", fontsize=8)
+    _trace(axes[2], list(trail.scores))
+    _title(env, fig, trail)
+    _layout(fig)
+
+
+# -- token env ---------------------------------------------------------------------------------------
+def _draw_tokens(env, fig) -> None:
+    from rlhf_envs.verbosity import ANSWER, EOS, FILLER
+
+    trail, c, core = _trail(env), env.config, env.core
+    fig.set_size_inches(FIG_WIDTH, PANEL_HEIGHT)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
+    # 1. the last answers, newest on top (and the one being written, if any)
+    ax = axes[0]
+    rows: list[tuple[list[int], str]] = []
+    if env.tokens and not env._done:
+        rows.append((list(env.tokens), "writing..."))
+    for _, proxy, u, _, tokens in reversed(trail.items):
+        rows.append((list(tokens), f"r {proxy:5.2f}  U {u:5.2f}"))
+        if len(rows) == 7:
+            break
+    names = {EOS: "EOS", ANSWER: "ANS", FILLER: "FIL"}
+    for i, (tokens, label) in enumerate(rows):
+        y = 6 - i
+        for j, tok in enumerate(tokens):
+            colour = TOKEN_COLOURS.get(tok, "#9a9a9a")
+            ax.add_patch(_box(j, y, colour))
+            ax.text(j + 0.45, y + 0.4, names.get(tok, f"w{tok}"), ha="center", va="center",
+                    fontsize=6, color="white")  # fmt: skip
+        ax.text(c.max_len + 0.2, y + 0.4, label, va="center", fontsize=7, family="monospace")
+    ax.set_xlim(-0.2, c.max_len + 5.2)
+    ax.set_ylim(-0.3, 7.1)
+    ax.axis("off")
+    ax.set_title("last answers (newest on top): proxy r, true U", fontsize=9)
+    # 2. the blind spot: the RM and the truth on the answer padded with filler
+    ax = axes[1]
+    j = np.arange(c.max_len - 1)
+    seqs = [[ANSWER] + [FILLER] * int(k) + [EOS] for k in j]
+    f = env.features(seqs).numpy()
+    with torch.no_grad():
+        ft = torch.from_numpy(f).unsqueeze(0)
+        u = core.utility(ft)[0].numpy()
+        lab = core.labeler_utility(ft)[0].numpy()
+    ax.plot(j, rm_scores(env, f), "o-", color=PROXY_COLOUR, ms=3, label="reward model r")
+    ax.plot(j, u, "o-", color=TRUE_COLOUR, ms=3, label="true utility U")
+    if c.labeler_bias and c.feedback == "rating":
+        ax.plot(j, lab, "--", color="#777777", lw=1, label="labeler's rating")
+    ax.set_xlabel("FILLER tokens after the answer", fontsize=8)
+    ax.set_title("ANSWER + j x FILLER: scores now", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="best")
+    _trace(axes[2], list(trail.scores))
+    _title(env, fig, trail)
+    _layout(fig)
+
+
+def _box(x: float, y: float, colour: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), 0.9, 0.8, facecolor=colour, edgecolor="none")
+
+
+# -- contextual env --------------------------------------------------------------------------------
+def cluster_plane(env, k: int) -> dict[str, Any]:
+    """The maps of cluster ``k`` in a contextual env's frame: the prompt is the cluster's centre;
+    ``a`` runs along the cluster's target ``y*_k``, ``b`` along the labeler's spurious response
+    dims (made orthogonal to ``y*_k``). Uncounted white-box reads; the env is unchanged."""
+    core, c, trail = env.core, env.config, _trail(env)
+    y_star = core.targets[k].numpy()
+    e1 = _unit(y_star)
+    if e1 is None:
+        e1 = np.eye(c.dims)[0]
+    bias = np.zeros(c.dims)
+    bias[list(c.labeler_bias_dims)] = 1.0
+    e2 = _unit(bias - (bias @ e1) * e1)
+    if e2 is None:  # the spurious dims are along the target: any other direction
+        other = np.eye(c.dims)[(int(np.argmax(np.abs(e1))) + 1) % c.dims]
+        e2 = _unit(other - (other @ e1) * e1)
+    t = float(y_star @ e1)
+    mine = [it for it in trail.items if it[4] == k]
+    ys = np.stack([it[0][c.prompt_dims :] for it in mine]) if mine else np.zeros((0, c.dims))
+    a_pts = ys @ e1
+    b_pts = ys @ e2 if e2 is not None else np.zeros(len(ys))
+    span = max(abs(t), 1.5)
+    a = np.linspace(min(-span, a_pts.min(initial=0)), max(2 * span, a_pts.max(initial=0)), 80)
+    reach = max(2 * span, np.abs(b_pts).max(initial=0.0) * 1.1)
+    b = np.linspace(-reach, reach, 70)
+    A, B = np.meshgrid(a, b)
+    e2v = e2 if e2 is not None else np.zeros(c.dims)
+    grid_y = A.reshape(-1, 1) * e1 + B.reshape(-1, 1) * e2v
+    x = np.broadcast_to(core.centres[k].numpy(), (len(grid_y), c.prompt_dims))
+    r = rm_scores(env, np.concatenate([x, grid_y], 1)).reshape(A.shape)
+    u = c.utility_scale * np.exp(-c.utility_width * ((A - t) ** 2 + B**2))
+    return {"a": a, "b": b, "U": u, "r": r, "points": (a_pts, b_pts), "target": (t, 0.0)}
+
+
+def _draw_contextual(env, fig) -> None:
+    trail, c = _trail(env), env.config
+    shown = list(range(min(c.n_clusters, MAX_CLUSTERS)))
+    fig.set_size_inches(FIG_WIDTH, 0.6 + (PANEL_HEIGHT - 0.9) * len(shown))
+    axes = np.atleast_2d(fig.subplots(len(shown), 3, gridspec_kw={"width_ratios": [1, 1, 0.9]}))
+    for row, k in zip(axes, shown, strict=True):
+        p = cluster_plane(env, k)
+        tag = " (labeler biased)" if k == c.blind_cluster and c.labeler_bias else ""
+        _map(row[0], fig, p["a"], p["b"], p["U"], f"cluster {k}{tag}: true utility U",
+             "viridis", 0.0, c.utility_scale)  # fmt: skip
+        _map(row[1], fig, p["a"], p["b"], p["r"], f"cluster {k}: reward model r", "magma")
+        for ax in row[:2]:
+            _points(ax, *p["points"], p["target"], path=False)
+            ax.set_xlim(p["a"][0], p["a"][-1])
+            ax.set_ylim(p["b"][0], p["b"][-1])
+        row[0].set_ylabel("along the labeler's\nspurious dims", fontsize=8)
+        scores = [s for s in trail.scores if s[3] == k]
+        _trace(row[2], scores, f"cluster {k}: scores of responses")
+    for ax in axes[-1, :2]:
+        ax.set_xlabel("along the cluster's target y*_k", fontsize=8)
+    more = f"  |  clusters 0-{shown[-1]} of {c.n_clusters}" if len(shown) < c.n_clusters else ""
+    _title(env, fig, trail, more)
+    _layout(fig)
