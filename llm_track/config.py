@@ -13,12 +13,22 @@ from dataclasses import dataclass
 from agents import registry
 from rlhf_envs.core import check_choice, check_float, check_int
 
-#: The agents the LLM track implements: the registry's agents with an ``llm_penalty`` form.
-AGENTS = registry.llm_names()
+#: Controls that exist only in the LLM track (no scoring rule, so not in ``agents.registry``):
+#: ``random-winner`` takes a uniformly random candidate as the winner (seeded) and otherwise runs
+#: the same loop, which separates the effect of *selection* from that of self-training (SFT on
+#: the policy's own samples).
+LLM_CONTROLS = {"random-winner": "random"}
+#: The agents the LLM track implements: the registry's agents with an ``llm_penalty`` form, then
+#: the controls of :data:`LLM_CONTROLS`.
+AGENTS = (*registry.llm_names(), *LLM_CONTROLS)
 #: The FPO penalty forms of the LLM track (``Agent.llm_penalty``): ``none`` (score = r),
 #: ``practical`` and ``relaxed`` (see :mod:`llm_track.fpo_head`).
 PENALTY_FORMS = ("none", "practical", "relaxed")
 PRESETS = ("paper", "tiny")
+DTYPES = ("float32", "bfloat16", "float16")
+#: Named prompt sources; anything else is a local path (``.jsonl``, ``.json``, ``.parquet`` or a
+#: folder written by ``datasets``' ``save_to_disk``), see :mod:`llm_track.prompts`.
+PROMPT_SOURCES = ("builtin", "ultrafeedback")
 
 
 class LLMTrackError(Exception):
@@ -29,6 +39,8 @@ def penalty_form(agent: str) -> str:
     """The FPO penalty form (``Agent.llm_penalty``) of an LLM-track agent."""
     if agent not in AGENTS:
         raise LLMTrackError(f"--agent must be one of {', '.join(AGENTS)}; got {agent!r}")
+    if agent in LLM_CONTROLS:
+        return LLM_CONTROLS[agent]
     form = registry.get(agent).llm_penalty
     if form not in PENALTY_FORMS:
         raise LLMTrackError(
@@ -40,7 +52,7 @@ def penalty_form(agent: str) -> str:
 
 def agent_with_penalty(form: str) -> str:
     """The first LLM-track agent (registry order) whose penalty form is ``form``."""
-    for agent in AGENTS:
+    for agent in registry.llm_names():
         if registry.get(agent).llm_penalty == form:
             return agent
     raise LLMTrackError(f"no LLM-track agent has penalty form {form!r}")
@@ -48,11 +60,18 @@ def agent_with_penalty(form: str) -> str:
 
 @dataclass
 class LLMConfig:
-    """All settings of one run of the LLM protocol (defaults = the paper's, section 4)."""
+    """All settings of one run of the LLM protocol (defaults = the paper's, section 4).
+
+    The protocol choices in which the paper's pipeline and this suite can differ (RM input, head
+    optimiser, SFT target, empty candidates, prompt order, dropout) are fields, each defaulting to
+    the paper's; the ``tiny`` preset changes some of them (``llm_track/README.md`` has the table
+    with the reasons).
+    """
 
     agent: str = registry.REFERENCE
-    """Leader, one of :data:`AGENTS` (``agents.registry.llm_names()``); what it scores is its
-    class's ``llm_penalty`` form (:attr:`penalty_form`). Default: the registry's reference."""
+    """Leader, one of :data:`AGENTS` (``agents.registry.llm_names()`` and the LLM-only controls);
+    what it scores is its ``llm_penalty`` form (:attr:`penalty_form`). Default: the registry's
+    reference."""
     preset: str = "paper"
     """``paper`` loads the hub models; ``tiny`` builds small random models locally."""
     policy: str = "meta-llama/Llama-3.2-1B-Instruct"
@@ -60,7 +79,7 @@ class LLMConfig:
     reward_model: str = "OpenAssistant/reward-model-deberta-v3-base"
     """Reward model: hub id or local path; ``tiny`` builds it locally."""
     seed: int = 0
-    """Run seed: prompt order, sampling, dropout."""
+    """Run seed: prompt order (``permutation``), sampling, dropout, LoRA init."""
     model_seed: int = 0
     """Seed of the locally built ``tiny`` models (shared by all agents and run seeds)."""
     steps: int = 500
@@ -69,7 +88,8 @@ class LLMConfig:
     """Candidates sampled by the policy per step."""
     max_new_tokens: int = 32
     min_new_tokens: int = 5
-    """Longest candidate / reference answer; EOS is forbidden before ``min_new_tokens``."""
+    """Longest candidate / reference answer; end-of-turn tokens are forbidden before
+    ``min_new_tokens``."""
     top_p: float = 0.9
     temperature: float = 0.8
     """Nucleus sampling mass and temperature."""
@@ -83,23 +103,51 @@ class LLMConfig:
     policy_lr: float = 2e-5
     """AdamW learning rate of the LoRA adapter (SFT step on the winner)."""
     rm_lr: float = 5e-5
-    """Adam learning rate of the RM head (Bradley-Terry step, winner vs reference)."""
+    """AdamW learning rate of the RM head (Bradley-Terry step, winner vs reference)."""
+    rm_weight_decay: float = 0.01
+    """AdamW weight decay of the RM head (paper 0.01; 0 is Adam)."""
+    rm_grad_accum: int = 4
+    """RM-head gradient accumulation: Bradley-Terry steps per optimiser step (paper 4; 1 is one
+    RM step per labelled response, as in the FPO derivation)."""
     grad_accum: int = 4
-    """Policy gradient accumulation (SFT steps per optimiser step). The RM head steps every
-    protocol step, as in the FPO derivation (one RM step per labelled response)."""
+    """Policy gradient accumulation (SFT steps per optimiser step)."""
+    rm_input: str = "answer"
+    """What the reward model reads: ``answer`` (the paper) or ``prompt+answer`` (a pair)."""
+    rm_max_tokens: int = 128
+    """RM input length in tokens (paper 128 for the answer; 512 for prompt + answer)."""
+    sft_on: str = "sequence"
+    """SFT loss over the whole ``sequence`` (prompt and answer, the paper) or the ``response``."""
+    skip_empty: bool = True
+    """Candidates whose text is empty cannot win (the paper skips them); a step whose candidates
+    are all empty makes no update."""
+    rm_dropout_asymmetry: bool = False
+    """Reproduce the paper's dropout asymmetry: naive (penalty form ``none``) candidates are
+    scored, and every agent's RM update runs, with the RM's dropout on; FPO candidates are scored
+    with it off. Off by default (all scoring and updates with dropout off)."""
     utility_offset: float = 5.0
     utility_clip: tuple[float, float] = (-15.0, 5.0)
     """Oracle utility U = -NLL_per_token(base) + offset, clipped to this range."""
-    prompts: str = "auto"
-    """``auto`` (UltraFeedback if ``datasets`` is importable and reachable, else built-in),
-    ``builtin`` or ``ultrafeedback``."""
+    prompts: str = "ultrafeedback"
+    """``builtin``, ``ultrafeedback`` (``HuggingFaceH4/ultrafeedback_binarized`` through
+    ``datasets``; hub or its cache) or a local path (``.jsonl``, ``.json``, ``.parquet``, or a
+    ``save_to_disk`` folder). A source that cannot be loaded is an error, never a fallback."""
+    prompt_column: str = "prompt"
+    """The column of a local prompt file that holds the prompt text."""
+    prompt_order: str = "in-order"
+    """``in-order`` (prompt t at step t, the paper's first-500) or ``permutation`` (a seeded
+    permutation per pass)."""
+    chat_date: str = "26 Jul 2024"
+    """The date the chat template writes (Llama-3.x's ``date_string``), fixed per run so that a
+    run, its resume and its evaluation see the same prompt on any day."""
     eval_max_new_tokens: int = 64
     """Greedy answer length used by ``llm_track.evaluate``."""
     max_prompt_tokens: int = 256
-    """Prompts are truncated (from the left) to this many tokens."""
-    device: str = "cpu"
-    dtype: str = "float32"
-    """Torch device and model dtype (``float32`` or ``bfloat16``)."""
+    """Prompt length limit: the user's text is cut to fit, the chat template never is."""
+    device: str = "auto"
+    dtype: str = "auto"
+    """Torch device and model dtype (``float32``, ``bfloat16``, ``float16``); ``auto``: CUDA and
+    bfloat16 when torch sees a GPU, else CPU and float32. The RM head, the LoRA adapter and their
+    optimiser states are float32 whatever the dtype."""
     tiny_hidden: int = 64
     tiny_layers: int = 2
     """Hidden size and layers of the tiny models."""
@@ -108,6 +156,14 @@ class LLMConfig:
         self.lora_targets = tuple(self.lora_targets)
         self.utility_clip = tuple(self.utility_clip)
         penalty_form(self.agent)  # raises LLMTrackError for an agent the LLM track lacks
+        if self.device == "auto" or self.dtype == "auto":
+            import torch
+
+            cuda = torch.cuda.is_available()
+            if self.device == "auto":
+                self.device = "cuda" if cuda else "cpu"
+            if self.dtype == "auto":
+                self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         try:  # the env configs' checks, each error one line naming the setting and its range
             check_choice(self, "preset", PRESETS)
             check_int(self, "seed", 0)
@@ -121,45 +177,94 @@ class LLMConfig:
             check_float(self, "gamma", 0.0, strict=False)
             check_float(self, "policy_lr", 0.0, strict=True)
             check_float(self, "rm_lr", 0.0, strict=True)
+            check_float(self, "rm_weight_decay", 0.0, strict=False)
             check_int(self, "grad_accum", 1)
-            check_choice(self, "prompts", ("auto", "builtin", "ultrafeedback"))
-            check_choice(self, "dtype", ("float32", "bfloat16"))
+            check_int(self, "rm_grad_accum", 1)
+            check_int(self, "rm_max_tokens", 8)
+            check_int(self, "max_prompt_tokens", 1)
+            check_choice(self, "rm_input", ("answer", "prompt+answer"))
+            check_choice(self, "sft_on", ("sequence", "response"))
+            check_choice(self, "prompt_order", ("in-order", "permutation"))
+            check_choice(self, "dtype", DTYPES)
             if self.top_p > 1.0:
                 raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            if not isinstance(self.prompts, str) or not self.prompts:
+                raise ValueError(
+                    f"prompts must be one of {', '.join(PROMPT_SOURCES)} or a local path; "
+                    f"got {self.prompts!r}"
+                )
         except (TypeError, ValueError) as e:
             name, _, rest = str(e).partition(" ")
             raise LLMTrackError(f"--{name.replace('_', '-')} {rest}") from None
 
     @property
     def penalty_form(self) -> str:
-        """The agent's FPO penalty form: ``none``, ``practical`` or ``relaxed``."""
+        """The agent's penalty form: ``none``, ``practical``, ``relaxed`` (FPO) or ``random``
+        (the random-winner control)."""
         return penalty_form(self.agent)
+
+    @property
+    def label(self) -> str:
+        """The run's name in folders and tables: the agent, ``+dropout-asym`` when the paper's
+        dropout asymmetry is reproduced."""
+        return self.agent + ("+dropout-asym" if self.rm_dropout_asymmetry else "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> LLMConfig:
+    def from_dict(cls, d: dict, prompt_source: str | None = None) -> LLMConfig:
+        """Settings from ``config.json``; fields a run written by an older version lacks take the
+        values that version used (so its numbers are read as what they were). ``prompt_source``:
+        the source an old run's ``auto`` resolved to (its ``config.json`` records it)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if d.get("prompts") == "auto":  # an old source name that fell back silently
+            d["prompts"] = prompt_source or "builtin"
+        for k, v in _BEFORE_PROTOCOL_FIELDS.items():
+            d.setdefault(k, v)
+        return cls(**d)
+
+
+#: What runs written before these fields existed did (one head step per protocol step with Adam,
+#: (prompt, answer) into the RM, SFT on the response, empty candidates kept, permutation order).
+_BEFORE_PROTOCOL_FIELDS = {
+    "rm_weight_decay": 0.0,
+    "rm_grad_accum": 1,
+    "rm_input": "prompt+answer",
+    "rm_max_tokens": 512,
+    "sft_on": "response",
+    "skip_empty": False,
+    "prompt_order": "permutation",
+}
 
 
 def preset_config(preset: str, **overrides) -> LLMConfig:
     """The config of a preset, with ``overrides`` (None values are ignored) applied on top."""
     base: dict = {"preset": preset}
     if preset == "tiny":
-        # Same protocol; small models learn fast enough to show drift within 50 steps.
+        # Same protocol; small models learn fast enough to show drift within 50 steps. The
+        # protocol choices that differ from the paper's are explained in llm_track/README.md.
         base.update(
             policy="tiny",
             reward_model="tiny",
             steps=50,
             policy_lr=3e-3,
             rm_lr=3e-2,
+            rm_weight_decay=0.0,
+            rm_grad_accum=1,
             grad_accum=1,
             gamma=1.0,
+            rm_input="prompt+answer",
+            rm_max_tokens=512,
+            sft_on="response",
+            skip_empty=False,
             prompts="builtin",
+            prompt_order="permutation",
             eval_max_new_tokens=32,
             max_prompt_tokens=64,
+            device="cpu",
+            dtype="float32",
         )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return LLMConfig(**base)

@@ -34,24 +34,50 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm_track.config import LLMConfig
+from llm_track.config import LLMConfig, LLMTrackError
 from llm_track.fpo_head import autograd_penalty, fpo_scores, head_features
 from llm_track.models import Models
 
 
 # --------------------------------------------------------------------------- helpers
-def encode_prompt(tok, prompt: str, max_tokens: int, device) -> torch.Tensor:
-    """Token ids of a prompt in the policy's format (chat template when the tokenizer has one)."""
+def _render_prompt(tok, content: str, date: str | None) -> list[int]:
+    """Token ids of one user turn in the policy's format: its chat template (with ``date`` as the
+    template's ``date_string``) when the tokenizer has one, else ``question : ... answer :``."""
     if getattr(tok, "chat_template", None):
         text = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": content}],
+            tokenize=False,
+            add_generation_prompt=True,
+            date_string=date,
         )
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tok(f"question : {prompt} answer :", add_special_tokens=False)["input_ids"]
-        if tok.bos_token_id is not None:
-            ids = [tok.bos_token_id] + ids
-    return torch.tensor(ids[-max_tokens:], dtype=torch.long, device=device)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(f"question : {content} answer :", add_special_tokens=False)["input_ids"]
+    return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+
+
+def encode_prompt(tok, prompt: str, max_tokens: int, device, date: str | None = None):
+    """Token ids of a prompt in the policy's format, at most ``max_tokens`` long.
+
+    A prompt that does not fit loses the end of the *user's text*; the template (begin-of-text,
+    system and user headers, the assistant header) is always whole. ``date`` fixes the date that
+    Llama-3.x templates write (``date_string``; without it they write today's).
+    """
+    ids = _render_prompt(tok, prompt, date)
+    if len(ids) > max_tokens:
+        user = tok(prompt, add_special_tokens=False)["input_ids"]
+        frame = len(ids) - len(user)  # the template's tokens
+        keep = max_tokens - frame
+        while keep > 0:  # re-tokenising the cut text can merge differently: shrink until it fits
+            ids = _render_prompt(tok, tok.decode(user[:keep]), date)
+            if len(ids) <= max_tokens:
+                break
+            keep -= max(1, len(ids) - max_tokens)
+        if keep <= 0:
+            raise LLMTrackError(
+                f"--max-prompt-tokens {max_tokens} leaves no room for the user's text: the chat "
+                f"template alone takes about {frame} tokens"
+            )
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def _top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -80,7 +106,7 @@ def sample(
     *,
     max_new: int,
     min_new: int,
-    eos_id: int,
+    eos_id: int | tuple[int, ...],
     pad_id: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -91,7 +117,9 @@ def sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n answers to one prompt with a KV cache: (ids (n, T) right-padded, lengths (n,)).
 
-    Lengths count the EOS token when one was produced; EOS is masked before ``min_new`` tokens.
+    ``eos_id``: the end-of-turn token id, or all of them (e.g. Llama-3's ``<|eot_id|>``,
+    ``<|eom_id|>`` and ``<|end_of_text|>``): any of them ends a row. Lengths count the end token
+    when one was produced; end tokens are masked before ``min_new`` tokens.
     ``adapter_names`` (one per row, peft LoRA models in eval mode): row i runs through adapter
     ``adapter_names[i]`` or, for ``"__base__"``, the base model, by ``mixing``: ``"peft"`` (peft's
     mixed-adapter batch forward; needs ``mixed_batch_adapter``) or ``"row-mask"``
@@ -99,6 +127,7 @@ def sample(
     attention mask. Each token step draws once from ``generator`` for all n rows (row-major).
     """
     ids, dev = prompt_ids.unsqueeze(0).expand(n, -1).contiguous(), prompt_ids.device
+    eos = torch.tensor(eos_id if isinstance(eos_id, (tuple, list)) else [eos_id], device=dev)
     # the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``
     cache_kw = _forward_kwarg(model, ("cache",)) or "past_key_values"
     extra, hooks = {}, nullcontext()
@@ -123,7 +152,7 @@ def sample(
             out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
             cache, logits = getattr(out, cache_kw), out.logits[:, -1].float()
             if t < min_new:
-                logits[:, eos_id] = float("-inf")
+                logits[:, eos] = float("-inf")
             if greedy:
                 nxt = logits.argmax(-1)
             else:
@@ -131,7 +160,7 @@ def sample(
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             tokens.append(nxt)
-            ended = ~done & (nxt == eos_id)
+            ended = ~done & torch.isin(nxt, eos)
             lengths[ended] = t + 1
             done |= ended
             if bool(done.all()):
@@ -283,6 +312,14 @@ def response_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: t
     return -(logp * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
+def sequence_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, length) -> torch.Tensor:
+    """Mean per-token NLL of the whole sequence (prompt and answer up to ``length``): the SFT
+    loss over the full sequence, as the paper's pipeline trains."""
+    ids = torch.cat([prompt_ids, resp[: int(length)]]).unsqueeze(0)
+    logits = model(input_ids=ids).logits[0, :-1]
+    return F.cross_entropy(logits.float(), ids[0, 1:])
+
+
 def decode(tok, resp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
     """The text of each row of ``resp`` up to its length."""
     return [
@@ -291,20 +328,57 @@ def decode(tok, resp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
     ]
 
 
-def rewards(reward_model, head, rm_tok, prompt: str, texts: list[str], device) -> tuple:
-    """(r, h) of each (prompt, text) pair in one batched reward-model forward."""
-    kw = dict(padding=True, truncation=True, max_length=512, return_tensors="pt")
-    enc = rm_tok([prompt] * len(texts), texts, **kw)
+def rewards(
+    reward_model,
+    head,
+    rm_tok,
+    prompt: str,
+    texts: list[str],
+    device,
+    rm_input: str = "prompt+answer",
+    max_length: int = 512,
+    dropout_seed: int | None = None,
+) -> tuple:
+    """(r, h) of each text in one batched reward-model forward.
+
+    ``rm_input``: ``answer`` (the text alone) or ``prompt+answer`` (the pair), truncated to
+    ``max_length`` tokens. ``dropout_seed``: run the reward model with its dropout on, on the
+    global torch RNG seeded with it (restored after); None: dropout off.
+    """
+    kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    if rm_input == "answer":
+        enc = rm_tok(list(texts), **kw)
+    else:
+        enc = rm_tok([prompt] * len(texts), list(texts), **kw)
     batch = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
-    with torch.no_grad():
-        r, h = head_features(reward_model, head, batch)
+    if dropout_seed is None:
+        with torch.no_grad():
+            r, h = head_features(reward_model, head, batch)
+        return r.float(), h
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(dropout_seed)
+        reward_model.train()
+        try:
+            r, h = head_features(reward_model, head, batch)
+        finally:
+            reward_model.eval()
     return r.float(), h
 
 
-def special_ids(tok) -> tuple[int, int]:
-    """(EOS id, padding id) of a tokenizer; EOS pads when it has no padding token."""
+def special_ids(tok, model=None) -> tuple[tuple[int, ...], int]:
+    """(end-of-turn ids, padding id): the tokenizer's EOS plus every ``eos_token_id`` of the
+    model's generation config and config (Llama-3.2-Instruct: ``<|end_of_text|>``,
+    ``<|eom_id|>``, ``<|eot_id|>``); the tokenizer's EOS pads when it has no padding token."""
+    ids = [tok.eos_token_id]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for conf in (getattr(base, "generation_config", None), getattr(base, "config", None)):
+        more = getattr(conf, "eos_token_id", None)
+        ids += more if isinstance(more, (list, tuple)) else [more]
+    vocab = getattr(getattr(base, "config", None), "vocab_size", None) or len(tok)
+    eos = tuple(dict.fromkeys(int(i) for i in ids if i is not None and 0 <= int(i) < vocab))
     pad = tok.pad_token_id
-    return tok.eos_token_id, tok.eos_token_id if pad is None else pad
+    return eos, tok.eos_token_id if pad is None else pad
 
 
 def _clock(device: str) -> float:
@@ -322,10 +396,14 @@ class Protocol:
         self.cfg, self.m, self.prompts = cfg, models, prompts
         self.head = models.rm_head
         self.tok = models.policy_tokenizer
-        self.eos_id, self.pad_id = special_ids(self.tok)
+        self.eos_ids, self.pad_id = special_ids(self.tok, models.policy)
         lora_params = [p for p in models.policy.parameters() if p.requires_grad]
         self.policy_opt = torch.optim.AdamW(lora_params, lr=cfg.policy_lr, weight_decay=0.0)
-        self.rm_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.rm_lr)
+        # AdamW with weight decay 0 is Adam; the head is float32 (models.float32_head), so are
+        # its optimiser states
+        self.rm_opt = torch.optim.AdamW(
+            self.head.parameters(), lr=cfg.rm_lr, weight_decay=cfg.rm_weight_decay
+        )
         self.generator = torch.Generator(device=cfg.device)
         # Reference + candidates in one mixed-adapter token loop when the policy allows it; False
         # forces the two loops (base, then policy) of earlier versions (see ``generate_step``).
@@ -340,11 +418,14 @@ class Protocol:
 
     def prompt_index(self, t: int) -> int:
         n = len(self.prompts)
+        if self.cfg.prompt_order == "in-order":
+            return t % n
         perm = np.random.default_rng([self.cfg.seed, t // n]).permutation(n)
         return int(perm[t % n])
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
-        return encode_prompt(self.tok, prompt, self.cfg.max_prompt_tokens, self.cfg.device)
+        cfg = self.cfg
+        return encode_prompt(self.tok, prompt, cfg.max_prompt_tokens, cfg.device, cfg.chat_date)
 
     def _mixing(self) -> tuple[str, str] | None:
         """(adapter, ``row-mask`` or ``peft``) of the one-loop generation, None for two loops."""
@@ -376,7 +457,7 @@ class Protocol:
         kw = dict(
             max_new=cfg.max_new_tokens,
             min_new=cfg.min_new_tokens,
-            eos_id=self.eos_id,
+            eos_id=self.eos_ids,
             pad_id=self.pad_id,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
@@ -402,25 +483,49 @@ class Protocol:
             nll = response_nll(self.m.policy, prompt_ids, resp, lengths)
         return (-nll + self.cfg.utility_offset).clamp(*self.cfg.utility_clip)
 
-    def rewards(self, prompt: str, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, h) of each text in one batched reward-model forward."""
-        m = self.m
-        return rewards(m.reward_model, self.head, m.rm_tokenizer, prompt, texts, self.cfg.device)
+    def rewards(
+        self, prompt: str, texts: list[str], dropout_seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, h) of each text in one batched reward-model forward (``rm_input``, ``rm_max_tokens``;
+        dropout on, seeded, when ``dropout_seed`` is given)."""
+        m, cfg = self.m, self.cfg
+        return rewards(
+            m.reward_model,
+            self.head,
+            m.rm_tokenizer,
+            prompt,
+            texts,
+            cfg.device,
+            cfg.rm_input,
+            cfg.rm_max_tokens,
+            dropout_seed,
+        )
+
+    def scoring_dropout_seed(self, t: int) -> int | None:
+        """The seed of the RM's dropout when this agent's candidates are scored with it on (the
+        paper's asymmetry, ``rm_dropout_asymmetry``: naive-like agents only), else None."""
+        on = self.cfg.rm_dropout_asymmetry and self.cfg.penalty_form in ("none", "random")
+        return self.step_seed(t) + 2 if on else None
 
     # ---------------------------------------------------------------- scoring
-    def score(self, prompt: str, prompt_ids, resp, lengths, texts, batched: bool = True) -> dict:
+    def score(
+        self, prompt: str, prompt_ids, resp, lengths, texts, batched: bool = True, t: int = 0
+    ) -> dict:
         """U, r, h, penalty and FPO score of candidates (rows 0..n-1) and reference (row n)."""
         cfg = self.cfg
+        drop = self.scoring_dropout_seed(t)
         if batched:
             u = self.utility(prompt_ids, resp, lengths)
-            r, h = self.rewards(prompt, texts)
+            r, h = self.rewards(prompt, texts, drop)
         else:  # one candidate at a time, autograd for the head gradient (the slow reference)
             rows = zip(resp.split(1), lengths.split(1), strict=True)
             u = torch.cat([self.utility(prompt_ids, x, k) for x, k in rows])
-            rh = [self.rewards(prompt, [tx]) for tx in texts]
+            rh = [self.rewards(prompt, [tx], drop) for tx in texts]
             r, h = (torch.cat(x) for x in zip(*rh, strict=True))
         n = resp.shape[0] - 1
         form = cfg.penalty_form  # the agent class's llm_penalty (agents.registry)
+        if form == "random":  # the random-winner control: the score does not choose
+            form = "none"
         if batched or form == "none":
             score, pen = fpo_scores(form, cfg.gamma, r[:n], h[:n], r[n], h[n], u[:n], u[n])
         else:
@@ -429,19 +534,26 @@ class Protocol:
         return {"u": u, "r": r, "h": h, "penalty": pen, "score": score}
 
     # ---------------------------------------------------------------- updates
-    def rm_step(self, h_w: torch.Tensor, h_ref: torch.Tensor, u_w, u_ref) -> float:
-        """Bradley-Terry step of the head on (winner vs reference), soft label sigmoid(U_w - U_ref).
+    def rm_step(self, t: int, h_w: torch.Tensor, h_ref: torch.Tensor, u_w, u_ref) -> float:
+        """Bradley-Terry loss of the head on (winner vs reference), soft label sigmoid(U_w - U_ref),
+        accumulated over ``rm_grad_accum`` steps before an AdamW step (every step when 1).
 
         The loss sees only r_w - r_ref, so the head's bias gets no gradient (as in the penalty,
-        where the bias terms cancel); only the weight moves.
+        where the bias terms cancel); only the weight moves (and, with weight decay, the bias
+        decays). The head and its optimiser states are float32 (``models.float32_head``).
         """
-        self.rm_opt.zero_grad(set_to_none=True)
         logit = (self.head(h_w.unsqueeze(0)) - self.head(h_ref.unsqueeze(0))).squeeze().float()
         label = torch.sigmoid(u_w - u_ref).float()
         loss = F.binary_cross_entropy_with_logits(logit, label)
-        loss.backward()
-        self.rm_opt.step()
+        (loss / self.cfg.rm_grad_accum).backward()
+        self.rm_optimizer_step(t)
         return loss.item()
+
+    def rm_optimizer_step(self, t: int) -> None:
+        """The head's AdamW step at the end of each ``rm_grad_accum`` window of protocol steps."""
+        if (t + 1) % self.cfg.rm_grad_accum == 0:
+            self.rm_opt.step()
+            self.rm_opt.zero_grad(set_to_none=True)
 
     def sft_step(self, t: int, prompt_ids, resp_w, len_w) -> float:
         """SFT on the winner (mean token NLL), with gradient accumulation; the dropout runs on the
@@ -450,15 +562,50 @@ class Protocol:
         dev = torch.device(self.cfg.device)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(self.step_seed(t) + 1)
-            loss = response_nll(self.m.policy, prompt_ids, resp_w.unsqueeze(0), len_w.view(1))[0]
+            if self.cfg.sft_on == "sequence":
+                loss = sequence_nll(self.m.policy, prompt_ids, resp_w, len_w)
+            else:
+                loss = response_nll(self.m.policy, prompt_ids, resp_w.unsqueeze(0), len_w.view(1))
+                loss = loss[0]
             (loss / self.cfg.grad_accum).backward()
-        if (t + 1) % self.cfg.grad_accum == 0:
-            self.policy_opt.step()
-            self.policy_opt.zero_grad(set_to_none=True)
+        self.policy_optimizer_step(t)
         self.m.policy.eval()
         return loss.item()
 
+    def policy_optimizer_step(self, t: int) -> None:
+        if (t + 1) % self.cfg.grad_accum == 0:
+            self.policy_opt.step()
+            self.policy_opt.zero_grad(set_to_none=True)
+
     # ---------------------------------------------------------------- one step
+    def pick_winner(self, t: int, score: torch.Tensor, texts: list[str]) -> int | None:
+        """The winner's row: the best score among the eligible candidates (non-empty ones when
+        ``skip_empty``), or a seeded uniform pick among them for the random-winner control;
+        None when no candidate is eligible."""
+        n = self.cfg.candidates
+        ok = [not (self.cfg.skip_empty and not texts[i].strip()) for i in range(n)]
+        if not any(ok):
+            return None
+        if self.cfg.penalty_form == "random":
+            eligible = [i for i in range(n) if ok[i]]
+            pick = np.random.default_rng([self.cfg.seed, t, 0x5A]).integers(len(eligible))
+            return eligible[int(pick)]
+        masked = score.masked_fill(~torch.tensor(ok, device=score.device), float("-inf"))
+        return int(torch.argmax(masked))
+
+    def oracle_cost(self, texts: list[str], winner: int | None) -> int:
+        """Oracle queries of a step, by one rule for every agent: one query is the oracle's
+        utility of one response that the agent's choices or updates read. The label of the RM
+        step reads U(winner) and U(reference): 2; relaxed FPO also reads U of every eligible
+        candidate to score it (the winner is one of them): eligible + 1. A step without an
+        eligible candidate reads nothing."""
+        if winner is None:
+            return 0
+        if self.cfg.penalty_form != "relaxed":
+            return 2
+        n = self.cfg.candidates
+        return sum(not (self.cfg.skip_empty and not x.strip()) for x in texts[:n]) + 1
+
     def step(self, t: int, batched: bool = True) -> dict:
         cfg, dev = self.cfg, self.cfg.device
         self.generator.manual_seed(self.step_seed(t))
@@ -471,21 +618,32 @@ class Protocol:
         texts = decode(self.tok, resp, lengths)
         t1 = _clock(dev)
 
-        s = self.score(prompt, prompt_ids, resp, lengths, texts, batched=batched)
+        s = self.score(prompt, prompt_ids, resp, lengths, texts, batched=batched, t=t)
         n = cfg.candidates
-        w = int(torch.argmax(s["score"]))
+        w = self.pick_winner(t, s["score"], texts)
         t2 = _clock(dev)
 
         u, r, h = s["u"], s["r"], s["h"]
-        rm_loss = self.rm_step(h[w], h[n], u[w], u[n])
-        sft_loss = self.sft_step(t, prompt_ids, resp[w], lengths[w])
+        skipped = w is None
+        if skipped:  # nothing to learn from: no update, but the accumulation windows still end
+            w, rm_loss, sft_loss = 0, float("nan"), float("nan")
+            self.rm_optimizer_step(t)
+            self.policy_optimizer_step(t)
+        else:
+            h_w, h_ref = h[w], h[n]
+            if cfg.rm_dropout_asymmetry:  # the paper's RM update: features with dropout on
+                _, h_pair = self.rewards(prompt, [texts[w], texts[n]], self.step_seed(t) + 3)
+                h_w, h_ref = h_pair[0], h_pair[1]
+            rm_loss = self.rm_step(t, h_w, h_ref, u[w], u[n])
+            sft_loss = self.sft_step(t, prompt_ids, resp[w], lengths[w])
         t3 = _clock(dev)
 
-        self.oracle_queries += 1 + (n if cfg.penalty_form == "relaxed" else 0)
+        self.oracle_queries += self.oracle_cost(texts, None if skipped else w)
         self.step_count = t + 1
         return {
             "step": t,
             "prompt_idx": p_idx,
+            "skipped": int(skipped),
             "proxy_winner": float(r[w]),
             "utility_winner": float(u[w]),
             "proxy_ref": float(r[n]),
@@ -497,6 +655,7 @@ class Protocol:
             "overconfidence": float(torch.sigmoid(r[w] - r[n]) - torch.sigmoid(u[w] - u[n])),
             "winner_tokens": int(lengths[w]),
             "winner_words": len(texts[w].split()),
+            "empty_candidates": sum(not x.strip() for x in texts[:n]),
             "rm_loss": rm_loss,
             "sft_loss": sft_loss,
             "oracle_queries": self.oracle_queries,
@@ -530,6 +689,11 @@ class Protocol:
                 n: p.grad.detach().cpu().clone() for n, p in lora.items() if p.grad is not None
             },
             "rm_head": {k: v.cpu().clone() for k, v in self.head.state_dict().items()},
+            "rm_head_grad": {
+                n: p.grad.detach().cpu().clone()
+                for n, p in self.head.named_parameters()
+                if p.grad is not None
+            },
             "policy_opt": self.policy_opt.state_dict(),
             "rm_opt": self.rm_opt.state_dict(),
             "rng": {
@@ -562,6 +726,10 @@ class Protocol:
             for n, g in state["lora_grad"].items():
                 params[n].grad = g.to(params[n].device)
         self.head.load_state_dict(state["rm_head"])
+        head_params = dict(self.head.named_parameters())
+        for n, p in head_params.items():
+            g = state.get("rm_head_grad", {}).get(n)
+            p.grad = None if g is None else g.to(p.device, p.dtype)
         self.policy_opt.load_state_dict(state["policy_opt"])
         self.rm_opt.load_state_dict(state["rm_opt"])
         rng = state["rng"]

@@ -11,6 +11,7 @@ Three things come out of here, bundled in :class:`Models`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class Models:
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -180,19 +181,43 @@ def _hub_reachable() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def hub_offline():
+    """huggingface_hub's offline mode for the duration of the block (what ``HF_HUB_OFFLINE=1``
+    sets at import): every hub request raises instead of going out, so loading a local folder
+    cannot touch the network (transformers and peft look up optional files, e.g.
+    ``adapter_config.json``, with retries otherwise). Other sources are not affected."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub client: nothing to keep offline
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
 def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
-    """``cls.from_pretrained`` from local files first, then the hub unless HF_HUB_OFFLINE."""
-    if name.startswith(("/", ".", "~")) and not os.path.exists(os.path.expanduser(name)):
+    """``cls.from_pretrained``: a local folder in hub-offline mode (never the network); a hub id
+    from the local cache first, then the hub unless HF_HUB_OFFLINE."""
+    local = os.path.exists(os.path.expanduser(name))
+    if name.startswith(("/", ".", "~")) and not local:
         raise LLMTrackError(
             f"cannot load the {what} {name!r}: no such folder; pass {flag} PATH to a local model "
             "folder (or a hub id), or use --preset tiny to build small models offline"
         )
     try:
-        return cls.from_pretrained(name, local_files_only=True, **kwargs)
+        with hub_offline() if local else contextlib.nullcontext():
+            return cls.from_pretrained(
+                os.path.expanduser(name) if local else name, local_files_only=True, **kwargs
+            )
     except Exception as first:
         err = first
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not (offline or os.path.exists(name) or not _hub_reachable()):
+    if not (offline or local or not _hub_reachable()):
         try:
             return cls.from_pretrained(name, **kwargs)
         except Exception as second:
@@ -230,9 +255,22 @@ def rm_head(reward_model: nn.Module) -> nn.Linear:
     raise LLMTrackError("the reward model has no final linear head ('classifier' or 'score')")
 
 
+def float32_head(reward_model: nn.Module) -> nn.Linear:
+    """Keep the RM head in float32 whatever the model's dtype (its input is cast to float32 by a
+    forward pre-hook): bf16 weights round lr-5e-5 Adam steps away (most weights never move), and
+    the optimiser states follow the parameters' dtype, so they are float32 too."""
+    head = rm_head(reward_model)
+    head.float()
+    if not getattr(head, "_float32_input", False):
+        head.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
+        head._float32_input = True
+    return head
+
+
 def freeze_all_but_head(reward_model: nn.Module) -> None:
+    """Freeze the reward model's backbone; its head is trainable and float32."""
     reward_model.requires_grad_(False)
-    rm_head(reward_model).requires_grad_(True)
+    float32_head(reward_model).requires_grad_(True)
 
 
 def pretrain_tiny_base(model: nn.Module, tok, seed: int, steps: int = 150) -> None:
@@ -346,7 +384,12 @@ def with_lora(base: nn.Module, policy_tok, rm: nn.Module, rm_tok, cfg: LLMConfig
     )
     with torch.random.fork_rng(devices=[]):  # LoRA init is seeded by the run seed
         torch.manual_seed(cfg.seed + 7)
-        policy = get_peft_model(base, lora).to(cfg.device)
+        # autocast_adapter_dtype: the adapter (hence its AdamW states) is float32 on a bf16/fp16
+        # base; peft casts the layer input to it and the output back
+        policy = get_peft_model(base, lora, autocast_adapter_dtype=True).to(cfg.device)
+    for p in policy.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     freeze_all_but_head(rm)
     rm = rm.to(cfg.device).eval()  # eval: no dropout, so h is a deterministic feature
     return Models(policy, policy_tok, rm, rm_tok)

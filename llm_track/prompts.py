@@ -1,17 +1,36 @@
 """Prompts of the LLM protocol.
 
-The paper draws one UltraFeedback (binarized) ``train_prefs`` prompt per step. That needs the
-``datasets`` package and the network, so a small built-in list is the offline fallback:
-``BUILTIN_PROMPTS`` holds 40 short, general, hand-written instructions (explanations, advice,
-definitions, small tasks, in the spirit of UltraFeedback). The first 30 are the training split,
-the last 10 (``EVAL_PROMPTS``) are held out for ``llm_track.evaluate`` and never used in training.
-The tiny tokenizer is trained on all 40 prompts, so every word of them is in its vocabulary.
+Sources (``--prompts``; a source that cannot be loaded is a one-line error, never a fallback):
+- ``builtin``: ``BUILTIN_PROMPTS``, 40 short, general, hand-written instructions (explanations,
+  advice, definitions, small tasks, in the spirit of UltraFeedback). The first 30 are the
+  training split, the last 10 (``EVAL_PROMPTS``) are held out for ``llm_track.evaluate`` and never
+  used in training. The tiny tokenizer is trained on all 40, so every word of them is known.
+- ``ultrafeedback``: the paper's, ``HuggingFaceH4/ultrafeedback_binarized`` (column ``prompt``;
+  ``train_prefs`` to train, ``test_prefs`` to evaluate) through ``datasets``, from the hub or
+  its cache (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` make ``datasets`` use the cache only;
+  they never change the source).
+- a local path: ``.jsonl``, ``.json`` (records), ``.parquet``, ``.csv``, or a folder written by
+  ``datasets``' ``save_to_disk`` (a ``DatasetDict`` gives its ``train_prefs`` or ``train``
+  split), read through ``datasets`` without any network access; the text is in column
+  ``--prompt-column`` (default ``prompt``, UltraFeedback's). Evaluation of such runs takes its
+  questions from ``llm_track.evaluate --questions``.
+
+``prompts_digest`` (SHA-256 of the prompt list) goes into each run's ``config.json`` next to the
+source, so two runs can be checked to have seen the same prompts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import warnings
+import tempfile
+
+from llm_track.config import PROMPT_SOURCES, LLMTrackError
+
+ULTRAFEEDBACK = "HuggingFaceH4/ultrafeedback_binarized"
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+MAX_PROMPTS = 100_000
 
 BUILTIN_PROMPTS: tuple[str, ...] = (
     "Explain why the sky is blue in simple words.",
@@ -61,33 +80,115 @@ TRAIN_PROMPTS: tuple[str, ...] = BUILTIN_PROMPTS[:N_TRAIN]
 EVAL_PROMPTS: tuple[str, ...] = BUILTIN_PROMPTS[N_TRAIN:]
 
 
-def _ultrafeedback(split: str) -> list[str] | None:
-    """UltraFeedback binarized prompts, or None when ``datasets`` is missing or unreachable."""
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
-        return None
+def _datasets(what: str):
     try:
         import datasets  # noqa: PLC0415
     except ImportError:
-        return None
-    try:
-        ds = datasets.load_dataset("HuggingFaceH4/ultrafeedback_binarized", split=split)
-    except Exception as exc:  # network, auth, missing cache: fall back
-        warnings.warn(
-            f"UltraFeedback unreachable ({type(exc).__name__}); using built-in prompts",
-            stacklevel=3,
+        raise LLMTrackError(
+            f'{what} needs the datasets package: pip install -e ".[llm]" (or pip install '
+            "datasets), or use --prompts builtin"
+        ) from None
+    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.disable_progress_bar()
+    return datasets
+
+
+def _column(ds, column: str, where: str, flag: str) -> list[str]:
+    names = list(ds.column_names)
+    if column not in names:
+        raise LLMTrackError(
+            f"{flag} {where}: no column {column!r} (columns: {', '.join(names)}); name the "
+            "text column with --prompt-column"
+            + ("" if flag == "--prompts" else "/--question-column")
         )
-        return None
-    return [str(p) for p in ds["prompt"][:100_000]]
+    values = ds[column][:MAX_PROMPTS]
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
+    if bad is not None:
+        raise LLMTrackError(
+            f"{flag} {where}: row {bad} of column {column!r} is not a non-empty string "
+            f"({values[bad]!r:.60})"
+        )
+    if not values:
+        raise LLMTrackError(f"{flag} {where}: no rows")
+    return list(values)
 
 
-def load_prompts(source: str, split: str = "train") -> tuple[list[str], str]:
-    """Prompts for ``split`` (``train``: UltraFeedback ``train_prefs``; ``eval``: ``test_prefs``;
-    at most 100 000) and the name of the source used. ``source``: ``auto``, ``builtin`` or
-    ``ultrafeedback``; UltraFeedback falls back to the built-in prompts when it cannot be loaded
-    (with a warning when the download fails)."""
-    if source in ("auto", "ultrafeedback"):
+def read_local(path: str, column: str, flag: str = "--prompts", split: str = "train") -> list[str]:
+    """The strings of ``column`` in a local file or ``save_to_disk`` folder (no network)."""
+    full = os.path.abspath(os.path.expanduser(path))
+    is_dir = os.path.isdir(full)
+    if not is_dir and not full.lower().endswith(LOCAL_SUFFIXES):
+        raise LLMTrackError(
+            f"{flag} must be {', '.join(PROMPT_SOURCES)} or a local {', '.join(LOCAL_SUFFIXES)} "
+            f"file or datasets folder; got {path!r}"
+        )
+    if not os.path.exists(full):
+        raise LLMTrackError(f"{flag} {path}: no such file or folder")
+    datasets = _datasets(f"{flag} {path}")
+    try:
+        if is_dir:
+            ds = datasets.load_from_disk(full, keep_in_memory=True)
+            if isinstance(ds, datasets.DatasetDict):
+                names = ("train_prefs", "train") if split == "train" else ("test_prefs", "test")
+                got = next((n for n in names if n in ds), None)
+                if got is None:
+                    raise LLMTrackError(
+                        f"{flag} {path}: a DatasetDict without a {' or '.join(names)} split "
+                        f"(splits: {', '.join(ds)})"
+                    )
+                ds = ds[got]
+        else:
+            kind = {"jsonl": "json"}.get(full.rsplit(".", 1)[1].lower(), None)
+            kind = kind or full.rsplit(".", 1)[1].lower()
+            reader = getattr(datasets.Dataset, f"from_{kind}")
+            with tempfile.TemporaryDirectory() as cache:  # no shared cache: the file is the truth
+                ds = reader(full, keep_in_memory=True, cache_dir=cache)
+    except LLMTrackError:
+        raise
+    except Exception as exc:  # a malformed file: say which and why, in one line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LLMTrackError(f"{flag} {path}: cannot read it ({msg[:160]})") from None
+    return _column(ds, column, path, flag)
+
+
+def _ultrafeedback(split: str) -> list[str]:
+    """UltraFeedback binarized prompts (hub or ``datasets`` cache); an error when unavailable."""
+    datasets = _datasets("--prompts ultrafeedback")
+    try:
+        ds = datasets.load_dataset(ULTRAFEEDBACK, split=split)
+    except Exception as exc:  # network, auth, missing cache: no fallback
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LLMTrackError(
+            f"--prompts ultrafeedback: cannot load {ULTRAFEEDBACK} split {split} ({msg[:120]}); "
+            "download it once, or pass --prompts PATH to a local copy, or --prompts builtin"
+        ) from None
+    return _column(ds, "prompt", f"ultrafeedback ({split})", "--prompts")
+
+
+def prompts_digest(prompts: list[str]) -> str:
+    """SHA-256 of the prompt list (the exact strings, in order)."""
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
+
+
+def load_prompts(
+    source: str, split: str = "train", column: str = "prompt"
+) -> tuple[list[str], str]:
+    """Prompts for ``split`` (``train`` or ``eval``) and a description of where they came from.
+
+    ``source``: ``builtin``, ``ultrafeedback`` (``train_prefs`` / ``test_prefs``) or a local path
+    (its ``column``; only ``train``: evaluation questions of such runs come from
+    ``evaluate --questions``). At most 100 000 prompts. Raises :class:`LLMTrackError` (one line)
+    when the source cannot be loaded.
+    """
+    if source == "builtin":
+        return list(TRAIN_PROMPTS if split == "train" else EVAL_PROMPTS), "builtin"
+    if source == "ultrafeedback":
         hf_split = "train_prefs" if split == "train" else "test_prefs"
-        got = _ultrafeedback(hf_split)
-        if got:
-            return got, "ultrafeedback"
-    return list(TRAIN_PROMPTS if split == "train" else EVAL_PROMPTS), "builtin"
+        return _ultrafeedback(hf_split), f"ultrafeedback ({ULTRAFEEDBACK}, {hf_split})"
+    if split != "train":
+        raise LLMTrackError(
+            f"the run was trained on prompts from {source}; pass the evaluation questions with "
+            "--questions PATH"
+        )
+    full = os.path.abspath(os.path.expanduser(source))
+    return read_local(source, column), f"{full} (column {column})"

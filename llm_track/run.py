@@ -3,7 +3,9 @@
     python -m llm_track.run --agent fpo --preset tiny                # offline, CPU, ~1 minute
     python -m llm_track.run --agent naive --preset paper --steps 500 # Llama-3.2-1B + DeBERTa RM
 
-Writes ``OUT/<agent>/seed_<s>/``: ``config.json`` (all settings, package versions, prompt source),
+Writes ``OUT/<label>/seed_<s>/`` (label = the agent, ``+dropout-asym`` with
+``--rm-dropout-asymmetry``): ``config.json`` (all settings, package versions, prompt source and
+the SHA-256 of the prompts),
 ``metrics.csv`` (one row per step), ``summary.json`` and ``checkpoint/`` (LoRA adapter saved with
 ``save_pretrained``, RM head, optimisers, pending gradients, RNG states, step) every
 ``--checkpoint-every`` steps and at the end. ``--resume`` continues from the checkpoint and gives
@@ -56,6 +58,7 @@ def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float) -> dict:
     first, last = rows[:k], rows[-k:]
     return {
         "agent": cfg.agent,
+        "label": cfg.label,
         "seed": cfg.seed,
         "steps_done": len(rows),
         "window": k,
@@ -74,7 +77,14 @@ def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float) -> dict:
 
 #: What a run writes into its folder (``--force`` removes these before starting over).
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "eval.json")
-CHECKPOINT_DIRS = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
+CHECKPOINT_DIRS = (
+    "checkpoint",
+    "checkpoint.tmp",
+    "checkpoint.old",
+    "adapter",
+    "adapter.tmp",
+    "adapter.old",
+)
 
 
 def _settings(d: dict) -> dict:
@@ -195,9 +205,10 @@ def run_protocol(
     import torch
     from tqdm import tqdm
 
+    from llm_track.export import export_adapter
     from llm_track.loop import Protocol
     from llm_track.models import load_models
-    from llm_track.prompts import load_prompts
+    from llm_track.prompts import load_prompts, prompts_digest
 
     if checkpoint_every < 1:
         raise LLMTrackError(f"--checkpoint-every must be >= 1; got {checkpoint_every}")
@@ -205,7 +216,7 @@ def run_protocol(
         raise LLMTrackError("--resume and --force exclude each other")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
-    folder = os.path.join(out, cfg.agent, f"seed_{cfg.seed}")
+    folder = os.path.join(out, cfg.label, f"seed_{cfg.seed}")
     ckpt = os.path.join(folder, "checkpoint")
     resuming = resume and os.path.exists(os.path.join(ckpt, "state.pt"))
     existing = _existing_run(folder)
@@ -224,7 +235,16 @@ def run_protocol(
                 f"--resume: --steps {cfg.steps} is below the checkpoint's step {meta_step}"
             )
 
-    prompts, source = load_prompts(cfg.prompts, "train")
+    prompts, source = load_prompts(cfg.prompts, "train", cfg.prompt_column)
+    digest = prompts_digest(prompts)
+    old_config = os.path.join(folder, "config.json")
+    if resuming and os.path.exists(old_config):
+        old_digest = read_json(old_config).get("prompts_sha256")
+        if old_digest not in (None, digest):
+            raise LLMTrackError(
+                f"--resume: the prompts from {source} differ from the ones the run in {folder} "
+                "used (SHA-256 of the prompt list); use the same --prompts or --force"
+            )
     models = load_models(cfg)
     proto = Protocol(cfg, models, prompts)
     start, rows = 0, []
@@ -251,6 +271,9 @@ def run_protocol(
             "config": cfg.to_dict(),
             "prompt_source": source,
             "n_prompts": len(prompts),
+            "prompts_sha256": digest,
+            # the prompts this run's steps use: the first min(steps, n) of the order
+            "prompts_used": min(cfg.steps, len(prompts)),
             "checkpoint_every": checkpoint_every,
             "versions": versions_record(),
             "torch_threads": torch.get_num_threads(),
@@ -286,6 +309,7 @@ def run_protocol(
     if cfg.steps == 0 or not rows:
         write_csv(os.path.join(folder, "metrics.csv"), rows)
         proto.save_checkpoint(ckpt, _checkpoint_meta(cfg, folder, start))
+    export_adapter(proto.m.policy, cfg, folder)
     atomic_write_json(
         os.path.join(folder, "summary.json"),
         _summary(cfg, rows, time.perf_counter() - t_start),
@@ -305,12 +329,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="FPO penalty weight (paper 10, tiny 1)")
     p.add_argument(
         "--prompts",
-        choices=("auto", "builtin", "ultrafeedback"),
-        help="prompt source (paper: auto = UltraFeedback if reachable; tiny: builtin)",
+        metavar="SOURCE",
+        help="builtin, ultrafeedback (paper default; hub or datasets cache) or a local "
+        ".jsonl/.json/.parquet/.csv file or datasets folder (tiny default: builtin); a source "
+        "that cannot be loaded is an error",
+    )
+    p.add_argument(
+        "--prompt-column", help="column of a local prompt file holding the text (default prompt)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--dtype", help="float32 (default) or bfloat16")
+    p.add_argument(
+        "--device", help="cpu or cuda (paper default: cuda when torch sees a GPU; tiny: cpu)"
+    )
+    p.add_argument(
+        "--dtype",
+        help="float32, bfloat16 or float16 (paper default: bfloat16 on cuda, float32 on cpu; the "
+        "RM head, LoRA adapter and optimiser states stay float32)",
+    )
+    p.add_argument(
+        "--chat-date",
+        help="date the chat template writes (default 26 Jul 2024; fixed per run)",
+    )
+    p.add_argument(
+        "--rm-dropout-asymmetry",
+        action="store_true",
+        default=None,
+        help="reproduce the paper's dropout asymmetry (naive scoring and RM updates with the "
+        "RM's dropout on, FPO scoring with it off); runs go to OUT/<agent>+dropout-asym",
+    )
     p.add_argument("--out", default="runs/llm_track", help="output root (default runs/llm_track)")
     again = p.add_mutually_exclusive_group()
     again.add_argument(

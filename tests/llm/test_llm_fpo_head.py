@@ -68,10 +68,12 @@ def test_scores_per_penalty_form():
 
 
 def test_llm_agents_come_from_the_registry():
-    """The LLM track's agents are the registry's with an llm_penalty; behaviour follows it."""
-    assert AGENTS == registry.llm_names() and AGENTS
+    """The LLM track's agents are the registry's with an llm_penalty (behaviour follows it),
+    then the LLM-only random-winner control."""
+    assert AGENTS == (*registry.llm_names(), "random-winner") and registry.llm_names()
     assert LLMConfig().agent == registry.REFERENCE
-    for name in AGENTS:
+    assert LLMConfig(agent="random-winner").penalty_form == "random"
+    for name in registry.llm_names():
         form = registry.get(name).llm_penalty
         assert form in FORMS
         assert LLMConfig(agent=name).penalty_form == form

@@ -111,17 +111,18 @@ def test_sampled_rows_are_draws_of_their_own_model(proto, mixing):
             ref_logits = policy(input_ids=seqs[N:]).logits
     logits = torch.cat([cand_logits, ref_logits])[:, P - 1 : P - 1 + T].float()
     g = torch.Generator().manual_seed(123)
+    eos = torch.tensor(proto.eos_ids)
     done = torch.zeros(N + 1, dtype=torch.bool)
     for t in range(T):
         step = logits[:, t].clone()
         if t < cfg.min_new_tokens:
-            step[:, proto.eos_id] = float("-inf")
+            step[:, list(proto.eos_ids)] = float("-inf")
         probs = L._top_p_probs(step / cfg.temperature, cfg.top_p)
         nxt = torch.multinomial(probs, 1, generator=g).squeeze(1)
         assert torch.equal(nxt[~done], resp[~done, t]), t
         assert (resp[done, t] == proto.pad_id).all()
-        done |= nxt == proto.eos_id
-    is_eos = resp == proto.eos_id
+        done |= torch.isin(nxt, eos)
+    is_eos = torch.isin(resp, eos)
     want = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, cfg.max_new_tokens)
     assert torch.equal(lengths, want)
 

@@ -36,7 +36,8 @@ def test_tiny_run_learns_and_writes(tmp_path, agent):
     for key in ("proxy_winner", "utility_winner", "utility_ref", "penalty_winner", "step_s"):
         assert all(isinstance(r[key], float) for r in rows), key
     assert all(-15.0 <= r["utility_winner"] <= 5.0 for r in rows)
-    queries = 1 + (4 if agent == "fpo-relaxed" else 0)
+    # one rule: U of winner and reference for the label (2), relaxed also reads every candidate
+    queries = 4 + 1 if agent == "fpo-relaxed" else 2
     assert rows[-1]["oracle_queries"] == 5 * queries
     if agent == "naive":
         assert all(r["penalty_winner"] == 0.0 for r in rows)
@@ -117,15 +118,18 @@ def test_bad_arguments_are_one_line(capsys):
     assert len(err.splitlines()) == 1 and "--steps" in err
 
 
-@pytest.mark.parametrize("case", ["missing-path", "paper-offline"])
+@pytest.mark.parametrize("case", ["missing-path", "paper-offline", "paper-no-data"])
 def test_missing_model_is_one_line(tmp_path, case):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    """Offline, a model or data set that is not there is one line naming its option (never a
+    fallback to other data); the prompts are loaded (and refused) before any model."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["HF_HOME"] = str(tmp_path / "hf_home")  # an empty cache
     missing = str(tmp_path / "no_such_model")
-    args = (
-        ["--preset", "tiny", "--reward-model", missing]
-        if case == "missing-path"
-        else ["--preset", "paper"]
-    )
+    args = {
+        "missing-path": ["--preset", "tiny", "--reward-model", missing],
+        "paper-offline": ["--preset", "paper", "--prompts", "builtin"],
+        "paper-no-data": ["--preset", "paper"],
+    }[case]
     proc = subprocess.run(
         [
             sys.executable,
@@ -150,8 +154,11 @@ def test_missing_model_is_one_line(tmp_path, case):
     assert "Traceback" not in proc.stderr
     if case == "missing-path":
         assert "--reward-model" in lines[0] and "no_such_model" in lines[0]
-    else:
+    elif case == "paper-offline":
         assert "--policy" in lines[0] and "Llama-3.2-1B-Instruct" in lines[0]
+    else:
+        assert "--prompts ultrafeedback" in lines[0] and "--prompts builtin" in lines[0]
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_paper_preset_loads_local_folders(tmp_path):
@@ -171,6 +178,9 @@ def test_paper_preset_loads_local_folders(tmp_path):
         steps=2,
         candidates=2,
         grad_accum=1,
+        prompts="builtin",
+        device="cpu",
+        dtype="float32",
     )
     folder = run_protocol(cfg, str(tmp_path / "out"), progress=False)
     rows = read_csv(os.path.join(folder, "metrics.csv"))
