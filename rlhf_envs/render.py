@@ -43,10 +43,11 @@ import torch
 
 RENDER_MODES = ["human", "rgb_array"]
 RENDER_FPS = 4
-TRAIL = 48  # responses drawn on the maps
+TRAIL = 200  # responses drawn on the maps
 HISTORY = 4000  # responses whose scores the trace shows
 FIG_WIDTH, PANEL_HEIGHT, DPI = 9.6, 3.6, 100  # 960 px wide, 360 px per row of panels
 MAX_CLUSTERS = 3  # clusters drawn by the contextual env's frame
+LEVELS = 16  # colour levels of the maps
 
 TOKEN_COLOURS = {0: "#444444", 1: "#2a9d4b", 2: "#e07b00"}  # EOS, ANSWER, FILLER; others grey
 PROXY_COLOUR, TRUE_COLOUR = "#d62728", "#1f77b4"
@@ -182,8 +183,9 @@ def _title(env, fig, trail: Trail, extra: str = "") -> None:
     fig.suptitle(f"{_name(env)}  -  RM round {env.core.round}{last}{extra}", fontsize=10)
 
 
-def _trace(ax, scores: list, title: str = "scores of submitted responses") -> None:
-    """Proxy and true utility of responses, averaged per RM round."""
+def _trace(ax, scores: list, scale: float, title: str = "scores of submitted responses") -> None:
+    """Proxy and true utility of responses, averaged per RM round (the y axis spans at least
+    ``[0, scale]``, so that frames and agents compare)."""
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("RM round", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -194,11 +196,14 @@ def _trace(ax, scores: list, title: str = "scores of submitted responses") -> No
     first = rounds.min()
     counts = np.bincount(rounds - first)
     seen = counts > 0
+    lo, hi = 0.0, scale
     x = np.arange(first, rounds.max() + 1)[seen]
     for col, colour, label in ((2, TRUE_COLOUR, "true utility U"), (1, PROXY_COLOUR, "proxy r")):
         vals = np.bincount(rounds - first, weights=[s[col] for s in scores])[seen] / counts[seen]
         ax.plot(x, vals, color=colour, lw=1.2, label=label)
-    ax.legend(fontsize=7, loc="best")
+        lo, hi = min(lo, vals.min()), max(hi, vals.max())
+    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.25 * (hi - lo))  # room for the legend on top
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
 
 
 def _layout(fig) -> None:
@@ -209,6 +214,9 @@ def _layout(fig) -> None:
 
 
 def _map(ax, fig, a, b, values, title, cmap, vmin=None, vmax=None, label=""):
+    import matplotlib
+
+    cmap = matplotlib.colormaps[cmap].resampled(LEVELS)
     im = ax.imshow(
         values,
         origin="lower",
@@ -218,6 +226,7 @@ def _map(ax, fig, a, b, values, title, cmap, vmin=None, vmax=None, label=""):
         vmin=vmin,
         vmax=vmax,
         interpolation="bilinear",
+        interpolation_stage="data",  # bands with smooth edges: readable levels, small videos
     )
     cb = fig.colorbar(im, ax=ax, fraction=0.06, pad=0.02)
     cb.ax.tick_params(labelsize=7)
@@ -330,7 +339,7 @@ def _draw_vector(env, fig) -> None:
         ax.set_xlim(p["a"][0], p["a"][-1])
         ax.set_ylim(p["b"][0], p["b"][-1])
     axes[0].set_ylabel("distance from the y* axis\n(mostly the noise dims)", fontsize=8)
-    _trace(axes[2], list(trail.scores))
+    _trace(axes[2], list(trail.scores), c.utility_scale)
     _title(env, fig, trail)
     _layout(fig)
 
@@ -381,7 +390,7 @@ def _draw_tokens(env, fig) -> None:
     ax.set_title("ANSWER + j x FILLER: scores now", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="best")
-    _trace(axes[2], list(trail.scores))
+    _trace(axes[2], list(trail.scores), c.utility_scale)
     _title(env, fig, trail)
     _layout(fig)
 
@@ -443,7 +452,7 @@ def _draw_contextual(env, fig) -> None:
             ax.set_ylim(p["b"][0], p["b"][-1])
         row[0].set_ylabel("along the labeler's\nspurious dims", fontsize=8)
         scores = [s for s in trail.scores if s[3] == k]
-        _trace(row[2], scores, f"cluster {k}: scores of responses")
+        _trace(row[2], scores, c.utility_scale, f"cluster {k}: scores of responses")
     for ax in axes[-1, :2]:
         ax.set_xlabel("along the cluster's target y*_k", fontsize=8)
     more = f"  |  clusters 0-{shown[-1]} of {c.n_clusters}" if len(shown) < c.n_clusters else ""

@@ -173,3 +173,24 @@ def test_record_video(tmp_path):
     env.close()
     videos = list((tmp_path / "videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+
+
+def test_animate_writes_a_gif_of_both_agents(tmp_path, capsys):
+    from PIL import Image
+
+    from baselines import animate
+
+    out = tmp_path / "a.gif"
+    assert animate.main(["--rounds", "4", "--every", "2", "--width", "240", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.n_frames == 3  # the start, round 2, round 4
+        assert im.width == 240 and im.height > 2 * 240 * 360 / 960  # two rows of frames
+    for argv, word in (
+        (["--env", "RLHFVerbosity-v0"], "--env"),
+        (["--agents", "nope"], "--agents"),
+        (["--every", "0"], "--every"),
+        (["--out", str(tmp_path / "a.mp4")], "--out"),
+    ):
+        assert animate.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and word in err

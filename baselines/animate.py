@@ -1,0 +1,175 @@
+"""An animation of alignment collapse: a naive policy beside relaxed FPO, as an animated GIF.
+
+Examples::
+
+    python -m baselines.animate --out results/figures/collapse.gif
+    python -m baselines.animate --env RLHFNeuralBlindSpot-v0 --every 100 --out neural.gif
+
+Each agent runs the white-box loop of ``baselines.run`` (the same per-env settings from
+``baselines/configs/whitebox.yaml``, one seed) on a single env made with
+``render_mode="rgb_array"``; every ``--every`` rounds the env's frame is taken
+(:mod:`rlhf_envs.render`: the true utility and the current reward model over the plane of the
+target and the policy's drift, the recent responses, the scores per round). The frames of the
+agents are stacked, one row per agent, scaled to ``--width`` pixels and written as a looping
+GIF with a reduced palette (the shipped one is a few hundred KB). The last frame is held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from baselines.run import CLIError, load_defaults
+
+DEFAULT_ENV = "RLHFBlindSpot-v0"
+DEFAULT_AGENTS = ("naive", "fpo-relaxed")
+CAPTIONS = {
+    "naive": "naive: ascends the current reward model",
+    "fpo": "FPO: foresight of the RM's update",
+    "fpo-relaxed": "relaxed FPO: foresight of the RM's update",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise CLIError(message)
+
+
+def agent_frames(env_id: str, agent: str, seed: int, rounds: int | None, every: int):
+    """Run ``agent`` on ``env_id`` (white-box loop, YAML settings) and return its frames
+    (uint8 arrays, one every ``every`` rounds and one after the last round)."""
+    import gymnasium as gym
+    import torch
+
+    import rlhf_envs  # noqa: F401
+    from agents import registry
+
+    torch.set_num_threads(1)
+    cls = registry.get(agent)
+    defaults = load_defaults(env_id)
+    fields = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
+    T = rounds if rounds is not None else int(defaults.get("rounds", 300))
+    fields["rounds"] = T
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=seed)
+    runner = cls(cls.config_cls(**fields), seed=[seed])
+    frames = [env.render()]
+    done = [0]
+
+    def callback(_row) -> None:
+        done[0] += 1
+        if done[0] % every == 0 or done[0] == T:
+            frames.append(env.render())
+
+    runner.learn(env, T, callback)
+    env.close()
+    return frames
+
+
+def _caption(frame: np.ndarray, text: str) -> np.ndarray:
+    """``frame`` with a banner above it that names the agent."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    banner = Image.new("RGB", (frame.shape[1], 34), (245, 245, 245))
+    ImageDraw.Draw(banner).text(
+        (12, 7), text, fill=(20, 20, 20), font=ImageFont.load_default(size=19)
+    )
+    return np.concatenate([np.asarray(banner), frame], 0)
+
+
+def compose(rows: dict[str, list[np.ndarray]], width: int) -> list:
+    """One PIL image per time step: the agents' frames stacked (the shorter runs hold their last
+    frame), captioned, scaled to ``width`` pixels and reduced to a shared 64-colour palette."""
+    from PIL import Image
+
+    n = max(len(f) for f in rows.values())
+    out = []
+    for i in range(n):
+        parts = [
+            _caption(frames[min(i, len(frames) - 1)], CAPTIONS.get(agent, agent))
+            for agent, frames in rows.items()
+        ]
+        img = Image.fromarray(np.concatenate(parts, 0))
+        h = round(img.height * width / img.width / 2) * 2
+        out.append(img.resize((width, h), Image.LANCZOS))
+    palette = out[-1].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    return [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in out]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m baselines.animate",
+        description="Animate naive collapse beside relaxed FPO (a GIF of env frames).",
+    )
+    p.add_argument("--env", default=DEFAULT_ENV, help=f"white-box env id (default {DEFAULT_ENV})")
+    p.add_argument(
+        "--agents",
+        nargs="+",
+        default=list(DEFAULT_AGENTS),
+        help="agents, one row each (default: naive fpo-relaxed)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="experiment seed (default 0)")
+    p.add_argument("--rounds", type=int, default=None, help="RM rounds (default: the YAML's)")
+    p.add_argument("--every", type=int, default=None, help="rounds per frame (default: rounds/40)")
+    p.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+    p.add_argument("--width", type=int, default=720, help="GIF width in pixels (default 720)")
+    p.add_argument("--out", default="results/figures/collapse.gif", help="the GIF to write")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        import gymnasium as gym
+
+        import rlhf_envs
+        from agents import registry
+
+        if args.env not in gym.registry or gym.spec(args.env).vector_entry_point is None:
+            raise CLIError(
+                f"--env must be a white-box env ({', '.join(rlhf_envs.BLIND_SPOT_ENV_IDS)}), "
+                f"got {args.env!r}"
+            )
+        for agent in args.agents:
+            try:
+                registry.get(agent)
+            except ValueError as e:
+                raise CLIError(f"--agents: {e}") from None
+        if args.seed < 0:
+            raise CLIError(f"--seed must be >= 0, got {args.seed}")
+        if args.rounds is not None and args.rounds < 1:
+            raise CLIError(f"--rounds must be >= 1, got {args.rounds}")
+        if args.every is not None and args.every < 1:
+            raise CLIError(f"--every must be >= 1, got {args.every}")
+        if not args.fps > 0:
+            raise CLIError(f"--fps must be > 0, got {args.fps}")
+        if args.width < 64:
+            raise CLIError(f"--width must be >= 64 pixels, got {args.width}")
+        if Path(args.out).suffix.lower() != ".gif":
+            raise CLIError(f"--out must end in .gif, got {args.out!r}")
+    except CLIError as e:
+        print(f"python -m baselines.animate: error: {e}", file=sys.stderr)
+        return 2
+    rounds = args.rounds or int(load_defaults(args.env).get("rounds", 300))
+    every = args.every or max(1, rounds // 40)
+    rows = {}
+    for agent in args.agents:
+        print(f"running {agent} on {args.env} (seed {args.seed}, {rounds} rounds)", flush=True)
+        rows[agent] = agent_frames(args.env, agent, args.seed, rounds, every)
+    images = compose(rows, args.width)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ms = round(1000 / args.fps)
+    durations = [ms] * (len(images) - 1) + [ms * 16]  # hold the last frame
+    images[0].save(
+        out, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True
+    )
+    print(f"{len(images)} frames -> {out} ({out.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
