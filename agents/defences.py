@@ -42,7 +42,7 @@ class StaticAgent(Agent):
         return core.reward_model.score(self.params0, y)
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
-        return core.reward_model.score_and_grad_y(self.params0, y)[1]
+        return core.reward_model.grad_y(self.params0, y)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class KLAgent(Agent):
         return core.reward_model.score(core.params, y) - self.config.kl_coef * anchor
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
-        g = core.reward_model.score_and_grad_y(core.params, y)[1]
+        g = core.reward_model.grad_y(core.params, y)
         return g - 2.0 * self.config.kl_coef * (y - self.config.init)
 
     def sb3_score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 
 from rlhf_envs.core import RLHFCore
+from rlhf_envs.reward_models import flatten
 
 FORMS = ("practical", "relaxed", "exact")
 
@@ -123,6 +124,103 @@ def _retained_grad(core: RLHFCore, cache: dict):
     return n, g_rest, rest_y
 
 
+def exact_score_grad(
+    core: RLHFCore,
+    y: torch.Tensor,
+    label: torch.Tensor,
+    gamma: float,
+    cache=None,
+    label_grad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``grad_y [r(y) - gamma * exact_penalty(y)]`` in closed form (rating feedback, a reward
+    model with :meth:`~rlhf_envs.reward_models.MLPRewardModel.directional_grad_y`).
+
+    The score is ``r_phi(y) + kappa (r_phi'(y) - r_phi(y))`` with ``kappa = gamma / (2 eta)`` and
+    ``phi' = A(g_rest + a(y) grad_phi r_phi(y))`` the virtual optimiser step (``A`` acts
+    coordinate by coordinate; ``a = 2 (r_phi(y) - label) / n``). By the chain rule
+
+        grad_y r_phi'(y) = [grad_y r_psi(y)]_{psi = phi'}
+                           + <grad_phi r_phi(y), w> (2 / n) (grad_y r_phi(y) - grad_y label)
+                           + a grad_y <grad_phi r_phi(y), w>,   w = A'(g) * grad_phi r_phi'(y),
+
+    a fixed number of batched operations instead of autograd through the update. The same
+    maths as :func:`exact_penalty_and_reward` under autograd, summed in another order: equal
+    to rounding error, not bit for bit (tested), hence opt-in. ``label_grad``: the gradient
+    of the labeler's verdict in ``y`` when the policy gradient flows through it.
+    """
+    rm, c = core.reward_model, core.config
+    if c.feedback != "rating" or not hasattr(rm, "directional_grad_y"):
+        raise ValueError("the closed-form exact FPO gradient covers rating feedback, MLP RM")
+    cache = {} if cache is None else cache
+    n, g_rest, _ = _retained_grad(core, cache)
+    base, step = _step_constants(core, g_rest, cache)
+    kappa = gamma / (loss_factor(c.feedback) * c.rm_lr)
+    params, like = core.params, core.params
+    out = []
+    for j in range(y.shape[1]):
+        yj, lj = y[:, j : j + 1], label[:, j : j + 1]
+        sig: list = []
+        parts = rm.parts(params, yj, sig)
+        a = 2.0 * (parts[0] - lj) / n  # (S, 1)
+        g_phi = flatten(rm.weighted_grad(params, yj, torch.ones_like(a), parts))
+        new_flat, d_step = step(base + a * g_phi)
+        new = _views(new_flat, like)
+        parts_new = rm.parts(new, yj)
+        w = flatten(rm.weighted_grad(new, yj, torch.ones_like(a), parts_new)) * d_step
+        dot = (g_phi * w).sum(-1, keepdim=True).unsqueeze(-1)  # (S, 1, 1)
+        g_r, g_r_new = rm.grad_y_from_parts(params, parts), rm.grad_y_from_parts(new, parts_new)
+        g_a = g_r if label_grad is None else g_r - label_grad[:, j : j + 1]
+        mixed = rm.directional_grad_y(params, yj, _views(w, like), tuple(sig))
+        chain = (2.0 / n) * dot * g_a + a.unsqueeze(-1) * mixed
+        out.append((1.0 - kappa) * g_r + kappa * (g_r_new + chain))
+    return torch.cat(out, dim=1)
+
+
+def _views(flat: torch.Tensor, like: dict) -> dict:
+    """:func:`unflatten` without copies (views of ``flat``)."""
+    out, i = {}, 0
+    for k in sorted(like):
+        size = like[k][0].numel()
+        out[k] = flat[:, i : i + size].reshape(like[k].shape)
+        i += size
+    return out
+
+
+def _step_constants(core: RLHFCore, g_rest: dict, cache: dict):
+    """``(base, step)``: the loss gradient of the retained buffer plus weight decay, flat, and
+    ``step(G) -> (phi', d phi' / d G)``, the optimiser's step from the current state for a full
+    gradient ``G`` with its elementwise derivative (what stays fixed while the RM does, cached
+    beside :func:`_retained_grad`'s entry)."""
+    if cache.get("step_for") is core.params:
+        return cache["base"], cache["step"]
+    rm = core.reward_model
+    cfg = rm.optimizer
+    p = flatten(core.params)
+    base = flatten(g_rest) + cfg.weight_decay * p
+    if cfg.name == "sgd":
+
+        def step(G):
+            return p - cfg.lr * G, torch.full_like(p, -cfg.lr)
+
+    else:
+        b1, b2 = cfg.betas
+        t = float(core.opt_state["step"] + 1)
+        lr1, bc2 = cfg.lr / (1 - b1**t), 1 - b2**t
+        bm, b2v = b1 * core.opt_state["m"], b2 * core.opt_state["v"]
+
+        def step(G):
+            m = bm + (1 - b1) * G
+            root = ((b2v + (1 - b2) * G * G) / bc2).sqrt()
+            denom = root + cfg.eps
+            ratio = m / denom
+            # d root / d G = (1 - b2) G / (bc2 root); 0 where root = 0 (then G = 0 as well)
+            d_root = (1 - b2) / bc2 * G / torch.where(root > 0, root, torch.ones_like(root))
+            return p - lr1 * ratio, -lr1 * ((1 - b1) - ratio * d_root) / denom
+
+    cache.update(step_for=core.params, base=base, step=step)
+    return base, step
+
+
 def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
     """Exact FPO penalty: ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring)."""
     return exact_penalty_and_reward(core, y, label, cache)[0]
@@ -146,8 +244,7 @@ def first_order_score_grad(
     if core.config.feedback != "rating" or form not in ("practical", "relaxed"):
         raise ValueError("closed-form FPO gradients cover the practical and relaxed forms, rating")
     rm = core.reward_model
-    r, g_r = rm.score_and_grad_y(core.params, y)
-    k, g_k = rm.ntk_diag_and_grad_y(core.params, y)
+    r, g_r, k, g_k = rm.first_order_parts(core.params, y)
     if form == "practical":
         return g_r - gamma * g_k
     label, g_label = labeler(y)

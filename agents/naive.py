@@ -26,4 +26,4 @@ class NaiveAgent(Agent):
         return core.reward_model.score(core.params, y)
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
-        return core.reward_model.score_and_grad_y(core.params, y)[1]
+        return core.reward_model.grad_y(core.params, y)

@@ -411,7 +411,8 @@ class RLHFCore:
             self.params, self.opt_state = self.reward_model.update(
                 self.params, self.opt_state, *self.training_batch(), c.feedback, self.references
             )
-        for name, p in self.params.items():
+        flat = getattr(self.params, "flat", None)  # one check of all parameters when flat
+        for name, p in self.params.items() if flat is None or not flat.isfinite().all() else ():
             finite = torch.isfinite(p).reshape(self.S, -1).all(1)
             if not finite.all():
                 bad = [s for s, ok in zip(self.seeds, finite, strict=True) if not ok]

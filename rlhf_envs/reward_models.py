@@ -79,6 +79,16 @@ class RewardModel:
         """``(K(y, y), grad_y K(y, y))`` in closed form, shapes (S, n) and (S, n, d)."""
         raise NotImplementedError  # pragma: no cover
 
+    def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
+        """``grad_y r(y)`` alone (S, n, d): the numbers of :meth:`score_and_grad_y`, bit for bit,
+        without the operations that only the score needs."""
+        return self.score_and_grad_y(params, y)[1]
+
+    def first_order_parts(self, params: Params, y: torch.Tensor):
+        """``(r, grad_y r, K(y, y), grad_y K(y, y))``: :meth:`score_and_grad_y` and
+        :meth:`ntk_diag_and_grad_y` bit for bit, sharing one forward pass where the model can."""
+        return (*self.score_and_grad_y(params, y), *self.ntk_diag_and_grad_y(params, y))
+
     # -- shared machinery ---------------------------------------------------------------------
     def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)``.
@@ -231,7 +241,7 @@ class RewardModel:
         t = float(step)  # bias corrections as python floats, like torch.optim.Adam
         bc1 = 1 - b1**t
         bc2 = 1 - b2**t
-        p = flatten(params)
+        p = params.flat if isinstance(params, FlatParams) else flatten(params)
         g = flatten(grads)
         if cfg.weight_decay:
             g = g + cfg.weight_decay * p
@@ -239,6 +249,14 @@ class RewardModel:
         v = b2 * opt_state["v"] + (1 - b2) * g * g
         p = p - (cfg.lr / bc1) * m / ((v / bc2).sqrt() + cfg.eps)
         return unflatten(p, params), {"step": step, "m": m, "v": v}
+
+
+class FlatParams(dict):
+    """Parameters (a plain ``{name: tensor}`` dict to every reader) that also keep the flat
+    ``(S, P)`` vector they were cut from (``flat``), so the next Adam step skips
+    :func:`flatten`. The same numbers either way: flattening is a copy."""
+
+    flat: torch.Tensor
 
 
 def flatten(params: Params) -> torch.Tensor:
@@ -252,12 +270,13 @@ def unflatten(flat: torch.Tensor, like: Params) -> Params:
     The pieces are made contiguous: matmuls on strided views would take other BLAS paths for
     other batch sizes and break the bit-identity of one experiment across batch sizes.
     """
-    out, i = {}, 0
+    out, i = FlatParams(), 0
     for k in sorted(like):
         shape = like[k].shape
         n = like[k][0].numel()
         out[k] = flat[:, i : i + n].reshape(shape).contiguous()
         i += n
+    out.flat = flat
     return out
 
 
@@ -306,6 +325,9 @@ class LinearRewardModel(RewardModel):
 
     def score_and_grad_y(self, params: Params, y: torch.Tensor):
         return self.score(params, y), params["w"].unsqueeze(1).expand_as(y)
+
+    def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
+        return params["w"].unsqueeze(1).expand_as(y)
 
     def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
         return (y * y).sum(-1), 2.0 * y
@@ -427,11 +449,22 @@ class MLPRewardModel(RewardModel):
     def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         return self._forward(params, y)[-1]
 
-    def parts(self, params: Params, y: torch.Tensor):
-        """``(r, h1, h2, delta1, delta2)``: the reward and the factors of its gradient."""
+    def parts(self, params: Params, y: torch.Tensor, sig: list | None = None):
+        """``(r, h1, h2, delta1, delta2)``: the reward and the factors of its gradient.
+
+        ``sig``: a list that receives ``(h1, s1, s2)``, the activations' sigmoids besides.
+        """
         z1, h1, z2, h2, r = self._forward(params, y)
-        delta2 = params["w3"].unsqueeze(1) * torch.sigmoid(z2)
-        delta1 = torch.bmm(delta2, params["W2"]) * torch.sigmoid(z1)
+        # operations in the order of ``w3 * sigmoid(z2)`` and ``bmm(delta2, W2) * sigmoid(z1)``
+        # (autograd's graph, and with it the exact agent's gradient, depends on the order)
+        w3 = params["w3"].unsqueeze(1)
+        s2 = torch.sigmoid(z2)
+        delta2 = w3 * s2
+        u = torch.bmm(delta2, params["W2"])
+        s1 = torch.sigmoid(z1)
+        delta1 = u * s1
+        if sig is not None:
+            sig.extend((h1, s1, s2))
         return r, h1, h2, delta1, delta2
 
     def weighted_grad(self, params, y, a, parts=None) -> Params:
@@ -464,18 +497,46 @@ class MLPRewardModel(RewardModel):
             g = g + params["skip"].unsqueeze(1)
         return r, g
 
+    def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
+        """The operations of :meth:`score_and_grad_y` that the gradient needs (no ``h2``, no
+        ``r``), in the same order on the same operands: the same numbers, bit for bit."""
+        z1 = torch.bmm(y, params["W1"].transpose(1, 2)) + params["b1"].unsqueeze(1)
+        h1 = F.softplus(z1)
+        z2 = torch.bmm(h1, params["W2"].transpose(1, 2)) + params["b2"].unsqueeze(1)
+        delta2 = params["w3"].unsqueeze(1) * torch.sigmoid(z2)
+        delta1 = torch.bmm(delta2, params["W2"]) * torch.sigmoid(z1)
+        g = torch.bmm(delta1, params["W1"])
+        if "skip" in params:
+            g = g + params["skip"].unsqueeze(1)
+        return g
+
+    def grad_y_from_parts(self, params: Params, parts: tuple) -> torch.Tensor:
+        """``grad_y r(y)`` from :meth:`parts` of the same ``(params, y)``."""
+        g = torch.bmm(parts[3], params["W1"])
+        return g + params["skip"].unsqueeze(1) if "skip" in params else g
+
+    def first_order_parts(self, params: Params, y: torch.Tensor):
+        """One forward pass shared by :meth:`score_and_grad_y` and :meth:`ntk_diag_and_grad_y`
+        (the same operations on the same operands as the two: the same numbers, bit for bit)."""
+        return self._score_ntk(params, y)
+
     def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
         """Reverse-mode derivative of the closed-form kernel, written out by hand.
 
         With ``u = W2^T delta2`` (so ``delta1 = u * s1``), ``s = sigmoid(z)``, ``s' = s (1 - s)``:
         ``K = 1 + |h2|^2 + |delta2|^2 (1 + |h1|^2) + |delta1|^2 (1 + |y|^2)``.
         """
+        return self._score_ntk(params, y)[2:]
+
+    def _score_ntk(self, params: Params, y: torch.Tensor):
+        """``(r, grad_y r, K(y, y), grad_y K(y, y))`` from one forward pass."""
         W1, W2, w3 = params["W1"], params["W2"], params["w3"].unsqueeze(1)
-        z1, h1, z2, h2, _ = self._forward(params, y)
+        z1, h1, z2, h2, r = self._forward(params, y)
         s1, s2 = torch.sigmoid(z1), torch.sigmoid(z2)
         delta2 = w3 * s2
         u = torch.bmm(delta2, W2)
         delta1 = u * s1
+        g_r = torch.bmm(delta1, W1)
         a2, a1 = (delta2 * delta2).sum(-1), (delta1 * delta1).sum(-1)
         q1, qy = 1.0 + (h1 * h1).sum(-1), 1.0 + (y * y).sum(-1)
         k = 1.0 + (h2 * h2).sum(-1) + a2 * q1 + a1 * qy
@@ -487,9 +548,44 @@ class MLPRewardModel(RewardModel):
         g_z1 = g_h1 * s1 + g_delta1 * u * s1 * (1.0 - s1)
         g_y = torch.bmm(g_z1, W1) + 2.0 * a1.unsqueeze(-1) * y
         if "skip" in params:
+            g_r = g_r + params["skip"].unsqueeze(1)
             k = k + (y * y).sum(-1)
             g_y = g_y + 2.0 * y
-        return k, g_y
+        return r, g_r, k, g_y
+
+    def directional_grad_y(
+        self, params: Params, y: torch.Tensor, w: Params, sig: tuple | None = None
+    ) -> torch.Tensor:
+        """``grad_y <grad_phi r(y), w>`` (S, n, d) for a parameter-shaped direction ``w``: the
+        mixed second derivative that exact FPO's closed form needs.
+
+        ``J(y) = <grad_phi r(y), w>`` is the forward-mode derivative of ``r`` along ``w``:
+        ``z1' = Wa y + ba``, ``h1' = s1 z1'``, ``z2' = Wb h1 + W2 h1' + bb``,
+        ``J = wc . h2 + w3 . (s2 z2') + bc + ws . y``; this is its reverse-mode derivative in ``y``.
+        ``sig``: ``(h1, s1, s2)`` of the same ``(params, y)`` if known (see :meth:`parts`).
+        """
+        W1, W2, w3 = params["W1"], params["W2"], params["w3"].unsqueeze(1)
+        if sig is None:
+            z1, h1, z2, _, _ = self._forward(params, y)
+            sig = (h1, torch.sigmoid(z1), torch.sigmoid(z2))
+        h1, s1, s2 = sig
+        Wa, Wb = w["W1"], w["W2"]
+        z1t = torch.bmm(y, Wa.transpose(1, 2)) + w["b1"].unsqueeze(1)
+        h1t = s1 * z1t
+        z2t = (
+            torch.bmm(h1t, W2.transpose(1, 2))
+            + torch.bmm(h1, Wb.transpose(1, 2))
+            + w["b2"].unsqueeze(1)
+        )
+        delta2 = w3 * s2
+        g_z2 = w["w3"].unsqueeze(1) * s2 + w3 * z2t * s2 * (1.0 - s2)
+        g_h1t = torch.bmm(delta2, W2)
+        g_h1 = torch.bmm(delta2, Wb) + torch.bmm(g_z2, W2)
+        g_z1 = g_h1 * s1 + g_h1t * z1t * s1 * (1.0 - s1)
+        g_y = torch.bmm(g_z1, W1) + torch.bmm(g_h1t * s1, Wa)
+        if "skip" in params:
+            g_y = g_y + w["skip"].unsqueeze(1)
+        return g_y
 
     def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         h1a, h2a, d1a, d2a = self.parts(params, ya)[1:]
