@@ -62,6 +62,8 @@ def _damage(summary: Path) -> tuple[dict | None, dict | None, str]:
     import rlhf_envs
 
     try:
+        if why := results.verify(summary.parent):
+            return None, None, why
         s = json.loads(summary.read_text())
         cfg = json.loads((summary.parent / "config.json").read_text())
         if not isinstance(s, dict) or not isinstance(cfg, dict):

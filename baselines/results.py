@@ -139,18 +139,128 @@ def config_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def is_done(folder: Path, digest: str) -> bool | None:
-    """True if finished with these settings, False if not finished, None if settings differ."""
-    summary = folder / "summary.json"
-    if not summary.exists():
-        return False
+MANIFEST = "manifest.json"
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"sha256", "bytes"}`` of a file, plus ``"rows"`` (data lines) for a CSV file."""
+    data = Path(path).read_bytes()
+    rec: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    if Path(path).suffix == ".csv":
+        rec["rows"] = max(0, len(data.splitlines()) - 1)
+    return rec
+
+
+def write_manifest(folder: Path, names: list[str]) -> None:
+    """Seal a run folder: the hashes, sizes and row counts of ``names``, written last.
+
+    A folder counts as finished only while every file matches its manifest (:func:`verify`).
+    """
+    folder = Path(folder)
+    atomic_write_json(folder / MANIFEST, {"files": {n: file_record(folder / n) for n in names}})
+
+
+def verify(folder: Path) -> str:
+    """``""`` if the run folder is sealed and every sealed file matches, else the problem."""
+    folder = Path(folder)
     try:
-        done = json.loads(summary.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+        manifest = read_json(folder / MANIFEST)
+        files = manifest["files"]
+        if not isinstance(files, dict) or "summary.json" not in files:
+            return f"{MANIFEST} lists no summary.json"
+    except FileNotFoundError:
+        return f"no {MANIFEST} (unfinished, or written before run folders were sealed)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} unreadable ({type(e).__name__})"
+    for name, want in files.items():
+        if "/" in name or "\\" in name or name.startswith("."):
+            return f"{MANIFEST} names a file outside the folder: {name[:60]!r}"
+        try:
+            got = file_record(folder / name)
+        except OSError:
+            return f"{name} is missing"
+        if not isinstance(want, dict) or got.get("sha256") != want.get("sha256"):
+            return f"{name} does not match its manifest (changed or damaged)"
+    return ""
+
+
+def run_state(folder: Path, digest: str) -> tuple[str, str]:
+    """``(state, why)`` of a run folder for a run with settings hash ``digest``.
+
+    ``state``: ``"done"`` (sealed, verified, status ok, same settings), ``"other"`` (sound and
+    finished with other settings), ``"damaged"`` (something fails verification: ``why`` says
+    what), or ``"todo"`` (nothing finished there, or a failed run to redo).
+    """
+    folder = Path(folder)
+    if not (folder / "summary.json").exists() and not (folder / MANIFEST).exists():
+        return "todo", ""
+    why = verify(folder)
+    if why:
+        return "damaged", why
+    try:
+        done = read_json(folder / "summary.json")
+    except (OSError, ValueError) as e:
+        return "damaged", f"summary.json unreadable ({type(e).__name__})"
+    if not isinstance(done, dict):
+        return "damaged", "summary.json is not a JSON object"
     if done.get("status") != "ok":
-        return False
-    return True if done.get("config_hash") == digest else None
+        return "todo", ""
+    return ("done", "") if done.get("config_hash") == digest else ("other", "")
+
+
+def is_done(folder: Path, digest: str) -> bool | None:
+    """True if finished with these settings, False if not finished (or damaged), None if
+    finished with other settings."""
+    state = run_state(folder, digest)[0]
+    return True if state == "done" else None if state == "other" else False
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder (``fcntl.flock`` on ``.lock`` in it).
+
+    One writer per run folder: a second process asking for a held lock gets ``False`` from
+    :meth:`acquire` and leaves the folder alone. The kernel drops the lock when its holder exits,
+    even by SIGKILL, so a killed run never leaves a stale lock. Without ``fcntl`` (Windows) every
+    lock is granted.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def check_writable(out: Path | str, flag: str = "--out") -> None:
+    """Raise ``ValueError`` (one line) unless ``out`` is, or can be made, a writable folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag}: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe.{secrets.token_hex(4)}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write into {out} ({e.strerror or e})") from None
 
 
 # -- provenance --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import yaml
@@ -32,6 +34,9 @@ from baselines import results
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_ENV = "RLHFBlindSpot-v0"
+#: default caps on one command's size; --max-runs / --max-rounds raise them
+MAX_RUNS = 1000
+MAX_ROUNDS = 1_000_000
 
 
 class CLIError(Exception):
@@ -44,23 +49,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- parsing helpers -----------------------------------------------------------------------------
-def parse_seeds(text: str) -> list[int]:
-    """``"0-9"``, ``"3"``, ``"0,2,5"`` or ``"0-4,10-12"`` -> sorted unique seeds."""
-    seeds: set[int] = set()
+def parse_seeds(text: str, max_runs: int = MAX_RUNS) -> list[int]:
+    """``"0-9"``, ``"3"``, ``"0,2,5"`` or ``"0-4,10-12"`` -> sorted unique seeds.
+
+    Seeds are ints in ``[0, 2^31)``; more than ``max_runs`` of them is refused before any list
+    is built (``--max-runs`` raises the cap).
+    """
+    parts: list[tuple[int, int]] = []
     for part in str(text).split(","):
         part = part.strip()
-        if m := re.fullmatch(r"(\d+)-(\d+)", part):
+        if m := re.fullmatch(r"(\d{1,30})-(\d{1,30})", part):
             lo, hi = int(m[1]), int(m[2])
             if lo > hi:
                 raise CLIError(f"--seeds: range {part!r} is empty (start > end)")
-            seeds.update(range(lo, hi + 1))
-        elif re.fullmatch(r"\d+", part):
-            seeds.add(int(part))
+        elif re.fullmatch(r"\d{1,30}", part):
+            lo = hi = int(part)
         else:
             raise CLIError(f"--seeds: cannot read {part!r}; use e.g. 0-9, 3 or 0,2,5 (ints >= 0)")
-    if max(seeds) >= 2**31:
-        raise CLIError(f"--seeds must be ints in [0, 2^31), got {text!r}")
-    return sorted(seeds)
+        if hi >= 2**31:
+            raise CLIError(f"--seeds must be ints in [0, 2^31), got {part!r}")
+        parts.append((lo, hi))
+    if sum(hi - lo + 1 for lo, hi in parts) > max_runs:
+        raise CLIError(
+            f"--seeds: {text!r} asks for more than {max_runs} seeds; raise the cap with "
+            "--max-runs if you mean it"
+        )
+    return sorted({s for lo, hi in parts for s in range(lo, hi + 1)})
 
 
 def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -106,6 +120,7 @@ class Job:
     run_name: str = ""
     policy_optimizer: str = "whitebox"
     hyperparams: dict[str, Any] = field(default_factory=dict)
+    force: bool = False  # redo even if another process finishes the run first
 
     def __post_init__(self) -> None:
         self.run_name = self.run_name or self.agent
@@ -116,7 +131,7 @@ def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]
     return plan(
         env_id=args.env,
         agent=args.agent,
-        seeds=parse_seeds(args.seeds),
+        seeds=parse_seeds(args.seeds, args.max_runs),
         rounds=args.rounds,
         env_kwargs=parse_kwargs(args.env_kwargs, "--env-kwargs"),
         agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
@@ -126,6 +141,7 @@ def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]
         jobs=args.jobs,
         policy_optimizer=args.policy_optimizer,
         sb3_kwargs=parse_kwargs(args.sb3_kwargs, "--sb3-kwargs"),
+        max_rounds=args.max_rounds,
     )
 
 
@@ -149,6 +165,7 @@ def plan(
     tag: str = "",
     policy_optimizer: str = "whitebox",
     sb3_kwargs: dict[str, Any] | None = None,
+    max_rounds: int = MAX_ROUNDS,
 ) -> tuple[list[Job], list[tuple[str, int]]]:
     """Validate one (env, agent, settings) over seeds and build its pending jobs.
 
@@ -220,7 +237,7 @@ def plan(
                     f"{', '.join(sorted(allowed))}"
                 )
             hyperparams.update(sb3_kwargs)
-        if rounds is None:
+        if rounds is None and "rounds" not in agent_kwargs:
             rounds = sb3.get("rounds")
     name = agent_cls.name
     resolved = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(name, {})}
@@ -230,7 +247,14 @@ def plan(
     if unknown:
         raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
     resolved.update(agent_kwargs)
-    rounds = rounds if rounds is not None else defaults.get("rounds")
+    # precedence: --rounds, then --agent-kwargs rounds=..., then the YAML (SB3 section, env)
+    if rounds is not None and "rounds" in agent_kwargs and agent_kwargs["rounds"] != rounds:
+        raise CLIError(
+            f"--rounds {rounds} and --agent-kwargs rounds={agent_kwargs['rounds']} disagree; "
+            "give one"
+        )
+    if rounds is None and "rounds" not in agent_kwargs:
+        rounds = defaults.get("rounds")
     if rounds is not None:
         resolved["rounds"] = rounds
     try:
@@ -238,6 +262,11 @@ def plan(
     except (TypeError, ValueError) as e:
         raise CLIError(f"--agent-kwargs: {e}") from None
     rounds = agent_cfg.rounds
+    if rounds > max_rounds:
+        raise CLIError(
+            f"--rounds: {rounds} rounds per run is above the limit of {max_rounds}; "
+            "raise it with --max-rounds if you mean it"
+        )
     run_name = run_folder_name(name, policy_optimizer, tag)
 
     pending, skipped = [], []
@@ -256,15 +285,17 @@ def plan(
             s.update(policy_optimizer=policy_optimizer, hyperparams=hyperparams)
         digest = results.config_hash(s)
         folder = results.run_dir(out, env_id, run_name, seed)
-        state = results.is_done(folder, digest)
-        if state is None and not force:
+        state, why = results.run_state(folder, digest)
+        if state == "other" and not force:
             raise CLIError(
                 f"{folder} holds a finished run with other settings; pass --force to redo it "
                 "or choose another --out"
             )
-        if state and not force:
+        if state == "done" and not force:
             skipped.append((run_name, seed))
             continue
+        if state == "damaged":
+            print(f"redoing {folder}: {why}", file=sys.stderr)
         pending.append(seed)
         digests[seed], settings[seed] = digest, s
     n_chunks = max(-(-len(pending) // batch_size), min(jobs, len(pending)))
@@ -286,6 +317,7 @@ def plan(
                     run_name,
                     policy_optimizer,
                     hyperparams,
+                    force,
                 )
             )
     return out_jobs, skipped
@@ -294,15 +326,19 @@ def plan(
 _progress_queue = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, parent: int | None = None) -> None:
     global _progress_queue
     _progress_queue = queue
-    _die_with_parent()
+    _die_with_parent(parent)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None = None) -> None:
     """Linux: ask the kernel to kill this worker when the sweep's main process dies, so a
-    killed sweep leaves no orphan still writing run folders (best effort elsewhere)."""
+    killed sweep leaves no orphan still writing run folders (best effort elsewhere).
+
+    ``parent``: the pid of the process that started this worker; if it died while the worker
+    was starting (before the request was in place), the worker exits at once.
+    """
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -311,10 +347,53 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def run_job(job: Job, progress=None) -> dict[str, Any]:
-    """Run one batch of seeds and write its run folders. Never raises: failures are recorded."""
+    """Run one batch of seeds and write its run folders. Never raises: failures are recorded.
+
+    Each seed's folder is locked for the job's duration (:class:`results.RunLock`); a seed whose
+    folder another process holds, or that another process finished since planning, is left
+    alone (``"busy"`` / ``"done_elsewhere"`` in the outcome). Each seed is written and sealed as
+    soon as it finishes (SB3 runs one seed at a time; the white-box seeds finish together).
+    """
+    locks, seeds, busy, done_elsewhere = [], [], [], []
+    for seed in job.seeds:
+        folder = results.run_dir(job.out, job.env_id, job.run_name, seed)
+        lock = results.RunLock(folder)
+        if not lock.acquire():
+            busy.append(seed)
+            continue
+        if not job.force and results.run_state(folder, job.digests[seed])[0] == "done":
+            lock.release()  # finished by another process since this job was planned
+            done_elsewhere.append(seed)
+            continue
+        locks.append(lock)
+        seeds.append(seed)
+    try:
+        outcome = _run_locked(job, seeds, progress) if seeds else _outcome(seeds, "ok", "", 0.0)
+    finally:
+        for lock in locks:
+            lock.release()
+    busy_folders = [str(results.run_dir(job.out, job.env_id, job.run_name, s)) for s in busy]
+    return {**outcome, "busy": busy, "busy_folders": busy_folders, "done_elsewhere": done_elsewhere}
+
+
+def _outcome(
+    seeds: list[int], status: str, reason: str, wall: float, failed: list[int] | None = None
+) -> dict[str, Any]:
+    return {
+        "seeds": seeds,
+        "status": status,
+        "reason": reason,
+        "wall": wall,
+        "failed": failed or [],
+    }
+
+
+def _run_locked(job: Job, seeds: list[int], progress=None) -> dict[str, Any]:
     import gymnasium as gym
     import torch
 
@@ -325,8 +404,8 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
     start = time.perf_counter()
     status, reason, tb = "ok", "", ""
-    columns: list[tuple[dict, int]] = []  # (history, column) per seed
     units = [0]
+    written: list[int] = []
 
     def callback(_row, per_round: int = 1) -> None:
         units[0] += per_round
@@ -338,21 +417,25 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
         if job.policy_optimizer == "whitebox":
             env = gym.make_vec(
                 job.env_id,
-                num_envs=len(job.seeds),
+                num_envs=len(seeds),
                 vectorization_mode="vector_entry_point",
                 **job.env_kwargs,
             )
-            env.reset(seed=list(job.seeds))
+            env.reset(seed=list(seeds))
             cls = registry.get(job.agent)
-            agent = cls(cls.config_cls(**job.agent_config), seed=list(job.seeds))
-            n = len(job.seeds)
+            agent = cls(cls.config_cls(**job.agent_config), seed=list(seeds))
+            n = len(seeds)
             # the harness's own loop, even if the agent overrides learn(): it sees the env
             history = Agent.learn(agent, env, job.rounds, lambda row: callback(row, n))
-            columns = [(history, i) for i in range(n)]
+            wall = time.perf_counter() - start
+            for i, seed in enumerate(seeds):
+                write_run(job, seed, seeds, wall / n, wall, history=history, col=i)
+                written.append(seed)
         else:
             from baselines.sb3_runner import learn_sb3
 
-            for seed in job.seeds:  # SB3 runs one experiment at a time
+            for seed in seeds:  # SB3 runs one experiment at a time: each is saved when done
+                t0 = time.perf_counter()
                 h = learn_sb3(
                     job.env_id,
                     job.env_kwargs,
@@ -364,53 +447,81 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
                     seed,
                     callback,
                 )
-                columns.append((h, 0))
+                took = time.perf_counter() - t0
+                write_run(job, seed, seeds, took, time.perf_counter() - start, history=h, col=0)
+                written.append(seed)
         if report is not None and units[0]:
             report(units[0])
     except FloatingPointError as e:
         status, reason, tb = "stopped", str(e), traceback.format_exc()
-        columns = []
     except Exception as e:  # recorded in the run folder; the sweep goes on
         status, reason, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
-        columns = []
     wall = time.perf_counter() - start
+    rest = [s for s in seeds if s not in written]
+    for seed in rest:
+        write_run(job, seed, seeds, wall / len(seeds), wall, status=status, reason=reason, tb=tb)
+    return _outcome(seeds, status if rest else "ok", reason if rest else "", wall, rest)
+
+
+def write_run(
+    job: Job,
+    seed: int,
+    batch: list[int],
+    wall: float,
+    batch_wall: float,
+    history: dict | None = None,
+    col: int = 0,
+    status: str = "ok",
+    reason: str = "",
+    tb: str = "",
+) -> None:
+    """Write and seal one run folder (the caller holds its lock).
+
+    The old seal goes first, so a writer killed half-way leaves an unsealed folder that the next
+    run redoes; ``manifest.json`` goes last.
+    """
+    from agents import registry
+
+    folder = results.run_dir(job.out, job.env_id, job.run_name, seed)
+    (folder / results.MANIFEST).unlink(missing_ok=True)
+    results.remove_stale_temps(folder)  # left by a writer killed mid-write (we hold the lock)
     cls = registry.get(job.agent)
-    sb3 = job.policy_optimizer != "whitebox"
-    reads = cls(cls.config_cls(**job.agent_config)).declared_reads(sb3)
-    versions, commit = results.package_versions(), results.git_commit()
-    for i, seed in enumerate(job.seeds):
-        folder = results.run_dir(job.out, job.env_id, job.run_name, seed)
-        results.remove_stale_temps(folder)  # left by a writer killed mid-write
-        config = {
-            **job.settings[seed],
-            "config_hash": job.digests[seed],
-            "batched_with": job.seeds,
-            "versions": versions,
-            "git_commit": commit,
-            "code_hash": results.code_hash(),
-        }
-        results.atomic_write_json(folder / "config.json", config)
-        summary: dict[str, Any] = {
-            "status": status,
-            "config_hash": job.digests[seed],
-            "env_id": job.env_id,
-            "agent": job.agent,
-            "run_name": job.run_name,
-            "seed": seed,
-            "rounds": job.rounds,
-            "wall_time_s": wall / len(job.seeds),
-            "batch_wall_time_s": wall,
-            "reads": ",".join(reads),
-        }
-        if columns:
-            history, col = columns[i]
-            results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, col))
-            summary.update(summarise(history, col))
-        else:
-            summary["reason"] = reason
-            results.atomic_write_text(folder / "error.txt", tb)
-        results.atomic_write_json(folder / "summary.json", summary)
-    return {"seeds": job.seeds, "status": status, "reason": reason, "wall": wall}
+    reads = cls(cls.config_cls(**job.agent_config)).declared_reads(
+        job.policy_optimizer != "whitebox"
+    )
+    config = {
+        **job.settings[seed],
+        "config_hash": job.digests[seed],
+        "batched_with": batch,
+        "versions": results.package_versions(),
+        "git_commit": results.git_commit(),
+        "code_hash": results.code_hash(),
+    }
+    results.atomic_write_json(folder / "config.json", config)
+    summary: dict[str, Any] = {
+        "status": status,
+        "config_hash": job.digests[seed],
+        "env_id": job.env_id,
+        "agent": job.agent,
+        "run_name": job.run_name,
+        "seed": seed,
+        "rounds": job.rounds,
+        "wall_time_s": wall,
+        "batch_wall_time_s": batch_wall,
+        "reads": ",".join(reads),
+    }
+    if history is not None:
+        results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, col))
+        summary.update(summarise(history, col))
+        (folder / "error.txt").unlink(missing_ok=True)
+        files = ["config.json", "metrics.csv", "summary.json"]
+    else:
+        summary["reason"] = reason
+        results.atomic_write_text(folder / "error.txt", tb)
+        (folder / "metrics.csv").unlink(missing_ok=True)
+        files = ["config.json", "error.txt", "summary.json"]
+    results.atomic_write_json(folder / "summary.json", summary)
+    results.write_manifest(folder, files)
 
 
 def summarise(history: dict, col: int) -> dict[str, Any]:
@@ -461,20 +572,31 @@ def execute(jobs: list[Job], n_workers: int, show_progress: bool = True) -> list
                 bar.set_description(f"{job.agent} seeds {job.seeds[0]}..{job.seeds[-1]}")
                 out.append(run_job(job, progress=bar.update))
             return out
+        # a plain queue handed to the workers when they start (no manager process, which would
+        # outlive a SIGKILLed parent); the workers die with the parent (_die_with_parent)
         ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager:
-            queue = manager.Queue()
-            with ProcessPoolExecutor(
-                max_workers=n_workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
-            ) as pool:
-                futures = {pool.submit(run_job, j) for j in jobs}
-                while futures:
-                    finished, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-                    while not queue.empty():
-                        bar.update(queue.get())
-                    out.extend(f.result() for f in finished)
-                while not queue.empty():
-                    bar.update(queue.get())
+        queue = ctx.Queue()
+
+        def drain() -> None:
+            while True:
+                try:
+                    bar.update(queue.get_nowait())
+                except Empty:
+                    return
+
+        with ProcessPoolExecutor(
+            max_workers=n_workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(queue, os.getpid()),
+        ) as pool:
+            futures = {pool.submit(run_job, j) for j in jobs}
+            while futures:
+                finished, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                drain()
+                out.extend(f.result() for f in finished)
+        drain()
+        queue.close()
         return out
     finally:
         bar.close()
@@ -546,7 +668,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="output folder (default runs/)")
     p.add_argument("--force", action="store_true", help="redo runs that already finished")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_limit_flags(p)
     return p
+
+
+def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        default=MAX_RUNS,
+        help=f"refuse commands of more run folders than this (default {MAX_RUNS})",
+    )
+    p.add_argument(
+        "--max-rounds",
+        type=int,
+        default=MAX_ROUNDS,
+        help=f"refuse runs of more RM rounds than this (default {MAX_ROUNDS:,})",
+    )
+
+
+def check_limits(args: argparse.Namespace) -> None:
+    for flag in ("max_runs", "max_rounds"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -559,7 +703,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
         if args.batch_size < 1:
             raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+        check_limits(args)
         jobs, skipped = resolve(args)
+        try:
+            results.check_writable(args.out)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     except CLIError as e:
         print(f"python -m baselines.run: error: {e}", file=sys.stderr)
         return 2
@@ -571,12 +720,28 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     outcomes = execute(jobs, args.jobs, show_progress=not args.no_progress)
-    bad = [o for o in outcomes if o["status"] != "ok"]
+    return report_outcomes(outcomes, args.out)
+
+
+def report_outcomes(outcomes: list[dict[str, Any]], out: str | Path) -> int:
+    """Print what the jobs did; 0 if every run this command owned finished, else 1."""
     n_runs = sum(len(o["seeds"]) for o in outcomes)
-    print(f"{n_runs - sum(len(o['seeds']) for o in bad)}/{n_runs} runs finished -> {args.out}")
-    for o in bad:
-        print(f"  {o['status']}: seeds {o['seeds']}: {o['reason']}", file=sys.stderr)
-    return 1 if bad else 0
+    failed = sum(len(o.get("failed", [])) for o in outcomes)
+    print(f"{n_runs - failed}/{n_runs} runs finished -> {out}")
+    for o in outcomes:
+        if o.get("failed"):
+            print(f"  {o['status']}: seeds {o['failed']}: {o['reason']}", file=sys.stderr)
+    busy = [s for o in outcomes for s in o.get("busy", [])]
+    elsewhere = [s for o in outcomes for s in o.get("done_elsewhere", [])]
+    if elsewhere:
+        print(f"  {len(elsewhere)} run(s) finished by another process meanwhile", file=sys.stderr)
+    if busy:
+        print(
+            f"  {len(busy)} run(s) left to another process writing them now (seeds {busy}); "
+            "rerun this command after it ends to check them",
+            file=sys.stderr,
+        )
+    return 1 if failed or busy else 0
 
 
 if __name__ == "__main__":

@@ -48,15 +48,22 @@ import yaml
 from agents import registry
 from baselines import results
 from baselines.run import (
+    MAX_ROUNDS,
+    MAX_RUNS,
     CLIError,
     Job,
     _Parser,
+    add_limit_flags,
+    check_limits,
     execute,
     parse_seeds,
     plan,
     run_folder_name,
     run_job,
 )
+
+#: seconds to wait for a Ray cluster named by --address
+RAY_CONNECT_TIMEOUT = 30.0
 
 KEYS = {
     "envs",
@@ -136,12 +143,28 @@ def load_sweep(path: Path) -> dict[str, Any]:
 
 
 def plan_sweep(
-    spec: dict[str, Any], out: Path, force: bool, jobs: int
+    spec: dict[str, Any],
+    out: Path,
+    force: bool,
+    jobs: int,
+    max_runs: int = MAX_RUNS,
+    max_rounds: int = MAX_ROUNDS,
 ) -> tuple[list[Job], list[Path]]:
     """All jobs still to run, and the run folders the whole sweep consists of."""
     seeds = spec["seeds"]
-    seeds = parse_seeds(",".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds))
+    seeds = parse_seeds(
+        ",".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds), max_runs
+    )
     grid = spec.get("grid") or {}
+    n_points = 1
+    for values in grid.values():
+        n_points *= len(values)
+    n_entries = len(spec["envs"]) * len(spec["agents"]) * len(spec.get("policy_optimizers") or [1])
+    if n_points * n_entries * len(seeds) > max_runs:
+        raise CLIError(
+            f"sweep file: up to {n_points * n_entries * len(seeds)} run folders, above the limit "
+            f"of {max_runs}; raise it with --max-runs if you mean it"
+        )
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     all_jobs: list[Job] = []
     folders: list[Path] = []
@@ -176,6 +199,7 @@ def plan_sweep(
             split,
             tag=tag,
             policy_optimizer=policy_optimizer,
+            max_rounds=max_rounds,
         )
         all_jobs += new
         name = run_folder_name(registry.get(agent).name, policy_optimizer, tag)
@@ -209,7 +233,7 @@ def execute_ray(jobs: list[Job], address: str | None, n_workers: int) -> list[di
     from tqdm import tqdm
 
     if address:
-        ray.init(address=address, log_to_driver=False)
+        connect_ray(ray, address, RAY_CONNECT_TIMEOUT)
     else:  # a local instance on this machine only
         ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False)
     try:
@@ -226,14 +250,57 @@ def execute_ray(jobs: list[Job], address: str | None, n_workers: int) -> list[di
         ray.shutdown()
 
 
+def connect_ray(ray, address: str, timeout: float) -> None:
+    """``ray.init(address=...)``, or a one-line error within ``timeout`` seconds.
+
+    A ``host:port`` address is probed with a plain TCP connection first (an unreachable port
+    fails at once); ``ray.init`` then runs in a daemon thread, so a cluster that accepts the
+    connection but never answers cannot hang the sweep either.
+    """
+    import socket
+    import threading
+
+    if m := re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip()):
+        try:
+            socket.create_connection((m[1], int(m[2])), timeout=min(timeout, 10.0)).close()
+        except OSError as e:
+            raise CLIError(
+                f"--address: cannot reach a Ray cluster at {address} ({e.strerror or e})"
+            ) from None
+    error: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except BaseException as e:  # reported in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=init, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise CLIError(f"--address: no answer from a Ray cluster at {address} in {timeout:.0f} s")
+    if error:
+        msg = str(error[0]).strip().splitlines()[0][:200] if str(error[0]).strip() else ""
+        raise CLIError(
+            f"--address: cannot connect to Ray at {address}: {type(error[0]).__name__} {msg}"
+        )
+
+
 def write_summary(out: Path, folders: list[Path], outcomes: list[dict[str, Any]], wall: float):
+    busy = {f for o in outcomes for f in o.get("busy_folders", [])}
     runs = []
     for folder in folders:
         status = "missing"
-        try:
-            status = json.loads((folder / "summary.json").read_text()).get("status", "?")
-        except (OSError, json.JSONDecodeError):
-            pass
+        if str(folder) in busy:
+            status = "busy: another process is writing it"
+        elif (why := results.verify(folder)) and (folder / "summary.json").exists():
+            status = f"damaged: {why}"
+        else:
+            try:
+                status = json.loads((folder / "summary.json").read_text()).get("status", "?")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                pass
         runs.append({"folder": str(folder.relative_to(out)), "status": status})
     summary = {
         "runs": runs,
@@ -255,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs", help="output root (default runs/)")
     p.add_argument("--force", action="store_true", help="redo finished runs")
     p.add_argument("--no-progress", action="store_true")
+    add_limit_flags(p)
     try:
         args = p.parse_args(argv)
+        check_limits(args)
         if args.backend not in ("local", "ray"):
             raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
         if args.jobs < 1:
@@ -265,8 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError("--address needs --backend ray")
         spec = load_sweep(Path(args.sweep))
         out = confined(Path(args.out), spec.get("subdir"))
-        jobs, folders = plan_sweep(spec, out, args.force, args.jobs)
+        jobs, folders = plan_sweep(spec, out, args.force, args.jobs, args.max_runs, args.max_rounds)
         jobs = longest_first(jobs)
+        try:
+            results.check_writable(out)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     except CLIError as e:
         print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
         return 2

@@ -111,6 +111,9 @@ def test_leaderboard_refuses_mixed_commits(runs, tmp_path, capsys):
     cfg = json.loads(original)
     cfg["code_hash"] = "0123456789abcdef"
     cfg_path.write_text(json.dumps(cfg))
+    seal = cfg_path.parent / results.MANIFEST
+    sealed = seal.read_text()
+    results.write_manifest(cfg_path.parent, ["config.json", "metrics.csv", "summary.json"])
     try:
         assert leaderboard.main(["--runs", str(runs), "--results", str(tmp_path)]) == 2
         err = capsys.readouterr().err
@@ -122,6 +125,7 @@ def test_leaderboard_refuses_mixed_commits(runs, tmp_path, capsys):
         )
     finally:
         cfg_path.write_text(original)
+        seal.write_text(sealed)
 
 
 def test_leaderboard_with_no_runs_is_an_error(tmp_path, capsys):
@@ -178,13 +182,23 @@ def test_leaderboard_writes_committed_results_only_when_forced(runs, tmp_path, c
         (lambda f: (f / "summary.json").write_text("[1, 2]"), "not a JSON object"),
     ],
 )
-def test_damaged_runs_are_skipped_with_one_line_each(runs, tmp_path, capsys, damage, needle):
+@pytest.mark.parametrize("reseal", [False, True])
+def test_damaged_runs_are_skipped_with_one_line_each(
+    runs, tmp_path, capsys, damage, needle, reseal
+):
+    """Damage after sealing fails the manifest; damage sealed anew (a forged folder) still
+    fails the content checks."""
     import shutil
 
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy)
     folder = results.run_dir(copy, "RLHFBlindSpot-v0", "naive", 1)
     damage(folder)
+    if reseal:
+        names = ["config.json", "metrics.csv", "summary.json"]
+        results.write_manifest(folder, [n for n in names if (folder / n).exists()])
+    else:
+        needle = "manifest" if needle != "FileNotFoundError" else "is missing"
     out = tmp_path / "res"
     assert leaderboard.main(["--runs", str(copy), "--results", str(out)]) == 0
     err = capsys.readouterr().err.strip().splitlines()

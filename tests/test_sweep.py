@@ -79,16 +79,17 @@ envs: [RLHFBlindSpot-v0]
 agents: [naive]
 seeds: 0-1
 rounds: 40
+env_kwargs: {rm_optimizer: adam}  # SGD on the linear RM has a stability guard
 grid:
-  env.rm_lr: [0.005, 1.0e+6]
+  env.rm_lr: [0.005, 1.0e+300]
 """,
     )
     assert sweep.main([str(cfg), "--out", str(tmp_path), "--no-progress"]) == 1
     summary = json.loads((tmp_path / "sweep_summary.json").read_text())
     assert len(summary["runs"]) == 4
     failed = {r["folder"] for r in summary["failed"]}
-    assert failed == {f"RLHFBlindSpot-v0/naive@rm_lr=1000000.0/seed_{s}" for s in (0, 1)}
-    bad = tmp_path / "RLHFBlindSpot-v0" / "naive@rm_lr=1000000.0" / "seed_0"
+    assert failed == {f"RLHFBlindSpot-v0/naive@rm_lr=1e+300/seed_{s}" for s in (0, 1)}
+    bad = tmp_path / "RLHFBlindSpot-v0" / "naive@rm_lr=1e+300" / "seed_0"
     assert json.loads((bad / "summary.json").read_text())["status"] == "stopped"
     assert "NaN" in json.loads((bad / "summary.json").read_text())["reason"]
     assert "Traceback" in (bad / "error.txt").read_text()
