@@ -1,16 +1,29 @@
-"""Evaluate LLM-track runs on held-out prompts and compare agents.
+"""Evaluate LLM-track runs on held-out prompts and compare agents, with seeds as replicates.
 
     python -m llm_track.evaluate --runs runs/llm_track --out results/LLM_TRACK.md
+    python -m llm_track.evaluate --runs runs/paper --questions TruthfulQA.csv --question-column \
+        Question --judge-url https://judge.example/v1 --judge-key-env JUDGE_KEY
 
 For every run folder found under ``--runs`` (a folder with ``config.json`` and a checkpoint), the
 final policy answers each held-out prompt greedily, and so does the base model (the reference).
-Per run, ``eval.json`` gets, per prompt and on average: oracle utility U of the answer (the
-frozen base model's clipped per-token log-likelihood, as in training), proxy reward r of the run's
-own final reward model, RM overconfidence sigmoid(r - r_ref) - sigmoid(U - U_ref), and answer
-length. Between agents, answers to the same (seed, prompt) are compared by U: wins, losses, ties
-and a two-sided exact binomial (sign) test on wins vs losses. An LLM judge through an
-OpenAI-compatible chat endpoint is optional (``--judge-url``; off by default, urllib only). The
-markdown section is written to ``--out``.
+Prompts: ``--questions PATH`` (a local TruthfulQA-format file, e.g. TruthfulQA's ``question``
+column; ``.csv``/``.jsonl``/``.json``/``.parquet`` or a ``datasets`` folder), else the held-out
+split of the run's prompt source.
+
+Per run, ``eval.json`` gets, per prompt and on average: the *evaluation utility* of the answer,
+which is not the training oracle (``tiny`` preset: a separate gold model, see
+``models.GOLD_SEED_OFFSET``; ``paper`` preset: the LLM judge, ``--judge-url``), the training
+oracle's utility U (the frozen base model's clipped per-token log-likelihood, which relaxed FPO
+queried during training and under which the base model's own answer is near the top), the proxy
+reward r of the run's final reward model, RM overconfidence sigmoid(r - r_ref) - sigmoid(U -
+U_ref), and answer length.
+
+Statistics treat seeds as the unit of replication: each run contributes its mean over prompts;
+tables give the mean over seeds with a 95 % percentile-bootstrap CI over seeds; agents are
+compared by the per-seed difference of means (paired by seed: same prompts order, LoRA init and
+models) with a paired t-test and a sign test across seeds. Prompt-level wins/losses (and the
+judge's) are reported too, labelled *within-run*: the prompts of one run are not independent
+replications of the training. The markdown section is written to ``--out``.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from itertools import combinations
 
 from baselines.results import atomic_write_json, atomic_write_text, read_json
 from baselines.stats import bootstrap_ci, sign_test
@@ -32,8 +46,8 @@ from llm_track.run import OneLineParser, _quiet_libraries
 #: The settings that fix the models, prompts and answer scoring: runs that share them share an
 #: ``Evaluator``.
 MODEL_KEYS = (
-    "preset policy reward_model model_seed tiny_hidden tiny_layers dtype prompts "
-    "max_prompt_tokens min_new_tokens utility_offset utility_clip"
+    "preset policy reward_model model_seed tiny_hidden tiny_layers dtype prompts prompt_column "
+    "max_prompt_tokens min_new_tokens utility_offset utility_clip rm_input rm_max_tokens chat_date"
 ).split()
 
 
@@ -57,15 +71,16 @@ def find_runs(roots: list[str]) -> list[str]:
 
 
 def read_configs(folders: list[str]) -> dict[str, LLMConfig]:
-    """Each run folder's settings; two folders with the same (agent, seed) are refused."""
+    """Each run folder's settings; two folders with the same (label, seed) are refused."""
     configs: dict[str, LLMConfig] = {}
     seen: dict[tuple[str, int], str] = {}
     for folder in folders:
-        cfg = LLMConfig.from_dict(read_json(os.path.join(folder, "config.json"))["config"])
-        other = seen.setdefault((cfg.agent, cfg.seed), folder)
+        record = read_json(os.path.join(folder, "config.json"))
+        cfg = LLMConfig.from_dict(record["config"], record.get("prompt_source"))
+        other = seen.setdefault((cfg.label, cfg.seed), folder)
         if other != folder:
             raise LLMTrackError(
-                f"--runs: two runs of agent {cfg.agent} seed {cfg.seed}: {other} and {folder}; "
+                f"--runs: two runs of agent {cfg.label} seed {cfg.seed}: {other} and {folder}; "
                 "pass roots that hold one run per agent and seed"
             )
         configs[folder] = cfg
@@ -85,11 +100,13 @@ class Evaluator:
         import torch
 
         from llm_track import loop
-        from llm_track.models import freeze_all_but_head, load_base_models, rm_head
+        from llm_track.models import build_tiny_gold, freeze_all_but_head, load_base_models, rm_head
 
         self.torch, self.loop, self.cfg = torch, loop, cfg
         base, self.tok, rm, self.rm_tok = load_base_models(cfg)
-        eos, pad = loop.special_ids(self.tok)
+        eos, pad = loop.special_ids(self.tok, base)
+        # the evaluation utility that is not the training oracle: tiny's gold model
+        self.gold = build_tiny_gold(cfg.model_seed).to(cfg.device) if cfg.preset == "tiny" else None
         # greedy answers: ``loop.sample(model, prompt ids, 1, **self.greedy)``
         self.greedy = dict(
             max_new=max_new, min_new=cfg.min_new_tokens, eos_id=eos, pad_id=pad, greedy=True
@@ -101,16 +118,22 @@ class Evaluator:
         self.head_init = {k: v.clone() for k, v in self.head.state_dict().items()}
         self.prompts = prompts
         self.prompt_ids = [
-            loop.encode_prompt(self.tok, p, cfg.max_prompt_tokens, cfg.device) for p in prompts
+            loop.encode_prompt(self.tok, p, cfg.max_prompt_tokens, cfg.device, cfg.chat_date)
+            for p in prompts
         ]
         self.ref = [loop.sample(self.base, ids, 1, **self.greedy) for ids in self.prompt_ids]
-        self.ref_u = [
-            self._utility(ids, a) for ids, a in zip(self.prompt_ids, self.ref, strict=True)
-        ]
+        pairs = list(zip(self.prompt_ids, self.ref, strict=True))
+        self.ref_u = [self._utility(ids, a, self.base) for ids, a in pairs]
+        self.ref_gold = [self._utility(ids, a, self.gold) for ids, a in pairs]
 
-    def _utility(self, ids, answer) -> float:
+    def _utility(self, ids, answer, model) -> float | None:
+        """Clipped per-token log-likelihood + offset of ``answer`` under ``model`` (the base
+        model: the training oracle's U; the gold model: tiny's evaluation utility); None without
+        a model."""
+        if model is None:
+            return None
         with self.torch.no_grad():
-            nll = float(self.loop.response_nll(self.base, ids, *answer)[0])
+            nll = float(self.loop.response_nll(model, ids, *answer)[0])
         lo, hi = self.cfg.utility_clip
         return min(hi, max(lo, -nll + self.cfg.utility_offset))
 
@@ -123,21 +146,33 @@ class Evaluator:
         policy = PeftModel.from_pretrained(self.base, os.path.join(ckpt, "adapter")).eval()
         rows = []
         try:
-            for prompt, ids, ref, u_ref in zip(
-                self.prompts, self.prompt_ids, self.ref, self.ref_u, strict=True
+            for prompt, ids, ref, u_ref, gold_ref in zip(
+                self.prompts, self.prompt_ids, self.ref, self.ref_u, self.ref_gold, strict=True
             ):
                 ans = self.loop.sample(policy, ids, 1, **self.greedy)
                 with policy.disable_adapter():
-                    u = self._utility(ids, ans)
+                    u = self._utility(ids, ans, policy)
                 text, ref_text = (self.loop.decode(self.tok, *a)[0] for a in (ans, ref))
+                cfg = self.cfg
                 r, r_ref = self.loop.rewards(
-                    self.rm, self.head, self.rm_tok, prompt, [text, ref_text], self.cfg.device
+                    self.rm,
+                    self.head,
+                    self.rm_tok,
+                    prompt,
+                    [text, ref_text],
+                    cfg.device,
+                    cfg.rm_input,
+                    cfg.rm_max_tokens,
                 )[0].tolist()
+                gold = {}
+                if self.gold is not None:
+                    gold = {"gold": self._utility(ids, ans, self.gold), "gold_ref": gold_ref}
                 rows.append(
                     {
                         "prompt": prompt,
                         "answer": text,
                         "reference": ref_text,
+                        **gold,
                         "utility": u,
                         "utility_ref": u_ref,
                         "proxy": r,
@@ -217,8 +252,9 @@ def judge_prefers_first(
 
 
 # --------------------------------------------------------------------------- comparison
-def pairwise(results: dict[str, dict[int, dict]], judge=None) -> list[dict]:
-    """Wins/losses/ties by oracle utility (and by the judge if given) for every agent pair."""
+def pairwise(results: dict[str, dict[int, dict]], judge=None, key: str = "utility") -> list[dict]:
+    """Prompt-level wins/losses/ties by ``key`` (and by the judge if given) for every agent pair,
+    on the same (seed, prompt). Within-run: a run's prompts are not independent replications."""
     agents = sorted(results)
     out = []
     for i, a in enumerate(agents):
@@ -228,7 +264,7 @@ def pairwise(results: dict[str, dict[int, dict]], judge=None) -> list[dict]:
                 rows_a = results[a][seed]["per_prompt"]
                 rows_b = results[b][seed]["per_prompt"]
                 for k, (ra, rb) in enumerate(zip(rows_a, rows_b, strict=True)):
-                    d = ra["utility"] - rb["utility"]
+                    d = ra[key] - rb[key]
                     w, l_, t = w + (d > 1e-9), l_ + (d < -1e-9), t + (abs(d) <= 1e-9)
                     if judge is not None:  # alternate positions against position bias
                         sign, (x, y) = (1, (ra, rb)) if k % 2 == 0 else (-1, (rb, ra))
@@ -249,8 +285,47 @@ def pairwise(results: dict[str, dict[int, dict]], judge=None) -> list[dict]:
     return out
 
 
+def across_seeds(results: dict[str, dict[int, dict]], key: str) -> list[dict]:
+    """Agent pairs compared with seeds as the unit of replication.
+
+    Per seed, each run's mean of ``key`` over prompts; for every pair of agents, on the seeds both
+    have (paired: same prompt order, LoRA init and models), the differences A - B: their mean
+    with a 95 % percentile-bootstrap CI over seeds, a two-sided paired t-test (``scipy.stats.
+    ttest_rel``; None with fewer than 2 seeds or no spread), and seed wins/losses with a sign
+    test.
+    """
+    from scipy import stats as sps
+
+    out = []
+    for a, b in combinations(sorted(results), 2):
+        seeds = sorted(set(results[a]) & set(results[b]))
+        xa = [results[a][s]["means"][key] for s in seeds]
+        xb = [results[b][s]["means"][key] for s in seeds]
+        diff = [x - y for x, y in zip(xa, xb, strict=True)]
+        p_t = None
+        if len(diff) >= 2 and max(diff) - min(diff) > 1e-12:
+            p_t = float(sps.ttest_rel(xa, xb).pvalue)
+        wins, losses = sum(d > 1e-9 for d in diff), sum(d < -1e-9 for d in diff)
+        ci = bootstrap_ci(diff) if diff else (math.nan, math.nan)
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "seeds": len(diff),
+                "mean_diff": statistics.fmean(diff) if diff else None,
+                "ci": [float(ci[0]), float(ci[1])],
+                "p_t": p_t,
+                "seed_wins": wins,
+                "seed_losses": losses,
+                "p_sign": sign_test(wins, losses),
+            }
+        )
+    return out
+
+
 def _ms(values: list[float]) -> str:
-    """Mean over seeds with its 95 % percentile-bootstrap CI (the leaderboard's method)."""
+    """Mean over seeds with its 95 % percentile-bootstrap CI over seeds (the leaderboard's)."""
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) < 2:
@@ -259,49 +334,100 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} [{float(lo):.3f}, {float(hi):.3f}]"
 
 
-def markdown(results, summaries, pairs, meta) -> str:
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+def markdown(results, summaries, pairs, seed_pairs, meta) -> str:
+    gold = meta["eval_key"] == "gold"
     lines = [
         "## LLM track",
         "",
         f"Runs: {meta['n_runs']} ({meta['models']}); held-out prompts: {meta['n_prompts']} "
-        f"({meta['prompt_source']}), greedy answers of at most {meta['max_new']} tokens. "
-        "Mean over seeds [95 % percentile-bootstrap CI] (one seed: no CI). U = oracle utility "
-        "(base model log-likelihood per token + 5, clipped to [-15, 5]); r = the run's final "
-        "reward model; overconfidence = "
-        "sigmoid(r - r_ref) - sigmoid(U - U_ref) against the base model's answer.",
+        f"({meta['prompt_source']}), greedy answers of at most {meta['max_new']} tokens.",
         "",
-        "| agent | seeds | eval U | eval U (reference) | eval r | overconfidence | words | "
-        "train U first → last | train r first → last |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Seeds are the unit of replication: each run is summarised by its mean over the "
+        "prompts, and every cell is the mean over seeds [95 % percentile-bootstrap CI over "
+        "seeds] (one seed: no CI). "
+        + (
+            "Evaluation utility = the gold model (a separate tiny model, other seed and other "
+            "training pairs; not the training oracle): clipped per-token log-likelihood + 5. "
+            if gold
+            else "No evaluation utility other than the training oracle here (use the LLM judge, "
+            "--judge-url, and lm-eval on the exported adapter). "
+        )
+        + "Training-oracle U = the base model's clipped log-likelihood per token + 5, the "
+        "quantity relaxed FPO queries during training and under which the base model's own "
+        "answer scores near the top. r = the run's final reward model; overconfidence = "
+        "sigmoid(r - r_ref) - sigmoid(U - U_ref) against the base model's answer. Oracle "
+        "queries: one per response whose utility an agent reads (llm_track/README.md).",
+        "",
     ]
+    head = ["agent", "seeds"]
+    if gold:
+        head += ["eval utility (gold)", "gold of reference"]
+    head += [
+        "training-oracle U",
+        "U of reference",
+        "eval r",
+        "overconfidence",
+        "words",
+        "train U first → last",
+        "oracle queries",
+    ]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for agent in sorted(results):
         ev = list(results[agent].values())
-        sm = list(summaries[agent].values())
+        sm = [x for x in summaries[agent].values() if x]
 
         def col(k, ev=ev):
-            return _ms([e["means"][k] for e in ev])
+            return _ms([e["means"].get(k) for e in ev])
 
-        def trend(k, sm=sm):
-            first = _ms([s[k + "_first"] for s in sm if s])
-            return f"{first} → {_ms([s[k + '_last'] for s in sm if s])}"
-
-        lines.append(
-            f"| {agent} | {len(ev)} | {col('utility')} | {col('utility_ref')} | "
-            f"{col('proxy')} | {col('overconfidence')} | {col('words')} | "
-            f"{trend('utility_winner')} | {trend('proxy_winner')} |"
-        )
+        cells = [agent, str(len(ev))]
+        if gold:
+            cells += [col("gold"), col("gold_ref")]
+        first = _ms([x["utility_winner_first"] for x in sm])
+        last = _ms([x["utility_winner_last"] for x in sm])
+        queries = sorted({x["oracle_queries"] for x in sm})
+        cells += [
+            col("utility"),
+            col("utility_ref"),
+            col("proxy"),
+            col("overconfidence"),
+            col("words"),
+            f"{first} → {last}",
+            "/".join(str(q) for q in queries) or "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    what = "evaluation utility (gold)" if gold else "training-oracle U"
     lines += [
         "",
-        "Pairwise, by oracle utility on the same (seed, prompt); two-sided exact "
-        "binomial test on wins vs losses (ties dropped):",
+        f"Across seeds, by {what}: per-seed difference of means A - B (paired by seed), mean "
+        "[95 % bootstrap CI over seeds], two-sided paired t-test, and seeds won-lost with a "
+        "two-sided sign test:",
         "",
+        "| A vs B | seeds | mean A - B [CI] | paired t p | seeds won-lost | sign p |",
+        "|---|---|---|---|---|---|",
     ]
+    for p in seed_pairs:
+        diff = "-" if p["mean_diff"] is None else f"{p['mean_diff']:.3f}"
+        if p["seeds"] >= 2:
+            diff += f" [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+        lines.append(
+            f"| {p['a']} vs {p['b']} | {p['seeds']} | {diff} | {_p(p['p_t'])} | "
+            f"{p['seed_wins']}-{p['seed_losses']} | {_p(p['p_sign'])} |"
+        )
     judged = any("judge_wins" in p for p in pairs)
-    lines.append(
-        "| A vs B | wins-losses-ties | win rate | p |"
-        + (" judge wins-losses | judge p |" if judged else "")
-    )
-    lines.append("|---|---|---|---|" + ("---|---|" if judged else ""))
+    lines += [
+        "",
+        f"Within-run, prompt level (not replications: the prompts of a run share its training), "
+        f"by {what} on the same (seed, prompt); two-sided exact binomial test on wins vs losses "
+        "(ties dropped)" + (" and the LLM judge's verdicts" if judged else "") + ":",
+        "",
+        "| A vs B | wins-losses-ties | win rate | within-run p |"
+        + (" judge wins-losses | judge within-run p |" if judged else ""),
+        "|---|---|---|---|" + ("---|---|" if judged else ""),
+    ]
     for p in pairs:
         rate = "-" if p["win_rate"] is None else f"{100 * p['win_rate']:.1f} %"
         lines.append(
@@ -320,9 +446,15 @@ def evaluate(
     max_new: int | None = None,
     device: str | None = None,
     judge=None,
+    questions: str | None = None,
+    question_column: str = "question",
 ) -> dict:
-    """Evaluate all runs under ``run_roots``; writes ``eval.json`` per run and ``out``."""
-    from llm_track.prompts import load_prompts
+    """Evaluate all runs under ``run_roots``; writes ``eval.json`` per run and ``out``.
+
+    ``questions``: a local TruthfulQA-format file (its ``question_column``) to answer instead of
+    the held-out split of the runs' prompt source.
+    """
+    from llm_track.prompts import load_prompts, read_local
 
     _check_count("--prompts", n_prompts)
     _check_count("--max-new-tokens", max_new)
@@ -340,7 +472,11 @@ def evaluate(
         if key not in evaluators:
             if evaluators:
                 raise LLMTrackError("--runs mixes runs of different models; evaluate them apart")
-            prompts, source = load_prompts(cfg.prompts, "eval")
+            if questions:
+                prompts = read_local(questions, question_column, "--questions", "eval")
+                source = f"{os.path.abspath(questions)} (column {question_column})"
+            else:
+                prompts, source = load_prompts(cfg.prompts, "eval", cfg.prompt_column)
             prompts = prompts[:n_prompts] if n_prompts else prompts
             m = max_new or cfg.eval_max_new_tokens
             evaluators[key] = Evaluator(cfg, prompts, m)
@@ -352,14 +488,21 @@ def evaluate(
             )
         ev = evaluators[key].evaluate_run(folder)
         atomic_write_json(os.path.join(folder, "eval.json"), ev, default=str)
-        results.setdefault(cfg.agent, {})[cfg.seed] = ev
+        results.setdefault(cfg.label, {})[cfg.seed] = ev
         summary_path = os.path.join(folder, "summary.json")
-        summaries.setdefault(cfg.agent, {})[cfg.seed] = (
+        summaries.setdefault(cfg.label, {})[cfg.seed] = (
             read_json(summary_path) if os.path.exists(summary_path) else {}
         )
-    pairs = pairwise(results, judge)
-    atomic_write_text(out, markdown(results, summaries, pairs, meta))
-    return {"results": results, "pairs": pairs, "meta": meta}
+    key = (
+        "gold"
+        if all("gold" in e["means"] for r in results.values() for e in r.values())
+        else ("utility")
+    )
+    meta["eval_key"] = key
+    pairs = pairwise(results, judge, key)
+    seed_pairs = across_seeds(results, key)
+    atomic_write_text(out, markdown(results, summaries, pairs, seed_pairs, meta))
+    return {"results": results, "pairs": pairs, "seed_pairs": seed_pairs, "meta": meta}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,6 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="+", required=True, help="run roots (searched recursively)")
     p.add_argument("--out", default="results/LLM_TRACK.md", help="markdown output file")
     p.add_argument("--prompts", type=int, help="use only the first N held-out prompts")
+    p.add_argument(
+        "--questions",
+        help="local TruthfulQA-format file (.csv/.jsonl/.json/.parquet or datasets folder) whose "
+        "questions are answered instead of the held-out prompts",
+    )
+    p.add_argument(
+        "--question-column", default="question", help="column of --questions (default question)"
+    )
     p.add_argument("--max-new-tokens", type=int, help="answer length (default: the run's)")
     p.add_argument("--device", help="cpu or cuda (default: the run's)")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. http://host:8000/v1)")
@@ -404,7 +555,16 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), 2))
-        res = evaluate(args.runs, args.out, args.prompts, args.max_new_tokens, args.device, judge)
+        res = evaluate(
+            args.runs,
+            args.out,
+            args.prompts,
+            args.max_new_tokens,
+            args.device,
+            judge,
+            args.questions,
+            args.question_column,
+        )
     except LLMTrackError as exc:
         print(f"python -m llm_track.evaluate: error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ Three things come out of here, bundled in :class:`Models`:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 from dataclasses import dataclass
@@ -322,12 +323,45 @@ def _tiny_state(model_seed: int, hidden: int, layers: int):
     return base.config, base.state_dict(), rm.config, rm.state_dict()
 
 
+#: The tiny preset's evaluation model ("gold"): not the training oracle. Its own seed and size
+#: (initialisation seed model_seed + 1000), fitted for 200 steps on question/answer pairings drawn with another seed
+#: than the oracle's, so an agent that learns the oracle's quirks gets no credit for them here.
+GOLD_SEED_OFFSET, GOLD_HIDDEN, GOLD_LAYERS, GOLD_STEPS = 1000, 64, 2, 200
+
+
+@functools.lru_cache(maxsize=2)
+def _gold_state(model_seed: int):
+    from transformers import LlamaForCausalLM
+
+    tok = build_tiny_tokenizer()
+    config = tiny_llama_config(len(tok), GOLD_HIDDEN, GOLD_LAYERS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_seed + GOLD_SEED_OFFSET)
+        gold = LlamaForCausalLM(config)
+    pretrain_tiny_base(gold, tok, model_seed + GOLD_SEED_OFFSET, steps=GOLD_STEPS)
+    return config, gold.state_dict()
+
+
+def build_tiny_gold(model_seed: int) -> nn.Module:
+    """The tiny preset's gold model (evaluation utility, see :data:`GOLD_SEED_OFFSET`), in eval
+    mode, float32, on the CPU; identical for the same ``model_seed``."""
+    from transformers import LlamaForCausalLM
+
+    config, state = _gold_state(model_seed)
+    gold = LlamaForCausalLM(copy.deepcopy(config))
+    gold.load_state_dict(state)
+    return gold.eval().requires_grad_(False)
+
+
 def build_tiny_models(cfg: LLMConfig):
     """(policy base, reward model, tokenizer) of the ``tiny`` preset, identical for a model_seed."""
     from transformers import DebertaV2ForSequenceClassification, LlamaForCausalLM
 
     pcfg, pstate, rcfg, rstate = _tiny_state(cfg.model_seed, cfg.tiny_hidden, cfg.tiny_layers)
-    base, rm = LlamaForCausalLM(pcfg), DebertaV2ForSequenceClassification(rcfg)
+    # copies of the cached configs: a caller that edits its model's config (e.g. resizes the
+    # embeddings) must not change the next build
+    base = LlamaForCausalLM(copy.deepcopy(pcfg))
+    rm = DebertaV2ForSequenceClassification(copy.deepcopy(rcfg))
     base.load_state_dict(pstate)
     rm.load_state_dict(rstate)
     dtype = torch_dtype(cfg.dtype)

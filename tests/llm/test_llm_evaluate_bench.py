@@ -86,12 +86,14 @@ def test_evaluate_writes_eval_and_markdown(tmp_path):
         assert len(ev["per_prompt"]) == 3
         for row in ev["per_prompt"]:
             assert -15.0 <= row["utility"] <= 5.0
+            assert -15.0 <= row["gold"] <= 5.0 and row["gold"] != row["utility"]
             assert 1 <= row["tokens"] <= 8
             sig = lambda x: 1 / (1 + 2.718281828459045 ** (-x))  # noqa: E731
             want = sig(row["proxy"] - row["proxy_ref"]) - sig(row["utility"] - row["utility_ref"])
             assert row["overconfidence"] == pytest.approx(want, abs=1e-6)
     text = out.read_text()
     assert "## LLM track" in text and "fpo-relaxed vs naive" in text
+    assert "eval utility (gold)" in text and "Across seeds" in text and "Within-run" in text
     assert "3-" in text or "-3" in text or "-0-" in text  # 3 comparisons were made
 
 
