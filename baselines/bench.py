@@ -1,21 +1,26 @@
 """Speed of the suite, measured in one run: env steps/s and seconds per agent-run.
 
     python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
-                              [--repeats 3]
+                              [--repeats 3] [--family K=V1,V2 ...] [--family-rounds N]
 
 For each env: single-env steps/s with random actions (RM retraining included); for each
 white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
 one seed runs alone (measured on fewer rounds and scaled to the same round count), the batching
 speed-up, and the cost of every agent relative to naive; then the wall time of one SB3 run per
 agent of ``--agents`` (those that work with ``--sb3``) relative to naive. The token and contextual envs have no
-white-box agents, so only their SB3 rows are measured. Medians over ``--repeats``; the machine is
-shared, so compare the ratios, which are measured side by side, rather than absolute times across
-runs.
+white-box agents, so only their SB3 rows are measured. On the blind-spot envs a family row follows:
+seconds per agent-run over a list of env configs (``--family``: a grid of env kwargs, by default
+``target_value`` x ``utility_width`` on the neural env; :func:`family_seconds` takes any list of
+kwarg dicts, such as a family's train or test split). Medians over ``--repeats``; the machine is
+shared (its load average is printed), so compare the ratios, which are measured side by side,
+rather than absolute times across runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import statistics
 import sys
 import time
@@ -51,7 +56,14 @@ def env_steps_per_second(env_id: str, steps: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-def agent_seconds(env_id: str, agent: str, seeds: list[int], rounds: int, repeats: int) -> float:
+def agent_seconds(
+    env_id: str,
+    agent: str,
+    seeds: list[int],
+    rounds: int,
+    repeats: int,
+    env_kwargs: dict | None = None,
+) -> float:
     """Median wall seconds of one batched learn() over ``seeds`` for ``rounds`` rounds."""
     defaults = load_defaults(env_id)
     kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
@@ -59,7 +71,12 @@ def agent_seconds(env_id: str, agent: str, seeds: list[int], rounds: int, repeat
     cls = registry.get(agent)
     times = []
     for _ in range(repeats):
-        env = gym.make_vec(env_id, num_envs=len(seeds), vectorization_mode="vector_entry_point")
+        env = gym.make_vec(
+            env_id,
+            num_envs=len(seeds),
+            vectorization_mode="vector_entry_point",
+            **(env_kwargs or {}),
+        )
         env.reset(seed=seeds)
         a = cls(cls.config_cls(**kwargs), seed=seeds)
         t = time.perf_counter()
@@ -98,6 +115,62 @@ def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     base = rows.get(registry.REFERENCE, next(iter(rows.values())))[0]
     for agent, (b, a) in rows.items():
         print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
+    print()
+
+
+def family_seconds(
+    env_id: str,
+    agent: str,
+    configs: list[dict],
+    seeds: list[int],
+    rounds: int,
+    repeats: int,
+) -> float:
+    """Wall seconds per agent-run of ``agent`` over every env config in ``configs`` (a list of
+    env-kwarg dicts, e.g. a family's test split), each config's seeds as one batched program:
+    the sum over configs of :func:`agent_seconds` (medians), divided by the agent-runs."""
+    total = sum(agent_seconds(env_id, agent, seeds, rounds, repeats, cfg) for cfg in configs)
+    return total / (len(configs) * len(seeds))
+
+
+def family_grid(items: list[str]) -> list[dict]:
+    """``["target_value=2,2.5", "utility_width=0.1,0.2"]`` -> the cartesian product as a list
+    of env-kwarg dicts (values read as numbers where they are)."""
+    axes = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise argparse.ArgumentTypeError(f"--family: expected KEY=V1,V2,..., got {item!r}")
+        axes.append([(key, _number(v)) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def _number(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
+    """Print seconds per agent-run over the configs of ``--family`` (measured on
+    ``--family-rounds`` rounds, scaled to ``rounds``)."""
+    configs = family_grid(args.family)
+    measured = min(rounds, args.family_rounds)
+    seeds = list(range(args.seeds))
+    names = ", ".join(",".join(f"{k}={v}" for k, v in c.items()) for c in configs)
+    print(f"family sweep: {len(configs)} configs x {args.seeds} seeds ({names})\n")
+    print("| agent | s/agent-run (family) | x naive |")
+    print("|---|---|---|")
+    rows = {
+        a: family_seconds(env_id, a, configs, seeds, measured, args.repeats) * rounds / measured
+        for a in args.agents
+    }
+    base = rows.get(registry.REFERENCE, next(iter(rows.values())))
+    for agent, sec in rows.items():
+        print(f"| {agent} | {sec:.3f} | {sec / base:.2f}x |")
     print()
 
 
@@ -140,7 +213,25 @@ def main(argv: list[str] | None = None) -> int:
         "(ppo, sac, a2c; 'none' to skip)",
     )
     p.add_argument("--sb3-rounds", type=positive_int, default=400, help="RM rounds per SB3 run")
+    p.add_argument(
+        "--family",
+        nargs="*",
+        default=["target_value=2.0,2.5,3.0", "utility_width=0.1,0.2"],
+        metavar="KEY=V1,V2",
+        help="env-kwarg grid of the family row (default: target_value x utility_width, 6 "
+        "configs); no values to skip the row",
+    )
+    p.add_argument(
+        "--family-rounds",
+        type=positive_int,
+        default=200,
+        help="rounds measured per family run, scaled to the env's rounds (default 200)",
+    )
     args = p.parse_args(argv)
+    try:
+        family_grid(args.family)
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
     torch.set_num_threads(1)
     for flag, given, known, allowed in (
         ("agents", args.agents, registry.BUILTIN, sorted(registry.names())),
@@ -153,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    print(f"torch threads: {torch.get_num_threads()}, repeats: {args.repeats} (medians)\n")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"torch threads: {torch.get_num_threads()}, repeats: {args.repeats} (medians)")
+    print(f"load average (1, 5, 15 min): {load} on {os.cpu_count()} cores\n")
     for env_id in args.envs:
         rounds = args.rounds or load_defaults(env_id).get("rounds", 300)
         sps = env_steps_per_second(env_id, args.steps, args.repeats)
@@ -161,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         if env_id in rlhf_envs.BLIND_SPOT_ENV_IDS:
             print(f"rounds per agent-run: {rounds}; batched runs use seeds 0-{args.seeds - 1}\n")
             white_box_table(env_id, args, rounds)
+            if args.family:
+                family_table(env_id, args, rounds)
         else:
             print("no white-box agents on this env (SB3 agents only)\n")
         discrete = isinstance(gym.make(env_id).action_space, gym.spaces.Discrete)

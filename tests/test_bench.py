@@ -50,3 +50,29 @@ def test_bad_arguments_name_the_argument(capsys):
             bench.main(argv)
         assert e.value.code == 2
         assert argv[0] in capsys.readouterr().err
+
+
+def test_family_row_prints_seconds_per_agent_run_over_the_configs(capsys):
+    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--agents", "naive", "fpo", "--repeats", "1"]
+    argv += ["--steps", "5", "--seeds", "2", "--rounds", "3", "--single-rounds", "2"]
+    argv += ["--sb3", "none", "--family", "target_value=2.0,3.0", "utility_width=0.2"]
+    argv += ["--family-rounds", "2"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "family sweep: 2 configs x 2 seeds" in out
+    assert "target_value=2.0,utility_width=0.2" in out and "load average" in out
+    assert re.search(r"^\| naive \| [0-9.]+ \| 1\.00x \|$", out, re.M)
+    assert re.search(r"^\| fpo \| [0-9.]+ \| [0-9.]+x \|$", out, re.M)
+
+
+def test_family_seconds_takes_a_list_of_env_kwargs():
+    configs = bench.family_grid(["target_value=2,2.5", "utility_width=0.1,0.2"])
+    assert configs[0] == {"target_value": 2, "utility_width": 0.1} and len(configs) == 4
+    sec = bench.family_seconds("RLHFNeuralBlindSpot-v0", "naive", configs[:2], [0, 1], 2, 1)
+    assert 0 < sec < 60
+
+
+def test_bad_family_grid_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--family", "target_value"])
+    assert e.value.code == 2 and "--family" in capsys.readouterr().err
