@@ -1,0 +1,407 @@
+"""Collapse maps: a grid of env configs x agents x seeds, drawn as heatmaps.
+
+    python -m baselines.map ENV --x KNOB=v1,v2,... --y KNOB=v1,v2,... --agents a,b,c
+                            [--seeds 0-9] [--rounds N] [--env-kwargs K=V ...] [--jobs 2]
+                            [--backend local|ray] [--address ADDR] [--out runs/maps]
+                            [--results DIR] [--name NAME] [--force]
+
+Every cell of the grid (one value of each knob) runs every agent over the seeds through the
+sweep machinery (:func:`baselines.sweep.plan_sweep`, so the run folders, resumption and the Ray
+backend are those of ``python -m baselines.sweep``): the runs go to
+``OUT/NAME/ENV/AGENT@X=x,Y=y/seed_S``; a map killed at any point and restarted redoes only the
+unfinished runs. Then, from the run folders:
+
+* ``RESULTS/NAME.csv``: one row per (cell, agent): final true utility, collapse drop (peak block
+  minus final block, :func:`baselines.results.summarise_history`) and peak, each as a mean with
+  its 95 % percentile-bootstrap CI over seeds; the difference in final true utility from naive,
+  paired by seed (the same seed gives both agents the same env draw), with its 95 % CI and
+  whether the CI excludes 0; labeler calls per run.
+* ``RESULTS/NAME.png``: heatmaps of naive's collapse drop and final true utility, and of each
+  other agent's final U minus naive's (cells whose 95 % CI covers 0 are hatched and their number
+  greyed); a last panel names, per cell, the agent with the highest mean final U among those
+  whose difference from naive is significant.
+* ``RESULTS/NAME.json``: the command, the sweep it ran, the wall time and the code commit.
+
+``RESULTS`` defaults to ``OUT/NAME`` (untracked); committed maps are written with
+``--results results/maps``. Errors are one line naming the argument.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from baselines import results, stats
+from baselines.run import (
+    CLIError,
+    _Parser,
+    _read_value,
+    add_limit_flags,
+    check_limits,
+    execute,
+    parse_kwargs,
+    parse_seeds,
+    run_folder_name,
+)
+from baselines.sweep import execute_ray, longest_first, plan_sweep, tag_of, write_summary
+
+#: the agent every difference is taken against
+REFERENCE = "naive"
+
+
+def parse_axis(text: str, flag: str) -> tuple[str, list[Any]]:
+    """``"KNOB=v1,v2,..."`` -> (KNOB, [v1, v2, ...]) with values read as in ``--env-kwargs``."""
+    m = re.fullmatch(r"\s*(\w+)\s*=(.+)", text or "")
+    if not m:
+        raise CLIError(f"{flag}: expected KNOB=v1,v2,..., got {text!r}")
+    values = [_read_value(v.strip()) for v in m[2].split(",") if v.strip()]
+    if len(values) < 1:
+        raise CLIError(f"{flag}: no values in {text!r}")
+    if len({repr(v) for v in values}) != len(values):
+        raise CLIError(f"{flag}: a value is listed twice in {text!r}")
+    return m[1], values
+
+
+def map_spec(
+    env_id: str,
+    x: tuple[str, list[Any]],
+    y: tuple[str, list[Any]],
+    agents: list[str],
+    seeds: list[int],
+    rounds: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    batch_size: int = 10,
+) -> dict[str, Any]:
+    """The sweep (a :mod:`baselines.sweep` spec) that a map runs."""
+    spec: dict[str, Any] = {
+        "envs": [env_id],
+        "agents": list(agents),
+        "seeds": list(seeds),
+        "env_kwargs": dict(env_kwargs or {}),
+        "grid": {f"env.{x[0]}": list(x[1]), f"env.{y[0]}": list(y[1])},
+        "batch_size": batch_size,
+    }
+    if rounds is not None:
+        spec["rounds"] = rounds
+    return spec
+
+
+def check_axes(env_id: str, x, y, env_kwargs: dict[str, Any]) -> None:
+    """Refuse a knob named twice, a knob also fixed in ``--env-kwargs``, or a value the env
+    rejects, with one line naming the flag."""
+    import gymnasium as gym
+
+    import rlhf_envs  # noqa: F401
+
+    if env_id not in gym.registry:
+        raise CLIError(
+            f"env: unknown environment {env_id!r}; known: {', '.join(rlhf_envs.ENV_IDS)}"
+        )
+    if gym.spec(env_id).vector_entry_point is None:
+        raise CLIError(f"env: {env_id} has no white-box agents; maps need a vectorised env")
+    if x[0] == y[0]:
+        raise CLIError(f"--x and --y name the same knob {x[0]!r}; give two different knobs")
+    for flag, (knob, values) in (("--x", x), ("--y", y)):
+        if knob in env_kwargs:
+            raise CLIError(f"{flag}: {knob} is also given in --env-kwargs; give it once")
+        for v in values:
+            try:
+                gym.make(env_id, **{**env_kwargs, knob: v}).close()
+            except (TypeError, ValueError) as e:
+                raise CLIError(
+                    f"{flag}: {knob}={v!r}: {str(e).split(' was raised from')[0]}"
+                ) from None
+
+
+def cell_folders(out: Path, env_id: str, agent: str, x, xv, y, yv, seeds) -> list[Path]:
+    from agents import registry
+
+    tag = tag_of({f"env.{x}": xv, f"env.{y}": yv})
+    name = run_folder_name(registry.get(agent).name, "whitebox", tag)
+    return [results.run_dir(out, env_id, name, s) for s in seeds]
+
+
+def _summary(folder: Path) -> dict[str, Any] | None:
+    if results.verify(folder):
+        return None
+    try:
+        s = json.loads((folder / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return s if isinstance(s, dict) and s.get("status") == "ok" else None
+
+
+def _ci(v: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    lo, hi = stats.bootstrap_ci(v, n_boot=2000, seed=seed)
+    return float(v.mean()), float(lo), float(hi)
+
+
+def collect(
+    out: Path, env_id: str, x, y, agents: list[str], seeds: list[int]
+) -> list[dict[str, Any]]:
+    """One row per (cell, agent) with means and 95 % CIs over the seeds that finished."""
+    rows = []
+    for yv in y[1]:
+        for xv in x[1]:
+            per_agent = {}
+            for agent in agents:
+                found = {}
+                for seed, folder in zip(
+                    seeds, cell_folders(out, env_id, agent, x[0], xv, y[0], yv, seeds), strict=True
+                ):
+                    if (s := _summary(folder)) is not None:
+                        found[seed] = s
+                per_agent[agent] = found
+            ref = per_agent.get(REFERENCE, {})
+            for agent in agents:
+                found = per_agent[agent]
+                row: dict[str, Any] = {x[0]: xv, y[0]: yv, "agent": agent, "n": len(found)}
+                for key in ("final_true_utility", "collapse_drop", "peak_true_utility"):
+                    v = np.array([s[key] for s in found.values()], dtype=float)
+                    mean, lo, hi = _ci(v) if len(v) else (np.nan,) * 3
+                    row.update({key: mean, f"{key}_lo": lo, f"{key}_hi": hi})
+                calls = [s.get("labeler_calls", np.nan) for s in found.values()]
+                row["labeler_calls"] = float(np.mean(calls)) if calls else np.nan
+                paired = sorted(set(found) & set(ref))
+                if agent != REFERENCE and len(paired) >= 2:
+                    d = np.array(
+                        [
+                            found[s]["final_true_utility"] - ref[s]["final_true_utility"]
+                            for s in paired
+                        ]
+                    )
+                    mean, lo, hi = _ci(d)
+                    row.update(diff_vs_naive=mean, diff_lo=lo, diff_hi=hi)
+                    row["significant"] = bool(lo > 0 or hi < 0)
+                else:
+                    row.update(diff_vs_naive=np.nan, diff_lo=np.nan, diff_hi=np.nan)
+                    row["significant"] = False
+                rows.append(row)
+    return rows
+
+
+def best_agent(rows: list[dict[str, Any]], x: str, y: str) -> dict[tuple, str]:
+    """Per cell: the agent with the highest mean final U among those significantly better than
+    naive (``"naive"`` when none is; ties of means broken by list order)."""
+    out: dict[tuple, str] = {}
+    for r in rows:
+        key = (r[x], r[y])
+        out.setdefault(key, REFERENCE)
+        if r["agent"] != REFERENCE and r["significant"] and r["diff_vs_naive"] > 0:
+            cur = out[key]
+            cur_u = next(
+                q["final_true_utility"] for q in rows if (q[x], q[y]) == key and q["agent"] == cur
+            )
+            if r["final_true_utility"] > cur_u:
+                out[key] = r["agent"]
+    return out
+
+
+def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, path: Path) -> Path:
+    """The map's figure (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, ys = list(x[1]), list(y[1])
+    by = {(r[x[0]], r[y[0]], r["agent"]): r for r in rows}
+
+    def grid(agent: str, key: str) -> np.ndarray:
+        return np.array([[by[(xv, yv, agent)][key] for xv in xs] for yv in ys], dtype=float)
+
+    others = [a for a in agents if a != REFERENCE]
+    panels = ([REFERENCE] if REFERENCE in agents else []) * 2 + others + ["best"]
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False, constrained_layout=True
+    )
+    diffs = [np.abs(grid(a, "diff_vs_naive")) for a in others]
+    vmax = max([float(np.nanmax(d)) for d in diffs if np.isfinite(d).any()] + [1e-9])
+    utility_max = max(float(np.nanmax(grid(a, "final_true_utility"))) for a in agents)
+    best = best_agent(rows, x[0], y[0])
+    colours = {a: plt.cm.tab10(i % 10) for i, a in enumerate(agents)}
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.axis("off")
+            continue
+        kind = panels[i]
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
+        ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+        ax.set_xlabel(x[0], fontsize=8)
+        ax.set_ylabel(y[0], fontsize=8)
+        if kind == "best":
+            img = np.array([[agents.index(best[(xv, yv)]) for xv in xs] for yv in ys])
+            cmap = matplotlib.colors.ListedColormap([colours[a] for a in agents])
+            ax.imshow(img, cmap=cmap, vmin=-0.5, vmax=len(agents) - 0.5, origin="lower")
+            for (r, c), v in np.ndenumerate(img):
+                ax.text(c, r, agents[v], ha="center", va="center", fontsize=6)
+            ax.set_title("best agent (significantly > naive)", fontsize=8)
+            continue
+        if i == 0 and kind == REFERENCE:
+            key, label, cmap, lim = "collapse_drop", "naive: collapse drop", "magma", (0, None)
+        elif i == 1 and kind == REFERENCE:
+            key, label, cmap, lim = (
+                "final_true_utility",
+                "naive: final U",
+                "viridis",
+                (0, utility_max),
+            )
+        else:
+            key, label, cmap, lim = (
+                "diff_vs_naive",
+                f"{kind}: final U - naive",
+                "RdBu",
+                (-vmax, vmax),
+            )
+        g = grid(kind, key)
+        im = ax.imshow(g, cmap=cmap, vmin=lim[0], vmax=lim[1], origin="lower", aspect="auto")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_title(label, fontsize=8)
+        for (r, c), v in np.ndenumerate(g):
+            cell = by[(xs[c], ys[r], kind)]
+            faint = key == "diff_vs_naive" and not cell["significant"]
+            if faint:
+                ax.add_patch(
+                    matplotlib.patches.Rectangle(
+                        (c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///", color="0.5", lw=0
+                    )
+                )
+            ax.text(
+                c,
+                r,
+                "-" if v != v else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="0.45" if faint else "black",
+                bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 0.5},
+            )
+    fig.suptitle(title + "   (hatched: 95 % CI of the difference covers 0)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def default_name(env_id: str, x: str, y: str) -> str:
+    return f"{env_id}__{x}_x_{y}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="python -m baselines.map", description=__doc__.split("\n")[0])
+    p.add_argument("env", help="registered env id with white-box agents")
+    p.add_argument("--x", required=True, help="knob on the x axis: KNOB=v1,v2,...")
+    p.add_argument("--y", required=True, help="knob on the y axis: KNOB=v1,v2,...")
+    p.add_argument("--agents", default="naive,fpo,kl", help="comma-separated (naive is added)")
+    p.add_argument("--seeds", default="0-9", help="seeds per cell (default 0-9)")
+    p.add_argument("--rounds", type=int, default=None, help="RM rounds (default: per-env YAML)")
+    p.add_argument("--env-kwargs", nargs="*", metavar="K=V", help="env settings of every cell")
+    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default 2)")
+    p.add_argument("--backend", default="local", help="local (process pool) or ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    p.add_argument("--batch-size", type=int, default=10, help="seeds per batched program")
+    p.add_argument("--out", default="runs/maps", help="run folders root (default runs/maps)")
+    p.add_argument("--results", default=None, help="figure/CSV folder (default OUT/NAME)")
+    p.add_argument("--name", default=None, help="map name (default ENV__X_x_Y)")
+    p.add_argument("--force", action="store_true", help="redo finished runs")
+    p.add_argument("--no-progress", action="store_true")
+    add_limit_flags(p)
+    start = time.perf_counter()
+    try:
+        args = p.parse_args(argv)
+        check_limits(args)
+        if args.backend not in ("local", "ray"):
+            raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
+        if args.address and args.backend != "ray":
+            raise CLIError("--address needs --backend ray")
+        for flag in ("jobs", "batch_size"):
+            if getattr(args, flag) < 1:
+                raise CLIError(
+                    f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"
+                )
+        if args.rounds is not None and args.rounds < 1:
+            raise CLIError(f"--rounds must be >= 1, got {args.rounds}")
+        x, y = parse_axis(args.x, "--x"), parse_axis(args.y, "--y")
+        agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+        if not agents:
+            raise CLIError("--agents: give at least one agent")
+        if len(set(agents)) != len(agents):
+            raise CLIError(f"--agents: an agent is listed twice in {args.agents!r}")
+        from agents import registry
+
+        for a in agents:
+            try:
+                registry.get(a)
+            except ValueError as e:
+                raise CLIError(f"--agents: {e}") from None
+        agents = [REFERENCE] + [a for a in agents if a != REFERENCE]
+        seeds = parse_seeds(args.seeds, args.max_runs)
+        env_kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
+        check_axes(args.env, x, y, env_kwargs)
+        name = args.name or default_name(args.env, x[0], y[0])
+        if not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", name):
+            raise CLIError(f"--name: use letters, digits and _.=,+- only, got {name!r}")
+        out = Path(args.out) / name
+        res = Path(args.results) if args.results else out
+        spec = map_spec(args.env, x, y, agents, seeds, args.rounds, env_kwargs, args.batch_size)
+        jobs, folders = plan_sweep(spec, out, args.force, args.jobs, args.max_runs, args.max_rounds)
+        for folder, flag in ((out, "--out"), (res, "--results")):
+            try:
+                results.check_writable(folder, flag)
+            except ValueError as e:
+                raise CLIError(str(e)) from None
+    except CLIError as e:
+        print(f"python -m baselines.map: error: {e}", file=sys.stderr)
+        return 2
+    todo = sum(len(j.seeds) for j in jobs)
+    print(
+        f"{len(x[1]) * len(y[1])} cells x {len(agents)} agents x {len(seeds)} seeds: "
+        f"{todo} run(s) to do, {len(folders) - todo} done",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    try:
+        if args.backend == "ray":
+            outcomes = execute_ray(longest_first(jobs), args.address, args.jobs) if jobs else []
+        else:
+            outcomes = execute(longest_first(jobs), args.jobs, show_progress=not args.no_progress)
+    except CLIError as e:
+        print(f"python -m baselines.map: error: {e}", file=sys.stderr)
+        return 2
+    summary = write_summary(out, folders, outcomes, time.perf_counter() - t0)
+    rows = collect(out, args.env, x, y, agents, seeds)
+    res.mkdir(parents=True, exist_ok=True)
+    results.write_csv(res / f"{name}.csv", rows, lineterminator="\n")
+    title = f"{args.env}, {len(seeds)} seeds per cell" + (
+        f", {args.rounds} rounds" if args.rounds else ""
+    )
+    if env_kwargs:
+        title += ", " + " ".join(f"{k}={v}" for k, v in env_kwargs.items())
+    heatmaps(rows, x, y, agents, title, res / f"{name}.png")
+    meta = {
+        "command": "python -m baselines.map " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sweep": spec,
+        "runs": len(folders),
+        "runs_computed_now": todo,
+        "failed": summary["failed"],
+        "compute_wall_time_s": round(summary["wall_time_s"], 2),
+        "total_wall_time_s": round(time.perf_counter() - start, 2),
+        "git_commit": results.git_commit(),
+    }
+    results.atomic_write_json(res / f"{name}.json", meta)
+    print(
+        f"{len(folders) - len(summary['failed'])}/{len(folders)} runs ok -> {res / name}.png, .csv"
+    )
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Collapse maps: a tiny grid end to end, resumption, the paired differences, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from baselines import map as cmap
+from baselines import results
+
+ENV = "RLHFBlindSpot-v0"
+
+
+@pytest.fixture(scope="module")
+def tiny_map(tmp_path_factory):
+    out = tmp_path_factory.mktemp("maps")
+    argv = [
+        ENV,
+        "--x",
+        "target_value=1.5,2.5",
+        "--y",
+        "rm_init_noise=0.05,0.3",
+        "--agents",
+        "fpo,oracle",
+        "--seeds",
+        "0-2",
+        "--rounds",
+        "30",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+        "--name",
+        "tiny",
+        "--no-progress",
+    ]
+    assert cmap.main(argv) == 0
+    return out / "tiny", argv
+
+
+def test_map_writes_cells_with_paired_differences(tiny_map):
+    folder, _ = tiny_map
+    rows = results.read_csv(folder / "tiny.csv")
+    assert len(rows) == 2 * 2 * 3  # cells x (naive + 2 agents)
+    assert {r["agent"] for r in rows} == {"naive", "fpo", "oracle"}
+    assert (folder / "tiny.png").stat().st_size > 10_000
+    # the difference is paired by seed: recompute it from the run folders
+    r = next(
+        r
+        for r in rows
+        if r["agent"] == "oracle" and r["target_value"] == 2.5 and r["rm_init_noise"] == 0.3
+    )
+    diffs = []
+    for seed in range(3):
+        u = {}
+        for agent in ("naive", "oracle"):
+            run = f"{agent}@rm_init_noise=0.3,target_value=2.5"
+            s = json.loads((folder / ENV / run / f"seed_{seed}" / "summary.json").read_text())
+            u[agent] = s["final_true_utility"]
+        diffs.append(u["oracle"] - u["naive"])
+    assert r["diff_vs_naive"] == pytest.approx(np.mean(diffs))
+    assert r["diff_lo"] <= r["diff_vs_naive"] <= r["diff_hi"]
+    assert r["significant"] == str(r["diff_lo"] > 0 or r["diff_hi"] < 0)
+    assert r["n"] == 3 and r["labeler_calls"] > 30  # the oracle's gradient queries are counted
+    naive = [r for r in rows if r["agent"] == "naive"]
+    assert all(r["diff_vs_naive"] != r["diff_vs_naive"] for r in naive)  # NaN: no self-diff
+
+
+def test_map_resumes_without_recomputing(tiny_map, capsys):
+    folder, argv = tiny_map
+    before = (folder / "tiny.csv").read_text()
+    assert cmap.main(argv) == 0
+    meta = json.loads((folder / "tiny.json").read_text())
+    assert meta["runs_computed_now"] == 0 and meta["runs"] == 2 * 2 * 3 * 3
+    assert (folder / "tiny.csv").read_text() == before
+
+
+def test_best_agent_needs_significance():
+    base = {"x": 1, "y": 1}
+    rows = [
+        {
+            **base,
+            "agent": "naive",
+            "final_true_utility": 3.0,
+            "significant": False,
+            "diff_vs_naive": float("nan"),
+        },
+        {
+            **base,
+            "agent": "a",
+            "final_true_utility": 9.0,
+            "significant": False,
+            "diff_vs_naive": 6.0,
+        },
+        {
+            **base,
+            "agent": "b",
+            "final_true_utility": 5.0,
+            "significant": True,
+            "diff_vs_naive": 2.0,
+        },
+        {
+            **base,
+            "agent": "c",
+            "final_true_utility": 1.0,
+            "significant": True,
+            "diff_vs_naive": -2.0,
+        },
+    ]
+    assert cmap.best_agent(rows, "x", "y") == {(1, 1): "b"}
+    rows[2]["significant"] = False
+    assert cmap.best_agent(rows, "x", "y") == {(1, 1): "naive"}
+
+
+def test_parse_axis_reads_numbers_and_strings():
+    assert cmap.parse_axis("target_value=1,2.5", "--x") == ("target_value", [1, 2.5])
+    assert cmap.parse_axis("feedback=rating,preference", "--y") == (
+        "feedback",
+        ["rating", "preference"],
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--x", "target_value", "--y", "utility_width=0.1"], "--x"),
+        (["--x", "target_value=1,1", "--y", "utility_width=0.1"], "--x"),
+        (["--x", "no_such_knob=1", "--y", "utility_width=0.1"], "--x"),
+        (["--x", "target_value=1", "--y", "utility_width=-0.1"], "--y"),
+        (["--x", "target_value=1", "--y", "target_value=2"], "--y"),
+        (["--x", "target_value=1", "--y", "utility_width=0.1", "--agents", "nope"], "--agents"),
+        (["--x", "target_value=1", "--y", "utility_width=0.1", "--agents", "fpo,fpo"], "--agents"),
+        (
+            ["--x", "target_value=1", "--y", "utility_width=0.1", "--env-kwargs", "target_value=2"],
+            "--x",
+        ),
+        (["--x", "target_value=1", "--y", "utility_width=0.1", "--jobs", "0"], "--jobs"),
+        (["--x", "target_value=1", "--y", "utility_width=0.1", "--name", "a/b"], "--name"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_flag(extra, flag, tmp_path, capsys):
+    assert cmap.main([ENV, *extra, "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and flag in err, err
+    assert not list(tmp_path.rglob("summary.json"))
+
+
+def test_unknown_env_is_refused(tmp_path, capsys):
+    argv = ["NoSuchEnv-v0", "--x", "a=1", "--y", "b=2", "--out", str(tmp_path)]
+    assert cmap.main(argv) == 2
+    assert "env" in capsys.readouterr().err
