@@ -121,6 +121,8 @@ class Job:
     policy_optimizer: str = "whitebox"
     hyperparams: dict[str, Any] = field(default_factory=dict)
     force: bool = False  # redo even if another process finishes the run first
+    tensorboard: str | None = None  # output options, not settings: not in the config hash
+    wandb: str | None = None
 
     def __post_init__(self) -> None:
         self.run_name = self.run_name or self.agent
@@ -446,6 +448,7 @@ def _run_locked(job: Job, seeds: list[int], progress=None) -> dict[str, Any]:
                     job.rounds,
                     seed,
                     callback,
+                    tensorboard_log=job.tensorboard,
                 )
                 took = time.perf_counter() - t0
                 write_run(job, seed, seeds, took, time.perf_counter() - start, history=h, col=0)
@@ -522,6 +525,12 @@ def write_run(
         files = ["config.json", "error.txt", "summary.json"]
     results.atomic_write_json(folder / "summary.json", summary)
     results.write_manifest(folder, files)
+    if history is not None and (job.tensorboard or job.wandb):
+        from baselines.tracking import open_trackers
+
+        name = f"{job.env_id}/{job.run_name}/seed_{seed}"
+        with open_trackers(job.tensorboard, job.wandb, name, config) as tracker:
+            tracker.log_history(history, column=col)
 
 
 def summarise(history: dict, col: int) -> dict[str, Any]:
@@ -617,7 +626,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument(
         "--agent",
-        required=True,
         metavar="{" + ",".join(registry.names()) + "} or module:Class",
         help="; ".join(
             f"{n}: {(c.__doc__ or '').strip().splitlines()[0]}" for n, c in registry.BUILTIN.items()
@@ -665,9 +673,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="max seeds simulated together as one batched program (default 10)",
     )
-    p.add_argument("--out", default="runs", help="output folder (default runs/)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default runs/; runs/replay/ with --from)"
+    )
     p.add_argument("--force", action="store_true", help="redo runs that already finished")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--quiet", action="store_true", help="no result table at the end")
+    p.add_argument(
+        "--from",
+        dest="replay",
+        metavar="CONFIG",
+        help="rerun exactly the run recorded in a run folder's config.json and compare its "
+        "metrics.csv with the recorded one (refused if the code hash differs)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write per-round metrics as TensorBoard events under DIR (SB3 runs: also "
+        "SB3's own logs); needs pip install 'rlhf-blindspot-gym[tensorboard]'",
+    )
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="also log per-round metrics to Weights & Biases (needs wandb; WANDB_MODE=offline "
+        "works without an account)",
+    )
     add_limit_flags(p)
     return p
 
@@ -693,6 +723,38 @@ def check_limits(args: argparse.Namespace) -> None:
             raise CLIError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
+REPLAY_FORBIDS = ("agent", "env_kwargs", "agent_kwargs", "sb3_kwargs", "rounds")
+
+
+def replay_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The recorded settings of ``--from CONFIG``; one-line errors for anything that would
+    not reproduce it (unreadable file, other code, flags that would change the run)."""
+    path = Path(args.replay)
+    given = [f"--{k.replace('_', '-')}" for k in REPLAY_FORBIDS if getattr(args, k) is not None]
+    if args.env != DEFAULT_ENV:
+        given.append("--env")
+    if args.policy_optimizer != "whitebox":
+        given.append("--policy-optimizer")
+    if given:
+        raise CLIError(f"--from replays a run as recorded; drop {', '.join(given)}")
+    try:
+        cfg = results.read_json(path)
+        keys = ("env_id", "env_kwargs", "agent", "run_name", "agent_config", "rounds", "seed")
+        missing = [k for k in (*keys, "config_hash", "code_hash") if k not in cfg]
+    except (OSError, ValueError, TypeError) as e:
+        raise CLIError(f"--from: cannot read {path}: {type(e).__name__}") from None
+    if missing:
+        raise CLIError(f"--from: {path} is not a run's config.json (no {', '.join(missing)})")
+    here = results.code_hash()
+    if cfg["code_hash"] != here:
+        raise CLIError(
+            f"--from: {path} was made by code {cfg['code_hash']} (git commit "
+            f"{str(cfg.get('git_commit', 'unknown'))[:12]}); this checkout's code is {here}: "
+            "check out that commit to replay it"
+        )
+    return cfg, path
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -704,23 +766,98 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1:
             raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
         check_limits(args)
-        jobs, skipped = resolve(args)
+        recorded = None
+        if args.replay:
+            recorded, source = replay_args(args)
+            args.out = args.out or str(Path("runs") / "replay")
+            jobs, skipped = replay_plan(recorded, args)
+        else:
+            if args.agent is None:
+                raise CLIError("--agent is required (or --from CONFIG to replay a run)")
+            args.out = args.out or "runs"
+            jobs, skipped = resolve(args)
         try:
             results.check_writable(args.out)
         except ValueError as e:
             raise CLIError(str(e)) from None
+        check_trackers(args)
     except CLIError as e:
         print(f"python -m baselines.run: error: {e}", file=sys.stderr)
         return 2
+    for job in jobs:
+        job.tensorboard, job.wandb = args.tensorboard, args.wandb
     if skipped:
         print(f"skipping {len(skipped)} finished run(s) (use --force to redo)", file=sys.stderr)
-    if not jobs:
-        return 0
-    import torch
+    code = 0
+    if jobs:
+        import torch
 
-    torch.set_num_threads(1)
-    outcomes = execute(jobs, args.jobs, show_progress=not args.no_progress)
-    return report_outcomes(outcomes, args.out)
+        torch.set_num_threads(1)
+        outcomes = execute(jobs, args.jobs, show_progress=not args.no_progress)
+        code = report_outcomes(outcomes, args.out)
+    if recorded is not None:
+        return code or compare_replay(recorded, source, args.out)
+    if not args.quiet:
+        from baselines.report import print_result
+
+        folders = [
+            results.run_dir(args.out, args.env, j.run_name, s) for j in jobs for s in j.seeds
+        ]
+        folders += [results.run_dir(args.out, args.env, name, s) for name, s in skipped]
+        print_result(sorted(folders), args.out)
+    return code
+
+
+def replay_plan(cfg: dict[str, Any], args: argparse.Namespace):
+    """Plan the recorded run again; its settings must hash to the recorded ``config_hash``."""
+    run_name = cfg["run_name"]
+    optimizer = cfg.get("policy_optimizer", "whitebox")
+    jobs, skipped = plan(
+        env_id=cfg["env_id"],
+        agent=cfg["agent"],
+        seeds=[int(cfg["seed"])],
+        rounds=cfg["rounds"],
+        env_kwargs=cfg["env_kwargs"],
+        agent_kwargs=cfg["agent_config"],
+        out=args.out,
+        force=args.force,
+        tag=run_name.split("@", 1)[1] if "@" in run_name else "",
+        policy_optimizer=optimizer,
+        sb3_kwargs=cfg.get("hyperparams") if optimizer != "whitebox" else None,
+        max_rounds=max(args.max_rounds, int(cfg["rounds"])),
+    )
+    digest = next(iter(jobs[0].digests.values())) if jobs else None
+    if digest is not None and digest != cfg["config_hash"]:
+        raise CLIError("--from: the recorded settings no longer hash to the recorded config_hash")
+    return jobs, skipped
+
+
+def compare_replay(cfg: dict[str, Any], source: Path, out: str) -> int:
+    """0 if the replay's metrics.csv equals the recorded one byte for byte, else 1."""
+    mine = results.run_dir(out, cfg["env_id"], cfg["run_name"], int(cfg["seed"])) / "metrics.csv"
+    theirs = source.parent / "metrics.csv"
+    if not theirs.exists():
+        print(f"replayed into {mine.parent}; {theirs} is missing, nothing to compare")
+        return 1
+    same = mine.exists() and mine.read_bytes() == theirs.read_bytes()
+    verdict = "reproduces" if same else "DIFFERS FROM"
+    print(f"replay {verdict} {theirs} byte for byte -> {mine}")
+    return 0 if same else 1
+
+
+def check_trackers(args: argparse.Namespace) -> None:
+    """Fail before any compute if a requested logging backend is missing."""
+    if args.tensorboard is None and args.wandb is None:
+        return
+    import importlib.util
+
+    if args.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        raise CLIError(
+            "--tensorboard needs the tensorboard package: pip install "
+            "'rlhf-blindspot-gym[tensorboard]'"
+        )
+    if args.wandb is not None and importlib.util.find_spec("wandb") is None:
+        raise CLIError("--wandb needs the wandb package: pip install wandb")
 
 
 def report_outcomes(outcomes: list[dict[str, Any]], out: str | Path) -> int:

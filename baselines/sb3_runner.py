@@ -60,6 +60,7 @@ def learn_sb3(
     seed: int,
     callback=None,
     eval_responses: int = 64,
+    tensorboard_log: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Train the SB3 ``policy_optimizer`` on the agent-wrapped env for ``rounds`` RM rounds.
 
@@ -123,10 +124,20 @@ def learn_sb3(
             return len(rows) < rounds
 
     model = algorithm(policy_optimizer)(
-        "MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparams
+        "MlpPolicy",
+        env,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+        tensorboard_log=tensorboard_log,
+        **hyperparams,
     )
     callbacks = [*the_agent.sb3_callbacks(), Recorder()]
-    model.learn(total_timesteps=10**9, callback=CallbackList(callbacks))
+    model.learn(
+        total_timesteps=10**9,
+        callback=CallbackList(callbacks),
+        tb_log_name=f"{env_id}/{agent}+{policy_optimizer}/seed_{seed}_sb3",
+    )
     keys = list(dict.fromkeys(k for r in rows for k in r))
     history = {key: np.array([[r.get(key, np.nan)] for r in rows]) for key in keys}
     for key, value in evaluate_deterministic(model, env, eval_responses).items():

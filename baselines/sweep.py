@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs", help="output root (default runs/)")
     p.add_argument("--force", action="store_true", help="redo finished runs")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no result table at the end")
     add_limit_flags(p)
     try:
         args = p.parse_args(argv)
@@ -359,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n - len(summary['failed'])}/{n} runs ok -> {out}")
     for r in summary["failed"]:
         print(f"  {r['status']}: {r['folder']}", file=sys.stderr)
+    if not args.quiet:
+        from baselines.report import print_result
+
+        print_result(folders, out)
     return 1 if summary["failed"] else 0
 
 
