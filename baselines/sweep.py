@@ -101,9 +101,14 @@ def tag_of(point: dict[str, Any]) -> str:
 
 def load_sweep(path: Path) -> dict[str, Any]:
     try:
-        spec = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise CLIError(f"cannot read sweep file {path}: {e}") from None
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read sweep file {path}: {type(e).__name__}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise CLIError(f"sweep file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(spec, dict):
         raise CLIError(f"sweep file {path} must be a mapping")
     if "optimizers" in spec:
