@@ -220,6 +220,9 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         _render.check_render_mode(render_mode, self.metadata["render_modes"])
+        from rlhf_envs.families import expand  # family="test/7" -> that config's kwargs
+
+        kwargs = expand(type(self).__name__, kwargs)
         self.config = BlindSpotConfig.from_kwargs(**{**self.defaults, **kwargs})
         self.core = RLHFCore(self.config, 1)
         b = np.float32(self.config.action_bound)
@@ -257,6 +260,9 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
     def __init__(self, num_envs: int = 1, **kwargs: Any):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        from rlhf_envs.families import expand  # family="test/7" -> that config's kwargs
+
+        kwargs = expand(self.single_env_cls.__name__, kwargs)
         self.config = BlindSpotConfig.from_kwargs(**{**self.single_env_cls.defaults, **kwargs})
         self.num_envs = num_envs
         self.core = RLHFCore(self.config, num_envs)
