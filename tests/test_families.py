@@ -1,0 +1,77 @@
+"""Env families: frozen splits drawn from the documented distribution, addressable by name."""
+
+import gymnasium as gym
+import pytest
+
+import rlhf_envs  # noqa: F401
+from baselines.run import main as run_main
+from rlhf_envs import families
+
+ENVS = list(families.DISTRIBUTIONS)
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("split", families.SPLITS)
+def test_splits_are_the_recorded_draws(env_id, split):
+    frozen = families.configs(env_id, split)
+    index = families.CANDIDATE_INDEX[env_id][split]
+    assert len(frozen) == len(index) >= families.SIZE
+    assert list(index) == sorted(set(index))  # the first learnable ones, in draw order
+    draws = families.candidates(env_id, split, max(index) + 1)
+    assert frozen == [draws[i] for i in index]
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+def test_train_and_test_differ_and_stay_in_the_distribution(env_id):
+    train, test = (families.configs(env_id, s) for s in families.SPLITS)
+    assert not {repr(c) for c in train} & {repr(c) for c in test}
+    for c in train + test:
+        for k, knob in families.DISTRIBUTIONS[env_id].items():
+            if knob.kind == "choice":
+                assert c[k] in knob.choices
+            else:
+                assert knob.low * 0.999 <= c[k] <= knob.high * 1.001
+
+
+def test_draws_are_deterministic_and_split_specific():
+    a = families.candidates("RLHFBlindSpot-v0", "train", 5)
+    assert a == families.candidates("RLHFBlindSpot-v0", "train", 5)
+    assert a != families.candidates("RLHFBlindSpot-v0", "test", 5)
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+def test_gym_make_with_a_family_name(env_id):
+    cfg = families.config(env_id, "test/3")
+    env = gym.make(env_id, family="test/3")
+    for k, v in cfg.items():
+        assert getattr(env.unwrapped.config, k) == v
+    assert families.config(env_id, f"{families.VERSION}/test/3") == cfg
+    vec = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", family="test/3")
+    assert vec.unwrapped.config == env.unwrapped.config
+    # an explicit kwarg the family leaves alone is kept; one equal to the family's is fine
+    key, value = next(iter(cfg.items()))
+    env2 = gym.make(env_id, family="test/3", action_bound=5.0, **{key: value})
+    assert env2.unwrapped.config.action_bound == 5.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"family": "test/3", "target_value": 123.0}, "contradicts"),
+        ({"family": "test/999"}, "index"),
+        ({"family": "valid/1"}, "split"),
+        ({"family": "v0/test/1"}, "version"),
+        ({"family": "test"}, "family must look like"),
+        ({"family": 3}, "family must look like"),
+    ],
+)
+def test_bad_family_is_one_line_naming_it(kwargs, match):
+    with pytest.raises(ValueError, match=match) as e:
+        gym.make("RLHFBlindSpot-v0", **kwargs)
+    assert "\n" not in str(e.value) and "family" in str(e.value)
+
+
+def test_family_from_the_cli(tmp_path):
+    argv = ["--agent", "naive", "--seeds", "0", "--rounds", "3", "--out", str(tmp_path)]
+    assert run_main([*argv, "--env-kwargs", "family=train/1", "--no-progress"]) == 0
+    assert run_main([*argv, "--env-kwargs", "family=train/1", "target_value=99"]) == 2
