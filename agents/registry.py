@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import importlib
 
+from agents.aggregate import AggregateAgent
 from agents.defences import EnsembleAgent, KLAgent, StaticAgent
+from agents.elite_anchor import EliteAnchorAgent
 from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent, FPORelaxedGradAgent
 from agents.naive import NaiveAgent
 from agents.oracle import OracleAgent, OracleValuesAgent
+from agents.warm import WARMAgent
 from agents.whitebox import READS, Agent
 
 #: Built-in agents, in the order tables list them.
@@ -30,6 +33,9 @@ BUILTIN: dict[str, type[Agent]] = {
         StaticAgent,
         KLAgent,
         EnsembleAgent,
+        WARMAgent,
+        AggregateAgent,
+        EliteAnchorAgent,
         OracleAgent,
         OracleValuesAgent,
     )

@@ -19,7 +19,8 @@ unfinished runs. Then, from the run folders:
 * ``RESULTS/NAME.png``: heatmaps of naive's collapse drop and final true utility, and of each
   other agent's final U minus naive's (cells whose 95 % CI covers 0 are hatched and their number
   greyed); a last panel names, per cell, the agent with the highest mean final U among those
-  whose difference from naive is significant.
+  that use no labeler call beyond the RM's own labels (declared reads) and whose difference
+  from naive is significant.
 * ``RESULTS/NAME.json``: the command, the sweep it ran, the wall time and the code commit.
 
 ``RESULTS`` defaults to ``OUT/NAME`` (untracked); committed maps are written with
@@ -186,13 +187,30 @@ def collect(
     return rows
 
 
-def best_agent(rows: list[dict[str, Any]], x: str, y: str) -> dict[tuple, str]:
+#: reads that call the labeler beyond the RM's own labels, or read the truth
+EXTRA_READS = {"labeler_values", "labeler_grads", "truth_values", "truth_grads"}
+
+
+def oracle_free(agent: str) -> bool:
+    """Whether ``agent`` uses no labeler call beyond the RM's own labels (declared reads)."""
+    from agents import registry
+
+    cls = registry.get(agent)
+    return not set(cls(cls.config_cls()).declared_reads()) & EXTRA_READS
+
+
+def best_agent(
+    rows: list[dict[str, Any]], x: str, y: str, eligible: set[str] | None = None
+) -> dict[tuple, str]:
     """Per cell: the agent with the highest mean final U among those significantly better than
-    naive (``"naive"`` when none is; ties of means broken by list order)."""
+    naive (``"naive"`` when none is; ties of means broken by list order); only agents in
+    ``eligible`` count (default: all)."""
     out: dict[tuple, str] = {}
     for r in rows:
         key = (r[x], r[y])
         out.setdefault(key, REFERENCE)
+        if eligible is not None and r["agent"] not in eligible:
+            continue
         if r["agent"] != REFERENCE and r["significant"] and r["diff_vs_naive"] > 0:
             cur = out[key]
             cur_u = next(
@@ -226,7 +244,7 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
     diffs = [np.abs(grid(a, "diff_vs_naive")) for a in others]
     vmax = max([float(np.nanmax(d)) for d in diffs if np.isfinite(d).any()] + [1e-9])
     utility_max = max(float(np.nanmax(grid(a, "final_true_utility"))) for a in agents)
-    best = best_agent(rows, x[0], y[0])
+    best = best_agent(rows, x[0], y[0], {a for a in agents if oracle_free(a)})
     colours = {a: plt.cm.tab10(i % 10) for i, a in enumerate(agents)}
     for i, ax in enumerate(axes.flat):
         if i >= len(panels):
@@ -243,7 +261,7 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
             ax.imshow(img, cmap=cmap, vmin=-0.5, vmax=len(agents) - 0.5, origin="lower")
             for (r, c), v in np.ndenumerate(img):
                 ax.text(c, r, agents[v], ha="center", va="center", fontsize=6)
-            ax.set_title("best agent (significantly > naive)", fontsize=8)
+            ax.set_title("best oracle-free agent (significantly > naive)", fontsize=8)
             continue
         if i == 0 and kind == REFERENCE:
             key, label, cmap, lim = "collapse_drop", "naive: collapse drop", "magma", (0, None)

@@ -108,8 +108,14 @@ def test_best_agent_needs_significance():
         },
     ]
     assert cmap.best_agent(rows, "x", "y") == {(1, 1): "b"}
+    assert cmap.best_agent(rows, "x", "y", {"naive", "a", "c"}) == {(1, 1): "naive"}
     rows[2]["significant"] = False
     assert cmap.best_agent(rows, "x", "y") == {(1, 1): "naive"}
+
+
+def test_oracle_free_reads_the_declarations():
+    assert cmap.oracle_free("naive") and cmap.oracle_free("kl") and cmap.oracle_free("ensemble")
+    assert not cmap.oracle_free("oracle") and not cmap.oracle_free("fpo-relaxed")
 
 
 def test_parse_axis_reads_numbers_and_strings():

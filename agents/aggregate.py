@@ -1,0 +1,102 @@
+"""Reward model trained on all the labels of every round so far (data aggregation).
+
+Iterated RLHF usually retrains the reward model on the latest round's preferences only (here: the
+env's FIFO buffer). Wolf, Kirk & Musolesi, "Reward Model Overoptimisation in Iterated RLHF"
+(arXiv 2505.18126), compare ways of carrying data across iterations and find that training the
+reward model on the concatenation of all iterations' data reduces over-optimisation. This agent
+does that beside the env: it copies every labelled response the env's buffer receives (labels the
+RM already paid for; no extra labeler call) into its own archive, and trains its own reward model,
+started from the env's initial RM, on the whole archive with the env's optimiser, loss and number
+of steps each time the env retrains. The policy ascends that reward model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents.whitebox import Agent, WhiteBoxConfig
+from rlhf_envs.core import check_int
+
+
+@dataclass
+class AggregateConfig(WhiteBoxConfig):
+    """:class:`WhiteBoxConfig` plus the archive's size.
+
+    Attributes:
+        archive_size: most labelled responses kept (oldest dropped first; >= 1). The default
+            keeps every label of a 300-round linear or 1000-round neural run.
+    """
+
+    archive_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self, "archive_size", 1, 10_000_000)
+
+
+class LabelArchive:
+    """Every labelled response the env's buffer has received, per experiment (S, n, d)."""
+
+    def __init__(self, core, size: int):
+        self.size = size
+        self.y = core.buffer_y[:, :0].clone()
+        self.t = core.buffer_t[:, :0].clone()
+        self.round = core.round
+
+    def sync(self, core) -> bool:
+        """Copy the entries pushed since the last call (one round at most between calls in the
+        white-box loop; more are read from the buffer as far as it still holds them); returns
+        whether anything new arrived."""
+        missed = core.round - self.round
+        if missed <= 0:
+            return False
+        c = core.config
+        n_new = min(
+            missed * c.samples_per_round * getattr(c, "labels_per_response", 1), core.buffer_len
+        )
+        idx = (torch.arange(-n_new, 0) + core.buffer_pos) % c.buffer_size
+        self.y = torch.cat([self.y, core.buffer_y[:, idx]], dim=1)[:, -self.size :]
+        self.t = torch.cat([self.t, core.buffer_t[:, idx]], dim=1)[:, -self.size :]
+        self.round = core.round
+        return True
+
+
+class AggregateAgent(Agent):
+    """Ascends a reward model retrained on all labels so far, not the latest buffer.
+
+    Source: the data-concatenation scheme of Wolf, Kirk & Musolesi, arXiv 2505.18126.
+    """
+
+    name = "rm-aggregate"
+    config_cls = AggregateConfig
+    reads = ("initial_rm", "rm_buffer")
+    role = "baseline"
+    cost = 2.0
+
+    def start(self, core) -> None:
+        self.archive = LabelArchive(core, self.config.archive_size)
+        self.params = {k: v.clone() for k, v in core.params.items()}
+        self.opt_state = core.reward_model.init_opt_state(self.params)
+
+    def sync(self, core) -> None:
+        if self.archive.sync(core):
+            c = core.config
+            for _ in range(c.rm_steps):
+                self.params, self.opt_state = core.reward_model.update(
+                    self.params,
+                    self.opt_state,
+                    self.archive.y,
+                    self.archive.t,
+                    c.feedback,
+                    core.references,
+                )
+
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        self.sync(core)
+        return core.reward_model.score(self.params, y)
+
+    def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        self.sync(core)
+        return core.reward_model.grad_y(self.params, y)

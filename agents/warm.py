@@ -1,0 +1,120 @@
+"""Weight-averaged reward models (WARM).
+
+Ramé et al., "WARM: On the Benefits of Weight Averaged Reward Models" (arXiv 2401.12187),
+fine-tune several reward models from one shared pre-trained initialisation with different
+hyperparameters and data orders, then average their *weights* (linear mode connectivity makes the
+average a good model); the averaged RM is more robust to label noise and distribution shift, and
+RL against it over-optimises less than against one RM or a prediction ensemble.
+
+Here the shared initialisation is the env's initial reward model. ``warm_size`` members start from
+it, each retrained beside the env whenever the env retrains, with the env's optimiser, loss and
+number of steps but its own learning rate (log-spaced in ``[lr / warm_lr_spread,
+lr * warm_lr_spread]``) and its own random subset (``warm_keep`` of the buffer, at least one
+entry) of the env's labelled buffer: labels the RM already paid for, so no extra labeler call.
+The policy ascends the RM whose parameters are the members' average. For a linear RM the
+weight average equals the prediction average; for the MLP it does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from agents.whitebox import Agent, WhiteBoxConfig
+from rlhf_envs.core import check_float, check_int
+
+
+@dataclass
+class WARMConfig(WhiteBoxConfig):
+    """:class:`WhiteBoxConfig` plus the members' number and diversity.
+
+    Attributes:
+        warm_size: members averaged (>= 2).
+        warm_lr_spread: members' learning rates span ``[lr / spread, lr * spread]`` (>= 1).
+        warm_keep: share of the buffer each member trains on per step (in (0, 1]).
+    """
+
+    warm_size: int = 4
+    warm_lr_spread: float = 2.0
+    warm_keep: float = 0.7
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self, "warm_size", 2, 100)
+        check_float(self, "warm_lr_spread", 1.0, strict=False)
+        check_float(self, "warm_keep", 0.0, strict=True)
+        if self.warm_keep > 1:
+            raise ValueError(f"warm_keep must be in (0, 1], got {self.warm_keep}")
+
+
+def _member_seed(seed: int, member: int) -> int:
+    return int(np.random.SeedSequence([int(seed), 0x3A7, member]).generate_state(1)[0])
+
+
+class WARMAgent(Agent):
+    """Ascends the weight average of reward models fine-tuned from the initial RM.
+
+    Source: Ramé et al., "WARM", arXiv 2401.12187.
+    """
+
+    name = "warm"
+    config_cls = WARMConfig
+    reads = ("initial_rm", "rm_buffer")
+    role = "baseline"
+    cost = 4.0
+
+    def start(self, core) -> None:
+        c, rm = self.config, core.reward_model
+        m = c.warm_size
+        factors = [c.warm_lr_spread ** (2 * i / (m - 1) - 1) for i in range(m)]
+        self.rms = []
+        for f in factors:
+            member_rm = copy.copy(rm)
+            member_rm.optimizer = replace(rm.optimizer, lr=rm.optimizer.lr * f)
+            self.rms.append(member_rm)
+        self.members = []
+        for _ in range(m):
+            params = {k: v.clone() for k, v in core.params.items()}
+            self.members.append([params, rm.init_opt_state(params)])
+        self.gens = [
+            [torch.Generator().manual_seed(_member_seed(s, i)) for s in core.seeds]
+            for i in range(m)
+        ]
+        self.round = core.round
+        self.average = {k: v.clone() for k, v in core.params.items()}
+
+    def sync(self, core) -> None:
+        """Retrain the members for each RM round they missed, then average their weights."""
+        if core.round == self.round:
+            return
+        c = core.config
+        for _ in range(self.round, core.round):
+            ys, ts = core.training_batch()
+            n = ys.shape[1]
+            k = max(1, math.ceil(self.config.warm_keep * n))
+            for rm, member, gens in zip(self.rms, self.members, self.gens, strict=True):
+                idx = torch.stack([torch.randperm(n, generator=g)[:k] for g in gens])  # (S, k)
+                y = torch.take_along_dim(ys, idx.unsqueeze(-1), dim=1)
+                t = torch.take_along_dim(ts, idx, dim=1)
+                for _ in range(c.rm_steps):
+                    member[0], member[1] = rm.update(
+                        member[0], member[1], y, t, c.feedback, core.references
+                    )
+        self.round = core.round
+        m = len(self.members)
+        self.average = {
+            key: sum((mb[0][key] for mb in self.members[1:]), self.members[0][0][key]) / m
+            for key in self.members[0][0]
+        }
+
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        self.sync(core)
+        return core.reward_model.score(self.average, y)
+
+    def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        self.sync(core)
+        return core.reward_model.grad_y(self.average, y)
