@@ -14,8 +14,11 @@ Three modes are timed in the same run, on the same models and prompts:
 - ``per-candidate``: one forward per answer for each model and per-candidate autograd for the
   head gradient (the straightforward implementation the paper's timing describes).
 ``--shapes llama-3.2-1b`` builds the real Llama-3.2-1B and DeBERTa-v3-base architectures with
-random weights (no download) and synthetic word-level tokenizers of their vocabulary sizes; it is
-meant for a GPU (too slow for more than a smoke test on a small CPU).
+random weights (no download) and synthetic word-level tokenizers of their vocabulary sizes, with
+the ``paper`` preset's protocol (RM reads the answer, 128 tokens; whole-sequence SFT) in bfloat16
+by default; it is meant for a GPU (too slow for more than a smoke test on a small CPU).
+``--shapes tiny --dtype bfloat16`` runs the same code path on the CPU in seconds (a check that it
+runs, not a speed figure). Seconds are wall-clock after a synchronisation of the device.
 """
 
 from __future__ import annotations
@@ -119,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m llm_track.bench", description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="tiny", choices=("tiny", "llama-3.2-1b"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="model dtype (default: bfloat16 for llama-3.2-1b, float32 for tiny); the RM head, "
+        "LoRA adapter and optimiser states are float32 either way",
+    )
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (after a warm-up)")
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        if args.dtype is None:
+            args.dtype = "float32" if args.shapes == "tiny" else "bfloat16"
         res = bench(**{k: v for k, v in vars(args).items() if k not in ("threads", "json")})
     except LLMTrackError as exc:
         print(f"python -m llm_track.bench: error: {exc}", file=sys.stderr)

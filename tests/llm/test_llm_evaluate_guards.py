@@ -73,7 +73,7 @@ def judged(monkeypatch, tmp_path):
     """main() up to the evaluation, which is replaced by one call of the judge."""
     calls = []
 
-    def fake_evaluate(roots, out, n_prompts, max_new, device, judge):
+    def fake_evaluate(roots, out, n_prompts, max_new, device, judge, *questions):
         calls.append(judge("q", "a", "b") if judge else None)
         return {"meta": {"n_runs": 0}}
 
