@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from agents.aggregate import LabelArchive
+from agents.defences import EnsembleConfig
+from agents.ensemble import RMEnsemble
 from agents.whitebox import Agent, WhiteBoxConfig
 from rlhf_envs.core import check_float
 
@@ -90,3 +92,46 @@ class EliteAnchorAgent(Agent):
         self.sync(core)
         g = core.reward_model.grad_y(core.params, y)
         return g - 2.0 * self.config.anchor_coef * (y - self.elite.unsqueeze(1))
+
+
+@dataclass
+class EliteEnsembleConfig(EnsembleConfig):
+    """:class:`~agents.defences.EnsembleConfig` plus the elite anchor's weight and margin."""
+
+    anchor_coef: float = 1.0
+    elite_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_float(self, "anchor_coef", 0.0, strict=False)
+        check_float(self, "elite_margin", 0.0, strict=False)
+
+
+class EliteEnsembleAgent(EliteAnchorAgent):
+    """Pessimistic RM ensemble minus ``anchor_coef * ||y - y_elite||^2``.
+
+    The collapse maps show the pessimistic ensemble reaching a higher peak than naive and then
+    falling (``results/maps/``); the elite anchor keeps the best-labelled response of that climb.
+    Source: new in this suite (the ensemble of Coste et al., arXiv 2310.02743, with the elite
+    anchor of :class:`EliteAnchorAgent`).
+    """
+
+    name = "elite-ensemble"
+    config_cls = EliteEnsembleConfig
+    reads = ("current_rm", "rm_buffer")
+    cost = 6.5
+
+    def start(self, core) -> None:
+        super().start(core)
+        self.ensemble = RMEnsemble(core, self.config.ensemble_size, core.seeds)
+
+    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
+        self.sync(core)
+        self.ensemble.sync(core)
+        c = self.config
+        anchor = ((y - self.elite.unsqueeze(1)) ** 2).sum(-1)
+        pessimistic = self.ensemble.pessimistic(core, y, c.ensemble_mode, c.ensemble_k)
+        return pessimistic - c.anchor_coef * anchor
+
+    def score_grad(self, core, y: torch.Tensor, oracle) -> None:
+        return None  # autograd through the ensemble

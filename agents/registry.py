@@ -14,7 +14,7 @@ import importlib
 
 from agents.aggregate import AggregateAgent
 from agents.defences import EnsembleAgent, KLAgent, StaticAgent
-from agents.elite_anchor import EliteAnchorAgent
+from agents.elite_anchor import EliteAnchorAgent, EliteEnsembleAgent
 from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent, FPORelaxedGradAgent
 from agents.naive import NaiveAgent
 from agents.oracle import OracleAgent, OracleValuesAgent
@@ -36,6 +36,7 @@ BUILTIN: dict[str, type[Agent]] = {
         WARMAgent,
         AggregateAgent,
         EliteAnchorAgent,
+        EliteEnsembleAgent,
         OracleAgent,
         OracleValuesAgent,
     )

@@ -1,8 +1,9 @@
-"""Env families: the learnability check that fixes the splits (and the family runs' helpers).
+"""Env families: the learnability check, the tuning protocol and the generalisation board.
 
     python -m baselines.family_board check ENV [--split train|test|both] [--candidates N]
-                                              [--jobs 2] [--out runs/families]
-                                              [--results results/families]
+    python -m baselines.family_board tune ENV          # train split, seeds 100-109
+    python -m baselines.family_board board ENV         # test split, seeds 0-9
+    (each with [--jobs 2] [--backend local|ray] [--out runs/families] [--results results/families])
 
 ``check`` draws the first ``N`` candidates of a split from the env's family distribution
 (:func:`rlhf_envs.families.candidates`), runs the oracle and naive on each with the check seeds
@@ -14,10 +15,28 @@ mean final U >= 90 % of the peak utility) and whether naive collapses (mean drop
 the peak, with the CI above 0). It prints the first :data:`~rlhf_envs.families.SIZE` learnable
 candidates of each split as the literal to freeze in ``rlhf_envs/families.py``. Only the oracle
 and naive run here: no agent's setting is chosen on these runs.
+
+``tune`` runs every agent of :data:`GRID` at each point of its grid on every
+config of the *train* split with seeds 100-109 (plus naive and the oracle), scores each run by
+its normalised final true utility (below) and freezes, per agent, the value with the highest IQM
+over configs x seeds (ties: the first in the grid); ``RESULTS/tuned_ENV.json`` holds the choice
+and ``RESULTS/tune_ENV.csv`` every grid point's IQM with its stratified-bootstrap 95 % CI.
+
+``board`` reads only ``tuned_ENV.json`` (refusing to run without it), runs every agent with its
+frozen setting on the *test* split with seeds 0-9 and writes ``RESULTS/BOARD_ENV.md`` (with
+``board_ENV.csv``, ``per_config_ENV.csv`` and ``profile_ENV.png``): normalised final U, IQM and
+mean over configs x seeds with stratified bootstrap 95 % CIs (configs are the strata),
+probability of improvement over naive with its CI, labeler calls per run, performance profiles,
+and the per-config means. The test split enters no choice: its runs are made after the settings
+are frozen and the command takes no setting of its own.
+
+Normalised final U of a run on config ``c``: ``(U - mean naive_c) / (mean oracle_c - mean
+naive_c)``, the means over the same seeds of the same split (0 = naive, 1 = the oracle).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -28,7 +47,7 @@ import numpy as np
 
 from baselines import results, stats
 from baselines.run import CLIError, _Parser, execute, run_folder_name
-from baselines.sweep import longest_first, plan_sweep, write_summary
+from baselines.sweep import _SAFE, execute_ray, longest_first, plan_sweep, write_summary
 
 CHECK_SEEDS = list(range(200, 210))
 TUNE_SEEDS = list(range(100, 110))
@@ -38,6 +57,17 @@ LEARNABLE = 0.9
 PEAK = 10.0  # utility_scale: not a family knob
 #: naive collapses: mean drop at least this (5 % of the peak) with its CI above 0
 COLLAPSE_DROP = 0.5
+#: the hyperparameters tuned per agent on the train split, and the values tried (all
+#: combinations)
+GRID: dict[str, dict[str, list[float]]] = {
+    "fpo": {"fpo_gamma": [0.03, 0.1, 0.3]},
+    "kl": {"kl_coef": [0.03, 0.1, 0.3]},
+    "ensemble": {"ensemble_k": [0.5, 1.0, 2.0]},
+    "elite-anchor": {"anchor_coef": [1.0, 10.0, 100.0]},
+    "elite-ensemble": {"anchor_coef": [1.0, 10.0, 100.0], "ensemble_k": [0.5, 1.0]},
+    "warm": {"warm_lr_spread": [2.0]},
+    "rm-aggregate": {"archive_size": [10000]},
+}
 
 
 def _summaries(out: Path, env_id: str, run_name: str, seeds: list[int]) -> list[dict[str, Any]]:
@@ -113,6 +143,237 @@ def check(env_id: str, splits: list[str], n: int, jobs: int, out: Path, res: Pat
     return rows
 
 
+def _run(spec: dict, out: Path, jobs: int, backend: str) -> None:
+    jobs_, folders = plan_sweep(spec, out, False, jobs, max_runs=100_000)
+    t0 = time.perf_counter()
+    if backend == "ray":
+        outcomes = execute_ray(longest_first(jobs_), None, jobs) if jobs_ else []
+    else:
+        outcomes = execute(longest_first(jobs_), jobs, show_progress=False)
+    summary = write_summary(out, folders, outcomes, time.perf_counter() - t0)
+    if summary["failed"]:
+        raise CLIError(f"{len(summary['failed'])} run(s) failed, e.g. {summary['failed'][0]}")
+
+
+def _entries(env_id: str, split: str, settings: dict[str, dict[str, Any]]) -> list[dict]:
+    """Sweep entries: each (agent, setting) on each config of the split, naive and oracle too."""
+    from rlhf_envs import families
+
+    out = []
+    for i in range(len(families.configs(env_id, split))):
+        for label, (agent, kw) in settings.items():
+            out.append(
+                {
+                    "agent": agent,
+                    "tag": f"{split}{i}" + (f",{label}" if label != agent else ""),
+                    "env_kwargs": {"family": f"{split}/{i}"},
+                    "agent_kwargs": kw,
+                    "envs": [env_id],
+                }
+            )
+    return out
+
+
+def _final_u(out, env_id, split, i, label, agent, seeds) -> dict[int, float]:
+    tag = f"{split}{i}" + (f",{label}" if label != agent else "")
+    name = run_folder_name(agent, tag=_SAFE.sub("_", tag))  # as the sweep names it
+    found = {}
+    for s in seeds:
+        folder = results.run_dir(out, env_id, name, s)
+        if not results.verify(folder):
+            summary = json.loads((folder / "summary.json").read_text())
+            found[s] = summary
+    return found
+
+
+def normalised(
+    out: Path, env_id: str, split: str, settings: dict, seeds: list[int]
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]], dict[str, float]]:
+    """Per setting label: per config, the normalised and the raw final U of each seed; and the
+    mean labeler calls per run."""
+    from rlhf_envs import families
+
+    norm: dict[str, list[np.ndarray]] = {label: [] for label in settings}
+    raw: dict[str, list[np.ndarray]] = {label: [] for label in settings}
+    calls: dict[str, list[float]] = {label: [] for label in settings}
+    for i in range(len(families.configs(env_id, split))):
+        u = {}
+        for label, (agent, _) in settings.items():
+            found = _final_u(out, env_id, split, i, label, agent, seeds)
+            u[label] = np.array([found[s]["final_true_utility"] for s in seeds])
+            calls[label] += [found[s]["labeler_calls"] for s in seeds]
+        lo, hi = u["naive"].mean(), u["oracle"].mean()
+        for label in settings:
+            norm[label].append((u[label] - lo) / (hi - lo))
+            raw[label].append(u[label])
+    return norm, raw, {k: float(np.mean(v)) for k, v in calls.items()}
+
+
+def tune(env_id: str, jobs: int, backend: str, out: Path, res: Path) -> dict[str, Any]:
+    """The tuning protocol (see the module docstring); returns the frozen settings."""
+    from rlhf_envs import families
+
+    settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
+    for agent, grid in GRID.items():
+        for combo in itertools.product(*grid.values()):
+            kw = dict(zip(grid, combo, strict=True))
+            label = ",".join(f"{k}={v}" for k, v in kw.items())
+            settings[f"{agent}:{label}"] = (agent, kw)
+    spec = {
+        "envs": [env_id],
+        "agents": _entries(env_id, "train", settings),
+        "seeds": TUNE_SEEDS,
+        "rounds": families.ROUNDS[env_id],
+    }
+    _run(spec, out, jobs, backend)
+    norm, _, _ = normalised(out, env_id, "train", settings, TUNE_SEEDS)
+    rows, chosen = [], {}
+    for label, (agent, kw) in settings.items():
+        score = stats.iqm(norm[label])
+        lo, hi = stats.stratified_bootstrap_ci(norm[label], n_boot=2000)
+        rows.append({"agent": agent, "setting": json.dumps(kw), "iqm": score, "lo": lo, "hi": hi})
+        if agent in GRID and (agent not in chosen or score > chosen[agent][1]):
+            chosen[agent] = (kw, score)
+    results.write_csv(res / f"tune_{env_id}.csv", rows, lineterminator="\n")
+    frozen = {
+        "env_id": env_id,
+        "family_version": families.VERSION,
+        "split": "train",
+        "seeds": TUNE_SEEDS,
+        "rule": "per agent, the grid value with the highest IQM of normalised final U over "
+        "train configs x seeds 100-109 (ties: first in the grid)",
+        "grid": GRID,
+        "settings": {a: kw for a, (kw, _) in chosen.items()},
+        "git_commit": results.git_commit(),
+    }
+    results.atomic_write_json(res / f"tuned_{env_id}.json", frozen)
+    return frozen
+
+
+def board(env_id: str, jobs: int, backend: str, out: Path, res: Path) -> str:
+    """The generalisation leaderboard on the test split (see the module docstring)."""
+    from agents import registry
+    from rlhf_envs import families
+
+    path = res / f"tuned_{env_id}.json"
+    if not path.exists():
+        raise CLIError(f"--results: {path} is missing; run the tune command first")
+    frozen = json.loads(path.read_text())
+    if frozen.get("family_version") != families.VERSION:
+        raise CLIError(f"--results: {path} was tuned on another family version")
+    settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
+    for agent, kw in frozen["settings"].items():
+        settings[agent] = (agent, kw)
+    settings = {
+        k: settings[k] for k in sorted(settings, key=lambda a: (a == "oracle", a != "naive"))
+    }
+    spec = {
+        "envs": [env_id],
+        "agents": _entries(env_id, "test", {k: (a, kw) for k, (a, kw) in settings.items()}),
+        "seeds": TEST_SEEDS,
+        "rounds": families.ROUNDS[env_id],
+    }
+    t0 = time.perf_counter()
+    _run(spec, out, jobs, backend)
+    wall = time.perf_counter() - t0
+    norm, raw, calls = normalised(out, env_id, "test", settings, TEST_SEEDS)
+    rows = []
+    rng = np.random.default_rng(0)
+    for label, (agent, kw) in settings.items():
+        cls = registry.get(agent)
+        reads = ",".join(cls(cls.config_cls(**kw)).declared_reads())
+        q_lo, q_hi = stats.stratified_bootstrap_ci(norm[label], n_boot=2000)
+        m_lo, m_hi = stats.stratified_bootstrap_ci(norm[label], np.mean, n_boot=2000)
+        poi = stats.probability_of_improvement(raw[label], raw["naive"])
+        p_lo, p_hi = stats.probability_of_improvement_ci(raw[label], raw["naive"], 500, rng=rng)
+        rows.append(
+            {
+                "agent": agent,
+                "setting": json.dumps(kw),
+                "reads": reads,
+                "labeler_calls": calls[label],
+                "iqm": stats.iqm(norm[label]),
+                "iqm_lo": q_lo,
+                "iqm_hi": q_hi,
+                "mean": float(np.mean(np.concatenate(norm[label]))),
+                "mean_lo": m_lo,
+                "mean_hi": m_hi,
+                "poi_vs_naive": poi,
+                "poi_lo": p_lo,
+                "poi_hi": p_hi,
+            }
+        )
+    results.write_csv(res / f"board_{env_id}.csv", rows, lineterminator="\n")
+    per_config = []
+    for i, cfg in enumerate(families.configs(env_id, "test")):
+        row = {"config": f"test/{i}", **cfg}
+        for label in settings:
+            row[label] = float(raw[label][i].mean())
+        per_config.append(row)
+    results.write_csv(res / f"per_config_{env_id}.csv", per_config, lineterminator="\n")
+    _profile(norm, res / f"profile_{env_id}.png", env_id)
+    f = lambda m, lo, hi: f"{m:.2f} [{lo:.2f}, {hi:.2f}]"  # noqa: E731
+    lines = [
+        f"# Generalisation leaderboard: {env_id} family {families.VERSION}, test split",
+        "",
+        f"Generated by `python -m baselines.family_board board {env_id}`; do not edit by hand.",
+        f"{len(per_config)} test configs x seeds {TEST_SEEDS[0]}-{TEST_SEEDS[-1]}, "
+        f"{families.ROUNDS[env_id]} rounds; settings frozen on the train split "
+        f"(`tuned_{env_id}.json`, seeds 100-109). Normalised final U: 0 = naive's mean final "
+        "true utility on the config, 1 = the oracle's. IQM and mean over configs x seeds with "
+        "stratified bootstrap 95 % CIs; P(improvement) over naive on the raw final U, per "
+        f"config, averaged (95 % CI). Runs: wall time {wall:.0f} s for what this call computed.",
+        "",
+        "| agent | setting | reads | labeler calls | IQM (norm.) | mean (norm.) | P(impr. vs naive) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['agent']} | {r['setting']} | {r['reads']} | {r['labeler_calls']:.0f} | "
+            f"{f(r['iqm'], r['iqm_lo'], r['iqm_hi'])} | {f(r['mean'], r['mean_lo'], r['mean_hi'])}"
+            f" | {f(r['poi_vs_naive'], r['poi_lo'], r['poi_hi'])} |"
+        )
+    lines += [
+        "",
+        f"![performance profiles](profile_{env_id}.png)",
+        "",
+        "Per config (mean final true utility over seeds 0-9):",
+        "",
+    ]
+    keys = list(per_config[0])
+    lines.append("| " + " | ".join(keys) + " |")
+    lines.append("|" + "---|" * len(keys))
+    for row in per_config:
+        lines.append(
+            "| "
+            + " | ".join(
+                f"{v:.2f}" if isinstance(v, float) and k in settings else str(v)
+                for k, v in row.items()
+            )
+            + " |"
+        )
+    text = "\n".join(lines) + "\n"
+    results.atomic_write_text(res / f"BOARD_{env_id}.md", text)
+    return text
+
+
+def _profile(norm: dict[str, list[np.ndarray]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    taus = np.linspace(-1.0, 1.2, 221)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, scores) in enumerate(norm.items()):
+        ax.plot(taus, stats.performance_profile(scores, taus), label=label, color=plt.cm.tab10(i))
+    ax.set(xlabel="normalised final U  tau", ylabel="fraction of runs > tau", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def frozen_literal(env_id: str, rows: list[dict], size: int) -> str:
     """The ``CANDIDATE_INDEX`` and ``FAMILIES`` entries of ``env_id`` from the check rows."""
     from rlhf_envs import families
@@ -136,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--jobs", type=int, default=2)
     c.add_argument("--out", default="runs/families/check", help="run folders")
     c.add_argument("--results", default="results/families", help="where check_ENV.csv goes")
+    for cmd in ("tune", "board"):
+        t = sub.add_parser(cmd, help=f"{cmd} on the {'train' if cmd == 'tune' else 'test'} split")
+        t.add_argument("env", help="RLHFBlindSpot-v0 or RLHFNeuralBlindSpot-v0")
+        t.add_argument("--jobs", type=int, default=2)
+        t.add_argument("--backend", default="local", help="local (process pool) or ray")
+        t.add_argument("--out", default=f"runs/families/{cmd}", help="run folders")
+        t.add_argument("--results", default="results/families", help="tuned/board files")
     start = time.perf_counter()
     try:
         args = p.parse_args(argv)
@@ -143,12 +411,24 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.env not in families.DISTRIBUTIONS:
             raise CLIError(f"env: {args.env!r} has no family; families: {list(families.ENV_INDEX)}")
+        if args.jobs < 1:
+            raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.command != "check":
+            if args.backend not in ("local", "ray"):
+                raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
+            res = Path(args.results)
+            res.mkdir(parents=True, exist_ok=True)
+            if args.command == "tune":
+                frozen = tune(args.env, args.jobs, args.backend, Path(args.out), res)
+                print(json.dumps(frozen["settings"]))
+            else:
+                print(board(args.env, args.jobs, args.backend, Path(args.out), res))
+            print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            return 0
         if args.split not in (*families.SPLITS, "both"):
             raise CLIError(f"--split must be train, test or both, got {args.split!r}")
         if args.candidates < 1:
             raise CLIError(f"--candidates must be >= 1, got {args.candidates}")
-        if args.jobs < 1:
-            raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
     except CLIError as e:
         print(f"python -m baselines.family_board: error: {e}", file=sys.stderr)
         return 2
