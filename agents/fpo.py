@@ -94,15 +94,19 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, 
     buffer stay the same (a round's inner policy steps, or consecutive SB3 responses).
     """
     rm, c = core.reward_model, core.config
-    n, g_rest, rest_y = _retained_grad(core, {} if cache is None else cache)
+    cache = {} if cache is None else cache
+    n, g_rest, rest_y = _retained_grad(core, cache)
+    if "g_rest_flat" not in cache:  # summed flat: the same numbers as summed per parameter
+        cache["g_rest_flat"] = flatten(g_rest)
     before, after = [], []
     for j in range(y.shape[1]):
         yj, lj = y[:, j : j + 1], label[:, j : j + 1]
         g_new, r_now = rm.loss_grad_and_score(core.params, yj, lj, c.feedback, core.references, n)
-        grads = {k: g_rest[k] + g_new[k] for k in g_rest}
+        grads = cache["g_rest_flat"] + flatten(g_new)
         params, _ = rm.apply_grads(core.params, core.opt_state, grads)
-        batch = torch.cat([rest_y, yj], dim=1)  # the buffer the real update would train on
-        params = rm.stabilised(core.params, params, batch, c.feedback, core.references)
+        if rm.guards_steps:
+            batch = torch.cat([rest_y, yj], dim=1)  # the buffer the real update would train on
+            params = rm.stabilised(core.params, params, batch, c.feedback, core.references)
         before.append(r_now)
         after.append(rm.score(params, yj))
     return torch.cat(before, dim=1), torch.cat(after, dim=1)
@@ -120,6 +124,7 @@ def _retained_grad(core: RLHFCore, cache: dict):
         g_rest = core.reward_model.loss_grad(
             core.params, rest_y, rest_t, c.feedback, core.references, n
         )
+    cache.clear()
     cache.update(params=core.params, buffer_y=core.buffer_y, n=n, g_rest=g_rest, rest_y=rest_y)
     return n, g_rest, rest_y
 

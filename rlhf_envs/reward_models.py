@@ -213,6 +213,9 @@ class RewardModel:
         grads = self.loss_grad(params, y, target, feedback, reference)
         return self.apply_grads(params, opt_state, grads)
 
+    #: whether :meth:`stabilised` can change a step (callers skip building its batch if not)
+    guards_steps = False
+
     def stabilised(
         self,
         params: Params,
@@ -226,9 +229,13 @@ class RewardModel:
         return new
 
     def apply_grads(
-        self, params: Params, opt_state: OptState, grads: Params
+        self, params: Params, opt_state: OptState, grads: Params | torch.Tensor
     ) -> tuple[Params, OptState]:
+        """One optimiser step with the loss gradient ``grads`` (a dict like ``params``, or flat
+        ``(S, P)`` in sorted-name order: the same numbers either way)."""
         cfg = self.optimizer
+        if isinstance(grads, torch.Tensor) and cfg.name == "sgd":
+            grads = unflatten(grads, params)
         if cfg.name == "sgd":
             new = {
                 k: params[k] - cfg.lr * (grads[k] + cfg.weight_decay * params[k]) for k in params
@@ -242,7 +249,7 @@ class RewardModel:
         bc1 = 1 - b1**t
         bc2 = 1 - b2**t
         p = params.flat if isinstance(params, FlatParams) else flatten(params)
-        g = flatten(grads)
+        g = grads if isinstance(grads, torch.Tensor) else flatten(grads)
         if cfg.weight_decay:
             g = g + cfg.weight_decay * p
         m = b1 * opt_state["m"] + (1 - b1) * g
@@ -304,6 +311,7 @@ class LinearRewardModel(RewardModel):
         super().__init__(dims, optimizer, dtype)
         self.init_mean = init_mean.to(dtype)
         self.init_noise = init_noise
+        self.guards_steps = optimizer.name == "sgd"
 
     def init_params(self, generators: list[torch.Generator]) -> Params:
         noise = torch.stack(
