@@ -75,3 +75,45 @@ def test_family_from_the_cli(tmp_path):
     argv = ["--agent", "naive", "--seeds", "0", "--rounds", "3", "--out", str(tmp_path)]
     assert run_main([*argv, "--env-kwargs", "family=train/1", "--no-progress"]) == 0
     assert run_main([*argv, "--env-kwargs", "family=train/1", "target_value=99"]) == 2
+
+
+def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
+    """The protocol end to end on two configs, two seeds and 20 rounds: the board refuses to
+    run before tuning, then uses only the frozen settings; naive scores 0 and the oracle 1 on
+    average by construction."""
+    import json
+
+    from baselines import family_board as fb
+    from baselines import results
+
+    env_id = "RLHFBlindSpot-v0"
+    small = families.FAMILIES[env_id]["train"][:2]
+    monkeypatch.setitem(families.FAMILIES, env_id, {"train": small, "test": small[::-1]})
+    monkeypatch.setitem(families.ROUNDS, env_id, 20)
+    monkeypatch.setattr(fb, "GRID", {"elite-anchor": {"anchor_coef": [1.0, 10.0]}})
+    monkeypatch.setattr(fb, "TUNE_SEEDS", [100, 101])
+    monkeypatch.setattr(fb, "TEST_SEEDS", [0, 1])
+    args = ["--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    assert fb.main(["board", env_id, *args]) == 2  # no tuned settings yet
+    assert fb.main(["tune", env_id, *args]) == 0
+    tuned = json.loads((tmp_path / "res" / f"tuned_{env_id}.json").read_text())
+    assert tuned["split"] == "train" and set(tuned["settings"]) == {"elite-anchor"}
+    tune_rows = results.read_csv(tmp_path / "res" / f"tune_{env_id}.csv")
+    best = max((r for r in tune_rows if r["agent"] == "elite-anchor"), key=lambda r: r["iqm"])
+    assert json.loads(best["setting"]) == tuned["settings"]["elite-anchor"]
+    assert fb.main(["board", env_id, *args]) == 0
+    rows = {r["agent"]: r for r in results.read_csv(tmp_path / "res" / f"board_{env_id}.csv")}
+    assert set(rows) == {"naive", "oracle", "elite-anchor"}
+    assert rows["naive"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert rows["oracle"]["mean"] == pytest.approx(1.0, abs=1e-12)
+    assert rows["elite-anchor"]["setting"] == json.dumps(tuned["settings"]["elite-anchor"])
+    # the test runs are test-split configs with the reporting seeds only
+    seeds = {
+        json.loads(p.read_text())["seed"]
+        for p in (tmp_path / "runs").rglob("config.json")
+        if "family" in json.loads(p.read_text())["env_kwargs"]
+        and json.loads(p.read_text())["env_kwargs"]["family"].startswith("test/")
+    }
+    assert seeds == {0, 1}
+    md = (tmp_path / "res" / f"BOARD_{env_id}.md").read_text()
+    assert "test split" in md and "| naive |" in md
