@@ -45,8 +45,16 @@ def export_adapter(policy, cfg, folder: str) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
     if cfg.policy == "tiny":
+        from transformers.utils import logging as hf_logging
+
         base_model, _, tok = build_tiny_models(cfg)
-        base_model.save_pretrained(os.path.join(tmp, "base"))
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar on stderr
+        try:
+            base_model.save_pretrained(os.path.join(tmp, "base"))
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         tok.save_pretrained(os.path.join(tmp, "base"))
         base = os.path.abspath(os.path.join(out, "base"))
     else:
