@@ -93,6 +93,12 @@ def load_run(folder: Path) -> Run:
     if not m:
         raise ValueError("empty metrics.csv")
     env_id = summary.get("env_id") or folder.parent.parent.name
+    import rlhf_envs
+
+    if env_id not in rlhf_envs.ENV_IDS:  # it names the output files: never a path
+        raise ValueError(f"unknown env_id {str(env_id)[:60]!r}")
+    if why := results.verify(folder):
+        raise ValueError(why)
     seed = summary.get("seed", folder.name.removeprefix("seed_"))
     try:
         seed = int(seed)

@@ -49,14 +49,24 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A folder with finished runs (naive and fpo, seeds 0-1, 3 rounds)."""
-    root = tmp_path_factory.mktemp("finished")
+def _finished(root: Path) -> Path:
     for agent in ("naive", "fpo"):
         args = ["--agent", agent, "--seeds", "0-1", "--rounds", "3", "--out", str(root)]
         assert run_main([*args, "--no-progress", "--quiet"]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A folder with finished runs (naive and fpo, seeds 0-1, 3 rounds); fuzzed commands may
+    add runs to it."""
+    return _finished(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """The same finished runs, never written to (copied before each damage)."""
+    return _finished(tmp_path_factory.mktemp("pristine"))
 
 
 # -- CLI arguments ------------------------------------------------------------------------------
@@ -286,12 +296,12 @@ def _damage_fuzz(finished: Path, data) -> None:
 
 @_FAST
 @given(data=st.data())
-def test_damaged_folder_fuzz(finished, data):
-    _damage_fuzz(finished, data)
+def test_damaged_folder_fuzz(pristine, data):
+    _damage_fuzz(pristine, data)
 
 
 @pytest.mark.slow
 @_SLOW
 @given(data=st.data())
-def test_damaged_folder_fuzz_500(finished, data):
-    _damage_fuzz(finished, data)
+def test_damaged_folder_fuzz_500(pristine, data):
+    _damage_fuzz(pristine, data)

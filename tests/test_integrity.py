@@ -236,3 +236,20 @@ def test_ray_address_that_cannot_be_reached_fails_fast(tmp_path, capsys):
     assert code == 2 and time.perf_counter() - start < 60
     err = capsys.readouterr().err
     assert "--address: cannot reach a Ray cluster at 127.0.0.1:1" in err and "Traceback" not in err
+
+
+def test_plot_never_writes_outside_its_folder(tmp_path, capsys):
+    from baselines import plot
+
+    assert (
+        run("--agent", "naive", "--seeds", "0-1", "--rounds", "10", "--out", str(tmp_path / "r"))
+        == 0
+    )
+    folder = results.run_dir(tmp_path / "r", LINEAR, "naive", 1)
+    s = json.loads((folder / "summary.json").read_text())
+    s["env_id"] = "../../ESCAPED"
+    (folder / "summary.json").write_text(json.dumps(s))
+    results.write_manifest(folder, ["config.json", "metrics.csv", "summary.json"])  # forged
+    assert plot.main([str(tmp_path / "r"), "--out", str(tmp_path / "plots")]) == 0
+    assert "unknown env_id" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("ESCAPED*"))

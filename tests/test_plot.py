@@ -20,6 +20,7 @@ def _write_run(out: Path, agent: str, seed: int, u: np.ndarray, sampled: bool = 
     results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, 0))
     summary = {"status": "ok", "env_id": ENV, "agent": agent.split("+")[0], "seed": seed}
     results.atomic_write_json(folder / "summary.json", summary)
+    results.write_manifest(folder, ["metrics.csv", "summary.json"])  # sealed, as the harness does
     return folder
 
 
