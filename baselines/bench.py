@@ -1,7 +1,8 @@
 """Speed of the suite, measured in one run: env steps/s and seconds per agent-run.
 
     python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
-                              [--repeats 3] [--family K=V1,V2 ...] [--family-rounds N]
+                              [--repeats 3] [--family K=V1,V2 ...] [--family-split SPLIT]
+                              [--family-rounds N]
 
 For each env: single-env steps/s with random actions (RM retraining included); for each
 white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
@@ -10,8 +11,9 @@ speed-up, and the cost of every agent relative to naive; then the wall time of o
 agent of ``--agents`` (those that work with ``--sb3``) relative to naive. The token and contextual envs have no
 white-box agents, so only their SB3 rows are measured. On the blind-spot envs a family row follows:
 seconds per agent-run over a list of env configs (``--family``: a grid of env kwargs, by default
-``target_value`` x ``utility_width`` on the neural env; :func:`family_seconds` takes any list of
-kwarg dicts, such as a family's train or test split). Medians over ``--repeats``; the machine is
+``target_value`` x ``utility_width``; ``--family-split test`` takes the split of
+:mod:`rlhf_envs.families` where the env has one; :func:`family_seconds` takes any list of kwarg
+dicts). Medians over ``--repeats``; the machine is
 shared (its load average is printed), so compare the ratios, which are measured side by side,
 rather than absolute times across runs.
 """
@@ -154,13 +156,31 @@ def _number(text: str):
     return text
 
 
-def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
-    """Print seconds per agent-run over the configs of ``--family`` (measured on
-    ``--family-rounds`` rounds, scaled to ``rounds``)."""
+def family_configs(env_id: str, args: argparse.Namespace) -> tuple[list[dict], str]:
+    """The env configs of the family row and their description: the split ``--family-split``
+    of :mod:`rlhf_envs.families` where the env has one, else the grid of ``--family``."""
+    if args.family_split:
+        try:
+            from rlhf_envs import families
+
+            configs = families.configs(env_id, args.family_split)
+        except (ImportError, ValueError):
+            configs = []
+        if configs:
+            return configs, f"family split {args.family_split}"
     configs = family_grid(args.family)
+    names = ", ".join(",".join(f"{k}={v}" for k, v in c.items()) for c in configs)
+    return configs, names
+
+
+def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
+    """Print seconds per agent-run over the family configs (measured on ``--family-rounds``
+    rounds, scaled to ``rounds``)."""
+    configs, names = family_configs(env_id, args)
+    if not configs:
+        return
     measured = min(rounds, args.family_rounds)
     seeds = list(range(args.seeds))
-    names = ", ".join(",".join(f"{k}={v}" for k, v in c.items()) for c in configs)
     print(f"family sweep: {len(configs)} configs x {args.seeds} seeds ({names})\n")
     print("| agent | s/agent-run (family) | x naive |")
     print("|---|---|---|")
@@ -222,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         "configs); no values to skip the row",
     )
     p.add_argument(
+        "--family-split",
+        choices=("train", "test"),
+        default=None,
+        help="measure the family row on this split of rlhf_envs.families where the env has "
+        "one (else the --family grid)",
+    )
+    p.add_argument(
         "--family-rounds",
         type=positive_int,
         default=200,
@@ -254,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if env_id in rlhf_envs.BLIND_SPOT_ENV_IDS:
             print(f"rounds per agent-run: {rounds}; batched runs use seeds 0-{args.seeds - 1}\n")
             white_box_table(env_id, args, rounds)
-            if args.family:
+            if args.family or args.family_split:
                 family_table(env_id, args, rounds)
         else:
             print("no white-box agents on this env (SB3 agents only)\n")

@@ -76,3 +76,12 @@ def test_bad_family_grid_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--family", "target_value"])
     assert e.value.code == 2 and "--family" in capsys.readouterr().err
+
+
+def test_family_row_can_take_a_family_split(capsys):
+    argv = ["--envs", "RLHFBlindSpot-v0", "--agents", "naive", "--repeats", "1", "--steps", "5"]
+    argv += ["--seeds", "1", "--rounds", "2", "--single-rounds", "1", "--sb3", "none"]
+    assert bench.main(argv + ["--family", "--family-split", "test", "--family-rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "family sweep: 16 configs x 1 seeds (family split test)" in out
+    assert re.search(r"^\| naive \| [0-9.]+ \| 1\.00x \|$", out, re.M)
