@@ -7,8 +7,13 @@ mixed-adapter batch semantics; two loops, base then policy, when the policy cann
 ``Protocol.generate_step``); candidates + reference are scored in one batched forward of the base
 model (oracle utility U = clip(-NLL per token + 5, -15, 5)) and one of the reward model (reward r
 and head features h); each candidate's score is r minus gamma times the FPO penalty (closed form,
-see ``fpo_head``); the best candidate wins; the RM head takes a Bradley-Terry step on (winner vs
-reference) with soft label sigmoid(U_w - U_ref); the policy takes an SFT step on the winner.
+see ``fpo_head``); the best candidate wins (``skip_empty``: among the non-empty ones; the
+random-winner control: a seeded uniform pick); the RM head takes a Bradley-Terry step on (winner
+vs reference) with soft label sigmoid(U_w - U_ref) (AdamW, accumulated over ``rm_grad_accum``
+steps); the policy takes an SFT step on the winner (whole sequence or response, ``sft_on``).
+Prompts are in the policy's chat template with the run's fixed date, cut in the user's text
+(never the template) to ``max_prompt_tokens``; every end-of-turn id of the tokenizer and model
+ends an answer. Oracle queries follow one rule (``Protocol.oracle_cost``).
 
 Randomness is explicit: sampling uses a ``torch.Generator`` seeded from (seed, step) and the
 dropout of the SFT step runs under a forked global RNG seeded the same way, so a step's outcome
