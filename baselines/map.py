@@ -260,7 +260,8 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
             cmap = matplotlib.colors.ListedColormap([colours[a] for a in agents])
             ax.imshow(img, cmap=cmap, vmin=-0.5, vmax=len(agents) - 0.5, origin="lower")
             for (r, c), v in np.ndenumerate(img):
-                ax.text(c, r, agents[v], ha="center", va="center", fontsize=6)
+                name = agents[v].replace("-", "-\n", 1)
+                ax.text(c, r, name, ha="center", va="center", fontsize=5.5, linespacing=0.9)
             ax.set_title("best oracle-free agent (significantly > naive)", fontsize=8)
             continue
         if i == 0 and kind == REFERENCE:
