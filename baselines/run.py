@@ -687,6 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.csv with the recorded one (refused if the code hash differs)",
     )
     p.add_argument(
+        "--any-code",
+        action="store_true",
+        help="with --from: replay even if the run was made by other code (to check that "
+        "this code reproduces it)",
+    )
+    p.add_argument(
         "--tensorboard",
         metavar="DIR",
         help="also write per-round metrics as TensorBoard events under DIR (SB3 runs: also "
@@ -746,7 +752,13 @@ def replay_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     if missing:
         raise CLIError(f"--from: {path} is not a run's config.json (no {', '.join(missing)})")
     here = results.code_hash()
-    if cfg["code_hash"] != here:
+    if cfg["code_hash"] != here and args.any_code:
+        print(
+            f"note: {path} was made by code {cfg['code_hash']}, this checkout's is {here}: "
+            "checking whether this code reproduces it",
+            file=sys.stderr,
+        )
+    elif cfg["code_hash"] != here:
         raise CLIError(
             f"--from: {path} was made by code {cfg['code_hash']} (git commit "
             f"{str(cfg.get('git_commit', 'unknown'))[:12]}); this checkout's code is {here}: "

@@ -71,6 +71,12 @@ def test_replay_refuses_other_code_and_changed_settings(tmp_path, capsys):
     assert main(["--from", str(cfg_path), "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was made by code 0000000000000000" in err[0]
+    # --any-code replays it anyway and says whether this code reproduces it
+    assert main(["--from", str(cfg_path), "--out", str(tmp_path / "d"), "--any-code",
+                 "--no-progress"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "checking whether this code reproduces it" in captured.err
+    assert "reproduces" in captured.out
 
 
 def _scalars(folder):
