@@ -68,9 +68,9 @@ def agent_seconds(
 ) -> float:
     """Median wall seconds of one batched learn() over ``seeds`` for ``rounds`` rounds."""
     defaults = load_defaults(env_id)
-    kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
-    kwargs["rounds"] = rounds
     cls = registry.get(agent)
+    kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
+    kwargs["rounds"] = rounds
     times = []
     for _ in range(repeats):
         env = gym.make_vec(
@@ -194,6 +194,14 @@ def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     print()
 
 
+def _loadable(name: str) -> bool:
+    """Whether ``name`` is an agent given as ``module:Class`` that loads."""
+    try:
+        return ":" in name and bool(registry.get(name))
+    except ValueError:
+        return False
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -264,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         ("agents", args.agents, registry.BUILTIN, sorted(registry.names())),
         ("envs", args.envs, rlhf_envs.ENV_IDS, rlhf_envs.ENV_IDS),
     ):
-        unknown = [x for x in given if x not in known]
+        unknown = [x for x in given if x not in known and not (flag == "agents" and _loadable(x))]
         if unknown:
             print(
                 f"python -m baselines.bench: error: --{flag}: unknown {unknown}; allowed: {allowed}",

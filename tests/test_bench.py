@@ -85,3 +85,12 @@ def test_family_row_can_take_a_family_split(capsys):
     out = capsys.readouterr().out
     assert "family sweep: 16 configs x 1 seeds (family split test)" in out
     assert re.search(r"^\| naive \| [0-9.]+ \| 1\.00x \|$", out, re.M)
+
+
+def test_agents_may_be_given_as_module_and_class(capsys):
+    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--repeats", "1", "--steps", "5", "--seeds", "1"]
+    argv += ["--agents", "naive", "agents.foresight:FPOExactClosedFormAgent", "--rounds", "2"]
+    argv += ["--single-rounds", "1", "--sb3", "none", "--family"]
+    assert bench.main(argv) == 0
+    assert "| agents.foresight:FPOExactClosedFormAgent | " in capsys.readouterr().out
+    assert bench.main(["--agents", "agents.foresight:Nope"]) == 2
