@@ -1,7 +1,7 @@
 """Env families: the learnability check, the tuning protocol and the generalisation board.
 
     python -m baselines.family_board check ENV [--split train|test|both] [--candidates N]
-    python -m baselines.family_board tune ENV          # train split, seeds 100-109
+    python -m baselines.family_board tune ENV [--agents a,b]  # train split, seeds 100-109
     python -m baselines.family_board board ENV         # test split, seeds 0-9
     (each with [--jobs 2] [--backend local|ray] [--out runs/families] [--results results/families])
 
@@ -209,12 +209,19 @@ def normalised(
     return norm, raw, {k: float(np.mean(v)) for k, v in calls.items()}
 
 
-def tune(env_id: str, jobs: int, backend: str, out: Path, res: Path) -> dict[str, Any]:
-    """The tuning protocol (see the module docstring); returns the frozen settings."""
+def tune(
+    env_id: str, jobs: int, backend: str, out: Path, res: Path, agents: list[str] | None = None
+) -> dict[str, Any]:
+    """The tuning protocol (see the module docstring); returns the frozen settings.
+
+    ``agents``: the agents of :data:`GRID` to tune (default: all).
+    """
     from rlhf_envs import families
 
     settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
     for agent, grid in GRID.items():
+        if agents is not None and agent not in agents:
+            continue
         for combo in itertools.product(*grid.values()):
             kw = dict(zip(grid, combo, strict=True))
             label = ",".join(f"{k}={v}" for k, v in kw.items())
@@ -242,7 +249,7 @@ def tune(env_id: str, jobs: int, backend: str, out: Path, res: Path) -> dict[str
         "seeds": TUNE_SEEDS,
         "rule": "per agent, the grid value with the highest IQM of normalised final U over "
         "train configs x seeds 100-109 (ties: first in the grid)",
-        "grid": GRID,
+        "grid": {a: g for a, g in GRID.items() if agents is None or a in agents},
         "settings": {a: kw for a, (kw, _) in chosen.items()},
         "git_commit": results.git_commit(),
     }
@@ -404,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument("--backend", default="local", help="local (process pool) or ray")
         t.add_argument("--out", default=f"runs/families/{cmd}", help="run folders")
         t.add_argument("--results", default="results/families", help="tuned/board files")
+        if cmd == "tune":
+            t.add_argument("--agents", default=None, help="comma-separated subset of GRID")
     start = time.perf_counter()
     try:
         args = p.parse_args(argv)
@@ -419,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
             res = Path(args.results)
             res.mkdir(parents=True, exist_ok=True)
             if args.command == "tune":
-                frozen = tune(args.env, args.jobs, args.backend, Path(args.out), res)
+                agents = args.agents.split(",") if args.agents else None
+                unknown = sorted(set(agents or []) - set(GRID))
+                if unknown:
+                    raise CLIError(f"--agents: {unknown} not in the grid; known: {list(GRID)}")
+                frozen = tune(args.env, args.jobs, args.backend, Path(args.out), res, agents)
                 print(json.dumps(frozen["settings"]))
             else:
                 print(board(args.env, args.jobs, args.backend, Path(args.out), res))
