@@ -169,5 +169,6 @@ def test_closed_form_exact_agrees_with_autograd_exact_within_95_percent_cis():
 
     gap = abs(auto.mean() - closed.mean())
     assert gap <= half_width(auto) and gap <= half_width(closed)
-    diff = closed - auto  # paired by seed: the CI of the mean difference holds 0
-    assert abs(diff.mean()) <= half_width(diff)
+    diff = closed - auto  # paired by seed: the CI of the mean difference holds 0 (or the runs
+    # have not parted yet: at 300 rounds they agree to ~1e-15)
+    assert abs(diff.mean()) <= half_width(diff) + 1e-9
