@@ -46,8 +46,8 @@ class _BlindSpotMixin:
             info["proxy_reward"] = per(proxy)
         if y is not None:
             k = c.config.signal_dims
-            info["signal_norm"] = per(y[:, :k].norm(dim=-1).numpy())
-            info["noise_norm"] = per(y[:, k:].norm(dim=-1).numpy())
+            info["signal_norm"] = per(torch.linalg.vector_norm(y[:, :k], 2, -1).numpy())
+            info["noise_norm"] = per(torch.linalg.vector_norm(y[:, k:], 2, -1).numpy())
         return info
 
     def _start(self, seed: int | None) -> None:
