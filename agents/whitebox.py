@@ -31,6 +31,9 @@ from gymnasium.vector import VectorEnv
 from rlhf_envs.core import check_choice, check_float, check_int
 
 POLICIES = ("deterministic", "gaussian")
+#: a policy mean beyond this size in any dimension stops the run as diverged (the envs' action
+#: Boxes are +-10; a finite but runaway policy would otherwise go unnoticed)
+DIVERGED = 1e6
 
 
 @dataclass
@@ -265,14 +268,12 @@ class Agent:
                 if cfg.grad_clip is not None:
                     grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
                 theta = theta + lr * grad
-            if not torch.isfinite(theta).all():
-                bad = [
-                    s
-                    for s, ok in zip(self.seeds, torch.isfinite(theta).all(1), strict=True)
-                    if not ok
-                ]
+            sane = (theta.abs() <= DIVERGED).all(1)  # False for NaN too
+            if not sane.all():
+                bad = [s for s, ok in zip(self.seeds, sane, strict=True) if not ok]
                 raise FloatingPointError(
-                    f"policy became NaN/inf at round {t} (seeds {bad}); lower policy_lr"
+                    f"policy became NaN/inf or diverged past |y| = {DIVERGED:.0e} at round {t} "
+                    f"(seeds {bad}); lower policy_lr or the agent's coefficients"
                 )
             # 2. submit responses: the env scores them, labels the round and retrains its RM
             proxies, trues = [], []

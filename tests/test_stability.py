@@ -92,3 +92,18 @@ def test_exact_fpo_virtual_update_follows_the_guard(feedback):
         core.params, core.opt_state, by[:, :length], bt[:, :length], feedback, core.references
     )
     torch.testing.assert_close(after, core.reward_model.score(params, y), rtol=1e-10, atol=1e-12)
+
+
+def test_a_finite_runaway_policy_is_stopped(tmp_path):
+    """A policy that runs away without overflowing (here an anchor 100x too strong, which once
+    sent responses to ~1e108) is stopped with a reason instead of finishing as a result."""
+    import json
+
+    from baselines import results
+    from baselines.run import main
+
+    args = ["--agent", "elite-anchor", "--agent-kwargs", "anchor_coef=100", "--seeds", "1"]
+    assert main([*args, "--rounds", "300", "--out", str(tmp_path), "--no-progress"]) == 1
+    folder = results.run_dir(tmp_path, "RLHFBlindSpot-v0", "elite-anchor", 1)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "diverged past |y| = 1e+06" in summary["reason"]
