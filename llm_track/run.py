@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default: 1 for --preset tiny, torch's default otherwise)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no result table at the end")
     return p
 
 
@@ -408,7 +409,37 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['utility_winner_first']:.3f} -> {summary['utility_winner_last']:.3f}, "
         f"proxy {summary['proxy_winner_first']:.3f} -> {summary['proxy_winner_last']:.3f}"
     )
+    if not args.quiet:
+        print(result_table(summary))
+        root = os.path.dirname(os.path.dirname(os.path.normpath(folder)))
+        print(f"Run folder: {folder} (config.json, metrics.csv, summary.json, adapter/)")
+        print(f"Evaluate:   python -m llm_track.evaluate --runs {root} --out LLM_TRACK.md")
     return 0
+
+
+def result_table(summary: dict) -> str:
+    """The run's result as a small aligned table (first and last window means of the winner)."""
+    rows = [
+        ("", "first", "last"),
+        (
+            "oracle utility of the winner",
+            f"{summary['utility_winner_first']:.3f}",
+            f"{summary['utility_winner_last']:.3f}",
+        ),
+        (
+            "proxy (RM) score of the winner",
+            f"{summary['proxy_winner_first']:.3f}",
+            f"{summary['proxy_winner_last']:.3f}",
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(
+        f"oracle queries {summary.get('oracle_queries', 0)}, "
+        f"{summary.get('mean_step_s', float('nan')):.2f} s/step "
+        f"(means over the first and last {summary.get('window', '?')} steps)"
+    )
+    return "\n".join(lines)
 
 
 def _set_threads(threads: int | None, cfg: LLMConfig) -> None:
