@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m baselines.animate --out results/figures/collapse.gif
+    python -m baselines.animate --out results/figures/collapse.gif --force
     python -m baselines.animate --env RLHFNeuralBlindSpot-v0 --every 100 --out neural.gif
 
 Each agent runs the white-box loop of ``baselines.run`` (the same per-env settings from
@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=None, help="rounds per frame (default: rounds/40)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
     p.add_argument("--width", type=int, default=720, help="GIF width in pixels (default 720)")
-    p.add_argument("--out", default="results/figures/collapse.gif", help="the GIF to write")
+    p.add_argument(
+        "--out",
+        default="collapse.gif",
+        help="the GIF to write (default collapse.gif; into the committed results/ only with --force)",
+    )
+    p.add_argument("--force", action="store_true", help="allow writing into results/")
     return p
 
 
@@ -150,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--width must be >= 64 pixels, got {args.width}")
         if Path(args.out).suffix.lower() != ".gif":
             raise CLIError(f"--out must end in .gif, got {args.out!r}")
+        from baselines.results import refuse_committed
+
+        try:
+            refuse_committed(args.out, "--out", args.force)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     except CLIError as e:
         print(f"python -m baselines.animate: error: {e}", file=sys.stderr)
         return 2

@@ -403,14 +403,26 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--candidates", type=int, default=24, help="draws per split (default 24)")
     c.add_argument("--jobs", type=int, default=2)
     c.add_argument("--out", default="runs/families/check", help="run folders")
-    c.add_argument("--results", default="results/families", help="where check_ENV.csv goes")
+    c.add_argument(
+        "--results",
+        default="leaderboard/families",
+        help="where check_ENV.csv goes (default leaderboard/families, untracked; the committed "
+        "results/families only with --force)",
+    )
+    c.add_argument("--force", action="store_true", help="allow writing into results/")
     for cmd in ("tune", "board"):
         t = sub.add_parser(cmd, help=f"{cmd} on the {'train' if cmd == 'tune' else 'test'} split")
         t.add_argument("env", help="RLHFBlindSpot-v0 or RLHFNeuralBlindSpot-v0")
         t.add_argument("--jobs", type=int, default=2)
         t.add_argument("--backend", default="local", help="local (process pool) or ray")
         t.add_argument("--out", default=f"runs/families/{cmd}", help="run folders")
-        t.add_argument("--results", default="results/families", help="tuned/board files")
+        t.add_argument(
+            "--results",
+            default="leaderboard/families",
+            help="tuned/board files (default leaderboard/families, untracked; the committed "
+            "results/families only with --force)",
+        )
+        t.add_argument("--force", action="store_true", help="allow writing into results/")
         if cmd == "tune":
             t.add_argument("--agents", default=None, help="comma-separated subset of GRID")
     start = time.perf_counter()
@@ -422,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"env: {args.env!r} has no family; families: {list(families.ENV_INDEX)}")
         if args.jobs < 1:
             raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
+        try:
+            results.refuse_committed(args.results, "--results", args.force)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
         if args.command != "check":
             if args.backend not in ("local", "ray"):
                 raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")

@@ -422,13 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-mixed", action="store_true", help="allow runs from different commits")
     args = p.parse_args(argv)
     out = Path(args.results)
-    committed = ROOT / "results"
-    if not args.force and (out.resolve() == committed or committed in out.resolve().parents):
-        print(
-            f"python -m baselines.leaderboard: error: --results {args.results} is the committed "
-            "results folder; pass --force to regenerate it",
-            file=sys.stderr,
-        )
+    try:
+        results.refuse_committed(out, "--results", args.force, ROOT)
+    except ValueError as e:
+        print(f"python -m baselines.leaderboard: error: {e}", file=sys.stderr)
         return 2
     df = collect(Path(args.runs))
     if df.empty:

@@ -249,6 +249,21 @@ class RunLock:
             self.fd = None
 
 
+def refuse_committed(
+    path: Path | str, flag: str, force: bool, root: Path | str | None = None
+) -> None:
+    """Raise ``ValueError`` (one line) if ``path`` lies in the committed ``results/`` folder
+    (of ``root``, default this checkout) and ``force`` is not set: published tables and figures
+    change only when asked."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    committed = (root / "results").resolve()
+    where = Path(path).resolve()
+    if not force and (where == committed or committed in where.parents):
+        raise ValueError(
+            f"{flag} {path} is in the committed results folder; pass --force to write there"
+        )
+
+
 def check_writable(out: Path | str, flag: str = "--out") -> None:
     """Raise ``ValueError`` (one line) unless ``out`` is, or can be made, a writable folder."""
     out = Path(out)

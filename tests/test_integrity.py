@@ -279,3 +279,33 @@ def test_legacy_folders_are_sealed_only_when_consistent(tmp_path, capsys):
     assert run(*args, "--quiet") == 0  # the sealed one is kept, the refused ones redone
     assert "redoing" in capsys.readouterr().err
     assert all(results.verify(f) == "" for f in folders)
+
+
+@pytest.mark.parametrize(
+    "module,argv,flag",
+    [
+        (
+            "family_board",
+            ["board", "RLHFBlindSpot-v0", "--results", "results/families"],
+            "--results",
+        ),
+        ("family_board", ["tune", "RLHFBlindSpot-v0", "--results", "results/x"], "--results"),
+        ("animate", ["--out", "results/figures/collapse.gif"], "--out"),
+        ("leaderboard", ["--results", "results"], "--results"),
+    ],
+)
+def test_commands_write_into_committed_results_only_with_force(module, argv, flag, capsys):
+    import importlib
+
+    tracked = {p: p.stat().st_mtime_ns for p in (ROOT / "results").rglob("*") if p.is_file()}
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert importlib.import_module(f"baselines.{module}").main(argv) == 2
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag} results" in err[0] and "--force" in err[0]
+    assert {
+        p: p.stat().st_mtime_ns for p in (ROOT / "results").rglob("*") if p.is_file()
+    } == tracked
