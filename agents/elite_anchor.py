@@ -95,16 +95,9 @@ class EliteAnchorAgent(Agent):
 
 
 @dataclass
-class EliteEnsembleConfig(EnsembleConfig):
-    """:class:`~agents.defences.EnsembleConfig` plus the elite anchor's weight and margin."""
-
-    anchor_coef: float = 1.0
-    elite_margin: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_float(self, "anchor_coef", 0.0, strict=False)
-        check_float(self, "elite_margin", 0.0, strict=False)
+class EliteEnsembleConfig(EnsembleConfig, EliteAnchorConfig):
+    """:class:`~agents.defences.EnsembleConfig` plus the elite anchor's weight and margin
+    (fields and checks of both)."""
 
 
 class EliteEnsembleAgent(EliteAnchorAgent):
