@@ -18,6 +18,7 @@ from agents.elite_anchor import EliteAnchorAgent, EliteEnsembleAgent
 from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent, FPORelaxedGradAgent
 from agents.naive import NaiveAgent
 from agents.oracle import OracleAgent, OracleValuesAgent
+from agents.reinit import ReinitAgent
 from agents.warm import WARMAgent
 from agents.whitebox import READS, Agent
 
@@ -35,6 +36,7 @@ BUILTIN: dict[str, type[Agent]] = {
         EnsembleAgent,
         WARMAgent,
         AggregateAgent,
+        ReinitAgent,
         EliteAnchorAgent,
         EliteEnsembleAgent,
         OracleAgent,

@@ -204,6 +204,16 @@ class Agent:
     def start(self, core) -> None:
         """Called once per experiment start (after ``reset(seed=...)``), before any scoring."""
 
+    def restarts_policy(self, t: int, T: int) -> bool:
+        """Whether the white-box policy restarts from ``init`` at the start of round ``t`` of
+        ``T`` (default: never; the reward model is the env's and is never reset)."""
+        return False
+
+    def schedule_clock(self, t: int, T: int) -> tuple[int, int]:
+        """``(t', T')`` that the policy's step-size and sigma schedules read at round ``t`` of
+        ``T`` (default: ``(t, T)``, one schedule over the whole run)."""
+        return t, T
+
     def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:  # pragma: no cover
         """The score the policy ascends, for responses ``y`` (S, n, d) -> (S, n)."""
         raise NotImplementedError
@@ -252,8 +262,11 @@ class Agent:
         history: dict[str, list[np.ndarray]] = {}
         gaussian = cfg.policy == "gaussian"
         for t in range(T):
-            lr = _schedule(cfg.policy_lr, cfg.policy_lr_end, t, T, cfg.decay_power)
-            sigma = _schedule(cfg.sigma, cfg.sigma_end, t, T, cfg.decay_power)
+            if t and self.restarts_policy(t, T):
+                theta = torch.full((S, d), float(cfg.init), dtype=torch.float64)
+            tc, Tc = self.schedule_clock(t, T)
+            lr = _schedule(cfg.policy_lr, cfg.policy_lr_end, tc, Tc, cfg.decay_power)
+            sigma = _schedule(cfg.sigma, cfg.sigma_end, tc, Tc, cfg.decay_power)
             if gaussian:
                 eps = torch.stack(
                     [

@@ -78,6 +78,11 @@ def learn_sb3(
     from agents import registry
     from agents.wrappers import AgentRewardWrapper
 
+    if not allowed_algos(agent):
+        raise ValueError(
+            f"agent {agent!r} runs only with the white-box optimiser "
+            f"(policy_optimizer 'whitebox'), got {policy_optimizer!r}"
+        )
     if policy_optimizer not in allowed_algos(agent):
         raise ValueError(
             f"agent {agent!r} works only with policy_optimizer "

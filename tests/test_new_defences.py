@@ -1,4 +1,5 @@
-"""The defences of issue 15: WARM, data aggregation (rm-aggregate) and the elite anchor."""
+"""The defences of issue 15: WARM, data aggregation (rm-aggregate), the elite anchor and policy
+re-initialisation (reinit)."""
 
 import gymnasium as gym
 import numpy as np
@@ -23,7 +24,7 @@ NEURAL_KW = dict(
     l2=0.01,
     grad_clip=1.0,
 )
-NEW = ("warm", "rm-aggregate", "elite-anchor", "elite-ensemble")
+NEW = ("warm", "rm-aggregate", "elite-anchor", "elite-ensemble", "reinit")
 
 
 def learn(cls, env_id=LINEAR, rounds=40, seeds=(0, 1), env_kw=None, **agent_kw):
@@ -125,6 +126,7 @@ def test_cli_runs_each(name, tmp_path):
         "rm-aggregate": "archive_size=0",
         "elite-anchor": "anchor_coef=-1",
         "elite-ensemble": "ensemble_k=nan",
+        "reinit": "iterations=0",
     }
     assert run_main([*argv, "--agent-kwargs", bad[name]]) == 2
 
@@ -148,3 +150,47 @@ def test_elite_ensemble_keeps_the_ensembles_peak():
     )
     assert (h["true_utility"][-1] > 8.0).all()
     assert (h["true_utility"][-1] > 0.95 * h["true_utility"].max(0)).all()
+
+
+@pytest.mark.parametrize("env_id", ["RLHFBlindSpot-v0", "RLHFNeuralBlindSpot-v0"])
+def test_reinit_with_one_iteration_is_naive(env_id):
+    from agents.reinit import ReinitAgent
+
+    kw = dict(NEURAL_KW, policy_lr_end=0.001, sigma_end=0.001) if "Neural" in env_id else {}
+    _, _, naive = learn(NaiveAgent, env_id, rounds=20, **kw)
+    _, _, one = learn(ReinitAgent, env_id, rounds=20, iterations=1, **kw)
+    for key in naive:
+        np.testing.assert_array_equal(one[key], naive[key], err_msg=key)
+
+
+def test_reinit_restarts_the_policy_and_its_schedules():
+    """Each block of rounds replays naive's run from the base against the RM as it is then:
+    the first block is naive's first rounds exactly, and at a block start the policy is back at
+    ``init`` before its first step (on the linear env one step of ``policy_lr`` from 0)."""
+    from agents.reinit import ReinitAgent
+
+    agent = ReinitAgent(seed=[0], iterations=3)
+    assert [t for t in range(10) if t and agent.restarts_policy(t, 10)] == [4, 8]
+    assert [agent.schedule_clock(t, 10) for t in (0, 3, 4, 7, 8, 9)] == [
+        (0, 4),
+        (3, 4),
+        (0, 4),
+        (3, 4),
+        (0, 2),
+        (1, 2),
+    ]
+    _, _, naive = learn(NaiveAgent, rounds=12)
+    _, _, re = learn(ReinitAgent, rounds=12, iterations=3)
+    np.testing.assert_array_equal(re["true_utility"][:4], naive["true_utility"][:4])
+    # block starts: ||y|| after one step from 0 is far below where the policy had drifted
+    drift = re["signal_norm"] + re["noise_norm"]
+    assert (drift[4] < 0.5 * drift[3]).all() and (drift[8] < 0.5 * drift[7]).all()
+    assert not np.array_equal(re["true_utility"][4:], naive["true_utility"][4:])
+
+
+def test_reinit_is_not_offered_to_sb3():
+    from baselines.sb3_runner import allowed_algos, learn_sb3
+
+    assert allowed_algos("reinit") == ()
+    with pytest.raises(ValueError, match="white-box"):
+        learn_sb3(LINEAR, {}, "reinit", {}, "ppo", {}, 2, 0, None)
