@@ -67,6 +67,7 @@ GRID: dict[str, dict[str, list[float]]] = {
     "elite-ensemble": {"anchor_coef": [1.0, 10.0, 100.0], "ensemble_k": [0.5, 1.0]},
     "warm": {"warm_lr_spread": [2.0]},
     "rm-aggregate": {"archive_size": [10000]},
+    "reinit": {"iterations": [2, 4, 8]},
 }
 
 
