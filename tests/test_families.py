@@ -117,3 +117,13 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     assert seeds == {0, 1}
     md = (tmp_path / "res" / f"BOARD_{env_id}.md").read_text()
     assert "test split" in md and "| naive |" in md
+    # an agent added to the board (listed before elite-anchor) changes no other agent's row,
+    # the bootstrap CIs included
+    frozen = tmp_path / "res" / f"tuned_{env_id}.json"
+    tuned["settings"] = {"ensemble": {"ensemble_k": 0.5}, **tuned["settings"]}
+    frozen.write_text(json.dumps(tuned))
+    assert fb.main(["board", env_id, *args]) == 0
+    more = {r["agent"]: r for r in results.read_csv(tmp_path / "res" / f"board_{env_id}.csv")}
+    assert set(more) == {"naive", "oracle", "elite-anchor", "ensemble"}
+    for agent, row in rows.items():
+        assert more[agent] == row, agent
