@@ -18,11 +18,20 @@ random weights (no download) and synthetic word-level tokenizers of their vocabu
 the ``paper`` preset's protocol (RM reads the answer, 128 tokens; whole-sequence SFT) in bfloat16
 by default; it is meant for a GPU (too slow for more than a smoke test on a small CPU).
 ``--shapes tiny --dtype bfloat16`` runs the same code path on the CPU in seconds (a check that it
-runs, not a speed figure). Seconds are wall-clock after a synchronisation of the device.
+runs, not a speed figure). Seconds are wall-clock after a synchronisation of the device; each
+figure is the median over the timed steps.
+
+The decoding options of ``LLMConfig`` pass through (``--top-p-topk``, ``--static-cache``,
+``--compile-decode``). ``--compare-decoding`` times, instead of the three modes, the ``batched``
+mode under each decoding variant, interleaved step by step on the same models: top-p by the full
+sort (``top_p_topk`` 0) or the top-k (same tokens), each with the growing and the static KV cache,
+and with ``--compile-decode MODE`` also the top-k with the static cache compiled (its warm-up step
+includes the compilation and is not timed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import time
@@ -32,6 +41,21 @@ from llm_track.run import STEP_TIMES, OneLineParser, _quiet_libraries
 
 # (name, batched scoring, one-loop generation when possible)
 MODES = (("batched", True, True), ("two-loop-gen", True, False), ("per-candidate", False, True))
+
+
+def decoding_variants(top_p_topk: int, compile_decode: str) -> list[tuple[str, dict]]:
+    """(name, decoding settings) timed by ``--compare-decoding``."""
+    k = top_p_topk or 64
+    out = [
+        ("full-sort", dict(top_p_topk=0, static_cache=False, compile_decode="off")),
+        (f"top-{k}", dict(top_p_topk=k, static_cache=False, compile_decode="off")),
+        ("full-sort+static", dict(top_p_topk=0, static_cache=True, compile_decode="off")),
+        (f"top-{k}+static", dict(top_p_topk=k, static_cache=True, compile_decode="off")),
+    ]
+    if compile_decode != "off":
+        settings = dict(top_p_topk=k, static_cache=True, compile_decode=compile_decode)
+        out.append((f"top-{k}+static+compile-{compile_decode}", settings))
+    return out
 
 
 def build(shapes: str, cfg):
@@ -60,6 +84,10 @@ def bench(
     max_new_tokens: int,
     agent: str,
     mixing: str = "row-mask",
+    top_p_topk: int | None = None,
+    static_cache: bool | None = None,
+    compile_decode: str | None = None,
+    compare_decoding: bool = False,
 ) -> dict:
     import torch
 
@@ -77,7 +105,11 @@ def bench(
         max_new_tokens=max_new_tokens,
         min_new_tokens=min(5, max_new_tokens),
         steps=steps,
+        top_p_topk=top_p_topk,
+        static_cache=static_cache,
+        compile_decode=compile_decode,
     )
+    variants = decoding_variants(cfg.top_p_topk, cfg.compile_decode) if compare_decoding else []
     t0 = time.perf_counter()
     models = build(shapes, cfg)
     build_s = time.perf_counter() - t0
@@ -91,6 +123,9 @@ def bench(
         "max_new_tokens": max_new_tokens,
         "agent": agent,
         "steps": steps,
+        "top_p": cfg.top_p,
+        "temperature": cfg.temperature,
+        "decoding": {k: getattr(cfg, k) for k in ("top_p_topk", "static_cache", "compile_decode")},
         "build_s": build_s,
         "torch_threads": torch.get_num_threads(),
     }
@@ -100,17 +135,24 @@ def bench(
     # Warm-up step of every mode first (allocations, kernels), then the timed steps with the modes
     # interleaved, so that no mode alone pays for the process warming up (on a GPU the first few
     # steps of a process, and new prompt shapes, run markedly slower).
-    rows: dict[str, list[dict]] = {mode: [] for mode, *_ in MODES}
+    # --compare-decoding: the batched mode under each decoding variant, in the same way.
+    runs = [(name, True, True, dataclasses.replace(cfg, **d)) for name, d in variants]
+    runs = runs or [(mode, batched, mixed, cfg) for mode, batched, mixed in MODES]
+    rows: dict[str, list[dict]] = {name: [] for name, *_ in runs}
     for t in range(steps + 1):
-        for mode, batched, mixed in MODES:
-            proto.mixed_generation = mixed
+        for name, batched, mixed, run_cfg in runs:
+            proto.cfg, proto.mixed_generation = run_cfg, mixed
             row = proto.step(t, batched=batched)
             if t > 0:
-                rows[mode].append(row)
-    for mode in rows:
-        out[mode] = {k: statistics.fmean(r[k] for r in rows[mode]) for k in STEP_TIMES}
+                rows[name].append(row)
+    proto.cfg = cfg
+    for name in rows:
+        out[name] = {k: statistics.median(r[k] for r in rows[name]) for k in STEP_TIMES}
+    out["timed"] = list(rows)
     if device.startswith("cuda"):
         out["max_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if variants:
+        return out
     out["scoring_speedup"] = out["per-candidate"]["score_s"] / max(out["batched"]["score_s"], 1e-9)
     out["generation_speedup"] = out["two-loop-gen"]["gen_s"] / max(out["batched"]["gen_s"], 1e-9)
     return out
@@ -142,6 +184,30 @@ def main(argv: list[str] | None = None) -> int:
         choices=("row-mask", "peft"),
         help="how the one-loop generation runs the reference row without the adapter",
     )
+    p.add_argument(
+        "--top-p-topk",
+        type=int,
+        metavar="K",
+        help="top-p from the K most likely tokens where exact (default 64; 0: the full sort)",
+    )
+    p.add_argument(
+        "--static-cache",
+        action="store_true",
+        default=None,
+        help="decode with a preallocated KV cache (transformers StaticCache)",
+    )
+    p.add_argument(
+        "--compile-decode",
+        metavar="MODE",
+        help="torch.compile the decode step: off, default, reduce-overhead or max-autotune "
+        "(needs --static-cache, except with --compare-decoding)",
+    )
+    p.add_argument(
+        "--compare-decoding",
+        action="store_true",
+        help="time the batched mode under each decoding variant (full sort / top-k, growing / "
+        "static cache, compiled with --compile-decode) instead of the three modes",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -155,20 +221,36 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         if args.dtype is None:
             args.dtype = "float32" if args.shapes == "tiny" else "bfloat16"
+        if args.compare_decoding and args.compile_decode not in (None, "off"):
+            args.static_cache = True  # the compiled variant runs on the static cache
         res = bench(**{k: v for k, v in vars(args).items() if k not in ("threads", "json")})
     except LLMTrackError as exc:
         print(f"python -m llm_track.bench: error: {exc}", file=sys.stderr)
         return 2
+    dec = res["decoding"]
     print(
         f"{res['shapes']} on {res.get('gpu', res['device'])} ({res['dtype']}), "
         f"{res['candidates']} candidates x {res['max_new_tokens']} tokens, agent {res['agent']}, "
-        f"mean of {res['steps']} steps (models built in {res['build_s']:.1f} s), "
-        f"generation {res['generation_mode']}"
+        f"median of {res['steps']} steps (models built in {res['build_s']:.1f} s), "
+        f"generation {res['generation_mode']}, top-p {res['top_p']}"
+        + (
+            ""
+            if args.compare_decoding
+            else f", top_p_topk {dec['top_p_topk']}, static cache {dec['static_cache']}, "
+            f"compile {dec['compile_decode']}"
+        )
     )
-    print("| mode | generation s | scoring s | update s | step s |")
+    print(f"| {'decoding' if args.compare_decoding else 'mode'} | generation s | scoring s | "
+          "update s | step s |")  # fmt: skip
     print("|---|---|---|---|---|")
-    for mode, *_ in MODES:
-        print(f"| {mode} | " + " | ".join(f"{res[mode][k]:.3f}" for k in STEP_TIMES) + " |")
+    for name in res["timed"]:
+        print(f"| {name} | " + " | ".join(f"{res[name][k]:.4f}" for k in STEP_TIMES) + " |")
+    if args.compare_decoding:
+        if args.json:
+            from baselines.results import atomic_write_json
+
+            atomic_write_json(args.json, res, default=str)
+        return 0
     print(f"scoring speed-up of batched + closed form: {res['scoring_speedup']:.1f}x")
     print(
         f"generation speed-up of one loop (mixed-adapter batch) vs two loops: "

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm_track.config import LLMConfig, LLMTrackError
+from llm_track.config import COMPILE_MODES, LLMConfig, LLMTrackError
 from llm_track.fpo_head import autograd_penalty, fpo_scores, head_features
 from llm_track.models import Models
 
@@ -85,14 +85,77 @@ def encode_prompt(tok, prompt: str, max_tokens: int, device, date: str | None = 
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
-def _top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    probs = torch.softmax(logits, dim=-1)
-    if top_p >= 1.0:
-        return probs
+def _nucleus_sorted(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The top-p filter by a full sort of each row (unnormalised): the smallest set of most likely
+    tokens whose mass reaches ``top_p`` keeps its probabilities, the rest gets 0."""
     sorted_p, idx = probs.sort(dim=-1, descending=True)
     drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
     sorted_p = sorted_p.masked_fill(drop, 0.0)
-    out = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+
+
+def _top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Softmax of ``logits`` filtered to the nucleus of mass ``top_p`` and renormalised, by a
+    full sort of the vocabulary (the reference that ``_top_p_probs_topk`` reproduces)."""
+    probs = torch.softmax(logits, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    out = _nucleus_sorted(probs, top_p)
+    return out / out.sum(-1, keepdim=True)
+
+
+TOP_P_MARGIN = 1e-4
+"""How far from ``top_p`` every cumulative mass of the top-k must be for a row to skip the full
+sort: far more than the rounding of any summation order of <= 1 in float32 (~1e-6), so the
+decisions equal the full sort's whatever order its cumulative sum adds in."""
+
+
+def _nucleus_topk(probs: torch.Tensor, top_p: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-p filter from the ``k`` most likely tokens of each row, without a host sync:
+    (unnormalised filtered probabilities, rows that need the full sort instead).
+
+    A row's result is exactly ``_nucleus_sorted``'s when (a) the nucleus ends inside the top k
+    (the k-th token is dropped), (b) no cumulative mass of the top k lies within ``TOP_P_MARGIN``
+    of ``top_p`` (so no rounding can flip a keep/drop decision, and the decisions form a prefix)
+    and (c) the last kept probability is strictly above the first dropped one (no tie across the
+    cut, where the full sort's order among equal values would decide which of them is kept).
+    Then the nucleus is every token whose probability is >= the last kept one. Other rows are
+    flagged for ``_fill_sorted``.
+    """
+    vals = probs.topk(k, dim=-1).values  # sorted: the first k values of the full sort
+    excl = vals.cumsum(-1) - vals  # the mass before each token, as the full sort computes it
+    keep = excl <= top_p
+    m = keep.sum(-1, keepdim=True).clamp(1, k - 1)  # kept tokens (if a prefix)
+    last, first_out = vals.gather(-1, m - 1), vals.gather(-1, m)
+    prefix = torch.arange(k, device=probs.device) < m
+    ok = (
+        ~keep[:, -1]
+        & ((excl - top_p).abs() > TOP_P_MARGIN).all(-1)
+        & (keep == prefix).all(-1)
+        & (last > first_out).squeeze(-1)
+    )
+    return probs.masked_fill(probs < last, 0.0), ~ok
+
+
+def _fill_sorted(out: torch.Tensor, probs: torch.Tensor, need: torch.Tensor, top_p: float):
+    """``out`` with the rows flagged in ``need`` replaced by the full sort's filter."""
+    rows = need.nonzero().squeeze(1)
+    return out.index_copy(0, rows, _nucleus_sorted(probs.index_select(0, rows), top_p))
+
+
+def _top_p_probs_topk(logits: torch.Tensor, top_p: float, k: int) -> torch.Tensor:
+    """``_top_p_probs`` (bit for bit) with a top-k in place of the full sort where it suffices
+    (``_nucleus_topk``); ``k`` 0 or >= the vocabulary: the full sort. One host sync (whether
+    any row needs the full sort) when ``top_p`` < 1."""
+    probs = torch.softmax(logits, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    if 0 < k and max(k, 2) < probs.shape[-1]:
+        out, need = _nucleus_topk(probs, top_p, max(k, 2))
+        if bool(need.any()):
+            out = _fill_sorted(out, probs, need, top_p)
+    else:
+        out = _nucleus_sorted(probs, top_p)
     return out / out.sum(-1, keepdim=True)
 
 
@@ -101,6 +164,133 @@ def _forward_kwarg(model, names: tuple[str, ...]) -> str | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return next((n for n in names if n in params), None)
+
+
+STOP_CHECK_EVERY = 8
+"""Token steps between checks that every row has ended, where the token loop has no host sync of
+its own (greedy, ``top_p`` = 1 or ``top_p_topk`` 0): each check is a host sync. A loop that ran
+past the end of its last row is cut back and its generator's state restored, so the output and
+the generator are those of a check at every token. (With the top-k top-p the check rides on that
+filter's one sync per token and stops the loop before the next draw.)"""
+COMPILE_BACKEND = "inductor"
+"""``torch.compile`` backend of the decode step (tests use ``eager``: the same tracing and guards,
+no code generation)."""
+
+
+def _new_static_cache(model, batch: int, max_len: int, device):
+    """A ``transformers.StaticCache`` of ``max_len`` positions for ``batch`` rows of ``model``."""
+    from transformers import StaticCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = base.get_input_embeddings().weight.dtype
+    # transformers >= 4.56 takes (config, max_cache_len) and allocates on the first update; older
+    # versions want the batch size, device and dtype (newer ones ignore them)
+    return StaticCache(
+        config=base.config, max_cache_len=max_len, max_batch_size=batch, device=device, dtype=dtype
+    )
+
+
+_COMPILED_ROW_DROP: dict[str, torch.Tensor] = {}
+"""The row mask that the compiled decode step's LoRA hooks read (``StaticDecoder.rows``). A module
+global, so the compiled code fetches the current tensor on every call: dynamo does not guard on
+module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a compiled step must see the
+same hook functions on every call, with what changes held in tensors."""
+
+
+def _compiled_row_hook(module, args, out):
+    drop = _COMPILED_ROW_DROP["drop"]
+    return out.masked_fill(drop.view(-1, *([1] * (out.dim() - 1))), 0.0)
+
+
+class StaticDecoder:
+    """Static KV cache and decode step of one model for ``sample`` (``static_cache``,
+    ``compile_decode``).
+
+    The cache (``transformers.StaticCache``, ``max_len`` positions: the longest prompt plus the
+    longest answer) is allocated once per batch size and reset between calls, so the decode step
+    sees the same shapes and tensor addresses every token and every call; the prompt runs through
+    the plain forward (its length varies), each next token through ``step``, which is
+    ``torch.compile``-d (``compile_mode``, backend ``COMPILE_BACKEND``, static shapes) unless
+    ``"off"``. Attention then spans all ``max_len`` positions with the unwritten ones masked: the
+    logits round differently from the growing cache's (~1e-6 on the tiny model), so greedy tokens
+    agree and sampled ones agree unless a draw falls that close to a boundary of the distribution.
+
+    A compiled step mixes base and adapter rows by its own row mask only (``rows``): the same hook
+    function on every ``lora_B`` of the active adapter in every call, reading the mask from a
+    global; peft's per-call ``adapter_names`` hooks and ``_row_masked_lora``'s fresh closures
+    would be baked into the compiled code (dynamo does not guard on module hooks).
+    """
+
+    def __init__(self, model, max_len: int, compile_mode: str = "off"):
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}")
+        self.model, self.max_len, self.compile_mode = model, max_len, compile_mode
+        self.cache_kw = _forward_kwarg(model, ("cache",)) or "past_key_values"
+        # transformers < 5 also wants the cache positions of the new tokens
+        self.cache_position = _forward_kwarg(model, ("cache_position",)) is not None
+        self._caches: dict = {}
+        self.step, self.compiled, self.row_modules = self._step, compile_mode != "off", []
+        if self.compiled:
+            kw = {"mode": compile_mode} if COMPILE_BACKEND == "inductor" else {}
+            self.step = torch.compile(self._step, backend=COMPILE_BACKEND, dynamic=False, **kw)
+            self.adapter = mixed_batch_adapter(model)
+            if self.adapter is not None and row_mask_ok(model, self.adapter):
+                from peft.tuners.lora import LoraLayer
+
+                self.row_modules = [
+                    m.lora_B[self.adapter]
+                    for m in model.modules()
+                    if isinstance(m, LoraLayer) and self.adapter in m.lora_B
+                ]
+
+    @contextmanager
+    def rows(self, adapter_names: list[str] | None, n: int, device):
+        """The compiled step's row mask for one token loop: rows named ``"__base__"`` run without
+        the LoRA update, the others with it (all of them when ``adapter_names`` is None)."""
+        if not self.row_modules:
+            if adapter_names is not None:
+                raise ValueError("a compiled decode step mixes rows only for a plain LoRA adapter")
+            yield
+            return
+        names = adapter_names or [self.adapter] * n
+        if set(names) - {BASE_ADAPTER, self.adapter}:
+            raise ValueError(f"the compiled decode step mixes '__base__' and {self.adapter!r} only")
+        _COMPILED_ROW_DROP["drop"] = torch.tensor([a == BASE_ADAPTER for a in names], device=device)
+        handles = []
+        try:
+            for m in self.row_modules:
+                handles.append(m.register_forward_hook(_compiled_row_hook))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            _COMPILED_ROW_DROP.pop("drop", None)
+
+    def cache(self, batch: int, device):
+        """The (reset) cache for ``batch`` rows."""
+        cache = self._caches.get(batch)
+        if cache is None:
+            cache = self._caches[batch] = _new_static_cache(self.model, batch, self.max_len, device)
+        else:
+            cache.reset()
+        return cache
+
+    def forward(self, ids, positions, cache, extra):
+        """The plain forward of ``ids`` at ``positions`` (1-D) into ``cache``: the logits (float)
+        of each row's last position."""
+        kw = {"cache_position": positions} if self.cache_position else {}
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions.unsqueeze(0),
+            use_cache=True,
+            **{self.cache_kw: cache},
+            **kw,
+            **extra,
+        )
+        return out.logits[:, -1].float()
+
+    def _step(self, ids, positions, cache, extra):
+        return self.forward(ids, positions, cache, extra)
 
 
 @torch.no_grad()
@@ -119,26 +309,36 @@ def sample(
     greedy: bool = False,
     adapter_names: list[str] | None = None,
     mixing: str = "row-mask",
+    top_p_topk: int = 0,
+    decoder: StaticDecoder | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n answers to one prompt with a KV cache: (ids (n, T) right-padded, lengths (n,)).
 
     ``eos_id``: the end-of-turn token id, or all of them (e.g. Llama-3's ``<|eot_id|>``,
     ``<|eom_id|>`` and ``<|end_of_text|>``): any of them ends a row. Lengths count the end token
-    when one was produced; end tokens are masked before ``min_new`` tokens.
+    when one was produced; end tokens are masked before ``min_new`` tokens. T is the longest length.
     ``adapter_names`` (one per row, peft LoRA models in eval mode): row i runs through adapter
     ``adapter_names[i]`` or, for ``"__base__"``, the base model, by ``mixing``: ``"peft"`` (peft's
     mixed-adapter batch forward; needs ``mixed_batch_adapter``) or ``"row-mask"``
     (``_row_masked_lora``; needs ``row_mask_ok``). All rows share the prompt, so no padding or
     attention mask. Each token step draws once from ``generator`` for all n rows (row-major).
+    ``top_p_topk`` > 0: top-p from the most likely ``top_p_topk`` tokens where that gives the full
+    sort's distribution (``_nucleus_topk``), the full sort for the other rows; same tokens as 0.
+    ``decoder``: a static KV cache and (compiled) decode step for ``model`` (``StaticDecoder``);
+    None: the model's own growing cache.
     """
     ids, dev = prompt_ids.unsqueeze(0).expand(n, -1).contiguous(), prompt_ids.device
     eos = torch.tensor(eos_id if isinstance(eos_id, (tuple, list)) else [eos_id], device=dev)
     # the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``
     cache_kw = _forward_kwarg(model, ("cache",)) or "past_key_values"
     extra, hooks = {}, nullcontext()
-    if adapter_names is not None:
-        if len(adapter_names) != n:
-            raise ValueError(f"adapter_names has {len(adapter_names)} entries for {n} rows")
+    if adapter_names is not None and len(adapter_names) != n:
+        raise ValueError(f"adapter_names has {len(adapter_names)} entries for {n} rows")
+    if decoder is not None and decoder.compiled:
+        if adapter_names is not None and mixing != "row-mask":
+            raise ValueError("a compiled decode step mixes rows by 'row-mask' only")
+        hooks = decoder.rows(adapter_names, n, dev)
+    elif adapter_names is not None:
         if mixing == "row-mask":
             hooks = _row_masked_lora(model, adapter_names, dev)
         elif mixing != "peft":
@@ -149,29 +349,76 @@ def sample(
             hooks = model._enable_peft_forward_hooks(adapter_names=adapter_names)
         else:
             extra["adapter_names"] = adapter_names
+    prompt_len = ids.shape[1]
+    if decoder is not None:
+        if prompt_len + max_new > decoder.max_len:
+            raise ValueError(
+                f"prompt ({prompt_len}) + max_new ({max_new}) exceeds the static cache "
+                f"({decoder.max_len} positions)"
+            )
+        positions = torch.arange(prompt_len + max_new, device=dev)
+    sampling = not greedy and top_p < 1.0
+    k = max(top_p_topk, 2)
+    vocab_topk = False  # the top-k filter, with its one host sync per token (set at t = 0)
+    # without it: check for the end every STOP_CHECK_EVERY tokens (every token when draws come
+    # from the global RNG, whose state is not restored)
+    every = 1 if generator is None and not greedy else STOP_CHECK_EVERY
+    states: dict[int, torch.Tensor] = {}  # generator state after each draw since the last check
     with _no_leaked_adapter_name_hooks(model, enabled=mixing == "peft"), hooks:
         done = torch.zeros(n, dtype=torch.bool, device=dev)
         lengths = torch.full((n,), max_new, dtype=torch.long, device=dev)
-        tokens, cache = [], None
+        tokens, cache = [], None if decoder is None else decoder.cache(n, dev)
         for t in range(max_new):  # the first forward runs the prompt, the others one token
-            out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
-            cache, logits = getattr(out, cache_kw), out.logits[:, -1].float()
+            if decoder is None:
+                out = model(input_ids=ids, use_cache=True, **{cache_kw: cache}, **extra)
+                cache, logits = getattr(out, cache_kw), out.logits[:, -1].float()
+            elif t == 0:
+                logits = decoder.forward(ids, positions[:prompt_len], cache, extra)
+            else:
+                pos = positions[prompt_len + t - 1 : prompt_len + t]
+                logits = decoder.step(ids, pos, cache, extra)
+            if t == 0:
+                vocab_topk = sampling and top_p_topk > 0 and k < logits.shape[-1]
             if t < min_new:
                 logits[:, eos] = float("-inf")
             if greedy:
                 nxt = logits.argmax(-1)
             else:
-                probs = _top_p_probs(logits / temperature, top_p)
+                probs = torch.softmax(logits / temperature, dim=-1)
+                if sampling:
+                    if vocab_topk:
+                        kept, need = _nucleus_topk(probs, top_p, k)
+                        # the token step's one host sync: did every row end at the last token,
+                        # and does any row need the full sort
+                        ended_all, any_need = torch.stack([done.all(), need.any()]).tolist()
+                        if ended_all:
+                            break
+                        if any_need:
+                            kept = _fill_sorted(kept, probs, need, top_p)
+                    else:
+                        kept = _nucleus_sorted(probs, top_p)
+                    probs = kept / kept.sum(-1, keepdim=True)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                if not vocab_topk and every > 1:
+                    states[t] = generator.get_state()
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             tokens.append(nxt)
             ended = ~done & torch.isin(nxt, eos)
-            lengths[ended] = t + 1
+            lengths = torch.where(ended, t + 1, lengths)
             done |= ended
-            if bool(done.all()):
-                break
+            if not vocab_topk and (t + 1) % every == 0:
+                if bool(done.all()):
+                    break
+                states.clear()
             ids = nxt.unsqueeze(1)
-    return torch.stack(tokens, 1), lengths
+    resp = torch.stack(tokens, 1)
+    if not vocab_topk and every > 1:
+        end = int(lengths.max())  # the token at which the last row ended (max_new if one runs on)
+        if end < resp.shape[1]:  # ran past it: cut back, and rewind the generator to that draw
+            resp = resp[:, :end]
+            if end - 1 in states:
+                generator.set_state(states[end - 1])
+    return resp, lengths
 
 
 # --------------------------------------------------------------------------- mixed batches
@@ -414,6 +661,7 @@ class Protocol:
         # forces the two loops (base, then policy) of earlier versions (see ``generate_step``).
         self.mixed_generation = True
         self.mixing = MIXING  # "row-mask" or "peft" (falls back to "peft" where no row mask)
+        self._decoders: dict[tuple, StaticDecoder] = {}  # by (positions, compile mode)
         self.oracle_queries = 0
         self.step_count = 0  # protocol steps done
 
@@ -437,7 +685,10 @@ class Protocol:
         name = mixed_batch_adapter(self.m.policy) if self.mixed_generation else None
         if name is None:
             return None
-        row_mask = self.mixing == "row-mask" and row_mask_ok(self.m.policy, name)
+        row_mask_possible = row_mask_ok(self.m.policy, name)
+        if self.cfg.compile_decode != "off":  # the compiled step mixes by its own row mask only
+            return (name, "row-mask") if row_mask_possible else None
+        row_mask = self.mixing == "row-mask" and row_mask_possible
         return name, "row-mask" if row_mask else "peft"
 
     @property
@@ -446,6 +697,17 @@ class Protocol:
         ``two-loop`` (reference, then candidates)."""
         mix = self._mixing()
         return "two-loop" if mix is None else f"one-loop/{mix[1]}"
+
+    def decoder(self) -> StaticDecoder | None:
+        """The policy's static-cache decoder (``static_cache``, ``compile_decode``), kept across
+        steps (one cache per batch size, one compiled step); None: the growing cache."""
+        cfg = self.cfg
+        if not cfg.static_cache:
+            return None
+        key = (cfg.max_prompt_tokens + cfg.max_new_tokens, cfg.compile_decode)
+        if key not in self._decoders:
+            self._decoders[key] = StaticDecoder(self.m.policy, *key)
+        return self._decoders[key]
 
     def generate_step(
         self, prompt_ids: torch.Tensor, *, greedy: bool = False
@@ -468,6 +730,8 @@ class Protocol:
             top_p=cfg.top_p,
             generator=self.generator,
             greedy=greedy,
+            top_p_topk=cfg.top_p_topk,
+            decoder=self.decoder(),
         )
         policy.eval()  # peft refuses adapter_names in training mode; no LoRA dropout
         if mix is None:

@@ -33,8 +33,10 @@ from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_c
 
 STEP_TIMES = ("gen_s", "score_s", "update_s", "step_s")  # seconds per part of a step
 TIMING_COLUMNS = (*STEP_TIMES, "rss_mb")
-# Settings that must match for --resume (steps may grow; device may change).
-_RESUME_FREE = {"steps", "device"}
+# Settings that must match for --resume (steps may grow; device and the decoding machinery may
+# change: the top-k top-p gives the same tokens, the static cache and compilation round the
+# logits differently, as another device does).
+_RESUME_FREE = {"steps", "device", "top_p_topk", "static_cache", "compile_decode"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -345,6 +347,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         help="float32, bfloat16 or float16 (paper default: bfloat16 on cuda, float32 on cpu; the "
         "RM head, LoRA adapter and optimiser states stay float32)",
+    )
+    p.add_argument(
+        "--top-p-topk",
+        type=int,
+        metavar="K",
+        help="top-p from the K most likely tokens where that gives the full sort's distribution, "
+        "the full sort elsewhere; same tokens (default 64; 0: always the full sort)",
+    )
+    p.add_argument(
+        "--static-cache",
+        action=argparse.BooleanOptionalAction,
+        help="decode with a preallocated KV cache (transformers StaticCache) instead of the "
+        "growing one (default off)",
+    )
+    p.add_argument(
+        "--compile-decode",
+        metavar="MODE",
+        help="torch.compile the one-token decode step: off (default), default, reduce-overhead "
+        "(CUDA graphs) or max-autotune; needs --static-cache",
     )
     p.add_argument(
         "--chat-date",
