@@ -26,7 +26,10 @@ The decoding options of ``LLMConfig`` pass through (``--top-p-topk``, ``--static
 mode under each decoding variant, interleaved step by step on the same models: top-p by the full
 sort (``top_p_topk`` 0) or the top-k (same tokens), each with the growing and the static KV cache,
 and with ``--compile-decode MODE`` also the top-k with the static cache compiled (its warm-up step
-includes the compilation and is not timed).
+includes the compilation and is not timed). ``--sampler-vocab V`` times only the top-p filter and
+draw of one token step (``candidates + 1`` rows of V logits, no model), full sort vs top-k, on
+synthetic rows at the two ends: ``peaked`` (8 likely tokens: every row takes the top-k path) and
+``flat`` (a nucleus of thousands: every row falls back to the full sort).
 """
 
 from __future__ import annotations
@@ -158,6 +161,34 @@ def bench(
     return out
 
 
+def sampler_bench(
+    vocab: int, rows: int, top_p: float, temperature: float, k: int, repeats: int, device="cpu"
+) -> dict:
+    """Median seconds of one token step's top-p filter and draw, full sort (``top_p_topk`` 0) vs
+    top-k, on ``peaked`` and ``flat`` synthetic logits (see the module docstring)."""
+    import torch
+
+    from llm_track.loop import _clock, _top_p_probs_topk
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(rows, vocab, generator=g) * 0.5
+    peaked = torch.randn(rows, vocab, generator=g) * 2
+    likely = torch.randint(vocab, (rows, 8), generator=g)
+    peaked.scatter_add_(1, likely, torch.full((rows, 8), 15.0))
+    draw = torch.Generator(device=device).manual_seed(0)
+    out = {}
+    for kind, logits in (("peaked", peaked.to(device)), ("flat", flat.to(device))):
+        for name, kk in (("full-sort", 0), (f"top-{k}", k)):
+            times = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                t0 = _clock(device)
+                probs = _top_p_probs_topk(logits / temperature, top_p, kk)
+                torch.multinomial(probs, 1, generator=draw)
+                times.append(_clock(device) - t0)
+            out[f"{kind}/{name}"] = statistics.median(times[1:])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from llm_track.config import AGENTS, agent_with_penalty
 
@@ -208,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         help="time the batched mode under each decoding variant (full sort / top-k, growing / "
         "static cache, compiled with --compile-decode) instead of the three modes",
     )
+    p.add_argument(
+        "--sampler-vocab",
+        type=int,
+        metavar="V",
+        help="time only the top-p filter and draw of one token step on V synthetic logits per "
+        "row (full sort vs top-k, peaked and flat rows), no model",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -221,9 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         if args.dtype is None:
             args.dtype = "float32" if args.shapes == "tiny" else "bfloat16"
+        if args.sampler_vocab is not None:
+            return _print_sampler_bench(args)
         if args.compare_decoding and args.compile_decode not in (None, "off"):
             args.static_cache = True  # the compiled variant runs on the static cache
-        res = bench(**{k: v for k, v in vars(args).items() if k not in ("threads", "json")})
+        skip = ("threads", "json", "sampler_vocab")
+        res = bench(**{k: v for k, v in vars(args).items() if k not in skip})
     except LLMTrackError as exc:
         print(f"python -m llm_track.bench: error: {exc}", file=sys.stderr)
         return 2
@@ -261,6 +302,38 @@ def main(argv: list[str] | None = None) -> int:
         from baselines.results import atomic_write_json
 
         atomic_write_json(args.json, res, default=str)
+    return 0
+
+
+def _print_sampler_bench(args) -> int:
+    import torch
+
+    from llm_track.config import preset_config
+
+    if args.sampler_vocab < 3:
+        raise LLMTrackError(f"--sampler-vocab must be >= 3; got {args.sampler_vocab}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
+    cfg = preset_config("tiny", candidates=args.candidates, top_p_topk=args.top_p_topk)
+    k, rows, n = cfg.top_p_topk or 64, cfg.candidates + 1, 20 * args.steps
+    res = sampler_bench(args.sampler_vocab, rows, cfg.top_p, cfg.temperature, k, n, args.device)
+    where = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{torch.get_num_threads()} CPU threads"
+    )
+    print(
+        f"top-p {cfg.top_p} filter + draw of one token step, {rows} rows x {args.sampler_vocab} "
+        f"float32 logits, temperature {cfg.temperature}, on {where}, median of {n}"
+    )
+    print("| logits | full sort s | top-k s |")
+    print("|---|---|---|")
+    for kind in ("peaked", "flat"):
+        print(f"| {kind} | {res[f'{kind}/full-sort']:.6f} | {res[f'{kind}/top-{k}']:.6f} |")
+    if args.json:
+        from baselines.results import atomic_write_json
+
+        atomic_write_json(args.json, res)
     return 0
 
 

@@ -23,6 +23,10 @@ reference); the two-loop generation drew the reference's whole answer first, the
 Both give each row an exact sample of its own model, independent across rows, but the same seed
 gives different answers in the two modes (runs made before the one-loop generation are not
 reproduced bit for bit; same seed, same mode, same output still holds).
+
+The decoding options (``top_p_topk``, ``static_cache``, ``compile_decode``; see ``sample`` and
+``StaticDecoder``) change no token (the top-k top-p, tested against the full sort) or only the
+rounding of the logits (the static cache, compiled or not).
 """
 
 from __future__ import annotations

@@ -393,3 +393,9 @@ def test_bench_compares_decodings(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["decoding"] == {"top_p_topk": 8, "static_cache": True, "compile_decode": "off"}
     assert "static cache True" in capsys.readouterr().out
+    # the filter alone at a given vocabulary, no model
+    assert bench.main(["--sampler-vocab", "500", "--steps", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {f"{a}/{b}" for a in ("peaked", "flat") for b in ("full-sort", "top-64")}
+    assert "| peaked |" in capsys.readouterr().out
+    assert bench.main(["--sampler-vocab", "2"]) == 2
