@@ -170,12 +170,13 @@ def _forward_kwarg(model, names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in params), None)
 
 
-STOP_CHECK_EVERY = 8
-"""Token steps between checks that every row has ended, where the token loop has no host sync of
-its own (greedy, ``top_p`` = 1 or ``top_p_topk`` 0): each check is a host sync. A loop that ran
-past the end of its last row is cut back and its generator's state restored, so the output and
-the generator are those of a check at every token. (With the top-k top-p the check rides on that
-filter's one sync per token and stops the loop before the next draw.)"""
+STOP_CHECK_EVERY = {"cpu": 1, "other": 8}
+"""Token steps between checks that every row has ended, by device type, where the token loop has
+no host sync of its own (greedy, ``top_p`` = 1 or ``top_p_topk`` 0): on an accelerator each check
+is a host sync; on the CPU it is not, and forwards past the end would cost, so every token. A
+loop that ran past the end of its last row is cut back and its generator's state restored, so the
+output and the generator are those of a check at every token. (With the top-k top-p the check
+rides on that filter's one sync per token and stops the loop before the next draw.)"""
 COMPILE_BACKEND = "inductor"
 """``torch.compile`` backend of the decode step (tests use ``eager``: the same tracing and guards,
 no code generation)."""
@@ -366,7 +367,8 @@ def sample(
     vocab_topk = False  # the top-k filter, with its one host sync per token (set at t = 0)
     # without it: check for the end every STOP_CHECK_EVERY tokens (every token when draws come
     # from the global RNG, whose state is not restored)
-    every = 1 if generator is None and not greedy else STOP_CHECK_EVERY
+    every = STOP_CHECK_EVERY["cpu" if dev.type == "cpu" else "other"]
+    every = 1 if generator is None and not greedy else every
     states: dict[int, torch.Tensor] = {}  # generator state after each draw since the last check
     with _no_leaked_adapter_name_hooks(model, enabled=mixing == "peft"), hooks:
         done = torch.zeros(n, dtype=torch.bool, device=dev)

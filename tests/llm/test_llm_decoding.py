@@ -181,7 +181,7 @@ def test_token_loop_matches_the_old_one(proto, every, monkeypatch):
     stop check every ``every`` tokens, then cut back and the generator rewound), and greedy;
     for mixed (reference + candidates) and plain batches. Answers that all end before max_new
     occur, so the cut-back is exercised."""
-    monkeypatch.setattr(L, "STOP_CHECK_EVERY", every)
+    monkeypatch.setitem(L.STOP_CHECK_EVERY, "cpu", every)  # 4: the accelerators' logic
     policy = proto.m.policy.eval()
     names = ["default"] * N + [L.BASE_ADAPTER]
     early = {}  # (greedy, top_p, topk) -> answers that all ended before max_new
