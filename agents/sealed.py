@@ -14,6 +14,7 @@ reach any object. Users calling ``gym.make`` directly see the truth in ``info`` 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 #: Follower attributes an agent may read.
@@ -124,8 +125,21 @@ class SealedInfo(dict):
             raise SealedError(f'info["{key}"] is sealed from agents in harness runs')
         raise KeyError(key)
 
+    def __deepcopy__(self, memo: dict) -> SealedInfo:
+        # SB3's DummyVecEnv deep-copies every step's infos; the generic path for a dict
+        # subclass (__reduce_ex__ and _reconstruct) is several times slower than this
+        out = SealedInfo()
+        memo[id(self)] = out
+        for k, v in self.items():
+            out[k] = v if type(v) in _ATOMIC else copy.deepcopy(v, memo)
+        return out
+
+
+_ATOMIC = frozenset({int, float, bool, str, type(None)})  # deepcopy returns these unchanged
+
 
 def seal_info(info: dict) -> tuple[SealedInfo, dict]:
     """``info`` split into what agents may see and the sealed part (for the recorder)."""
-    audit = {k: info[k] for k in SEALED_INFO if k in info}
-    return SealedInfo((k, v) for k, v in info.items() if k not in SEALED_INFO), audit
+    sealed = SealedInfo(info)  # the same keys in the same order, less the sealed ones
+    audit = {k: sealed.pop(k) for k in SEALED_INFO if k in sealed}
+    return sealed, audit

@@ -11,7 +11,9 @@ algorithm sees by the agent's score (:meth:`agents.whitebox.Agent.sb3_score`);
 A response is scored under the reward model that scored it in the env (before any retraining
 that the same step triggered): the wrapper keeps a shallow snapshot of the env's follower taken
 before the step (parameters, optimiser state and buffer are replaced, never mutated, by an
-update, so the snapshot is exact and cheap).
+update, so the snapshot is exact and cheap). The env has already computed that RM's score of the
+response (its ``info["proxy_reward"]``): an agent that asks the snapshot's reward model for it
+gets that number instead of a second forward pass (the same float; see :class:`_KnownScore`).
 
 The response is ``env.unwrapped.last_response`` right after the step (shape (1, d): the vector
 the RM scores), or ``None`` while a response is still incomplete (token envs); then the reward
@@ -49,33 +51,76 @@ class AgentRewardWrapper(gym.Wrapper):
         if not isinstance(agent, Agent):
             raise TypeError(f"agent must be an agents.Agent, got {type(agent).__name__}")
         self.agent, self.seal_truth = agent, seal_truth
-        self.oracle = Oracle(env.unwrapped)
+        self._inner = env.unwrapped  # the suite env (fixed for the life of the wrapper)
+        self.oracle = Oracle(self._inner)
         self.audit: dict = {}  # the last step's sealed info
         self._started = False
+
+    #: reuse the env's score of the response for the snapshot's RM (``False``: score it again,
+    #: the reference path that tests compare against)
+    reuse_env_score = True
 
     def reset(self, **kwargs):
         out = self.env.reset(**kwargs)
         if kwargs.get("seed") is not None or not self._started:
-            self.agent.start(FollowerView(self.env.unwrapped.core))
+            self.agent.start(FollowerView(self._inner.core))
             self._started = True
         return out
 
     def step(self, action):
-        core = self.env.unwrapped.core
-        before = copy.copy(core)
+        core = self._inner.core
+        before = _snapshot(core)
         obs, reward, terminated, truncated, info = self.env.step(action)
-        y = getattr(self.env.unwrapped, "last_response", None)
+        y = self._inner.last_response
         if y is not None:
+            y = y.unsqueeze(1)
+            proxy = info.get("proxy_reward")
+            if self.reuse_env_score and isinstance(proxy, float):
+                before.reward_model = _KnownScore(core.reward_model, before.params, y, proxy)
             with torch.no_grad():
-                score = self.agent.sb3_score(FollowerView(before), y.unsqueeze(1), self.oracle)
+                score = self.agent.sb3_score(FollowerView(before), y, self.oracle)
             reward = float(score[0, 0])
-            for key in ("oracle_queries", "oracle_grad_queries"):  # the agent's own queries
-                info[key] = int(getattr(core, key)[0])
+            q, g = int(core.oracle_queries[0]), int(core.oracle_grad_queries[0])
+            info["oracle_queries"] = q  # the agent's own queries
+            info["oracle_grad_queries"] = g
             info["oracle_value_equivalents"] = int(core.oracle_value_equivalents[0])
         info["wrapped_reward"] = reward
         if self.seal_truth:
             info, self.audit = seal_info(info)
         return obs, reward, terminated, truncated, info
+
+
+def _snapshot(core):
+    """A shallow copy of ``core`` (what ``copy.copy`` makes of a plain object, without its
+    generic ``__reduce_ex__`` round trip)."""
+    if hasattr(type(core), "__copy__") or not hasattr(core, "__dict__"):
+        return copy.copy(core)
+    snap = object.__new__(type(core))
+    snap.__dict__.update(core.__dict__)
+    return snap
+
+
+class _KnownScore:
+    """The env's reward model, except that its score of the response ``y`` under ``params``
+    (the pre-step parameters) is ``value``, the score the env computed for that step.
+
+    Only that exact call (the same parameter and response objects) is answered from ``value``
+    (a fresh (1, 1) tensor holding the same float the RM returned); every other call and
+    attribute goes to the reward model itself.
+    """
+
+    __slots__ = ("_rm", "_params", "_y", "_value")
+
+    def __init__(self, rm, params, y: torch.Tensor, value: float):
+        self._rm, self._params, self._y, self._value = rm, params, y, value
+
+    def score(self, params, y: torch.Tensor) -> torch.Tensor:
+        if params is self._params and y is self._y:
+            return torch.full(y.shape[:2], self._value, dtype=y.dtype)
+        return self._rm.score(params, y)
+
+    def __getattr__(self, name: str):
+        return getattr(self._rm, name)
 
 
 def _deprecated(old: str, make):

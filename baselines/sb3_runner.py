@@ -32,6 +32,7 @@ _NOT_MEASURED = {
 }
 # the env's truth and proxy on the responses the policy sampled
 _RENAMED = {"true_utility": "sample_true_utility", "proxy_reward": "sample_proxy_reward"}
+_NUMBERS = (int, float, np.number)
 
 
 def algorithm(name: str):
@@ -97,12 +98,19 @@ def learn_sb3(
     class Recorder(BaseCallback):
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:  # one env; the truth comes on the audit channel
+                if info.get("response_complete") is False:  # a token of an unfinished response
+                    continue
                 info = {**info, **env.get_wrapper_attr("audit")}
-                if "true_utility" not in info or info.get("response_complete") is False:
+                if "true_utility" not in info:
                     continue
                 for key, v in info.items():
-                    if key not in _NOT_MEASURED and isinstance(v, (int, float, np.number)):
-                        current.setdefault(_RENAMED.get(key, key), []).append(float(v))
+                    if key in _NOT_MEASURED or not isinstance(v, _NUMBERS):
+                        continue
+                    key = _RENAMED.get(key, key)
+                    if key in current:
+                        current[key].append(float(v))
+                    else:
+                        current[key] = [float(v)]
                 if "in_blind_cluster" in info:
                     side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
                     current.setdefault(f"sample_true_utility_{side}", [])
