@@ -132,25 +132,42 @@ class ContextualCore(RLHFCore):
         x = z[..., : self.env_config.prompt_dims]
         return ((x.unsqueeze(-2) - self.centres) ** 2).sum(-1).argmin(-1)
 
+    def _utility(self, z: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U(z), y - y*_k)`` for the clusters ``k`` of the prompts."""
+        c, p = self.env_config, self.env_config.prompt_dims
+        diff = z[..., p:] - self.targets[k]
+        return c.utility_scale * torch.exp(-c.utility_width * (diff**2).sum(-1)), diff
+
     def utility_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U(z), grad_z U(z))``, uncounted; the gradient in the prompt part is 0."""
         c, p = self.env_config, self.env_config.prompt_dims
-        diff = z[..., p:] - self.targets[self.cluster(z)]
-        u = c.utility_scale * torch.exp(-c.utility_width * (diff**2).sum(-1))
+        u, diff = self._utility(z, self.cluster(z))
         g_y = (-2.0 * c.utility_width * u).unsqueeze(-1) * diff
         return u, torch.cat([torch.zeros_like(z[..., :p]), g_y], dim=-1)
 
     def utility(self, z: torch.Tensor) -> torch.Tensor:
         """``U(x, y) = scale * exp(-width * ||y - y*_(cluster(x))||^2)``, uncounted."""
-        return self.utility_and_grad(z)[0]
+        return self._utility(z, self.cluster(z))[0]
+
+    def _blind_factor(self, k: torch.Tensor) -> torch.Tensor:
+        """``labeler_bias`` where the cluster ``k`` is the blind one, 0 elsewhere."""
+        return self.config.labeler_bias * (k == self.env_config.blind_cluster).to(self.dtype)
 
     def labeler_bias_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``labeler_bias * sum(y[labeler_bias_dims])`` in the blind cluster, 0 elsewhere."""
         if not self.config.labeler_bias:
             return None
-        blind = (self.cluster(z) == self.env_config.blind_cluster).to(self.dtype)
-        b = self.config.labeler_bias * blind
+        b = self._blind_factor(self.cluster(z))
         return b * (z @ self.labeler_direction), b.unsqueeze(-1) * self.labeler_direction
+
+    def labeler_utility(self, z: torch.Tensor) -> torch.Tensor:
+        """What the labeler believes, ``U(z)`` plus its bias, uncounted (the clusters found
+        once for both terms; the numbers of the generic ``utility + bias`` form)."""
+        k = self.cluster(z)
+        u = self._utility(z, k)[0]
+        if not self.config.labeler_bias:
+            return u
+        return u + self._blind_factor(k) * (z @ self.labeler_direction)
 
 
 class ContextualEnv(_BlindSpotMixin, gym.Env):
@@ -253,6 +270,7 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         self.observation_space = spaces.Box(-np.inf, np.inf, (c.prompt_dims,), np.float32)
         self.render_mode = render_mode
         self.prompt = np.zeros(c.prompt_dims, dtype=np.float32)
+        self._centres = self.core.centres.numpy()  # a view, for drawing prompts
         self._cluster = 0
         self.last_response: torch.Tensor | None = None
 
@@ -260,7 +278,7 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         c = self.config
         k = int(self.np_random.integers(c.n_clusters))
         noise = self.np_random.standard_normal(c.prompt_dims)
-        x = self.core.centres[k].numpy() + c.cluster_std * noise
+        x = self._centres[k] + c.cluster_std * noise
         self.prompt = x.astype(np.float32)
         z = torch.from_numpy(self.prompt.astype(np.float64))
         self._cluster = int(self.core.cluster(z))

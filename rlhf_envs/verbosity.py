@@ -145,14 +145,19 @@ class VerbosityCore(RLHFCore):
 
     def utility(self, y: torch.Tensor) -> torch.Tensor:
         """``U(f) = scale * (q + (1 - q) f0) * exp(-lambda * (max_len * f1 - f0))``, uncounted."""
-        return self.utility_and_grad(y)[0]
+        return self._utility(y)[0]
+
+    def _utility(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U(f), exp(-lambda * (max_len * f1 - f0)))``."""
+        c = self.env_config
+        a = c.no_answer_value + (1.0 - c.no_answer_value) * y[..., 0]
+        e = torch.exp(-c.length_penalty * (c.max_len * y[..., 1] - y[..., 0]))
+        return c.utility_scale * a * e, e
 
     def utility_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U(f), grad_f U(f))`` in closed form, uncounted."""
         c = self.env_config
-        a = c.no_answer_value + (1.0 - c.no_answer_value) * y[..., 0]
-        e = torch.exp(-c.length_penalty * (c.max_len * y[..., 1] - y[..., 0]))
-        u = c.utility_scale * a * e
+        u, e = self._utility(y)
         g0 = c.utility_scale * (1.0 - c.no_answer_value) * e + c.length_penalty * u
         g1 = -c.length_penalty * c.max_len * u
         return u, torch.stack([g0, g1, torch.zeros_like(u)], dim=-1)
@@ -278,6 +283,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         self.observation_space = spaces.Box(0.0, 1.0, (c.vocab_size + 1,), np.float32)
         self.render_mode = render_mode
         self.tokens: list[int] = []
+        self._counts = [0] * c.vocab_size  # of each token in self.tokens
+        self._obs_now = self._obs()  # the observation, updated token by token
         self.last_response: torch.Tensor | None = None
         self._done = False
 
@@ -315,12 +322,39 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         return tok
 
     def _obs(self) -> np.ndarray:
+        """The observation of ``self.tokens``, from scratch (see :meth:`_append`)."""
         c = self.config
         counts = np.bincount(np.asarray(self.tokens, dtype=np.int64), minlength=c.vocab_size)
         obs = np.empty(c.vocab_size + 1, dtype=np.float32)
         obs[:-1] = counts / c.max_len
         obs[-1] = len(self.tokens) / c.max_len
         return obs
+
+    def _append(self, tok: int) -> None:
+        """Append ``tok`` to the response and update the observation: only its count and the
+        position change (each entry is computed as :meth:`_obs` computes it)."""
+        self.tokens.append(tok)
+        self._counts[tok] += 1
+        self._obs_now[tok] = self._counts[tok] / self.config.max_len
+        self._obs_now[-1] = len(self.tokens) / self.config.max_len
+
+    def _token_info(self) -> dict[str, Any]:
+        """``self._info(zero, zero, False)`` of an unfinished response (nothing scored, nothing
+        labelled; its last token is not EOS), built directly: the same keys in the same order
+        and the same values (tested), at a fraction of the cost on the per-token path."""
+        c = self.core
+        return {
+            "round": c.round,
+            "rm_updated": False,
+            "labels_used": c.labels_used[0].item(),
+            "oracle_queries": c.oracle_queries[0].item(),
+            "oracle_grad_queries": c.oracle_grad_queries[0].item(),
+            "oracle_value_equivalents": c.oracle_value_equivalents[0].item(),
+            "true_utility": 0.0,
+            "proxy_reward": 0.0,
+            "response_length": len(self.tokens),
+            "response_complete": False,
+        }
 
     def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
         info = super()._info(proxy, true_u, updated, y)
@@ -333,9 +367,11 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self._start(seed)
         self.tokens = []
+        self._counts = [0] * self.config.vocab_size
+        self._obs_now = self._obs()
         self.last_response = None
         self._done = False
-        return self._obs(), self._info()  # no response yet
+        return self._obs_now.copy(), self._info()  # no response yet
 
     def step(self, action):
         if not self.core.seeds:
@@ -343,20 +379,20 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         if self._done:
             raise RuntimeError("the response is finished; call reset() before step()")
         tok = self._check_action(action)
-        self.tokens.append(tok)
+        self._append(tok)
         if tok != EOS and len(self.tokens) < self.config.max_len:
-            self.last_response = None
-            zero = np.zeros(1)  # the response is unfinished: nothing scored, nothing labelled
+            self.last_response = None  # unfinished: nothing scored, nothing labelled
             if self.render_mode == "human":
                 self.render()
-            return self._obs(), 0.0, False, False, self._info(zero, zero, False)
+            return self._obs_now.copy(), 0.0, False, False, self._token_info()
         self._done = True
         f = torch.from_numpy(sequence_features(self.tokens, self.config.max_len)).unsqueeze(0)
         proxy, true_u, updated = self.core.step(f)
         self.last_response = f  # (1, 3): the vector the RM scored
         if self.render_mode is not None:
             self._rendered(f, proxy, true_u, list(self.tokens))
-        return self._obs(), float(proxy[0]), True, False, self._info(proxy, true_u, updated, f)
+        obs, info = self._obs_now.copy(), self._info(proxy, true_u, updated, f)
+        return obs, float(proxy[0]), True, False, info
 
     def render(self):
         """The response so far as text in ``"ansi"`` mode; otherwise as the other envs (an
