@@ -2,7 +2,7 @@
 
     python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
                               [--repeats 3] [--family K=V1,V2 ...] [--family-split SPLIT]
-                              [--family-rounds N]
+                              [--family-rounds N] [--sb3-profile]
 
 For each env: single-env steps/s with random actions (RM retraining included); for each
 white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
@@ -16,16 +16,24 @@ seconds per agent-run over a list of env configs (``--family``: a grid of env kw
 dicts). Medians over ``--repeats``; the machine is
 shared (its load average is printed), so compare the ratios, which are measured side by side,
 rather than absolute times across runs.
+
+``--sb3-profile`` adds, per env, where one SB3 agent-run's time goes (:func:`sb3_split`): the
+CPU seconds of the run's thread in each part of the loop, the suite's own (env step, RM
+retraining, reward wrapper, agent score, harness) and stable-baselines3's (rollout loop, policy
+forward, gradient update), one run per agent of ``--sb3-rounds`` rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import itertools
 import os
 import statistics
 import sys
 import time
+from collections import defaultdict
 
 import gymnasium as gym
 import numpy as np
@@ -100,6 +108,141 @@ def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -
         learn_sb3(env_id, {}, agent, cfg, algo, hyper, rounds, seed=r)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+#: The parts of an SB3 agent-run, in the order the profile lists them; ``ours`` are the suite's.
+SB3_PARTS = (
+    ("ours", "env step (env, core, excl. RM retraining)"),
+    ("ours", "RM retraining (label, push, optimiser steps)"),
+    ("ours", "reward wrapper (snapshot, counters, sealing)"),
+    ("ours", "agent score (RM score, FPO penalties, queries)"),
+    ("ours", "harness (recorder and agent callbacks, final evaluation)"),
+    ("SB3", "rollout loop (VecEnv, Monitor, buffer, info copies)"),
+    ("SB3", "policy forward (torch)"),
+    ("SB3", "gradient update (torch)"),
+    ("SB3", "model and env construction"),
+    ("gymnasium", "gym.make's wrappers"),
+)
+
+
+class _Split:
+    """Exclusive CPU time per part: a call to a timed function charges its own time to its
+    part, less the time of the timed calls nested in it (about 1 us of overhead per call)."""
+
+    def __init__(self, base: str):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.stack = [base]
+        self.last = time.thread_time()
+
+    def _switch(self) -> None:
+        now = time.thread_time()
+        self.seconds[self.stack[-1]] += now - self.last
+        self.last = now
+
+    def timed(self, fn, part: str):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            self._switch()
+            self.stack.append(part)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._switch()
+                self.stack.pop()
+
+        return call
+
+
+@contextlib.contextmanager
+def _timing(targets: list[tuple], split: _Split):
+    """Replace each ``(owner, name, part)`` function by its timed form while the block runs."""
+    saved, seen = [], set()
+    try:
+        for owner, name, part in targets:
+            if isinstance(owner, type):  # the class that defines it
+                owner = next(c for c in owner.__mro__ if name in c.__dict__)
+            if (id(owner), name) in seen:
+                continue
+            seen.add((id(owner), name))
+            saved.append((owner, name, owner.__dict__[name]))
+            setattr(owner, name, split.timed(owner.__dict__[name], part))
+        yield
+    finally:
+        for owner, name, fn in reversed(saved):
+            setattr(owner, name, fn)
+
+
+def sb3_split(
+    env_id: str, agent: str, algo: str, rounds: int, seed: int = 0
+) -> tuple[dict[str, float], float]:
+    """Where one SB3 run's time goes: ``({part: CPU seconds}, total CPU seconds)``.
+
+    Runs :func:`baselines.sb3_runner.learn_sb3` as the harness does (the env's YAML settings,
+    ``rounds`` RM rounds, one seed) with the functions of each part of :data:`SB3_PARTS`
+    timed; CPU time of the run's thread, so a loaded machine changes the figures less than
+    wall time would (torch runs on this thread: ``torch.set_num_threads(1)``).
+    """
+    from gymnasium.wrappers import common as gym_wrappers
+    from stable_baselines3.common import callbacks, policies
+
+    from agents.wrappers import AgentRewardWrapper
+    from baselines import sb3_runner
+    from rlhf_envs.core import RLHFCore
+
+    defaults = load_defaults(env_id)
+    cfg = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
+    hyper = defaults.get("sb3", {}).get(algo, {})
+    env_cls = type(gym.make(env_id).unwrapped)
+    alg = sb3_runner.algorithm(algo)
+    (step, retrain, wrap, score, harness, loop, forward, update, setup, gym_part) = [
+        f"{who}: {what}" for who, what in SB3_PARTS
+    ]
+    cls = registry.get(agent)
+    targets = [
+        (env_cls, "step", step),
+        (env_cls, "reset", step),
+        (RLHFCore, "_label_and_retrain", retrain),
+        (AgentRewardWrapper, "step", wrap),
+        (AgentRewardWrapper, "reset", wrap),
+        (cls, "sb3_score", score),
+        (callbacks.CallbackList, "_on_step", harness),
+        (callbacks.CallbackList, "_on_rollout_start", harness),
+        (callbacks.CallbackList, "_on_rollout_end", harness),
+        (sb3_runner, "evaluate_deterministic", harness),
+        (alg, "learn", loop),
+        (policies.ActorCriticPolicy, "forward", forward),
+        (policies.BasePolicy, "predict", forward),
+        (alg, "train", update),
+        (gym_wrappers.OrderEnforcing, "step", gym_part),
+        (gym_wrappers.PassiveEnvChecker, "step", gym_part),
+    ]
+    split = _Split(setup)
+    with _timing(targets, split):
+        start = split.last
+        sb3_runner.learn_sb3(env_id, {}, agent, cfg, algo, hyper, rounds, seed=seed)
+        split._switch()
+    return dict(split.seconds), split.last - start
+
+
+def sb3_profile_table(env_id: str, agents: list[str], algo: str, rounds: int) -> None:
+    """Print the parts of one SB3 run per agent (:func:`sb3_split`), CPU seconds and shares."""
+    sb3_split(env_id, registry.REFERENCE, algo, 3)  # warm-up: imports, first compile
+    splits = [sb3_split(env_id, a, algo, rounds) for a in agents]
+    print(f"where one {algo.upper()} run's time goes ({rounds} RM rounds, seed 0, CPU s):\n")
+    print("| part | " + " | ".join(agents) + " |")
+    print("|---|" + "---|" * len(agents))
+
+    def row(name: str, values: list[tuple[float, float]]) -> None:
+        print(f"| {name} | " + " | ".join(f"{s:.2f} ({s / t:.0%})" for s, t in values) + " |")
+
+    for who, what in SB3_PARTS:
+        part = f"{who}: {what}"
+        row(part, [(sec.get(part, 0.0), total) for sec, total in splits])
+    ours = [(sum(v for k, v in sec.items() if k.startswith("ours")), t) for sec, t in splits]
+    row("**ours, total**", ours)
+    row("**SB3 and gymnasium, total**", [(t - s, t) for s, t in ours])
+    row("**run**", [(t, t) for _, t in splits])
+    print()
 
 
 def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
@@ -242,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sb3-rounds", type=positive_int, default=400, help="RM rounds per SB3 run")
     p.add_argument(
+        "--sb3-profile",
+        action="store_true",
+        help="also print where one SB3 run's time goes per agent (the suite's parts: env step, "
+        "RM retraining, reward wrapper, agent score, harness; SB3's: rollout loop, policy "
+        "forward, gradient update), CPU seconds of --sb3-rounds rounds",
+    )
+    p.add_argument(
         "--family",
         nargs="*",
         default=["target_value=2.0,2.5,3.0", "utility_width=0.1,0.2"],
@@ -314,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             for a, sec in sb3_rows.items():
                 print(f"| {a}+{args.sb3} | {sec:.2f} | {sec / sb3_rows[ref]:.2f}x |")
             print()
+            if args.sb3_profile:
+                sb3_profile_table(env_id, sb3_agents, args.sb3, args.sb3_rounds)
     return 0
 
 
