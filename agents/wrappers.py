@@ -23,6 +23,7 @@ passes through unchanged.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import gymnasium as gym
@@ -91,22 +92,35 @@ class AgentRewardWrapper(gym.Wrapper):
 
 
 def _snapshot(core):
-    """A shallow copy of ``core`` (what ``copy.copy`` makes of a plain object, without its
-    generic ``__reduce_ex__`` round trip)."""
-    if hasattr(type(core), "__copy__") or not hasattr(core, "__dict__"):
+    """A shallow copy of ``core``: what ``copy.copy`` makes of a plain object, without its
+    generic ``__reduce_ex__`` round trip (``copy.copy`` itself for any other object)."""
+    if not _plain_copy(type(core)):
         return copy.copy(core)
     snap = object.__new__(type(core))
     snap.__dict__.update(core.__dict__)
     return snap
 
 
+@functools.cache
+def _plain_copy(cls: type) -> bool:
+    """Whether ``copy.copy`` of a ``cls`` instance is a new instance with the same ``__dict__``
+    (no copy or pickling hooks of its own, no slots)."""
+    hooks = ("__copy__", "__setstate__", "__getnewargs__", "__getnewargs_ex__")
+    return (
+        not any(hasattr(cls, h) for h in hooks)
+        and all(getattr(cls, m) is getattr(object, m) for m in ("__reduce_ex__", "__reduce__"))
+        and getattr(cls, "__getstate__", None) is getattr(object, "__getstate__", None)
+        and not any("__slots__" in vars(c) for c in cls.__mro__)
+    )
+
+
 class _KnownScore:
     """The env's reward model, except that its score of the response ``y`` under ``params``
     (the pre-step parameters) is ``value``, the score the env computed for that step.
 
-    Only that exact call (the same parameter and response objects) is answered from ``value``
-    (a fresh (1, 1) tensor holding the same float the RM returned); every other call and
-    attribute goes to the reward model itself.
+    Only that exact call (the same parameter and response objects, no gradient asked of the
+    response) is answered from ``value`` (a fresh (1, 1) tensor holding the same float the RM
+    returned); every other call and attribute goes to the reward model itself.
     """
 
     __slots__ = ("_rm", "_params", "_y", "_value")
@@ -115,7 +129,7 @@ class _KnownScore:
         self._rm, self._params, self._y, self._value = rm, params, y, value
 
     def score(self, params, y: torch.Tensor) -> torch.Tensor:
-        if params is self._params and y is self._y:
+        if params is self._params and y is self._y and not y.requires_grad:
             return torch.full(y.shape[:2], self._value, dtype=y.dtype)
         return self._rm.score(params, y)
 

@@ -138,6 +138,9 @@ def test_known_score_answers_only_its_own_call():
         assert torch.equal(known.score(core.params, y.clone()), fresh)  # another tensor
         other = {k: v.clone() for k, v in core.params.items()}
         assert torch.equal(known.score(other, y), fresh)  # other parameters
+    y.requires_grad_(True)  # a gradient asked of the response: the RM itself answers
+    r = known.score(core.params, y)
+    assert r.requires_grad and torch.equal(r.detach(), fresh)
     assert known.ntk == core.reward_model.ntk  # everything else is the RM's
 
 
@@ -148,6 +151,13 @@ def test_snapshot_is_a_shallow_copy():
     assert type(snap) is type(core) and snap is not core
     assert snap.__dict__ == copy.copy(core).__dict__
     assert all(snap.__dict__[k] is v for k, v in core.__dict__.items())
+
+    class Hooked(ContextualCore):  # a core with copy hooks of its own gets copy.copy
+        def __copy__(self):
+            return "copied"
+
+    hooked = object.__new__(Hooked)
+    assert wrappers._snapshot(hooked) == "copied"
 
 
 def test_sealed_info_deep_copy_equals_the_generic_one():
