@@ -148,11 +148,13 @@ class VerbosityCore(RLHFCore):
         return self._utility(y)[0]
 
     def _utility(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U(f), exp(-lambda * (max_len * f1 - f0)))``."""
+        """``(U(f), e)`` with ``e = exp(-lambda * (max_len * f1 - f0))``, written with tensor
+        methods (the operators' Python wrappers cost more than the maths on one response)."""
         c = self.env_config
-        a = c.no_answer_value + (1.0 - c.no_answer_value) * y[..., 0]
-        e = torch.exp(-c.length_penalty * (c.max_len * y[..., 1] - y[..., 0]))
-        return c.utility_scale * a * e, e
+        f0 = y.select(-1, 0)
+        a = f0.mul(1.0 - c.no_answer_value).add(c.no_answer_value)  # q + (1 - q) f0
+        e = y.select(-1, 1).mul(c.max_len).sub(f0).mul(-c.length_penalty).exp()
+        return a.mul(c.utility_scale).mul(e), e  # scale * a * e
 
     def utility_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U(f), grad_f U(f))`` in closed form, uncounted."""

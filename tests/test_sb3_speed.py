@@ -56,9 +56,9 @@ def reference_paths(monkeypatch):
     """Switch every fast path of an SB3 agent-run to its plain form."""
     monkeypatch.setattr(AgentRewardWrapper, "step", reference_step)
     monkeypatch.delattr(SealedInfo, "__deepcopy__")
-    monkeypatch.setattr(ContextualCore, "utility", lambda self, z: self.utility_and_grad(z)[0])
+    monkeypatch.setattr(ContextualCore, "utility", reference_contextual_utility)
     monkeypatch.setattr(ContextualCore, "labeler_utility", RLHFCore.labeler_utility)
-    monkeypatch.setattr(VerbosityCore, "utility", lambda self, y: self.utility_and_grad(y)[0])
+    monkeypatch.setattr(VerbosityCore, "utility", reference_verbosity_utility)
 
     def append(self, tok):
         self.tokens.append(tok)
@@ -202,6 +202,21 @@ def test_verbosity_observations_and_token_infos_equal_the_from_scratch_ones():
     assert _BlindSpotMixin._info is not VerbosityEnv._info
 
 
+def reference_verbosity_utility(core, y):
+    """``VerbosityCore.utility`` as it was, written with operators."""
+    c = core.env_config
+    a = c.no_answer_value + (1.0 - c.no_answer_value) * y[..., 0]
+    e = torch.exp(-c.length_penalty * (c.max_len * y[..., 1] - y[..., 0]))
+    return c.utility_scale * a * e
+
+
+def reference_contextual_utility(core, z):
+    """``ContextualCore.utility`` as it was: the first output of its gradient form."""
+    c, p = core.env_config, core.env_config.prompt_dims
+    diff = z[..., p:] - core.targets[core.cluster(z)]
+    return c.utility_scale * torch.exp(-c.utility_width * (diff**2).sum(-1))
+
+
 @pytest.mark.parametrize("env_id", ["RLHFContextual-v0", "RLHFVerbosity-v0"])
 def test_core_utilities_equal_the_gradient_and_generic_forms_bit_for_bit(env_id):
     env = gym.make(env_id).unwrapped
@@ -211,8 +226,15 @@ def test_core_utilities_equal_the_gradient_and_generic_forms_bit_for_bit(env_id)
     z = 3 * torch.randn(1, 64, n, generator=g, dtype=torch.float64)
     if env_id == "RLHFVerbosity-v0":
         z = z.abs() / 3
-    assert torch.equal(core.utility(z), core.utility_and_grad(z)[0])
-    assert torch.equal(core.labeler_utility(z), RLHFCore.labeler_utility(core, z))
+    reference = (
+        reference_verbosity_utility
+        if env_id == "RLHFVerbosity-v0"
+        else reference_contextual_utility
+    )
+    for y in (z, z[:, :1], z[0, :1]):  # shapes (S, n, dims), (S, 1, dims), (S, dims)
+        assert torch.equal(core.utility(y), reference(core, y))
+        assert torch.equal(core.utility_and_grad(y)[0], reference(core, y))
+        assert torch.equal(core.labeler_utility(y), RLHFCore.labeler_utility(core, y))
     if env_id == "RLHFContextual-v0":
         assert len(set(core.cluster(z).flatten().tolist())) == 2  # both clusters covered
 
