@@ -241,68 +241,10 @@ class Agent:
         """Run ``rounds`` iterative-RLHF rounds on ``env`` (already reset with its seeds).
 
         Returns per-round metrics, each an array of shape ``(rounds, S)``; ``callback`` is called
-        after each round with that round's metrics.
+        after each round with that round's metrics. :func:`learn_together` runs several agents
+        on one env, each on its own experiments, with the same numbers as alone.
         """
-        from agents.sealed import FollowerView, Oracle
-
-        cfg = self.config
-        T = rounds if rounds is not None else cfg.rounds
-        core = env.unwrapped.core
-        view, oracle = FollowerView(core), Oracle(env.unwrapped)  # what the agent may see
-        if not core.seeds:
-            raise RuntimeError("reset the env with a seed before learn()")
-        S, d = core.S, core.config.dims
-        if len(self.seeds) != S:
-            raise ValueError(f"agent has {len(self.seeds)} seeds, env has {S} experiments")
-        spr, k = core.config.samples_per_round, core.config.signal_dims
-        vector = isinstance(env.unwrapped, VectorEnv)
-        gens = [torch.Generator().manual_seed(_agent_seed(s)) for s in self.seeds]
-        self.start(view)
-        theta = torch.full((S, d), float(cfg.init), dtype=torch.float64)
-        history: dict[str, list[np.ndarray]] = {}
-        gaussian = cfg.policy == "gaussian"
-        for t in range(T):
-            if t and self.restarts_policy(t, T):
-                theta = torch.full((S, d), float(cfg.init), dtype=torch.float64)
-            tc, Tc = self.schedule_clock(t, T)
-            lr = _schedule(cfg.policy_lr, cfg.policy_lr_end, tc, Tc, cfg.decay_power)
-            sigma = _schedule(cfg.sigma, cfg.sigma_end, tc, Tc, cfg.decay_power)
-            if gaussian:
-                eps = torch.stack(
-                    [
-                        torch.randn(cfg.inner_steps + spr, d, generator=g, dtype=torch.float64)
-                        for g in gens
-                    ]
-                )
-            # 1. optimise the policy against the current reward model
-            for i in range(cfg.inner_steps):
-                y = theta + sigma * eps[:, i] if gaussian else theta
-                grad = self._objective_grad(view, y, oracle)
-                if cfg.grad_clip is not None:
-                    grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
-                theta = theta + lr * grad
-            sane = (theta.abs() <= DIVERGED).all(1)  # False for NaN too
-            if not sane.all():
-                bad = [s for s, ok in zip(self.seeds, sane, strict=True) if not ok]
-                raise FloatingPointError(
-                    f"policy became NaN/inf or diverged past |y| = {DIVERGED:.0e} at round {t} "
-                    f"(seeds {bad}); lower policy_lr or the agent's coefficients"
-                )
-            # 2. submit responses: the env scores them, labels the round and retrains its RM
-            proxies, trues = [], []
-            for j in range(spr):
-                y = theta + sigma * eps[:, cfg.inner_steps + j] if gaussian else theta
-                proxy, true_u = _submit(env, y, vector)
-                proxies.append(proxy)
-                trues.append(true_u)
-            # 3. record what happened (audit path: not charged to the agent)
-            row = self._metrics(core, theta, np.stack(proxies), np.stack(trues), k)
-            for key, v in row.items():
-                history.setdefault(key, []).append(v)
-            if callback is not None:
-                callback(row)
-        self.theta = theta
-        return {key: np.stack(v) for key, v in history.items()}
+        return learn_together([self], env, rounds, [callback])[0]
 
     def _objective_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         """``grad_y [score(y) - l2 ||y||^2]`` for one response per experiment, (S, d)."""
@@ -350,3 +292,140 @@ def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]
 
 
 WhiteBoxAgent = Agent  # the name of earlier releases
+
+
+class _Member:
+    """One agent's share of a :func:`learn_together` run: its experiments ``lo:hi`` of the env,
+    what it may see of them, its random streams, its policy and its metrics so far."""
+
+    def __init__(self, agent: Agent, lo: int, hi: int, view, oracle, callback):
+        self.agent, self.lo, self.hi = agent, lo, hi
+        self.view, self.oracle, self.callback = view, oracle, callback
+        self.cfg = agent.config
+        self.gaussian = agent.config.policy == "gaussian"
+        self.gens = [torch.Generator().manual_seed(_agent_seed(s)) for s in agent.seeds]
+        self.history: dict[str, list[np.ndarray]] = {}
+        self.theta: torch.Tensor | None = None
+        self.sigma, self.eps = 0.0, None
+
+    def start_theta(self, S: int, d: int) -> torch.Tensor:
+        return torch.full((S, d), float(self.cfg.init), dtype=torch.float64)
+
+    def response(self, j: int) -> torch.Tensor:
+        """The ``j``-th response submitted this round, (S_agent, d)."""
+        if self.gaussian:
+            return self.theta + self.sigma * self.eps[:, self.cfg.inner_steps + j]
+        return self.theta
+
+    def optimise(self, t: int, T: int, spr: int, d: int) -> None:
+        """Round ``t``'s policy steps against the current reward model."""
+        agent, cfg = self.agent, self.cfg
+        if t and agent.restarts_policy(t, T):
+            self.theta = self.start_theta(self.hi - self.lo, d)
+        tc, Tc = agent.schedule_clock(t, T)
+        lr = _schedule(cfg.policy_lr, cfg.policy_lr_end, tc, Tc, cfg.decay_power)
+        self.sigma = _schedule(cfg.sigma, cfg.sigma_end, tc, Tc, cfg.decay_power)
+        if self.gaussian:
+            self.eps = torch.stack(
+                [
+                    torch.randn(cfg.inner_steps + spr, d, generator=g, dtype=torch.float64)
+                    for g in self.gens
+                ]
+            )
+        theta = self.theta
+        for i in range(cfg.inner_steps):
+            y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
+            grad = agent._objective_grad(self.view, y, self.oracle)
+            if cfg.grad_clip is not None:
+                grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
+            theta = theta + lr * grad
+        self.theta = theta
+        sane = (theta.abs() <= DIVERGED).all(1)  # False for NaN too
+        if not sane.all():
+            bad = [s for s, ok in zip(agent.seeds, sane, strict=True) if not ok]
+            raise FloatingPointError(
+                f"policy became NaN/inf or diverged past |y| = {DIVERGED:.0e} at round {t} "
+                f"(seeds {bad}); lower policy_lr or the agent's coefficients"
+            )
+
+    def record(self, row: dict[str, np.ndarray]) -> None:
+        for key, v in row.items():
+            self.history.setdefault(key, []).append(v)
+        if self.callback is not None:
+            self.callback(row)
+
+
+def learn_together(
+    agents: list[Agent],
+    env,
+    rounds: int | None = None,
+    callbacks: list[RoundCallback | None] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Run several agents for ``rounds`` rounds on one vector env, each on its own experiments.
+
+    The env (already reset) holds the experiments of every agent, in order: the first agent's
+    seeds, then the second's, and so on. Each round every agent optimises its policy against its
+    experiments' reward models (seeing only those: :class:`agents.batching.SliceCore`, with
+    oracle queries charged to them alone), then all submit their responses in one env step, so
+    the env's scoring, labelling and retraining run once for all of them. An experiment's
+    numbers do not depend on what else shares the batch, so each agent's metrics are the ones it
+    gets alone, bit for bit (tested). ``rounds``: default, the first agent's ``config.rounds``
+    (all agents run the same rounds). Returns one history per agent, as :meth:`Agent.learn`.
+    """
+    from agents.batching import SliceCore, SliceOracle
+    from agents.sealed import FollowerView, Oracle
+
+    if not agents:
+        raise ValueError("learn_together needs at least one agent")
+    callbacks = list(callbacks) if callbacks is not None else [None] * len(agents)
+    if len(callbacks) != len(agents):
+        raise ValueError(f"got {len(callbacks)} callbacks for {len(agents)} agents")
+    T = rounds if rounds is not None else agents[0].config.rounds
+    core = env.unwrapped.core
+    if not core.seeds:
+        raise RuntimeError("reset the env with a seed before learn()")
+    vector = isinstance(env.unwrapped, VectorEnv)
+    if len(agents) > 1 and not vector:
+        raise ValueError("several agents need a vector env (gym.make_vec)")
+    S, d = core.S, core.config.dims
+    sizes = [len(a.seeds) for a in agents]
+    if sum(sizes) != S:
+        what = "agent has" if len(agents) == 1 else "agents have"
+        raise ValueError(f"{what} {sum(sizes)} seeds, env has {S} experiments")
+    spr, k = core.config.samples_per_round, core.config.signal_dims
+    members, lo = [], 0
+    for agent, n, cb in zip(agents, sizes, callbacks, strict=True):
+        if len(agents) == 1:  # the whole env: no slicing
+            view, oracle = FollowerView(core), Oracle(env.unwrapped)
+        else:
+            part = SliceCore(core, lo, lo + n)
+            view, oracle = FollowerView(part), SliceOracle(env.unwrapped, part)
+        members.append(_Member(agent, lo, lo + n, view, oracle, cb))
+        lo += n
+    for m in members:
+        m.agent.start(m.view)
+        m.theta = m.start_theta(m.hi - m.lo, d)
+    for t in range(T):
+        # 1. every agent optimises its policy against its experiments' current reward models
+        for m in members:
+            m.optimise(t, T, spr, d)
+        # 2. submit responses: the env scores them, labels the round and retrains its RMs
+        proxies, trues = [], []
+        for j in range(spr):
+            if len(members) == 1:
+                y = members[0].response(j)
+            else:
+                y = torch.cat([m.response(j) for m in members])
+            proxy, true_u = _submit(env, y, vector)
+            proxies.append(proxy)
+            trues.append(true_u)
+        # 3. record what happened (audit path: not charged to the agents)
+        theta = members[0].theta if len(members) == 1 else torch.cat([m.theta for m in members])
+        row = members[0].agent._metrics(core, theta, np.stack(proxies), np.stack(trues), k)
+        for m in members:
+            m.record(row if len(members) == 1 else {key: v[m.lo : m.hi] for key, v in row.items()})
+    out = []
+    for m in members:
+        m.agent.theta = m.theta
+        out.append({key: np.stack(v) for key, v in m.history.items()})
+    return out

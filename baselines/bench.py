@@ -95,6 +95,39 @@ def agent_seconds(
     return statistics.median(times)
 
 
+def together_seconds(
+    env_id: str,
+    agents: list[str],
+    seeds: list[int],
+    rounds: int,
+    repeats: int,
+    env_kwargs: dict | None = None,
+) -> float:
+    """Median wall seconds of one :func:`~agents.whitebox.learn_together` of all ``agents``
+    (each over ``seeds``) on one batched env, as the harness runs agents of one env config."""
+    from agents.whitebox import learn_together
+
+    defaults = load_defaults(env_id)
+    times = []
+    for _ in range(repeats):
+        made = []
+        for agent in agents:
+            cls = registry.get(agent)
+            kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
+            made.append(cls(cls.config_cls(**{**kwargs, "rounds": rounds}), seed=seeds))
+        env = gym.make_vec(
+            env_id,
+            num_envs=len(seeds) * len(agents),
+            vectorization_mode="vector_entry_point",
+            **(env_kwargs or {}),
+        )
+        env.reset(seed=seeds * len(agents))
+        t = time.perf_counter()
+        learn_together(made, env, rounds)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -> float:
     """Median seconds of one SB3 run (one seed) of ``rounds`` RM rounds."""
     from baselines.sb3_runner import learn_sb3
@@ -261,6 +294,17 @@ def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     for agent, (b, a) in rows.items():
         print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
     print()
+    if len(args.agents) > 1:
+        seeds = list(range(args.seeds))
+        both = together_seconds(env_id, args.agents, seeds, rounds, args.repeats)
+        apart = sum(b for b, _ in rows.values()) * args.seeds
+        n = len(args.agents)
+        print(
+            f"all {n} agents in one program ({n} x {args.seeds} experiments, as the harness "
+            f"runs agents of one env config): {both:.2f} s against {apart:.2f} s for the "
+            f"{n} batched programs one after the other: {apart / both:.2f}x "
+            f"({both / (n * args.seeds):.3f} s/agent-run)\n"
+        )
 
 
 def family_seconds(
@@ -334,6 +378,15 @@ def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     base = rows.get(registry.REFERENCE, next(iter(rows.values())))
     for agent, sec in rows.items():
         print(f"| {agent} | {sec:.3f} | {sec / base:.2f}x |")
+    if len(args.agents) > 1:
+        both = sum(
+            together_seconds(env_id, args.agents, seeds, measured, args.repeats, cfg)
+            for cfg in configs
+        )
+        sec = both * rounds / measured / (len(configs) * len(seeds) * len(args.agents))
+        mean = sum(rows.values()) / len(rows)
+        print(f"| all agents, one program per config | {sec:.3f} | {sec / base:.2f}x |")
+        print(f"\nagents sharing one program per config: {mean / sec:.2f}x the separate programs")
     print()
 
 

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from baselines import results, stats
-from baselines.run import CLIError, _Parser, execute, run_folder_name
+from baselines.run import CLIError, _Parser, add_batch_flag, execute, run_folder_name
 from baselines.sweep import _SAFE, execute_ray, longest_first, plan_sweep, write_summary
 
 CHECK_SEEDS = list(range(200, 210))
@@ -145,13 +145,13 @@ def check(env_id: str, splits: list[str], n: int, jobs: int, out: Path, res: Pat
     return rows
 
 
-def _run(spec: dict, out: Path, jobs: int, backend: str) -> None:
+def _run(spec: dict, out: Path, jobs: int, backend: str, together: bool = True) -> None:
     jobs_, folders = plan_sweep(spec, out, False, jobs, max_runs=100_000)
     t0 = time.perf_counter()
     if backend == "ray":
-        outcomes = execute_ray(longest_first(jobs_), None, jobs) if jobs_ else []
+        outcomes = execute_ray(longest_first(jobs_), None, jobs, together) if jobs_ else []
     else:
-        outcomes = execute(longest_first(jobs_), jobs, show_progress=False)
+        outcomes = execute(longest_first(jobs_), jobs, False, together)
     summary = write_summary(out, folders, outcomes, time.perf_counter() - t0)
     if summary["failed"]:
         raise CLIError(f"{len(summary['failed'])} run(s) failed, e.g. {summary['failed'][0]}")
@@ -212,11 +212,18 @@ def normalised(
 
 
 def tune(
-    env_id: str, jobs: int, backend: str, out: Path, res: Path, agents: list[str] | None = None
+    env_id: str,
+    jobs: int,
+    backend: str,
+    out: Path,
+    res: Path,
+    agents: list[str] | None = None,
+    together: bool = True,
 ) -> dict[str, Any]:
     """The tuning protocol (see the module docstring); returns the frozen settings.
 
-    ``agents``: the agents of :data:`GRID` to tune (default: all).
+    ``agents``: the agents of :data:`GRID` to tune (default: all). ``together``: the agents of
+    one config share a batched program (the same numbers; see :func:`baselines.run.execute`).
     """
     from rlhf_envs import families
 
@@ -234,7 +241,7 @@ def tune(
         "seeds": TUNE_SEEDS,
         "rounds": families.ROUNDS[env_id],
     }
-    _run(spec, out, jobs, backend)
+    _run(spec, out, jobs, backend, together)
     norm, _, _ = normalised(out, env_id, "train", settings, TUNE_SEEDS)
     rows, chosen = [], {}
     for label, (agent, kw) in settings.items():
@@ -259,7 +266,7 @@ def tune(
     return frozen
 
 
-def board(env_id: str, jobs: int, backend: str, out: Path, res: Path) -> str:
+def board(env_id: str, jobs: int, backend: str, out: Path, res: Path, together: bool = True) -> str:
     """The generalisation leaderboard on the test split (see the module docstring)."""
     from agents import registry
     from rlhf_envs import families
@@ -283,7 +290,7 @@ def board(env_id: str, jobs: int, backend: str, out: Path, res: Path) -> str:
         "rounds": families.ROUNDS[env_id],
     }
     t0 = time.perf_counter()
-    _run(spec, out, jobs, backend)
+    _run(spec, out, jobs, backend, together)
     wall = time.perf_counter() - t0
     norm, raw, calls = normalised(out, env_id, "test", settings, TEST_SEEDS)
     rows = []
@@ -426,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             "results/families only with --force)",
         )
         t.add_argument("--force", action="store_true", help="allow writing into results/")
+        add_batch_flag(t)
         if cmd == "tune":
             t.add_argument("--agents", default=None, help="comma-separated subset of GRID")
     start = time.perf_counter()
@@ -451,10 +459,20 @@ def main(argv: list[str] | None = None) -> int:
                 unknown = sorted(set(agents or []) - set(GRID))
                 if unknown:
                     raise CLIError(f"--agents: {unknown} not in the grid; known: {list(GRID)}")
-                frozen = tune(args.env, args.jobs, args.backend, Path(args.out), res, agents)
+                frozen = tune(
+                    args.env,
+                    args.jobs,
+                    args.backend,
+                    Path(args.out),
+                    res,
+                    agents,
+                    args.batch_agents,
+                )
                 print(json.dumps(frozen["settings"]))
             else:
-                print(board(args.env, args.jobs, args.backend, Path(args.out), res))
+                print(
+                    board(args.env, args.jobs, args.backend, Path(args.out), res, args.batch_agents)
+                )
             print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
             return 0
         if args.split not in (*families.SPLITS, "both"):

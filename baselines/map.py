@@ -43,6 +43,7 @@ from baselines.run import (
     CLIError,
     _Parser,
     _read_value,
+    add_batch_flag,
     add_limit_flags,
     check_limits,
     execute,
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="map name (default ENV__X_x_Y)")
     p.add_argument("--force", action="store_true", help="redo finished runs")
     p.add_argument("--no-progress", action="store_true")
+    add_batch_flag(p)
     add_limit_flags(p)
     start = time.perf_counter()
     try:
@@ -389,9 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         if args.backend == "ray":
-            outcomes = execute_ray(longest_first(jobs), args.address, args.jobs) if jobs else []
+            outcomes = (
+                execute_ray(longest_first(jobs), args.address, args.jobs, args.batch_agents)
+                if jobs
+                else []
+            )
         else:
-            outcomes = execute(longest_first(jobs), args.jobs, show_progress=not args.no_progress)
+            outcomes = execute(
+                longest_first(jobs), args.jobs, not args.no_progress, args.batch_agents
+            )
     except CLIError as e:
         print(f"python -m baselines.map: error: {e}", file=sys.stderr)
         return 2

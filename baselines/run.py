@@ -361,6 +361,47 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
     alone (``"busy"`` / ``"done_elsewhere"`` in the outcome). Each seed is written and sealed as
     soon as it finishes (SB3 runs one seed at a time; the white-box seeds finish together).
     """
+    return run_jobs([job], progress)[0]
+
+
+def run_jobs(jobs: list[Job], progress=None) -> list[dict[str, Any]]:
+    """Run several jobs as one program where they can share it, else one after the other; one
+    outcome per job, as :func:`run_job`. Never raises.
+
+    White-box jobs of one env with the same env settings and rounds (see :func:`batch_key`) run
+    side by side on one batched env (:func:`agents.whitebox.learn_together`): the env's work is
+    done once for all, and every run's numbers are the ones it gets alone. If the shared program
+    stops or fails, each job is run again on its own, so that an agent's failure is recorded
+    against its own runs only.
+    """
+    held = [_lock_seeds(job) for job in jobs]
+    try:
+        todo = [(job, h[1]) for job, h in zip(jobs, held, strict=True) if h[1]]
+        done = _run_together(todo, progress) if len(todo) > 1 else {}
+        outcomes = []
+        for job, (_, seeds, busy, elsewhere) in zip(jobs, held, strict=True):
+            if not seeds:
+                outcome = _outcome(seeds, "ok", "", 0.0)
+            elif id(job) in done:
+                outcome = done[id(job)]
+            else:
+                outcome = _run_locked(job, seeds, progress)
+            busy_folders = [
+                str(results.run_dir(job.out, job.env_id, job.run_name, s)) for s in busy
+            ]
+            outcomes.append(
+                {**outcome, "busy": busy, "busy_folders": busy_folders, "done_elsewhere": elsewhere}
+            )
+        return outcomes
+    finally:
+        for locks, *_ in held:
+            for lock in locks:
+                lock.release()
+
+
+def _lock_seeds(job: Job):
+    """``(locks, seeds, busy, done_elsewhere)``: the job's seeds whose folders this process now
+    holds and still has to run, and those another process holds or has finished."""
     locks, seeds, busy, done_elsewhere = [], [], [], []
     for seed in job.seeds:
         folder = results.run_dir(job.out, job.env_id, job.run_name, seed)
@@ -374,13 +415,78 @@ def run_job(job: Job, progress=None) -> dict[str, Any]:
             continue
         locks.append(lock)
         seeds.append(seed)
+    return locks, seeds, busy, done_elsewhere
+
+
+def batch_key(job: Job) -> str | None:
+    """Jobs with the same key can share one batched program (``None``: runs alone): white-box
+    jobs of one env with the same env settings and rounds."""
+    if job.policy_optimizer != "whitebox":
+        return None
+    return results.config_hash(
+        {"env_id": job.env_id, "env_kwargs": job.env_kwargs, "r": job.rounds}
+    )
+
+
+def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int, dict[str, Any]]:
+    """Run white-box jobs (locked seeds each) on one batched env; ``{id(job): outcome}``, or
+    ``{}`` if they cannot share a program or the shared program stopped (then the caller runs
+    each job on its own)."""
+    import gymnasium as gym
+    import torch
+
+    import rlhf_envs  # noqa: F401
+    from agents import registry
+    from agents.whitebox import learn_together
+
+    keys = {batch_key(job) for job, _ in todo}
+    if len(keys) != 1 or None in keys:
+        return {}
+    torch.set_num_threads(1)
+    report = progress or (_progress_queue.put if _progress_queue is not None else None)
+    units, sent = [0], [0]
+
+    def callback(per_round: int):
+        def call(_row) -> None:
+            units[0] += per_round
+            if report is not None and units[0] >= 50:
+                report(units[0])
+                sent[0] += units[0]
+                units[0] = 0
+
+        return call
+
+    start = time.perf_counter()
+    first = todo[0][0]
     try:
-        outcome = _run_locked(job, seeds, progress) if seeds else _outcome(seeds, "ok", "", 0.0)
-    finally:
-        for lock in locks:
-            lock.release()
-    busy_folders = [str(results.run_dir(job.out, job.env_id, job.run_name, s)) for s in busy]
-    return {**outcome, "busy": busy, "busy_folders": busy_folders, "done_elsewhere": done_elsewhere}
+        all_seeds = [s for _, seeds in todo for s in seeds]
+        env = gym.make_vec(
+            first.env_id,
+            num_envs=len(all_seeds),
+            vectorization_mode="vector_entry_point",
+            **first.env_kwargs,
+        )
+        env.reset(seed=all_seeds)
+        agents = []
+        for job, seeds in todo:
+            cls = registry.get(job.agent)
+            agents.append(cls(cls.config_cls(**job.agent_config), seed=list(seeds)))
+        callbacks = [callback(len(seeds)) for _, seeds in todo]
+        histories = learn_together(agents, env, first.rounds, callbacks)
+    except Exception:  # noqa: BLE001  (each job is rerun alone and records its own failure)
+        if report is not None and sent[0]:
+            report(-sent[0])  # the reruns count their rounds again
+        return {}
+    if report is not None and units[0]:
+        report(units[0])
+    wall = time.perf_counter() - start
+    names = [job.run_name for job, _ in todo]
+    done = {}
+    for (job, seeds), history in zip(todo, histories, strict=True):
+        for i, seed in enumerate(seeds):
+            write_run(job, seed, seeds, wall / len(all_seeds), wall, history, i, shared=names)
+        done[id(job)] = _outcome(seeds, "ok", "", wall)
+    return done
 
 
 def _outcome(
@@ -477,6 +583,7 @@ def write_run(
     status: str = "ok",
     reason: str = "",
     tb: str = "",
+    shared: list[str] | None = None,
 ) -> None:
     """Write and seal one run folder (the caller holds its lock).
 
@@ -496,6 +603,7 @@ def write_run(
         **job.settings[seed],
         "config_hash": job.digests[seed],
         "batched_with": batch,
+        **({"batched_with_agents": shared} if shared else {}),
         "versions": results.package_versions(),
         "git_commit": results.git_commit(),
         "code_hash": results.code_hash(),
@@ -568,18 +676,60 @@ def summarise(history: dict, col: int) -> dict[str, Any]:
     return out
 
 
-def execute(jobs: list[Job], n_workers: int, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Run jobs in-process (1 worker) or in a spawn process pool, with one progress bar."""
+def job_cost(job: Job) -> float:
+    """Estimated compute of a job, from the agent's declared ``cost`` (for scheduling)."""
+    from agents import registry
+
+    steps = job.agent_config.get("inner_steps", 1) + 1
+    return job.rounds * steps * registry.get(job.agent).cost
+
+
+def group_jobs(jobs: list[Job], n_workers: int) -> list[list[Job]]:
+    """The jobs in units of work, longest first: jobs with one :func:`batch_key` share a unit
+    (one batched program), split into up to ``n_workers`` units of similar cost when there are
+    fewer keys than workers; never two jobs of one run folder name in a unit (their seeds were
+    split into jobs on purpose: ``--batch-size``, ``--jobs``)."""
+    keyed: dict[str, list[Job]] = {}
+    units: list[list[Job]] = []
+    for job in jobs:
+        key = batch_key(job)
+        if key is None:
+            units.append([job])
+        else:
+            keyed.setdefault(key, []).append(job)
+    per_key = max(1, -(-n_workers // max(1, len(keyed) + len(units))))
+    for group in keyed.values():
+        bins: list[list[Job]] = [[] for _ in range(min(per_key, len(group)))]
+        for job in sorted(group, key=job_cost, reverse=True):
+            free = [b for b in bins if all(j.run_name != job.run_name for j in b)]
+            if not free:
+                free = [[]]
+                bins.append(free[0])
+            min(free, key=lambda b: sum(map(job_cost, b))).append(job)
+        units += [b for b in bins if b]
+    return sorted(units, key=lambda u: sum(map(job_cost, u)), reverse=True)
+
+
+def execute(
+    jobs: list[Job], n_workers: int, show_progress: bool = True, together: bool = True
+) -> list[dict[str, Any]]:
+    """Run jobs in-process (1 worker) or in a spawn process pool, with one progress bar.
+
+    ``together``: jobs that can share a batched program run in one (:func:`group_jobs`); the
+    numbers are the same either way. Returns one outcome per job.
+    """
     from tqdm import tqdm
 
+    units = group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
     total = sum(j.rounds * len(j.seeds) for j in jobs)
     bar = tqdm(total=total, unit="round", disable=not show_progress, dynamic_ncols=True)
-    out = []
+    out: list[dict[str, Any]] = []
     try:
-        if n_workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                bar.set_description(f"{job.agent} seeds {job.seeds[0]}..{job.seeds[-1]}")
-                out.append(run_job(job, progress=bar.update))
+        if n_workers <= 1 or len(units) <= 1:
+            for unit in units:
+                names = "+".join(dict.fromkeys(job.agent for job in unit))
+                bar.set_description(f"{names} seeds {unit[0].seeds[0]}..{unit[0].seeds[-1]}")
+                out.extend(run_jobs(unit, progress=bar.update))
             return out
         # a plain queue handed to the workers when they start (no manager process, which would
         # outlive a SIGKILLed parent); the workers die with the parent (_die_with_parent)
@@ -599,11 +749,12 @@ def execute(jobs: list[Job], n_workers: int, show_progress: bool = True) -> list
             initializer=_init_worker,
             initargs=(queue, os.getpid()),
         ) as pool:
-            futures = {pool.submit(run_job, j) for j in jobs}
+            futures = {pool.submit(run_jobs, unit) for unit in units}
             while futures:
                 finished, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
                 drain()
-                out.extend(f.result() for f in finished)
+                for f in finished:
+                    out.extend(f.result())
         drain()
         queue.close()
         return out
@@ -706,6 +857,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_limit_flags(p)
     return p
+
+
+def add_batch_flag(p: argparse.ArgumentParser) -> None:
+    """``--no-batch-agents``: each agent's jobs in a program of their own (same numbers)."""
+    p.add_argument(
+        "--no-batch-agents",
+        dest="batch_agents",
+        action="store_false",
+        help="run each agent's jobs in a program of their own instead of sharing one batched "
+        "env with the other agents of the same env settings (same results, more env work)",
+    )
 
 
 def add_limit_flags(p: argparse.ArgumentParser) -> None:

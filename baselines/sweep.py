@@ -53,13 +53,16 @@ from baselines.run import (
     CLIError,
     Job,
     _Parser,
+    add_batch_flag,
     add_limit_flags,
     check_limits,
     execute,
+    group_jobs,
+    job_cost,
     parse_seeds,
     plan,
     run_folder_name,
-    run_job,
+    run_jobs,
 )
 
 #: seconds to wait for a Ray cluster named by --address
@@ -221,16 +224,14 @@ def plan_sweep(
 
 def longest_first(jobs: list[Job]) -> list[Job]:
     """Order jobs by estimated cost, longest first, so the pool packs them tightly."""
-
-    def cost(job: Job) -> float:
-        steps = job.agent_config.get("inner_steps", 1) + 1
-        return job.rounds * steps * registry.get(job.agent).cost  # declared by the agent
-
-    return sorted(jobs, key=cost, reverse=True)
+    return sorted(jobs, key=job_cost, reverse=True)
 
 
-def execute_ray(jobs: list[Job], address: str | None, n_workers: int) -> list[dict[str, Any]]:
-    """One Ray task per job, retried if its worker dies; returns the jobs' outcomes."""
+def execute_ray(
+    jobs: list[Job], address: str | None, n_workers: int, together: bool = True
+) -> list[dict[str, Any]]:
+    """One Ray task per unit of jobs (:func:`baselines.run.group_jobs`; one job per task
+    without ``together``), retried if its worker dies; returns the jobs' outcomes."""
     try:
         import ray
     except ImportError:
@@ -242,14 +243,16 @@ def execute_ray(jobs: list[Job], address: str | None, n_workers: int) -> list[di
     else:  # a local instance on this machine only
         ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=3)(run_job)
-        pending = [task.remote(job) for job in jobs]
+        task = ray.remote(num_cpus=1, max_retries=3)(run_jobs)
+        units = group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
+        pending = [task.remote(unit) for unit in units]
         outcomes = []
         with tqdm(total=len(jobs), unit="job") as bar:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                outcomes += ray.get(ready)
-                bar.update(len(ready))
+                for done in ray.get(ready):
+                    outcomes += done
+                    bar.update(len(done))
         return outcomes
     finally:
         ray.shutdown()
@@ -328,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="redo finished runs")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no result table at the end")
+    add_batch_flag(p)
     add_limit_flags(p)
     try:
         args = p.parse_args(argv)
@@ -354,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         if args.backend == "ray":
-            outcomes = execute_ray(jobs, args.address, args.jobs) if jobs else []
+            outcomes = execute_ray(jobs, args.address, args.jobs, args.batch_agents) if jobs else []
         else:
-            outcomes = execute(jobs, args.jobs, show_progress=not args.no_progress)
+            outcomes = execute(jobs, args.jobs, not args.no_progress, args.batch_agents)
     except CLIError as e:
         print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
         return 2

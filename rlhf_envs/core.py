@@ -365,7 +365,7 @@ class RLHFCore:
     def charge(self, y: torch.Tensor, grad: bool = False) -> None:
         """Count one oracle query per response in ``y`` (shape (S, ..., d)): a value query, or
         with ``grad`` a gradient query (the value and its d-dim gradient)."""
-        per_exp = int(np.prod(y.shape[1:-1])) if y.dim() > 2 else 1
+        per_exp = math.prod(y.shape[1:-1]) if y.dim() > 2 else 1
         if grad:
             self.oracle_grad_queries += per_exp
         else:

@@ -1,0 +1,184 @@
+"""Several agents on one batched env: each agent's numbers are the ones it gets alone."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import rlhf_envs  # noqa: F401
+from agents import registry
+from agents.batching import SliceCore, SliceOracle
+from agents.sealed import FollowerView
+from agents.whitebox import learn_together
+from baselines import results, sweep
+from baselines.run import Job, group_jobs, load_defaults
+
+NEURAL = "RLHFNeuralBlindSpot-v0"
+LINEAR = "RLHFBlindSpot-v0"
+ROUNDS = {NEURAL: 12, LINEAR: 40}
+
+
+def make_agent(env_id: str, name: str, seeds: list[int], **kw):
+    cls = registry.get(name)
+    d = load_defaults(env_id)
+    cfg = {**d.get("agent", {}), **d.get("agents", {}).get(cls.name, {}), **kw}
+    cfg["rounds"] = ROUNDS[env_id]
+    return cls(cls.config_cls(**cfg), seed=seeds)
+
+
+def vec_env(env_id: str, seeds: list[int], **kw):
+    env = gym.make_vec(env_id, num_envs=len(seeds), vectorization_mode="vector_entry_point", **kw)
+    env.reset(seed=seeds)
+    return env
+
+
+@pytest.mark.parametrize("env_id", [NEURAL, LINEAR])
+def test_every_agent_batched_with_the_others_gets_its_numbers_alone(env_id):
+    # every built-in agent, one of them twice with another setting (a tuning grid), seeds that
+    # repeat across agents and sets of different sizes
+    names = list(registry.names()) + ["kl"]
+    extra = {len(names) - 1: {"kl_coef": 0.5}}
+    seeds = [[i % 5, 7] if i % 3 else [i % 4] for i in range(len(names))]
+    together = learn_together(
+        [
+            make_agent(env_id, n, s, **extra.get(i, {}))
+            for i, (n, s) in enumerate(zip(names, seeds, strict=True))
+        ],
+        vec_env(env_id, [x for s in seeds for x in s]),
+    )
+    for i, (name, s) in enumerate(zip(names, seeds, strict=True)):
+        alone = make_agent(env_id, name, s, **extra.get(i, {})).learn(vec_env(env_id, s))
+        assert alone.keys() == together[i].keys()
+        for key in alone:
+            np.testing.assert_array_equal(together[i][key], alone[key], err_msg=f"{name} {key}")
+    # what the agents declared is what they were charged for, each on its own experiments
+    naive = names.index("naive")
+    assert (together[naive]["oracle_queries"] == 0).all()
+    assert (together[names.index("fpo-relaxed")]["oracle_queries"][-1] > 0).all()
+
+
+def test_callbacks_get_each_agents_rows_and_policies_are_kept():
+    rows = {0: [], 1: []}
+    agents = [make_agent(NEURAL, "naive", [3]), make_agent(NEURAL, "fpo", [3, 4])]
+    out = learn_together(agents, vec_env(NEURAL, [3, 3, 4]), 5, [rows[0].append, rows[1].append])
+    assert len(rows[0]) == len(rows[1]) == 5
+    assert rows[1][-1]["true_utility"].shape == (2,)
+    np.testing.assert_array_equal(out[1]["true_utility"][-1], rows[1][-1]["true_utility"])
+    assert agents[0].theta.shape == (1, 10) and agents[1].theta.shape == (2, 10)
+
+
+def test_learn_together_refuses_mismatched_inputs():
+    env = vec_env(NEURAL, [0, 1])
+    with pytest.raises(ValueError, match="agents have 3 seeds, env has 2 experiments"):
+        learn_together([make_agent(NEURAL, "naive", [0]), make_agent(NEURAL, "fpo", [1, 2])], env)
+    with pytest.raises(ValueError, match="2 callbacks for 1 agents"):
+        learn_together([make_agent(NEURAL, "naive", [0, 1])], env, 2, [None, None])
+    with pytest.raises(ValueError, match="at least one agent"):
+        learn_together([], env)
+    single = gym.make(NEURAL)
+    single.reset(seed=0)
+    with pytest.raises(ValueError, match="vector env"):
+        learn_together([make_agent(NEURAL, "naive", [0]), make_agent(NEURAL, "fpo", [0])], single)
+
+
+def test_slice_core_cuts_the_follower_and_keeps_slices_while_the_env_does():
+    env = vec_env(NEURAL, [0, 1, 2, 3])
+    core = env.unwrapped.core
+    part = SliceCore(core, 1, 3)
+    assert part.S == 2 and part.seeds == [1, 2]
+    p = part.params
+    assert p is part.params  # the same object until the env replaces its parameters
+    for k in core.params:
+        assert torch.equal(p[k], core.params[k][1:3])
+    for _ in range(5):  # one round: the env retrains and replaces params and buffer
+        env.step(np.ones((4, 10)))
+    assert part.params is not p
+    assert torch.equal(part.opt_state["m"], core.opt_state["m"][1:3])
+    assert torch.equal(part.training_batch()[0], core.training_batch()[0][1:3])
+    assert torch.equal(part.params.flat, core.params.flat[1:3])
+    y = torch.randn(2, 1, 10, dtype=torch.float64)
+    assert torch.equal(part.score(y), core.score(torch.cat([y[:1], y, y[:1]]))[1:3])
+    view = FollowerView(part)
+    assert view.config.dims == 10 and view.buffer_len == core.buffer_len
+    with pytest.raises(ValueError, match="within the core's 4 experiments"):
+        SliceCore(core, 2, 5)
+
+
+def test_slice_oracle_charges_its_experiments_only_and_checks_shapes():
+    env = vec_env(NEURAL, [0, 1, 2])
+    core = env.unwrapped.core
+    oracle = SliceOracle(env.unwrapped, SliceCore(core, 2, 3))
+    y = torch.randn(1, 4, 10, dtype=torch.float64)
+    torch.testing.assert_close(oracle.query_labeler(y), core.labeler_target(y), rtol=0, atol=0)
+    oracle.true_utility_and_grad(y)
+    assert core.oracle_queries.tolist() == [0, 0, 4]
+    assert core.oracle_grad_queries.tolist() == [0, 0, 4]
+    with pytest.raises(ValueError, match=r"ys must have shape \(1, \.\.\., 10\)"):
+        oracle.true_utility(torch.zeros(3, 1, 10))
+
+
+def job(agent: str, run_name: str, seeds, key: str = "a", optimizer: str = "whitebox") -> Job:
+    return Job(
+        NEURAL,
+        agent,
+        list(seeds),
+        10,
+        {"label_noise": key},
+        {},
+        "out",
+        run_name=run_name,
+        policy_optimizer=optimizer,
+    )
+
+
+def test_group_jobs_shares_programs_by_env_settings_and_splits_for_workers():
+    jobs = [job(a, a, s) for a in ("naive", "fpo-exact", "fpo") for s in ([0, 2], [1, 3])]
+    jobs += [job("naive", "naive", [0], key="b"), job("naive", "naive+ppo", [0], "a", "ppo")]
+    units = group_jobs(jobs, 2)
+    assert sorted(len(u) for u in units) == [1, 1, 3, 3]
+    for unit in units:
+        names = [j.run_name for j in unit]
+        assert len(set(names)) == len(names)  # a run folder's seed chunks stay apart
+        assert len({json.dumps(j.env_kwargs) for j in unit}) == 1
+    assert [len(u) for u in group_jobs(jobs, 1)][:1] == [3]  # longest first
+    assert all(u for u in group_jobs(jobs, 16))
+
+
+SWEEP = """
+envs: [RLHFNeuralBlindSpot-v0]
+agents:
+  - naive
+  - fpo-relaxed
+  - {agent: naive, tag: wild, agent_kwargs: {policy_lr: 1.0e+9, grad_clip: null}}
+  - {agent: kl, tag: two, agent_kwargs: {kl_coef: 0.5}}
+seeds: 0-2
+rounds: 8
+"""
+
+
+def sweep_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("metrics.csv"))}
+
+
+def test_sweep_batched_agents_write_the_files_of_separate_programs(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SWEEP)
+    common = [str(spec), "--no-progress", "--quiet", "--jobs", "1"]
+    # the wild naive diverges: the shared program stops and every job is rerun on its own
+    assert sweep.main([*common, "--out", str(tmp_path / "a")]) == 1
+    assert sweep.main([*common, "--out", str(tmp_path / "b"), "--no-batch-agents"]) == 1
+    a, b = sweep_files(tmp_path / "a"), sweep_files(tmp_path / "b")
+    assert a == b and len(a) == 9
+    wild = results.run_dir(tmp_path / "a", NEURAL, "naive@wild", 0) / "summary.json"
+    assert json.loads(wild.read_text())["status"] == "stopped"
+    # without the diverging agent the program is shared, and says so in each run's config
+    spec.write_text(SWEEP.replace("  - {agent: naive, tag: wild", "  # "))
+    assert sweep.main([*common, "--out", str(tmp_path / "c")]) == 0
+    assert sweep_files(tmp_path / "c") == a
+    cfg = json.loads(
+        (results.run_dir(tmp_path / "c", NEURAL, "kl@two", 1) / "config.json").read_text()
+    )
+    assert sorted(cfg["batched_with_agents"]) == ["fpo-relaxed", "kl@two", "naive"]
