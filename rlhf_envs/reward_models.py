@@ -277,12 +277,12 @@ def unflatten(flat: torch.Tensor, like: Params) -> Params:
     The pieces are made contiguous: matmuls on strided views would take other BLAS paths for
     other batch sizes and break the bit-identity of one experiment across batch sizes.
     """
-    out, i = FlatParams(), 0
-    for k in sorted(like):
-        shape = like[k].shape
-        n = like[k][0].numel()
-        out[k] = flat[:, i : i + n].reshape(shape).contiguous()
-        i += n
+    names = sorted(like)
+    sizes = [like[k][0].numel() for k in names]
+    out = FlatParams()
+    # one split (its backward is one concatenation; slices would each scatter into zeros)
+    for k, part in zip(names, flat.split(sizes, dim=1), strict=True):
+        out[k] = part.reshape(like[k].shape).contiguous()
     out.flat = flat
     return out
 

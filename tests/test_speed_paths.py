@@ -20,6 +20,7 @@ from rlhf_envs.reward_models import (
     MLPRewardModel,
     OptimizerConfig,
     flatten,
+    unflatten,
 )
 
 NEURAL = "RLHFNeuralBlindSpot-v0"
@@ -73,6 +74,46 @@ def test_adam_from_flat_params_equals_adam_from_a_plain_dict():
     assert all(torch.equal(a[k], b[k]) for k in a) and torch.equal(sa["m"], sb["m"])
     again = pickle.loads(pickle.dumps(a))
     assert torch.equal(again.flat, a.flat) and all(torch.equal(again[k], a[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "env_kwargs", [{}, {"rm_weight_decay": 0.0}, {"rm_optimizer": "sgd"}, {"rm_steps": 3}]
+)
+def test_virtual_step_is_the_optimisers_step_bit_for_bit(env_kwargs):
+    env, core = advanced_core(env_kwargs)
+    cache: dict = {}
+    n, g_rest, _ = fpo._retained_grad(core, cache)
+    y = torch.randn(3, 1, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    runs = []
+    for step in (
+        fpo._virtual_step(core, cache),
+        lambda g: core.reward_model.apply_grads(core.params, core.opt_state, g)[0],
+    ):
+        yy = y.clone().requires_grad_(True)
+        label = torch.ones(3, 1, dtype=torch.float64)
+        g_new, _ = core.reward_model.loss_grad_and_score(core.params, yy, label, "rating", None, n)
+        new = step(flatten(g_rest) + flatten(g_new))
+        score = core.reward_model.score(new, yy).sum()
+        runs.append((new, torch.autograd.grad(score, yy)[0]))
+    (a, ga), (b, gb) = runs
+    assert all(torch.equal(a[k], b[k]) for k in b) and torch.equal(ga, gb)
+    assert fpo._virtual_step(core, cache) is fpo._virtual_step(core, cache)  # kept per RM
+
+
+def test_unflatten_gives_the_slices_values_and_gradient():
+    rm, params = mlp(skip=True)
+    flat = flatten(params).clone().requires_grad_(True)
+    out = unflatten(flat * 1.5, params)
+    i, ref = 0, {}
+    for k in sorted(params):
+        size = params[k][0].numel()
+        ref[k] = (flat * 1.5)[:, i : i + size].reshape(params[k].shape).contiguous()
+        i += size
+    assert all(torch.equal(out[k], ref[k]) and out[k].is_contiguous() for k in ref)
+    w = {k: torch.randn_like(v) for k, v in ref.items()}
+    ga = torch.autograd.grad(sum((out[k] * w[k]).sum() for k in w), flat)[0]
+    gb = torch.autograd.grad(sum((ref[k] * w[k]).sum() for k in w), flat)[0]
+    assert torch.equal(ga, gb)
 
 
 def test_a_nan_parameter_is_still_reported_by_name():
