@@ -12,7 +12,7 @@ from agents.foresight import FPOAgent, FPOExactAgent, FPORelaxedAgent, FPORelaxe
 from agents.naive import NaiveAgent
 from agents.oracle import OracleAgent, OracleValuesAgent
 from agents.registry import BUILTIN as AGENTS
-from agents.whitebox import READS, Agent, WhiteBoxAgent, WhiteBoxConfig
+from agents.whitebox import READS, Agent, WhiteBoxAgent, WhiteBoxConfig, learn_together
 
 __all__ = [
     "AGENTS",
@@ -30,4 +30,5 @@ __all__ = [
     "OracleValuesAgent",
     "WhiteBoxAgent",
     "WhiteBoxConfig",
+    "learn_together",
 ]

@@ -17,8 +17,6 @@ from baselines.results import read_csv  # noqa: E402
 from llm_track import bench  # noqa: E402
 from llm_track import loop as L  # noqa: E402
 from llm_track.config import LLMTrackError, preset_config  # noqa: E402
-from llm_track.models import load_models  # noqa: E402
-from llm_track.prompts import TRAIN_PROMPTS  # noqa: E402
 from llm_track.run import TIMING_COLUMNS, main, run_protocol  # noqa: E402
 
 torch.set_num_threads(1)
@@ -145,23 +143,6 @@ def test_top_p_topk_edge_rows():
 
 
 # --------------------------------------------------------------------------- tiny-model loop
-def _protocol(seed=0, **overrides):
-    """Tiny protocol whose LoRA update is far from zero (B is zero-initialised by peft)."""
-    cfg = preset_config("tiny", agent="fpo-relaxed", candidates=N, max_new_tokens=12, **overrides)
-    models = load_models(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in models.policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return L.Protocol(cfg, models, list(TRAIN_PROMPTS))
-
-
-@pytest.fixture(scope="module")
-def proto():
-    return _protocol()
-
-
 def _kw(proto, **kw):
     cfg = proto.cfg
     out = dict(
@@ -203,14 +184,14 @@ def test_token_loop_matches_the_old_one(proto, every, monkeypatch):
     assert all(early.values())  # every path met a loop that ends early
 
 
-def test_protocol_steps_match_the_old_sampler(monkeypatch):
+def test_protocol_steps_match_the_old_sampler(monkeypatch, tiny_protocol):
     """Three whole protocol steps (generation, scoring, updates) give the same metrics with the
     new loop (top-k, default) as with the old loop, in one-loop and two-loop generation."""
     for mixed in (True, False):
         rows = []
         for sampler in (_old_sample, L.sample):
             monkeypatch.setattr(L, "sample", sampler)
-            p = _protocol(seed=1)
+            p = tiny_protocol(seed=1)
             p.mixed_generation = mixed
             rows.append([{k: v for k, v in p.step(t).items() if k not in TIMING_COLUMNS}
                          for t in range(3)])  # fmt: skip
@@ -273,7 +254,7 @@ def test_static_cache_logits_close(proto):
         L.sample(policy, ids[0], 2, max_new=9, decoder=dec, **_kw(proto))
 
 
-def test_compiled_decode_step_eager_backend(proto, monkeypatch):
+def test_compiled_decode_step_eager_backend(proto, monkeypatch, tiny_protocol):
     """The compiled decode step (dynamo tracing and guards; the ``eager`` backend skips code
     generation) gives the uncompiled static path's tokens across calls whose row masks change
     (reference last or first, all base, no mixing) at the same shapes, where module hooks are
@@ -297,7 +278,7 @@ def test_compiled_decode_step_eager_backend(proto, monkeypatch):
     with pytest.raises(ValueError, match="row-mask"):
         L.sample(policy, ids, 4, max_new=3, adapter_names=[a, a, a, b], mixing="peft",
                  decoder=compiled, **_kw(proto))  # fmt: skip
-    fresh = _protocol()  # its own decoders, compiled with the eager backend
+    fresh = tiny_protocol()  # its own decoders, compiled with the eager backend
     for mixed in (True, False):
         fresh.mixed_generation = mixed
         for i, greedy in ((0, True), (1, False)):
@@ -308,12 +289,12 @@ def test_compiled_decode_step_eager_backend(proto, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_decode_step_inductor():
+def test_compiled_decode_step_inductor(tiny_protocol):
     """The real compiler (inductor, C++ on the CPU; about 30 s per graph on a small machine)."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    proto = _protocol()
+    proto = tiny_protocol()
     for i in range(3):
         for greedy in (True, False):
             want = _gen(proto, i, greedy, static_cache=True)

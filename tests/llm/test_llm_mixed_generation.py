@@ -10,29 +10,11 @@ peft = pytest.importorskip("peft")
 
 from llm_track import loop as L  # noqa: E402
 from llm_track.config import preset_config  # noqa: E402
-from llm_track.models import load_base_models, load_models  # noqa: E402
-from llm_track.prompts import TRAIN_PROMPTS  # noqa: E402
+from llm_track.models import load_base_models  # noqa: E402
 
 torch.set_num_threads(1)
 MIXINGS = ["row-mask", "peft"]
 N = 4  # candidates
-
-
-def _protocol(seed=0, **overrides):
-    """Tiny protocol whose LoRA update is far from zero (B is zero-initialised by peft)."""
-    cfg = preset_config("tiny", agent="fpo-relaxed", candidates=N, max_new_tokens=12, **overrides)
-    models = load_models(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in models.policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return L.Protocol(cfg, models, list(TRAIN_PROMPTS))
-
-
-@pytest.fixture(scope="module")
-def proto():
-    return _protocol()
 
 
 def _ids(proto, i=0):
@@ -142,8 +124,8 @@ def test_same_seed_same_output_and_modes_differ(proto):
 
 
 @pytest.mark.parametrize("mixing", MIXINGS)
-def test_adapter_state_unchanged_by_generation(mixing):
-    proto = _protocol(seed=1)
+def test_adapter_state_unchanged_by_generation(mixing, tiny_protocol):
+    proto = tiny_protocol(seed=1)
     policy = proto.m.policy
     x = _ids(proto).unsqueeze(0)
     policy.eval()
@@ -195,7 +177,7 @@ def test_no_hooks_left_when_a_forward_raises(proto, mixing):
     assert out.shape[0] == 2
 
 
-def test_fallbacks():
+def test_fallbacks(tiny_protocol):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     plain = LlamaForCausalLM(
@@ -209,7 +191,7 @@ def test_fallbacks():
     )
     assert L.mixed_batch_adapter(plain) is None
 
-    proto = _protocol(seed=2)
+    proto = tiny_protocol(seed=2)
     policy = proto.m.policy
     assert L.mixed_batch_adapter(policy) == "default" and L.row_mask_ok(policy, "default")
     with policy.disable_adapter():
