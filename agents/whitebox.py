@@ -12,8 +12,9 @@ Two policies, as in Gauthier, Bach & Jordan (arXiv 2605.04266, Sec. 3):
 The objective is ``agent.score(y) - l2 * ||y||^2``; agents differ only in :meth:`Agent.score`.
 Gradients are exact (autograd), batched over the ``S`` experiments of a vectorised env.
 
-The loop of one round reads top to bottom in :meth:`Agent.learn`: optimise the policy
-against the current RM, submit responses (the env scores, labels and retrains), record metrics.
+The loop of one round reads top to bottom in :func:`learn_together` (which :meth:`Agent.learn`
+calls with one agent): optimise the policy against the current RM (:meth:`_Member.optimise`),
+submit responses (the env scores, labels and retrains), record metrics.
 """
 
 from __future__ import annotations
