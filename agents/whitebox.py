@@ -308,6 +308,7 @@ class _Member:
         self.history: dict[str, list[np.ndarray]] = {}
         self.theta: torch.Tensor | None = None
         self.sigma, self.eps = 0.0, None
+        self.error: FloatingPointError | None = None  # set when the policy diverged
 
     def start_theta(self, S: int, d: int) -> torch.Tensor:
         return torch.full((S, d), float(self.cfg.init), dtype=torch.float64)
@@ -361,7 +362,8 @@ def learn_together(
     env,
     rounds: int | None = None,
     callbacks: list[RoundCallback | None] | None = None,
-) -> list[dict[str, np.ndarray]]:
+    stopped: dict[int, FloatingPointError] | None = None,
+) -> list[dict[str, np.ndarray] | None]:
     """Run several agents for ``rounds`` rounds on one vector env, each on its own experiments.
 
     The env (already reset) holds the experiments of every agent, in order: the first agent's
@@ -372,6 +374,11 @@ def learn_together(
     numbers do not depend on what else shares the batch, so each agent's metrics are the ones it
     gets alone, bit for bit (tested). ``rounds``: default, the first agent's ``config.rounds``
     (all agents run the same rounds). Returns one history per agent, as :meth:`Agent.learn`.
+
+    ``stopped``: a dict to collect the agents whose policy diverges (index -> the error they
+    would raise alone) while the others go on; a stopped agent's history is ``None`` and its
+    experiments get zero responses from then on (they share nothing with the others'). Without
+    it, the first divergence raises, as :meth:`Agent.learn` does.
     """
     from agents.batching import SliceCore, SliceOracle
     from agents.sealed import FollowerView, Oracle
@@ -408,8 +415,18 @@ def learn_together(
         m.theta = m.start_theta(m.hi - m.lo, d)
     for t in range(T):
         # 1. every agent optimises its policy against its experiments' current reward models
-        for m in members:
-            m.optimise(t, T, spr, d)
+        for i, m in enumerate(members):
+            if m.error is not None:
+                continue
+            try:
+                m.optimise(t, T, spr, d)
+            except FloatingPointError as e:
+                if stopped is None:
+                    raise
+                m.error = stopped[i] = e
+                m.theta, m.gaussian = torch.zeros_like(m.theta), False
+        if len(stopped or ()) == len(members):
+            break
         # 2. submit responses: the env scores them, labels the round and retrains its RMs
         proxies, trues = [], []
         for j in range(spr):
@@ -424,9 +441,13 @@ def learn_together(
         theta = members[0].theta if len(members) == 1 else torch.cat([m.theta for m in members])
         row = members[0].agent._metrics(core, theta, np.stack(proxies), np.stack(trues), k)
         for m in members:
-            m.record(row if len(members) == 1 else {key: v[m.lo : m.hi] for key, v in row.items()})
-    out = []
+            if m.error is None:
+                m.record(row if len(members) == 1 else {k: v[m.lo : m.hi] for k, v in row.items()})
+    out: list[dict[str, np.ndarray] | None] = []
     for m in members:
+        if m.error is not None:
+            out.append(None)
+            continue
         m.agent.theta = m.theta
         out.append({key: np.stack(v) for key, v in m.history.items()})
     return out

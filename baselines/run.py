@@ -370,9 +370,10 @@ def run_jobs(jobs: list[Job], progress=None) -> list[dict[str, Any]]:
 
     White-box jobs of one env with the same env settings and rounds (see :func:`batch_key`) run
     side by side on one batched env (:func:`agents.whitebox.learn_together`): the env's work is
-    done once for all, and every run's numbers are the ones it gets alone. If the shared program
-    stops or fails, each job is run again on its own, so that an agent's failure is recorded
-    against its own runs only.
+    done once for all, and every run's numbers are the ones it gets alone. An agent whose policy
+    diverges is recorded as stopped, as alone, while the others go on; if the shared program
+    fails otherwise, each job is run again on its own, so that a failure is recorded against
+    its own runs only.
     """
     held = [_lock_seeds(job) for job in jobs]
     try:
@@ -472,7 +473,8 @@ def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int,
             cls = registry.get(job.agent)
             agents.append(cls(cls.config_cls(**job.agent_config), seed=list(seeds)))
         callbacks = [callback(len(seeds)) for _, seeds in todo]
-        histories = learn_together(agents, env, first.rounds, callbacks)
+        stopped: dict[int, FloatingPointError] = {}  # diverged agents stop, the others go on
+        histories = learn_together(agents, env, first.rounds, callbacks, stopped)
     except Exception:  # noqa: BLE001  (each job is rerun alone and records its own failure)
         if report is not None and sent[0]:
             report(-sent[0])  # the reruns count their rounds again
@@ -482,9 +484,17 @@ def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int,
     wall = time.perf_counter() - start
     names = [job.run_name for job, _ in todo]
     done = {}
-    for (job, seeds), history in zip(todo, histories, strict=True):
+    for k, ((job, seeds), history) in enumerate(zip(todo, histories, strict=True)):
+        per_run = wall / len(all_seeds)
+        if k in stopped:  # what the job records alone: its seeds stopped, with the reason
+            reason = str(stopped[k])
+            tb = "".join(traceback.format_exception(stopped[k]))
+            for seed in seeds:
+                write_run(job, seed, seeds, per_run, wall, status="stopped", reason=reason, tb=tb)
+            done[id(job)] = _outcome(seeds, "stopped", reason, wall, list(seeds))
+            continue
         for i, seed in enumerate(seeds):
-            write_run(job, seed, seeds, wall / len(all_seeds), wall, history, i, shared=names)
+            write_run(job, seed, seeds, per_run, wall, history, i, shared=names)
         done[id(job)] = _outcome(seeds, "ok", "", wall)
     return done
 

@@ -70,6 +70,33 @@ def test_callbacks_get_each_agents_rows_and_policies_are_kept():
     assert agents[0].theta.shape == (1, 10) and agents[1].theta.shape == (2, 10)
 
 
+def test_a_diverging_agent_stops_alone_and_the_others_go_on():
+    wild = dict(policy_lr=1e9, grad_clip=None)
+    seeds = [[0, 1], [2], [0, 3]]
+    names = ["naive", "naive", "fpo"]
+    stopped: dict = {}
+    out = learn_together(
+        [
+            make_agent(NEURAL, n, s, **(wild if i == 1 else {}))
+            for i, (n, s) in enumerate(zip(names, seeds, strict=True))
+        ],
+        vec_env(NEURAL, [x for s in seeds for x in s]),
+        stopped=stopped,
+    )
+    assert list(stopped) == [1] and out[1] is None
+    with pytest.raises(FloatingPointError) as alone:
+        make_agent(NEURAL, "naive", [2], **wild).learn(vec_env(NEURAL, [2]))
+    assert str(stopped[1]) == str(alone.value)
+    for i in (0, 2):
+        ref = make_agent(NEURAL, names[i], seeds[i]).learn(vec_env(NEURAL, seeds[i]))
+        assert all(np.array_equal(out[i][k], ref[k]) for k in ref)
+    with pytest.raises(FloatingPointError, match="diverged"):  # without the dict: raises
+        learn_together(
+            [make_agent(NEURAL, "naive", [0]), make_agent(NEURAL, "naive", [2], **wild)],
+            vec_env(NEURAL, [0, 2]),
+        )
+
+
 def test_learn_together_refuses_mismatched_inputs():
     env = vec_env(NEURAL, [0, 1])
     with pytest.raises(ValueError, match="agents have 3 seeds, env has 2 experiments"):
@@ -167,7 +194,7 @@ def test_sweep_batched_agents_write_the_files_of_separate_programs(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(SWEEP)
     common = [str(spec), "--no-progress", "--quiet", "--jobs", "1"]
-    # the wild naive diverges: the shared program stops and every job is rerun on its own
+    # the wild naive diverges: it stops (as alone) while the others go on
     assert sweep.main([*common, "--out", str(tmp_path / "a")]) == 1
     assert sweep.main([*common, "--out", str(tmp_path / "b"), "--no-batch-agents"]) == 1
     a, b = sweep_files(tmp_path / "a"), sweep_files(tmp_path / "b")

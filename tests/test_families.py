@@ -127,3 +127,23 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     assert set(more) == {"naive", "oracle", "elite-anchor", "ensemble"}
     for agent, row in rows.items():
         assert more[agent] == row, agent
+
+
+def test_a_diverged_run_scores_zero_and_other_failures_stop_the_board(tmp_path):
+    from baselines import family_board as fb
+    from baselines.run import CLIError
+
+    reason = "policy became NaN/inf or diverged past |y| = 1e+06 at round 97 (seeds [109]); ..."
+    assert fb._final({"status": "stopped", "reason": reason}, tmp_path) == 0.0
+    assert fb._final({"status": "ok", "final_true_utility": 7.5}, tmp_path) == 7.5
+    nan_rm = "reward model parameter 'W1' became NaN/inf at round 3 (seeds [0])"
+    with pytest.raises(CLIError, match="reward model parameter"):
+        fb._final({"status": "stopped", "reason": nan_rm}, tmp_path)
+    with pytest.raises(CLIError, match="failed"):
+        fb._final({"status": "failed", "reason": "ValueError: x"}, tmp_path)
+    # the reason's start is the white-box loop's own message
+    import inspect
+
+    from agents import whitebox
+
+    assert fb.DIVERGED_REASON in inspect.getsource(whitebox._Member.optimise)
