@@ -129,7 +129,7 @@ class FPOExactClosedFormAgent(FPOExactAgent):
 
     The same scores and the same oracle queries; the gradient is
     :func:`agents.fpo.exact_score_grad` (rating feedback, MLP reward model; other settings
-    fall back to autograd): equal to autograd's to rounding error, ~1.7x faster on the
+    fall back to autograd): equal to autograd's to rounding error, ~1.5x faster on the
     neural env (10 seeds), not bit for bit, so runs part from ``fpo-exact``'s after some
     rounds (a test checks that 10-seed results agree within their 95 % CIs). Not a built-in
     name: run it as
