@@ -1,7 +1,7 @@
 """Sweeps over envs x agents x seeds x hyperparameter grids, locally or on a Ray cluster.
 
     python -m baselines.sweep SWEEP.yaml [--backend {local,ray}] [--address ADDR] [--jobs N]
-                                         [--out DIR] [--force]
+                                         [--out DIR] [--force] [--no-batch-agents]
 
 A sweep file::
 
@@ -24,10 +24,12 @@ An ``agents`` entry may also be a mapping that runs an agent with its own settin
        env_kwargs: {samples_per_round: 20, buffer_size: 200}}
 
 Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it
-and writes the same run folders (grid points go to ``AGENT@k=v,...``). The local backend runs
-jobs in a process pool; the ``ray`` backend submits one Ray task per job (``ray.init(address)``,
-or a local Ray instance when no address is given) with retries on worker failure. Results are
-identical byte for byte whatever the backend and job count. A sweep killed at any point and
+and writes the same run folders (grid points go to ``AGENT@k=v,...``). White-box jobs of one env
+with the same env settings and rounds share one batched program (``--no-batch-agents``: one per
+job; :func:`baselines.run.group_jobs`). The local backend runs the programs in a process pool;
+the ``ray`` backend submits one Ray task per program (``ray.init(address)``, or a local Ray
+instance when no address is given) with retries on worker failure. Results are identical byte
+for byte whatever the backend, job count and sharing. A sweep killed at any point and
 restarted redoes only unfinished runs; a run that raises is recorded as failed (traceback in its
 folder) and the sweep goes on; ``sweep_summary.json`` lists every run's status.
 """
