@@ -483,19 +483,24 @@ def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int,
         report(units[0])
     wall = time.perf_counter() - start
     names = [job.run_name for job, _ in todo]
-    done = {}
-    for k, ((job, seeds), history) in enumerate(zip(todo, histories, strict=True)):
-        per_run = wall / len(all_seeds)
-        if k in stopped:  # what the job records alone: its seeds stopped, with the reason
-            reason = str(stopped[k])
-            tb = "".join(traceback.format_exception(stopped[k]))
-            for seed in seeds:
-                write_run(job, seed, seeds, per_run, wall, status="stopped", reason=reason, tb=tb)
-            done[id(job)] = _outcome(seeds, "stopped", reason, wall, list(seeds))
-            continue
-        for i, seed in enumerate(seeds):
-            write_run(job, seed, seeds, per_run, wall, history, i, shared=names)
-        done[id(job)] = _outcome(seeds, "ok", "", wall)
+    done: dict[int, dict[str, Any]] = {}
+    try:
+        for k, ((job, seeds), history) in enumerate(zip(todo, histories, strict=True)):
+            per_run = wall / len(all_seeds)
+            if k in stopped:  # what the job records alone: its seeds stopped, with the reason
+                reason = str(stopped[k])
+                tb = "".join(traceback.format_exception(stopped[k]))
+                for seed in seeds:
+                    write_run(
+                        job, seed, seeds, per_run, wall, status="stopped", reason=reason, tb=tb
+                    )
+                done[id(job)] = _outcome(seeds, "stopped", reason, wall, list(seeds))
+                continue
+            for i, seed in enumerate(seeds):
+                write_run(job, seed, seeds, per_run, wall, history, i, shared=names)
+            done[id(job)] = _outcome(seeds, "ok", "", wall)
+    except Exception:  # noqa: BLE001  (a job not written yet is run again on its own)
+        pass
     return done
 
 
