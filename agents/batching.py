@@ -18,6 +18,20 @@ import torch
 from rlhf_envs.core import RLHFCore
 from rlhf_envs.reward_models import FlatParams
 
+#: follower attributes that are the same for every experiment (read through unchanged)
+_SHARED = frozenset(
+    {
+        "reward_model",
+        "config",
+        "dtype",
+        "reference",
+        "round",
+        "in_round",
+        "buffer_len",
+        "buffer_pos",
+    }
+)
+
 
 class SliceCore:
     """Experiments ``lo:hi`` of an :class:`~rlhf_envs.core.RLHFCore`, read-only, for an agent.
@@ -82,26 +96,8 @@ class SliceCore:
     def seeds(self) -> list[int]:
         return self._core.seeds[self.lo : self.hi]
 
-    @property
-    def oracle_queries(self):
-        return self._core.oracle_queries[self.lo : self.hi]
-
-    @property
-    def oracle_grad_queries(self):
-        return self._core.oracle_grad_queries[self.lo : self.hi]
-
-    @property
-    def oracle_value_equivalents(self):
-        return self._core.oracle_value_equivalents[self.lo : self.hi]
-
-    @property
-    def labels_used(self):
-        return self._core.labels_used[self.lo : self.hi]
-
-    def __getattr__(self, name: str) -> Any:  # settings shared by every experiment
-        if name in ("reward_model", "config", "dtype", "reference", "round", "in_round"):
-            return getattr(self._core, name)
-        if name in ("buffer_len", "buffer_pos"):
+    def __getattr__(self, name: str) -> Any:  # settings and counters shared by every experiment
+        if name in _SHARED:
             return getattr(self._core, name)
         raise AttributeError(f"SliceCore has no attribute {name!r}")
 

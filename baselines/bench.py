@@ -75,24 +75,7 @@ def agent_seconds(
     env_kwargs: dict | None = None,
 ) -> float:
     """Median wall seconds of one batched learn() over ``seeds`` for ``rounds`` rounds."""
-    defaults = load_defaults(env_id)
-    cls = registry.get(agent)
-    kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
-    kwargs["rounds"] = rounds
-    times = []
-    for _ in range(repeats):
-        env = gym.make_vec(
-            env_id,
-            num_envs=len(seeds),
-            vectorization_mode="vector_entry_point",
-            **(env_kwargs or {}),
-        )
-        env.reset(seed=seeds)
-        a = cls(cls.config_cls(**kwargs), seed=seeds)
-        t = time.perf_counter()
-        a.learn(env)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return together_seconds(env_id, [agent], seeds, rounds, repeats, env_kwargs)
 
 
 def together_seconds(
@@ -104,7 +87,8 @@ def together_seconds(
     env_kwargs: dict | None = None,
 ) -> float:
     """Median wall seconds of one :func:`~agents.whitebox.learn_together` of all ``agents``
-    (each over ``seeds``) on one batched env, as the harness runs agents of one env config."""
+    (each over ``seeds``) on one batched env, as the harness runs agents of one env config (one
+    agent: its own ``learn``)."""
     from agents.whitebox import learn_together
 
     defaults = load_defaults(env_id)

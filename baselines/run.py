@@ -429,15 +429,33 @@ def batch_key(job: Job) -> str | None:
     )
 
 
+def _white_box_env(job: Job, seeds: list[int]):
+    """The job's env as a native vector env of ``seeds``, reset with them."""
+    import gymnasium as gym
+
+    import rlhf_envs  # noqa: F401
+
+    env = gym.make_vec(
+        job.env_id, num_envs=len(seeds), vectorization_mode="vector_entry_point", **job.env_kwargs
+    )
+    env.reset(seed=list(seeds))
+    return env
+
+
+def _make_agent(job: Job, seeds: list[int]):
+    """The job's agent with its settings, over ``seeds``."""
+    from agents import registry
+
+    cls = registry.get(job.agent)
+    return cls(cls.config_cls(**job.agent_config), seed=list(seeds))
+
+
 def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int, dict[str, Any]]:
     """Run white-box jobs (locked seeds each) on one batched env; ``{id(job): outcome}``, or
     ``{}`` if they cannot share a program or the shared program stopped (then the caller runs
     each job on its own)."""
-    import gymnasium as gym
     import torch
 
-    import rlhf_envs  # noqa: F401
-    from agents import registry
     from agents.whitebox import learn_together
 
     keys = {batch_key(job) for job, _ in todo}
@@ -461,17 +479,8 @@ def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int,
     first = todo[0][0]
     try:
         all_seeds = [s for _, seeds in todo for s in seeds]
-        env = gym.make_vec(
-            first.env_id,
-            num_envs=len(all_seeds),
-            vectorization_mode="vector_entry_point",
-            **first.env_kwargs,
-        )
-        env.reset(seed=all_seeds)
-        agents = []
-        for job, seeds in todo:
-            cls = registry.get(job.agent)
-            agents.append(cls(cls.config_cls(**job.agent_config), seed=list(seeds)))
+        env = _white_box_env(first, all_seeds)
+        agents = [_make_agent(job, seeds) for job, seeds in todo]
         callbacks = [callback(len(seeds)) for _, seeds in todo]
         stopped: dict[int, FloatingPointError] = {}  # diverged agents stop, the others go on
         histories = learn_together(agents, env, first.rounds, callbacks, stopped)
@@ -517,11 +526,10 @@ def _outcome(
 
 
 def _run_locked(job: Job, seeds: list[int], progress=None) -> dict[str, Any]:
-    import gymnasium as gym
     import torch
 
     import rlhf_envs  # noqa: F401
-    from agents import Agent, registry
+    from agents import Agent
 
     torch.set_num_threads(1)
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
@@ -538,15 +546,8 @@ def _run_locked(job: Job, seeds: list[int], progress=None) -> dict[str, Any]:
 
     try:
         if job.policy_optimizer == "whitebox":
-            env = gym.make_vec(
-                job.env_id,
-                num_envs=len(seeds),
-                vectorization_mode="vector_entry_point",
-                **job.env_kwargs,
-            )
-            env.reset(seed=list(seeds))
-            cls = registry.get(job.agent)
-            agent = cls(cls.config_cls(**job.agent_config), seed=list(seeds))
+            env = _white_box_env(job, seeds)
+            agent = _make_agent(job, seeds)
             n = len(seeds)
             # the harness's own loop, even if the agent overrides learn(): it sees the env
             history = Agent.learn(agent, env, job.rounds, lambda row: callback(row, n))
