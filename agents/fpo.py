@@ -170,6 +170,7 @@ def exact_score_grad(
     gamma: float,
     cache=None,
     label_grad: torch.Tensor | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """``grad_y [r(y) - gamma * exact_penalty(y)]`` in closed form (rating feedback, a reward
     model with :meth:`~rlhf_envs.reward_models.MLPRewardModel.directional_grad_y`).
@@ -185,34 +186,99 @@ def exact_score_grad(
     a fixed number of batched operations instead of autograd through the update. The same
     maths as :func:`exact_penalty_and_reward` under autograd, summed in another order: equal
     to rounding error, not bit for bit (tested), hence opt-in. ``label_grad``: the gradient
-    of the labeler's verdict in ``y`` when the policy gradient flows through it.
+    of the labeler's verdict in ``y`` when the policy gradient flows through it. ``compiled``:
+    each candidate's operations as one compiled program (:func:`_compiled_candidate`), the
+    same maths rounded otherwise again.
     """
     rm, c = core.reward_model, core.config
     if c.feedback != "rating" or not hasattr(rm, "directional_grad_y"):
         raise ValueError("the closed-form exact FPO gradient covers rating feedback, MLP RM")
     cache = {} if cache is None else cache
     n, g_rest, _ = _retained_grad(core, cache)
-    base, step = _step_constants(core, g_rest, cache)
+    base, consts = _step_constants(core, g_rest, cache)
     kappa = gamma / (loss_factor(c.feedback) * c.rm_lr)
-    params, like = core.params, core.params
+    one = _closed_form_candidate
+    if compiled:
+        # the numbers that change from round to round enter as tensors
+        if cache.get("tensors_for") is not consts:
+            as_t = lambda v: torch.tensor(float(v), dtype=y.dtype)  # noqa: E731
+            made = tuple(v if isinstance(v, torch.Tensor) else as_t(v) for v in consts)
+            cache.update(tensors_for=consts, tensors=(made, as_t(n), as_t(kappa)))
+        consts, n, kappa = cache["tensors"]
+        one = _compiled_candidate
     out = []
     for j in range(y.shape[1]):
+        g_lab = None if label_grad is None else label_grad[:, j : j + 1]
         yj, lj = y[:, j : j + 1], label[:, j : j + 1]
-        sig: list = []
-        parts = rm.parts(params, yj, sig)
-        a = 2.0 * (parts[0] - lj) / n  # (S, 1)
-        g_phi = flatten(rm.weighted_grad(params, yj, torch.ones_like(a), parts))
-        new_flat, d_step = step(base + a * g_phi)
-        new = _views(new_flat, like)
-        parts_new = rm.parts(new, yj)
-        w = flatten(rm.weighted_grad(new, yj, torch.ones_like(a), parts_new)) * d_step
-        dot = (g_phi * w).sum(-1, keepdim=True).unsqueeze(-1)  # (S, 1, 1)
-        g_r, g_r_new = rm.grad_y_from_parts(params, parts), rm.grad_y_from_parts(new, parts_new)
-        g_a = g_r if label_grad is None else g_r - label_grad[:, j : j + 1]
-        mixed = rm.directional_grad_y(params, yj, _views(w, like), tuple(sig))
-        chain = (2.0 / n) * dot * g_a + a.unsqueeze(-1) * mixed
-        out.append((1.0 - kappa) * g_r + kappa * (g_r_new + chain))
+        out.append(one(rm, core.params, yj, lj, g_lab, n, base, consts, kappa))
     return torch.cat(out, dim=1)
+
+
+def _closed_form_candidate(rm, params, yj, lj, g_lab, n, base, consts, kappa):
+    """One candidate's ``grad_y`` of :func:`exact_score_grad` (``yj``: (S, 1, d)); a function
+    of tensors and the reward model only, so that it can be traced and compiled whole."""
+    sig: list = []
+    parts = rm.parts(params, yj, sig)
+    a = 2.0 * (parts[0] - lj) / n  # (S, 1)
+    g_phi = flatten(rm.weighted_grad(params, yj, torch.ones_like(a), parts))
+    new_flat, d_step = _optimiser_step(rm.optimizer, base + a * g_phi, consts)
+    new = _views(new_flat, params)
+    parts_new = rm.parts(new, yj)
+    w = flatten(rm.weighted_grad(new, yj, torch.ones_like(a), parts_new)) * d_step
+    dot = (g_phi * w).sum(-1, keepdim=True).unsqueeze(-1)  # (S, 1, 1)
+    g_r, g_r_new = rm.grad_y_from_parts(params, parts), rm.grad_y_from_parts(new, parts_new)
+    g_a = g_r if g_lab is None else g_r - g_lab
+    mixed = rm.directional_grad_y(params, yj, _views(w, params), tuple(sig))
+    chain = (2.0 / n) * dot * g_a + a.unsqueeze(-1) * mixed
+    return (1.0 - kappa) * g_r + kappa * (g_r_new + chain)
+
+
+#: compiled forms of :func:`_closed_form_candidate`, by everything a trace fixes
+_COMPILED: dict = {}
+
+
+def _compiled_candidate(rm, params, yj, lj, g_lab, n, base, consts, kappa):
+    """:func:`_closed_form_candidate` as one compiled program (traced with ``make_fx``,
+    compiled by ``torch._inductor`` into fused C++ loops), built on first use for each reward
+    model setting and set of input shapes (one per batch size) and kept for the process. The
+    tensors are its only inputs, so the round-to-round numbers (optimiser state, step count,
+    buffer size) reach it as values and nothing is recompiled while the shapes stay (tested);
+    no guards are evaluated per call. An experiment's numbers do not depend on the batch size
+    here (tested), but they do on the CPU's vector instructions and torch's thread count."""
+    names = sorted(params)
+    tensors = [params[k] for k in names] + [yj, lj, n, base, kappa, *consts]
+    if g_lab is not None:
+        tensors.append(g_lab)
+    key = (
+        type(rm),
+        rm.optimizer,  # frozen: its numbers are constants of the trace
+        tuple(names),
+        g_lab is None,
+        tuple((t.shape, t.stride(), t.dtype) for t in tensors),
+    )
+    fn = _COMPILED.get(key)
+    if fn is None:
+        fn = _COMPILED[key] = _compile_candidate(rm, names, len(consts), g_lab is not None, tensors)
+    return fn(*tensors)
+
+
+def _compile_candidate(rm, names: list, n_consts: int, with_label_grad: bool, example: list):
+    from torch._inductor import compile as inductor_compile
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    k = len(names)
+
+    def flat(*ts):
+        params = dict(zip(names, ts[:k], strict=True))
+        yj, lj, n, base, kappa = ts[k : k + 5]
+        consts = ts[k + 5 : k + 5 + n_consts]
+        g_lab = ts[-1] if with_label_grad else None
+        return (_closed_form_candidate(rm, params, yj, lj, g_lab, n, base, consts, kappa),)
+
+    with torch.no_grad():
+        graph = make_fx(flat)(*example)
+    run = inductor_compile(graph, example)
+    return lambda *ts: run(*ts)[0]
 
 
 def _views(flat: torch.Tensor, like: dict) -> dict:
@@ -226,38 +292,40 @@ def _views(flat: torch.Tensor, like: dict) -> dict:
 
 
 def _step_constants(core: RLHFCore, g_rest: dict, cache: dict):
-    """``(base, step)``: the loss gradient of the retained buffer plus weight decay, flat, and
-    ``step(G) -> (phi', d phi' / d G)``, the optimiser's step from the current state for a full
-    gradient ``G`` with its elementwise derivative (what stays fixed while the RM does, cached
-    beside :func:`_retained_grad`'s entry)."""
+    """``(base, consts)``: the loss gradient of the retained buffer plus weight decay, flat,
+    and what :func:`_optimiser_step` needs besides the full gradient (what stays fixed while
+    the RM does, cached beside :func:`_retained_grad`'s entry)."""
     if cache.get("step_for") is core.params:
-        return cache["base"], cache["step"]
-    rm = core.reward_model
-    cfg = rm.optimizer
+        return cache["base"], cache["consts"]
+    cfg = core.reward_model.optimizer
     p = flatten(core.params)
     base = flatten(g_rest) + cfg.weight_decay * p
     if cfg.name == "sgd":
-
-        def step(G):
-            return p - cfg.lr * G, torch.full_like(p, -cfg.lr)
-
+        consts = (p,)
     else:
         b1, b2 = cfg.betas
         t = float(core.opt_state["step"] + 1)
         lr1, bc2 = cfg.lr / (1 - b1**t), 1 - b2**t
-        bm, b2v = b1 * core.opt_state["m"], b2 * core.opt_state["v"]
+        consts = (p, b1 * core.opt_state["m"], b2 * core.opt_state["v"], lr1, bc2)
+    cache.update(step_for=core.params, base=base, consts=consts)
+    return base, consts
 
-        def step(G):
-            m = bm + (1 - b1) * G
-            root = ((b2v + (1 - b2) * G * G) / bc2).sqrt()
-            denom = root + cfg.eps
-            ratio = m / denom
-            # d root / d G = (1 - b2) G / (bc2 root); 0 where root = 0 (then G = 0 as well)
-            d_root = (1 - b2) / bc2 * G / torch.where(root > 0, root, torch.ones_like(root))
-            return p - lr1 * ratio, -lr1 * ((1 - b1) - ratio * d_root) / denom
 
-    cache.update(step_for=core.params, base=base, step=step)
-    return base, step
+def _optimiser_step(cfg, G: torch.Tensor, consts: tuple):
+    """``(phi', d phi' / d G)``: the RM optimiser's step from the current state
+    (:func:`_step_constants`) for a full gradient ``G``, with its elementwise derivative."""
+    if cfg.name == "sgd":
+        (p,) = consts
+        return p - cfg.lr * G, torch.full_like(p, -cfg.lr)
+    p, bm, b2v, lr1, bc2 = consts
+    b1, b2 = cfg.betas
+    m = bm + (1 - b1) * G
+    root = ((b2v + (1 - b2) * G * G) / bc2).sqrt()
+    denom = root + cfg.eps
+    ratio = m / denom
+    # d root / d G = (1 - b2) G / (bc2 root); 0 where root = 0 (then G = 0 as well)
+    d_root = (1 - b2) / bc2 * G / torch.where(root > 0, root, torch.ones_like(root))
+    return p - lr1 * ratio, -lr1 * ((1 - b1) - ratio * d_root) / denom
 
 
 def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):

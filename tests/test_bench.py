@@ -92,5 +92,21 @@ def test_agents_may_be_given_as_module_and_class(capsys):
     argv += ["--agents", "naive", "agents.foresight:FPOExactClosedFormAgent", "--rounds", "2"]
     argv += ["--single-rounds", "1", "--sb3", "none", "--family"]
     assert bench.main(argv) == 0
-    assert "| agents.foresight:FPOExactClosedFormAgent | " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| agents.foresight:FPOExactClosedFormAgent | " in out
+    assert "compiles its kernels" not in out
     assert bench.main(["--agents", "agents.foresight:Nope"]) == 2
+
+
+@pytest.mark.needs_compiler
+def test_a_compiled_agent_is_timed_after_its_compilation(capsys):
+    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--repeats", "1", "--steps", "5", "--seeds", "2"]
+    argv += ["--agents", "agents.foresight:FPOExactCompiledAgent", "--rounds", "2"]
+    argv += ["--single-rounds", "1", "--sb3", "none", "--family"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| agents.foresight:FPOExactCompiledAgent | " in out
+    assert re.search(
+        r"FPOExactCompiledAgent compiles its kernels .* 2 seeds, compilation included: [0-9.]+ s",
+        out,
+    )

@@ -1,5 +1,6 @@
 """Fast paths: the default ones give the same numbers bit for bit, the opt-in closed-form exact
-FPO gradient agrees with autograd to rounding error and with ``fpo-exact`` within 95 % CIs."""
+FPO gradient (eager or compiled) agrees with autograd to rounding error and with ``fpo-exact``
+within 95 % CIs."""
 
 import math
 import pickle
@@ -11,7 +12,7 @@ import torch
 
 import rlhf_envs  # noqa: F401
 from agents import fpo, registry
-from agents.foresight import FPOExactAgent, FPOExactClosedFormAgent
+from agents.foresight import FPOExactAgent, FPOExactClosedFormAgent, FPOExactCompiledAgent
 from agents.sealed import FollowerView, Oracle
 from baselines.run import load_defaults
 from rlhf_envs.reward_models import (
@@ -136,18 +137,25 @@ def advanced_core(env_kwargs: dict, seeds=(0, 1, 2), steps: int = 37):
     return env, core
 
 
+def started(env_kwargs: dict, label_grad: bool, *classes):
+    """An advanced core, its view and oracle, and one started agent of each class on it."""
+    env, core = advanced_core(env_kwargs)
+    view, oracle = FollowerView(core), Oracle(env.unwrapped)
+    agents = [cls(fpo_gamma=0.005, seed=[0, 1, 2], label_grad=label_grad) for cls in classes]
+    for agent in agents:
+        agent.start(view)
+    return core, view, oracle, agents
+
+
 @pytest.mark.parametrize(
     "env_kwargs",
     [{}, {"blind_spot_dims": (3,), "blind_spot_bias": 0.5}, {"rm_optimizer": "sgd"}],
 )
 @pytest.mark.parametrize("label_grad", [False, True])
 def test_closed_form_exact_gradient_matches_autograd(env_kwargs, label_grad):
-    env, core = advanced_core(env_kwargs)
-    view, oracle = FollowerView(core), Oracle(env.unwrapped)
-    auto = FPOExactAgent(fpo_gamma=0.005, seed=[0, 1, 2], label_grad=label_grad)
-    closed = FPOExactClosedFormAgent(fpo_gamma=0.005, seed=[0, 1, 2], label_grad=label_grad)
-    auto.start(view)
-    closed.start(view)
+    core, view, oracle, (auto, closed) = started(
+        env_kwargs, label_grad, FPOExactAgent, FPOExactClosedFormAgent
+    )
     g = torch.Generator().manual_seed(2)
     for _ in range(3):  # the second and third calls reuse the cached buffer terms
         y = torch.randn(3, 1, 10, generator=g, dtype=torch.float64) + 1.0
@@ -157,6 +165,67 @@ def test_closed_form_exact_gradient_matches_autograd(env_kwargs, label_grad):
         assert torch.allclose(got, want, rtol=1e-9, atol=1e-13)
     # the same oracle queries as the autograd path
     assert auto.declared_reads() == closed.declared_reads()
+
+
+@pytest.mark.needs_compiler
+@pytest.mark.parametrize(
+    ("env_kwargs", "label_grad"),
+    [
+        ({}, False),
+        ({"blind_spot_dims": (3,), "blind_spot_bias": 0.5}, True),
+        ({"rm_optimizer": "sgd"}, False),
+    ],
+)
+def test_compiled_closed_form_gradient_matches_eager_round_after_round(env_kwargs, label_grad):
+    core, view, oracle, (eager, compiled) = started(
+        env_kwargs, label_grad, FPOExactClosedFormAgent, FPOExactCompiledAgent
+    )
+    g = torch.Generator().manual_seed(4)
+    programs = None
+    for _ in range(3):  # the RM, its optimiser state and its buffer change between rounds:
+        # values the compiled program must take as inputs, not as constants of its trace
+        for _ in range(2):
+            y = torch.randn(3, 1, 10, generator=g, dtype=torch.float64) + 1.0
+            before = core.oracle_value_equivalents.copy()
+            want = eager.score_grad(view, y, oracle)
+            mid = core.oracle_value_equivalents.copy()
+            got = compiled.score_grad(view, y, oracle)
+            assert torch.allclose(got, want, rtol=1e-9, atol=1e-13)
+            # the same oracle queries as the eager closed form
+            assert (mid > before).all()
+            assert np.array_equal(core.oracle_value_equivalents - mid, mid - before)
+        if programs is None:
+            programs = len(fpo._COMPILED)
+            assert any(key[0] is type(core.reward_model) for key in fpo._COMPILED)
+        assert len(fpo._COMPILED) == programs  # nothing recompiled for new values
+        params = core.params
+        for _ in range(core.config.samples_per_round):  # one round: the RM retrains
+            core.step(torch.randn(3, 10, generator=g, dtype=torch.float64) + 1.0)
+        assert core.params is not params
+    assert compiled.declared_reads() == eager.declared_reads()
+
+
+@pytest.mark.needs_compiler
+def test_compiled_agent_is_deterministic_and_batched_gets_its_numbers_alone():
+    from agents.whitebox import learn_together
+
+    def agent(seeds):
+        cls = FPOExactCompiledAgent
+        kwargs = {**load_defaults(NEURAL)["agent"], "rounds": 12}
+        return cls(cls.config_cls(**kwargs), seed=seeds)
+
+    def env(seeds):
+        e = gym.make_vec(NEURAL, num_envs=len(seeds), vectorization_mode="vector_entry_point")
+        e.reset(seed=seeds)
+        return e
+
+    naive = registry.get("naive")(registry.get("naive").config_cls(rounds=12), seed=[1])
+    together = learn_together([naive, agent([4, 0, 7])], env([1, 4, 0, 7]))[1]
+    alone = agent([0]).learn(env([0]))
+    again = agent([0]).learn(env([0]))
+    for key in alone:
+        np.testing.assert_array_equal(alone[key], again[key], err_msg=key)
+        np.testing.assert_array_equal(together[key][:, 1], alone[key][:, 0], err_msg=key)
 
 
 def test_closed_form_exact_gradient_scores_several_candidates_apart():
@@ -197,12 +266,19 @@ def test_a_seed_gives_the_same_numbers_alone_and_batched(agent):
 
 
 @pytest.mark.slow
-def test_closed_form_exact_agrees_with_autograd_exact_within_95_percent_cis():
+@pytest.mark.parametrize(
+    "fast",
+    [
+        "agents.foresight:FPOExactClosedFormAgent",
+        pytest.param("agents.foresight:FPOExactCompiledAgent", marks=pytest.mark.needs_compiler),
+    ],
+)
+def test_closed_form_exact_agrees_with_autograd_exact_within_95_percent_cis(fast):
     """10 seeds of each on the neural env (300 rounds): the runs part after some rounds through
     rounding, so their final true utilities must agree in distribution, not bit for bit."""
     seeds = list(range(10))
     auto = learn("fpo-exact", seeds, 300)["true_utility"][-1]
-    closed = learn("agents.foresight:FPOExactClosedFormAgent", seeds, 300)["true_utility"][-1]
+    closed = learn(fast, seeds, 300)["true_utility"][-1]
     t975 = 2.262  # Student t, 9 degrees of freedom
 
     def half_width(x):
