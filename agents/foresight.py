@@ -138,6 +138,7 @@ class FPOExactClosedFormAgent(FPOExactAgent):
     """
 
     name = "fpo-exact-cf"
+    cost = 5.5  # x naive, neural env (bench, 10 seeds)
     compiled = False
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
@@ -167,4 +168,5 @@ class FPOExactCompiledAgent(FPOExactClosedFormAgent):
     """
 
     name = "fpo-exact-compiled"
+    cost = 3.0
     compiled = True
