@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 
+from rlhf_envs.blind_spot import BlindSpotVectorEnv
 from rlhf_envs.core import check_choice, check_float, check_int
 
 POLICIES = ("deterministic", "gaussian")
@@ -283,6 +284,8 @@ def _agent_seed(seed: int) -> int:
 
 
 def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(env, BlindSpotVectorEnv):  # unwrapped: the same transition, no info dict
+        return env.submit(y)
     if vector:
         _, _, _, _, info = env.step(y.numpy())
         return info["proxy_reward"], info["true_utility"]

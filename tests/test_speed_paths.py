@@ -289,3 +289,46 @@ def test_closed_form_exact_agrees_with_autograd_exact_within_95_percent_cis(fast
     diff = closed - auto  # paired by seed: the CI of the mean difference holds 0 (or the runs
     # have not parted yet: at 300 rounds they agree to ~1e-15)
     assert abs(diff.mean()) <= half_width(diff) + 1e-9
+
+
+@pytest.mark.parametrize("env_id", [NEURAL, "RLHFBlindSpot-v0"])
+def test_submit_is_step_without_the_info(env_id):
+    def made():
+        env = gym.make_vec(env_id, num_envs=3, vectorization_mode="vector_entry_point")
+        env.reset(seed=[5, 0, 2])
+        return env
+
+    by_step, by_submit = made(), made()
+    d = by_step.unwrapped.config.dims
+    g = torch.Generator().manual_seed(6)
+    for _ in range(2 * by_step.unwrapped.config.samples_per_round):  # two retrainings
+        y = torch.randn(3, d, generator=g, dtype=torch.float64) * 0.5
+        _, reward, _, _, info = by_step.step(y.numpy())
+        proxy, true_u = by_submit.submit(y)
+        assert np.array_equal(proxy, reward) and np.array_equal(proxy, info["proxy_reward"])
+        assert np.array_equal(true_u, info["true_utility"])
+        assert torch.equal(by_submit.last_response, by_step.last_response)
+    a, b = by_step.unwrapped.core, by_submit.unwrapped.core
+    assert a.round == b.round == 2 and np.array_equal(a.labels_used, b.labels_used)
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert torch.equal(a.buffer_y, b.buffer_y)
+
+
+def test_submit_rejects_what_step_rejects_and_keeps_the_env():
+    env = gym.make_vec(NEURAL, num_envs=2, vectorization_mode="vector_entry_point")
+    with pytest.raises(RuntimeError, match="reset"):
+        env.submit(torch.zeros(2, 10, dtype=torch.float64))
+    env.reset(seed=[0, 1])
+    core = env.unwrapped.core
+    with pytest.raises(ValueError, match=r"action must have shape \(2, 10\), got \(2, 9\)"):
+        env.submit(torch.zeros(2, 9, dtype=torch.float64))
+    bad = torch.zeros(2, 10, dtype=torch.float64)
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="action must be finite"):
+        env.submit(bad)
+    assert core.in_round == 0 and core.round == 0  # nothing was taken in
+    y = torch.ones(2, 10, dtype=torch.float32)  # another dtype is read as float64, as step does
+    proxy, _ = env.submit(y)
+    assert core.in_round == 1 and proxy.dtype == np.float64
+    y += 1.0  # the env keeps its own copy
+    assert torch.equal(env.unwrapped.last_response, torch.ones(2, 10, dtype=torch.float64))
