@@ -464,9 +464,11 @@ def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int,
     torch.set_num_threads(1)
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
     units, sent = [0], [0]
+    did = [0] * len(todo)  # rounds each job's agent has run
 
-    def callback(per_round: int):
+    def callback(k: int, per_round: int):
         def call(_row) -> None:
+            did[k] += 1
             units[0] += per_round
             if report is not None and units[0] >= 50:
                 report(units[0])
@@ -481,15 +483,17 @@ def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int,
         all_seeds = [s for _, seeds in todo for s in seeds]
         env = _white_box_env(first, all_seeds)
         agents = [_make_agent(job, seeds) for job, seeds in todo]
-        callbacks = [callback(len(seeds)) for _, seeds in todo]
+        callbacks = [callback(k, len(seeds)) for k, (_, seeds) in enumerate(todo)]
         stopped: dict[int, FloatingPointError] = {}  # diverged agents stop, the others go on
         histories = learn_together(agents, env, first.rounds, callbacks, stopped)
     except Exception:  # noqa: BLE001  (each job is rerun alone and records its own failure)
         if report is not None and sent[0]:
             report(-sent[0])  # the reruns count their rounds again
         return {}
-    if report is not None and units[0]:
-        report(units[0])
+    # a stopped agent's rounds that will not run count as done: the bar ends full
+    left = sum((first.rounds - did[k]) * len(todo[k][1]) for k in stopped)
+    if report is not None and units[0] + left:
+        report(units[0] + left)
     wall = time.perf_counter() - start
     names = [job.run_name for job, _ in todo]
     done: dict[int, dict[str, Any]] = {}
@@ -535,13 +539,14 @@ def _run_locked(job: Job, seeds: list[int], progress=None) -> dict[str, Any]:
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
     start = time.perf_counter()
     status, reason, tb = "ok", "", ""
-    units = [0]
+    units, sent = [0], [0]
     written: list[int] = []
 
     def callback(_row, per_round: int = 1) -> None:
         units[0] += per_round
         if report is not None and units[0] >= 50:
             report(units[0])
+            sent[0] += units[0]
             units[0] = 0
 
     try:
@@ -575,12 +580,12 @@ def _run_locked(job: Job, seeds: list[int], progress=None) -> dict[str, Any]:
                 took = time.perf_counter() - t0
                 write_run(job, seed, seeds, took, time.perf_counter() - start, history=h, col=0)
                 written.append(seed)
-        if report is not None and units[0]:
-            report(units[0])
     except FloatingPointError as e:
         status, reason, tb = "stopped", str(e), traceback.format_exc()
     except Exception as e:  # recorded in the run folder; the sweep goes on
         status, reason, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+    if report is not None and job.rounds * len(seeds) > sent[0]:
+        report(job.rounds * len(seeds) - sent[0])  # the rest, and rounds a stop left unrun
     wall = time.perf_counter() - start
     rest = [s for s in seeds if s not in written]
     for seed in rest:

@@ -209,3 +209,18 @@ def test_sweep_batched_agents_write_the_files_of_separate_programs(tmp_path):
         (results.run_dir(tmp_path / "c", NEURAL, "kl@two", 1) / "config.json").read_text()
     )
     assert sorted(cfg["batched_with_agents"]) == ["fpo-relaxed", "kl@two", "naive"]
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_the_progress_counts_every_round_of_a_stopped_agent(tmp_path, together):
+    from baselines.run import plan, run_jobs
+
+    jobs = []
+    for kwargs, tag in (({}, ""), ({"policy_lr": 1.0e9, "grad_clip": None}, "wild")):
+        jobs += plan(NEURAL, "naive", [0, 1], 8, {}, kwargs, tmp_path, tag=tag)[0]
+    units = group_jobs(jobs, 1) if together else [[j] for j in jobs]
+    assert len(units) == (1 if together else 2)
+    counted: list[int] = []
+    outcomes = [o for unit in units for o in run_jobs(unit, progress=counted.append)]
+    assert sorted(o["status"] for o in outcomes) == ["ok", "stopped"]
+    assert sum(counted) == 8 * 4  # the wild agent's unrun rounds count as done
