@@ -258,7 +258,15 @@ def _compiled_candidate(rm, params, yj, lj, g_lab, n, base, consts, kappa):
     )
     fn = _COMPILED.get(key)
     if fn is None:
-        fn = _COMPILED[key] = _compile_candidate(rm, names, len(consts), g_lab is not None, tensors)
+        try:
+            fn = _compile_candidate(rm, names, len(consts), g_lab is not None, tensors)
+        except Exception as e:  # e.g. no C++ compiler on this machine
+            raise RuntimeError(
+                "the compiled exact FPO gradient could not be built by torch's CPU compiler "
+                f"({type(e).__name__}: {e}); the eager closed form (fpo-exact-cf, "
+                "agents.foresight:FPOExactClosedFormAgent) computes the same maths without it"
+            ) from e
+        _COMPILED[key] = fn
     return fn(*tensors)
 
 

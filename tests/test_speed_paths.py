@@ -332,3 +332,15 @@ def test_submit_rejects_what_step_rejects_and_keeps_the_env():
     assert core.in_round == 1 and proxy.dtype == np.float64
     y += 1.0  # the env keeps its own copy
     assert torch.equal(env.unwrapped.last_response, torch.ones(2, 10, dtype=torch.float64))
+
+
+def test_a_failed_compilation_says_what_to_run_instead(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    env, core = advanced_core({}, seeds=(0, 1, 2, 3, 4, 5, 6))  # a batch size of its own
+    y = torch.zeros(7, 1, 10, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="could not be built.*fpo-exact-cf"):
+        fpo.exact_score_grad(core, y, core.labeler_target(y), 0.005, {}, None, compiled=True)
+    assert not any(key[-1][0][0] == 7 for key in fpo._COMPILED)  # nothing half-built is kept
