@@ -200,10 +200,11 @@ def exact_score_grad(
     one = _closed_form_candidate
     if compiled:
         # the numbers that change from round to round enter as tensors
-        if cache.get("tensors_for") is not consts:
+        stamp = cache.get("tensors_for")  # (the constants, kappa) they were made for
+        if stamp is None or stamp[0] is not consts or stamp[1] != kappa:
             as_t = lambda v: torch.tensor(float(v), dtype=y.dtype)  # noqa: E731
             made = tuple(v if isinstance(v, torch.Tensor) else as_t(v) for v in consts)
-            cache.update(tensors_for=consts, tensors=(made, as_t(n), as_t(kappa)))
+            cache.update(tensors_for=(consts, kappa), tensors=(made, as_t(n), as_t(kappa)))
         consts, n, kappa = cache["tensors"]
         one = _compiled_candidate
     out = []

@@ -344,3 +344,14 @@ def test_a_failed_compilation_says_what_to_run_instead(monkeypatch):
     with pytest.raises(RuntimeError, match="could not be built.*fpo-exact-cf"):
         fpo.exact_score_grad(core, y, core.labeler_target(y), 0.005, {}, None, compiled=True)
     assert not any(key[-1][0][0] == 7 for key in fpo._COMPILED)  # nothing half-built is kept
+
+
+@pytest.mark.needs_compiler
+def test_compiled_gradient_follows_gamma_with_one_cache():
+    env, core = advanced_core({})
+    y = torch.randn(3, 1, 10, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    label, cache = core.labeler_target(y), {}
+    for gamma in (0.005, 0.02):  # the same cache, another penalty weight
+        want = fpo.exact_score_grad(core, y, label, gamma)
+        got = fpo.exact_score_grad(core, y, label, gamma, cache, compiled=True)
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-13)
