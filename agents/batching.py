@@ -124,7 +124,7 @@ class SliceOracle:
         self._env, self._part = env, part
 
     def _query(self, ys: Any, fn, grad: bool = False):
-        y = torch.as_tensor(ys, dtype=torch.float64)
+        y = torch.as_tensor(ys, dtype=self._part.dtype)
         S, n = self._part.S, self._part.config.dims
         if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != n:
             raise ValueError(f"{self._env.ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")

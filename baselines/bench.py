@@ -2,7 +2,7 @@
 
     python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
                               [--repeats 3] [--family K=V1,V2 ...] [--family-split SPLIT]
-                              [--family-rounds N] [--sb3-profile]
+                              [--family-rounds N] [--sb3-profile] [--float32]
 
 For each env: single-env steps/s with random actions (RM retraining included); for each
 white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
@@ -16,6 +16,9 @@ seconds per agent-run over a list of env configs (``--family``: a grid of env kw
 dicts). Medians over ``--repeats``; the machine is
 shared (its load average is printed), so compare the ratios, which are measured side by side,
 rather than absolute times across runs.
+
+``--float32`` adds a column: each white-box agent's seconds per agent-run with the env's
+follower in float32 (env kwarg ``dtype=float32``), and how many times faster that is.
 
 ``--sb3-profile`` adds, per env, where one SB3 agent-run's time goes (:func:`sb3_split`): the
 CPU seconds of the run's thread in each part of the loop, the suite's own (env step, RM
@@ -273,19 +276,32 @@ def sb3_profile_table(env_id: str, agents: list[str], algo: str, rounds: int) ->
 
 def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     """Print seconds per white-box agent-run, batched over seeds and alone."""
+    f32 = " s/agent-run float32 (x faster) |" if args.float32 else ""
     print(
         "| agent | s/agent-run batched | s/agent-run alone | batching speed-up | x naive (batched) |"
+        + f32
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|" + ("---|" if f32 else ""))
     single_rounds = min(rounds, args.single_rounds)
     rows = {}
+    seeds = list(range(args.seeds))
     for agent in args.agents:
-        batched = agent_seconds(env_id, agent, list(range(args.seeds)), rounds, args.repeats)
+        batched = agent_seconds(env_id, agent, seeds, rounds, args.repeats)
         alone = agent_seconds(env_id, agent, [0], single_rounds, args.repeats)
-        rows[agent] = (batched / args.seeds, alone * rounds / single_rounds)
+        single = (
+            agent_seconds(env_id, agent, seeds, rounds, args.repeats, {"dtype": "float32"})
+            if args.float32
+            else None
+        )
+        rows[agent] = (batched / args.seeds, alone * rounds / single_rounds, single)
     base = rows.get(registry.REFERENCE, next(iter(rows.values())))[0]
-    for agent, (b, a) in rows.items():
-        print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |")
+    for agent, (b, a, single) in rows.items():
+        extra = (
+            ""
+            if single is None
+            else f" {single / args.seeds:.3f} ({b * args.seeds / single:.2f}x) |"
+        )
+        print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |" + extra)
     print()
     first = {
         a: COMPILE_SECONDS[a, args.seeds] for a in args.agents if (a, args.seeds) in COMPILE_SECONDS
@@ -300,7 +316,7 @@ def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     if len(args.agents) > 1:
         seeds = list(range(args.seeds))
         both = together_seconds(env_id, args.agents, seeds, rounds, args.repeats)
-        apart = sum(b for b, _ in rows.values()) * args.seeds
+        apart = sum(r[0] for r in rows.values()) * args.seeds
         n = len(args.agents)
         print(
             f"all {n} agents in one program ({n} x {args.seeds} experiments, as the harness "
@@ -461,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="measure the family row on this split of rlhf_envs.families where the env has "
         "one (else the --family grid)",
+    )
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="also time each white-box agent with the env's follower in float32 "
+        "(env kwarg dtype=float32) beside float64",
     )
     p.add_argument(
         "--family-rounds",

@@ -67,7 +67,7 @@ class _BlindSpotMixin:
             raise ValueError(f"action must have shape {shape}, got {arr.shape}")
         if not np.isfinite(arr).all():
             raise ValueError("action must be finite (got NaN or inf); the env state is unchanged")
-        return torch.from_numpy(arr.reshape(self.core.S, -1).copy())
+        return torch.from_numpy(arr.reshape(self.core.S, -1).copy()).to(self.core.dtype)
 
     @property
     def reward_model(self):
@@ -80,8 +80,8 @@ class _BlindSpotMixin:
         return self.core.params
 
     def _responses(self, ys: Any) -> torch.Tensor:
-        """``ys`` as a float64 tensor of shape (S, ..., n); a single env also takes (n,)."""
-        y = torch.as_tensor(ys, dtype=torch.float64)
+        """``ys`` as a tensor of the core's dtype, shape (S, ..., n); a single env also takes (n,)."""
+        y = torch.as_tensor(ys, dtype=self.core.dtype)
         S, n = self.core.S, self.core.config.dims
         if y.dim() == 1 and S == 1:
             y = y.unsqueeze(0)
@@ -303,7 +303,7 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         shape = (self.num_envs, self.config.dims)
         if tuple(responses.shape) != shape:
             raise ValueError(f"action must have shape {shape}, got {tuple(responses.shape)}")
-        y = responses.detach().to(torch.float64, copy=True)
+        y = responses.detach().to(self.core.dtype, copy=True)
         if not torch.isfinite(y).all():
             raise ValueError("action must be finite (got NaN or inf); the env state is unchanged")
         proxy, true_u, _ = self.core.step(y)

@@ -37,6 +37,8 @@ FEEDBACK_TYPES = ("rating", "preference")
 PREFERENCE_LABELS = ("soft", "sampled")
 RM_TYPES = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adam")
+#: floating-point types of the follower's tensors (``float32``: opt-in, faster arithmetic)
+DTYPES = ("float64", "float32")
 
 
 def int_sequence(name: str, value: Any) -> tuple[int, ...]:
@@ -205,6 +207,11 @@ class BlindSpotConfig(FollowerConfig):
         reference_response: the response preferences are judged against (default: zeros).
         action_bound: half-width of the action Box (what samplers draw from; any finite
             response is accepted).
+        dtype: floating-point type of the reward model, buffer, truth and responses:
+            ``"float64"`` (default; every committed number) or ``"float32"`` (opt-in: the
+            reward model's arithmetic is ~2.7x faster on a CPU; the same random streams,
+            drawn in float64 and rounded, but other numbers, so runs are not comparable bit
+            for bit with float64 ones).
     """
 
     dims: int = 50
@@ -219,6 +226,7 @@ class BlindSpotConfig(FollowerConfig):
     labeler_bias_dims: tuple[int, ...] | None = None
     reference_response: tuple[float, ...] | None = None
     action_bound: float = 10.0
+    dtype: str = "float64"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -231,6 +239,7 @@ class BlindSpotConfig(FollowerConfig):
         check_choice(self, "preference_labels", PREFERENCE_LABELS)
         check_float(self, "temperature", 0.0, strict=True)
         check_float(self, "action_bound", 0.0, strict=True)
+        check_choice(self, "dtype", DTYPES)
         check_dims(self, "blind_spot_dims", self.dims)
         check_dims(self, "labeler_bias_dims", self.dims, default=(self.dims - 1,))
         if self.reference_response is not None:
@@ -263,8 +272,8 @@ class RLHFCore:
     ):
         self.config = config
         self.S = int(num_experiments)
-        self.dtype = torch.float64
         c = config
+        self.dtype = getattr(torch, getattr(c, "dtype", "float64"))
         self.y_star = torch.zeros(c.dims, dtype=self.dtype)
         self.y_star[: c.signal_dims] = c.target_value
         self.reference = torch.zeros(c.dims, dtype=self.dtype)
@@ -284,11 +293,13 @@ class RLHFCore:
         elif c.reward_model == "linear":
             mean = blind.clone()
             mean[: c.signal_dims] += 1.0
-            self.reward_model = LinearRewardModel(c.dims, opt, mean, c.rm_init_noise)
+            self.reward_model = LinearRewardModel(
+                c.dims, opt, mean, c.rm_init_noise, dtype=self.dtype
+            )
         else:
             skip = blind if (c.blind_spot_dims and c.blind_spot_bias) else None
             self.reward_model = MLPRewardModel(
-                c.dims, opt, c.rm_hidden, c.rm_init_noise, skip_init=skip
+                c.dims, opt, c.rm_hidden, c.rm_init_noise, skip_init=skip, dtype=self.dtype
             )
         self.seeds: list[int] = []
         self.params: Params = {}
@@ -426,7 +437,8 @@ class RLHFCore:
 
     def _draw(self, sample, n: int) -> torch.Tensor:
         """``n`` draws of ``sample`` (``torch.randn`` / ``torch.rand``) per experiment, (S, n)."""
-        return torch.stack([sample(n, generator=g, dtype=self.dtype) for g in self.generators])
+        draws = [sample(n, generator=g, dtype=torch.float64) for g in self.generators]
+        return torch.stack(draws).to(self.dtype)  # float64 streams, rounded if float32
 
     def push(self, ys: torch.Tensor, targets: torch.Tensor):
         """The FIFO buffer after pushing ``ys`` (S, n, d) with ``targets`` (S, n).

@@ -315,9 +315,10 @@ class LinearRewardModel(RewardModel):
 
     def init_params(self, generators: list[torch.Generator]) -> Params:
         noise = torch.stack(
-            [torch.randn(self.dims, generator=g, dtype=self.dtype) for g in generators]
+            [torch.randn(self.dims, generator=g, dtype=torch.float64) for g in generators]
         )
-        return {"w": self.init_mean + self.init_noise * noise}
+        w = self.init_mean.to(torch.float64) + self.init_noise * noise
+        return {"w": w.to(self.dtype)}  # a float32 model starts from the float64 one, rounded
 
     def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         return (y * params["w"].unsqueeze(1)).sum(-1)
@@ -425,11 +426,12 @@ class MLPRewardModel(RewardModel):
     def init_params(self, generators: list[torch.Generator]) -> Params:
         h1, h2 = self.hidden
         d = self.dims
+        f64, dt = torch.float64, self.dtype  # a float32 model: the float64 one, rounded
         per = [
             {
-                "W1": torch.randn(h1, d, generator=g, dtype=self.dtype) * self.init_std,
-                "W2": torch.randn(h2, h1, generator=g, dtype=self.dtype) * self.init_std,
-                "w3": torch.randn(h2, generator=g, dtype=self.dtype) * self.init_std,
+                "W1": (torch.randn(h1, d, generator=g, dtype=f64) * self.init_std).to(dt),
+                "W2": (torch.randn(h2, h1, generator=g, dtype=f64) * self.init_std).to(dt),
+                "w3": (torch.randn(h2, generator=g, dtype=f64) * self.init_std).to(dt),
             }
             for g in generators
         ]

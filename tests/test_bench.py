@@ -110,3 +110,17 @@ def test_a_compiled_agent_is_timed_after_its_compilation(capsys):
         r"FPOExactCompiledAgent compiles its kernels .* 2 seeds, compilation included: [0-9.]+ s",
         out,
     )
+
+
+def test_float32_column_times_each_agent_in_float32(capsys):
+    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--repeats", "1", "--steps", "5", "--seeds", "2"]
+    argv += ["--agents", "naive", "fpo", "--rounds", "2", "--single-rounds", "1", "--float32"]
+    argv += ["--sb3", "none", "--family"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "s/agent-run float32 (x faster) |" in out
+    assert re.search(
+        r"^\| fpo \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| [0-9.]+x \| [0-9.]+ \([0-9.]+x\) \|$",
+        out,
+        re.M,
+    )
