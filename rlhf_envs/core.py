@@ -284,7 +284,7 @@ class RLHFCore:
         if c.labeler_bias:
             self.labeler_direction[list(c.labeler_bias_dims)] = 1.0
         opt = OptimizerConfig(c.rm_optimizer, c.rm_lr, c.rm_weight_decay)
-        blind = torch.zeros(c.dims, dtype=self.dtype)
+        blind = torch.zeros(c.dims, dtype=torch.float64)  # the RM's own dtype is applied by it
         if c.blind_spot_dims:
             blind[list(c.blind_spot_dims)] = c.blind_spot_bias
         self.reward_model: RewardModel

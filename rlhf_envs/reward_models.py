@@ -310,6 +310,7 @@ class LinearRewardModel(RewardModel):
     ):
         super().__init__(dims, optimizer, dtype)
         self.init_mean = init_mean.to(dtype)
+        self._init_mean64 = init_mean.to(torch.float64)  # what a float32 model is rounded from
         self.init_noise = init_noise
         self.guards_steps = optimizer.name == "sgd"
 
@@ -317,7 +318,7 @@ class LinearRewardModel(RewardModel):
         noise = torch.stack(
             [torch.randn(self.dims, generator=g, dtype=torch.float64) for g in generators]
         )
-        w = self.init_mean.to(torch.float64) + self.init_noise * noise
+        w = self._init_mean64 + self.init_noise * noise
         return {"w": w.to(self.dtype)}  # a float32 model starts from the float64 one, rounded
 
     def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:

@@ -101,3 +101,11 @@ def test_float32_agrees_with_float64_within_95_percent_cis(name):
     diff = f32 - f64  # paired by seed: the CI of the mean difference holds 0, or the runs have
     # not parted and differ by float32 rounding (~1e-5 on utilities near 10)
     assert abs(diff.mean()) <= half_width(diff) + 1e-4
+
+
+def test_a_blind_spot_bias_is_rounded_once():
+    kw = {"blind_spot_dims": (4,), "blind_spot_bias": 0.3}  # 0.3 is not a float32
+    for env_id in (NEURAL, LINEAR):
+        a = vec_env(env_id, [2], **kw).unwrapped.core
+        b = vec_env(env_id, [2], **kw, **F32).unwrapped.core
+        assert all(torch.equal(b.params[k], v.to(torch.float32)) for k, v in a.params.items())
