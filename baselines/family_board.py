@@ -164,6 +164,12 @@ def _run(spec: dict, out: Path, jobs: int, backend: str, together: bool = True) 
         raise CLIError(f"{len(failed)} run(s) failed, e.g. {failed[0]}")
 
 
+def _dtype_kwargs(dtype: str) -> dict[str, Any]:
+    """The sweep spec's env kwargs for ``dtype`` (none for float64: the runs of earlier
+    releases, whose settings carry no dtype)."""
+    return {} if dtype == "float64" else {"env_kwargs": {"dtype": dtype}}
+
+
 def _entries(env_id: str, split: str, settings: dict[str, dict[str, Any]]) -> list[dict]:
     """Sweep entries: each (agent, setting) on each config of the split, naive and oracle too."""
     from rlhf_envs import families
@@ -242,11 +248,14 @@ def tune(
     res: Path,
     agents: list[str] | None = None,
     together: bool = True,
+    dtype: str = "float64",
 ) -> dict[str, Any]:
     """The tuning protocol (see the module docstring); returns the frozen settings.
 
     ``agents``: the agents of :data:`GRID` to tune (default: all). ``together``: the agents of
     one config share a batched program (the same numbers; see :func:`baselines.run.execute`).
+    ``dtype``: the followers' floating-point type (env kwarg ``dtype``; ``float32`` is opt-in
+    and recorded in the frozen settings, which a board must then use too).
     """
     from rlhf_envs import families
 
@@ -263,6 +272,7 @@ def tune(
         "agents": _entries(env_id, "train", settings),
         "seeds": TUNE_SEEDS,
         "rounds": families.ROUNDS[env_id],
+        **_dtype_kwargs(dtype),
     }
     _run(spec, out, jobs, backend, together)
     norm, _, _ = normalised(out, env_id, "train", settings, TUNE_SEEDS)
@@ -283,14 +293,24 @@ def tune(
         "train configs x seeds 100-109 (ties: first in the grid)",
         "grid": {a: g for a, g in GRID.items() if agents is None or a in agents},
         "settings": {a: kw for a, (kw, _) in chosen.items()},
+        **({"dtype": dtype} if dtype != "float64" else {}),  # float64 files read as before
         "git_commit": results.git_commit(),
     }
     results.atomic_write_json(res / f"tuned_{env_id}.json", frozen)
     return frozen
 
 
-def board(env_id: str, jobs: int, backend: str, out: Path, res: Path, together: bool = True) -> str:
-    """The generalisation leaderboard on the test split (see the module docstring)."""
+def board(
+    env_id: str,
+    jobs: int,
+    backend: str,
+    out: Path,
+    res: Path,
+    together: bool = True,
+    dtype: str = "float64",
+) -> str:
+    """The generalisation leaderboard on the test split (see the module docstring), with the
+    followers in ``dtype`` (the one the settings were tuned with)."""
     from agents import registry
     from rlhf_envs import families
 
@@ -300,6 +320,11 @@ def board(env_id: str, jobs: int, backend: str, out: Path, res: Path, together: 
     frozen = json.loads(path.read_text())
     if frozen.get("family_version") != families.VERSION:
         raise CLIError(f"--results: {path} was tuned on another family version")
+    if frozen.get("dtype", "float64") != dtype:
+        raise CLIError(
+            f"--dtype: {path} was tuned in {frozen.get('dtype', 'float64')}, not {dtype}; "
+            "tune and board with the same --dtype"
+        )
     settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
     for agent, kw in frozen["settings"].items():
         settings[agent] = (agent, kw)
@@ -311,6 +336,7 @@ def board(env_id: str, jobs: int, backend: str, out: Path, res: Path, together: 
         "agents": _entries(env_id, "test", {k: (a, kw) for k, (a, kw) in settings.items()}),
         "seeds": TEST_SEEDS,
         "rounds": families.ROUNDS[env_id],
+        **_dtype_kwargs(dtype),
     }
     t0 = time.perf_counter()
     _run(spec, out, jobs, backend, together)
@@ -362,7 +388,13 @@ def board(env_id: str, jobs: int, backend: str, out: Path, res: Path, together: 
         f"(`tuned_{env_id}.json`, seeds 100-109). Normalised final U: 0 = naive's mean final "
         "true utility on the config, 1 = the oracle's. IQM and mean over configs x seeds with "
         "stratified bootstrap 95 % CIs; P(improvement) over naive on the raw final U, per "
-        f"config, averaged (95 % CI). Runs: wall time {wall:.0f} s for what this call computed.",
+        f"config, averaged (95 % CI). Runs: wall time {wall:.0f} s for what this call computed."
+        + (
+            f" Followers in {dtype} (`--dtype {dtype}`): not comparable bit for bit with a float64"
+            " board."
+            if dtype != "float64"
+            else ""
+        ),
         "",
         "| agent | setting | reads | labeler calls | IQM (norm.) | mean (norm.) | P(impr. vs naive) |",
         "|---|---|---|---|---|---|---|",
@@ -456,6 +488,12 @@ def main(argv: list[str] | None = None) -> int:
             "results/families only with --force)",
         )
         t.add_argument("--force", action="store_true", help="allow writing into results/")
+        t.add_argument(
+            "--dtype",
+            default="float64",
+            help="the followers' floating-point type: float64 (default, the committed boards) "
+            "or float32 (opt-in, faster where the reward models' arithmetic dominates)",
+        )
         add_batch_flag(t)
         if cmd == "tune":
             t.add_argument("--agents", default=None, help="comma-separated subset of GRID")
@@ -475,6 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "check":
             if args.backend not in ("local", "ray"):
                 raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
+            from rlhf_envs.core import DTYPES
+
+            if args.dtype not in DTYPES:
+                raise CLIError(f"--dtype must be one of {DTYPES}, got {args.dtype!r}")
             res = Path(args.results)
             res.mkdir(parents=True, exist_ok=True)
             if args.command == "tune":
@@ -490,12 +532,15 @@ def main(argv: list[str] | None = None) -> int:
                     res,
                     agents,
                     args.batch_agents,
+                    args.dtype,
                 )
                 print(json.dumps(frozen["settings"]))
             else:
-                print(
-                    board(args.env, args.jobs, args.backend, Path(args.out), res, args.batch_agents)
+                out = Path(args.out)
+                text = board(
+                    args.env, args.jobs, args.backend, out, res, args.batch_agents, args.dtype
                 )
+                print(text)
             print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
             return 0
         if args.split not in (*families.SPLITS, "both"):

@@ -147,3 +147,30 @@ def test_a_diverged_run_scores_zero_and_other_failures_stop_the_board(tmp_path):
     from agents import whitebox
 
     assert fb.DIVERGED_REASON in inspect.getsource(whitebox._Member.optimise)
+
+
+def test_tune_and_board_in_float32_stay_apart_from_float64(tmp_path, monkeypatch):
+    import json
+
+    from baselines import family_board as fb
+
+    env_id = "RLHFBlindSpot-v0"
+    small = families.FAMILIES[env_id]["train"][:2]
+    monkeypatch.setitem(families.FAMILIES, env_id, {"train": small, "test": small[::-1]})
+    monkeypatch.setitem(families.ROUNDS, env_id, 10)
+    monkeypatch.setattr(fb, "GRID", {"kl": {"kl_coef": [0.1]}})
+    monkeypatch.setattr(fb, "TUNE_SEEDS", [100, 101])
+    monkeypatch.setattr(fb, "TEST_SEEDS", [0, 1])
+    args = ["--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    assert fb.main(["tune", env_id, *args, "--dtype", "float16"]) == 2
+    assert fb.main(["tune", env_id, *args, "--dtype", "float32"]) == 0
+    tuned = json.loads((tmp_path / "res" / f"tuned_{env_id}.json").read_text())
+    assert tuned["dtype"] == "float32"
+    assert fb.main(["board", env_id, *args]) == 2  # tuned in float32: a float64 board refuses
+    assert fb.main(["board", env_id, *args, "--dtype", "float32"]) == 0
+    md = (tmp_path / "res" / f"BOARD_{env_id}.md").read_text()
+    assert "Followers in float32" in md
+    kwargs = [
+        json.loads(p.read_text())["env_kwargs"] for p in (tmp_path / "runs").rglob("config.json")
+    ]
+    assert kwargs and all(kw["dtype"] == "float32" for kw in kwargs)
