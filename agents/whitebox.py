@@ -302,8 +302,8 @@ class _Member:
     """One agent's share of a :func:`learn_together` run: its experiments ``lo:hi`` of the env,
     what it may see of them, its random streams, its policy and its metrics so far."""
 
-    def __init__(self, agent: Agent, lo: int, hi: int, view, oracle, callback, dtype):
-        self.agent, self.lo, self.hi, self.dtype = agent, lo, hi, dtype
+    def __init__(self, agent: Agent, lo: int, hi: int, view, oracle, callback):
+        self.agent, self.lo, self.hi = agent, lo, hi
         self.view, self.oracle, self.callback = view, oracle, callback
         self.cfg = agent.config
         self.gaussian = agent.config.policy == "gaussian"
@@ -314,7 +314,7 @@ class _Member:
         self.error: FloatingPointError | None = None  # set when the policy diverged
 
     def start_theta(self, S: int, d: int) -> torch.Tensor:
-        return torch.full((S, d), float(self.cfg.init), dtype=self.dtype)
+        return torch.full((S, d), float(self.cfg.init), dtype=self.view.dtype)
 
     def response(self, j: int) -> torch.Tensor:
         """The ``j``-th response submitted this round, (S_agent, d)."""
@@ -336,7 +336,7 @@ class _Member:
                     torch.randn(cfg.inner_steps + spr, d, generator=g, dtype=torch.float64)
                     for g in self.gens
                 ]
-            ).to(self.dtype)  # float64 streams, rounded if the env is float32
+            ).to(self.view.dtype)  # float64 streams, rounded if the env is float32
         theta = self.theta
         for i in range(cfg.inner_steps):
             y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
@@ -411,7 +411,7 @@ def learn_together(
         else:
             part = SliceCore(core, lo, lo + n)
             view, oracle = FollowerView(part), SliceOracle(env.unwrapped, part)
-        members.append(_Member(agent, lo, lo + n, view, oracle, cb, core.dtype))
+        members.append(_Member(agent, lo, lo + n, view, oracle, cb))
         lo += n
     for m in members:
         m.agent.start(m.view)

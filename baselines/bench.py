@@ -288,19 +288,15 @@ def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     for agent in args.agents:
         batched = agent_seconds(env_id, agent, seeds, rounds, args.repeats)
         alone = agent_seconds(env_id, agent, [0], single_rounds, args.repeats)
-        single = (
+        t32 = (
             agent_seconds(env_id, agent, seeds, rounds, args.repeats, {"dtype": "float32"})
             if args.float32
             else None
         )
-        rows[agent] = (batched / args.seeds, alone * rounds / single_rounds, single)
+        rows[agent] = (batched / args.seeds, alone * rounds / single_rounds, t32)
     base = rows.get(registry.REFERENCE, next(iter(rows.values())))[0]
-    for agent, (b, a, single) in rows.items():
-        extra = (
-            ""
-            if single is None
-            else f" {single / args.seeds:.3f} ({b * args.seeds / single:.2f}x) |"
-        )
+    for agent, (b, a, t32) in rows.items():
+        extra = "" if t32 is None else f" {t32 / args.seeds:.3f} ({b * args.seeds / t32:.2f}x) |"
         print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |" + extra)
     print()
     first = {

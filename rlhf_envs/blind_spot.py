@@ -298,14 +298,7 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         reads (:func:`agents.whitebox.learn_together`), without the observation and the info
         dict it would throw away (about a tenth of a white-box run's time). The same checks,
         errors and transition as :meth:`step`: the same numbers."""
-        if not self.core.seeds:
-            raise RuntimeError("call reset() before step()")
-        shape = (self.num_envs, self.config.dims)
-        if tuple(responses.shape) != shape:
-            raise ValueError(f"action must have shape {shape}, got {tuple(responses.shape)}")
-        y = responses.detach().to(self.core.dtype, copy=True)
-        if not torch.isfinite(y).all():
-            raise ValueError("action must be finite (got NaN or inf); the env state is unchanged")
+        y = self._check_actions(responses.detach(), (self.num_envs, self.config.dims))
         proxy, true_u, _ = self.core.step(y)
         self.last_response = y
         return proxy, true_u

@@ -273,7 +273,7 @@ class RLHFCore:
         self.config = config
         self.S = int(num_experiments)
         c = config
-        self.dtype = getattr(torch, getattr(c, "dtype", "float64"))
+        self.dtype = getattr(torch, c.dtype)
         self.y_star = torch.zeros(c.dims, dtype=self.dtype)
         self.y_star[: c.signal_dims] = c.target_value
         self.reference = torch.zeros(c.dims, dtype=self.dtype)

@@ -87,12 +87,19 @@ def test_family_row_can_take_a_family_split(capsys):
     assert re.search(r"^\| naive \| [0-9.]+ \| 1\.00x \|$", out, re.M)
 
 
+def tiny_neural_bench(capsys, seeds: int, *args: str) -> str:
+    """The bench's output for a 2-round neural-env run of ``seeds`` seeds (``args``: agents and
+    flags), no SB3 and no family row."""
+    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--repeats", "1", "--steps", "5"]
+    argv += ["--seeds", str(seeds), "--rounds", "2", "--single-rounds", "1"]
+    assert bench.main([*argv, "--sb3", "none", "--family", *args]) == 0
+    return capsys.readouterr().out
+
+
 def test_agents_may_be_given_as_module_and_class(capsys):
-    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--repeats", "1", "--steps", "5", "--seeds", "1"]
-    argv += ["--agents", "naive", "agents.foresight:FPOExactClosedFormAgent", "--rounds", "2"]
-    argv += ["--single-rounds", "1", "--sb3", "none", "--family"]
-    assert bench.main(argv) == 0
-    out = capsys.readouterr().out
+    out = tiny_neural_bench(
+        capsys, 1, "--agents", "naive", "agents.foresight:FPOExactClosedFormAgent"
+    )
     assert "| agents.foresight:FPOExactClosedFormAgent | " in out
     assert "compiles its kernels" not in out
     assert bench.main(["--agents", "agents.foresight:Nope"]) == 2
@@ -100,11 +107,7 @@ def test_agents_may_be_given_as_module_and_class(capsys):
 
 @pytest.mark.needs_compiler
 def test_a_compiled_agent_is_timed_after_its_compilation(capsys):
-    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--repeats", "1", "--steps", "5", "--seeds", "2"]
-    argv += ["--agents", "agents.foresight:FPOExactCompiledAgent", "--rounds", "2"]
-    argv += ["--single-rounds", "1", "--sb3", "none", "--family"]
-    assert bench.main(argv) == 0
-    out = capsys.readouterr().out
+    out = tiny_neural_bench(capsys, 2, "--agents", "agents.foresight:FPOExactCompiledAgent")
     assert "| agents.foresight:FPOExactCompiledAgent | " in out
     assert re.search(
         r"FPOExactCompiledAgent compiles its kernels .* 2 seeds, compilation included: [0-9.]+ s",
@@ -113,11 +116,7 @@ def test_a_compiled_agent_is_timed_after_its_compilation(capsys):
 
 
 def test_float32_column_times_each_agent_in_float32(capsys):
-    argv = ["--envs", "RLHFNeuralBlindSpot-v0", "--repeats", "1", "--steps", "5", "--seeds", "2"]
-    argv += ["--agents", "naive", "fpo", "--rounds", "2", "--single-rounds", "1", "--float32"]
-    argv += ["--sb3", "none", "--family"]
-    assert bench.main(argv) == 0
-    out = capsys.readouterr().out
+    out = tiny_neural_bench(capsys, 2, "--agents", "naive", "fpo", "--float32")
     assert "s/agent-run float32 (x faster) |" in out
     assert re.search(
         r"^\| fpo \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| [0-9.]+x \| [0-9.]+ \([0-9.]+x\) \|$",
