@@ -3,6 +3,7 @@
     python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
                               [--repeats 3] [--family K=V1,V2 ...] [--family-split SPLIT]
                               [--family-rounds N] [--sb3-profile] [--float32]
+                              [--round-profile] [--profile-rounds N]
 
 For each env: single-env steps/s with random actions (RM retraining included); for each
 white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
@@ -19,6 +20,10 @@ rather than absolute times across runs.
 
 ``--float32`` adds a column: each white-box agent's seconds per agent-run with the env's
 follower in float32 (env kwarg ``dtype=float32``), and how many times faster that is.
+
+``--round-profile`` adds, per blind-spot env, where a white-box round's time goes
+(:func:`round_split`): CPU milliseconds per round in the agent's score gradient and policy
+step, the env's scoring and RM retraining, and the harness's recording, per agent.
 
 ``--sb3-profile`` adds, per env, where one SB3 agent-run's time goes (:func:`sb3_split`): the
 CPU seconds of the run's thread in each part of the loop, the suite's own (env step, RM
@@ -193,8 +198,12 @@ def _timing(targets: list[tuple], split: _Split):
             if (id(owner), name) in seen:
                 continue
             seen.add((id(owner), name))
-            saved.append((owner, name, owner.__dict__[name]))
-            setattr(owner, name, split.timed(owner.__dict__[name], part))
+            fn = owner.__dict__[name]
+            saved.append((owner, name, fn))
+            if isinstance(fn, staticmethod):  # stays a static method once timed
+                setattr(owner, name, staticmethod(split.timed(fn.__func__, part)))
+            else:
+                setattr(owner, name, split.timed(fn, part))
         yield
     finally:
         for owner, name, fn in reversed(saved):
@@ -272,6 +281,68 @@ def sb3_profile_table(env_id: str, agents: list[str], algo: str, rounds: int) ->
     row("**SB3 and gymnasium, total**", [(t - s, t) for s, t in ours])
     row("**run**", [(t, t) for _, t in splits])
     print()
+
+
+#: the parts of a white-box round (:func:`round_split`), in table order
+ROUND_PARTS = (
+    ("agent", "score gradient (RM, penalties, oracle queries)"),
+    ("agent", "policy step (sampling, clipping, update)"),
+    ("env", "scoring the responses (RM score, utility, counters)"),
+    ("env", "RM retraining (label, push, optimiser steps)"),
+    ("harness", "metrics and recording"),
+    ("harness", "round loop"),
+)
+
+
+def round_split(
+    env_id: str, agent: str, seeds: list[int], rounds: int, env_kwargs: dict | None = None
+) -> tuple[dict[str, float], float]:
+    """Where a white-box program's time goes: ``({part: CPU seconds}, total CPU seconds)``
+    for one batched ``learn`` of ``agent`` over ``seeds`` (the env's YAML settings) with the
+    functions of each part of :data:`ROUND_PARTS` timed (CPU time of this thread)."""
+    from agents import whitebox
+    from rlhf_envs.blind_spot import BlindSpotVectorEnv
+    from rlhf_envs.core import RLHFCore
+
+    grad, policy, scoring, retrain, record, loop = [f"{a}: {b}" for a, b in ROUND_PARTS]
+    cls = registry.get(agent)
+    targets = [
+        (cls, "_objective_grad", grad),
+        (whitebox._Member, "optimise", policy),
+        (BlindSpotVectorEnv, "submit", scoring),
+        (RLHFCore, "step", scoring),
+        (RLHFCore, "_label_and_retrain", retrain),
+        (cls, "_metrics", record),
+        (whitebox._Member, "record", record),
+    ]
+    if getattr(cls, "compiled", False):  # compile outside the timed run
+        together_seconds(env_id, [agent], seeds, 1, 1, env_kwargs)
+    split = _Split(loop)
+    with _timing(targets, split):
+        start = split.last
+        together_seconds(env_id, [agent], seeds, rounds, 1, env_kwargs)
+        split._switch()
+    return dict(split.seconds), split.last - start
+
+
+def round_profile_table(env_id: str, args: argparse.Namespace) -> None:
+    """Print milliseconds of CPU per round in each part of :data:`ROUND_PARTS`, per agent."""
+    seeds, rounds = list(range(args.seeds)), args.profile_rounds
+    splits = [round_split(env_id, a, seeds, rounds) for a in args.agents]
+    print(
+        f"where a white-box round's time goes ({args.seeds} seeds batched, CPU ms per round, "
+        f"{rounds} rounds):\n"
+    )
+    print("| part | " + " | ".join(args.agents) + " |")
+    print("|---|" + "---|" * len(args.agents))
+    for who, what in ROUND_PARTS:
+        part = f"{who}: {what}"
+        cells = [
+            f"{1e3 * sec.get(part, 0.0) / rounds:.2f} ({sec.get(part, 0.0) / t:.0%})"
+            for sec, t in splits
+        ]
+        print(f"| {part} | " + " | ".join(cells) + " |")
+    print("| **round** | " + " | ".join(f"{1e3 * t / rounds:.2f}" for _, t in splits) + " |\n")
 
 
 def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
@@ -481,6 +552,19 @@ def main(argv: list[str] | None = None) -> int:
         "(env kwarg dtype=float32) beside float64",
     )
     p.add_argument(
+        "--round-profile",
+        action="store_true",
+        help="also print where a white-box round's time goes per agent (the agent's score "
+        "gradient and policy step, the env's scoring and RM retraining, the harness's "
+        "recording), CPU ms per round over --profile-rounds rounds of --seeds seeds",
+    )
+    p.add_argument(
+        "--profile-rounds",
+        type=positive_int,
+        default=200,
+        help="rounds of the --round-profile runs (default 200)",
+    )
+    p.add_argument(
         "--family-rounds",
         type=positive_int,
         default=200,
@@ -513,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         if env_id in rlhf_envs.BLIND_SPOT_ENV_IDS:
             print(f"rounds per agent-run: {rounds}; batched runs use seeds 0-{args.seeds - 1}\n")
             white_box_table(env_id, args, rounds)
+            if args.round_profile:
+                round_profile_table(env_id, args)
             if args.family or args.family_split:
                 family_table(env_id, args, rounds)
         else:

@@ -123,3 +123,27 @@ def test_float32_column_times_each_agent_in_float32(capsys):
         out,
         re.M,
     )
+
+
+def test_round_split_charges_every_cpu_second_of_the_program_to_one_part():
+    from agents.whitebox import Agent, _Member
+
+    parts, total = bench.round_split("RLHFNeuralBlindSpot-v0", "fpo", [0, 1], 6)
+    assert set(parts) <= {f"{who}: {what}" for who, what in bench.ROUND_PARTS}
+    assert sum(parts.values()) == pytest.approx(total, rel=1e-9)
+    for who, what in bench.ROUND_PARTS:  # every part is on a white-box round's path
+        assert parts[f"{who}: {what}"] > 0, what
+    # the timing is gone afterwards: the plain functions (and a static method) are back
+    assert not hasattr(_Member.optimise, "__wrapped__")
+    assert isinstance(vars(Agent)["_metrics"], staticmethod)
+
+
+def test_round_profile_prints_ms_per_round_per_agent(capsys):
+    out = tiny_neural_bench(
+        capsys, 2, "--agents", "naive", "oracle", "--round-profile", "--profile-rounds", "3"
+    )
+    table = out[out.index("where a white-box round's time goes (2 seeds batched") :]
+    assert "| part | naive | oracle |" in table
+    rows = re.findall(r"^\| (agent|env|harness): [^|]+ \| ([0-9.]+) \([0-9]+%\) \|", table, re.M)
+    assert len(rows) == len(bench.ROUND_PARTS)
+    assert re.search(r"^\| \*\*round\*\* \| [0-9.]+ \| [0-9.]+ \|$", table, re.M)
