@@ -513,7 +513,9 @@ def _run_together(todo: list[tuple[Job, list[int]]], progress=None) -> dict[int,
                 write_run(job, seed, seeds, per_run, wall, history, i, shared=names)
             done[id(job)] = _outcome(seeds, "ok", "", wall)
     except Exception:  # noqa: BLE001  (a job not written yet is run again on its own)
-        pass
+        rerun = sum(first.rounds * len(seeds) for job, seeds in todo if id(job) not in done)
+        if report is not None and rerun:
+            report(-rerun)  # its rerun counts its rounds again
     return done
 
 

@@ -224,3 +224,28 @@ def test_the_progress_counts_every_round_of_a_stopped_agent(tmp_path, together):
     outcomes = [o for unit in units for o in run_jobs(unit, progress=counted.append)]
     assert sorted(o["status"] for o in outcomes) == ["ok", "stopped"]
     assert sum(counted) == 8 * 4  # the wild agent's unrun rounds count as done
+
+
+def test_the_progress_counts_each_round_once_when_a_shared_program_fails_to_write(
+    tmp_path, monkeypatch
+):
+    from baselines import run as run_mod
+
+    jobs = []
+    for kwargs, tag in (({}, ""), ({"policy_lr": 0.01}, "slow")):
+        jobs += run_mod.plan(NEURAL, "naive", [0, 1], 60, {}, kwargs, tmp_path, tag=tag)[0]
+    (unit,) = group_jobs(jobs, 1)
+    plain = run_mod.write_run
+    failed: list[str] = []
+
+    def write_run(job, seed, *args, **kwargs):
+        if kwargs.get("shared") and job.run_name == "naive@slow" and not failed:
+            failed.append(job.run_name)  # the first write of the shared program fails
+            raise OSError("disk full")
+        return plain(job, seed, *args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "write_run", write_run)
+    counted: list[int] = []
+    outcomes = run_mod.run_jobs(unit, progress=counted.append)
+    assert failed and [o["status"] for o in outcomes] == ["ok", "ok"]
+    assert sum(counted) == 60 * 4  # the job rerun alone counts its rounds once, not twice
