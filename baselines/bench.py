@@ -97,32 +97,47 @@ def together_seconds(
     """Median wall seconds of one :func:`~agents.whitebox.learn_together` of all ``agents``
     (each over ``seeds``) on one batched env, as the harness runs agents of one env config (one
     agent: its own ``learn``)."""
-    from agents.whitebox import learn_together
-
-    defaults = load_defaults(env_id)
 
     def program(n_rounds: int) -> float:
-        made = []
-        for agent in agents:
-            cls = registry.get(agent)
-            kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
-            made.append(cls(cls.config_cls(**{**kwargs, "rounds": n_rounds}), seed=seeds))
-        env = gym.make_vec(
-            env_id,
-            num_envs=len(seeds) * len(agents),
-            vectorization_mode="vector_entry_point",
-            **(env_kwargs or {}),
-        )
-        env.reset(seed=seeds * len(agents))
-        t = time.perf_counter()
-        learn_together(made, env, n_rounds)
-        return time.perf_counter() - t
+        return _program(env_id, agents, seeds, n_rounds, env_kwargs)
 
     compiled = [a for a in agents if getattr(registry.get(a), "compiled", False)]
     if compiled:  # compile outside the timed runs (once per process and batch size)
         first = program(1)
         COMPILE_SECONDS.update({(a, len(seeds)): first for a in compiled})
     return statistics.median(program(rounds) for _ in range(repeats))
+
+
+def _program(
+    env_id: str,
+    agents: list[str],
+    seeds: list[int],
+    rounds: int,
+    env_kwargs: dict | None,
+    around=contextlib.nullcontext,
+) -> float:
+    """Wall seconds of one :func:`~agents.whitebox.learn_together` of ``agents`` (each over
+    ``seeds``, the env's YAML settings) for ``rounds`` rounds, the env built beforehand;
+    ``around()``: a context entered around that call alone."""
+    from agents.whitebox import learn_together
+
+    defaults = load_defaults(env_id)
+    made = []
+    for agent in agents:
+        cls = registry.get(agent)
+        kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
+        made.append(cls(cls.config_cls(**{**kwargs, "rounds": rounds}), seed=seeds))
+    env = gym.make_vec(
+        env_id,
+        num_envs=len(seeds) * len(agents),
+        vectorization_mode="vector_entry_point",
+        **(env_kwargs or {}),
+    )
+    env.reset(seed=seeds * len(agents))
+    with around():
+        t = time.perf_counter()
+        learn_together(made, env, rounds)
+        return time.perf_counter() - t
 
 
 #: ``(agent, seeds) -> `` wall seconds of the untimed first round that compiled its kernels
@@ -316,13 +331,22 @@ def round_split(
         (whitebox._Member, "record", record),
     ]
     if getattr(cls, "compiled", False):  # compile outside the timed run
-        together_seconds(env_id, [agent], seeds, 1, 1, env_kwargs)
+        _program(env_id, [agent], seeds, 1, env_kwargs)
     split = _Split(loop)
-    with _timing(targets, split):
-        start = split.last
-        together_seconds(env_id, [agent], seeds, rounds, 1, env_kwargs)
-        split._switch()
-    return dict(split.seconds), split.last - start
+    span: list[float] = []
+
+    @contextlib.contextmanager
+    def timed():
+        with _timing(targets, split):
+            split._switch()
+            split.seconds.clear()  # the env's construction is not a round's
+            span.append(split.last)
+            yield
+            split._switch()
+            span.append(split.last)
+
+    _program(env_id, [agent], seeds, rounds, env_kwargs, timed)
+    return dict(split.seconds), span[1] - span[0]
 
 
 def round_profile_table(env_id: str, args: argparse.Namespace) -> None:
