@@ -121,14 +121,18 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
+    sealed = f"*/*/seed_*/{results.MANIFEST}"  # a run is finished once its folder is sealed
     while time.time() < deadline and proc.poll() is None:
-        if list(out.glob("*/*/seed_*/summary.json")):
+        if list(out.glob(sealed)):
             break
         time.sleep(0.05)
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/*/seed_*/summary.json")}
+    # a folder killed between its summary and its seal is redone, rightly: only sealed ones count
+    finished = {
+        p.parent.name: (p.parent / "summary.json").stat().st_mtime_ns for p in out.glob(sealed)
+    }
     assert finished, "the first run should have finished before the kill"
     # no torn files: every file that exists parses
     for f in out.rglob("*.json"):
