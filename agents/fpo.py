@@ -261,19 +261,24 @@ def _compiled_candidate(rm, params, yj, lj, g_lab, n, base, consts, kappa):
     if fn is None:
         try:
             fn = _compile_candidate(rm, names, len(consts), g_lab is not None, tensors)
-        except Exception as e:  # e.g. no C++ compiler on this machine
+        except RuntimeError as e:  # e.g. no C++ compiler on this machine
             raise RuntimeError(
-                "the compiled exact FPO gradient could not be built by torch's CPU compiler "
-                f"({type(e).__name__}: {e}); the eager closed form (fpo-exact-cf, "
-                "agents.foresight:FPOExactClosedFormAgent) computes the same maths without it"
+                f"the compiled exact FPO gradient could not be built by torch's CPU compiler "
+                f"({e}); {_EAGER_INSTEAD}"
             ) from e
         _COMPILED[key] = fn
     return fn(*tensors)
 
 
+#: what a failed compilation's message recommends
+_EAGER_INSTEAD = (
+    "the eager closed form (fpo-exact-cf, agents.foresight:FPOExactClosedFormAgent) computes "
+    "the same maths without it"
+)
+
+
 def _compile_candidate(rm, names: list, n_consts: int, with_label_grad: bool, example: list):
-    from torch._inductor import compile as inductor_compile
-    from torch.fx.experimental.proxy_tensor import make_fx
+    from rlhf_envs.programs import compile_program
 
     k = len(names)
 
@@ -284,10 +289,55 @@ def _compile_candidate(rm, names: list, n_consts: int, with_label_grad: bool, ex
         g_lab = ts[-1] if with_label_grad else None
         return (_closed_form_candidate(rm, params, yj, lj, g_lab, n, base, consts, kappa),)
 
-    with torch.no_grad():
-        graph = make_fx(flat)(*example)
-    run = inductor_compile(graph, example)
+    run = compile_program(flat, example)
     return lambda *ts: run(*ts)[0]
+
+
+def fused_exact_steps(core, oracle, theta, eps, sigma, lr, cfg, cache: dict) -> torch.Tensor:
+    """A round's ``cfg.inner_steps`` exact-FPO policy steps as one compiled program (see
+    :meth:`agents.whitebox.Agent.fused_steps`): each step labels its response through the
+    oracle's counted :meth:`~rlhf_envs.blind_spot.BlindSpotEnv.labeler_program` (one value
+    query per response, as step by step) and ascends :func:`_closed_form_candidate`'s gradient
+    less the L2 term, clipped. Rating feedback and an MLP reward model only."""
+    rm, c = core.reward_model, core.config
+    n, g_rest, _ = _retained_grad(core, cache)
+    base, consts = _step_constants(core, g_rest, cache)
+    kappa = cfg.fpo_gamma / (loss_factor(c.feedback) * c.rm_lr)
+    as_t = lambda v: torch.tensor(float(v), dtype=theta.dtype)  # noqa: E731
+    names = sorted(core.params)
+    steps, l2, clip, gaussian = cfg.inner_steps, float(cfg.l2), cfg.grad_clip, eps is not None
+    noise = [eps] if gaussian else []
+    scalars = [as_t(sigma), as_t(lr), as_t(n), base, as_t(kappa)]
+    consts = [v if isinstance(v, torch.Tensor) else as_t(v) for v in consts]
+    inputs = [*(core.params[k] for k in names), theta, *noise, *scalars, *consts]
+
+    def build(label, *ts):
+        k = len(names)
+        params = dict(zip(names, ts[:k], strict=True))
+        th, rest = ts[k], ts[k + 1 :]
+        noise_t, rest = (rest[0], rest[1:]) if gaussian else (None, rest)
+        sig, step_size, n_t, base_t, kappa_t = rest[:5]
+        for i in range(steps):
+            y = th + sig * noise_t[:, i] if gaussian else th
+            yj = y.unsqueeze(1)
+            g = _closed_form_candidate(
+                rm, params, yj, label(yj), None, n_t, base_t, rest[5:], kappa_t
+            )
+            grad = g[:, 0] - 2.0 * l2 * y
+            if clip is not None:
+                grad = grad.clamp(-clip, clip)
+            th = th + step_size * grad
+        return th
+
+    key = ("fused_exact_steps", type(rm), rm.optimizer, tuple(names), steps, gaussian, l2, clip)
+    try:
+        program = oracle.labeler_program(build, inputs, key)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"the fused exact FPO round could not be built by torch's CPU compiler ({e}); "
+            f"{_EAGER_INSTEAD}"
+        ) from e
+    return program(*inputs)
 
 
 def _views(flat: torch.Tensor, like: dict) -> dict:

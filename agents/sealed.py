@@ -64,7 +64,13 @@ CONFIG_ATTRS = frozenset(
 SEALED_INFO = frozenset(
     {"true_utility", "signal_norm", "noise_norm", "cluster", "in_blind_cluster"}
 )
-QUERIES = ("query_labeler", "query_labeler_and_grad", "true_utility", "true_utility_and_grad")
+QUERIES = (
+    "query_labeler",
+    "query_labeler_and_grad",
+    "true_utility",
+    "true_utility_and_grad",
+    "labeler_program",
+)
 
 
 class SealedError(AttributeError, KeyError):

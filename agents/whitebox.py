@@ -248,6 +248,19 @@ class Agent:
         """
         return learn_together([self], env, rounds, [callback])[0]
 
+    def fused_steps(
+        self, core, oracle, theta: torch.Tensor, eps: torch.Tensor | None, sigma: float, lr: float
+    ) -> torch.Tensor | None:
+        """A round's ``inner_steps`` policy steps taken as one program: the policy after them
+        (S, d), or ``None`` (default) to take them one by one through :meth:`_objective_grad`.
+
+        ``eps``: the round's noise (S, inner_steps + samples_per_round, d) of a Gaussian policy
+        (step ``i`` scores ``theta + sigma * eps[:, i]``), ``None`` for a deterministic one;
+        ``lr``: the round's step size. The steps must be the loop's: gradient of the objective
+        (score minus ``l2 |y|^2``), clipped to ``grad_clip``, ascended with ``lr``.
+        """
+        return None
+
     def _objective_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         """``grad_y [score(y) - l2 ||y||^2]`` for one response per experiment, (S, d)."""
         y = y.detach().unsqueeze(1)
@@ -338,13 +351,15 @@ class _Member:
                 ]
             ).to(self.view.dtype)  # float64 streams, rounded if the env is float32
         theta = self.theta
-        for i in range(cfg.inner_steps):
+        eps = self.eps if self.gaussian else None
+        fused = agent.fused_steps(self.view, self.oracle, theta, eps, self.sigma, lr)
+        for i in range(cfg.inner_steps if fused is None else 0):
             y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
             grad = agent._objective_grad(self.view, y, self.oracle)
             if cfg.grad_clip is not None:
                 grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
             theta = theta + lr * grad
-        self.theta = theta
+        self.theta = theta if fused is None else fused
         sane = (theta.abs() <= DIVERGED).all(1)  # False for NaN too
         if not sane.all():
             bad = [s for s, ok in zip(agent.seeds, sane, strict=True) if not ok]
