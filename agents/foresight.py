@@ -181,8 +181,8 @@ class FPOExactFusedAgent(FPOExactCompiledAgent):
     program per step plus the loop's operations around it. The same maths, rounded otherwise
     again, so not bit for bit; a test checks that its 10-seed results agree with
     ``fpo-exact``'s within their 95 % CIs. Compiling takes longer than the per-step program's
-    (about a minute at 15 steps; once per process, batch size and setting; torch keeps
-    compiled code in an on-disk cache). Other settings (preference feedback, a linear reward
+    (about 35 s at 15 steps, per batch size and env setting; a later process loads it from
+    torch's on-disk cache in seconds). Other settings (preference feedback, a linear reward
     model, ``label_grad``) take ``fpo-exact-compiled``'s steps. Not a built-in name: run it as
     ``--agent agents.foresight:FPOExactFusedAgent``.
     Source: this suite's extension of arXiv 2605.04266, Sec. 2.

@@ -26,12 +26,18 @@ def compile_program(fn: Callable, example: list[torch.Tensor]) -> Callable:
     tensors of the same shapes, strides and dtypes. Raises RuntimeError if compilation fails
     (e.g. no C++ compiler on this machine)."""
     from torch._inductor import compile as inductor_compile
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     try:
-        with torch.no_grad():
-            graph = make_fx(fn)(*example)
-        return inductor_compile(graph, example)
+        # traced on fake tensors of a mode with a (static) shape environment, which lets
+        # inductor keep the compiled program in its on-disk cache for the next process
+        mode = FakeTensorMode(shape_env=ShapeEnv())
+        fakes = [mode.from_tensor(t, static_shapes=True) for t in example]
+        with torch.no_grad(), mode:
+            graph = make_fx(fn)(*fakes)
+        return inductor_compile(graph, fakes)
     except Exception as e:
         raise RuntimeError(f"{type(e).__name__}: {e}") from e
 
@@ -79,20 +85,20 @@ class LabelerProgram:
 
     def _compile(self, build: Callable, example: list[torch.Tensor]):
         core, k = self._core, len(self._names)
-        charges: list[torch.Tensor] = []
 
         def traced(*ts):
             given = dict(zip(self._names, ts[:k], strict=True))
 
             def label(y: torch.Tensor) -> torch.Tensor:
-                charges.append(torch.empty(y.shape, device="meta"))  # what a call will charge
+                shapes.append(tuple(y.shape))  # what a call will charge
                 return core.labeler_target_with(given, y)
 
             out = build(label, *ts[k:])
             return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
+        shapes: list[tuple[int, ...]] = []
         program = compile_program(traced, [*self._labeler_inputs(), *example])
-        return program, charges
+        return program, [torch.empty(s, device="meta") for s in shapes]
 
     @property
     def queries_per_call(self) -> int:

@@ -158,3 +158,19 @@ def test_fused_exact_agrees_with_autograd_exact_within_95_percent_cis():
     assert gap <= half_width(auto) and gap <= half_width(fused)
     diff = fused - auto
     assert abs(diff.mean()) <= half_width(diff) + 1e-9
+
+
+@pytest.mark.needs_compiler
+def test_compiled_programs_can_be_kept_in_torchs_on_disk_cache():
+    from torch._dynamo.utils import counters
+
+    def fn(a, b):
+        return (torch.sigmoid(a) * b + 1.0,)
+
+    a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    before = dict(counters["inductor"])
+    run = programs.compile_program(fn, [a, b])
+    assert torch.allclose(run(a, b)[0], fn(a, b)[0], rtol=1e-12)
+    seen = {k: counters["inductor"][k] - before.get(k, 0) for k in counters["inductor"]}
+    assert seen.get("fxgraph_cache_bypass", 0) == 0  # traced with a shape environment
+    assert seen.get("fxgraph_cache_hit", 0) + seen.get("fxgraph_cache_miss", 0) == 1
