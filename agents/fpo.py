@@ -202,9 +202,10 @@ def exact_score_grad(
         # the numbers that change from round to round enter as tensors
         stamp = cache.get("tensors_for")  # (the constants, kappa) they were made for
         if stamp is None or stamp[0] is not consts or stamp[1] != kappa:
-            as_t = lambda v: torch.tensor(float(v), dtype=y.dtype)  # noqa: E731
-            made = tuple(v if isinstance(v, torch.Tensor) else as_t(v) for v in consts)
-            cache.update(tensors_for=(consts, kappa), tensors=(made, as_t(n), as_t(kappa)))
+            made = _as_tensors(consts, y.dtype)
+            cache.update(
+                tensors_for=(consts, kappa), tensors=(made, *_as_tensors((n, kappa), y.dtype))
+            )
         consts, n, kappa = cache["tensors"]
         one = _compiled_candidate
     out = []
@@ -270,6 +271,14 @@ def _compiled_candidate(rm, params, yj, lj, g_lab, n, base, consts, kappa):
     return fn(*tensors)
 
 
+def _as_tensors(values, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``values`` with the numbers among them as 0-d tensors (the inputs of a compiled
+    program; numbers would be constants of its trace)."""
+    return tuple(
+        v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=dtype) for v in values
+    )
+
+
 #: what a failed compilation's message recommends
 _EAGER_INSTEAD = (
     "the eager closed form (fpo-exact-cf, agents.foresight:FPOExactClosedFormAgent) computes "
@@ -303,12 +312,12 @@ def fused_exact_steps(core, oracle, theta, eps, sigma, lr, cfg, cache: dict) -> 
     n, g_rest, _ = _retained_grad(core, cache)
     base, consts = _step_constants(core, g_rest, cache)
     kappa = cfg.fpo_gamma / (loss_factor(c.feedback) * c.rm_lr)
-    as_t = lambda v: torch.tensor(float(v), dtype=theta.dtype)  # noqa: E731
     names = sorted(core.params)
     steps, l2, clip, gaussian = cfg.inner_steps, float(cfg.l2), cfg.grad_clip, eps is not None
     noise = [eps] if gaussian else []
-    scalars = [as_t(sigma), as_t(lr), as_t(n), base, as_t(kappa)]
-    consts = [v if isinstance(v, torch.Tensor) else as_t(v) for v in consts]
+    sig, step_size, n, kappa = _as_tensors((sigma, lr, n, kappa), theta.dtype)
+    scalars = [sig, step_size, n, base, kappa]
+    consts = _as_tensors(consts, theta.dtype)
     inputs = [*(core.params[k] for k in names), theta, *noise, *scalars, *consts]
 
     def build(label, *ts):

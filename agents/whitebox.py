@@ -155,7 +155,8 @@ class Agent:
     .reward_model``, its parameters ``core.params``, optimiser state, buffer and config; a
     snapshot taken before the step under SB3), responses ``y`` of shape (S, n, d), and
     ``oracle``, the env's counted query methods (``query_labeler``, ``query_labeler_and_grad``,
-    ``true_utility``, ``true_utility_and_grad``). It returns scores of shape (S, n).
+    ``true_utility``, ``true_utility_and_grad``, and ``labeler_program``: a compiled program
+    that labels inside, counted as ``query_labeler``). It returns scores of shape (S, n).
 
     Class attributes read by the harness (declare them, do not compute them elsewhere):
 
@@ -350,16 +351,17 @@ class _Member:
                     for g in self.gens
                 ]
             ).to(self.view.dtype)  # float64 streams, rounded if the env is float32
-        theta = self.theta
         eps = self.eps if self.gaussian else None
-        fused = agent.fused_steps(self.view, self.oracle, theta, eps, self.sigma, lr)
-        for i in range(cfg.inner_steps if fused is None else 0):
-            y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
-            grad = agent._objective_grad(self.view, y, self.oracle)
-            if cfg.grad_clip is not None:
-                grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
-            theta = theta + lr * grad
-        self.theta = theta if fused is None else fused
+        theta = agent.fused_steps(self.view, self.oracle, self.theta, eps, self.sigma, lr)
+        if theta is None:  # step by step
+            theta = self.theta
+            for i in range(cfg.inner_steps):
+                y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
+                grad = agent._objective_grad(self.view, y, self.oracle)
+                if cfg.grad_clip is not None:
+                    grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
+                theta = theta + lr * grad
+        self.theta = theta
         sane = (theta.abs() <= DIVERGED).all(1)  # False for NaN too
         if not sane.all():
             bad = [s for s, ok in zip(agent.seeds, sane, strict=True) if not ok]

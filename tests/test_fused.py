@@ -96,6 +96,15 @@ def test_fused_round_takes_the_closed_forms_steps(policy):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12, err_msg=key)
     for key in ("oracle_queries", "oracle_grad_queries", "labels_used"):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)  # the same queries
+    assert FPOExactFusedAgent().declared_reads() == cf().declared_reads()
+
+
+@pytest.mark.needs_compiler
+def test_a_fused_policy_that_diverges_stops_as_step_by_step():
+    seeds = [3, 0]  # the program of the test above (the step size is one of its inputs)
+    # caught in the round it happens (not a round late, from the policy the round began with)
+    with pytest.raises(FloatingPointError, match=r"diverged past .* at round 0 "):
+        agent(FPOExactFusedAgent, seeds, 8, policy_lr=1e9).learn(vector_env(seeds))
 
 
 @pytest.mark.needs_compiler
