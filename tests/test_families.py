@@ -19,6 +19,7 @@ def test_splits_are_the_recorded_draws(env_id, split):
     assert list(index) == sorted(set(index))  # the first learnable ones, in draw order
     draws = families.candidates(env_id, split, max(index) + 1)
     assert frozen == [draws[i] for i in index]
+    assert repr(frozen) == repr([draws[i] for i in index])  # the same types and digits
 
 
 @pytest.mark.parametrize("env_id", ENVS)
