@@ -142,10 +142,5 @@ class SliceOracle:
     def true_utility(self, ys: Any) -> torch.Tensor:
         return self._query(ys, self._env.core.utility)
 
-    def labeler_program(self, build, example: list, key: Any = None):
-        from rlhf_envs.programs import LabelerProgram
-
-        return LabelerProgram(self._env.core, self._part, build, example, key)
-
     def true_utility_and_grad(self, ys: Any):
         return self._query(ys, self._env.core.utility_and_grad, grad=True)

@@ -64,7 +64,7 @@ class FPOAgent(Agent):
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         """Closed form for rating feedback in the practical and relaxed forms, else autograd."""
-        if core.config.feedback != "rating" or self.form == "exact":
+        if core.config.feedback != "rating":
             return None
         if self.config.label_grad:
             labeler = oracle.query_labeler_and_grad
@@ -113,33 +113,18 @@ class FPORelaxedGradAgent(FPORelaxedAgent):
 class FPOExactAgent(FPOAgent):
     """FPO scored by the RM after a virtual real update step that includes the response.
 
-    The first-order forms are its linearisation. One oracle query per scored response.
+    The first-order forms are its linearisation. One oracle query per scored response. For
+    rating feedback and an MLP reward model the policy gradient is in closed form
+    (:func:`agents.fpo.exact_score_grad`, equal to autograd through the virtual update to about
+    1e-12 relative, tested); other settings take autograd.
     Source: this suite's extension of arXiv 2605.04266, Sec. 2.
     """
 
     name = "fpo-exact"
     form = "exact"
     llm_penalty = None
-    cost = 12.0
-    paper_reference = {}
-
-
-class FPOExactClosedFormAgent(FPOExactAgent):
-    """``fpo-exact`` with its policy gradient in closed form instead of autograd (opt-in).
-
-    The same scores and the same oracle queries; the gradient is
-    :func:`agents.fpo.exact_score_grad` (rating feedback, MLP reward model; other settings
-    fall back to autograd): equal to autograd's to rounding error, ~1.5x faster on the
-    neural env (10 seeds), not bit for bit, so runs part from ``fpo-exact``'s after some
-    rounds (a test checks that 10-seed results agree within their 95 % CIs). Not a built-in
-    name: run it as
-    ``--agent agents.foresight:FPOExactClosedFormAgent``.
-    Source: this suite's extension of arXiv 2605.04266, Sec. 2.
-    """
-
-    name = "fpo-exact-cf"
     cost = 5.5  # x naive, neural env (bench, 10 seeds)
-    compiled = False
+    paper_reference = {}
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         if core.config.feedback != "rating" or core.config.reward_model != "mlp":
@@ -149,52 +134,4 @@ class FPOExactClosedFormAgent(FPOExactAgent):
             label, g_label = oracle.query_labeler_and_grad(y)
         else:
             label = oracle.query_labeler(y)
-        return fpo.exact_score_grad(
-            core, y, label, self.config.fpo_gamma, self._lookahead, g_label, self.compiled
-        )
-
-
-class FPOExactCompiledAgent(FPOExactClosedFormAgent):
-    """``fpo-exact-cf`` with each candidate's closed-form gradient compiled into one program
-    (opt-in; ``torch._inductor`` compiles C++ kernels, so it needs a C++ compiler).
-
-    The step's ~200 small tensor operations become a few fused loops: the same maths as
-    ``fpo-exact-cf``, rounded otherwise (sums reordered and fused), so not bit for bit; a test
-    checks that its 10-seed results agree with ``fpo-exact``'s within their 95 % CIs. A
-    process compiles once per batch size (seconds; torch keeps compiled code in an on-disk
-    cache for the next process). Not a built-in name: run it as
-    ``--agent agents.foresight:FPOExactCompiledAgent``.
-    Source: this suite's extension of arXiv 2605.04266, Sec. 2.
-    """
-
-    name = "fpo-exact-compiled"
-    cost = 3.0
-    compiled = True
-
-
-class FPOExactFusedAgent(FPOExactCompiledAgent):
-    """``fpo-exact-compiled`` with a round's policy steps compiled as one program (opt-in).
-
-    Each step still labels its response (one counted value query, through the oracle's
-    :meth:`~rlhf_envs.blind_spot.BlindSpotEnv.labeler_program`) and ascends the closed-form
-    gradient; the round's ``inner_steps`` steps run as one compiled program instead of one
-    program per step plus the loop's operations around it. The same maths, rounded otherwise
-    again, so not bit for bit; a test checks that its 10-seed results agree with
-    ``fpo-exact``'s within their 95 % CIs. Compiling takes longer than the per-step program's
-    (about 35 s at 15 steps, per batch size and env setting; a later process loads it from
-    torch's on-disk cache in seconds). Other settings (preference feedback, a linear reward
-    model, ``label_grad``) take ``fpo-exact-compiled``'s steps. Not a built-in name: run it as
-    ``--agent agents.foresight:FPOExactFusedAgent``.
-    Source: this suite's extension of arXiv 2605.04266, Sec. 2.
-    """
-
-    name = "fpo-exact-fused"
-    cost = 2.0
-
-    def fused_steps(self, core, oracle, theta, eps, sigma, lr):
-        c = core.config
-        if c.feedback != "rating" or c.reward_model != "mlp" or self.config.label_grad:
-            return None
-        return fpo.fused_exact_steps(
-            core, oracle, theta, eps, sigma, lr, self.config, self._lookahead
-        )
+        return fpo.exact_score_grad(core, y, label, self.config.fpo_gamma, self._lookahead, g_label)

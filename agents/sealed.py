@@ -69,7 +69,6 @@ QUERIES = (
     "query_labeler_and_grad",
     "true_utility",
     "true_utility_and_grad",
-    "labeler_program",
 )
 
 

@@ -20,7 +20,6 @@ submit responses (the env scores, labels and retrains), record metrics.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -96,20 +95,6 @@ class WhiteBoxConfig:
         return asdict(self)
 
 
-#: Config names of earlier releases and their new names (accepted, with a warning, for one release).
-RENAMED_FIELDS = {"gamma": "fpo_gamma"}
-
-
-def renamed_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with the names of :data:`RENAMED_FIELDS` replaced (DeprecationWarning)."""
-    out = dict(values)
-    for old, new in RENAMED_FIELDS.items():
-        if old in out:
-            warnings.warn(f"agent field {old!r} is now {new!r}", DeprecationWarning, stacklevel=3)
-            out.setdefault(new, out.pop(old))
-    return out
-
-
 def _schedule(start: float, end: float | None, t: int, T: int, power: float) -> float:
     if end is None:
         return start
@@ -155,8 +140,7 @@ class Agent:
     .reward_model``, its parameters ``core.params``, optimiser state, buffer and config; a
     snapshot taken before the step under SB3), responses ``y`` of shape (S, n, d), and
     ``oracle``, the env's counted query methods (``query_labeler``, ``query_labeler_and_grad``,
-    ``true_utility``, ``true_utility_and_grad``, and ``labeler_program``: a compiled program
-    that labels inside, counted as ``query_labeler``). It returns scores of shape (S, n).
+    ``true_utility`` and ``true_utility_and_grad``). It returns scores of shape (S, n).
 
     Class attributes read by the harness (declare them, do not compute them elsewhere):
 
@@ -185,7 +169,7 @@ class Agent:
         self, config: WhiteBoxConfig | None = None, seed: int | list[int] = 0, **fields_: Any
     ):
         if config is None:
-            config = self.config_cls(**renamed_fields(fields_))
+            config = self.config_cls(**fields_)
         elif fields_:
             raise TypeError("pass either config or config fields, not both")
         elif not isinstance(config, self.config_cls):  # a base config: keep its fields
@@ -249,19 +233,6 @@ class Agent:
         """
         return learn_together([self], env, rounds, [callback])[0]
 
-    def fused_steps(
-        self, core, oracle, theta: torch.Tensor, eps: torch.Tensor | None, sigma: float, lr: float
-    ) -> torch.Tensor | None:
-        """A round's ``inner_steps`` policy steps taken as one program: the policy after them
-        (S, d), or ``None`` (default) to take them one by one through :meth:`_objective_grad`.
-
-        ``eps``: the round's noise (S, inner_steps + samples_per_round, d) of a Gaussian policy
-        (step ``i`` scores ``theta + sigma * eps[:, i]``), ``None`` for a deterministic one;
-        ``lr``: the round's step size. The steps must be the loop's: gradient of the objective
-        (score minus ``l2 |y|^2``), clipped to ``grad_clip``, ascended with ``lr``.
-        """
-        return None
-
     def _objective_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         """``grad_y [score(y) - l2 ||y||^2]`` for one response per experiment, (S, d)."""
         y = y.detach().unsqueeze(1)
@@ -309,9 +280,6 @@ def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]
     return np.array([info["proxy_reward"]]), np.array([info["true_utility"]])
 
 
-WhiteBoxAgent = Agent  # the name of earlier releases
-
-
 class _Member:
     """One agent's share of a :func:`learn_together` run: its experiments ``lo:hi`` of the env,
     what it may see of them, its random streams, its policy and its metrics so far."""
@@ -351,16 +319,13 @@ class _Member:
                     for g in self.gens
                 ]
             ).to(self.view.dtype)  # float64 streams, rounded if the env is float32
-        eps = self.eps if self.gaussian else None
-        theta = agent.fused_steps(self.view, self.oracle, self.theta, eps, self.sigma, lr)
-        if theta is None:  # step by step
-            theta = self.theta
-            for i in range(cfg.inner_steps):
-                y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
-                grad = agent._objective_grad(self.view, y, self.oracle)
-                if cfg.grad_clip is not None:
-                    grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
-                theta = theta + lr * grad
+        theta = self.theta
+        for i in range(cfg.inner_steps):
+            y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
+            grad = agent._objective_grad(self.view, y, self.oracle)
+            if cfg.grad_clip is not None:
+                grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
+            theta = theta + lr * grad
         self.theta = theta
         sane = (theta.abs() <= DIVERGED).all(1)  # False for NaN too
         if not sane.all():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 
 import gymnasium as gym
 import torch
@@ -135,50 +134,3 @@ class _KnownScore:
 
     def __getattr__(self, name: str):
         return getattr(self._rm, name)
-
-
-def _deprecated(old: str, make):
-    def wrapper(env: gym.Env, *args, **kwargs) -> AgentRewardWrapper:
-        warnings.warn(
-            f"{old} is deprecated; use AgentRewardWrapper(env, agent)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return AgentRewardWrapper(env, make(*args, **kwargs), seal_truth=False)  # as before
-
-    wrapper.__name__ = old
-    return wrapper
-
-
-def _fpo(form: str = "practical", gamma: float = 0.1) -> Agent:
-    from agents.registry import BUILTIN
-
-    names: dict[str, str] = {}
-    for n, c in BUILTIN.items():  # the first agent of each form (not the gradient variant)
-        if getattr(c, "form", None):
-            names.setdefault(c.form, n)
-    if form not in names:
-        raise ValueError(f"form must be one of {tuple(names)}, got {form!r}")
-    return BUILTIN[names[form]](fpo_gamma=gamma)
-
-
-def _ensemble(size: int = 5, mode: str = "mean_std", k: float = 1.0) -> Agent:
-    from agents.defences import EnsembleAgent
-
-    return EnsembleAgent(ensemble_size=size, ensemble_mode=mode, ensemble_k=k)
-
-
-def _plain(cls_name: str):
-    def make() -> Agent:
-        import agents
-
-        return getattr(agents, cls_name)()
-
-    return make
-
-
-# the wrappers of earlier releases, kept for one release
-FPORewardWrapper = _deprecated("FPORewardWrapper", _fpo)
-EnsembleRewardWrapper = _deprecated("EnsembleRewardWrapper", _ensemble)
-OracleRewardWrapper = _deprecated("OracleRewardWrapper", _plain("OracleAgent"))
-StaticRewardWrapper = _deprecated("StaticRewardWrapper", _plain("StaticAgent"))

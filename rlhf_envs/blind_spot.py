@@ -122,17 +122,6 @@ class _BlindSpotMixin:
         """
         return self._query(ys, self.core.labeler_target)
 
-    def labeler_program(self, build, example: list, key: Any = None):
-        """A compiled program of ``build(label, *inputs)`` in which ``label(y)`` is
-        :meth:`query_labeler`'s verdict on responses ``y`` of shape ``(S, ..., d)``: each call
-        of the returned program charges one value query per response it labels, like
-        :meth:`query_labeler` (see :class:`rlhf_envs.programs.LabelerProgram`; ``example``:
-        tensors like the program's inputs; ``key``: whatever else ``build`` fixes). Needs a C++
-        compiler (torch's CPU compiler); raises RuntimeError otherwise."""
-        from rlhf_envs.programs import LabelerProgram
-
-        return LabelerProgram(self.core, self.core, build, example, key)
-
     # -- rendering (rlhf_envs.render draws; matplotlib is imported only then) ------------------
     def _rendered(self, y, proxy, true_u, extra: Any = None) -> None:
         """With a render mode: keep the scored response for the frames; in ``"human"`` mode show

@@ -109,8 +109,6 @@ class ContextualConfig(FollowerConfig):
 class ContextualCore(RLHFCore):
     """The follower on ``z = concat(x, y)``: prompt first, response last (see the env)."""
 
-    labeler_tensors = (*RLHFCore.labeler_tensors, "centres", "targets")
-
     def __init__(self, config: ContextualConfig, num_experiments: int = 1):
         core_cfg = config.core_config()
         if config.reward_model == "linear":

@@ -18,7 +18,6 @@ One round, top to bottom (see :meth:`RLHFCore.step`):
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -365,17 +364,6 @@ class RLHFCore:
         u = self.utility(y)
         bias = self.labeler_bias_and_grad(y)
         return u if bias is None else u + bias[0]
-
-    #: the tensors the labeler and the truth read (:meth:`labeler_target_with` passes them in)
-    labeler_tensors: tuple[str, ...] = ("y_star", "labeler_direction", "reference")
-
-    def labeler_target_with(self, tensors: dict[str, torch.Tensor], y: torch.Tensor):
-        """:meth:`labeler_target` of ``y`` with the core's :attr:`labeler_tensors` replaced by
-        ``tensors``: the same operations, with those tensors as arguments (so that a traced
-        program takes them as inputs instead of baking in one env's values)."""
-        twin = copy.copy(self)
-        twin.__dict__.update(tensors)
-        return twin.labeler_target(y)
 
     def labeler_target(self, y: torch.Tensor) -> torch.Tensor:
         """The labeler's noiseless verdict: rating value, or P(y beats the reference)."""

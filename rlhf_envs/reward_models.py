@@ -241,21 +241,45 @@ class RewardModel:
                 k: params[k] - cfg.lr * (grads[k] + cfg.weight_decay * params[k]) for k in params
             }
             return new, {}
-        # Adam (torch.optim.Adam semantics: L2 weight decay added to the gradient), applied to
-        # all parameters at once as one flat vector: a handful of tensor ops per step.
-        b1, b2 = cfg.betas
-        step = opt_state["step"] + 1
-        t = float(step)  # bias corrections as python floats, like torch.optim.Adam
-        bc1 = 1 - b1**t
-        bc2 = 1 - b2**t
+        # Adam on all parameters at once as one flat vector: a handful of tensor ops per step
         p = params.flat if isinstance(params, FlatParams) else flatten(params)
         g = grads if isinstance(grads, torch.Tensor) else flatten(grads)
-        if cfg.weight_decay:
-            g = g + cfg.weight_decay * p
-        m = b1 * opt_state["m"] + (1 - b1) * g
-        v = b2 * opt_state["v"] + (1 - b2) * g * g
-        p = p - (cfg.lr / bc1) * m / ((v / bc2).sqrt() + cfg.eps)
-        return unflatten(p, params), {"step": step, "m": m, "v": v}
+        p, m, v, _ = adam_step(cfg, p, opt_state)(g)
+        return unflatten(p, params), {"step": opt_state["step"] + 1, "m": m, "v": v}
+
+
+def adam_step(cfg: OptimizerConfig, p: torch.Tensor, state: OptState):
+    """Adam from flat parameters ``p`` (S, P) and optimiser state ``state``, as a function of
+    the flat loss gradient ``g`` (S, P): ``step(g, derivative=False) -> (p', m', v', dp'/dg)``.
+
+    torch.optim.Adam's semantics: L2 weight decay added to the gradient, bias corrections as
+    Python floats. The suite's one Adam: the RM's training (:meth:`RewardModel.apply_grads`)
+    and every virtual update of exact FPO take it. What does not depend on ``g`` (the decayed
+    moments, the bias corrections, the decay term) is computed once per state, so stepping many
+    candidate gradients from one state pays for it once. ``dp'/dg`` (elementwise) is computed
+    only when ``derivative`` is set (else ``None``).
+    """
+    b1, b2 = cfg.betas
+    t = float(state["step"] + 1)
+    lr1, bc2 = cfg.lr / (1 - b1**t), 1 - b2**t
+    decay = cfg.weight_decay * p if cfg.weight_decay else None
+    b1m, b2v = b1 * state["m"], b2 * state["v"]
+
+    def step(g: torch.Tensor, derivative: bool = False):
+        if decay is not None:
+            g = g + decay
+        m = b1m + (1 - b1) * g
+        v = b2v + (1 - b2) * g * g
+        root = (v / bc2).sqrt()
+        denom = root + cfg.eps
+        new = p - lr1 * m / denom
+        if not derivative:
+            return new, m, v, None
+        # d root / d g = (1 - b2) g / (bc2 root); 0 where root = 0 (then g = 0 as well)
+        d_root = (1 - b2) / bc2 * g / torch.where(root > 0, root, torch.ones_like(root))
+        return new, m, v, -lr1 * ((1 - b1) - m / denom * d_root) / denom
+
+    return step
 
 
 class FlatParams(dict):

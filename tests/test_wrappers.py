@@ -221,50 +221,6 @@ def test_wrapper_and_agents_reject_bad_arguments():
         EnsembleAgent(ensemble_mode="median")
     with pytest.raises(TypeError):
         FPOAgent(fpo_gamma_typo=0.1)  # unknown config field
-    with pytest.warns(DeprecationWarning, match="FPORewardWrapper"):
-        with pytest.raises(ValueError, match="form"):
-            wrappers.FPORewardWrapper(gym.make(LINEAR), form="psychic")
-
-
-DEPRECATED = [
-    ("FPORewardWrapper", {"form": "practical", "gamma": 0.3}, FPOAgent(fpo_gamma=0.3)),
-    ("FPORewardWrapper", {"form": "relaxed", "gamma": 0.3}, FPORelaxedAgent(fpo_gamma=0.3)),
-    ("FPORewardWrapper", {"form": "exact", "gamma": 0.3}, FPOExactAgent(fpo_gamma=0.3)),
-    ("FPORewardWrapper", {}, FPOAgent(fpo_gamma=0.1)),  # the old defaults
-    ("OracleRewardWrapper", {}, OracleAgent()),
-    ("StaticRewardWrapper", {}, StaticAgent()),
-    (
-        "EnsembleRewardWrapper",
-        {"size": 3, "mode": "min", "k": 0.5},
-        EnsembleAgent(ensemble_size=3, ensemble_mode="min", ensemble_k=0.5),
-    ),
-    ("EnsembleRewardWrapper", {}, EnsembleAgent()),  # size 5, mean_std, k 1
-]
-
-
-@pytest.mark.parametrize(
-    "old,kw,agent", DEPRECATED, ids=lambda x: x if isinstance(x, str) else None
-)
-def test_deprecated_wrappers_warn_and_pay_like_the_agent_wrapper(old, kw, agent):
-    with pytest.warns(DeprecationWarning, match=old):
-        legacy = getattr(wrappers, old)(gym.make(NEURAL), **kw)
-    assert isinstance(legacy, AgentRewardWrapper)
-    assert type(legacy.agent) is type(agent)
-    assert legacy.agent.config == agent.config
-    new = AgentRewardWrapper(gym.make(NEURAL), agent, seal_truth=False)  # the old wrappers' info
-    legacy.reset(seed=5)
-    new.reset(seed=5)
-    rng = np.random.default_rng(7)
-    for _ in range(12):  # crosses two RM retrains
-        action = rng.normal(size=10)
-        _, r_old, *_, i_old = legacy.step(action)
-        _, r_new, *_, i_new = new.step(action)
-        assert r_old == r_new
-        for key in ("wrapped_reward", "true_utility", "proxy_reward", "oracle_queries"):
-            assert i_old[key] == i_new[key], key
-        legacy.reset()
-        new.reset()
-    assert legacy.unwrapped.core.round == new.unwrapped.core.round == 2
 
 
 @pytest.mark.parametrize("name", list(BUILTIN))
