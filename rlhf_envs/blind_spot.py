@@ -136,7 +136,11 @@ class _BlindSpotMixin:
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass one to gym.make")
             return None
-        return _render.render(self)
+        return _render.render(self, self._draw_frame)
+
+    def _draw_frame(self, fig) -> None:
+        """Draw the current frame into the matplotlib figure ``fig``."""
+        _render.draw_vector(self, fig)
 
     def close(self, **kwargs: Any) -> None:
         _render.close(self)

@@ -305,3 +305,6 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
             self._rendered(z, proxy, true_u, self._cluster)
         info = self._info(proxy, true_u, updated, z)
         return self.prompt.copy(), float(proxy[0]), True, False, info
+
+    def _draw_frame(self, fig) -> None:
+        _render.draw_contextual(self, fig)

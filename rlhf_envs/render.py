@@ -25,8 +25,10 @@ What a frame shows, beside the round number:
   and ``r_phi`` on the plane of that cluster's target ``y*_k`` and the labeler's spurious
   response dims, with the cluster's recent responses; the score trace per cluster.
 
-Drawing reads the env's state through uncounted white-box access (rendering is for people, not
-for agents) and does not change it. Envs record what a frame needs only when ``render_mode`` is
+Each env hands :func:`render` the drawer of its frame (:func:`draw_vector`, :func:`draw_tokens`
+with its token ids, :func:`draw_contextual`); this module imports no env. Drawing reads the env's
+state through uncounted white-box access (rendering is for people, not for agents) and does not
+change it. Envs record what a frame needs only when ``render_mode`` is
 set: the last :data:`TRAIL` responses and the scores of the last :data:`HISTORY` ones. The
 module imports matplotlib only when a frame is drawn, so plain env use does not import it.
 """
@@ -36,6 +38,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,7 +52,7 @@ FIG_WIDTH, PANEL_HEIGHT, DPI = 9.6, 3.6, 100  # 960 px wide, 360 px per row of p
 MAX_CLUSTERS = 3  # clusters drawn by the contextual env's frame
 LEVELS = 16  # colour levels of the maps
 
-TOKEN_COLOURS = {0: "#444444", 1: "#2a9d4b", 2: "#e07b00"}  # EOS, ANSWER, FILLER; others grey
+EOS_COLOUR, ANSWER_COLOUR, FILLER_COLOUR, WORD_COLOUR = "#444444", "#2a9d4b", "#e07b00", "#9a9a9a"
 PROXY_COLOUR, TRUE_COLOUR = "#d62728", "#1f77b4"
 
 
@@ -104,8 +107,9 @@ def _headless() -> bool:
     )
 
 
-def render(env) -> np.ndarray | None:
-    """The frame of ``env`` (a single env of this suite) in its ``render_mode``.
+def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
+    """The frame of ``env`` (a single env of this suite) in its ``render_mode``, drawn by
+    ``draw(fig)`` into a cleared matplotlib figure.
 
     ``"rgb_array"``: an ``(H, W, 3)`` uint8 array (drawn off screen, no pyplot state touched).
     ``"human"``: the frame is drawn into the env's matplotlib window; returns ``None``.
@@ -119,7 +123,8 @@ def render(env) -> np.ndarray | None:
 
             fig = env._render_figure = Figure(dpi=DPI)
             FigureCanvasAgg(fig)
-        draw(env, fig)
+        fig.clear()
+        draw(fig)
         fig.canvas.draw()
         return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     if mode == "human":
@@ -132,7 +137,8 @@ def render(env) -> np.ndarray | None:
         fig = env.__dict__.get("_render_figure")
         if fig is None or not plt.fignum_exists(fig.number):
             fig = env._render_figure = plt.figure(dpi=DPI)
-        draw(env, fig)
+        fig.clear()
+        draw(fig)
         if matplotlib.get_backend().lower() in ("agg", "cairo", "pdf", "pgf", "ps", "svg"):
             fig.canvas.draw()  # non-interactive backend: nothing to show
         else:
@@ -148,20 +154,6 @@ def close(env) -> None:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-
-
-def draw(env, fig) -> None:
-    """Draw the current frame of ``env`` into the matplotlib figure ``fig`` (cleared first)."""
-    from rlhf_envs.contextual import ContextualEnv
-    from rlhf_envs.verbosity import VerbosityEnv
-
-    fig.clear()
-    if isinstance(env, VerbosityEnv):
-        _draw_tokens(env, fig)
-    elif isinstance(env, ContextualEnv):
-        _draw_contextual(env, fig)
-    else:
-        _draw_vector(env, fig)
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
@@ -324,7 +316,8 @@ def vector_plane(env) -> dict[str, Any]:
     return {"a": a, "b": b, "U": u, "r": r, "points": (a_pts, b_pts), "target": (t, 0.0)}
 
 
-def _draw_vector(env, fig) -> None:
+def draw_vector(env, fig) -> None:
+    """The frame of a vector env: ``U`` and ``r`` on :func:`vector_plane`, the score trace."""
     trail = _trail(env)
     p = vector_plane(env)
     fig.set_size_inches(FIG_WIDTH, PANEL_HEIGHT)
@@ -345,9 +338,9 @@ def _draw_vector(env, fig) -> None:
 
 
 # -- token env ---------------------------------------------------------------------------------------
-def _draw_tokens(env, fig) -> None:
-    from rlhf_envs.verbosity import ANSWER, EOS, FILLER
-
+def draw_tokens(env, fig, eos: int, answer: int, filler: int) -> None:
+    """The frame of the token env whose ``eos``, ``answer`` and ``filler`` are these token ids:
+    the last answers, the scores of ``answer + j x filler + eos`` for every ``j``, the trace."""
     trail, c, core = _trail(env), env.config, env.core
     fig.set_size_inches(FIG_WIDTH, PANEL_HEIGHT)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
@@ -360,11 +353,12 @@ def _draw_tokens(env, fig) -> None:
         rows.append((list(tokens), f"r {proxy:5.2f}  U {u:5.2f}"))
         if len(rows) == 7:
             break
-    names = {EOS: "EOS", ANSWER: "ANS", FILLER: "FIL"}
+    names = {eos: "EOS", answer: "ANS", filler: "FIL"}
+    colours = {eos: EOS_COLOUR, answer: ANSWER_COLOUR, filler: FILLER_COLOUR}
     for i, (tokens, label) in enumerate(rows):
         y = 6 - i
         for j, tok in enumerate(tokens):
-            colour = TOKEN_COLOURS.get(tok, "#9a9a9a")
+            colour = colours.get(tok, WORD_COLOUR)
             ax.add_patch(_box(j, y, colour))
             ax.text(j + 0.45, y + 0.4, names.get(tok, f"w{tok}"), ha="center", va="center",
                     fontsize=6, color="white")  # fmt: skip
@@ -376,7 +370,7 @@ def _draw_tokens(env, fig) -> None:
     # 2. the blind spot: the RM and the truth on the answer padded with filler
     ax = axes[1]
     j = np.arange(c.max_len - 1)
-    seqs = [[ANSWER] + [FILLER] * int(k) + [EOS] for k in j]
+    seqs = [[answer] + [filler] * int(k) + [eos] for k in j]
     f = env.features(seqs).numpy()
     with torch.no_grad():
         ft = torch.from_numpy(f).unsqueeze(0)
@@ -435,7 +429,9 @@ def cluster_plane(env, k: int) -> dict[str, Any]:
     return {"a": a, "b": b, "U": u, "r": r, "points": (a_pts, b_pts), "target": (t, 0.0)}
 
 
-def _draw_contextual(env, fig) -> None:
+def draw_contextual(env, fig) -> None:
+    """The frame of a contextual env: per cluster ``U`` and ``r`` on :func:`cluster_plane` and
+    the cluster's score trace."""
     trail, c = _trail(env), env.config
     shown = list(range(min(c.n_clusters, MAX_CLUSTERS)))
     fig.set_size_inches(FIG_WIDTH, 0.6 + (PANEL_HEIGHT - 0.9) * len(shown))

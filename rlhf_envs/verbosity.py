@@ -403,3 +403,6 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
             return super().render()
         names = {EOS: "EOS", ANSWER: "ANSWER", FILLER: "FILLER"}
         return " ".join(names.get(t, f"w{t}") for t in self.tokens)
+
+    def _draw_frame(self, fig) -> None:
+        _render.draw_tokens(self, fig, eos=EOS, answer=ANSWER, filler=FILLER)
