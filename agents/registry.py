@@ -92,3 +92,16 @@ def llm_names() -> tuple[str, ...]:
 def with_role(role: str) -> tuple[str, ...]:
     """Built-in agents of one role (``baseline``, ``method`` or ``ceiling``)."""
     return tuple(n for n, c in BUILTIN.items() if c.role == role)
+
+
+def describe() -> str:
+    """The built-in agents, one line each: name, role, what the white-box agent reads with its
+    default config, and the first sentence of its docstring (``baselines.run --list-agents``)."""
+    import inspect
+
+    lines = []
+    for name, cls in BUILTIN.items():
+        summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+        reads = ",".join(cls().declared_reads())
+        lines.append(f"{name:<17} {cls.role:<8}  {reads:<40}  {summary}")
+    return "\n".join(lines)

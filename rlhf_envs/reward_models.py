@@ -208,10 +208,12 @@ class RewardModel:
         """One optimiser step on the labelled batch; returns new ``(params, opt_state)``.
 
         Pure: nothing passed in is modified. The result is differentiable with respect to ``y``
-        and ``target`` when they require grad (the exact-lookahead agent relies on this).
+        and ``target`` when they require grad (the exact-lookahead agent relies on this). The
+        step goes through the model's stability guard (:meth:`stabilised`), if it has one.
         """
         grads = self.loss_grad(params, y, target, feedback, reference)
-        return self.apply_grads(params, opt_state, grads)
+        new, state = self.apply_grads(params, opt_state, grads)
+        return self.stabilised(params, new, y, feedback, reference), state
 
     #: whether :meth:`stabilised` can change a step (callers skip building its batch if not)
     guards_steps = False
@@ -387,20 +389,6 @@ class LinearRewardModel(RewardModel):
             d, c = y, 2.0
         kappa = c * (d * d).sum(-1).mean(-1) + cfg.weight_decay
         return torch.clamp(1.0 / (cfg.lr * kappa), max=1.0)
-
-    def update(
-        self,
-        params: Params,
-        opt_state: OptState,
-        y: torch.Tensor,
-        target: torch.Tensor,
-        feedback: str,
-        reference: torch.Tensor | None = None,
-    ) -> tuple[Params, OptState]:
-        """:meth:`RewardModel.update`; with SGD, through the stability guard of
-        :meth:`step_scale` (inactive, a factor of exactly 1, unless ``lr * kappa > 1``)."""
-        new, state = super().update(params, opt_state, y, target, feedback, reference)
-        return self.stabilised(params, new, y, feedback, reference), state
 
     def stabilised(
         self,
