@@ -255,32 +255,6 @@ def test_plot_never_writes_outside_its_folder(tmp_path, capsys):
     assert not list(tmp_path.rglob("ESCAPED*"))
 
 
-def test_legacy_folders_are_sealed_only_when_consistent(tmp_path, capsys):
-    from baselines import seal
-
-    args = ("--agent", "naive", "--seeds", "0-2", "--rounds", "30", "--out", str(tmp_path))
-    assert run(*args, "--quiet") == 0
-    folders = [results.run_dir(tmp_path, LINEAR, "naive", s) for s in range(3)]
-    for f in folders:  # as written by an earlier release
-        (f / results.MANIFEST).unlink()
-    lines = (folders[1] / "metrics.csv").read_text().splitlines()
-    lines[-1] = lines[-1].replace(lines[-1].split(",")[1], "9.99", 1)  # a forged final U
-    (folders[1] / "metrics.csv").write_text("\n".join(lines) + "\n")
-    cfg = json.loads((folders[2] / "config.json").read_text())
-    cfg["env_kwargs"] = {"label_noise": 0.5}  # settings that do not match their hash
-    (folders[2] / "config.json").write_text(json.dumps(cfg))
-    assert seal.main([str(tmp_path)]) == 0
-    err = capsys.readouterr().err
-    assert f"not sealing {folders[1]}: summary.json's final_true_utility" in err
-    assert f"not sealing {folders[2]}: the settings do not hash" in err
-    assert results.verify(folders[0]) == ""
-    assert json.loads((folders[0] / results.MANIFEST).read_text())["legacy"] is True
-    assert results.verify(folders[1]) and results.verify(folders[2])
-    assert run(*args, "--quiet") == 0  # the sealed one is kept, the refused ones redone
-    assert "redoing" in capsys.readouterr().err
-    assert all(results.verify(f) == "" for f in folders)
-
-
 @pytest.mark.parametrize(
     "module,argv,flag",
     [
