@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from baselines.run import CLIError, load_defaults
+from baselines.plan import CLIError, load_defaults
 
 DEFAULT_ENV = "RLHFBlindSpot-v0"
 DEFAULT_AGENTS = ("naive", "fpo-relaxed")

@@ -49,7 +49,7 @@ import torch
 
 import rlhf_envs
 from agents import registry
-from baselines.run import load_defaults
+from baselines.plan import load_defaults
 
 
 def env_steps_per_second(env_id: str, steps: int, repeats: int) -> float:

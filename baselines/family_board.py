@@ -52,7 +52,9 @@ from typing import Any
 import numpy as np
 
 from baselines import results, stats
-from baselines.run import CLIError, _Parser, add_batch_flag, execute, run_folder_name
+from baselines.execute import execute
+from baselines.plan import CLIError, run_folder_name
+from baselines.run import _Parser, add_batch_flag
 from baselines.sweep import _SAFE, execute_ray, longest_first, plan_sweep, write_summary
 
 CHECK_SEEDS = list(range(200, 210))

@@ -39,18 +39,9 @@ from typing import Any
 import numpy as np
 
 from baselines import results, stats
-from baselines.run import (
-    CLIError,
-    _Parser,
-    _read_value,
-    add_batch_flag,
-    add_limit_flags,
-    check_limits,
-    execute,
-    parse_kwargs,
-    parse_seeds,
-    run_folder_name,
-)
+from baselines.execute import execute
+from baselines.plan import CLIError, _read_value, parse_kwargs, parse_seeds, run_folder_name
+from baselines.run import _Parser, add_batch_flag, add_limit_flags, check_limits
 from baselines.sweep import execute_ray, longest_first, plan_sweep, tag_of, write_summary
 
 #: the agent every difference is taken against

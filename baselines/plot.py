@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from baselines import results
-from baselines.run import CLIError
+from baselines.plan import CLIError
 
 DEFAULT_METRICS = ("true_utility", "proxy_reward")
 LABELS = {

@@ -16,9 +16,12 @@ import secrets
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from baselines.plan import Job
 
 METRIC_COLUMNS = [
     "round",
@@ -301,6 +304,8 @@ RESULT_CODE = (
     "agents",
     "baselines/configs",
     "baselines/run.py",
+    "baselines/plan.py",
+    "baselines/execute.py",
     "baselines/sb3_runner.py",
     "baselines/results.py",
 )
@@ -380,3 +385,102 @@ def summarise_history(u: np.ndarray, blocks: int = 20) -> dict[str, float]:
         "collapse_drop": float(height - end),
         "auc_true_utility": float(u.mean()),
     }
+
+
+def summarise(history: dict, col: int) -> dict[str, Any]:
+    """The summary of one run's per-round ``history`` (column ``col``).
+
+    The collapse metrics read the policy mean's ``true_utility`` where the optimiser records it
+    (white-box) and the sampled responses' ``sample_true_utility`` otherwise (SB3); the summary
+    says which in ``utility_of``.
+    """
+    sampled = "true_utility" not in history
+    prefix = "sample_" if sampled else ""
+    out: dict[str, Any] = {"utility_of": "policy samples" if sampled else "policy mean"}
+    out.update(summarise_history(history[f"{prefix}true_utility"][:, col]))
+    last = {k: float(v[-1, col]) for k, v in history.items()}
+    out.update(
+        final_proxy_reward=last[f"{prefix}proxy_reward"],
+        final_gap=last[f"{prefix}gap"],
+        final_rm_error=last["rm_error"],
+        final_signal_norm=last.get("signal_norm", float("nan")),
+        final_noise_norm=last.get("noise_norm", float("nan")),
+        labels_used=int(last["labels_used"]),
+        oracle_queries=int(last["oracle_queries"]),
+        oracle_grad_queries=int(last.get("oracle_grad_queries", 0)),
+        oracle_value_equivalents=int(last.get("oracle_value_equivalents", last["oracle_queries"])),
+    )
+    # every call on the labeler: the RM's labels plus the agent's queries (as value queries)
+    out["labeler_calls"] = out["labels_used"] + out["oracle_value_equivalents"]
+    for key, v in history.items():  # optional columns (SB3 runs, contextual env)
+        if key.startswith("eval_"):
+            out[key] = float(v[-1, col])
+        elif key.startswith("sample_true_utility_"):  # per-cluster: mean of the last 5 %
+            tail = v[-max(1, len(v) // 20) :, col]
+            seen = [x for x in tail.tolist() if x == x]  # drop NaN rounds
+            out[f"final_{key}"] = sum(seen) / len(seen) if seen else float("nan")
+    return out
+
+
+def write_run(
+    job: Job,
+    seed: int,
+    batch: list[int],
+    wall: float,
+    batch_wall: float,
+    history: dict | None = None,
+    col: int = 0,
+    status: str = "ok",
+    reason: str = "",
+    tb: str = "",
+    shared: list[str] | None = None,
+) -> None:
+    """Write and seal one run folder of ``job`` (the caller holds its lock): ``history``'s
+    column ``col``, or without it the failure (``status``, ``reason``, traceback ``tb``).
+
+    The old seal goes first, so a writer killed half-way leaves an unsealed folder that the next
+    run redoes; ``manifest.json`` goes last.
+    """
+    folder = run_dir(job.out, job.env_id, job.run_name, seed)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    remove_stale_temps(folder)  # left by a writer killed mid-write (the caller holds the lock)
+    config = {
+        **job.settings[seed],
+        "config_hash": job.digests[seed],
+        "batched_with": batch,
+        **({"batched_with_agents": shared} if shared else {}),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "code_hash": code_hash(),
+    }
+    atomic_write_json(folder / "config.json", config)
+    summary: dict[str, Any] = {
+        "status": status,
+        "config_hash": job.digests[seed],
+        "env_id": job.env_id,
+        "agent": job.agent,
+        "run_name": job.run_name,
+        "seed": seed,
+        "rounds": job.rounds,
+        "wall_time_s": wall,
+        "batch_wall_time_s": batch_wall,
+        "reads": job.reads,
+    }
+    if history is not None:
+        atomic_write_text(folder / "metrics.csv", metrics_csv(history, col))
+        summary.update(summarise(history, col))
+        (folder / "error.txt").unlink(missing_ok=True)
+        files = ["config.json", "metrics.csv", "summary.json"]
+    else:
+        summary["reason"] = reason
+        atomic_write_text(folder / "error.txt", tb)
+        (folder / "metrics.csv").unlink(missing_ok=True)
+        files = ["config.json", "error.txt", "summary.json"]
+    atomic_write_json(folder / "summary.json", summary)
+    write_manifest(folder, files)
+    if history is not None and (job.tensorboard or job.wandb):
+        from baselines.tracking import open_trackers
+
+        name = f"{job.env_id}/{job.run_name}/seed_{seed}"
+        with open_trackers(job.tensorboard, job.wandb, name, config) as tracker:
+            tracker.log_history(history, column=col)

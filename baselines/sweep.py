@@ -26,7 +26,7 @@ An ``agents`` entry may also be a mapping that runs an agent with its own settin
 Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it
 and writes the same run folders (grid points go to ``AGENT@k=v,...``). White-box jobs of one env
 with the same env settings and rounds share one batched program (``--no-batch-agents``: one per
-job; :func:`baselines.run.group_jobs`). The local backend runs the programs in a process pool;
+job; :func:`baselines.execute.group_jobs`). The local backend runs the programs in a process pool;
 the ``ray`` backend submits one Ray task per program (``ray.init(address)``, or a local Ray
 instance when no address is given) with retries on worker failure. Results are identical byte
 for byte whatever the backend, job count and sharing. A sweep killed at any point and
@@ -49,23 +49,9 @@ import yaml
 
 from agents import registry
 from baselines import results
-from baselines.run import (
-    MAX_ROUNDS,
-    MAX_RUNS,
-    CLIError,
-    Job,
-    _Parser,
-    add_batch_flag,
-    add_limit_flags,
-    check_limits,
-    execute,
-    group_jobs,
-    job_cost,
-    parse_seeds,
-    plan,
-    run_folder_name,
-    run_jobs,
-)
+from baselines.execute import execute, group_jobs, job_cost, run_jobs
+from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError, Job, parse_seeds, plan, run_folder_name
+from baselines.run import _Parser, add_batch_flag, add_limit_flags, check_limits, check_writable
 
 #: seconds to wait for a Ray cluster named by --address
 RAY_CONNECT_TIMEOUT = 30.0
@@ -81,7 +67,6 @@ KEYS = {
     "subdir",
     "batch_size",
     "policy_optimizers",
-    "optimizers",  # the name of earlier releases
 }
 ENTRY_KEYS = {"agent", "tag", "envs", "env_kwargs", "agent_kwargs"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
@@ -116,8 +101,6 @@ def load_sweep(path: Path) -> dict[str, Any]:
         raise CLIError(f"sweep file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(spec, dict):
         raise CLIError(f"sweep file {path} must be a mapping")
-    if "optimizers" in spec:
-        print("warning: sweep key optimizers is now policy_optimizers", file=sys.stderr)
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise CLIError(f"sweep file: unknown key(s) {unknown}; allowed: {sorted(KEYS)}")
@@ -178,7 +161,7 @@ def plan_sweep(
     points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     all_jobs: list[Job] = []
     folders: list[Path] = []
-    optimizers = spec.get("policy_optimizers") or spec.get("optimizers") or ["whitebox"]
+    optimizers = spec.get("policy_optimizers") or ["whitebox"]
     entries = [e if isinstance(e, dict) else {"agent": e} for e in spec["agents"]]
     combos = [
         c
@@ -232,7 +215,7 @@ def longest_first(jobs: list[Job]) -> list[Job]:
 def execute_ray(
     jobs: list[Job], address: str | None, n_workers: int, together: bool = True
 ) -> list[dict[str, Any]]:
-    """One Ray task per unit of jobs (:func:`baselines.run.group_jobs`; one job per task
+    """One Ray task per unit of jobs (:func:`baselines.execute.group_jobs`; one job per task
     without ``together``), retried if its worker dies; returns the jobs' outcomes."""
     try:
         import ray
@@ -337,21 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     add_limit_flags(p)
     try:
         args = p.parse_args(argv)
-        check_limits(args)
+        check_limits(args, "jobs")
         if args.backend not in ("local", "ray"):
             raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
-        if args.jobs < 1:
-            raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
         if args.address and args.backend != "ray":
             raise CLIError("--address needs --backend ray")
         spec = load_sweep(Path(args.sweep))
         out = confined(Path(args.out), spec.get("subdir"))
         jobs, folders = plan_sweep(spec, out, args.force, args.jobs, args.max_runs, args.max_rounds)
         jobs = longest_first(jobs)
-        try:
-            results.check_writable(out)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
+        check_writable(out)
     except CLIError as e:
         print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
         return 2

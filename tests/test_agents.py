@@ -7,7 +7,7 @@ import torch
 
 import rlhf_envs  # noqa: F401
 from agents import AGENTS, FPOAgent, WhiteBoxConfig
-from baselines.run import load_defaults
+from baselines.plan import load_defaults
 
 NEURAL = "RLHFNeuralBlindSpot-v0"
 LINEAR = "RLHFBlindSpot-v0"

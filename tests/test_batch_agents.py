@@ -14,7 +14,8 @@ from agents.batching import SliceCore, SliceOracle
 from agents.sealed import FollowerView
 from agents.whitebox import learn_together
 from baselines import results, sweep
-from baselines.run import Job, group_jobs, load_defaults
+from baselines.execute import group_jobs, run_jobs
+from baselines.plan import Job, load_defaults, plan
 
 NEURAL = "RLHFNeuralBlindSpot-v0"
 LINEAR = "RLHFBlindSpot-v0"
@@ -213,8 +214,6 @@ def test_sweep_batched_agents_write_the_files_of_separate_programs(tmp_path):
 
 @pytest.mark.parametrize("together", [True, False])
 def test_the_progress_counts_every_round_of_a_stopped_agent(tmp_path, together):
-    from baselines.run import plan, run_jobs
-
     jobs = []
     for kwargs, tag in (({}, ""), ({"policy_lr": 1.0e9, "grad_clip": None}, "wild")):
         jobs += plan(NEURAL, "naive", [0, 1], 8, {}, kwargs, tmp_path, tag=tag)[0]
@@ -229,13 +228,11 @@ def test_the_progress_counts_every_round_of_a_stopped_agent(tmp_path, together):
 def test_the_progress_counts_each_round_once_when_a_shared_program_fails_to_write(
     tmp_path, monkeypatch
 ):
-    from baselines import run as run_mod
-
     jobs = []
     for kwargs, tag in (({}, ""), ({"policy_lr": 0.01}, "slow")):
-        jobs += run_mod.plan(NEURAL, "naive", [0, 1], 60, {}, kwargs, tmp_path, tag=tag)[0]
+        jobs += plan(NEURAL, "naive", [0, 1], 60, {}, kwargs, tmp_path, tag=tag)[0]
     (unit,) = group_jobs(jobs, 1)
-    plain = run_mod.write_run
+    plain = results.write_run
     failed: list[str] = []
 
     def write_run(job, seed, *args, **kwargs):
@@ -244,8 +241,8 @@ def test_the_progress_counts_each_round_once_when_a_shared_program_fails_to_writ
             raise OSError("disk full")
         return plain(job, seed, *args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "write_run", write_run)
+    monkeypatch.setattr(results, "write_run", write_run)
     counted: list[int] = []
-    outcomes = run_mod.run_jobs(unit, progress=counted.append)
+    outcomes = run_jobs(unit, progress=counted.append)
     assert failed and [o["status"] for o in outcomes] == ["ok", "ok"]
     assert sum(counted) == 60 * 4  # the job rerun alone counts its rounds once, not twice

@@ -132,7 +132,7 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
 
 def test_a_diverged_run_scores_zero_and_other_failures_stop_the_board(tmp_path):
     from baselines import family_board as fb
-    from baselines.run import CLIError
+    from baselines.plan import CLIError
 
     reason = "policy became NaN/inf or diverged past |y| = 1e+06 at round 97 (seeds [109]); ..."
     assert fb._final({"status": "stopped", "reason": reason}, tmp_path) == 0.0

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from baselines import results
-from baselines.run import main, parse_seeds
+from baselines.plan import parse_seeds
+from baselines.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
 NEURAL = "RLHFNeuralBlindSpot-v0"
@@ -101,24 +102,9 @@ def test_rerun_skips_finished_runs_and_force_redoes(tmp_path, capsys):
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "baselines.run",
-        "--agent",
-        "naive",
-        "--env",
-        NEURAL,
-        "--seeds",
-        "0-3",
-        "--rounds",
-        "300",
-        "--batch-size",
-        "1",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    args = ["--agent", "naive", "--env", NEURAL, "--seeds", "0-3", "--rounds", "300"]
+    cmd = [sys.executable, "-m", "baselines.run", *args, "--batch-size", "1", "--no-progress"]
+    cmd += ["--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     sealed = f"*/*/seed_*/{results.MANIFEST}"  # a run is finished once its folder is sealed
@@ -142,21 +128,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
         assert (out / NEURAL / "naive" / name / "summary.json").stat().st_mtime_ns == stamp
     # identical to an uninterrupted run
     clean = tmp_path / "clean"
-    assert (
-        run(
-            "--agent",
-            "naive",
-            "--env",
-            NEURAL,
-            "--seeds",
-            "0-3",
-            "--rounds",
-            "300",
-            "--out",
-            str(clean),
-        )
-        == 0
-    )
+    assert run(*args, "--out", str(clean)) == 0
     for seed in range(4):
         assert metrics_bytes(out, NEURAL, "naive", seed) == metrics_bytes(
             clean, NEURAL, "naive", seed

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from agents import WhiteBoxConfig
 from baselines import leaderboard, results, sweep
+from baselines.plan import load_defaults, plan
 from baselines.run import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -87,3 +89,69 @@ def test_unknown_or_bad_agent_is_a_one_line_error(tmp_path, capsys, my_agent):
         assert main(["--agent", spec, "--out", str(tmp_path), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err, err
+
+
+PLUGINS = """
+from dataclasses import dataclass
+
+from agents import NaiveAgent, WhiteBoxConfig
+
+
+@dataclass
+class FastConfig(WhiteBoxConfig):
+    policy_lr: float = 0.04
+
+
+class FastNaive(NaiveAgent):
+    name = "fast-naive"
+    config_cls = FastConfig
+
+
+class SelfTuned(NaiveAgent):
+    name = "self-tuned"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.policy_lr = 0.05
+"""
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    (tmp_path / "cfg_plugins.py").write_text(PLUGINS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "cfg_plugins"
+    sys.modules.pop("cfg_plugins", None)
+
+
+@pytest.mark.parametrize(
+    "agent,kwargs,lr",
+    [
+        ("FastNaive", [], 0.04),  # the class's own default, not the YAML's 0.02
+        ("FastNaive", ["--agent-kwargs", "policy_lr=0.03"], 0.03),  # the user's value wins
+        ("SelfTuned", [], 0.05),  # set in __init__: what runs is what is recorded
+    ],
+)
+def test_a_plugins_recorded_config_is_the_one_it_runs_with(plugins, tmp_path, agent, kwargs, lr):
+    env = "RLHFBlindSpot-v0"
+    assert load_defaults(env)["agent"]["policy_lr"] == 0.02
+    out = tmp_path / "runs"
+    args = ["--env", env, "--seeds", "0", "--rounds", "5", "--out", str(out), "--no-progress"]
+    assert main(["--agent", f"{plugins}:{agent}", *kwargs, *args, "--quiet"]) == 0
+    assert main(["--agent", "naive", "--agent-kwargs", f"policy_lr={lr}", *args, "--quiet"]) == 0
+    folder = results.run_dir(out, env, getattr(sys.modules[plugins], agent).name, 0)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["agent_config"]["policy_lr"] == lr
+    # it ran with that step size: its numbers are naive's with it
+    naive = results.run_dir(out, env, "naive", 0)
+    assert (folder / "metrics.csv").read_bytes() == (naive / "metrics.csv").read_bytes()
+    replay = ["--from", str(folder / "config.json"), "--out", str(tmp_path / "re")]
+    assert main([*replay, "--no-progress"]) == 0  # the record reproduces the run
+
+
+def test_the_yaml_fills_a_plugins_fields_that_keep_the_base_default(plugins, tmp_path):
+    (job,), _ = plan(NEURAL, f"{plugins}:FastNaive", [0], None, {}, {}, tmp_path)
+    yaml = load_defaults(NEURAL)
+    assert job.agent_config["policy_lr"] == 0.04 != yaml["agent"]["policy_lr"]
+    assert job.agent_config["l2"] == yaml["agent"]["l2"] != WhiteBoxConfig.l2
+    assert job.rounds == yaml["rounds"] != WhiteBoxConfig.rounds

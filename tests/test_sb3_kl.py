@@ -15,8 +15,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 import rlhf_envs  # noqa: F401
 from agents.sb3_kl import KLPenaltyCallback
 from baselines import sb3_runner
+from baselines.plan import plan
 from baselines.run import main as run_main
-from baselines.run import plan
 
 LINEAR = "RLHFBlindSpot-v0"
 VERBOSITY = "RLHFVerbosity-v0"
@@ -209,11 +209,6 @@ def test_cli_rejects_kl_with_sac_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("python -m baselines.run: error:")
     assert "--policy-optimizer" in err and "--agent kl" in err and "ppo, a2c" in err
     assert not any(tmp_path.iterdir())  # nothing ran
-    # the flag's old spelling still works, with a warning
-    argv[argv.index("--policy-optimizer")] = "--optimizer"
-    assert run_main(argv) == 2
-    err = capsys.readouterr().err
-    assert "--optimizer is now --policy-optimizer" in err and "ppo, a2c" in err
 
 
 @pytest.mark.parametrize("optimizer", ["ppo", "a2c"])

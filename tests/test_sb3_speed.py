@@ -18,7 +18,7 @@ from agents import registry, sealed, wrappers
 from agents.sealed import FollowerView, SealedError, SealedInfo, seal_info
 from agents.wrappers import AgentRewardWrapper
 from baselines import results
-from baselines.run import load_defaults
+from baselines.plan import load_defaults
 from rlhf_envs.blind_spot import _BlindSpotMixin
 from rlhf_envs.contextual import ContextualCore
 from rlhf_envs.core import RLHFCore

@@ -1,0 +1,348 @@
+"""Running planned jobs: run-folder locks, batched white-box programs, SB3 runs, a process pool.
+
+Results do not depend on how jobs are grouped, on the number of workers or on the backend: each
+run's ``metrics.csv`` is the same byte for byte.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from queue import Empty
+from typing import Any
+
+from baselines import results
+from baselines.plan import Job
+
+_progress_queue = None
+
+
+def _init_worker(queue, parent: int | None = None) -> None:
+    global _progress_queue
+    _progress_queue = queue
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int | None = None) -> None:
+    """Linux: ask the kernel to kill this worker when the sweep's main process dies, so a
+    killed sweep leaves no orphan still writing run folders (best effort elsewhere).
+
+    ``parent``: the pid of the process that started this worker; if it died while the worker
+    was starting (before the request was in place), the worker exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+class _Progress:
+    """Rounds done, reported in lumps of at least 50 (``report``: ``None`` reports nothing)."""
+
+    def __init__(self, report) -> None:
+        self.report, self.pending, self.sent = report, 0, 0
+
+    def add(self, n: int) -> None:
+        self.pending += n
+        if self.report is not None and self.pending >= 50:
+            self.report(self.pending)
+            self.sent, self.pending = self.sent + self.pending, 0
+
+    def per_round(self, n: int):
+        """A round callback that counts ``n`` rounds (one per seed) each call."""
+        return lambda _row: self.add(n)
+
+    def settle(self, total: int) -> None:
+        """Make the rounds reported ``total``: the rest, rounds a stop left unrun, or less for
+        rounds that a rerun counts again."""
+        if self.report is not None and total != self.sent:
+            self.report(total - self.sent)
+        self.sent, self.pending = total, 0
+
+
+def run_jobs(jobs: list[Job], progress=None) -> list[dict[str, Any]]:
+    """Run jobs and write their run folders; one outcome per job. Never raises: failures are
+    recorded in the run folders.
+
+    Each seed's folder is locked for the jobs' duration (:class:`results.RunLock`); a seed whose
+    folder another process holds, or that another process finished since planning, is left
+    alone (``"busy"`` / ``"done_elsewhere"`` in the outcome). White-box jobs of one
+    :func:`batch_key` run side by side in one program (:func:`_run_white_box`); if that program
+    fails, each job runs again alone, so that a failure is recorded against its own runs only.
+    SB3 jobs run one seed at a time, each written as soon as it finishes.
+    """
+    import torch
+
+    import rlhf_envs  # noqa: F401  (registers the envs in a fresh worker)
+
+    torch.set_num_threads(1)
+    report = progress or (_progress_queue.put if _progress_queue is not None else None)
+    held = [_lock_seeds(job) for job in jobs]
+    try:
+        todo = [(job, h[1]) for job, h in zip(jobs, held, strict=True) if h[1]]
+        keys = {batch_key(job) for job, _ in todo}
+        shared = len(todo) > 1 and len(keys) == 1 and None not in keys
+        done = _run_white_box(todo, report) if shared else {}
+        for job, seeds in todo:
+            if id(job) not in done:
+                run = _run_white_box if job.policy_optimizer == "whitebox" else _run_sb3
+                done.update(run([(job, seeds)], report))
+        outcomes = []
+        for job, (_, seeds, busy, elsewhere) in zip(jobs, held, strict=True):
+            outcome = done[id(job)] if seeds else _outcome(seeds, "ok", "", 0.0)
+            folders = [str(results.run_dir(job.out, job.env_id, job.run_name, s)) for s in busy]
+            outcomes.append(
+                {**outcome, "busy": busy, "busy_folders": folders, "done_elsewhere": elsewhere}
+            )
+        return outcomes
+    finally:
+        for locks, *_ in held:
+            for lock in locks:
+                lock.release()
+
+
+def _lock_seeds(job: Job):
+    """``(locks, seeds, busy, done_elsewhere)``: the job's seeds whose folders this process now
+    holds and still has to run, and those another process holds or has finished."""
+    locks, seeds, busy, done_elsewhere = [], [], [], []
+    for seed in job.seeds:
+        folder = results.run_dir(job.out, job.env_id, job.run_name, seed)
+        lock = results.RunLock(folder)
+        if not lock.acquire():
+            busy.append(seed)
+            continue
+        if not job.force and results.run_state(folder, job.digests[seed])[0] == "done":
+            lock.release()  # finished by another process since this job was planned
+            done_elsewhere.append(seed)
+            continue
+        locks.append(lock)
+        seeds.append(seed)
+    return locks, seeds, busy, done_elsewhere
+
+
+def batch_key(job: Job) -> str | None:
+    """Jobs with the same key can share one batched program (``None``: runs alone): white-box
+    jobs of one env with the same env settings and rounds."""
+    if job.policy_optimizer != "whitebox":
+        return None
+    return results.config_hash(
+        {"env_id": job.env_id, "env_kwargs": job.env_kwargs, "r": job.rounds}
+    )
+
+
+def _outcome(
+    seeds: list[int], status: str, reason: str, wall: float, failed: list[int] | None = None
+) -> dict[str, Any]:
+    return {
+        "seeds": seeds,
+        "status": status,
+        "reason": reason,
+        "wall": wall,
+        "failed": failed or [],
+    }
+
+
+def _record_failure(job: Job, seeds, batch, wall: float, error: BaseException) -> dict[str, Any]:
+    """Write ``seeds``' folders as stopped (a diverged policy) or failed; the job's outcome."""
+    stopped = isinstance(error, FloatingPointError)
+    status, reason = (
+        ("stopped", str(error)) if stopped else ("failed", f"{type(error).__name__}: {error}")
+    )
+    tb = "".join(traceback.format_exception(error))
+    for seed in seeds:
+        results.write_run(
+            job, seed, batch, wall / len(batch), wall, status=status, reason=reason, tb=tb
+        )
+    return _outcome(batch, status, reason, wall, list(seeds))
+
+
+def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str, Any]]:
+    """Run white-box jobs (locked seeds each) side by side on one batched env
+    (:func:`agents.whitebox.learn_together`; a job alone is a group of one) and write their
+    folders; ``{id(job): outcome}``.
+
+    The env's work is done once for all, and every run's numbers are the ones it gets alone. An
+    agent whose policy diverges is recorded as stopped while the others go on. A group whose
+    program fails returns ``{}``, and a job whose folders fail to be written is left out (the
+    caller runs each such job alone); a job alone records its failure.
+    """
+    import gymnasium as gym
+
+    from agents import registry
+    from agents.whitebox import learn_together
+
+    alone = len(todo) == 1
+    first = todo[0][0]
+    counter = _Progress(progress)
+    all_seeds = [s for _, seeds in todo for s in seeds]
+    start = time.perf_counter()
+    stopped: dict[int, BaseException] = {}  # diverged agents stop, the others go on
+    try:
+        env = gym.make_vec(
+            first.env_id,
+            num_envs=len(all_seeds),
+            vectorization_mode="vector_entry_point",
+            **first.env_kwargs,
+        )
+        env.reset(seed=list(all_seeds))
+        agents = []
+        for job, seeds in todo:
+            cls = registry.get(job.agent)
+            agents.append(cls(cls.config_cls(**job.agent_config), seed=list(seeds)))
+        calls = [counter.per_round(len(seeds)) for _, seeds in todo]
+        histories = learn_together(agents, env, first.rounds, calls, stopped)
+    except Exception as e:  # noqa: BLE001  (recorded in the run folders; the sweep goes on)
+        if not alone:
+            counter.settle(0)  # each job reruns alone and counts its rounds again
+            return {}
+        histories, stopped = [None], {0: e}
+    wall = time.perf_counter() - start
+    names = None if alone else [job.run_name for job, _ in todo]
+    done: dict[int, dict[str, Any]] = {}
+    for k, ((job, seeds), history) in enumerate(zip(todo, histories, strict=True)):
+        written: list[int] = []
+        try:
+            if k in stopped:
+                done[id(job)] = _record_failure(job, seeds, seeds, wall, stopped[k])
+                continue
+            for i, seed in enumerate(seeds):
+                per_run = wall / len(all_seeds)
+                results.write_run(job, seed, seeds, per_run, wall, history, i, shared=names)
+                written.append(seed)
+            done[id(job)] = _outcome(seeds, "ok", "", wall)
+        except Exception as e:  # noqa: BLE001  (a group's job is run again on its own)
+            if alone:
+                rest = [s for s in seeds if s not in written]
+                done[id(job)] = _record_failure(job, rest, seeds, wall, e)
+    counter.settle(sum(job.rounds * len(seeds) for job, seeds in todo if id(job) in done))
+    return done
+
+
+def _run_sb3(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str, Any]]:
+    """Run one SB3 job, a seed at a time, each written as soon as it finishes."""
+    from baselines.sb3_runner import learn_sb3
+
+    ((job, seeds),) = todo
+    counter = _Progress(progress)
+    start = time.perf_counter()
+    written: list[int] = []
+    try:
+        for seed in seeds:
+            t0 = time.perf_counter()
+            h = learn_sb3(
+                job.env_id,
+                job.env_kwargs,
+                job.agent,
+                job.agent_config,
+                job.policy_optimizer,
+                job.hyperparams,
+                job.rounds,
+                seed,
+                counter.per_round(1),
+                tensorboard_log=job.tensorboard,
+            )
+            took = time.perf_counter() - t0
+            results.write_run(job, seed, seeds, took, time.perf_counter() - start, h, 0)
+            written.append(seed)
+        outcome = _outcome(seeds, "ok", "", time.perf_counter() - start)
+    except Exception as e:  # noqa: BLE001  (recorded in the run folders; the sweep goes on)
+        rest = [s for s in seeds if s not in written]
+        outcome = _record_failure(job, rest, seeds, time.perf_counter() - start, e)
+    counter.settle(job.rounds * len(seeds))
+    return {id(job): outcome}
+
+
+def job_cost(job: Job) -> float:
+    """Estimated compute of a job, from the agent's declared ``cost`` (for scheduling)."""
+    from agents import registry
+
+    steps = job.agent_config.get("inner_steps", 1) + 1
+    return job.rounds * steps * registry.get(job.agent).cost
+
+
+def group_jobs(jobs: list[Job], n_workers: int) -> list[list[Job]]:
+    """The jobs in units of work, longest first: jobs with one :func:`batch_key` share a unit
+    (one batched program), split into up to ``n_workers`` units of similar cost when there are
+    fewer keys than workers; never two jobs of one run folder name in a unit (their seeds were
+    split into jobs on purpose: ``--batch-size``, ``--jobs``)."""
+    keyed: dict[str, list[Job]] = {}
+    units: list[list[Job]] = []
+    for job in jobs:
+        key = batch_key(job)
+        if key is None:
+            units.append([job])
+        else:
+            keyed.setdefault(key, []).append(job)
+    per_key = max(1, -(-n_workers // max(1, len(keyed) + len(units))))
+    for group in keyed.values():
+        bins: list[list[Job]] = [[] for _ in range(min(per_key, len(group)))]
+        for job in sorted(group, key=job_cost, reverse=True):
+            free = [b for b in bins if all(j.run_name != job.run_name for j in b)]
+            if not free:
+                free = [[]]
+                bins.append(free[0])
+            min(free, key=lambda b: sum(map(job_cost, b))).append(job)
+        units += [b for b in bins if b]
+    return sorted(units, key=lambda u: sum(map(job_cost, u)), reverse=True)
+
+
+def execute(
+    jobs: list[Job], n_workers: int, show_progress: bool = True, together: bool = True
+) -> list[dict[str, Any]]:
+    """Run jobs in-process (1 worker) or in a spawn process pool, with one progress bar.
+
+    ``together``: jobs that can share a batched program run in one (:func:`group_jobs`); the
+    numbers are the same either way. Returns one outcome per job.
+    """
+    from tqdm import tqdm
+
+    units = group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
+    total = sum(j.rounds * len(j.seeds) for j in jobs)
+    bar = tqdm(total=total, unit="round", disable=not show_progress, dynamic_ncols=True)
+    out: list[dict[str, Any]] = []
+    try:
+        if n_workers <= 1 or len(units) <= 1:
+            for unit in units:
+                names = "+".join(dict.fromkeys(job.agent for job in unit))
+                bar.set_description(f"{names} seeds {unit[0].seeds[0]}..{unit[0].seeds[-1]}")
+                out.extend(run_jobs(unit, progress=bar.update))
+            return out
+        # a plain queue handed to the workers when they start (no manager process, which would
+        # outlive a SIGKILLed parent); the workers die with the parent (_die_with_parent)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+
+        def drain() -> None:
+            while True:
+                try:
+                    bar.update(queue.get_nowait())
+                except Empty:
+                    return
+
+        with ProcessPoolExecutor(
+            max_workers=n_workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(queue, os.getpid()),
+        ) as pool:
+            futures = {pool.submit(run_jobs, unit) for unit in units}
+            while futures:
+                finished, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                drain()
+                for f in finished:
+                    out.extend(f.result())
+        drain()
+        queue.close()
+        return out
+    finally:
+        bar.close()

@@ -1,0 +1,314 @@
+"""Planning runs: the command line's settings checked and turned into jobs (:class:`Job`).
+
+Every setting is checked before anything runs; a problem is a :class:`CLIError` (one line). A
+job is a batch of seeds of one (env, agent, settings) whose run folders are not finished yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from baselines import results
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: default caps on one command's size; --max-runs / --max-rounds raise them
+MAX_RUNS = 1000
+MAX_ROUNDS = 1_000_000
+
+
+class CLIError(Exception):
+    """A usage problem, reported as one line and exit status 2."""
+
+
+def parse_seeds(text: str, max_runs: int = MAX_RUNS) -> list[int]:
+    """``"0-9"``, ``"3"``, ``"0,2,5"`` or ``"0-4,10-12"`` -> sorted unique seeds.
+
+    Seeds are ints in ``[0, 2^31)``; more than ``max_runs`` of them is refused before any list
+    is built (``--max-runs`` raises the cap).
+    """
+    parts: list[tuple[int, int]] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if m := re.fullmatch(r"(\d{1,30})-(\d{1,30})", part):
+            lo, hi = int(m[1]), int(m[2])
+            if lo > hi:
+                raise CLIError(f"--seeds: range {part!r} is empty (start > end)")
+        elif re.fullmatch(r"\d{1,30}", part):
+            lo = hi = int(part)
+        else:
+            raise CLIError(f"--seeds: cannot read {part!r}; use e.g. 0-9, 3 or 0,2,5 (ints >= 0)")
+        if hi >= 2**31:
+            raise CLIError(f"--seeds must be ints in [0, 2^31), got {part!r}")
+        parts.append((lo, hi))
+    if sum(hi - lo + 1 for lo, hi in parts) > max_runs:
+        raise CLIError(
+            f"--seeds: {text!r} asks for more than {max_runs} seeds; raise the cap with "
+            "--max-runs if you mean it"
+        )
+    return sorted({s for lo, hi in parts for s in range(lo, hi + 1)})
+
+
+def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict, values read as YAML (numbers, bools, lists, strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item or item.startswith("="):
+            raise CLIError(f"{flag}: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _read_value(value)
+    return out
+
+
+def _read_value(text: str) -> Any:
+    for cast in (int, float):  # YAML 1.1 would read "1e6" as a string
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_defaults(env_id: str) -> dict[str, Any]:
+    table = yaml.safe_load((CONFIG_DIR / "whitebox.yaml").read_text()) or {}
+    return table.get(env_id, {})
+
+
+@dataclass
+class Job:
+    env_id: str
+    agent: str
+    seeds: list[int]
+    rounds: int
+    env_kwargs: dict[str, Any]
+    agent_config: dict[str, Any]
+    out: str
+    digests: dict[int, str] = field(default_factory=dict)
+    settings: dict[int, dict[str, Any]] = field(default_factory=dict)
+    run_name: str = ""
+    policy_optimizer: str = "whitebox"
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    force: bool = False  # redo even if another process finishes the run first
+    reads: str = ""  # what the agent declares it reads, comma-separated (for summary.json)
+    tensorboard: str | None = None  # output options, not settings: not in the config hash
+    wandb: str | None = None
+
+    def __post_init__(self) -> None:
+        self.run_name = self.run_name or self.agent
+
+
+def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]:
+    """Validate the CLI arguments and build the pending jobs; returns (jobs, skipped)."""
+    return plan(
+        env_id=args.env,
+        agent=args.agent,
+        seeds=parse_seeds(args.seeds, args.max_runs),
+        rounds=args.rounds,
+        env_kwargs=parse_kwargs(args.env_kwargs, "--env-kwargs"),
+        agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
+        out=args.out,
+        force=args.force,
+        batch_size=args.batch_size,
+        jobs=args.jobs,
+        policy_optimizer=args.policy_optimizer,
+        sb3_kwargs=parse_kwargs(args.sb3_kwargs, "--sb3-kwargs"),
+        max_rounds=args.max_rounds,
+    )
+
+
+def run_folder_name(agent_name: str, policy_optimizer: str = "whitebox", tag: str = "") -> str:
+    """``AGENT[+ALGO][@TAG]``: the folder of an agent's runs under ``OUT/ENV/``."""
+    name = agent_name if policy_optimizer == "whitebox" else f"{agent_name}+{policy_optimizer}"
+    return f"{name}@{tag}" if tag else name
+
+
+def generic_settings(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The env's generic agent settings (the YAML's ``agent:`` section and ``rounds``) that
+    apply to an agent with ``config_cls``: those of the fields where the class keeps the default
+    of :class:`agents.whitebox.WhiteBoxConfig`; a class's own default wins."""
+    from agents.whitebox import WhiteBoxConfig
+
+    base = {f.name: f.default for f in fields(WhiteBoxConfig)}
+    own = {f.name: f.default for f in fields(config_cls)}
+    return {k: v for k, v in values.items() if own.get(k) == base.get(k)}
+
+
+def _sb3_hyperparams(policy_optimizer, agent, section, sb3_kwargs) -> dict[str, Any]:
+    """The SB3 algorithm's arguments: the env's YAML, then ``--sb3-kwargs`` (checked)."""
+    import inspect
+
+    from baselines.sb3_runner import ALGOS, algorithm, allowed_algos
+
+    if policy_optimizer not in ALGOS:
+        raise CLIError(
+            f"--policy-optimizer must be whitebox or one of {', '.join(ALGOS)}, got {policy_optimizer!r}"
+        )
+    if policy_optimizer not in allowed_algos(agent):
+        raise CLIError(
+            f"--policy-optimizer {policy_optimizer} does not work with --agent {agent} (on-policy "
+            f"algorithms only); allowed --policy-optimizer for --agent {agent}: "
+            f"{', '.join(allowed_algos(agent))}"
+        )
+    hyperparams = dict(section.get(policy_optimizer, {}))
+    if sb3_kwargs:
+        fixed = {"self", "policy", "env", "seed", "device", "verbose", "_init_setup_model"}
+        allowed = set(inspect.signature(algorithm(policy_optimizer).__init__).parameters) - fixed
+        unknown = sorted(set(sb3_kwargs) - allowed)
+        if unknown:
+            raise CLIError(
+                f"--sb3-kwargs: unknown {policy_optimizer} argument(s) {unknown}; allowed: "
+                f"{', '.join(sorted(allowed))}"
+            )
+        hyperparams.update(sb3_kwargs)
+    return hyperparams
+
+
+def plan(
+    env_id: str,
+    agent: str,
+    seeds: list[int],
+    rounds: int | None,
+    env_kwargs: dict[str, Any],
+    agent_kwargs: dict[str, Any],
+    out: str | Path,
+    force: bool = False,
+    batch_size: int = 10,
+    jobs: int = 1,
+    tag: str = "",
+    policy_optimizer: str = "whitebox",
+    sb3_kwargs: dict[str, Any] | None = None,
+    max_rounds: int = MAX_ROUNDS,
+) -> tuple[list[Job], list[tuple[str, int]]]:
+    """Validate one (env, agent, settings) over seeds and build its pending jobs.
+
+    Everything is checked before anything runs (env kwargs by building the env, agent kwargs by
+    building the agent). A setting comes from ``--rounds``, then ``agent_kwargs``, then the env's
+    YAML: its section for the agent by name, then its generic section where the agent's config
+    class keeps the base default (:func:`generic_settings`). The settings recorded are those of
+    the agent as built (what runs, even if its ``__init__`` changes them). ``tag`` names a
+    hyperparameter variant: its runs go to ``OUT/ENV/AGENT@TAG/seed_S``. ``policy_optimizer`` is
+    ``whitebox`` (the paper's gradient agents, seeds batched) or an SB3 algorithm (``ppo``,
+    ``sac``, ``a2c``; runs go to ``AGENT+ALGO``). Returns (jobs, skipped finished runs).
+    """
+    import gymnasium as gym
+
+    import rlhf_envs  # noqa: F401  (registers the envs)
+    from agents import registry
+
+    try:
+        agent_cls = registry.get(agent)
+    except ValueError as e:
+        raise CLIError(f"--agent: {e}") from None
+    if env_id not in gym.registry:
+        known = ", ".join(rlhf_envs.ENV_IDS)
+        raise CLIError(f"--env: unknown environment {env_id!r}; known: {known}")
+    try:
+        gym.make(env_id, **env_kwargs).close()
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--env-kwargs: {str(e).split(' was raised from')[0]}") from None
+    defaults = load_defaults(env_id)
+    generic = {**defaults.get("agent", {}), "rounds": defaults.get("rounds")}
+    hyperparams: dict[str, Any] = {}
+    if policy_optimizer == "whitebox":
+        if sb3_kwargs:
+            raise CLIError("--sb3-kwargs needs an SB3 --policy-optimizer (ppo, sac or a2c)")
+        if gym.spec(env_id).vector_entry_point is None:
+            raise CLIError(
+                f"--env: {env_id} has no white-box agents; use --policy-optimizer ppo (or sac, a2c)"
+            )
+    else:
+        section = defaults.get("sb3", {})
+        hyperparams = _sb3_hyperparams(policy_optimizer, agent, section, sb3_kwargs)
+        generic["rounds"] = section.get("rounds") or generic["rounds"]
+    if generic["rounds"] is None:
+        del generic["rounds"]
+    allowed = agent_cls.config_cls.field_names()
+    unknown = sorted(set(agent_kwargs) - set(allowed))
+    if unknown:
+        raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
+    if rounds is not None and agent_kwargs.get("rounds", rounds) != rounds:
+        raise CLIError(
+            f"--rounds {rounds} and --agent-kwargs rounds={agent_kwargs['rounds']} disagree; "
+            "give one"
+        )
+    resolved = {
+        **generic_settings(agent_cls.config_cls, generic),
+        **defaults.get("agents", {}).get(agent_cls.name, {}),
+        **agent_kwargs,
+        **({"rounds": rounds} if rounds is not None else {}),
+    }
+    try:
+        built = agent_cls(agent_cls.config_cls(**resolved))
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--agent-kwargs: {e}") from None
+    agent_config = built.config.to_dict()
+    rounds = built.config.rounds
+    if rounds > max_rounds:
+        raise CLIError(
+            f"--rounds: {rounds} rounds per run is above the limit of {max_rounds}; "
+            "raise it with --max-rounds if you mean it"
+        )
+    run_name = run_folder_name(agent_cls.name, policy_optimizer, tag)
+
+    pending, skipped = [], []
+    digests, settings = {}, {}
+    for seed in seeds:
+        s = {
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "agent": agent,
+            "run_name": run_name,
+            "agent_config": agent_config,
+            "rounds": rounds,
+            "seed": seed,
+        }
+        if policy_optimizer != "whitebox":
+            s.update(policy_optimizer=policy_optimizer, hyperparams=hyperparams)
+        digest = results.config_hash(s)
+        folder = results.run_dir(out, env_id, run_name, seed)
+        state, why = results.run_state(folder, digest)
+        if state == "other" and not force:
+            raise CLIError(
+                f"{folder} holds a finished run with other settings; pass --force to redo it "
+                "or choose another --out"
+            )
+        if state == "done" and not force:
+            skipped.append((run_name, seed))
+            continue
+        if state == "damaged":
+            print(f"redoing {folder}: {why}", file=sys.stderr)
+        pending.append(seed)
+        digests[seed], settings[seed] = digest, s
+    n_chunks = max(-(-len(pending) // batch_size), min(jobs, len(pending)))
+    chunks = [pending[i::n_chunks] for i in range(n_chunks)]
+    reads = ",".join(built.declared_reads(policy_optimizer != "whitebox"))
+    out_jobs = [
+        Job(
+            env_id,
+            agent,
+            chunk,
+            rounds,
+            env_kwargs,
+            agent_config,
+            str(out),
+            digests={s: digests[s] for s in chunk},
+            settings={s: settings[s] for s in chunk},
+            run_name=run_name,
+            policy_optimizer=policy_optimizer,
+            hyperparams=hyperparams,
+            force=force,
+            reads=reads,
+        )
+        for chunk in chunks
+        if chunk
+    ]
+    return out_jobs, skipped
