@@ -13,27 +13,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_envs import _actions  # valid actions from the env's seeded action space
 
 import rlhf_envs
 
 ENV_IDS = list(rlhf_envs.ENV_IDS)
 BLIND_SPOT_IDS = list(rlhf_envs.BLIND_SPOT_ENV_IDS)
-
-
-def _valid_actions(env, n_responses: int, seed: int) -> list:
-    """Valid actions from the env's seeded action space finishing ``n_responses`` responses
-    (episode ends depend on the actions only, so a scratch copy finds them)."""
-    scratch = gym.make(env.spec.id)
-    scratch.action_space.seed(seed)
-    scratch.reset(seed=0)
-    out, done = [], 0
-    while done < n_responses:
-        a = scratch.action_space.sample()
-        out.append(a)
-        if scratch.step(a)[2]:
-            done += 1
-            scratch.reset()
-    return out
 
 
 def _step(env, a):
@@ -139,8 +124,8 @@ def test_bad_action_rejected_and_state_unchanged(env_id, kind):
     env.reset(seed=5)
     ref.reset(seed=5)
     spr = env.unwrapped.core.config.samples_per_round
-    acts = _valid_actions(env, 2 * spr + 2, seed=0)
-    warmup = _valid_actions(env, spr + 1, seed=0)  # a round plus one response: mid-round
+    acts = _actions(env.spec.id, 2 * spr + 2, seed=0)
+    warmup = _actions(env.spec.id, spr + 1, seed=0)  # a round plus one response: mid-round
     warmup = warmup + acts[len(warmup) : len(warmup) + 1]  # and mid-response (token envs)
     for a in warmup:
         _step(env, a)

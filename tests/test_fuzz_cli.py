@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baselines import leaderboard, results, sweep
+from baselines import results, sweep
 from baselines.run import main as run_main
 
 LINEAR = "RLHFBlindSpot-v0"
@@ -156,19 +156,6 @@ _FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(Heal
 _SLOW = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-@_FAST
-@given(data=st.data())
-def test_cli_fuzz(finished, data):
-    _cli_fuzz(finished, data)
-
-
-@pytest.mark.slow
-@_SLOW
-@given(data=st.data())
-def test_cli_fuzz_500(finished, data):
-    _cli_fuzz(finished, data)
-
-
 # -- sweep files --------------------------------------------------------------------------------
 LEAF = st.none() | st.booleans() | st.integers(-3, 5) | st.floats(allow_nan=True) | TEXT
 JUNK = st.recursive(LEAF, lambda c: st.lists(c, max_size=3) | st.dictionaries(TEXT, c, max_size=3),
@@ -223,19 +210,6 @@ def _sweep_fuzz(finished: Path, data) -> None:
     assert not (finished.parent / "escape").exists()
 
 
-@_FAST
-@given(data=st.data())
-def test_sweep_file_fuzz(finished, data):
-    _sweep_fuzz(finished, data)
-
-
-@pytest.mark.slow
-@_SLOW
-@given(data=st.data())
-def test_sweep_file_fuzz_500(finished, data):
-    _sweep_fuzz(finished, data)
-
-
 # -- damaged run folders ------------------------------------------------------------------------
 DAMAGE = st.sampled_from(["delete", "truncate", "garbage", "append", "json", "empty", "rmdir"])
 
@@ -274,10 +248,10 @@ def _damage_fuzz(finished: Path, data) -> None:
                 continue
             _damage(folder, data.draw(st.sampled_from(files)), data.draw(DAMAGE), data)
             damaged.add(folder)
-        # the leaderboard's reader skips damaged folders with one line each, no traceback
+        # the run-folder reader skips damaged folders with one line each, no traceback
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            df = leaderboard.collect(runs)
+            df = results.load_runs([runs], metrics=True)
         assert "Traceback" not in err.getvalue()
         skipped = [line for line in err.getvalue().splitlines() if line.startswith("skipping")]
         assert len(skipped) == len(set(skipped)) <= len(damaged)
@@ -294,14 +268,19 @@ def _damage_fuzz(finished: Path, data) -> None:
         assert all(results.verify(f) == "" for f in folders)
 
 
-@_FAST
-@given(data=st.data())
-def test_damaged_folder_fuzz(pristine, data):
-    _damage_fuzz(pristine, data)
+# -- the tests: each fuzzer and the folder it works on; 500 draws each in the slow suite -------
+FUZZERS = {
+    "cli": (_cli_fuzz, "finished"),
+    "sweep_file": (_sweep_fuzz, "finished"),
+    "damaged_folder": (_damage_fuzz, "pristine"),
+}
 
 
-@pytest.mark.slow
-@_SLOW
-@given(data=st.data())
-def test_damaged_folder_fuzz_500(pristine, data):
-    _damage_fuzz(pristine, data)
+def _fuzz(fuzzer: str, request, data) -> None:
+    fn, folder = FUZZERS[fuzzer]
+    fn(request.getfixturevalue(folder), data)
+
+
+each = pytest.mark.parametrize("fuzzer", FUZZERS)
+test_fuzz = each(_FAST(given(data=st.data())(_fuzz)))
+test_fuzz_500 = pytest.mark.slow(each(_SLOW(given(data=st.data())(_fuzz))))
