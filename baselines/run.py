@@ -45,10 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--agent",
         metavar="{" + ",".join(registry.names()) + "} or module:Class",
-        help="; ".join(
-            f"{n}: {(c.__doc__ or '').strip().splitlines()[0]}" for n, c in registry.BUILTIN.items()
-        )
-        + "; or module:Class for an agent of your own (a subclass of agents.Agent)",
+        help="a built-in agent (--list-agents describes them) or module:Class for an agent of "
+        "your own (a subclass of agents.Agent)",
+    )
+    p.add_argument(
+        "--list-agents",
+        action="store_true",
+        help="print the built-in agents (name, role, what each reads, what it does) and exit",
     )
     p.add_argument(
         "--policy-optimizer",
@@ -206,6 +209,11 @@ def replay_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.list_agents:
+            from agents import registry
+
+            print(registry.describe())
+            return 0
         check_limits(args, "rounds", "jobs", "batch_size")
         recorded = None
         if args.replay:

@@ -229,3 +229,12 @@ def test_rerun_cleans_temp_files_left_by_a_killed_writer(tmp_path):
     assert run(*args) == 0
     assert not stale.exists()
     assert json.loads((folder / "summary.json").read_text())["status"] == "ok"
+
+
+def test_list_agents_prints_the_registry(capsys):
+    from agents import registry
+
+    assert main(["--list-agents"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(registry.BUILTIN)
+    assert "labeler_values" in lines[list(registry.BUILTIN).index("fpo-relaxed")]
