@@ -16,12 +16,12 @@ GIF with a reduced palette (the shipped one is a few hundred KB). The last frame
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from baselines import cli
 from baselines.plan import CLIError, load_defaults
 
 DEFAULT_ENV = "RLHFBlindSpot-v0"
@@ -31,11 +31,6 @@ CAPTIONS = {
     "fpo": "FPO: foresight of the RM's update",
     "fpo-relaxed": "relaxed FPO: foresight of the RM's update",
 }
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise CLIError(message)
 
 
 def agent_frames(env_id: str, agent: str, seed: int, rounds: int | None, every: int):
@@ -99,10 +94,11 @@ def compose(rows: dict[str, list[np.ndarray]], width: int) -> list:
     return [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in out]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+def build_parser() -> cli.Parser:
+    p = cli.Parser(
         prog="python -m baselines.animate",
         description="Animate naive collapse beside relaxed FPO (a GIF of env frames).",
+        parents=[cli.ROUNDS, cli.PUBLISH],
     )
     p.add_argument("--env", default=DEFAULT_ENV, help=f"white-box env id (default {DEFAULT_ENV})")
     p.add_argument(
@@ -112,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="agents, one row each (default: naive fpo-relaxed)",
     )
     p.add_argument("--seed", type=int, default=0, help="experiment seed (default 0)")
-    p.add_argument("--rounds", type=int, default=None, help="RM rounds (default: the YAML's)")
     p.add_argument("--every", type=int, default=None, help="rounds per frame (default: rounds/40)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
     p.add_argument("--width", type=int, default=720, help="GIF width in pixels (default 720)")
@@ -121,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="collapse.gif",
         help="the GIF to write (default collapse.gif; into the committed results/ only with --force)",
     )
-    p.add_argument("--force", action="store_true", help="allow writing into results/")
     return p
 
 
@@ -145,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise CLIError(f"--agents: {e}") from None
         if args.seed < 0:
             raise CLIError(f"--seed must be >= 0, got {args.seed}")
-        if args.rounds is not None and args.rounds < 1:
-            raise CLIError(f"--rounds must be >= 1, got {args.rounds}")
         if args.every is not None and args.every < 1:
             raise CLIError(f"--every must be >= 1, got {args.every}")
         if not args.fps > 0:

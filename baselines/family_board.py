@@ -3,7 +3,8 @@
     python -m baselines.family_board check ENV [--split train|test|both] [--candidates N]
     python -m baselines.family_board tune ENV [--agents a,b]  # train split, seeds 100-109
     python -m baselines.family_board board ENV         # test split, seeds 0-9
-    (each with [--jobs 2] [--backend local|ray] [--out runs/families] [--results results/families])
+    (each with [--jobs 2] [--backend local|ray] [--out runs/families/CMD]
+     [--results leaderboard/families] [--force])
 
 ``check`` draws the first ``N`` candidates of a split from the env's family distribution
 (:func:`rlhf_envs.families.candidates`), runs the oracle and naive on each with the check seeds
@@ -51,11 +52,10 @@ from typing import Any
 
 import numpy as np
 
-from baselines import results, stats
-from baselines.execute import execute
+from baselines import cli, results, stats
 from baselines.plan import CLIError, run_folder_name
-from baselines.run import _Parser, add_batch_flag
-from baselines.sweep import _SAFE, execute_ray, longest_first, plan_sweep, write_summary
+from baselines.run import add_batch_flag
+from baselines.sweep import _SAFE, plan_sweep, write_summary
 
 CHECK_SEEDS = list(range(200, 210))
 TUNE_SEEDS = list(range(100, 110))
@@ -79,26 +79,15 @@ GRID: dict[str, dict[str, list[float]]] = {
 }
 
 
-def _summaries(out: Path, env_id: str, run_name: str, seeds: list[int]) -> list[dict[str, Any]]:
-    found = []
-    for s in seeds:
-        folder = results.run_dir(out, env_id, run_name, s)
-        if not results.verify(folder):
-            summary = json.loads((folder / "summary.json").read_text())
-            if summary.get("status") == "ok":
-                found.append(summary)
-    return found
+def _runs(out: Path, env_id: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """The summaries of the finished or stopped runs of ``env_id`` under ``out``, by (run
+    name, seed)."""
+    df = results.load_runs([out], statuses=("ok", "stopped"))
+    records = df.to_dict("records")
+    return {(r["run_name"], r["seed"]): r for r in records if r["env_id"] == env_id}
 
 
-def _mean_ci(v: list[float]) -> tuple[float, float, float]:
-    a = np.asarray(v, dtype=float)
-    if len(a) == 0:
-        return (float("nan"),) * 3
-    lo, hi = stats.bootstrap_ci(a, n_boot=2000)
-    return float(a.mean()), float(lo), float(hi)
-
-
-def check(env_id: str, splits: list[str], n: int, jobs: int, out: Path, res: Path) -> list[dict]:
+def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path) -> list[dict]:
     """Run the check (see the module docstring); returns the CSV rows."""
     from rlhf_envs import families
 
@@ -116,18 +105,16 @@ def check(env_id: str, splits: list[str], n: int, jobs: int, out: Path, res: Pat
         "seeds": CHECK_SEEDS,
         "rounds": families.ROUNDS[env_id],
     }
-    jobs_, folders = plan_sweep(spec, out, False, jobs, max_runs=100_000)
-    t0 = time.perf_counter()
-    outcomes = execute(longest_first(jobs_), jobs, show_progress=False)
-    write_summary(out, folders, outcomes, time.perf_counter() - t0)
+    _run(spec, out, workers)
+    ok = {key: r for key, r in _runs(out, env_id).items() if r["status"] == "ok"}
     rows = []
     for split, items in cands.items():
         for i, kw in enumerate(items):
-            o = _summaries(out, env_id, run_folder_name("oracle", tag=f"{split}{i}"), CHECK_SEEDS)
-            nv = _summaries(out, env_id, run_folder_name("naive", tag=f"{split}{i}"), CHECK_SEEDS)
-            ou = _mean_ci([s["final_true_utility"] for s in o])
-            nu = _mean_ci([s["final_true_utility"] for s in nv])
-            nd = _mean_ci([s["collapse_drop"] for s in nv])
+            names = [run_folder_name(a, tag=f"{split}{i}") for a in ("oracle", "naive")]
+            o, nv = ([ok[n, s] for s in CHECK_SEEDS if (n, s) in ok] for n in names)
+            ou = stats.mean_ci([s["final_true_utility"] for s in o], 2000)
+            nu = stats.mean_ci([s["final_true_utility"] for s in nv], 2000)
+            nd = stats.mean_ci([s["collapse_drop"] for s in nv], 2000)
             rows.append(
                 {
                     "split": split,
@@ -152,13 +139,11 @@ def check(env_id: str, splits: list[str], n: int, jobs: int, out: Path, res: Pat
     return rows
 
 
-def _run(spec: dict, out: Path, jobs: int, backend: str, together: bool = True) -> None:
-    jobs_, folders = plan_sweep(spec, out, False, jobs, max_runs=100_000)
+def _run(spec: dict, out: Path, workers) -> None:
+    """Run the sweep ``spec`` into ``out`` on the backend of the :data:`cli.WORKERS` flags."""
+    jobs, folders = plan_sweep(spec, out, False, workers.jobs, max_runs=100_000)
     t0 = time.perf_counter()
-    if backend == "ray":
-        outcomes = execute_ray(longest_first(jobs_), None, jobs, together) if jobs_ else []
-    else:
-        outcomes = execute(longest_first(jobs_), jobs, False, together)
+    outcomes = cli.execute_on(jobs, workers)
     summary = write_summary(out, folders, outcomes, time.perf_counter() - t0)
     # stopped runs are scored (a diverged policy is a result of its setting; see _final)
     failed = [r for r in summary["failed"] if r["status"] != "stopped"]
@@ -166,29 +151,24 @@ def _run(spec: dict, out: Path, jobs: int, backend: str, together: bool = True) 
         raise CLIError(f"{len(failed)} run(s) failed, e.g. {failed[0]}")
 
 
-def _dtype_kwargs(dtype: str) -> dict[str, Any]:
-    """The sweep spec's env kwargs for ``dtype`` (none for float64: the runs of earlier
-    releases, whose settings carry no dtype)."""
-    return {} if dtype == "float64" else {"env_kwargs": {"dtype": dtype}}
-
-
-def _entries(env_id: str, split: str, settings: dict[str, dict[str, Any]]) -> list[dict]:
-    """Sweep entries: each (agent, setting) on each config of the split, naive and oracle too."""
+def _spec(env_id: str, split: str, settings: dict, seeds: list[int], dtype: str) -> dict:
+    """The sweep of each (agent, setting) of ``settings`` on each config of the split."""
     from rlhf_envs import families
 
-    out = []
-    for i in range(len(families.configs(env_id, split))):
-        for label, (agent, kw) in settings.items():
-            out.append(
-                {
-                    "agent": agent,
-                    "tag": f"{split}{i}" + (f",{label}" if label != agent else ""),
-                    "env_kwargs": {"family": f"{split}/{i}"},
-                    "agent_kwargs": kw,
-                    "envs": [env_id],
-                }
-            )
-    return out
+    entries = [
+        {
+            "agent": agent,
+            "tag": f"{split}{i}" + (f",{label}" if label != agent else ""),
+            "env_kwargs": {"family": f"{split}/{i}"},
+            "agent_kwargs": kw,
+            "envs": [env_id],
+        }
+        for i in range(len(families.configs(env_id, split)))
+        for label, (agent, kw) in settings.items()
+    ]
+    spec = {"envs": [env_id], "agents": entries, "seeds": seeds, "rounds": families.ROUNDS[env_id]}
+    # float64 runs carry no dtype setting: their settings hashes are those of the committed runs
+    return spec if dtype == "float64" else {**spec, "env_kwargs": {"dtype": dtype}}
 
 
 #: how the white-box loop's divergence stop begins its reason (see :data:`agents.whitebox.DIVERGED`)
@@ -204,19 +184,6 @@ def _final(summary: dict, folder: Path) -> float:
     return summary["final_true_utility"]
 
 
-def _final_u(out, env_id, split, i, label, agent, seeds) -> dict[int, float]:
-    tag = f"{split}{i}" + (f",{label}" if label != agent else "")
-    name = run_folder_name(agent, tag=_SAFE.sub("_", tag))  # as the sweep names it
-    found = {}
-    for s in seeds:
-        folder = results.run_dir(out, env_id, name, s)
-        if not results.verify(folder):
-            summary = json.loads((folder / "summary.json").read_text())
-            summary["final_true_utility"] = _final(summary, folder)
-            found[s] = summary
-    return found
-
-
 def normalised(
     out: Path, env_id: str, split: str, settings: dict, seeds: list[int]
 ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]], dict[str, float]]:
@@ -224,17 +191,21 @@ def normalised(
     mean labeler calls per run."""
     from rlhf_envs import families
 
+    done = _runs(out, env_id)
     norm: dict[str, list[np.ndarray]] = {label: [] for label in settings}
     raw: dict[str, list[np.ndarray]] = {label: [] for label in settings}
     calls: dict[str, list[float]] = {label: [] for label in settings}
     for i in range(len(families.configs(env_id, split))):
         u = {}
         for label, (agent, _) in settings.items():
-            found = _final_u(out, env_id, split, i, label, agent, seeds)
-            u[label] = np.array([found[s]["final_true_utility"] for s in seeds])
-            calls[label] += [
-                found[s]["labeler_calls"] for s in seeds if "labeler_calls" in found[s]
-            ]
+            tag = f"{split}{i}" + (f",{label}" if label != agent else "")
+            name = run_folder_name(agent, tag=_SAFE.sub("_", tag))  # as the sweep names it
+            missing = [s for s in seeds if (name, s) not in done]
+            if missing:
+                raise CLIError(f"{out}: no finished run {env_id}/{name} for seeds {missing}")
+            found = [done[name, s] for s in seeds]
+            u[label] = np.array([_final(r, Path(r["folder"])) for r in found])
+            calls[label] += [c for r in found if (c := r.get("labeler_calls", np.nan)) == c]
         lo, hi = u["naive"].mean(), u["oracle"].mean()
         for label in settings:
             norm[label].append((u[label] - lo) / (hi - lo))
@@ -244,19 +215,16 @@ def normalised(
 
 def tune(
     env_id: str,
-    jobs: int,
-    backend: str,
+    workers,
     out: Path,
     res: Path,
     agents: list[str] | None = None,
-    together: bool = True,
     dtype: str = "float64",
 ) -> dict[str, Any]:
     """The tuning protocol (see the module docstring); returns the frozen settings.
 
-    ``agents``: the agents of :data:`GRID` to tune (default: all). ``together``: the agents of
-    one config share a batched program (the same numbers; see :func:`baselines.run.execute`).
-    ``dtype``: the followers' floating-point type (env kwarg ``dtype``; ``float32`` is opt-in
+    ``workers``: the :data:`cli.WORKERS` flags and ``batch_agents``. ``agents``: the agents of
+    :data:`GRID` to tune (default: all). ``dtype``: the followers' floating-point type (env kwarg ``dtype``; ``float32`` is opt-in
     and recorded in the frozen settings, which a board must then use too).
     """
     from rlhf_envs import families
@@ -269,14 +237,7 @@ def tune(
             kw = dict(zip(grid, combo, strict=True))
             label = ",".join(f"{k}={v}" for k, v in kw.items())
             settings[f"{agent}:{label}"] = (agent, kw)
-    spec = {
-        "envs": [env_id],
-        "agents": _entries(env_id, "train", settings),
-        "seeds": TUNE_SEEDS,
-        "rounds": families.ROUNDS[env_id],
-        **_dtype_kwargs(dtype),
-    }
-    _run(spec, out, jobs, backend, together)
+    _run(_spec(env_id, "train", settings, TUNE_SEEDS, dtype), out, workers)
     norm, _, _ = normalised(out, env_id, "train", settings, TUNE_SEEDS)
     rows, chosen = [], {}
     for label, (agent, kw) in settings.items():
@@ -302,15 +263,7 @@ def tune(
     return frozen
 
 
-def board(
-    env_id: str,
-    jobs: int,
-    backend: str,
-    out: Path,
-    res: Path,
-    together: bool = True,
-    dtype: str = "float64",
-) -> str:
+def board(env_id: str, workers, out: Path, res: Path, dtype: str = "float64") -> str:
     """The generalisation leaderboard on the test split (see the module docstring), with the
     followers in ``dtype`` (the one the settings were tuned with)."""
     from agents import registry
@@ -333,15 +286,8 @@ def board(
     settings = {
         k: settings[k] for k in sorted(settings, key=lambda a: (a == "oracle", a != "naive"))
     }
-    spec = {
-        "envs": [env_id],
-        "agents": _entries(env_id, "test", {k: (a, kw) for k, (a, kw) in settings.items()}),
-        "seeds": TEST_SEEDS,
-        "rounds": families.ROUNDS[env_id],
-        **_dtype_kwargs(dtype),
-    }
     t0 = time.perf_counter()
-    _run(spec, out, jobs, backend, together)
+    _run(_spec(env_id, "test", settings, TEST_SEEDS, dtype), out, workers)
     wall = time.perf_counter() - t0
     norm, raw, calls = normalised(out, env_id, "test", settings, TEST_SEEDS)
     rows = []
@@ -462,43 +408,30 @@ def frozen_literal(env_id: str, rows: list[dict], size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m baselines.family_board", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    c = sub.add_parser("check", help="learnability and collapse of a family's candidates")
-    c.add_argument("env", help="RLHFBlindSpot-v0 or RLHFNeuralBlindSpot-v0")
-    c.add_argument("--split", default="both", help="train, test or both (default)")
-    c.add_argument("--candidates", type=int, default=24, help="draws per split (default 24)")
-    c.add_argument("--jobs", type=int, default=2)
-    c.add_argument("--out", default="runs/families/check", help="run folders")
-    c.add_argument(
-        "--results",
-        default="leaderboard/families",
-        help="where check_ENV.csv goes (default leaderboard/families, untracked; the committed "
-        "results/families only with --force)",
-    )
-    c.add_argument("--force", action="store_true", help="allow writing into results/")
-    for cmd in ("tune", "board"):
-        t = sub.add_parser(cmd, help=f"{cmd} on the {'train' if cmd == 'tune' else 'test'} split")
-        t.add_argument("env", help="RLHFBlindSpot-v0 or RLHFNeuralBlindSpot-v0")
-        t.add_argument("--jobs", type=int, default=2)
-        t.add_argument("--backend", default="local", help="local (process pool) or ray")
-        t.add_argument("--out", default=f"runs/families/{cmd}", help="run folders")
-        t.add_argument(
-            "--results",
-            default="leaderboard/families",
-            help="tuned/board files (default leaderboard/families, untracked; the committed "
-            "results/families only with --force)",
-        )
-        t.add_argument("--force", action="store_true", help="allow writing into results/")
-        t.add_argument(
-            "--dtype",
-            default="float64",
-            help="the followers' floating-point type: float64 (default, the committed boards) "
-            "or float32 (opt-in, faster where the reward models' arithmetic dominates)",
-        )
-        add_batch_flag(t)
+    p = cli.Parser(prog="python -m baselines.family_board", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
+    for cmd, what in (
+        ("check", "learnability and collapse of a family's candidates"),
+        ("tune", "tune on the train split"),
+        ("board", "board on the test split"),
+    ):
+        c = sub.add_parser(cmd, help=what, parents=[cli.WORKERS, cli.PUBLISH])
+        c.add_argument("env", help="RLHFBlindSpot-v0 or RLHFNeuralBlindSpot-v0")
+        c.add_argument("--out", default=f"runs/families/{cmd}", help="run folders")
+        cli.add_results(c, "leaderboard/families", "its CSV, JSON, Markdown and figure files")
+        add_batch_flag(c)
+        if cmd == "check":
+            c.add_argument("--split", default="both", help="train, test or both (default)")
+            c.add_argument("--candidates", type=cli.positive_int, default=24, help="per split")
+        else:
+            c.add_argument(
+                "--dtype",
+                default="float64",
+                help="the followers' floating-point type: float64 (default, the committed "
+                "boards) or float32 (opt-in, faster where the reward models' arithmetic dominates)",
+            )
         if cmd == "tune":
-            t.add_argument("--agents", default=None, help="comma-separated subset of GRID")
+            c.add_argument("--agents", default=None, help="comma-separated subset of GRID")
     start = time.perf_counter()
     try:
         args = p.parse_args(argv)
@@ -506,54 +439,36 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.env not in families.DISTRIBUTIONS:
             raise CLIError(f"env: {args.env!r} has no family; families: {list(families.ENV_INDEX)}")
-        if args.jobs < 1:
-            raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
+        cli.check_workers(args)
         try:
             results.refuse_committed(args.results, "--results", args.force)
         except ValueError as e:
             raise CLIError(str(e)) from None
+        res, out = Path(args.results), Path(args.out)
         if args.command != "check":
-            if args.backend not in ("local", "ray"):
-                raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
             from rlhf_envs.core import DTYPES
 
             if args.dtype not in DTYPES:
                 raise CLIError(f"--dtype must be one of {DTYPES}, got {args.dtype!r}")
-            res = Path(args.results)
             res.mkdir(parents=True, exist_ok=True)
             if args.command == "tune":
                 agents = args.agents.split(",") if args.agents else None
                 unknown = sorted(set(agents or []) - set(GRID))
                 if unknown:
                     raise CLIError(f"--agents: {unknown} not in the grid; known: {list(GRID)}")
-                frozen = tune(
-                    args.env,
-                    args.jobs,
-                    args.backend,
-                    Path(args.out),
-                    res,
-                    agents,
-                    args.batch_agents,
-                    args.dtype,
-                )
+                frozen = tune(args.env, args, out, res, agents, args.dtype)
                 print(json.dumps(frozen["settings"]))
             else:
-                out = Path(args.out)
-                text = board(
-                    args.env, args.jobs, args.backend, out, res, args.batch_agents, args.dtype
-                )
-                print(text)
+                print(board(args.env, args, out, res, args.dtype))
             print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
             return 0
         if args.split not in (*families.SPLITS, "both"):
             raise CLIError(f"--split must be train, test or both, got {args.split!r}")
-        if args.candidates < 1:
-            raise CLIError(f"--candidates must be >= 1, got {args.candidates}")
     except CLIError as e:
         print(f"python -m baselines.family_board: error: {e}", file=sys.stderr)
         return 2
     splits = list(families.SPLITS) if args.split == "both" else [args.split]
-    rows = check(args.env, splits, args.candidates, args.jobs, Path(args.out), Path(args.results))
+    rows = check(args.env, splits, args.candidates, args, out, res)
     for split in splits:
         part = [r for r in rows if r["split"] == split]
         ok = [r for r in part if r["learnable"]]

@@ -14,7 +14,6 @@ under it when present. Runs made with different code commits or package versions
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from baselines import results, stats
+from baselines import cli, results, stats
+from baselines.plan import CLIError
 
 
 def _agent_name(run_name: str) -> str:
@@ -49,67 +49,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURE_KINDS = ("_true_utility.png", "_cost_frontier.png", "_signal_noise.png")
 
 
-class MixedRunsError(Exception):
-    pass
-
-
-#: summary numbers a run must have, finite, to be ranked
-NEEDED = ("final_true_utility", "final_block_true_utility", "auc_true_utility", "collapse_drop")
-
-
-def _damage(summary: Path) -> tuple[dict | None, dict | None, str]:
-    """``(summary, config, "")`` of a sound finished run folder, or a reason it is not one."""
-    import rlhf_envs
-
-    try:
-        if why := results.verify(summary.parent):
-            return None, None, why
-        s = json.loads(summary.read_text())
-        cfg = json.loads((summary.parent / "config.json").read_text())
-        if not isinstance(s, dict) or not isinstance(cfg, dict):
-            return None, None, "summary.json or config.json is not a JSON object"
-        if s.get("status") != "ok":
-            return None, None, ""  # a failed run: reported by the run command, not ranked
-        if s.get("env_id") not in rlhf_envs.ENV_IDS:
-            return None, None, f"unknown env_id {str(s.get('env_id'))[:60]!r}"
-        bad = [k for k in NEEDED if not isinstance(s.get(k), (int, float)) or s[k] != s[k]]
-        bad += [k for k in NEEDED if k not in bad and abs(s[k]) == float("inf")]
-        if bad:
-            return None, None, f"missing or non-finite {', '.join(bad)}"
-        rows = results.read_metrics(summary.parent / "metrics.csv")
-        n = len(next(iter(rows.values()), []))
-        if n != s.get("rounds"):
-            return None, None, f"metrics.csv has {n} rounds, the summary says {s.get('rounds')}"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return None, None, f"{type(e).__name__}: {str(e)[:120]}"
-    return s, cfg, ""
-
-
-def collect(runs: Path) -> pd.DataFrame:
-    """One row per sound finished run folder (``summary.json`` + its ``config.json``
-    provenance, ``metrics.csv`` with every round); damaged folders are skipped with one line
-    each on stderr."""
-    rows = []
-    for summary in sorted(Path(runs).rglob("seed_*/summary.json")):
-        s, cfg, why = _damage(summary)
-        if s is None:
-            if why:
-                print(f"skipping {summary.parent}: {why}", file=sys.stderr)
-            continue
-        s["git_commit"] = cfg.get("git_commit", "unknown")
-        s["code_hash"] = cfg.get("code_hash", s["git_commit"])
-        s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
-        s["folder"] = str(summary.parent)
-        s["run_name"] = s.pop("label", None) or s.get("run_name") or s["agent"]  # old: label
-        rows.append(s)
-    return pd.DataFrame(rows)
-
-
 def check_duplicates(df: pd.DataFrame) -> None:
     dup = df[df.duplicated(["env_id", "run_name", "seed"], keep=False)]
     if len(dup):
         first = dup.sort_values("folder").iloc[:2].folder.tolist()
-        raise MixedRunsError(
+        raise CLIError(
             f"the same (env, agent, seed) was found in more than one folder ({first[0]} and "
             f"{first[1]}); point --runs at one sweep's folder"
         )
@@ -120,7 +64,7 @@ def check_provenance(df: pd.DataFrame) -> None:
         for col, what in (("code_hash", "code versions"), ("versions", "package versions")):
             values = sorted(part[col].unique())
             if len(values) > 1:
-                raise MixedRunsError(
+                raise CLIError(
                     f"{env_id}: runs come from {len(values)} different {what} ({', '.join(v[:60] for v in values)}); "
                     "rerun them with one version or pass --allow-mixed"
                 )
@@ -163,9 +107,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             if col not in part or part[col].isna().all():
                 continue
             x = part[col].to_numpy(dtype=float)
-            lo, hi = stats.bootstrap_ci(x)
-            row[col] = x.mean()
-            row[col + "_ci_low"], row[col + "_ci_high"] = float(lo), float(hi)
+            row[col], row[col + "_ci_low"], row[col + "_ci_high"] = stats.mean_ci(x)
             row[col + "_iqm"] = stats.iqm(x)
         reads = part["reads"].dropna().unique() if "reads" in part else []
         row["reads"] = " / ".join(sorted(reads)) or "?"
@@ -327,8 +269,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(9, 4.5))
         names = sorted(part.run_name.unique(), key=lambda a: (_order(a), a))
         for i, agent in enumerate(names):
-            runs = part[part.run_name == agent]
-            ms = [results.read_metrics(Path(f) / "metrics.csv") for f in runs.folder]
+            ms = list(part[part.run_name == agent].metrics)
             u = np.stack([m.get("true_utility", m.get("sample_true_utility")) for m in ms])
             curves[agent] = ms
             lo, hi = stats.bootstrap_ci(u, n_boot=1000)
@@ -408,37 +349,28 @@ def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m baselines.leaderboard", description=__doc__.split("\n")[0]
+    p = cli.Parser(
+        prog="python -m baselines.leaderboard",
+        description=__doc__.split("\n")[0],
+        parents=[cli.PUBLISH],
     )
     p.add_argument("--runs", default="runs", help="folder of run folders (default runs/)")
-    p.add_argument(
-        "--results",
-        default="leaderboard",
-        help="where to write (default leaderboard/, untracked); the committed results/ only "
-        "with --force",
-    )
-    p.add_argument("--force", action="store_true", help="allow writing into results/")
+    cli.add_results(p, "leaderboard", "the table, CSVs and figures")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs from different commits")
-    args = p.parse_args(argv)
-    out = Path(args.results)
     try:
-        results.refuse_committed(out, "--results", args.force, ROOT)
-    except ValueError as e:
-        print(f"python -m baselines.leaderboard: error: {e}", file=sys.stderr)
-        return 2
-    df = collect(Path(args.runs))
-    if df.empty:
-        print(
-            f"python -m baselines.leaderboard: error: no finished runs under {args.runs}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
+        args = p.parse_args(argv)
+        out = Path(args.results)
+        try:
+            results.refuse_committed(out, "--results", args.force, ROOT)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        df = results.load_runs([args.runs], metrics=True)
+        if df.empty:
+            raise CLIError(f"no finished runs under {args.runs}")
         check_duplicates(df)
         if not args.allow_mixed:
             check_provenance(df)
-    except MixedRunsError as e:
+    except CLIError as e:
         print(f"python -m baselines.leaderboard: error: {e}", file=sys.stderr)
         return 2
     tab = table(df)
@@ -448,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         if old.resolve() not in fresh and old.name.endswith(FIGURE_KINDS):
             old.unlink()
     results.atomic_write_text(out / "leaderboard.csv", tab.to_csv(index=False, float_format="%.6g"))
-    per_run = df.drop(columns=["folder", "versions"]).sort_values(["env_id", "agent", "seed"])
+    per_run = df.drop(columns=["folder", "versions", "metrics"]).sort_values(
+        ["env_id", "agent", "seed"]
+    )
     results.atomic_write_text(out / "runs.csv", per_run.to_csv(index=False, float_format="%.6g"))
     poi = improvement_table(df)
     results.atomic_write_text(

@@ -29,7 +29,6 @@ unfinished runs. Then, from the run folders:
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -38,11 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from baselines import results, stats
-from baselines.execute import execute
+from baselines import cli, results, stats
 from baselines.plan import CLIError, _read_value, parse_kwargs, parse_seeds, run_folder_name
-from baselines.run import _Parser, add_batch_flag, add_limit_flags, check_limits
-from baselines.sweep import execute_ray, longest_first, plan_sweep, tag_of, write_summary
+from baselines.run import add_batch_flag, add_limit_flags, check_limits, check_writable
+from baselines.sweep import plan_sweep, tag_of, write_summary
 
 #: the agent every difference is taken against
 REFERENCE = "naive"
@@ -112,64 +110,45 @@ def check_axes(env_id: str, x, y, env_kwargs: dict[str, Any]) -> None:
                 ) from None
 
 
-def cell_folders(out: Path, env_id: str, agent: str, x, xv, y, yv, seeds) -> list[Path]:
+def cell_run_name(agent: str, x: str, xv: Any, y: str, yv: Any) -> str:
+    """The run folder name of ``agent`` in the cell ``x=xv, y=yv`` (as the sweep names it)."""
     from agents import registry
 
     tag = tag_of({f"env.{x}": xv, f"env.{y}": yv})
-    name = run_folder_name(registry.get(agent).name, "whitebox", tag)
-    return [results.run_dir(out, env_id, name, s) for s in seeds]
-
-
-def _summary(folder: Path) -> dict[str, Any] | None:
-    if results.verify(folder):
-        return None
-    try:
-        s = json.loads((folder / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return s if isinstance(s, dict) and s.get("status") == "ok" else None
-
-
-def _ci(v: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    lo, hi = stats.bootstrap_ci(v, n_boot=2000, seed=seed)
-    return float(v.mean()), float(lo), float(hi)
+    return run_folder_name(registry.get(agent).name, "whitebox", tag)
 
 
 def collect(
     out: Path, env_id: str, x, y, agents: list[str], seeds: list[int]
 ) -> list[dict[str, Any]]:
     """One row per (cell, agent) with means and 95 % CIs over the seeds that finished."""
+    df = results.load_runs([out])
+    done = {(r["env_id"], r["run_name"], r["seed"]): r for r in df.to_dict("records")}
     rows = []
     for yv in y[1]:
         for xv in x[1]:
             per_agent = {}
             for agent in agents:
-                found = {}
-                for seed, folder in zip(
-                    seeds, cell_folders(out, env_id, agent, x[0], xv, y[0], yv, seeds), strict=True
-                ):
-                    if (s := _summary(folder)) is not None:
-                        found[seed] = s
-                per_agent[agent] = found
+                name = cell_run_name(agent, x[0], xv, y[0], yv)
+                per_agent[agent] = {
+                    s: done[env_id, name, s] for s in seeds if (env_id, name, s) in done
+                }
             ref = per_agent.get(REFERENCE, {})
             for agent in agents:
                 found = per_agent[agent]
                 row: dict[str, Any] = {x[0]: xv, y[0]: yv, "agent": agent, "n": len(found)}
                 for key in ("final_true_utility", "collapse_drop", "peak_true_utility"):
-                    v = np.array([s[key] for s in found.values()], dtype=float)
-                    mean, lo, hi = _ci(v) if len(v) else (np.nan,) * 3
+                    mean, lo, hi = stats.mean_ci([s[key] for s in found.values()], 2000)
                     row.update({key: mean, f"{key}_lo": lo, f"{key}_hi": hi})
                 calls = [s.get("labeler_calls", np.nan) for s in found.values()]
                 row["labeler_calls"] = float(np.mean(calls)) if calls else np.nan
                 paired = sorted(set(found) & set(ref))
                 if agent != REFERENCE and len(paired) >= 2:
-                    d = np.array(
-                        [
-                            found[s]["final_true_utility"] - ref[s]["final_true_utility"]
-                            for s in paired
-                        ]
-                    )
-                    mean, lo, hi = _ci(d)
+                    d = [
+                        found[s]["final_true_utility"] - ref[s]["final_true_utility"]
+                        for s in paired
+                    ]
+                    mean, lo, hi = stats.mean_ci(d, 2000)
                     row.update(diff_vs_naive=mean, diff_lo=lo, diff_hi=hi)
                     row["significant"] = bool(lo > 0 or hi < 0)
                 else:
@@ -307,40 +286,30 @@ def default_name(env_id: str, x: str, y: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m baselines.map", description=__doc__.split("\n")[0])
+    p = cli.Parser(
+        prog="python -m baselines.map",
+        description=__doc__.split("\n")[0],
+        parents=[cli.ROUNDS, cli.WORKERS, cli.RERUN],
+    )
     p.add_argument("env", help="registered env id with white-box agents")
     p.add_argument("--x", required=True, help="knob on the x axis: KNOB=v1,v2,...")
     p.add_argument("--y", required=True, help="knob on the y axis: KNOB=v1,v2,...")
     p.add_argument("--agents", default="naive,fpo,kl", help="comma-separated (naive is added)")
     p.add_argument("--seeds", default="0-9", help="seeds per cell (default 0-9)")
-    p.add_argument("--rounds", type=int, default=None, help="RM rounds (default: per-env YAML)")
     p.add_argument("--env-kwargs", nargs="*", metavar="K=V", help="env settings of every cell")
-    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default 2)")
-    p.add_argument("--backend", default="local", help="local (process pool) or ray")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    p.add_argument("--batch-size", type=int, default=10, help="seeds per batched program")
+    p.add_argument(
+        "--batch-size", type=cli.positive_int, default=10, help="seeds per batched program"
+    )
     p.add_argument("--out", default="runs/maps", help="run folders root (default runs/maps)")
     p.add_argument("--results", default=None, help="figure/CSV folder (default OUT/NAME)")
     p.add_argument("--name", default=None, help="map name (default ENV__X_x_Y)")
-    p.add_argument("--force", action="store_true", help="redo finished runs")
-    p.add_argument("--no-progress", action="store_true")
     add_batch_flag(p)
     add_limit_flags(p)
     start = time.perf_counter()
     try:
         args = p.parse_args(argv)
         check_limits(args)
-        if args.backend not in ("local", "ray"):
-            raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
-        if args.address and args.backend != "ray":
-            raise CLIError("--address needs --backend ray")
-        for flag in ("jobs", "batch_size"):
-            if getattr(args, flag) < 1:
-                raise CLIError(
-                    f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"
-                )
-        if args.rounds is not None and args.rounds < 1:
-            raise CLIError(f"--rounds must be >= 1, got {args.rounds}")
+        cli.check_workers(args)
         x, y = parse_axis(args.x, "--x"), parse_axis(args.y, "--y")
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
         if not agents:
@@ -365,32 +334,16 @@ def main(argv: list[str] | None = None) -> int:
         res = Path(args.results) if args.results else out
         spec = map_spec(args.env, x, y, agents, seeds, args.rounds, env_kwargs, args.batch_size)
         jobs, folders = plan_sweep(spec, out, args.force, args.jobs, args.max_runs, args.max_rounds)
-        for folder, flag in ((out, "--out"), (res, "--results")):
-            try:
-                results.check_writable(folder, flag)
-            except ValueError as e:
-                raise CLIError(str(e)) from None
-    except CLIError as e:
-        print(f"python -m baselines.map: error: {e}", file=sys.stderr)
-        return 2
-    todo = sum(len(j.seeds) for j in jobs)
-    print(
-        f"{len(x[1]) * len(y[1])} cells x {len(agents)} agents x {len(seeds)} seeds: "
-        f"{todo} run(s) to do, {len(folders) - todo} done",
-        file=sys.stderr,
-    )
-    t0 = time.perf_counter()
-    try:
-        if args.backend == "ray":
-            outcomes = (
-                execute_ray(longest_first(jobs), args.address, args.jobs, args.batch_agents)
-                if jobs
-                else []
-            )
-        else:
-            outcomes = execute(
-                longest_first(jobs), args.jobs, not args.no_progress, args.batch_agents
-            )
+        check_writable(out, "--out")
+        check_writable(res, "--results")
+        todo = sum(len(j.seeds) for j in jobs)
+        print(
+            f"{len(x[1]) * len(y[1])} cells x {len(agents)} agents x {len(seeds)} seeds: "
+            f"{todo} run(s) to do, {len(folders) - todo} done",
+            file=sys.stderr,
+        )
+        t0 = time.perf_counter()
+        outcomes = cli.execute_on(jobs, args, not args.no_progress)
     except CLIError as e:
         print(f"python -m baselines.map: error: {e}", file=sys.stderr)
         return 2

@@ -8,8 +8,8 @@ Examples::
 
 ``RUNS`` are folders: run folders (``OUT/ENV/AGENT/seed_S`` with ``metrics.csv`` and
 ``summary.json``, as ``baselines.run`` and ``baselines.sweep`` write them) or any folders above
-them. Runs are grouped by env (the summary's ``env_id``) and agent (the name of the folder above
-``seed_S``: the run name, with its ``@tag`` or ``+algo``). Each env gets one figure,
+them (read by :func:`baselines.results.load_runs`). Runs are grouped by env and agent (the run
+name, with its ``@tag`` or ``+algo``). Each env gets one figure,
 ``OUT/ENV.png`` and ``OUT/ENV.svg``, with one panel per ``--metric`` (default: true utility and
 proxy reward): the mean over seeds per RM round and its 95 % confidence interval (Student t over
 seeds; none for a single seed). White-box runs record the policy mean's ``true_utility`` and
@@ -23,15 +23,12 @@ shortest (one line says so).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from baselines import results
+from baselines import cli, results, stats
 from baselines.plan import CLIError
 
 DEFAULT_METRICS = ("true_utility", "proxy_reward")
@@ -50,70 +47,13 @@ SAMPLED = {"true_utility": "sample_true_utility", "proxy_reward": "sample_proxy_
 SAMPLED["gap"] = "sample_gap"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise CLIError(message)
-
-
-@dataclass
-class Run:
-    env_id: str
-    agent: str
-    seed: int
-    folder: Path
-    metrics: dict[str, np.ndarray]
-
-
-def find_runs(paths: list[Path]) -> list[Path]:
-    """The run folders (holding a ``summary.json``) at or below ``paths``, sorted, no duplicates."""
-    found: set[Path] = set()
-    for p in paths:
-        if (p / "summary.json").is_file():
-            found.add(p.resolve())
-        found.update(s.parent.resolve() for s in p.rglob("summary.json"))
-    return sorted(found)
-
-
-def load_run(folder: Path) -> Run:
-    """One finished run; ``ValueError`` with the reason if it cannot be read."""
-    try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"unreadable summary.json ({type(e).__name__})") from None
-    if not isinstance(summary, dict):
-        raise ValueError("summary.json is not an object")
-    if summary.get("status") != "ok":
-        raise ValueError(f"status {summary.get('status')!r}, not 'ok'")
-    try:
-        m = results.read_metrics(folder / "metrics.csv")
-    except FileNotFoundError:
-        raise ValueError("no metrics.csv") from None
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"unreadable metrics.csv ({type(e).__name__})") from None
-    if not m:
-        raise ValueError("empty metrics.csv")
-    env_id = summary.get("env_id") or folder.parent.parent.name
-    import rlhf_envs
-
-    if env_id not in rlhf_envs.ENV_IDS:  # it names the output files: never a path
-        raise ValueError(f"unknown env_id {str(env_id)[:60]!r}")
-    if why := results.verify(folder):
-        raise ValueError(why)
-    seed = summary.get("seed", folder.name.removeprefix("seed_"))
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise ValueError(f"seed {seed!r} is not an int") from None
-    return Run(str(env_id), folder.parent.name, seed, folder, m)
-
-
-def check_metrics(run: Run, metrics: list[str]) -> None:
-    """``ValueError`` with the reason if ``run`` lacks a finite column for one of ``metrics``."""
+def check_metrics(m: dict[str, np.ndarray], metrics: list[str]) -> None:
+    """``ValueError`` with the reason if ``m`` lacks a finite column for one of ``metrics``."""
     for name in metrics:
-        col = column(run.metrics, name)
+        col = column(m, name)
         if col is None:
             raise ValueError(f"metrics.csv has no {name!r} column")
-        if not np.isfinite(run.metrics[col]).all():
+        if not np.isfinite(m[col]).all():
             raise ValueError(f"non-finite values in {col!r}")
 
 
@@ -123,17 +63,6 @@ def column(m: dict[str, np.ndarray], name: str) -> str | None:
         return name
     alt = SAMPLED.get(name)
     return alt if alt in m else None
-
-
-def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over seeds (rows) and its Student-t confidence interval; one row: no interval."""
-    from scipy import stats
-
-    mean = x.mean(0)
-    if len(x) < 2:
-        return mean, mean, mean
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(0, ddof=1) / np.sqrt(len(x))
-    return mean, mean - half, mean + half
 
 
 def _smooth(x: np.ndarray, window: int) -> np.ndarray:
@@ -152,7 +81,7 @@ def _order(agent: str) -> tuple:
     return (first.index(base) if base in first else len(first), agent)
 
 
-def plot_env(env_id: str, groups: dict[str, list[Run]], metrics: list[str], out: Path,
+def plot_env(env_id: str, groups: dict[str, list[dict]], metrics: list[str], out: Path,
              smooth: int = 1) -> list[Path]:  # fmt: skip
     """One figure for one env: a panel per metric, a curve and CI band per agent."""
     import matplotlib
@@ -169,11 +98,11 @@ def plot_env(env_id: str, groups: dict[str, list[Run]], metrics: list[str], out:
         used: set[str] = set()
         for agent in agents:
             runs = groups[agent]
-            cols = [column(r.metrics, name) for r in runs]
+            cols = [column(m, name) for m in runs]
             used.update(cols)
-            n = min(len(r.metrics[c]) for r, c in zip(runs, cols, strict=True))
-            x = np.stack([r.metrics[c][:n] for r, c in zip(runs, cols, strict=True)])
-            mean, lo, hi = mean_ci(_smooth(x, smooth))
+            n = min(len(m[c]) for m, c in zip(runs, cols, strict=True))
+            x = np.stack([m[c][:n] for m, c in zip(runs, cols, strict=True)])
+            mean, lo, hi = stats.t_ci(_smooth(x, smooth))
             rounds = np.arange(1, n + 1)
             # earlier agents drawn wider, so that curves lying on each other all show
             lw = 4.0 - 3.0 * agents.index(agent) / max(len(agents) - 1, 1)
@@ -210,8 +139,8 @@ def plot_env(env_id: str, groups: dict[str, list[Run]], metrics: list[str], out:
     return paths
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+def build_parser() -> cli.Parser:
+    p = cli.Parser(
         prog="python -m baselines.plot",
         description="Plot per-round metrics of run folders (mean and 95 % CI over seeds).",
     )
@@ -240,45 +169,35 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--metric: a metric is listed twice: {args.metric}")
         if args.smooth < 1:
             raise CLIError(f"--smooth must be >= 1, got {args.smooth}")
-        folders = find_runs(paths)
-        if not folders:
-            raise CLIError(f"RUNS: no run folders (with a summary.json) under {args.runs}")
-        loaded = []
-        for folder in folders:
-            try:
-                loaded.append(load_run(folder))
-            except ValueError as e:
-                print(f"skipping {folder}: {e}", file=sys.stderr)
+        runs = results.load_runs(paths, metrics=True)
+        if runs.empty:
+            raise CLIError(f"RUNS: no finished run folders under {args.runs}")
         for flag, wanted, have in (
-            ("--env", args.env, {r.env_id for r in loaded}),
-            ("--agents", args.agents, {r.agent for r in loaded}),
+            ("--env", args.env, set(runs.env_id)),
+            ("--agents", args.agents, set(runs.run_name)),
         ):
             missing = sorted(set(wanted or ()) - have)
             if missing:
                 raise CLIError(f"{flag}: no runs of {missing}; found: {sorted(have)}")
-        loaded = [
-            r
-            for r in loaded
-            if (not args.env or r.env_id in args.env)
-            and (not args.agents or r.agent in args.agents)
-        ]
-        columns = set().union(*(r.metrics for r in loaded)) if loaded else set()
+        runs = runs[runs.env_id.isin(args.env or runs.env_id)]
+        runs = runs[runs.run_name.isin(args.agents or runs.run_name)]
+        columns = set().union(*runs.metrics)
         for name in args.metric:
-            if loaded and not any(column(r.metrics, name) for r in loaded):
+            if not any(column(m, name) for m in runs.metrics):
                 raise CLIError(
                     f"--metric: no run records {name!r}; columns: {', '.join(sorted(columns))}"
                 )
     except CLIError as e:
         print(f"python -m baselines.plot: error: {e}", file=sys.stderr)
         return 2
-    groups: dict[str, dict[str, list[Run]]] = {}
-    for run in loaded:
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in runs.itertuples():
         try:
-            check_metrics(run, args.metric)
+            check_metrics(r.metrics, args.metric)
         except ValueError as e:
-            print(f"skipping {run.folder}: {e}", file=sys.stderr)
+            print(f"skipping {r.folder}: {e}", file=sys.stderr)
             continue
-        groups.setdefault(run.env_id, {}).setdefault(run.agent, []).append(run)
+        groups.setdefault(r.env_id, {}).setdefault(r.run_name, []).append(r.metrics)
     if not groups:
         print(
             "python -m baselines.plot: error: no run to plot (see the lines above)", file=sys.stderr
@@ -286,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for env_id, by_agent in sorted(groups.items()):
         for agent, runs in by_agent.items():
-            lengths = {len(next(iter(r.metrics.values()))) for r in runs}
+            lengths = {len(next(iter(m.values()))) for m in runs}
             if len(lengths) > 1:
                 print(
                     f"{env_id} {agent}: runs of {sorted(lengths)} rounds; plotting the first "

@@ -7,15 +7,10 @@ finished runs from earlier commands included.
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from baselines import results
-from baselines.stats import bootstrap_ci
+from baselines import results, stats
 
 COLUMNS = (
     "env",
@@ -35,44 +30,34 @@ def rows(folders: list[Path]) -> list[dict[str, Any]]:
     """One row per (env, run name) over the sound finished runs among ``folders``.
 
     ``final U`` is the mean over seeds of ``final_true_utility`` with a percentile bootstrap
-    95 % CI (:func:`baselines.stats.bootstrap_ci`); ``peak U``, ``drop`` (peak minus the last
+    95 % CI (:func:`baselines.stats.mean_ci`); ``peak U``, ``drop`` (peak minus the last
     block, see :func:`baselines.results.summarise_history`), ``gap`` (proxy minus truth at the
     end), ``labels`` (the RM's labels), ``oracle queries`` (the agent's own calls on the truth,
     as value queries) and ``s/run`` are means over seeds.
     """
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for folder in folders:
-        if results.verify(folder):
-            continue
-        try:
-            s = json.loads((Path(folder) / "summary.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(s, dict) and s.get("status") == "ok":
-            groups[(s["env_id"], s.get("run_name") or s["agent"])].append(s)
+    df = results.load_runs(folders)
     out = []
-    for (env_id, name), runs in groups.items():
-        u = np.array([r["final_true_utility"] for r in runs], dtype=float)
-        lo, hi = bootstrap_ci(u)
-
-        def mean(key: str, runs=runs) -> float:
-            return float(np.mean([r.get(key, np.nan) for r in runs]))
-
-        gap = "final_gap" if "final_gap" in runs[0] else "final_proxy_reward"
+    for (env_id, name), part in df.groupby(["env_id", "run_name"], sort=False) if len(df) else []:
+        u, lo, hi = stats.mean_ci(part["final_true_utility"])
         out.append(
             {
                 "env": env_id,
                 "agent": name,
-                "runs": len(runs),
-                "final_u": float(u.mean()),
-                "final_u_lo": float(lo),
-                "final_u_hi": float(hi),
-                "peak_u": mean("peak_true_utility"),
-                "drop": mean("collapse_drop"),
-                "gap": mean(gap),
-                "labels": mean("labels_used"),
-                "oracle": mean("oracle_value_equivalents"),
-                "s_per_run": mean("wall_time_s"),
+                "runs": len(part),
+                "final_u": u,
+                "final_u_lo": lo,
+                "final_u_hi": hi,
+                **{
+                    k: float(part[col].mean())
+                    for k, col in (
+                        ("peak_u", "peak_true_utility"),
+                        ("drop", "collapse_drop"),
+                        ("gap", "final_gap"),
+                        ("labels", "labels_used"),
+                        ("oracle", "oracle_value_equivalents"),
+                        ("s_per_run", "wall_time_s"),
+                    )
+                },
             }
         )
     return out

@@ -218,6 +218,75 @@ def is_done(folder: Path, digest: str) -> bool | None:
     return True if state == "done" else None if state == "other" else False
 
 
+class _Damaged(Exception):
+    """Why a run folder is not one the harness wrote (:func:`load_runs`)."""
+
+
+#: summary numbers a finished run must have, finite
+NEEDED = ("final_true_utility", "final_block_true_utility", "auc_true_utility", "collapse_drop")
+
+
+def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = False):
+    """The sealed run folders at or below ``paths`` (``.../seed_S``) as a ``pandas.DataFrame``.
+
+    One row per run whose status is in ``statuses``: its ``summary.json``, then ``git_commit``,
+    ``code_hash`` and ``versions`` (key-sorted JSON) from its ``config.json`` and its ``folder``;
+    with ``metrics``, its ``metrics.csv`` (a dict of arrays, one per column), which must hold
+    the summary's rounds. A folder that fails :func:`verify`, or whose files are not what the
+    harness writes (not JSON objects, an unknown env id, a finished run without finite
+    :data:`NEEDED` numbers), is skipped with one line on stderr; runs of other statuses are
+    left out silently (the commands that made them report them).
+    """
+    import sys
+
+    import pandas as pd
+
+    import rlhf_envs
+
+    found: dict[Path, Path] = {}
+    for p in map(Path, paths):
+        here = [p] if (p / "summary.json").is_file() else []
+        for folder in here + sorted(s.parent for s in p.rglob("seed_*/summary.json")):
+            found.setdefault(folder.resolve(), folder)
+    rows = []
+    for folder in found.values():
+        try:
+            if why := verify(folder):
+                raise _Damaged(why)
+            s, cfg = read_json(folder / "summary.json"), read_json(folder / "config.json")
+            if not isinstance(s, dict) or not isinstance(cfg, dict):
+                raise _Damaged("summary.json or config.json is not a JSON object")
+            if s.get("status") not in statuses:
+                continue
+            if s.get("env_id") not in rlhf_envs.ENV_IDS:
+                raise _Damaged(f"unknown env_id {str(s.get('env_id'))[:60]!r}")
+            bad = [k for k in NEEDED if not isinstance(s.get(k), (int, float)) or s[k] != s[k]]
+            bad += [k for k in NEEDED if k not in bad and abs(s[k]) == float("inf")]
+            if bad and s["status"] == "ok":
+                raise _Damaged(f"missing or non-finite {', '.join(bad)}")
+            s["git_commit"], s["code_hash"] = cfg["git_commit"], cfg["code_hash"]
+            s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
+            s["folder"] = str(folder)
+            if not isinstance(s.get("run_name"), str):
+                raise _Damaged("summary.json names no run_name")
+            if metrics:
+                s["metrics"] = read_metrics(folder / "metrics.csv")
+                n = len(next(iter(s["metrics"].values()), []))
+                if n != s.get("rounds"):
+                    raise _Damaged(
+                        f"metrics.csv has {n} rounds, the summary says {s.get('rounds')}"
+                    )
+        except _Damaged as e:
+            why = str(e)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            why = f"{type(e).__name__}: {str(e)[:120]}"
+        else:
+            rows.append(s)
+            continue
+        print(f"skipping {folder}: {why}", file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
 class RunLock:
     """An exclusive, non-blocking lock on a run folder (``fcntl.flock`` on ``.lock`` in it).
 

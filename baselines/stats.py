@@ -56,6 +56,27 @@ def bootstrap_ci(x: np.ndarray, n_boot: int = 10_000, alpha: float = 0.05, seed:
     return lo, hi
 
 
+def mean_ci(x: Any, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, lo, hi)`` of the values ``x``: their mean and its :func:`bootstrap_ci`
+    (NaNs for no values). The tables of runs over seeds (leaderboard, maps, family boards, the
+    run commands' result) report this."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return (float("nan"),) * 3
+    lo, hi = bootstrap_ci(x, n_boot, seed=seed)
+    return float(x.mean()), float(lo), float(hi)
+
+
+def t_ci(x: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over the rows of ``x`` (seeds) and its Student-t confidence interval, per column
+    (the curves of ``python -m baselines.plot``); one row: no interval."""
+    mean = x.mean(0)
+    if len(x) < 2:
+        return mean, mean, mean
+    half = sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(0, ddof=1) / np.sqrt(len(x))
+    return mean, mean - half, mean + half
+
+
 # -- rliable's aggregates ----------------------------------------------------------------------
 def iqm(x: Any, axis: int | None = None):
     """Interquartile mean: the 25 % trimmed mean (``scipy.stats.trim_mean(x, 0.25)``).

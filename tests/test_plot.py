@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines import plot, results
+from baselines import plot, results, stats
 
 ENV = "RLHFBlindSpot-v0"
 
@@ -18,9 +18,12 @@ def _write_run(out: Path, agent: str, seed: int, u: np.ndarray, sampled: bool = 
     prefix = "sample_" if sampled else ""
     history = {f"{prefix}true_utility": u[:, None], f"{prefix}proxy_reward": (u + 1)[:, None]}
     results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, 0))
-    summary = {"status": "ok", "env_id": ENV, "agent": agent.split("+")[0], "seed": seed}
+    summary = {"status": "ok", "env_id": ENV, "agent": agent.split("+")[0], "run_name": agent,
+               "seed": seed, "rounds": len(u), **results.summarise_history(u)}  # fmt: skip
     results.atomic_write_json(folder / "summary.json", summary)
-    results.write_manifest(folder, ["metrics.csv", "summary.json"])  # sealed, as the harness does
+    results.atomic_write_json(folder / "config.json", {"git_commit": "c", "code_hash": "h"})
+    names = ["config.json", "metrics.csv", "summary.json"]
+    results.write_manifest(folder, names)  # sealed, as the harness does
     return folder
 
 
@@ -45,25 +48,15 @@ def test_plot_writes_png_and_svg_per_env(runs, tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_mean_and_ci_over_seeds():
-    x = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
-    mean, lo, hi = plot.mean_ci(x)
-    assert mean == pytest.approx([3.0, 2.0])
-    half = 4.302652729911275 * 2.0 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
-    assert lo == pytest.approx([3.0 - half, 2.0]) and hi == pytest.approx([3.0 + half, 2.0])
-    one = plot.mean_ci(x[:1])
-    assert all(np.array_equal(v, x[0]) for v in one)
-
-
 def test_curves_are_the_seed_means(runs, tmp_path, monkeypatch):
     seen = {}
-    real = plot.mean_ci
+    real = stats.t_ci
 
     def spy(x, level=0.95):
         seen.setdefault(len(seen), x.copy())
         return real(x, level)
 
-    monkeypatch.setattr(plot, "mean_ci", spy)
+    monkeypatch.setattr(stats, "t_ci", spy)
     plot.main([str(runs / ENV / "naive"), "--metric", "true_utility", "--out", str(tmp_path)])
     want = np.stack(
         [results.read_metrics(runs / ENV / "naive" / f"seed_{s}" / "metrics.csv")["true_utility"]

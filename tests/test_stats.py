@@ -106,3 +106,21 @@ def test_sign_test_by_hand():
     assert stats.sign_test(7, 3) == pytest.approx(2 * (1 + 10 + 45 + 120) / 1024)  # 0.34375
     assert stats.sign_test(5, 5) == pytest.approx(1.0)
     assert stats.sign_test(0, 0) == 1.0
+
+
+def test_t_ci_is_the_student_t_interval_of_the_seed_mean():
+    x = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
+    mean, lo, hi = stats.t_ci(x)
+    assert mean == pytest.approx([3.0, 2.0])
+    half = 4.302652729911275 * 2.0 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert lo == pytest.approx([3.0 - half, 2.0]) and hi == pytest.approx([3.0 + half, 2.0])
+    one = stats.t_ci(x[:1])
+    assert all(np.array_equal(v, x[0]) for v in one)
+
+
+def test_mean_ci_is_the_mean_with_its_bootstrap_ci():
+    x = np.array([1.0, 4.0, 2.0, 8.0])
+    lo, hi = stats.bootstrap_ci(x, 500, seed=3)
+    assert stats.mean_ci(x, 500, seed=3) == (3.75, lo, hi)
+    assert lo < 3.75 < hi
+    assert all(v != v for v in stats.mean_ci([]))

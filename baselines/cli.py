@@ -1,0 +1,85 @@
+"""The flags the commands share, as argparse parent parsers (``parents=[...]``).
+
+Each parent holds flags that mean the same in every command that takes them; a command's own
+flags stay in its module. :class:`Parser` reports a usage error as one line
+(:class:`~baselines.plan.CLIError`) instead of argparse's usage dump.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from baselines.plan import CLIError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise CLIError(message)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+#: where runs are computed: worker processes, or a Ray cluster
+WORKERS = _parent()
+WORKERS.add_argument("--jobs", type=positive_int, default=2, help="parallel workers (default 2)")
+WORKERS.add_argument(
+    "--backend", default="local", choices=("local", "ray"), help="local (process pool) or ray"
+)
+WORKERS.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+
+
+def check_workers(args) -> None:
+    """The :data:`WORKERS` flags agree with each other."""
+    if args.address and args.backend != "ray":
+        raise CLIError("--address needs --backend ray")
+
+
+def execute_on(jobs: list, args, progress: bool = False) -> list[dict]:
+    """Run ``jobs`` (longest first) on the backend the :data:`WORKERS` flags chose, the agents of
+    one env config in one program unless ``--no-batch-agents``; their outcomes."""
+    from baselines.execute import execute
+    from baselines.sweep import execute_ray, longest_first
+
+    jobs = longest_first(jobs)
+    if args.backend == "ray":
+        return execute_ray(jobs, args.address, args.jobs, args.batch_agents) if jobs else []
+    return execute(jobs, args.jobs, progress, args.batch_agents)
+
+
+#: commands that run and resume run folders
+RERUN = _parent()
+RERUN.add_argument("--force", action="store_true", help="redo finished runs")
+RERUN.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+#: commands that write tables or figures, which go into the committed results/ only when asked
+PUBLISH = _parent()
+PUBLISH.add_argument("--force", action="store_true", help="allow writing into results/")
+
+ROUNDS = _parent()
+ROUNDS.add_argument(
+    "--rounds", type=positive_int, default=None, help="RM rounds (default: the env's YAML)"
+)
+
+
+def add_results(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    """``--results``: where ``what`` goes (an untracked ``default``; the committed ``results/``
+    only with ``--force``, see :data:`PUBLISH`)."""
+    p.add_argument(
+        "--results",
+        default=default,
+        help=f"where {what} go (default {default}, untracked; the committed results/ only "
+        "with --force)",
+    )
