@@ -267,30 +267,3 @@ def test_sb3_run_metrics_are_byte_identical_on_the_reference_paths(
         slow = csv()
     assert fast == slow
     assert len(fast.splitlines()) == rounds + 1
-
-
-def test_sb3_split_charges_every_cpu_second_of_the_run_to_one_part():
-    from baselines import bench
-
-    parts, total = bench.sb3_split("RLHFContextual-v0", "fpo-relaxed", "ppo", 12)
-    assert set(parts) <= {f"{who}: {what}" for who, what in bench.SB3_PARTS}
-    assert sum(parts.values()) == pytest.approx(total, rel=1e-9)
-    for who, what in bench.SB3_PARTS[:5] + bench.SB3_PARTS[6:7]:  # what a run must go through
-        assert parts[f"{who}: {what}"] > 0, what
-    # the timing is gone afterwards: the functions are the plain ones again
-    assert not hasattr(AgentRewardWrapper.step, "__wrapped__")
-
-
-def test_bench_sb3_profile_prints_the_parts_per_agent(capsys):
-    from baselines import bench
-
-    argv = ["--envs", "RLHFVerbosity-v0", "--agents", "naive", "fpo", "--repeats", "1"]
-    assert bench.main(argv + ["--steps", "10", "--sb3-rounds", "3", "--sb3-profile"]) == 0
-    out = capsys.readouterr().out
-    assert "| naive+ppo |" in out  # the usual table is still there
-    table = out[out.index("where one PPO run's time goes") :]
-    assert "| part | naive | fpo |" in table
-    for label in ("ours: env step", "ours: RM retraining", "SB3: gradient update", "**run**"):
-        assert label in table
-    run = [ln for ln in table.splitlines() if ln.startswith("| **run** |")][0]
-    assert run.count("(100%)") == 2
