@@ -29,8 +29,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 #: Named prompt sources; anything else is a local path (``.jsonl``, ``.json``, ``.parquet`` or a
 #: folder written by ``datasets``' ``save_to_disk``), see :mod:`llm_track.prompts`.
 PROMPT_SOURCES = ("builtin", "ultrafeedback")
-#: ``compile_decode`` values: no ``torch.compile`` of the decode step, or its ``mode``.
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 class LLMTrackError(Exception):
@@ -150,19 +148,6 @@ class LLMConfig:
     """Torch device and model dtype (``float32``, ``bfloat16``, ``float16``); ``auto``: CUDA and
     bfloat16 when torch sees a GPU, else CPU and float32. The RM head, the LoRA adapter and their
     optimiser states are float32 whatever the dtype."""
-    top_p_topk: int = 64
-    """Top-p from the ``top_p_topk`` most likely tokens of each row instead of a sort of the whole
-    vocabulary, for the rows where that gives the same distribution (the nucleus ends inside them,
-    no near-tie with ``top_p``, no tie across the cut); the others take the full sort. Same tokens
-    for the same seed as 0 (the full sort everywhere), tested; costs one host sync per token."""
-    static_cache: bool = False
-    """Decode with a preallocated KV cache (``transformers.StaticCache``, ``max_prompt_tokens +
-    max_new_tokens`` positions) instead of the growing one; attention over the padded length
-    rounds differently (~1e-6 in the logits), so sampled answers can differ from the default's
-    where a draw lies that close to a boundary; greedy answers agree (tested on CPU)."""
-    compile_decode: str = "off"
-    """``torch.compile`` the one-token decode step (needs ``static_cache``): ``off`` or a
-    ``torch.compile`` mode (``default``, ``reduce-overhead`` = CUDA graphs, ``max-autotune``)."""
     tiny_hidden: int = 64
     tiny_layers: int = 2
     """Hidden size and layers of the tiny models."""
@@ -201,15 +186,6 @@ class LLMConfig:
             check_choice(self, "sft_on", ("sequence", "response"))
             check_choice(self, "prompt_order", ("in-order", "permutation"))
             check_choice(self, "dtype", DTYPES)
-            check_int(self, "top_p_topk", 0)
-            if not isinstance(self.static_cache, bool):
-                raise ValueError(f"static_cache must be true or false; got {self.static_cache!r}")
-            check_choice(self, "compile_decode", COMPILE_MODES)
-            if self.compile_decode != "off" and not self.static_cache:
-                raise ValueError(
-                    f"compile_decode {self.compile_decode} needs the static cache (--static-cache): "
-                    "the decode step is compiled for fixed shapes"
-                )
             if self.top_p > 1.0:
                 raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
             if not isinstance(self.prompts, str) or not self.prompts:
@@ -237,30 +213,10 @@ class LLMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, prompt_source: str | None = None) -> LLMConfig:
-        """Settings from ``config.json``; fields a run written by an older version lacks take the
-        values that version used (so its numbers are read as what they were). ``prompt_source``:
-        the source an old run's ``auto`` resolved to (its ``config.json`` records it)."""
+    def from_dict(cls, d: dict) -> LLMConfig:
+        """Settings from a run's ``config.json`` (keys that are no field are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if d.get("prompts") == "auto":  # an old source name that fell back silently
-            d["prompts"] = prompt_source or "builtin"
-        for k, v in _BEFORE_PROTOCOL_FIELDS.items():
-            d.setdefault(k, v)
-        return cls(**d)
-
-
-#: What runs written before these fields existed did (one head step per protocol step with Adam,
-#: (prompt, answer) into the RM, SFT on the response, empty candidates kept, permutation order).
-_BEFORE_PROTOCOL_FIELDS = {
-    "rm_weight_decay": 0.0,
-    "rm_grad_accum": 1,
-    "rm_input": "prompt+answer",
-    "rm_max_tokens": 512,
-    "sft_on": "response",
-    "skip_empty": False,
-    "prompt_order": "permutation",
-}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def preset_config(preset: str, **overrides) -> LLMConfig:

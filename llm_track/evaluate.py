@@ -76,7 +76,7 @@ def read_configs(folders: list[str]) -> dict[str, LLMConfig]:
     seen: dict[tuple[str, int], str] = {}
     for folder in folders:
         record = read_json(os.path.join(folder, "config.json"))
-        cfg = LLMConfig.from_dict(record["config"], record.get("prompt_source"))
+        cfg = LLMConfig.from_dict(record["config"])
         other = seen.setdefault((cfg.label, cfg.seed), folder)
         if other != folder:
             raise LLMTrackError(
@@ -99,15 +99,15 @@ class Evaluator:
     def __init__(self, cfg: LLMConfig, prompts: list[str], max_new: int):
         import torch
 
-        from llm_track import loop
+        from llm_track import decoding, loop
         from llm_track.models import build_tiny_gold, freeze_all_but_head, load_base_models, rm_head
 
-        self.torch, self.loop, self.cfg = torch, loop, cfg
+        self.torch, self.decoding, self.loop, self.cfg = torch, decoding, loop, cfg
         base, self.tok, rm, self.rm_tok = load_base_models(cfg)
-        eos, pad = loop.special_ids(self.tok, base)
+        eos, pad = decoding.special_ids(self.tok, base)
         # the evaluation utility that is not the training oracle: tiny's gold model
         self.gold = build_tiny_gold(cfg.model_seed).to(cfg.device) if cfg.preset == "tiny" else None
-        # greedy answers: ``loop.sample(model, prompt ids, 1, **self.greedy)``
+        # greedy answers: ``decoding.sample(model, prompt ids, 1, **self.greedy)``
         self.greedy = dict(
             max_new=max_new, min_new=cfg.min_new_tokens, eos_id=eos, pad_id=pad, greedy=True
         )
@@ -118,10 +118,10 @@ class Evaluator:
         self.head_init = {k: v.clone() for k, v in self.head.state_dict().items()}
         self.prompts = prompts
         self.prompt_ids = [
-            loop.encode_prompt(self.tok, p, cfg.max_prompt_tokens, cfg.device, cfg.chat_date)
+            decoding.encode_prompt(self.tok, p, cfg.max_prompt_tokens, cfg.device, cfg.chat_date)
             for p in prompts
         ]
-        self.ref = [loop.sample(self.base, ids, 1, **self.greedy) for ids in self.prompt_ids]
+        self.ref = [decoding.sample(self.base, ids, 1, **self.greedy) for ids in self.prompt_ids]
         pairs = list(zip(self.prompt_ids, self.ref, strict=True))
         self.ref_u = [self._utility(ids, a, self.base) for ids, a in pairs]
         self.ref_gold = [self._utility(ids, a, self.gold) for ids, a in pairs]
@@ -149,10 +149,10 @@ class Evaluator:
             for prompt, ids, ref, u_ref, gold_ref in zip(
                 self.prompts, self.prompt_ids, self.ref, self.ref_u, self.ref_gold, strict=True
             ):
-                ans = self.loop.sample(policy, ids, 1, **self.greedy)
+                ans = self.decoding.sample(policy, ids, 1, **self.greedy)
                 with policy.disable_adapter():
                     u = self._utility(ids, ans, policy)
-                text, ref_text = (self.loop.decode(self.tok, *a)[0] for a in (ans, ref))
+                text, ref_text = (self.decoding.decode(self.tok, *a)[0] for a in (ans, ref))
                 cfg = self.cfg
                 r, r_ref = self.loop.rewards(
                     self.rm,
@@ -534,8 +534,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        _check_count("--prompts", args.prompts)
-        _check_count("--max-new-tokens", args.max_new_tokens)
         judge = None
         if args.judge_key_env and not args.judge_url:
             raise LLMTrackError("--judge-key-env needs --judge-url")

@@ -18,8 +18,6 @@ its class's ``llm_penalty`` form (``none``, ``practical`` or ``relaxed``; :mod:`
 never its name. Here "the head" is the *final* linear layer only (``classifier`` of DeBERTa);
 DeBERTa's pooler (dense + activation) before it is part of the frozen backbone and h is the
 pooler's output, captured with a forward pre-hook on the head.
-``autograd_penalty`` computes the same numbers with per-candidate autograd (the slow path, kept
-for the benchmark and the tests).
 """
 
 from __future__ import annotations
@@ -121,36 +119,3 @@ def fpo_scores(
     else:
         raise ValueError(f"unknown penalty form {form!r}; known: {', '.join(FORMS)}")
     return r.float() - gamma * pen, pen
-
-
-def autograd_penalty(
-    form: str,
-    head: nn.Linear,
-    h: torch.Tensor,
-    h_ref: torch.Tensor,
-    u: torch.Tensor | None = None,
-    u_ref: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The FPO penalty (form ``practical`` or ``relaxed``) of each candidate from autograd
-    gradients, one candidate at a time."""
-    if form not in ("practical", "relaxed"):
-        raise ValueError(f"autograd_penalty covers the practical and relaxed forms, not {form!r}")
-    params = list(head.parameters())
-
-    def head_grad(r: torch.Tensor) -> torch.Tensor:  # d r / d(head parameters), flattened
-        grads = torch.autograd.grad(r, params, retain_graph=True)
-        return torch.cat([g.reshape(-1) for g in grads]).float()
-
-    with torch.enable_grad():
-        r_ref = head(h_ref.unsqueeze(0)).squeeze()
-        g_ref = head_grad(r_ref)
-        out = []
-        for i in range(h.shape[0]):
-            r_i = head(h[i : i + 1]).squeeze()
-            g_i = head_grad(r_i)
-            pen = g_i @ (g_i - g_ref)
-            if form == "relaxed":
-                p_phi = torch.sigmoid(r_i.detach().float() - r_ref.detach().float())
-                pen = (p_phi - torch.sigmoid(u[i].float() - u_ref.float())) * pen
-            out.append(pen)
-    return torch.stack(out).detach()

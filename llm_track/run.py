@@ -33,10 +33,8 @@ from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_c
 
 STEP_TIMES = ("gen_s", "score_s", "update_s", "step_s")  # seconds per part of a step
 TIMING_COLUMNS = (*STEP_TIMES, "rss_mb")
-# Settings that must match for --resume (steps may grow; device and the decoding machinery may
-# change: the top-k top-p gives the same tokens, the static cache and compilation round the
-# logits differently, as another device does).
-_RESUME_FREE = {"steps", "device", "top_p_topk", "static_cache", "compile_decode"}
+# Settings that must match for --resume (steps may grow; the device may change).
+_RESUME_FREE = {"steps", "device"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -89,10 +87,16 @@ CHECKPOINT_DIRS = (
 )
 
 
-def _settings(d: dict) -> dict:
-    """The settings that decide a run's numbers (JSON form: tuples as lists)."""
-    d = json.loads(json.dumps(d, default=str))
-    return {k: v for k, v in d.items() if k not in _RESUME_FREE}
+def _check_settings(cfg: LLMConfig, recorded: dict, where: str, remedy: str) -> None:
+    """Refuse to resume when the settings that decide a run's numbers (all but
+    ``_RESUME_FREE``; JSON form: tuples as lists) differ from ``recorded``."""
+    now = json.loads(json.dumps(cfg.to_dict(), default=str))
+    diff = [k for k, v in now.items() if k not in _RESUME_FREE and recorded.get(k) != v]
+    if diff:
+        raise LLMTrackError(
+            f"--resume: settings differ from {where} ({', '.join(diff)}); use the same settings "
+            f"or {remedy}"
+        )
 
 
 def _check_resumable(cfg: LLMConfig, folder: str) -> None:
@@ -101,13 +105,9 @@ def _check_resumable(cfg: LLMConfig, folder: str) -> None:
         raise LLMTrackError(
             f"--resume: {folder} has a checkpoint but no config.json; use --force to start over"
         )
-    old, now = _settings(read_json(path)["config"]), _settings(cfg.to_dict())
-    diff = [k for k in now if old.get(k) != now[k]]
-    if diff:
-        raise LLMTrackError(
-            f"--resume: settings differ from the checkpointed run in {folder} ({', '.join(diff)}); "
-            "use the same settings or another --out"
-        )
+    _check_settings(
+        cfg, read_json(path)["config"], f"the checkpointed run in {folder}", "another --out"
+    )
 
 
 def _metrics_records(folder: str) -> list[list[str]]:
@@ -134,21 +134,13 @@ def _checkpoint_meta(cfg: LLMConfig, folder: str, step: int) -> dict:
     }
 
 
-def _check_checkpoint_meta(cfg: LLMConfig, folder: str, ckpt: str) -> int | None:
-    """Check ``checkpoint/meta.json`` against the settings and ``metrics.csv``; its step.
-
-    ``None`` for a checkpoint written before ``meta.json`` existed (checked after loading).
-    """
+def _check_checkpoint_meta(cfg: LLMConfig, folder: str, ckpt: str) -> int:
+    """Check ``checkpoint/meta.json`` against the settings and ``metrics.csv``; its step."""
     path = os.path.join(ckpt, "meta.json")
     if not os.path.exists(path):
-        return None
+        raise LLMTrackError(f"--resume: {ckpt} has no meta.json; use --force to start over")
     meta = read_json(path)
-    diff = [k for k, v in _settings(cfg.to_dict()).items() if meta["config"].get(k) != v]
-    if diff:
-        raise LLMTrackError(
-            f"--resume: settings differ from the checkpoint in {ckpt} ({', '.join(diff)}); "
-            "use the same settings or --force to start over"
-        )
+    _check_settings(cfg, meta["config"], f"the checkpoint in {ckpt}", "--force to start over")
     step, n = meta["step"], meta["metrics_rows"]
     records = _metrics_records(folder)
     if len(records) - 1 < n or _rows_digest(records[: n + 1]) != meta["metrics_sha256"]:
@@ -158,18 +150,6 @@ def _check_checkpoint_meta(cfg: LLMConfig, folder: str, ckpt: str) -> int | None
             "another start of the run?); use --force to start over"
         )
     return step
-
-
-def _check_rows(rows: list[dict], start: int, folder: str, oracle_queries: int) -> None:
-    """The metrics rows a resumed run keeps must be steps 0..start-1 of the checkpointed run."""
-    if [r["step"] for r in rows] != list(range(start)) or (
-        start and rows[-1].get("oracle_queries") != oracle_queries
-    ):
-        raise LLMTrackError(
-            f"--resume: the checkpoint in {folder} (step {start}) does not match "
-            f"{os.path.join(folder, 'metrics.csv')} ({len(rows)} rows before step {start}, from "
-            "another start of the run?); use --force to start over"
-        )
 
 
 def _existing_run(folder: str) -> str | None:
@@ -232,7 +212,7 @@ def run_protocol(
         _check_resumable(cfg, folder)
     if resuming:
         meta_step = _check_checkpoint_meta(cfg, folder, ckpt)
-        if meta_step is not None and meta_step > cfg.steps:
+        if meta_step > cfg.steps:
             raise LLMTrackError(
                 f"--resume: --steps {cfg.steps} is below the checkpoint's step {meta_step}"
             )
@@ -252,18 +232,13 @@ def run_protocol(
     start, rows = 0, []
     if resuming:
         start = proto.load_checkpoint(ckpt)
-        if meta_step is not None and start != meta_step:
+        if start != meta_step:
             raise LLMTrackError(
                 f"--resume: {ckpt} is inconsistent (state.pt at step {start}, meta.json at step "
                 f"{meta_step}); use --force to start over"
             )
-        if start > cfg.steps:
-            raise LLMTrackError(
-                f"--resume: --steps {cfg.steps} is below the checkpoint's step {start}"
-            )
         path = os.path.join(folder, "metrics.csv")
         rows = [r for r in read_csv(path) if r["step"] < start] if os.path.exists(path) else []
-        _check_rows(rows, start, folder, proto.oracle_queries)
     elif existing:  # force, or resume of a run that never reached a checkpoint: start over
         _clear_run(folder)
     os.makedirs(folder, exist_ok=True)
@@ -347,25 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         help="float32, bfloat16 or float16 (paper default: bfloat16 on cuda, float32 on cpu; the "
         "RM head, LoRA adapter and optimiser states stay float32)",
-    )
-    p.add_argument(
-        "--top-p-topk",
-        type=int,
-        metavar="K",
-        help="top-p from the K most likely tokens where that gives the full sort's distribution, "
-        "the full sort elsewhere; same tokens (default 64; 0: always the full sort)",
-    )
-    p.add_argument(
-        "--static-cache",
-        action=argparse.BooleanOptionalAction,
-        help="decode with a preallocated KV cache (transformers StaticCache) instead of the "
-        "growing one (default off)",
-    )
-    p.add_argument(
-        "--compile-decode",
-        metavar="MODE",
-        help="torch.compile the one-token decode step: off (default), default, reduce-overhead "
-        "(CUDA graphs) or max-autotune; needs --static-cache",
     )
     p.add_argument(
         "--chat-date",

@@ -1,4 +1,7 @@
-"""Shared fixtures of the LLM track's tests: the tiny protocol with a LoRA update far from zero."""
+"""Shared fixtures of the LLM track's tests: the tiny protocol with a LoRA update far from zero,
+checks of one-line CLI errors, and a Ctrl-C at a given protocol step."""
+
+from contextlib import contextmanager
 
 import pytest
 
@@ -39,3 +42,58 @@ def tiny_protocol():
 @pytest.fixture(scope="module")
 def proto(tiny_protocol):
     return tiny_protocol()
+
+
+@pytest.fixture
+def one_line_error(capsys):
+    """``one_line_error(prog, *words)``: what the test's command wrote to stderr is one error line
+    of ``python -m prog`` (no traceback) naming every word; returns that line."""
+
+    def check(prog: str, *words: str) -> str:
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"python -m {prog}: error: "), err
+        for w in words:
+            assert w in err, (w, err)
+        return err
+
+    return check
+
+
+@pytest.fixture
+def refuse(monkeypatch):
+    """``refuse(target)``: a call of ``target`` (a ``monkeypatch.setattr`` path) fails the test,
+    for commands that must stop before that work."""
+
+    def patch(target: str) -> None:
+        def refused(*args, **kwargs):
+            raise AssertionError(f"{target} was called despite a bad argument")
+
+        monkeypatch.setattr(target, refused)
+
+    return patch
+
+
+@contextmanager
+def _interrupted_at(step: int):
+    """``Protocol.step`` raises KeyboardInterrupt (a Ctrl-C) at ``step`` inside the block."""
+    from llm_track.loop import Protocol
+
+    original = Protocol.step
+
+    def interrupted(self, t):
+        if t == step:
+            raise KeyboardInterrupt
+        return original(self, t)
+
+    Protocol.step = interrupted
+    try:
+        yield
+    finally:
+        Protocol.step = original
+
+
+@pytest.fixture
+def interrupted_at():
+    """The context manager ``interrupted_at(step)`` (see ``_interrupted_at``)."""
+    return _interrupted_at

@@ -16,26 +16,18 @@ from llm_track.config import LLMTrackError, preset_config  # noqa: E402
 from llm_track.run import run_protocol  # noqa: E402
 
 torch.set_num_threads(1)
+PROG = "llm_track.evaluate"
 SECRET = "sk-test-secret-123"
 
 
-def _one_line_error(capsys, *words):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("python -m llm_track.evaluate: error: "), err
-    for w in words:
-        assert w in err, (w, err)
-    return err
-
-
-def test_duplicate_agent_seed_refused(tmp_path, capsys):
+def test_duplicate_agent_seed_refused(tmp_path, capsys, one_line_error):
     cfg = preset_config("tiny", agent="naive", steps=1, candidates=2)
     a = run_protocol(cfg, str(tmp_path / "a"), progress=False)
     b = run_protocol(cfg, str(tmp_path / "b"), progress=False)
     out = tmp_path / "LLM.md"
     code = evaluate.main(["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
     assert code == 2
-    _one_line_error(capsys, a, b, "naive", "seed 0")
+    one_line_error(PROG, a, b, "naive", "seed 0")
     assert not out.exists()
     assert not os.path.exists(os.path.join(a, "eval.json"))
     # The same folder reached through two roots is one run, not a duplicate.
@@ -99,10 +91,10 @@ def test_judge_key_not_sent_by_default(net, judged):
     assert _auth(net.requests[-1]) is None
 
 
-def test_judge_key_over_http_refused_without_flag(net, judged, capsys):
+def test_judge_key_over_http_refused_without_flag(net, judged, capsys, one_line_error):
     url = "http://judge.example/v1"
     assert judged("--judge-url", url, "--judge-key-env", "MY_JUDGE_KEY") == 2
-    err = _one_line_error(capsys, "--judge-url", "http", "--judge-allow-http")
+    err = one_line_error(PROG, "--judge-url", "http", "--judge-allow-http")
     assert SECRET not in err
     assert net.requests == []
 
@@ -111,7 +103,7 @@ def test_judge_key_over_http_refused_without_flag(net, judged, capsys):
     assert req.full_url == url + "/chat/completions" and _auth(req) == f"Bearer {SECRET}"
 
 
-def test_judge_key_over_https_to_named_url_only(net, judged, capsys):
+def test_judge_key_over_https_to_named_url_only(net, judged, capsys, one_line_error):
     url = "https://judge.example/v1"
     assert judged("--judge-url", url, "--judge-key-env", "MY_JUDGE_KEY") == 0
     (req,) = net.requests
@@ -119,11 +111,11 @@ def test_judge_key_over_https_to_named_url_only(net, judged, capsys):
 
     # Named but unset variable, or a key without a judge: one-line errors.
     assert judged("--judge-url", url, "--judge-key-env", "NO_SUCH_VARIABLE_XYZ") == 2
-    _one_line_error(capsys, "NO_SUCH_VARIABLE_XYZ")
+    one_line_error(PROG, "NO_SUCH_VARIABLE_XYZ")
     assert judged("--judge-key-env", "MY_JUDGE_KEY") == 2
-    _one_line_error(capsys, "--judge-url")
+    one_line_error(PROG, "--judge-url")
     assert judged("--judge-url", "ftp://judge.example/v1") == 2
-    _one_line_error(capsys, "--judge-url")
+    one_line_error(PROG, "--judge-url")
 
 
 def test_judge_function_guards_key(net):
@@ -161,11 +153,8 @@ def test_judge_redirects_not_followed(monkeypatch):
         (["--max-new-tokens", "-1"], "--max-new-tokens"),
     ],
 )
-def test_bad_numbers_before_compute(tmp_path, capsys, monkeypatch, extra, name):
-    def no_compute(*a, **k):
-        raise AssertionError("evaluation started despite a bad argument")
-
-    monkeypatch.setattr(evaluate, "find_runs", no_compute)
+def test_bad_numbers_before_compute(tmp_path, extra, name, one_line_error, refuse):
+    refuse("llm_track.evaluate.find_runs")
     (tmp_path / "runs").mkdir()
     assert evaluate.main(["--runs", str(tmp_path / "runs"), *extra]) == 2
-    _one_line_error(capsys, name, ">= 1")
+    one_line_error(PROG, name, ">= 1")

@@ -9,7 +9,6 @@ from agents import fpo, registry  # noqa: E402
 from llm_track.config import AGENTS, LLMConfig, agent_with_penalty  # noqa: E402
 from llm_track.fpo_head import (  # noqa: E402
     FORMS,
-    autograd_penalty,
     fpo_scores,
     head_features,
     practical_penalty,
@@ -17,6 +16,39 @@ from llm_track.fpo_head import (  # noqa: E402
 )
 
 torch.set_num_threads(1)
+
+
+def autograd_penalty(
+    form: str,
+    head: torch.nn.Linear,
+    h: torch.Tensor,
+    h_ref: torch.Tensor,
+    u: torch.Tensor | None = None,
+    u_ref: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The reference: the FPO penalty (form ``practical`` or ``relaxed``) of each candidate from
+    autograd gradients, one candidate at a time."""
+    if form not in ("practical", "relaxed"):
+        raise ValueError(f"autograd_penalty covers the practical and relaxed forms, not {form!r}")
+    params = list(head.parameters())
+
+    def head_grad(r: torch.Tensor) -> torch.Tensor:  # d r / d(head parameters), flattened
+        grads = torch.autograd.grad(r, params, retain_graph=True)
+        return torch.cat([g.reshape(-1) for g in grads]).float()
+
+    with torch.enable_grad():
+        r_ref = head(h_ref.unsqueeze(0)).squeeze()
+        g_ref = head_grad(r_ref)
+        out = []
+        for i in range(h.shape[0]):
+            r_i = head(h[i : i + 1]).squeeze()
+            g_i = head_grad(r_i)
+            pen = g_i @ (g_i - g_ref)
+            if form == "relaxed":
+                p_phi = torch.sigmoid(r_i.detach().float() - r_ref.detach().float())
+                pen = (p_phi - torch.sigmoid(u[i].float() - u_ref.float())) * pen
+            out.append(pen)
+    return torch.stack(out).detach()
 
 
 def _head_and_features(dim=16, n=8, seed=0):

@@ -14,6 +14,7 @@ peft = pytest.importorskip("peft")
 datasets = pytest.importorskip("datasets")
 
 from baselines.results import read_csv, read_json  # noqa: E402
+from llm_track import decoding as D  # noqa: E402
 from llm_track import evaluate  # noqa: E402
 from llm_track import loop as L  # noqa: E402
 from llm_track.config import LLMConfig, LLMTrackError, preset_config  # noqa: E402
@@ -65,9 +66,8 @@ def test_paper_preset_follows_the_paper_and_tiny_documents_its_changes(monkeypat
         LLMConfig(rm_input="both", device="cpu")
     with pytest.raises(LLMTrackError, match="--dtype"):
         LLMConfig(dtype="float8", device="cpu")
-    # a config.json of an older run reads as what that run did
-    old = LLMConfig.from_dict({"preset": "tiny", "prompts": "auto", "device": "cpu"}, "builtin")
-    assert (old.prompts, old.rm_grad_accum, old.sft_on) == ("builtin", 1, "response")
+    # config.json reads back as written
+    assert LLMConfig.from_dict(json.loads(json.dumps(tiny.to_dict()))) == tiny
 
 
 # --------------------------------------------------------------------------- bf16
@@ -261,8 +261,8 @@ def test_paper_path_from_local_folders_never_touches_the_network(tmp_path, block
 def test_truncation_cuts_the_users_text_and_the_date_is_fixed(monkeypatch):
     tok = _dated_tokenizer()
     long = " ".join(TRAIN_PROMPTS[:6])
-    full = L.encode_prompt(tok, long, 10_000, "cpu", "26 Jul 2024").tolist()
-    cut = L.encode_prompt(tok, long, 40, "cpu", "26 Jul 2024").tolist()
+    full = D.encode_prompt(tok, long, 10_000, "cpu", "26 Jul 2024").tolist()
+    cut = D.encode_prompt(tok, long, 40, "cpu", "26 Jul 2024").tolist()
     head = tok("system header date 26 jul 2024 end user header", add_special_tokens=False)
     tail = tok("end assistant header", add_special_tokens=False)["input_ids"]
     assert len(full) > 40 >= len(cut)
@@ -272,11 +272,11 @@ def test_truncation_cuts_the_users_text_and_the_date_is_fixed(monkeypatch):
     kept = cut[1 + len(head["input_ids"]) : -len(tail)]
     assert kept and kept == user[: len(kept)]  # the start of the user's text, cut at the end
     with pytest.raises(LLMTrackError, match="--max-prompt-tokens 5"):
-        L.encode_prompt(tok, long, 5, "cpu", "26 Jul 2024")
+        D.encode_prompt(tok, long, 5, "cpu", "26 Jul 2024")
     # the date is the run's, not today's: another day gives the same ids
-    other = L.encode_prompt(tok, long, 40, "cpu", "27 Jul 2024").tolist()
+    other = D.encode_prompt(tok, long, 40, "cpu", "27 Jul 2024").tolist()
     assert other != cut and tok.convert_tokens_to_ids("27") in other
-    today = L.encode_prompt(tok, long, 40, "cpu", None).tolist()
+    today = D.encode_prompt(tok, long, 40, "cpu", None).tolist()
     assert tok.convert_tokens_to_ids("26") not in today or today == cut
 
 
@@ -298,22 +298,22 @@ class _Scripted(torch.nn.Module):
 def test_every_end_of_turn_token_ends_an_answer():
     # row 0 ends with id 5 at step 2, row 1 with id 2 at step 3, row 2 never ends
     model = _Scripted([[3, 4, 5, 3], [3, 3, 4, 2], [3, 3, 3, 3]])
-    resp, lengths = L.sample(model, torch.tensor([1]), 3, max_new=4, min_new=0, eos_id=(2, 5),
+    resp, lengths = D.sample(model, torch.tensor([1]), 3, max_new=4, min_new=0, eos_id=(2, 5),
                              pad_id=0, greedy=True)  # fmt: skip
     assert lengths.tolist() == [3, 4, 4]
     assert resp[0, 3] == 0  # padded after its end
     # only the tokenizer's EOS: row 0 runs on
-    _, lengths = L.sample(model, torch.tensor([1]), 3, max_new=4, min_new=0, eos_id=2, pad_id=0,
+    _, lengths = D.sample(model, torch.tensor([1]), 3, max_new=4, min_new=0, eos_id=2, pad_id=0,
                           greedy=True)  # fmt: skip
     assert lengths.tolist() == [4, 4, 4]
     # end tokens are masked before min_new
-    _, lengths = L.sample(model, torch.tensor([1]), 3, max_new=4, min_new=3, eos_id=(2, 5),
+    _, lengths = D.sample(model, torch.tensor([1]), 3, max_new=4, min_new=3, eos_id=(2, 5),
                           pad_id=0, greedy=True)  # fmt: skip
     assert lengths.tolist() == [4, 4, 4]
     # special_ids gathers the generation config's end ids (Llama-3.2-Instruct has three)
     base, _, tok = build_tiny_models(preset_config("tiny"))
     base.generation_config.eos_token_id = [2, 7, 9]
-    assert L.special_ids(tok, base)[0] == (2, 7, 9)
+    assert D.special_ids(tok, base)[0] == (2, 7, 9)
 
 
 # --------------------------------------------------------------------------- winners, oracle

@@ -12,7 +12,6 @@ pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from baselines.results import read_csv, read_json  # noqa: E402
-from llm_track import loop as loop_module  # noqa: E402
 from llm_track.config import preset_config  # noqa: E402
 from llm_track.models import load_base_models, load_models  # noqa: E402
 from llm_track.run import TIMING_COLUMNS, main, run_protocol  # noqa: E402
@@ -68,22 +67,13 @@ def _comparable(rows):
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
 
 
-def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
+def test_resume_matches_uninterrupted(tmp_path, interrupted_at):
     cfg = preset_config("tiny", agent="fpo-relaxed", steps=5, candidates=4, grad_accum=2, seed=3)
     full = run_protocol(cfg, str(tmp_path / "full"), progress=False)
 
     # Interrupted run: checkpoint after 3 steps, crash during step index 4 (after 4 rows).
-    original = loop_module.Protocol.step
-
-    def crashing(self, t, batched=True):
-        if t == 4:
-            raise KeyboardInterrupt
-        return original(self, t, batched)
-
-    monkeypatch.setattr(loop_module.Protocol, "step", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(4), pytest.raises(KeyboardInterrupt):
         run_protocol(cfg, str(tmp_path / "cut"), checkpoint_every=3, progress=False)
-    monkeypatch.setattr(loop_module.Protocol, "step", original)
     cut = os.path.join(str(tmp_path / "cut"), "fpo-relaxed", "seed_3")
     assert len(read_csv(os.path.join(cut, "metrics.csv"))) == 4
     assert _state(cut)["step"] == 3
@@ -102,20 +92,15 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     assert sa["step"] == sb["step"] == 5
 
 
-def test_bad_arguments_are_one_line(capsys):
+def test_bad_arguments_are_one_line(one_line_error):
     with pytest.raises(SystemExit) as exc:
         main(["--agent", "bogus"])
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--agent" in err
-
+    one_line_error("llm_track.run", "--agent")
     assert main(["--agent", "naive", "--preset", "huge"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--preset" in err and "tiny" in err
-
+    one_line_error("llm_track.run", "--preset", "tiny")
     assert main(["--agent", "naive", "--preset", "tiny", "--steps", "-1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--steps" in err
+    one_line_error("llm_track.run", "--steps")
 
 
 @pytest.mark.parametrize("case", ["missing-path", "paper-offline", "paper-no-data"])

@@ -12,10 +12,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from baselines.results import read_csv, write_csv  # noqa: E402
-from llm_track import loop as loop_module  # noqa: E402
 from llm_track.run import main  # noqa: E402
 
 torch.set_num_threads(1)
+PROG = "llm_track.run"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AGENT = "naive"
 
@@ -39,22 +39,12 @@ def _folder(out):
     return os.path.join(str(out), AGENT, "seed_0")
 
 
-def _one_line_error(capsys, *words):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("python -m llm_track.run: error: "), err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in err, (w, err)
-    return err
-
-
 def _step(folder):
     path = os.path.join(folder, "checkpoint", "state.pt")
     return torch.load(path, weights_only=False)["step"]
 
 
-def test_rerun_refused_unless_force(tmp_path, capsys, monkeypatch):
+def test_rerun_refused_unless_force(tmp_path, capsys, one_line_error, interrupted_at):
     out = tmp_path / "out"
     assert main(_args(out, "--steps", "4", "--checkpoint-every", "2")) == 0
     folder = _folder(out)
@@ -63,7 +53,7 @@ def test_rerun_refused_unless_force(tmp_path, capsys, monkeypatch):
 
     # Plain rerun: refused, one line, nothing touched.
     assert main(_args(out, "--steps", "4")) == 2
-    _one_line_error(capsys, folder, "--resume", "--force")
+    one_line_error(PROG, folder, "--resume", "--force")
     assert open(os.path.join(folder, "metrics.csv"), "rb").read() == before
     assert _step(folder) == 4
 
@@ -86,16 +76,8 @@ def test_rerun_refused_unless_force(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
 
     # --force restart killed at step 1: the old checkpoint and rows are gone, not mixed in.
-    original = loop_module.Protocol.step
-
-    def crashing(self, t, batched=True):
-        if t == 1:
-            raise KeyboardInterrupt
-        return original(self, t, batched)
-
-    monkeypatch.setattr(loop_module.Protocol, "step", crashing)
-    assert main(_args(out, "--steps", "4", "--checkpoint-every", "10", "--force")) == 130
-    monkeypatch.setattr(loop_module.Protocol, "step", original)
+    with interrupted_at(1):
+        assert main(_args(out, "--steps", "4", "--checkpoint-every", "10", "--force")) == 130
     assert not os.path.exists(os.path.join(folder, "checkpoint"))
     assert not os.path.exists(os.path.join(folder, "summary.json"))
     assert [r["step"] for r in read_csv(os.path.join(folder, "metrics.csv"))] == [0]
@@ -106,7 +88,7 @@ def test_rerun_refused_unless_force(tmp_path, capsys, monkeypatch):
     assert _step(folder) == 4
 
 
-def test_resume_refuses_mismatched_checkpoint(tmp_path, capsys):
+def test_resume_refuses_mismatched_checkpoint(tmp_path, capsys, one_line_error):
     out = tmp_path / "out"
     assert main(_args(out, "--steps", "4", "--checkpoint-every", "4")) == 0
     folder = _folder(out)
@@ -117,24 +99,23 @@ def test_resume_refuses_mismatched_checkpoint(tmp_path, capsys):
     # metrics.csv from a newer restart (fewer rows than the checkpoint's step): refused.
     write_csv(metrics, rows[:2])
     assert main(_args(out, "--steps", "6", "--resume")) == 2
-    _one_line_error(capsys, "--resume", "metrics.csv", "step 4")
+    one_line_error(PROG, "--resume", "metrics.csv", "step 4")
     assert len(read_csv(metrics)) == 2  # nothing appended
 
     # As many rows, but other numbers (another start of the run): refused.
     other = [dict(r, proxy_winner=r["proxy_winner"] + 1.0) for r in rows]
     write_csv(metrics, other)
     assert main(_args(out, "--steps", "6", "--resume")) == 2
-    _one_line_error(capsys, "--resume", "metrics.csv")
+    one_line_error(PROG, "--resume", "metrics.csv")
 
-    # A checkpoint written before meta.json existed: rows are still checked against it.
-    write_csv(metrics, rows[:2])
+    # A checkpoint without meta.json (not one a run wrote): refused.
+    write_csv(metrics, rows)
     os.remove(os.path.join(folder, "checkpoint", "meta.json"))
     assert main(_args(out, "--steps", "6", "--resume")) == 2
-    _one_line_error(capsys, "--resume", "metrics.csv")
-    write_csv(metrics, rows)
+    one_line_error(PROG, "--resume", "meta.json")
 
 
-def test_resume_refuses_other_settings(tmp_path, capsys):
+def test_resume_refuses_other_settings(tmp_path, capsys, one_line_error):
     out = tmp_path / "out"
     assert main(_args(out, "--steps", "3", "--checkpoint-every", "3")) == 0
     folder = _folder(out)
@@ -142,7 +123,7 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
 
     # Settings differ from config.json.
     assert main(_args(out, "--steps", "5", "--gamma", "2", "--resume")) == 2
-    _one_line_error(capsys, "--resume", "gamma")
+    one_line_error(PROG, "--resume", "gamma")
 
     # config.json rewritten (by a killed restart with other settings): the checkpoint still
     # belongs to gamma 1 and is refused.
@@ -153,14 +134,14 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     with open(path, "w") as f:
         json.dump(conf, f)
     assert main(_args(out, "--steps", "5", "--gamma", "2", "--resume")) == 2
-    _one_line_error(capsys, "--resume", "gamma", "checkpoint")
+    one_line_error(PROG, "--resume", "gamma", "checkpoint")
     conf["config"]["gamma"] = 1.0
     with open(path, "w") as f:
         json.dump(conf, f)
 
     # Fewer steps than the checkpoint holds.
     assert main(_args(out, "--steps", "2", "--resume")) == 2
-    _one_line_error(capsys, "--steps", "3")
+    one_line_error(PROG, "--steps", "3")
 
     # The matching resume still works (and extends the run).
     assert main(_args(out, "--steps", "4", "--resume")) == 0
@@ -176,12 +157,9 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
         (["--seed", "-1"], "--seed"),
     ],
 )
-def test_bad_numbers_are_one_line_before_compute(tmp_path, capsys, monkeypatch, extra, name):
-    def no_compute(*a, **k):
-        raise AssertionError("models loaded despite a bad argument")
-
-    monkeypatch.setattr("llm_track.models.load_models", no_compute)
+def test_bad_numbers_are_one_line_before_compute(tmp_path, extra, name, one_line_error, refuse):
+    refuse("llm_track.models.load_models")
     assert main(_args(tmp_path / "out", *extra)) == 2
-    err = _one_line_error(capsys, name, ">= 0")
+    err = one_line_error(PROG, name, ">= 0")
     assert "got" in err
     assert not os.path.exists(tmp_path / "out")

@@ -1,0 +1,150 @@
+"""Prompt encoding and the sampling/generation kernels of the LLM track.
+
+``sample`` draws n answers to one prompt with the model's KV cache, temperature, top-p (a full
+sort of each row, ``top_p_probs``) and min/max new tokens; every end-of-turn id ends a row.
+Which model a row runs through (base or adapter) is the caller's affair (``adapters``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from llm_track.config import LLMTrackError
+
+
+# --------------------------------------------------------------------------- prompts and ids
+def _render_prompt(tok, content: str, date: str | None) -> list[int]:
+    """Token ids of one user turn in the policy's format: its chat template (with ``date`` as the
+    template's ``date_string``) when the tokenizer has one, else ``question : ... answer :``."""
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": content}],
+            tokenize=False,
+            add_generation_prompt=True,
+            date_string=date,
+        )
+        return tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(f"question : {content} answer :", add_special_tokens=False)["input_ids"]
+    return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+
+
+def encode_prompt(tok, prompt: str, max_tokens: int, device, date: str | None = None):
+    """Token ids of a prompt in the policy's format, at most ``max_tokens`` long.
+
+    A prompt that does not fit loses the end of the *user's text*; the template (begin-of-text,
+    system and user headers, the assistant header) is always whole. ``date`` fixes the date that
+    Llama-3.x templates write (``date_string``; without it they write today's).
+    """
+    ids = _render_prompt(tok, prompt, date)
+    if len(ids) > max_tokens:
+        user = tok(prompt, add_special_tokens=False)["input_ids"]
+        frame = len(ids) - len(user)  # the template's tokens
+        keep = max_tokens - frame
+        while keep > 0:  # re-tokenising the cut text can merge differently: shrink until it fits
+            ids = _render_prompt(tok, tok.decode(user[:keep]), date)
+            if len(ids) <= max_tokens:
+                break
+            keep -= max(1, len(ids) - max_tokens)
+        if keep <= 0:
+            raise LLMTrackError(
+                f"--max-prompt-tokens {max_tokens} leaves no room for the user's text: the chat "
+                f"template alone takes about {frame} tokens"
+            )
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def special_ids(tok, model=None) -> tuple[tuple[int, ...], int]:
+    """(end-of-turn ids, padding id): the tokenizer's EOS plus every ``eos_token_id`` of the
+    model's generation config and config (Llama-3.2-Instruct: ``<|end_of_text|>``,
+    ``<|eom_id|>``, ``<|eot_id|>``); the tokenizer's EOS pads when it has no padding token."""
+    ids = [tok.eos_token_id]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for conf in (getattr(base, "generation_config", None), getattr(base, "config", None)):
+        more = getattr(conf, "eos_token_id", None)
+        ids += more if isinstance(more, (list, tuple)) else [more]
+    vocab = getattr(getattr(base, "config", None), "vocab_size", None) or len(tok)
+    eos = tuple(dict.fromkeys(int(i) for i in ids if i is not None and 0 <= int(i) < vocab))
+    pad = tok.pad_token_id
+    return eos, tok.eos_token_id if pad is None else pad
+
+
+def decode(tok, resp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """The text of each row of ``resp`` up to its length."""
+    return [
+        tok.decode(ids[: int(k)].tolist(), skip_special_tokens=True)
+        for ids, k in zip(resp, lengths, strict=True)
+    ]
+
+
+def forward_kwarg(model, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that the (base) model's forward accepts (versions differ)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return next((n for n in names if n in params), None)
+
+
+# --------------------------------------------------------------------------- sampling
+def top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Softmax of ``logits`` filtered to the nucleus of mass ``top_p`` (the smallest set of most
+    likely tokens whose mass reaches ``top_p``, by a full sort of each row) and renormalised."""
+    probs = torch.softmax(logits, dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sorted_p, idx = probs.sort(dim=-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    out = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return out / out.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    n: int,
+    *,
+    max_new: int,
+    min_new: int,
+    eos_id: int | tuple[int, ...],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n answers to one prompt with a KV cache: (ids (n, T) right-padded, lengths (n,)).
+
+    ``eos_id``: the end-of-turn token id, or all of them (e.g. Llama-3's ``<|eot_id|>``,
+    ``<|eom_id|>`` and ``<|end_of_text|>``): any of them ends a row. Lengths count the end token
+    when one was produced; end tokens are masked before ``min_new`` tokens. T is the longest length.
+    All rows share the prompt, so no padding or attention mask. Each token step draws once from
+    ``generator`` for all n rows (row-major).
+    """
+    ids, dev = prompt_ids.unsqueeze(0).expand(n, -1).contiguous(), prompt_ids.device
+    eos = torch.tensor(eos_id if isinstance(eos_id, (tuple, list)) else [eos_id], device=dev)
+    # the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``
+    cache_kw = forward_kwarg(model, ("cache",)) or "past_key_values"
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    lengths = torch.full((n,), max_new, dtype=torch.long, device=dev)
+    tokens, cache = [], None
+    for t in range(max_new):  # the first forward runs the prompt, the others one token
+        out = model(input_ids=ids, use_cache=True, **{cache_kw: cache})
+        cache, logits = getattr(out, cache_kw), out.logits[:, -1].float()
+        if t < min_new:
+            logits[:, eos] = float("-inf")
+        if greedy:
+            nxt = logits.argmax(-1)
+        else:
+            probs = top_p_probs(logits / temperature, top_p)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        ended = ~done & torch.isin(nxt, eos)
+        lengths = torch.where(ended, t + 1, lengths)
+        done |= ended
+        if bool(done.all()):
+            break
+        ids = nxt.unsqueeze(1)
+    return torch.stack(tokens, 1), lengths
