@@ -8,8 +8,10 @@ flags stay in its module. :class:`Parser` reports a usage error as one line
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from baselines.plan import CLIError
+from baselines import results
+from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,8 +52,7 @@ def check_workers(args) -> None:
 def execute_on(jobs: list, args, progress: bool = False) -> list[dict]:
     """Run ``jobs`` (longest first) on the backend the :data:`WORKERS` flags chose, the agents of
     one env config in one program unless ``--no-batch-agents``; their outcomes."""
-    from baselines.execute import execute
-    from baselines.sweep import execute_ray, longest_first
+    from baselines.execute import execute, execute_ray, longest_first
 
     jobs = longest_first(jobs)
     if args.backend == "ray":
@@ -83,3 +84,44 @@ def add_results(p: argparse.ArgumentParser, default: str, what: str) -> None:
         help=f"where {what} go (default {default}, untracked; the committed results/ only "
         "with --force)",
     )
+
+
+def add_batch_flag(p: argparse.ArgumentParser) -> None:
+    """``--no-batch-agents``: each agent's jobs in a program of their own (same numbers)."""
+    p.add_argument(
+        "--no-batch-agents",
+        dest="batch_agents",
+        action="store_false",
+        help="run each agent's jobs in a program of their own instead of sharing one batched "
+        "env with the other agents of the same env settings (same results, more env work)",
+    )
+
+
+def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        default=MAX_RUNS,
+        help=f"refuse commands of more run folders than this (default {MAX_RUNS})",
+    )
+    p.add_argument(
+        "--max-rounds",
+        type=int,
+        default=MAX_ROUNDS,
+        help=f"refuse runs of more RM rounds than this (default {MAX_ROUNDS:,})",
+    )
+
+
+def check_writable(out: str | Path, flag: str = "--out") -> None:
+    """:func:`results.check_writable`, its problem as a :class:`CLIError`."""
+    try:
+        results.check_writable(out, flag)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def check_limits(args: argparse.Namespace, *more: str) -> None:
+    """The caps (and the flags ``more``, e.g. ``"jobs"``) must be >= 1 where given."""
+    for flag in ("max_runs", "max_rounds", *more):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 import traceback
@@ -16,9 +17,12 @@ from queue import Empty
 from typing import Any
 
 from baselines import results
-from baselines.plan import Job
+from baselines.plan import CLIError, Job
 
 _progress_queue = None
+
+#: seconds to wait for a Ray cluster named by --address
+RAY_CONNECT_TIMEOUT = 30.0
 
 
 def _init_worker(queue, parent: int | None = None) -> None:
@@ -346,3 +350,76 @@ def execute(
         return out
     finally:
         bar.close()
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """Order jobs by estimated cost, longest first, so the pool packs them tightly."""
+    return sorted(jobs, key=job_cost, reverse=True)
+
+
+def execute_ray(
+    jobs: list[Job], address: str | None, n_workers: int, together: bool = True
+) -> list[dict[str, Any]]:
+    """One Ray task per unit of jobs (:func:`baselines.execute.group_jobs`; one job per task
+    without ``together``), retried if its worker dies; returns the jobs' outcomes."""
+    try:
+        import ray
+    except ImportError:
+        raise CLIError("--backend ray needs Ray: pip install -e '.[ray]'") from None
+    from tqdm import tqdm
+
+    if address:
+        connect_ray(ray, address, RAY_CONNECT_TIMEOUT)
+    else:  # a local instance on this machine only
+        ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=3)(run_jobs)
+        units = group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
+        pending = [task.remote(unit) for unit in units]
+        outcomes = []
+        with tqdm(total=len(jobs), unit="job") as bar:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for done in ray.get(ready):
+                    outcomes += done
+                    bar.update(len(done))
+        return outcomes
+    finally:
+        ray.shutdown()
+
+
+def connect_ray(ray, address: str, timeout: float) -> None:
+    """``ray.init(address=...)``, or a one-line error within ``timeout`` seconds.
+
+    A ``host:port`` address is probed with a plain TCP connection first (an unreachable port
+    fails at once); ``ray.init`` then runs in a daemon thread, so a cluster that accepts the
+    connection but never answers cannot hang the sweep either.
+    """
+    import socket
+    import threading
+
+    if m := re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip()):
+        try:
+            socket.create_connection((m[1], int(m[2])), timeout=min(timeout, 10.0)).close()
+        except OSError as e:
+            raise CLIError(
+                f"--address: cannot reach a Ray cluster at {address} ({e.strerror or e})"
+            ) from None
+    error: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except BaseException as e:  # reported in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=init, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise CLIError(f"--address: no answer from a Ray cluster at {address} in {timeout:.0f} s")
+    if error:
+        msg = str(error[0]).strip().splitlines()[0][:200] if str(error[0]).strip() else ""
+        raise CLIError(
+            f"--address: cannot connect to Ray at {address}: {type(error[0]).__name__} {msg}"
+        )

@@ -54,7 +54,6 @@ import numpy as np
 
 from baselines import cli, results, stats
 from baselines.plan import CLIError, run_folder_name
-from baselines.run import add_batch_flag
 from baselines.sweep import _SAFE, plan_sweep, write_summary
 
 CHECK_SEEDS = list(range(200, 210))
@@ -419,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("env", help="RLHFBlindSpot-v0 or RLHFNeuralBlindSpot-v0")
         c.add_argument("--out", default=f"runs/families/{cmd}", help="run folders")
         cli.add_results(c, "leaderboard/families", "its CSV, JSON, Markdown and figure files")
-        add_batch_flag(c)
+        cli.add_batch_flag(c)
         if cmd == "check":
             c.add_argument("--split", default="both", help="train, test or both (default)")
             c.add_argument("--candidates", type=cli.positive_int, default=24, help="per split")

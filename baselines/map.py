@@ -39,7 +39,6 @@ import numpy as np
 
 from baselines import cli, results, stats
 from baselines.plan import CLIError, _read_value, parse_kwargs, parse_seeds, run_folder_name
-from baselines.run import add_batch_flag, add_limit_flags, check_limits, check_writable
 from baselines.sweep import plan_sweep, tag_of, write_summary
 
 #: the agent every difference is taken against
@@ -303,12 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/maps", help="run folders root (default runs/maps)")
     p.add_argument("--results", default=None, help="figure/CSV folder (default OUT/NAME)")
     p.add_argument("--name", default=None, help="map name (default ENV__X_x_Y)")
-    add_batch_flag(p)
-    add_limit_flags(p)
+    cli.add_batch_flag(p)
+    cli.add_limit_flags(p)
     start = time.perf_counter()
     try:
         args = p.parse_args(argv)
-        check_limits(args)
+        cli.check_limits(args)
         cli.check_workers(args)
         x, y = parse_axis(args.x, "--x"), parse_axis(args.y, "--y")
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
@@ -334,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         res = Path(args.results) if args.results else out
         spec = map_spec(args.env, x, y, agents, seeds, args.rounds, env_kwargs, args.batch_size)
         jobs, folders = plan_sweep(spec, out, args.force, args.jobs, args.max_runs, args.max_rounds)
-        check_writable(out, "--out")
-        check_writable(res, "--results")
+        cli.check_writable(out, "--out")
+        cli.check_writable(res, "--results")
         todo = sum(len(j.seeds) for j in jobs)
         print(
             f"{len(x[1]) * len(y[1])} cells x {len(agents)} agents x {len(seeds)} seeds: "

@@ -23,22 +23,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from baselines import results
+from baselines import cli, results
 from baselines.execute import execute
-from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError, plan, resolve
+from baselines.plan import CLIError, plan, resolve
 
 DEFAULT_ENV = "RLHFBlindSpot-v0"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise CLIError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = cli.Parser(
         prog="python -m baselines.run",
         description="Run an agent on an iterative-RLHF environment over several seeds.",
+        parents=[cli.RERUN],
     )
     from agents import registry
 
@@ -95,8 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="output folder (default runs/; runs/replay/ with --from)"
     )
-    p.add_argument("--force", action="store_true", help="redo runs that already finished")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--quiet", action="store_true", help="no result table at the end")
     p.add_argument(
         "--from",
@@ -123,49 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log per-round metrics to Weights & Biases (needs wandb; WANDB_MODE=offline "
         "works without an account)",
     )
-    add_limit_flags(p)
+    cli.add_limit_flags(p)
     return p
-
-
-def add_batch_flag(p: argparse.ArgumentParser) -> None:
-    """``--no-batch-agents``: each agent's jobs in a program of their own (same numbers)."""
-    p.add_argument(
-        "--no-batch-agents",
-        dest="batch_agents",
-        action="store_false",
-        help="run each agent's jobs in a program of their own instead of sharing one batched "
-        "env with the other agents of the same env settings (same results, more env work)",
-    )
-
-
-def add_limit_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--max-runs",
-        type=int,
-        default=MAX_RUNS,
-        help=f"refuse commands of more run folders than this (default {MAX_RUNS})",
-    )
-    p.add_argument(
-        "--max-rounds",
-        type=int,
-        default=MAX_ROUNDS,
-        help=f"refuse runs of more RM rounds than this (default {MAX_ROUNDS:,})",
-    )
-
-
-def check_writable(out: str | Path, flag: str = "--out") -> None:
-    """:func:`results.check_writable`, its problem as a :class:`CLIError`."""
-    try:
-        results.check_writable(out, flag)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-
-
-def check_limits(args: argparse.Namespace, *more: str) -> None:
-    """The caps (and the flags ``more``, e.g. ``"jobs"``) must be >= 1 where given."""
-    for flag in ("max_runs", "max_rounds", *more):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
 REPLAY_FORBIDS = ("agent", "env_kwargs", "agent_kwargs", "sb3_kwargs", "rounds")
@@ -214,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(registry.describe())
             return 0
-        check_limits(args, "rounds", "jobs", "batch_size")
+        cli.check_limits(args, "rounds", "jobs", "batch_size")
         recorded = None
         if args.replay:
             recorded, source = replay_args(args)
@@ -225,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CLIError("--agent is required (or --from CONFIG to replay a run)")
             args.out = args.out or "runs"
             jobs, skipped = resolve(args)
-        check_writable(args.out)
+        cli.check_writable(args.out)
         check_trackers(args)
     except CLIError as e:
         print(f"python -m baselines.run: error: {e}", file=sys.stderr)

@@ -48,13 +48,8 @@ from typing import Any
 import yaml
 
 from agents import registry
-from baselines import results
-from baselines.execute import execute, group_jobs, job_cost, run_jobs
+from baselines import cli, results
 from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError, Job, parse_seeds, plan, run_folder_name
-from baselines.run import _Parser, add_batch_flag, add_limit_flags, check_limits, check_writable
-
-#: seconds to wait for a Ray cluster named by --address
-RAY_CONNECT_TIMEOUT = 30.0
 
 KEYS = {
     "envs",
@@ -207,79 +202,6 @@ def plan_sweep(
     return all_jobs, folders
 
 
-def longest_first(jobs: list[Job]) -> list[Job]:
-    """Order jobs by estimated cost, longest first, so the pool packs them tightly."""
-    return sorted(jobs, key=job_cost, reverse=True)
-
-
-def execute_ray(
-    jobs: list[Job], address: str | None, n_workers: int, together: bool = True
-) -> list[dict[str, Any]]:
-    """One Ray task per unit of jobs (:func:`baselines.execute.group_jobs`; one job per task
-    without ``together``), retried if its worker dies; returns the jobs' outcomes."""
-    try:
-        import ray
-    except ImportError:
-        raise CLIError("--backend ray needs Ray: pip install -e '.[ray]'") from None
-    from tqdm import tqdm
-
-    if address:
-        connect_ray(ray, address, RAY_CONNECT_TIMEOUT)
-    else:  # a local instance on this machine only
-        ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False)
-    try:
-        task = ray.remote(num_cpus=1, max_retries=3)(run_jobs)
-        units = group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
-        pending = [task.remote(unit) for unit in units]
-        outcomes = []
-        with tqdm(total=len(jobs), unit="job") as bar:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                for done in ray.get(ready):
-                    outcomes += done
-                    bar.update(len(done))
-        return outcomes
-    finally:
-        ray.shutdown()
-
-
-def connect_ray(ray, address: str, timeout: float) -> None:
-    """``ray.init(address=...)``, or a one-line error within ``timeout`` seconds.
-
-    A ``host:port`` address is probed with a plain TCP connection first (an unreachable port
-    fails at once); ``ray.init`` then runs in a daemon thread, so a cluster that accepts the
-    connection but never answers cannot hang the sweep either.
-    """
-    import socket
-    import threading
-
-    if m := re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip()):
-        try:
-            socket.create_connection((m[1], int(m[2])), timeout=min(timeout, 10.0)).close()
-        except OSError as e:
-            raise CLIError(
-                f"--address: cannot reach a Ray cluster at {address} ({e.strerror or e})"
-            ) from None
-    error: list[BaseException] = []
-
-    def init() -> None:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except BaseException as e:  # reported in the caller's thread
-            error.append(e)
-
-    thread = threading.Thread(target=init, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise CLIError(f"--address: no answer from a Ray cluster at {address} in {timeout:.0f} s")
-    if error:
-        msg = str(error[0]).strip().splitlines()[0][:200] if str(error[0]).strip() else ""
-        raise CLIError(
-            f"--address: cannot connect to Ray at {address}: {type(error[0]).__name__} {msg}"
-        )
-
-
 def write_summary(out: Path, folders: list[Path], outcomes: list[dict[str, Any]], wall: float):
     busy = {f for o in outcomes for f in o.get("busy_folders", [])}
     runs = []
@@ -307,29 +229,24 @@ def write_summary(out: Path, folders: list[Path], outcomes: list[dict[str, Any]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m baselines.sweep", description=__doc__.split("\n")[0])
+    p = cli.Parser(
+        prog="python -m baselines.sweep",
+        description=__doc__.split("\n")[0],
+        parents=[cli.WORKERS, cli.RERUN],
+    )
     p.add_argument("sweep", help="sweep YAML file")
-    p.add_argument("--backend", default="local", help="local (process pool) or ray")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default 2)")
     p.add_argument("--out", default="runs", help="output root (default runs/)")
-    p.add_argument("--force", action="store_true", help="redo finished runs")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no result table at the end")
-    add_batch_flag(p)
-    add_limit_flags(p)
+    cli.add_batch_flag(p)
+    cli.add_limit_flags(p)
     try:
         args = p.parse_args(argv)
-        check_limits(args, "jobs")
-        if args.backend not in ("local", "ray"):
-            raise CLIError(f"--backend must be 'local' or 'ray', got {args.backend!r}")
-        if args.address and args.backend != "ray":
-            raise CLIError("--address needs --backend ray")
+        cli.check_limits(args)
+        cli.check_workers(args)
         spec = load_sweep(Path(args.sweep))
         out = confined(Path(args.out), spec.get("subdir"))
         jobs, folders = plan_sweep(spec, out, args.force, args.jobs, args.max_runs, args.max_rounds)
-        jobs = longest_first(jobs)
-        check_writable(out)
+        cli.check_writable(out)
     except CLIError as e:
         print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
         return 2
@@ -337,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} job(s), {todo} run(s) to do, {len(folders) - todo} done", file=sys.stderr)
     start = time.perf_counter()
     try:
-        if args.backend == "ray":
-            outcomes = execute_ray(jobs, args.address, args.jobs, args.batch_agents) if jobs else []
-        else:
-            outcomes = execute(jobs, args.jobs, not args.no_progress, args.batch_agents)
+        outcomes = cli.execute_on(jobs, args, not args.no_progress)
     except CLIError as e:
         print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
         return 2

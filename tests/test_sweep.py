@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baselines import sweep
+from baselines import execute, sweep
 from baselines.run import main as run_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,7 +273,7 @@ def test_many_jobs_are_not_split_but_a_single_one_is(tmp_path):
     )
     jobs, _ = sweep.plan_sweep(one, tmp_path, force=False, jobs=2)
     assert sorted(len(j.seeds) for j in jobs) == [5, 5]
-    jobs = sweep.longest_first(sweep.plan_sweep(spec, tmp_path, force=False, jobs=2)[0])
+    jobs = execute.longest_first(sweep.plan_sweep(spec, tmp_path, force=False, jobs=2)[0])
     assert jobs[0].env_id == "RLHFNeuralBlindSpot-v0" and jobs[0].agent == "fpo-relaxed"
 
 
