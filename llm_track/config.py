@@ -35,6 +35,12 @@ class LLMTrackError(Exception):
     """A user-facing error: the CLIs print its message as one line and exit non-zero."""
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def penalty_form(agent: str) -> str:
     """The FPO penalty form (``Agent.llm_penalty``) of an LLM-track agent."""
     if agent not in AGENTS:

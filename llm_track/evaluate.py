@@ -4,26 +4,12 @@
     python -m llm_track.evaluate --runs runs/paper --questions TruthfulQA.csv --question-column \
         Question --judge-url https://judge.example/v1 --judge-key-env JUDGE_KEY
 
-For every run folder found under ``--runs`` (a folder with ``config.json`` and a checkpoint), the
-final policy answers each held-out prompt greedily, and so does the base model (the reference).
-Prompts: ``--questions PATH`` (a local TruthfulQA-format file, e.g. TruthfulQA's ``question``
-column; ``.csv``/``.jsonl``/``.json``/``.parquet`` or a ``datasets`` folder), else the held-out
-split of the run's prompt source.
-
-Per run, ``eval.json`` gets, per prompt and on average: the *evaluation utility* of the answer,
-which is not the training oracle (``tiny`` preset: a separate gold model, see
-``models.GOLD_SEED_OFFSET``; ``paper`` preset: the LLM judge, ``--judge-url``), the training
-oracle's utility U (the frozen base model's clipped per-token log-likelihood, which relaxed FPO
-queried during training and under which the base model's own answer is near the top), the proxy
-reward r of the run's final reward model, RM overconfidence sigmoid(r - r_ref) - sigmoid(U -
-U_ref), and answer length.
-
-Statistics treat seeds as the unit of replication: each run contributes its mean over prompts;
-tables give the mean over seeds with a 95 % percentile-bootstrap CI over seeds; agents are
-compared by the per-seed difference of means (paired by seed: same prompts order, LoRA init and
-models) with a paired t-test and a sign test across seeds. Prompt-level wins/losses (and the
-judge's) are reported too, labelled *within-run*: the prompts of one run are not independent
-replications of the training. The markdown section is written to ``--out``.
+The final policy of every run folder under ``--runs`` and the base model (the reference) answer
+each held-out prompt (or ``--questions``) greedily; ``eval.json`` per run gets the evaluation
+utility (``tiny``: a separate gold model; ``paper``: the LLM judge), the training oracle's U, the
+final RM's reward r, RM overconfidence and answer length. Seeds are the unit of replication
+(mean over seeds, bootstrap CI, paired t-test and sign test across seeds); prompt-level wins are
+reported as within-run. See ``llm_track/README.md``, "Evaluation".
 """
 
 from __future__ import annotations
@@ -38,8 +24,11 @@ import urllib.parse
 import urllib.request
 from itertools import combinations
 
+import torch
+
 from baselines.results import atomic_write_json, atomic_write_text, read_json
 from baselines.stats import bootstrap_ci, sign_test
+from llm_track import decoding, loop
 from llm_track.config import LLMConfig, LLMTrackError
 from llm_track.run import OneLineParser, _quiet_libraries
 
@@ -97,12 +86,9 @@ class Evaluator:
     """Holds one base model / reward model pair and answers prompts with a run's weights."""
 
     def __init__(self, cfg: LLMConfig, prompts: list[str], max_new: int):
-        import torch
-
-        from llm_track import decoding, loop
         from llm_track.models import build_tiny_gold, freeze_all_but_head, load_base_models, rm_head
 
-        self.torch, self.decoding, self.loop, self.cfg = torch, decoding, loop, cfg
+        self.cfg = cfg
         base, self.tok, rm, self.rm_tok = load_base_models(cfg)
         eos, pad = decoding.special_ids(self.tok, base)
         # the evaluation utility that is not the training oracle: tiny's gold model
@@ -132,15 +118,14 @@ class Evaluator:
         a model."""
         if model is None:
             return None
-        with self.torch.no_grad():
-            nll = float(self.loop.response_nll(model, ids, *answer)[0])
+        with torch.no_grad():
+            nll = float(loop.response_nll(model, ids, *answer)[0])
         lo, hi = self.cfg.utility_clip
         return min(hi, max(lo, -nll + self.cfg.utility_offset))
 
     def evaluate_run(self, folder: str) -> dict:
         from peft import PeftModel
 
-        torch = self.torch
         ckpt = os.path.join(folder, "checkpoint")
         self.head.load_state_dict(torch.load(os.path.join(ckpt, "rm_head.pt"), weights_only=True))
         policy = PeftModel.from_pretrained(self.base, os.path.join(ckpt, "adapter")).eval()
@@ -149,21 +134,13 @@ class Evaluator:
             for prompt, ids, ref, u_ref, gold_ref in zip(
                 self.prompts, self.prompt_ids, self.ref, self.ref_u, self.ref_gold, strict=True
             ):
-                ans = self.decoding.sample(policy, ids, 1, **self.greedy)
+                ans = decoding.sample(policy, ids, 1, **self.greedy)
                 with policy.disable_adapter():
                     u = self._utility(ids, ans, policy)
-                text, ref_text = (self.decoding.decode(self.tok, *a)[0] for a in (ans, ref))
-                cfg = self.cfg
-                r, r_ref = self.loop.rewards(
-                    self.rm,
-                    self.head,
-                    self.rm_tok,
-                    prompt,
-                    [text, ref_text],
-                    cfg.device,
-                    cfg.rm_input,
-                    cfg.rm_max_tokens,
-                )[0].tolist()
+                text, ref_text = (decoding.decode(self.tok, *a)[0] for a in (ans, ref))
+                texts = [text, ref_text]
+                r = loop.rewards(self.rm, self.head, self.rm_tok, self.cfg, prompt, texts)[0]
+                r, r_ref = r.tolist()
                 gold = {}
                 if self.gold is not None:
                     gold = {"gold": self._utility(ids, ans, self.gold), "gold_ref": gold_ref}
@@ -550,8 +527,6 @@ def main(argv: list[str] | None = None) -> int:
                 args.judge_url, args.judge_model, q, a, b, key, args.judge_allow_http
             )
         _quiet_libraries()
-        import torch
-
         torch.set_num_threads(min(torch.get_num_threads(), 2))
         res = evaluate(
             args.runs,

@@ -1,44 +1,33 @@
-"""One step of the paper's LLM protocol (arXiv 2605.04266, section 4), top to bottom.
+"""One step of the paper's LLM protocol (arXiv 2605.04266, section 4): ``Protocol.step``.
 
-Per step: pick a prompt; the base model (policy with its LoRA adapter disabled) samples a reference
-answer and the policy samples n candidates (``decoding.sample``), in one token loop over n + 1
-rows whose reference row runs without the LoRA update (``adapters.row_masked_lora``; two loops,
-base then policy, when the policy cannot mix: see ``Protocol.generate_step``); candidates +
-reference are scored in one batched forward of the base model (oracle utility U = clip(-NLL per
-token + 5, -15, 5)) and one of the reward model (reward r and head features h); each candidate's
-score is r minus gamma times the FPO penalty (closed form, see ``fpo_head``); the best candidate
-wins (``skip_empty``: among the non-empty ones; the random-winner control: a seeded uniform pick);
-the RM head takes a Bradley-Terry step on (winner vs reference) with soft label sigmoid(U_w -
-U_ref) (AdamW, accumulated over ``rm_grad_accum`` steps); the policy takes an SFT step on the
-winner (whole sequence or response, ``sft_on``). Prompts are in the policy's chat template with
-the run's fixed date, cut in the user's text (never the template) to ``max_prompt_tokens``; every
-end-of-turn id of the tokenizer and model ends an answer. Oracle queries follow one rule
-(``Protocol.oracle_cost``).
+Per step (``llm_track/README.md``, "One step"): a prompt; a reference answer from the base model
+(the policy with its LoRA adapter off) and n candidates from the policy, in one token loop when
+the adapter can be row-masked (``adapters``), else two; one batched forward of the base model for
+the oracle utility U and one of the reward model for r and the head features h; FPO scores; the
+winner; a Bradley-Terry step of the RM head and an SFT step of the policy on the winner.
 
-Randomness is explicit: sampling uses a ``torch.Generator`` seeded from (seed, step) and the
-dropout of the SFT step runs under a forked global RNG seeded the same way, so a step's outcome
-depends only on the seed, the step index and the model/optimiser state (which checkpoints hold).
-In the one-loop generation each token step draws once for all n + 1 rows (candidates, then the
-reference); the two-loop generation draws the reference's whole answer first, then the
-candidates'. Both give each row an exact sample of its own model, independent across rows, but
-the same seed gives different answers in the two modes.
+Randomness is explicit: sampling uses a ``torch.Generator`` seeded from (seed, step) and dropout
+runs under a forked global RNG seeded the same way, so a step's outcome depends only on the seed,
+the step index and the model/optimiser state (which checkpoints hold). The one-loop and two-loop
+generations draw in another order, so the same seed gives other (equally exact) samples.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from baselines.results import atomic_write_json
 from llm_track.adapters import mixable_adapter, row_masked_lora
 from llm_track.config import LLMConfig
 from llm_track.decoding import decode, encode_prompt, forward_kwarg, sample, special_ids
+from llm_track.export import written_whole
 from llm_track.fpo_head import fpo_scores, head_features
 from llm_track.models import Models
 
@@ -66,36 +55,24 @@ def sequence_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, length) ->
 
 
 def rewards(
-    reward_model,
-    head,
-    rm_tok,
-    prompt: str,
-    texts: list[str],
-    device,
-    rm_input: str = "prompt+answer",
-    max_length: int = 512,
-    dropout_seed: int | None = None,
-) -> tuple:
-    """(r, h) of each text in one batched reward-model forward.
+    reward_model, head, rm_tok, cfg: LLMConfig, prompt: str, texts: list[str], dropout_seed=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, h) of each text in one batched reward-model forward on ``cfg.device``.
 
-    ``rm_input``: ``answer`` (the text alone) or ``prompt+answer`` (the pair), truncated to
-    ``max_length`` tokens. ``dropout_seed``: run the reward model with its dropout on, on the
-    global torch RNG seeded with it (restored after); None: dropout off.
+    The reward model reads ``cfg.rm_input``: ``answer`` (the text alone) or ``prompt+answer`` (the
+    pair), truncated to ``cfg.rm_max_tokens`` tokens. ``dropout_seed``: run it with its dropout
+    on, on the global torch RNG seeded with it (restored after); None: dropout off.
     """
-    kw = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    if rm_input == "answer":
-        enc = rm_tok(list(texts), **kw)
-    else:
-        enc = rm_tok([prompt] * len(texts), list(texts), **kw)
-    batch = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
-    if dropout_seed is None:
-        with torch.no_grad():
-            r, h = head_features(reward_model, head, batch)
-        return r.float(), h
-    dev = torch.device(device)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(dropout_seed)
-        reward_model.train()
+    kw = dict(padding=True, truncation=True, max_length=cfg.rm_max_tokens, return_tensors="pt")
+    pair = [] if cfg.rm_input == "answer" else [[prompt] * len(texts)]
+    enc = rm_tok(*pair, list(texts), **kw)
+    batch = {k: enc[k].to(cfg.device) for k in ("input_ids", "attention_mask")}
+    dev = torch.device(cfg.device)
+    rng = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
+    with rng if dropout_seed is not None else nullcontext(), torch.no_grad():
+        if dropout_seed is not None:
+            torch.manual_seed(dropout_seed)
+            reward_model.train()
         try:
             r, h = head_features(reward_model, head, batch)
         finally:
@@ -199,19 +176,10 @@ class Protocol:
     def rewards(
         self, prompt: str, texts: list[str], dropout_seed: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, h) of each text in one batched reward-model forward (``rm_input``, ``rm_max_tokens``;
-        dropout on, seeded, when ``dropout_seed`` is given)."""
-        m, cfg = self.m, self.cfg
+        """``rewards`` of the run's reward model (dropout on, seeded, with ``dropout_seed``)."""
+        m = self.m
         return rewards(
-            m.reward_model,
-            self.head,
-            m.rm_tokenizer,
-            prompt,
-            texts,
-            cfg.device,
-            cfg.rm_input,
-            cfg.rm_max_tokens,
-            dropout_seed,
+            m.reward_model, self.head, m.rm_tokenizer, self.cfg, prompt, texts, dropout_seed
         )
 
     def scoring_dropout_seed(self, t: int) -> int | None:
@@ -370,13 +338,13 @@ class Protocol:
         """Adapter (``save_pretrained``), head, optimisers, pending grads, RNG states, step.
 
         ``meta`` (JSON) goes to ``meta.json`` in the same folder (``llm_track.run`` records there
-        the run's settings and a digest of the metrics rows the checkpoint belongs to). Written to
-        ``folder + '.tmp'`` and swapped in, so a crash never leaves half a checkpoint.
+        the run's settings and a digest of the metrics rows the checkpoint belongs to). Written
+        whole or not at all (``export.written_whole``).
         """
-        tmp, old = folder + ".tmp", folder + ".old"
-        for path in (tmp, old):
-            shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(tmp)
+        with written_whole(folder) as tmp:
+            self._write_checkpoint(tmp, meta)
+
+    def _write_checkpoint(self, tmp: str, meta: dict | None) -> None:
         self.m.policy.save_pretrained(os.path.join(tmp, "adapter"))
         lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
         name, keys, pos, has_gauss, cached = np.random.get_state()  # keys as a tensor: weights_only
@@ -406,13 +374,7 @@ class Protocol:
         torch.save(state, os.path.join(tmp, "state.pt"))
         torch.save(state["rm_head"], os.path.join(tmp, "rm_head.pt"))
         if meta is not None:
-            with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=2, sort_keys=True, default=str)
-                f.write("\n")
-        if os.path.exists(folder):
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+            atomic_write_json(os.path.join(tmp, "meta.json"), meta, default=str)
 
     def load_checkpoint(self, folder: str) -> int:
         """Restore a checkpoint written by ``save_checkpoint``; returns the step to continue at."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llm_track.config import LLMConfig, LLMTrackError
+from llm_track.config import LLMConfig, LLMTrackError, first_line
 from llm_track.prompts import BUILTIN_PROMPTS
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "[CLS]", "[SEP]"]
@@ -223,9 +223,8 @@ def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
             return cls.from_pretrained(name, **kwargs)
         except Exception as second:
             err = second
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     raise LLMTrackError(
-        f"cannot load the {what} {name!r} ({msg[:160]}); pass {flag} PATH to a local model "
+        f"cannot load the {what} {name!r} ({first_line(err)}); pass {flag} PATH to a local model "
         f"folder (or a cached hub id), or use --preset tiny to build small models offline"
     )
 

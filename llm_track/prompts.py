@@ -1,22 +1,13 @@
-"""Prompts of the LLM protocol.
+"""Prompts of the LLM protocol (``--prompts``; ``llm_track/README.md``, "Prompts").
 
-Sources (``--prompts``; a source that cannot be loaded is a one-line error, never a fallback):
-- ``builtin``: ``BUILTIN_PROMPTS``, 40 short, general, hand-written instructions (explanations,
-  advice, definitions, small tasks, in the spirit of UltraFeedback). The first 30 are the
-  training split, the last 10 (``EVAL_PROMPTS``) are held out for ``llm_track.evaluate`` and never
-  used in training. The tiny tokenizer is trained on all 40, so every word of them is known.
-- ``ultrafeedback``: the paper's, ``HuggingFaceH4/ultrafeedback_binarized`` (column ``prompt``;
-  ``train_prefs`` to train, ``test_prefs`` to evaluate) through ``datasets``, from the hub or
-  its cache (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` make ``datasets`` use the cache only;
-  they never change the source).
-- a local path: ``.jsonl``, ``.json`` (records), ``.parquet``, ``.csv``, or a folder written by
-  ``datasets``' ``save_to_disk`` (a ``DatasetDict`` gives its ``train_prefs`` or ``train``
-  split), read through ``datasets`` without any network access; the text is in column
-  ``--prompt-column`` (default ``prompt``, UltraFeedback's). Evaluation of such runs takes its
-  questions from ``llm_track.evaluate --questions``.
-
-``prompts_digest`` (SHA-256 of the prompt list) goes into each run's ``config.json`` next to the
-source, so two runs can be checked to have seen the same prompts.
+- ``builtin``: ``BUILTIN_PROMPTS``, 40 short hand-written instructions; the first 30 train, the
+  last 10 (``EVAL_PROMPTS``) are held out for ``llm_track.evaluate``.
+- ``ultrafeedback``: ``HuggingFaceH4/ultrafeedback_binarized`` (``train_prefs`` / ``test_prefs``)
+  through ``datasets``, from the hub or its cache.
+- a local ``.jsonl``, ``.json``, ``.parquet``, ``.csv`` or ``save_to_disk`` folder, read through
+  ``datasets`` without network (column ``--prompt-column``).
+A source that cannot be loaded is a one-line error, never a fallback. ``prompts_digest`` (SHA-256
+of the prompt list) goes into each run's ``config.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +17,7 @@ import json
 import os
 import tempfile
 
-from llm_track.config import PROMPT_SOURCES, LLMTrackError
+from llm_track.config import PROMPT_SOURCES, LLMTrackError, first_line
 
 ULTRAFEEDBACK = "HuggingFaceH4/ultrafeedback_binarized"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -146,8 +137,7 @@ def read_local(path: str, column: str, flag: str = "--prompts", split: str = "tr
     except LLMTrackError:
         raise
     except Exception as exc:  # a malformed file: say which and why, in one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LLMTrackError(f"{flag} {path}: cannot read it ({msg[:160]})") from None
+        raise LLMTrackError(f"{flag} {path}: cannot read it ({first_line(exc)})") from None
     return _column(ds, column, path, flag)
 
 
@@ -157,9 +147,9 @@ def _ultrafeedback(split: str) -> list[str]:
     try:
         ds = datasets.load_dataset(ULTRAFEEDBACK, split=split)
     except Exception as exc:  # network, auth, missing cache: no fallback
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LLMTrackError(
-            f"--prompts ultrafeedback: cannot load {ULTRAFEEDBACK} split {split} ({msg[:120]}); "
+            f"--prompts ultrafeedback: cannot load {ULTRAFEEDBACK} split {split} "
+            f"({first_line(exc, 120)}); "
             "download it once, or pass --prompts PATH to a local copy, or --prompts builtin"
         ) from None
     return _column(ds, "prompt", f"ultrafeedback ({split})", "--prompts")

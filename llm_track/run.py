@@ -3,15 +3,11 @@
     python -m llm_track.run --agent fpo --preset tiny                # offline, CPU, ~1 minute
     python -m llm_track.run --agent naive --preset paper --steps 500 # Llama-3.2-1B + DeBERTa RM
 
-Writes ``OUT/<label>/seed_<s>/`` (label = the agent, ``+dropout-asym`` with
-``--rm-dropout-asymmetry``): ``config.json`` (all settings, package versions, prompt source and
-the SHA-256 of the prompts),
-``metrics.csv`` (one row per step), ``summary.json`` and ``checkpoint/`` (LoRA adapter saved with
-``save_pretrained``, RM head, optimisers, pending gradients, RNG states, step) every
-``--checkpoint-every`` steps and at the end. ``--resume`` continues from the checkpoint and gives
-the same result as an uninterrupted run with the same seed (on CPU); it refuses a checkpoint that
-does not match the settings or the ``metrics.csv`` rows it extends. A folder that already holds a
-run is refused unless ``--resume`` or ``--force`` (remove it and start over).
+Writes ``OUT/<label>/seed_<s>/``: ``config.json``, ``metrics.csv`` (one row per step),
+``summary.json``, ``checkpoint/`` (every ``--checkpoint-every`` steps and at the end) and
+``adapter/`` (``llm_track/README.md``, "Files of a run"). ``--resume`` continues from the
+checkpoint, with the result of an uninterrupted run (on CPU); a folder that already holds a run
+is refused unless ``--resume`` or ``--force`` (remove it and start over).
 """
 
 from __future__ import annotations
