@@ -14,7 +14,7 @@
 naive's collapse drop with 95 % bootstrap CIs, whether the candidate is learnable (the oracle's
 mean final U >= 90 % of the peak utility) and whether naive collapses (mean drop >= 0.5, 5 % of
 the peak, with the CI above 0). It prints the first :data:`~rlhf_envs.families.SIZE` learnable
-candidates of each split as the literal to freeze in ``rlhf_envs/families.py``. Only the oracle
+candidates of each split as the entry to freeze in ``rlhf_envs/data/families_v1.json``. Only the oracle
 and naive run here: no agent's setting is chosen on these runs.
 
 ``tune`` runs every agent of :data:`GRID` at each point of its grid on every
@@ -393,17 +393,19 @@ def _profile(norm: dict[str, list[np.ndarray]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def frozen_literal(env_id: str, rows: list[dict], size: int) -> str:
-    """The ``CANDIDATE_INDEX`` and ``FAMILIES`` entries of ``env_id`` from the check rows."""
+def frozen_entry(env_id: str, rows: list[dict], size: int) -> str:
+    """``env_id``'s entry of ``rlhf_envs/data/families_v1.json`` (JSON) from the check rows."""
     from rlhf_envs import families
 
     knobs = list(families.DISTRIBUTIONS[env_id])
-    index, lists = {}, {}
+    entry = {}
     for split in families.SPLITS:
         ok = [r for r in rows if r["split"] == split and r["learnable"]][:size]
-        index[split] = tuple(r["candidate"] for r in ok)
-        lists[split] = tuple({k: r[k] for k in knobs} for r in ok)
-    return f"{env_id!r}: {index!r}\n{env_id!r}: {lists!r}"
+        entry[split] = {
+            "candidates": [r["candidate"] for r in ok],
+            "configs": [{k: r[k] for k in knobs} for r in ok],
+        }
+    return json.dumps({env_id: entry}, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(col)}/{min(len(ok), families.SIZE)} of the first {families.SIZE} learnable",
             file=sys.stderr,
         )
-    print(frozen_literal(args.env, rows, families.SIZE))
+    print(frozen_entry(args.env, rows, families.SIZE))
     print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

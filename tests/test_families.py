@@ -175,3 +175,20 @@ def test_tune_and_board_in_float32_stay_apart_from_float64(tmp_path, monkeypatch
         json.loads(p.read_text())["env_kwargs"] for p in (tmp_path / "runs").rglob("config.json")
     ]
     assert kwargs and all(kw["dtype"] == "float32" for kw in kwargs)
+
+
+@pytest.mark.parametrize("env_id", list(families.FAMILIES))
+def test_the_check_prints_the_data_file_entry_of_its_learnable_candidates(env_id):
+    import json
+    from importlib import resources
+
+    from baselines.family_board import frozen_entry
+
+    rows = [{"split": "train", "candidate": 99, "learnable": False, "target_value": 0.0}]
+    for split in families.SPLITS:
+        for i, cfg in zip(
+            families.CANDIDATE_INDEX[env_id][split], families.FAMILIES[env_id][split], strict=True
+        ):
+            rows.append({"split": split, "candidate": i, "learnable": True, **cfg})
+    data = json.loads(resources.files("rlhf_envs").joinpath("data/families_v1.json").read_text())
+    assert json.loads(frozen_entry(env_id, rows, families.SIZE)) == {env_id: data[env_id]}
