@@ -16,12 +16,9 @@ import secrets
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from baselines.plan import Job
 
 METRIC_COLUMNS = [
     "round",
@@ -492,7 +489,7 @@ def summarise(history: dict, col: int) -> dict[str, Any]:
 
 
 def write_run(
-    job: Job,
+    job: Any,
     seed: int,
     batch: list[int],
     wall: float,
@@ -504,7 +501,8 @@ def write_run(
     tb: str = "",
     shared: list[str] | None = None,
 ) -> None:
-    """Write and seal one run folder of ``job`` (the caller holds its lock): ``history``'s
+    """Write and seal one run folder of ``job`` (a :class:`baselines.plan.Job`; the caller holds
+    its lock): ``history``'s
     column ``col``, or without it the failure (``status``, ``reason``, traceback ``tb``).
 
     The old seal goes first, so a writer killed half-way leaves an unsealed folder that the next
