@@ -502,8 +502,8 @@ def write_run(
     shared: list[str] | None = None,
 ) -> None:
     """Write and seal one run folder of ``job`` (a :class:`baselines.plan.Job`; the caller holds
-    its lock): ``history``'s
-    column ``col``, or without it the failure (``status``, ``reason``, traceback ``tb``).
+    its lock): ``history``'s column ``col``, or without it the failure (``status``, ``reason``,
+    traceback ``tb``).
 
     The old seal goes first, so a writer killed half-way leaves an unsealed folder that the next
     run redoes; ``manifest.json`` goes last.
