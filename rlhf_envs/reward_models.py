@@ -226,9 +226,15 @@ class RewardModel:
         feedback: str,
         reference: torch.Tensor | None = None,
     ) -> Params:
-        """The parameters after a step from ``params`` to ``new`` on the batch ``y``, through
-        the model's stability guard, if it has one (the linear model under SGD does)."""
-        return new
+        """``new`` (one step from ``params`` on the batch ``y``) through the model's stability
+        guard, if it has one (:attr:`guards_steps`; the step shrinks by :meth:`step_scale`)."""
+        if not self.guards_steps:
+            return new
+        scale = self.step_scale(y, feedback, reference)
+        if bool((scale >= 1.0).all()):
+            return new  # the paper's step, bit for bit
+        s = scale.unsqueeze(-1)
+        return {k: params[k] + s * (new[k] - params[k]) for k in new}
 
     def apply_grads(
         self, params: Params, opt_state: OptState, grads: Params | torch.Tensor
@@ -236,9 +242,9 @@ class RewardModel:
         """One optimiser step with the loss gradient ``grads`` (a dict like ``params``, or flat
         ``(S, P)`` in sorted-name order: the same numbers either way)."""
         cfg = self.optimizer
-        if isinstance(grads, torch.Tensor) and cfg.name == "sgd":
-            grads = unflatten(grads, params)
         if cfg.name == "sgd":
+            if isinstance(grads, torch.Tensor):
+                grads = unflatten(grads, params)
             new = {
                 k: params[k] - cfg.lr * (grads[k] + cfg.weight_decay * params[k]) for k in params
             }
@@ -360,7 +366,7 @@ class LinearRewardModel(RewardModel):
         return {"w": (a.unsqueeze(-1) * y).sum(1)}
 
     def score_and_grad_y(self, params: Params, y: torch.Tensor):
-        return self.score(params, y), params["w"].unsqueeze(1).expand_as(y)
+        return self.score(params, y), self.grad_y(params, y)
 
     def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         return params["w"].unsqueeze(1).expand_as(y)
@@ -389,23 +395,6 @@ class LinearRewardModel(RewardModel):
             d, c = y, 2.0
         kappa = c * (d * d).sum(-1).mean(-1) + cfg.weight_decay
         return torch.clamp(1.0 / (cfg.lr * kappa), max=1.0)
-
-    def stabilised(
-        self,
-        params: Params,
-        new: Params,
-        y: torch.Tensor,
-        feedback: str,
-        reference: torch.Tensor | None = None,
-    ) -> Params:
-        """``new`` (one step from ``params`` on the batch ``y``) through the stability guard."""
-        if self.optimizer.name != "sgd":
-            return new
-        scale = self.step_scale(y, feedback, reference)
-        if bool((scale >= 1.0).all()):
-            return new  # the paper's step, bit for bit
-        s = scale.unsqueeze(-1)
-        return {k: params[k] + s * (new[k] - params[k]) for k in new}
 
 
 class MLPRewardModel(RewardModel):
@@ -514,11 +503,8 @@ class MLPRewardModel(RewardModel):
         return g
 
     def score_and_grad_y(self, params: Params, y: torch.Tensor):
-        r, _, _, delta1, _ = self.parts(params, y)
-        g = torch.bmm(delta1, params["W1"])
-        if "skip" in params:
-            g = g + params["skip"].unsqueeze(1)
-        return r, g
+        parts = self.parts(params, y)
+        return parts[0], self.grad_y_from_parts(params, parts)
 
     def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         """The operations of :meth:`score_and_grad_y` that the gradient needs (no ``h2``, no
@@ -538,21 +524,16 @@ class MLPRewardModel(RewardModel):
         g = torch.bmm(parts[3], params["W1"])
         return g + params["skip"].unsqueeze(1) if "skip" in params else g
 
-    def first_order_parts(self, params: Params, y: torch.Tensor):
-        """One forward pass shared by :meth:`score_and_grad_y` and :meth:`ntk_diag_and_grad_y`
-        (the same operations on the same operands as the two: the same numbers, bit for bit)."""
-        return self._score_ntk(params, y)
-
     def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
-        """Reverse-mode derivative of the closed-form kernel, written out by hand.
+        return self.first_order_parts(params, y)[2:]
+
+    def first_order_parts(self, params: Params, y: torch.Tensor):
+        """``(r, grad_y r, K(y, y), grad_y K(y, y))`` from one forward pass; ``grad_y K`` is the
+        reverse-mode derivative of the closed-form kernel, written out by hand.
 
         With ``u = W2^T delta2`` (so ``delta1 = u * s1``), ``s = sigmoid(z)``, ``s' = s (1 - s)``:
         ``K = 1 + |h2|^2 + |delta2|^2 (1 + |h1|^2) + |delta1|^2 (1 + |y|^2)``.
         """
-        return self._score_ntk(params, y)[2:]
-
-    def _score_ntk(self, params: Params, y: torch.Tensor):
-        """``(r, grad_y r, K(y, y), grad_y K(y, y))`` from one forward pass."""
         W1, W2, w3 = params["W1"], params["W2"], params["w3"].unsqueeze(1)
         z1, h1, z2, h2, r = self._forward(params, y)
         s1, s2 = torch.sigmoid(z1), torch.sigmoid(z2)
