@@ -157,27 +157,29 @@ def test_same_seed_same_actions_bit_identical(env_id):
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
 
 
+def _seeds_1_and_2(env_id, actions):
+    """The terminal steps of ``actions`` on two envs reset with seeds 1 and 2."""
+    runs = []
+    for seed in (1, 2):
+        env = gym.make(env_id)
+        env.reset(seed=seed)
+        runs.append(_terminal(_run(env, actions)))
+    return runs
+
+
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_different_seeds_give_different_rewards(env_id):
-    actions = _actions(env_id, 10, seed=2)
-    e1, e2 = gym.make(env_id), gym.make(env_id)
-    e1.reset(seed=1)
-    e2.reset(seed=2)
-    r1 = np.array([t[1] for t in _terminal(_run(e1, actions))])
-    r2 = np.array([t[1] for t in _terminal(_run(e2, actions))])
+    t1, t2 = _seeds_1_and_2(env_id, _actions(env_id, 10, seed=2))
+    r1, r2 = np.array([t[1] for t in t1]), np.array([t[1] for t in t2])
     assert len(r1) == 10
     assert np.all(r1 != r2)  # every response differs: the RMs start from different draws
 
 
 @pytest.mark.parametrize("env_id", BLIND_SPOT_IDS)
 def test_true_utility_does_not_depend_on_the_seed(env_id):
-    actions = _box_actions(env_id, 3, seed=2)
-    e1, e2 = gym.make(env_id), gym.make(env_id)
-    e1.reset(seed=1)
-    e2.reset(seed=2)
-    u1 = [t[4]["true_utility"] for t in _terminal(_run(e1, actions))]
-    u2 = [t[4]["true_utility"] for t in _terminal(_run(e2, actions))]
-    assert u1 == u2
+    t1, t2 = _seeds_1_and_2(env_id, _box_actions(env_id, 3, seed=2))
+    assert len(t1) == 3
+    assert [t[4]["true_utility"] for t in t1] == [t[4]["true_utility"] for t in t2]
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
