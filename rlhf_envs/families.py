@@ -29,18 +29,7 @@ on each (mean collapse drop >= 0.5 with its 95 % CI above 0) is recorded in
 test candidates learnable, naive collapses in 14/16 train and 13/16 test configs; neural, 22/22
 learnable in both splits, naive collapses in 11/16 train and 11/16 test configs.
 
-Distributions (``U``: uniform, ``logU``: log-uniform, ``{}``: uniform choice); every other knob
-keeps the env's default.
-
-* ``RLHFBlindSpot-v0`` (linear RM, deterministic policy from ``y = 0``, 300 rounds):
-  ``target_value ~ U[1.5, 3]`` (distance of the optimum from the start, which an anchor to the
-  start pulls against), ``utility_width ~ logU[0.05, 0.4]``, ``signal_dims ~ {2, 3, 4}``,
-  ``rm_init_noise ~ logU[0.05, 0.3]`` (the RM's initial blind spots), ``rm_lr ~ logU[0.0025,
-  0.01]`` (how fast the RM follows the policy), ``label_noise ~ {0, 0.1, 0.3}``.
-* ``RLHFNeuralBlindSpot-v0`` (MLP RM, Gaussian policy, 1000 rounds, the paper's schedules
-  compressed to them): ``target_value ~ U[1.5, 3.5]``, ``utility_width ~ logU[0.1, 0.3]``,
-  ``signal_dims ~ {1, 2, 3}``, ``rm_init_noise ~ logU[0.05, 0.2]``, ``samples_per_round ~
-  {3, 5, 8}``, ``buffer_size ~ {25, 50, 100}``, ``label_noise ~ {0, 0.1, 0.3}``.
+The distributions are :data:`DISTRIBUTIONS`; every other knob keeps the env's default.
 
 Version history: ``v1``, the first lists.
 """
@@ -93,14 +82,17 @@ def _round(x: float, digits: int = 3) -> float:
 
 
 DISTRIBUTIONS: dict[str, dict[str, Knob]] = {
+    # linear RM, deterministic policy from y = 0
     "RLHFBlindSpot-v0": {
+        # distance of the optimum from the start, which an anchor to the start pulls against
         "target_value": Knob("uniform", 1.5, 3.0),
         "utility_width": Knob("loguniform", 0.05, 0.4),
         "signal_dims": Knob("choice", choices=(2, 3, 4)),
-        "rm_init_noise": Knob("loguniform", 0.05, 0.3),
-        "rm_lr": Knob("loguniform", 0.0025, 0.01),
+        "rm_init_noise": Knob("loguniform", 0.05, 0.3),  # the RM's initial blind spots
+        "rm_lr": Knob("loguniform", 0.0025, 0.01),  # how fast the RM follows the policy
         "label_noise": Knob("choice", choices=(0.0, 0.1, 0.3)),
     },
+    # MLP RM, Gaussian policy, the paper's schedules compressed to ROUNDS
     "RLHFNeuralBlindSpot-v0": {
         "target_value": Knob("uniform", 1.5, 3.5),
         "utility_width": Knob("loguniform", 0.1, 0.3),
@@ -121,13 +113,10 @@ def candidates(env_id: str, split: str, n: int) -> list[dict[str, Any]]:
     return [{k: knob.draw(rng) for k, knob in dist.items()} for _ in range(n)]
 
 
-def _frozen() -> dict[str, dict[str, dict[str, list]]]:
-    """The frozen lists of this version, ``data/families_VERSION.json`` in the package."""
-    path = resources.files("rlhf_envs") / "data" / f"families_{VERSION}.json"
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-_FROZEN = _frozen()
+# the frozen lists of this version: data/families_VERSION.json in the package
+_FROZEN = json.loads(
+    (resources.files("rlhf_envs") / "data" / f"families_{VERSION}.json").read_text("utf-8")
+)
 #: which candidate draws form each split (set by ``python -m baselines.family_board check``)
 CANDIDATE_INDEX: dict[str, dict[str, tuple[int, ...]]] = {
     env: {split: tuple(s["candidates"]) for split, s in splits.items()}
@@ -153,11 +142,6 @@ def configs(env_id: str, split: str) -> list[dict[str, Any]]:
     return [dict(c) for c in FAMILIES[env_id][split]]
 
 
-def names(env_id: str, split: str) -> list[str]:
-    """``["split/0", "split/1", ...]`` of a split."""
-    return [f"{split}/{i}" for i in range(len(configs(env_id, split)))]
-
-
 def config(env_id: str, name: str) -> dict[str, Any]:
     """The env kwargs of the family config ``name`` (``"test/7"`` or ``"v1/test/7"``).
 
@@ -171,10 +155,7 @@ def config(env_id: str, name: str) -> dict[str, Any]:
     version, split, index = m[1], m[2], int(m[3])
     if version is not None and version != VERSION:
         raise ValueError(f"family {name!r}: version {version} is not this release's ({VERSION})")
-    if env_id not in DISTRIBUTIONS:
-        raise ValueError(f"family: env {env_id!r} has none; families: {', '.join(DISTRIBUTIONS)}")
-    if split not in SPLITS:
-        raise ValueError(f"family {name!r}: split must be one of {SPLITS}, got {split!r}")
+    _check(env_id, split)
     items = FAMILIES[env_id][split]
     if not 0 <= index < len(items):
         raise ValueError(
