@@ -217,8 +217,7 @@ def run_protocol(
     digest = prompts_digest(prompts)
     old_config = os.path.join(folder, "config.json")
     if resuming and os.path.exists(old_config):
-        old_digest = read_json(old_config).get("prompts_sha256")
-        if old_digest not in (None, digest):
+        if read_json(old_config)["prompts_sha256"] != digest:
             raise LLMTrackError(
                 f"--resume: the prompts from {source} differ from the ones the run in {folder} "
                 "used (SHA-256 of the prompt list); use the same --prompts or --force"
