@@ -50,6 +50,24 @@ class _BlindSpotMixin:
             info["noise_norm"] = per(torch.linalg.vector_norm(y[:, k:], 2, -1).numpy())
         return info
 
+    def _configure(self, env_cls: type, num_envs: int, kwargs: dict[str, Any]) -> spaces.Box:
+        """Set ``config`` (``env_cls.defaults`` under ``kwargs``; ``family="test/7"`` expanded to
+        that config's kwargs) and a core of ``num_envs`` experiments; return one action's Box."""
+        from rlhf_envs.families import expand
+
+        kwargs = expand(env_cls.__name__, kwargs)
+        self.config = BlindSpotConfig.from_kwargs(**{**env_cls.defaults, **kwargs})
+        self.core = RLHFCore(self.config, num_envs)
+        b = np.float32(self.config.action_bound)
+        return spaces.Box(-b, b, (self.config.dims,), np.float32)
+
+    def _advance(self, actions: Any, shape: tuple[int, ...]):
+        """Check ``actions`` and submit them to the core: ``(y, proxy, true_u, updated)``."""
+        y = self._check_actions(actions, shape)
+        out = self.core.step(y)
+        self.last_response = y  # (S, d): the vectors the RM scored (read by reward wrappers)
+        return (y, *out)
+
     def _start(self, seed: int | None) -> None:
         """Seed ``np_random``; start fresh experiments if seeded or never started."""
         gym.Env.reset(self, seed=seed)
@@ -224,13 +242,7 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any):
         _render.check_render_mode(render_mode, self.metadata["render_modes"])
-        from rlhf_envs.families import expand  # family="test/7" -> that config's kwargs
-
-        kwargs = expand(type(self).__name__, kwargs)
-        self.config = BlindSpotConfig.from_kwargs(**{**self.defaults, **kwargs})
-        self.core = RLHFCore(self.config, 1)
-        b = np.float32(self.config.action_bound)
-        self.action_space = spaces.Box(-b, b, (self.config.dims,), np.float32)
+        self.action_space = self._configure(type(self), 1, kwargs)
         self.observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
         self.render_mode = render_mode
         self._obs = np.zeros(1, dtype=np.float32)
@@ -240,9 +252,7 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
         return self._obs.copy(), self._info()
 
     def step(self, action):
-        y = self._check_actions(action, (self.config.dims,))
-        proxy, true_u, updated = self.core.step(y)
-        self.last_response = y  # (1, d): the vector the RM scored (read by reward wrappers)
+        y, proxy, true_u, updated = self._advance(action, (self.config.dims,))
         if self.render_mode is not None:
             self._rendered(y, proxy, true_u)
         return self._obs.copy(), float(proxy[0]), True, False, self._info(proxy, true_u, updated, y)
@@ -264,14 +274,9 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
     def __init__(self, num_envs: int = 1, **kwargs: Any):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        from rlhf_envs.families import expand  # family="test/7" -> that config's kwargs
-
-        kwargs = expand(self.single_env_cls.__name__, kwargs)
-        self.config = BlindSpotConfig.from_kwargs(**{**self.single_env_cls.defaults, **kwargs})
         self.num_envs = num_envs
-        self.core = RLHFCore(self.config, num_envs)
+        self.single_action_space = self._configure(self.single_env_cls, num_envs, kwargs)
         b = np.float32(self.config.action_bound)
-        self.single_action_space = spaces.Box(-b, b, (self.config.dims,), np.float32)
         self.single_observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
         self.action_space = spaces.Box(-b, b, (num_envs, self.config.dims), np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (num_envs, 1), np.float32)
@@ -289,9 +294,7 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         return self._obs.copy(), self._info()
 
     def step(self, actions):
-        y = self._check_actions(actions, (self.num_envs, self.config.dims))
-        proxy, true_u, updated = self.core.step(y)
-        self.last_response = y
+        y, proxy, true_u, updated = self._advance(actions, (self.num_envs, self.config.dims))
         infos = self._info(proxy, true_u, updated, y)
         ones = np.ones(self.num_envs, dtype=np.bool_)
         return self._obs.copy(), proxy.copy(), ones, ~ones, infos
@@ -302,7 +305,4 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         reads (:func:`agents.whitebox.learn_together`), without the observation and the info
         dict it would throw away (about a tenth of a white-box run's time). The same checks,
         errors and transition as :meth:`step`: the same numbers."""
-        y = self._check_actions(responses.detach(), (self.num_envs, self.config.dims))
-        proxy, true_u, _ = self.core.step(y)
-        self.last_response = y
-        return proxy, true_u
+        return self._advance(responses.detach(), (self.num_envs, self.config.dims))[1:3]
