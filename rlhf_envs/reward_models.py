@@ -123,15 +123,9 @@ class RewardModel:
             "v": torch.zeros_like(flat),
         }
 
-    def loss(
-        self,
-        params: Params,
-        y: torch.Tensor,
-        target: torch.Tensor,
-        feedback: str,
-        reference: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Per-experiment loss on a labelled batch, shape (S,).
+    def loss(self, params: Params, y, target, feedback: str, reference=None) -> torch.Tensor:
+        """Per-experiment loss on a labelled batch (``y`` (S, n, d), ``target`` (S, n),
+        ``reference`` (d,) or (S, d)), shape (S,).
 
         ``rating``: mean of ``(r(y) - target)^2``. ``preference``: mean binary cross-entropy of
         ``sigmoid(r(y) - r(reference))`` against the (soft or hard) label ``target`` = P(y wins).
