@@ -30,25 +30,26 @@ class FPOAgent(Agent):
         "RLHFNeuralBlindSpot-v0": "6.25 +- 3.39 (5 seeds)",
     }
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._lookahead: dict = {}  # exact form: the buffer's share of the virtual update
-
-    def white_box_reads(self) -> tuple[str, ...]:
+    def declared_reads(self, sb3: bool = False) -> tuple[str, ...]:
         if self.form == "practical":
-            return ("current_rm",)
-        label = "labeler_grads" if self.config.label_grad else "labeler_values"
+            return self.reads
+        label = "labeler_grads" if self.config.label_grad and not sb3 else "labeler_values"
         return ("current_rm", "rm_buffer", label) if self.form == "exact" else ("current_rm", label)
 
     def start(self, core) -> None:
-        self._lookahead = {}
+        self._lookahead: dict = {}  # exact form: the buffer's share of the virtual update
+
+    def verdict(self, y: torch.Tensor, oracle, grad: bool | None = None):
+        """The labeler's verdict on ``y`` and its gradient: a value query (gradient ``None``),
+        or with ``grad`` (default: ``label_grad``) a gradient query."""
+        if self.config.label_grad if grad is None else grad:
+            return oracle.query_labeler_and_grad(y)
+        return oracle.query_labeler(y), None
 
     def label(self, y: torch.Tensor, oracle, grad: bool | None = None) -> torch.Tensor:
-        """The labeler's verdict on ``y``: a value query, or with ``grad`` (default:
-        ``label_grad``) a gradient query whose gradient autograd sees."""
-        if self.config.label_grad if grad is None else grad:
-            return differentiable(*oracle.query_labeler_and_grad(y), y)
-        return oracle.query_labeler(y)
+        """:meth:`verdict` as one tensor, whose gradient (if queried) autograd sees."""
+        value, g = self.verdict(y, oracle, grad)
+        return value if g is None else differentiable(value, g, y)
 
     def score(self, core, y: torch.Tensor, oracle, grad: bool | None = None) -> torch.Tensor:
         if self.form == "exact":  # r(y) comes out of the virtual update: one forward pass less
@@ -66,13 +67,8 @@ class FPOAgent(Agent):
         """Closed form for rating feedback in the practical and relaxed forms, else autograd."""
         if core.config.feedback != "rating":
             return None
-        if self.config.label_grad:
-            labeler = oracle.query_labeler_and_grad
-        else:
-            labeler = lambda v: (oracle.query_labeler(v), None)  # noqa: E731
-        return fpo.first_order_score_grad(
-            self.form, core, y, self.config.fpo_gamma, labeler, self.config.label_grad
-        )
+        label = self.verdict(y, oracle) if self.form == "relaxed" else (None, None)
+        return fpo.first_order_score_grad(core, y, self.config.fpo_gamma, *label)
 
 
 class FPORelaxedAgent(FPOAgent):
@@ -129,9 +125,5 @@ class FPOExactAgent(FPOAgent):
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         if core.config.feedback != "rating" or core.config.reward_model != "mlp":
             return None
-        g_label = None
-        if self.config.label_grad:
-            label, g_label = oracle.query_labeler_and_grad(y)
-        else:
-            label = oracle.query_labeler(y)
+        label, g_label = self.verdict(y, oracle)
         return fpo.exact_score_grad(core, y, label, self.config.fpo_gamma, self._lookahead, g_label)

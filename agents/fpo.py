@@ -44,8 +44,9 @@ def loss_factor(feedback: str) -> float:
     return 2.0 if feedback == "rating" else 1.0
 
 
-def kernel_term(rm, params, y: torch.Tensor, feedback: str, reference: torch.Tensor | None):
-    """``K(y, y)`` for rating feedback, ``K(y, y) - K(y, y_ref)`` for preference feedback."""
+def practical_penalty(rm, params, y: torch.Tensor, feedback: str, reference=None) -> torch.Tensor:
+    """Practical FPO penalty: ``K(y, y)`` for rating feedback, ``K(y, y) - K(y, y_ref)`` for
+    preference feedback."""
     k = rm.ntk(params, y, y)
     if feedback == "preference":
         ref = reference.reshape(y.shape[0], 1, -1).expand_as(y)
@@ -53,22 +54,10 @@ def kernel_term(rm, params, y: torch.Tensor, feedback: str, reference: torch.Ten
     return k
 
 
-def error_factor(
-    rm, params, y: torch.Tensor, label: torch.Tensor, feedback: str, reference=None
-) -> torch.Tensor:
-    """``r(y) - label`` (rating) or ``sigmoid(r(y) - r(y_ref)) - label`` (preference)."""
-    r_ref = None if feedback == "rating" else rm.score(params, reference.reshape(y.shape[0], 1, -1))
-    return error_from_scores(rm.score(params, y), label, feedback, r_ref)
-
-
 def error_from_scores(r, label, feedback: str, r_ref=None) -> torch.Tensor:
-    """:func:`error_factor` from rewards already computed (``r_ref``: the reference's)."""
+    """The error factor from rewards: ``r(y) - label`` (rating) or ``sigmoid(r(y) - r(y_ref)) -
+    label`` (preference; ``r_ref``: the reference's reward)."""
     return r - label if feedback == "rating" else torch.sigmoid(r - r_ref) - label
-
-
-def practical_penalty(rm, params, y, feedback: str, reference=None) -> torch.Tensor:
-    """Practical FPO penalty: ``K(y, y)`` or ``K(y, y) - K(y, y_ref)``."""
-    return kernel_term(rm, params, y, feedback, reference)
 
 
 def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torch.Tensor:
@@ -77,8 +66,9 @@ def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torc
     ``label`` is the labeler's noiseless verdict on ``y`` (rating value, or the probability that
     ``y`` beats the reference), shape ``(S, n)``.
     """
-    err = error_factor(rm, params, y, label, feedback, reference)
-    return err * kernel_term(rm, params, y, feedback, reference)
+    r_ref = None if feedback == "rating" else rm.score(params, reference.reshape(y.shape[0], 1, -1))
+    err = error_from_scores(rm.score(params, y), label, feedback, r_ref)
+    return err * practical_penalty(rm, params, y, feedback, reference)
 
 
 def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
@@ -94,16 +84,12 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, 
     buffer stay the same (a round's inner policy steps, or consecutive SB3 responses).
     """
     rm, c = core.reward_model, core.config
-    cache = {} if cache is None else cache
-    n, g_rest, rest_y = _retained_grad(core, cache)
-    if "g_rest_flat" not in cache:  # summed flat: the same numbers as summed per parameter
-        cache["g_rest_flat"] = flatten(g_rest)
+    n, g_rest, rest_y, step = _lookahead(core, {} if cache is None else cache)
     before, after = [], []
     for j in range(y.shape[1]):
         yj, lj = y[:, j : j + 1], label[:, j : j + 1]
         g_new, r_now = rm.loss_grad_and_score(core.params, yj, lj, c.feedback, core.references, n)
-        grads = cache["g_rest_flat"] + flatten(g_new)
-        params = _virtual_step(core, cache)(grads)
+        params = unflatten(step(g_rest + flatten(g_new))[0], core.params)
         if rm.guards_steps:
             batch = torch.cat([rest_y, yj], dim=1)  # the buffer the real update would train on
             params = rm.stabilised(core.params, params, batch, c.feedback, core.references)
@@ -112,48 +98,36 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, 
     return torch.cat(before, dim=1), torch.cat(after, dim=1)
 
 
-def _virtual_step(core: RLHFCore, cache: dict):
-    """``step(G) -> phi'``: the RM optimiser's step from the current parameters and state for
-    the flat loss gradient ``G`` (:meth:`~rlhf_envs.reward_models.RewardModel.apply_grads`),
-    with Adam's parts that do not depend on ``G`` computed once while the RM stays the same
-    (the same numbers, fewer operations to differentiate through)."""
-    if cache.get("virtual_for") is core.params:
-        return cache["virtual_step"]
-    rm, params, state = core.reward_model, core.params, core.opt_state
-    if rm.optimizer.name != "adam":
-
-        def step(grads):
-            return rm.apply_grads(params, state, grads)[0]
-
-    else:
-        adam = adam_step(rm.optimizer, _flat(params), state)
-
-        def step(grads):
-            return unflatten(adam(grads)[0], params)
-
-    cache.update(virtual_for=params, virtual_step=step)
-    return step
-
-
-def _flat(params) -> torch.Tensor:
-    return params.flat if isinstance(params, FlatParams) else flatten(params)
-
-
-def _retained_grad(core: RLHFCore, cache: dict):
-    """Loss gradient of the buffer entries kept after one push; ``cache`` is keyed by the
-    identity of the RM parameters and buffer (an update replaces them, never mutates them)."""
+def _lookahead(core: RLHFCore, cache: dict):
+    """``(n, G_rest, rest_y, step)``: the buffer entries kept after one push (``rest_y``, ``n``
+    with the push), their flat loss gradient ``G_rest``, and the RM optimiser's step from the
+    current parameters and state, ``step(G, derivative=False) -> (phi', _, _, d phi' / d G)``
+    for a flat loss gradient ``G`` (Adam: the suite's one
+    :func:`~rlhf_envs.reward_models.adam_step`, its parts that do not depend on ``G`` computed
+    once; SGD: ``phi - lr (G + wd phi)``). ``cache`` keeps them while the RM parameters and
+    buffer are the same objects (an update replaces them, never mutates them)."""
     if cache.get("params") is core.params and cache.get("buffer_y") is core.buffer_y:
-        return cache["n"], cache["g_rest"], cache["rest_y"]
-    c = core.config
+        return cache["n"], cache["g_rest"], cache["rest_y"], cache["step"]
+    c, cfg = core.config, core.reward_model.optimizer
     rest_y, rest_t = core.retained_after_push(1)
     n = rest_y.shape[1] + 1
     with torch.no_grad():
         g_rest = core.reward_model.loss_grad(
             core.params, rest_y, rest_t, c.feedback, core.references, n
         )
+    p = core.params.flat if isinstance(core.params, FlatParams) else flatten(core.params)
+    if cfg.name == "adam":
+        step = adam_step(cfg, p, core.opt_state)
+    else:
+
+        def step(G, derivative=False):
+            d_step = torch.full_like(p, -cfg.lr) if derivative else None
+            return p - cfg.lr * (G + cfg.weight_decay * p), None, None, d_step
+
     cache.clear()
-    cache.update(params=core.params, buffer_y=core.buffer_y, n=n, g_rest=g_rest, rest_y=rest_y)
-    return n, g_rest, rest_y
+    cache.update(params=core.params, buffer_y=core.buffer_y, n=n, rest_y=rest_y, step=step)
+    cache["g_rest"] = flatten(g_rest)  # summed flat: the same numbers as summed per parameter
+    return n, cache["g_rest"], rest_y, step
 
 
 def exact_score_grad(
@@ -183,11 +157,7 @@ def exact_score_grad(
     rm, c = core.reward_model, core.config
     if c.feedback != "rating" or not hasattr(rm, "directional_grad_y"):
         raise ValueError("the closed-form exact FPO gradient covers rating feedback, MLP RM")
-    cache = {} if cache is None else cache
-    n, g_rest, _ = _retained_grad(core, cache)
-    if cache.get("step_for") is not core.params:
-        cache.update(step_for=core.params, g_rest_flat=flatten(g_rest), step=_step(core))
-    g_rest_flat, step = cache["g_rest_flat"], cache["step"]
+    n, g_rest, _, step = _lookahead(core, {} if cache is None else cache)
     kappa = gamma / (loss_factor(c.feedback) * c.rm_lr)
     out = []
     for j in range(y.shape[1]):
@@ -196,7 +166,7 @@ def exact_score_grad(
         parts = rm.parts(core.params, yj, sig)
         a = 2.0 * (parts[0] - lj) / n  # (S, 1)
         g_phi = flatten(rm.weighted_grad(core.params, yj, torch.ones_like(a), parts))
-        new_flat, _, _, d_step = step(g_rest_flat + a * g_phi, derivative=True)
+        new_flat, _, _, d_step = step(g_rest + a * g_phi, derivative=True)
         new = unflatten(new_flat, core.params)
         parts_new = rm.parts(new, yj)
         w = flatten(rm.weighted_grad(new, yj, torch.ones_like(a), parts_new)) * d_step
@@ -210,49 +180,24 @@ def exact_score_grad(
     return torch.cat(out, dim=1)
 
 
-def _step(core: RLHFCore):
-    """The RM optimiser's step from the current state as ``step(G, derivative=True) -> (phi',
-    _, _, d phi' / d G)`` for a flat loss gradient ``G`` (Adam: the suite's one
-    :func:`~rlhf_envs.reward_models.adam_step`; SGD: ``phi - lr (G + wd phi)``)."""
-    cfg, p = core.reward_model.optimizer, _flat(core.params)
-    if cfg.name == "adam":
-        return adam_step(cfg, p, core.opt_state)
-    return lambda G, derivative=True: (
-        p - cfg.lr * (G + cfg.weight_decay * p),
-        None,
-        None,
-        torch.full_like(p, -cfg.lr),
-    )
-
-
-def exact_penalty(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
-    """Exact FPO penalty: ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring)."""
-    return exact_penalty_and_reward(core, y, label, cache)[0]
-
-
 def exact_penalty_and_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
-    """:func:`exact_penalty` and ``r_phi(y)``, which the virtual update computes anyway."""
+    """Exact FPO penalty ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring), and
+    ``r_phi(y)``, which the virtual update computes anyway."""
     c = core.config
     r_now, r_next = virtual_update_reward(core, y, label, cache)
     return -(r_next - r_now) / (loss_factor(c.feedback) * c.rm_lr), r_now
 
 
 def first_order_score_grad(
-    form: str, core: RLHFCore, y: torch.Tensor, gamma: float, labeler=None, label_grad=True
+    core: RLHFCore, y: torch.Tensor, gamma: float, label=None, label_grad=None
 ) -> torch.Tensor:
-    """``grad_y [r(y) - gamma * penalty(y)]`` in closed form, rating feedback, first-order forms.
-
-    ``labeler(y) -> (verdict, grad_y verdict or None)`` is the counted query (relaxed form
-    only); with ``label_grad=False`` the verdict is a constant label (no gradient needed).
-    """
-    if core.config.feedback != "rating" or form not in ("practical", "relaxed"):
-        raise ValueError("closed-form FPO gradients cover the practical and relaxed forms, rating")
-    rm = core.reward_model
-    r, g_r, k, g_k = rm.first_order_parts(core.params, y)
-    if form == "practical":
+    """``grad_y [r(y) - gamma * penalty(y)]`` in closed form for rating feedback: the practical
+    form without ``label``, the relaxed form with the labeler's verdict ``label`` (S, n) and,
+    where the policy gradient flows through it, its gradient ``label_grad`` (S, n, d)."""
+    r, g_r, k, g_k = core.reward_model.first_order_parts(core.params, y)
+    if label is None:
         return g_r - gamma * g_k
-    label, g_label = labeler(y)
-    g_err = g_r - g_label if label_grad else g_r
+    g_err = g_r if label_grad is None else g_r - label_grad
     g_pen = g_err * k.unsqueeze(-1) + (r - label).unsqueeze(-1) * g_k
     return g_r - gamma * g_pen
 
@@ -277,4 +222,4 @@ def penalty(form: str, core: RLHFCore, y: torch.Tensor, label_fn: LabelFn | None
     label = label_fn(y)
     if form == "relaxed":
         return relaxed_penalty(rm, core.params, y, label, c.feedback, core.references)
-    return exact_penalty(core, y, label)
+    return exact_penalty_and_reward(core, y, label)[0]

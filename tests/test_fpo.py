@@ -109,7 +109,7 @@ def test_exact_penalty_equals_real_update(reward_model, optimizer, feedback):
     label = core.labeler_target(y)
     with torch.no_grad():
         before = core.score(y)[:, 0]
-    exact = fpo.exact_penalty(core, y, label)[:, 0]
+    exact = fpo.exact_penalty_and_reward(core, y, label)[0][:, 0]
     core.step(y[:, 0])
     with torch.no_grad():
         after = core.score(y)[:, 0]
@@ -140,7 +140,7 @@ def test_exact_matches_relaxed_at_small_lr_with_sgd():
     core = make_core("mlp", "rating", rm_lr=1e-5)
     y = responses(core, seed=4)
     label = core.labeler_target(y)
-    exact = fpo.exact_penalty(core, y, label)
+    exact = fpo.exact_penalty_and_reward(core, y, label)[0]
     relaxed = fpo.relaxed_penalty(core.reward_model, core.params, y, label, "rating")
     np.testing.assert_allclose(exact.detach().numpy(), relaxed.detach().numpy(), rtol=1e-3)
 

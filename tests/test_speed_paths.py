@@ -81,22 +81,22 @@ def test_adam_from_flat_params_equals_adam_from_a_plain_dict():
 def test_virtual_step_is_the_optimisers_step_bit_for_bit(env_kwargs):
     env, core = advanced_core(env_kwargs)
     cache: dict = {}
-    n, g_rest, _ = fpo._retained_grad(core, cache)
+    n, g_rest, _, virtual = fpo._lookahead(core, cache)
     y = torch.randn(3, 1, 10, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     runs = []
     for step in (
-        fpo._virtual_step(core, cache),
+        lambda g: unflatten(virtual(g)[0], core.params),
         lambda g: core.reward_model.apply_grads(core.params, core.opt_state, g)[0],
     ):
         yy = y.clone().requires_grad_(True)
         label = torch.ones(3, 1, dtype=torch.float64)
         g_new, _ = core.reward_model.loss_grad_and_score(core.params, yy, label, "rating", None, n)
-        new = step(flatten(g_rest) + flatten(g_new))
+        new = step(g_rest + flatten(g_new))
         score = core.reward_model.score(new, yy).sum()
         runs.append((new, torch.autograd.grad(score, yy)[0]))
     (a, ga), (b, gb) = runs
     assert all(torch.equal(a[k], b[k]) for k in b) and torch.equal(ga, gb)
-    assert fpo._virtual_step(core, cache) is fpo._virtual_step(core, cache)  # kept per RM
+    assert fpo._lookahead(core, cache)[3] is virtual  # kept while the RM and buffer stay
 
 
 def test_unflatten_gives_the_slices_values_and_gradient():

@@ -105,7 +105,7 @@ def test_exact_fpo_wrapper_pays_the_virtual_update_and_reuses_the_buffer_gradien
         obs, reward, term, trunc, info = env.step(action)
         counting = False
         with torch.no_grad():
-            pen = fpo.exact_penalty(twin, y, twin.labeler_target(y))
+            pen = fpo.exact_penalty_and_reward(twin, y, twin.labeler_target(y))[0]
             r = twin.reward_model.score(twin.params, y)
         assert reward == pytest.approx((r - 0.2 * pen)[0, 0].item(), rel=1e-9, abs=1e-9)
         assert env.audit["true_utility"] == pytest.approx(core.utility(y)[0, 0].item(), rel=1e-12)
