@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from agents.ensemble import train
 from agents.whitebox import Agent, WhiteBoxConfig
 from rlhf_envs.core import check_int
 
@@ -77,26 +78,17 @@ class AggregateAgent(Agent):
 
     def start(self, core) -> None:
         self.archive = LabelArchive(core, self.config.archive_size)
-        self.params = {k: v.clone() for k, v in core.params.items()}
-        self.opt_state = core.reward_model.init_opt_state(self.params)
+        params = {k: v.clone() for k, v in core.params.items()}
+        self.member = [params, core.reward_model.init_opt_state(params)]
 
     def sync(self, core) -> None:
         if self.archive.sync(core):
-            c = core.config
-            for _ in range(c.rm_steps):
-                self.params, self.opt_state = core.reward_model.update(
-                    self.params,
-                    self.opt_state,
-                    self.archive.y,
-                    self.archive.t,
-                    c.feedback,
-                    core.references,
-                )
+            train(core.reward_model, self.member, core, self.archive.y, self.archive.t)
 
     def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         self.sync(core)
-        return core.reward_model.score(self.params, y)
+        return core.reward_model.score(self.member[0], y)
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         self.sync(core)
-        return core.reward_model.grad_y(self.params, y)
+        return core.reward_model.grad_y(self.member[0], y)

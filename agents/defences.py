@@ -116,7 +116,7 @@ class EnsembleAgent(Agent):
     cost = 6.0
 
     def start(self, core) -> None:
-        self.ensemble = RMEnsemble(core, self.config.ensemble_size, core.seeds)
+        self.ensemble = RMEnsemble(core, self.config.ensemble_size)
 
     def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         self.ensemble.sync(core)

@@ -83,10 +83,14 @@ class EliteAnchorAgent(Agent):
         # only the newest entries matter next time: keep the archive as small as one round
         self.archive.y, self.archive.t = ys[:, :0], ts[:, :0]
 
+    def reward(self, core, y: torch.Tensor) -> torch.Tensor:
+        """What the anchor is subtracted from: the current RM's score."""
+        return core.reward_model.score(core.params, y)
+
     def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         self.sync(core)
         anchor = ((y - self.elite.unsqueeze(1)) ** 2).sum(-1)
-        return core.reward_model.score(core.params, y) - self.config.anchor_coef * anchor
+        return self.reward(core, y) - self.config.anchor_coef * anchor
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         self.sync(core)
@@ -116,15 +120,11 @@ class EliteEnsembleAgent(EliteAnchorAgent):
 
     def start(self, core) -> None:
         super().start(core)
-        self.ensemble = RMEnsemble(core, self.config.ensemble_size, core.seeds)
+        self.ensemble = RMEnsemble(core, self.config.ensemble_size)
 
-    def score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
-        self.sync(core)
+    def reward(self, core, y: torch.Tensor) -> torch.Tensor:
         self.ensemble.sync(core)
-        c = self.config
-        anchor = ((y - self.elite.unsqueeze(1)) ** 2).sum(-1)
-        pessimistic = self.ensemble.pessimistic(core, y, c.ensemble_mode, c.ensemble_k)
-        return pessimistic - c.anchor_coef * anchor
+        return self.ensemble.pessimistic(core, y, self.config.ensemble_mode, self.config.ensemble_k)
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> None:
         return None  # autograd through the ensemble

@@ -9,46 +9,41 @@ time the env retrains, so they differ only through initialisation (as in Coste e
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from agents.whitebox import derived_seed
 
 MODES = ("mean_std", "min")
 
 
-def member_seed(seed: int, member: int) -> int:
-    return int(np.random.SeedSequence([int(seed), 0xE5E, member]).generate_state(1)[0])
+def train(rm, member: list, core, y: torch.Tensor, t: torch.Tensor) -> None:
+    """The env's retraining (its number of steps, loss and references) of an extra reward model
+    ``rm`` on the labelled batch ``(y, t)``; ``member`` is ``[params, opt_state]``, updated."""
+    c = core.config
+    for _ in range(c.rm_steps):
+        member[0], member[1] = rm.update(member[0], member[1], y, t, c.feedback, core.references)
 
 
 class RMEnsemble:
-    """``size`` reward models over the experiments of ``core``; :meth:`sync` before scoring.
+    """``size`` reward models (K >= 2, the env's included) over the experiments of ``core`` (the
+    env's follower, already reset; its seeds seed the extra members); :meth:`sync` before
+    scoring."""
 
-    Args:
-        core: the env's follower (``env.unwrapped.core``), already reset.
-        size: number of members K (>= 2), the env's RM included.
-        seeds: one seed per experiment, for the extra members' initialisation.
-    """
-
-    def __init__(self, core, size: int, seeds: list[int]):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-            raise ValueError(f"ensemble_size must be an int >= 2, got {size!r}")
+    def __init__(self, core, size: int):
         rm = core.reward_model
         self.members = []
         for k in range(1, size):
-            gens = [torch.Generator().manual_seed(member_seed(s, k)) for s in seeds]
+            gens = [torch.Generator().manual_seed(derived_seed(s, 0xE5E, k)) for s in core.seeds]
             params = rm.init_params(gens)
             self.members.append([params, rm.init_opt_state(params)])
         self.round = core.round
 
     def sync(self, core) -> None:
         """Train the extra members on ``core``'s buffer for each RM round they missed."""
-        c = core.config
         for _ in range(self.round, core.round):
             batch = core.training_batch()
             for m in self.members:
-                for _ in range(c.rm_steps):
-                    m[0], m[1] = core.reward_model.update(
-                        m[0], m[1], *batch, c.feedback, core.references
-                    )
+                train(core.reward_model, m, core, *batch)
         self.round = core.round
 
     def scores(self, core, y: torch.Tensor) -> torch.Tensor:
@@ -58,7 +53,8 @@ class RMEnsemble:
         return torch.stack([rm.score(core.params, y)] + [rm.score(m[0], y) for m in self.members])
 
     def pessimistic(self, core, y: torch.Tensor, mode: str = "mean_std", k: float = 1.0):
-        """``mean - k * std`` over members (``mode="mean_std"``) or their ``min``."""
+        """``mean - k * std`` over members (``mode="mean_std"``) or their ``min`` (``mode``: one of
+        :data:`MODES`, checked by the agents' configs)."""
         members = list(self.scores(core, y))
         # Explicit sums over members (not tensor reductions over dim 0, whose algorithm depends
         # on the layout): one experiment's numbers then do not depend on the batch size.
@@ -67,11 +63,9 @@ class RMEnsemble:
             for m in members[1:]:
                 out = torch.minimum(out, m)
             return out
-        if mode == "mean_std":
-            K = len(members)
-            mean = sum(members[1:], members[0]) / K
-            var = sum(((m - mean) ** 2 for m in members[1:]), (members[0] - mean) ** 2) / (K - 1)
-            # the epsilon keeps the gradient finite where all members agree (e.g. y = 0 for
-            # linear members), where d sqrt(var) would be infinite
-            return mean - k * (var + 1e-12).sqrt()
-        raise ValueError(f"ensemble_mode must be one of {MODES}, got {mode!r}")
+        K = len(members)
+        mean = sum(members[1:], members[0]) / K
+        var = sum(((m - mean) ** 2 for m in members[1:]), (members[0] - mean) ** 2) / (K - 1)
+        # the epsilon keeps the gradient finite where all members agree (e.g. y = 0 for linear
+        # members), where d sqrt(var) would be infinite
+        return mean - k * (var + 1e-12).sqrt()

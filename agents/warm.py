@@ -21,10 +21,10 @@ import copy
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
-from agents.whitebox import Agent, WhiteBoxConfig
+from agents.ensemble import train
+from agents.whitebox import Agent, WhiteBoxConfig, derived_seed
 from rlhf_envs.core import check_float, check_int
 
 
@@ -51,10 +51,6 @@ class WARMConfig(WhiteBoxConfig):
             raise ValueError(f"warm_keep must be in (0, 1], got {self.warm_keep}")
 
 
-def _member_seed(seed: int, member: int) -> int:
-    return int(np.random.SeedSequence([int(seed), 0x3A7, member]).generate_state(1)[0])
-
-
 class WARMAgent(Agent):
     """Ascends the weight average of reward models fine-tuned from the initial RM.
 
@@ -69,21 +65,15 @@ class WARMAgent(Agent):
 
     def start(self, core) -> None:
         c, rm = self.config, core.reward_model
-        m = c.warm_size
-        factors = [c.warm_lr_spread ** (2 * i / (m - 1) - 1) for i in range(m)]
-        self.rms = []
-        for f in factors:
-            member_rm = copy.copy(rm)
-            member_rm.optimizer = replace(rm.optimizer, lr=rm.optimizer.lr * f)
-            self.rms.append(member_rm)
-        self.members = []
-        for _ in range(m):
+        self.rms, self.members, self.gens = [], [], []
+        for i in range(c.warm_size):
+            f = c.warm_lr_spread ** (2 * i / (c.warm_size - 1) - 1)
+            self.rms.append(copy.copy(rm))
+            self.rms[-1].optimizer = replace(rm.optimizer, lr=rm.optimizer.lr * f)
             params = {k: v.clone() for k, v in core.params.items()}
             self.members.append([params, rm.init_opt_state(params)])
-        self.gens = [
-            [torch.Generator().manual_seed(_member_seed(s, i)) for s in core.seeds]
-            for i in range(m)
-        ]
+            seeds = [derived_seed(s, 0x3A7, i) for s in core.seeds]
+            self.gens.append([torch.Generator().manual_seed(s) for s in seeds])
         self.round = core.round
         self.average = {k: v.clone() for k, v in core.params.items()}
 
@@ -91,7 +81,6 @@ class WARMAgent(Agent):
         """Retrain the members for each RM round they missed, then average their weights."""
         if core.round == self.round:
             return
-        c = core.config
         for _ in range(self.round, core.round):
             ys, ts = core.training_batch()
             n = ys.shape[1]
@@ -100,10 +89,7 @@ class WARMAgent(Agent):
                 idx = torch.stack([torch.randperm(n, generator=g)[:k] for g in gens])  # (S, k)
                 y = torch.take_along_dim(ys, idx.unsqueeze(-1), dim=1)
                 t = torch.take_along_dim(ts, idx, dim=1)
-                for _ in range(c.rm_steps):
-                    member[0], member[1] = rm.update(
-                        member[0], member[1], y, t, c.feedback, core.references
-                    )
+                train(rm, member, core, y, t)
         self.round = core.round
         m = len(self.members)
         self.average = {

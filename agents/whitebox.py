@@ -181,12 +181,7 @@ class Agent:
     def declared_reads(self, sb3: bool = False) -> tuple[str, ...]:
         """What this agent reads with its config (default: the class's :attr:`reads`); under an
         SB3 algorithm (``sb3``) no gradient is used, so gradient reads become value reads."""
-        reads = self.white_box_reads()
-        return tuple(r.replace("_grads", "_values") for r in reads) if sb3 else reads
-
-    def white_box_reads(self) -> tuple[str, ...]:
-        """What the white-box optimiser reads with this agent (default: :attr:`reads`)."""
-        return self.reads
+        return tuple(r.replace("_grads", "_values") for r in self.reads) if sb3 else self.reads
 
     def start(self, core) -> None:
         """Called once per experiment start (after ``reset(seed=...)``), before any scoring."""
@@ -263,9 +258,10 @@ class Agent:
         }
 
 
-def _agent_seed(seed: int) -> int:
-    """The agent's own stream, distinct from the env's stream for the same seed."""
-    return int(np.random.SeedSequence([int(seed), 0x5EED]).generate_state(1)[0])
+def derived_seed(seed: int, *tags: int) -> int:
+    """A seed for a stream of its own (the agent's, an extra RM's), distinct from the env's
+    stream for the same seed and from the streams of other ``tags``."""
+    return int(np.random.SeedSequence([int(seed), *tags]).generate_state(1)[0])
 
 
 def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -289,7 +285,7 @@ class _Member:
         self.view, self.oracle, self.callback = view, oracle, callback
         self.cfg = agent.config
         self.gaussian = agent.config.policy == "gaussian"
-        self.gens = [torch.Generator().manual_seed(_agent_seed(s)) for s in agent.seeds]
+        self.gens = [torch.Generator().manual_seed(derived_seed(s, 0x5EED)) for s in agent.seeds]
         self.history: dict[str, list[np.ndarray]] = {}
         self.theta: torch.Tensor | None = None
         self.sigma, self.eps = 0.0, None

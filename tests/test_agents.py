@@ -149,7 +149,7 @@ def test_ensemble_members_train_on_the_env_buffer_and_disagree():
 
     env = vec_env(NEURAL, [0, 1])
     core = env.unwrapped.core
-    ens = RMEnsemble(core, 3, [0, 1])
+    ens = RMEnsemble(core, 3)
     y = torch.randn(2, 4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     before = ens.scores(core, y).clone()
     for _ in range(10):  # two RM rounds
