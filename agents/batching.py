@@ -31,6 +31,8 @@ _SHARED = frozenset(
         "buffer_pos",
     }
 )
+#: follower tensors with one row per experiment (cut to the slice's rows)
+_ROWS = frozenset({"buffer_y", "buffer_t", "references"})
 
 
 class SliceCore:
@@ -81,24 +83,14 @@ class SliceCore:
         return self._slice("opt_state", self._core.opt_state, cut)
 
     @property
-    def buffer_y(self) -> torch.Tensor:
-        return self._slice("buffer_y", self._core.buffer_y, self._rows)
-
-    @property
-    def buffer_t(self) -> torch.Tensor:
-        return self._slice("buffer_t", self._core.buffer_t, self._rows)
-
-    @property
-    def references(self) -> torch.Tensor:
-        return self._slice("references", self._core.references, self._rows)
-
-    @property
     def seeds(self) -> list[int]:
         return self._core.seeds[self.lo : self.hi]
 
-    def __getattr__(self, name: str) -> Any:  # settings and counters shared by every experiment
+    def __getattr__(self, name: str) -> Any:
         if name in _SHARED:
             return getattr(self._core, name)
+        if name in _ROWS:
+            return self._slice(name, getattr(self._core, name), self._rows)
         raise AttributeError(f"SliceCore has no attribute {name!r}")
 
     # -- the follower's reading methods, on the slice ------------------------------------------

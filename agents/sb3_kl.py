@@ -35,7 +35,6 @@ stale by the time a transition is replayed.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 
-KL_ALGOS = ("ppo", "a2c")  # the on-policy SB3 algorithms this callback supports
+from rlhf_envs.core import check_float
 
 
 class KLPenaltyCallback(BaseCallback):
@@ -56,20 +55,14 @@ class KLPenaltyCallback(BaseCallback):
 
     def __init__(self, kl_coef: float, verbose: int = 0):
         super().__init__(verbose)
-        if (
-            isinstance(kl_coef, bool)
-            or not isinstance(kl_coef, (int, float))
-            or not math.isfinite(kl_coef)
-            or kl_coef < 0
-        ):
-            raise ValueError(f"kl_coef must be a finite number >= 0, got {kl_coef!r}")
-        self.kl_coef = float(kl_coef)
+        self.kl_coef = kl_coef
+        check_float(self, "kl_coef", 0.0, strict=False)
         self.reference = None  # the frozen initial policy, set at training start
 
     def _on_training_start(self) -> None:
         if not isinstance(self.model, OnPolicyAlgorithm):
             raise TypeError(
-                f"KLPenaltyCallback needs an on-policy algorithm ({', '.join(KL_ALGOS)}), "
+                "KLPenaltyCallback needs an on-policy algorithm (PPO, A2C), "
                 f"got {type(self.model).__name__}"
             )
         if self.reference is None:

@@ -56,10 +56,6 @@ class AgentRewardWrapper(gym.Wrapper):
         self.audit: dict = {}  # the last step's sealed info
         self._started = False
 
-    #: reuse the env's score of the response for the snapshot's RM (``False``: score it again,
-    #: the reference path that tests compare against)
-    reuse_env_score = True
-
     def reset(self, **kwargs):
         out = self.env.reset(**kwargs)
         if kwargs.get("seed") is not None or not self._started:
@@ -75,15 +71,12 @@ class AgentRewardWrapper(gym.Wrapper):
         if y is not None:
             y = y.unsqueeze(1)
             proxy = info.get("proxy_reward")
-            if self.reuse_env_score and isinstance(proxy, float):
+            if isinstance(proxy, float):
                 before.reward_model = _KnownScore(core.reward_model, before.params, y, proxy)
             with torch.no_grad():
-                score = self.agent.sb3_score(FollowerView(before), y, self.oracle)
-            reward = float(score[0, 0])
-            q, g = int(core.oracle_queries[0]), int(core.oracle_grad_queries[0])
-            info["oracle_queries"] = q  # the agent's own queries
-            info["oracle_grad_queries"] = g
-            info["oracle_value_equivalents"] = int(core.oracle_value_equivalents[0])
+                reward = float(self.agent.sb3_score(FollowerView(before), y, self.oracle)[0, 0])
+            for key in ("oracle_queries", "oracle_grad_queries", "oracle_value_equivalents"):
+                info[key] = int(getattr(core, key)[0])  # the agent's own queries
         info["wrapped_reward"] = reward
         if self.seal_truth:
             info, self.audit = seal_info(info)
