@@ -81,9 +81,7 @@ class Trail:
 
 def remember(env, vector: Any, proxy: Any, true_u: Any, extra: Any = None) -> None:
     """Record one scored response of a single env for its frames (called by ``step``)."""
-    trail = env.__dict__.get("_render_trail")
-    if trail is None or trail.experiment is not env.core.generators:  # a new experiment
-        trail = env._render_trail = Trail(env.core.generators)
+    trail = env._render_trail = _trail(env)
     v = np.asarray(vector, dtype=np.float64).reshape(-1).copy()
     p, u = float(np.asarray(proxy).reshape(-1)[0]), float(np.asarray(true_u).reshape(-1)[0])
     # the round the response belongs to: the core counts completed rounds, and may just have
@@ -94,6 +92,7 @@ def remember(env, vector: Any, proxy: Any, true_u: Any, extra: Any = None) -> No
 
 
 def _trail(env) -> Trail:
+    """The env's trail; a new one for a new experiment."""
     trail = env.__dict__.get("_render_trail")
     if trail is None or trail.experiment is not getattr(env.core, "generators", None):
         trail = Trail(getattr(env.core, "generators", None))
@@ -101,12 +100,6 @@ def _trail(env) -> Trail:
 
 
 # -- figures and frames ----------------------------------------------------------------------------
-def _headless() -> bool:
-    return sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    )
-
-
 def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
     """The frame of ``env`` (a single env of this suite) in its ``render_mode``, drawn by
     ``draw(fig)`` into a cleared matplotlib figure.
@@ -114,8 +107,7 @@ def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
     ``"rgb_array"``: an ``(H, W, 3)`` uint8 array (drawn off screen, no pyplot state touched).
     ``"human"``: the frame is drawn into the env's matplotlib window; returns ``None``.
     """
-    mode = env.render_mode
-    if mode == "rgb_array":
+    if env.render_mode == "rgb_array":
         fig = env.__dict__.get("_render_figure")
         if fig is None:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -127,23 +119,22 @@ def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
         draw(fig)
         fig.canvas.draw()
         return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    if mode == "human":
-        import matplotlib
+    import matplotlib  # "human"
 
-        if _headless() and "inline" not in matplotlib.get_backend():
-            matplotlib.use("Agg")  # no display: draw off screen rather than fail
-        import matplotlib.pyplot as plt
+    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if sys.platform.startswith("linux") and headless and "inline" not in matplotlib.get_backend():
+        matplotlib.use("Agg")  # no display: draw off screen rather than fail
+    import matplotlib.pyplot as plt
 
-        fig = env.__dict__.get("_render_figure")
-        if fig is None or not plt.fignum_exists(fig.number):
-            fig = env._render_figure = plt.figure(dpi=DPI)
-        fig.clear()
-        draw(fig)
-        if matplotlib.get_backend().lower() in ("agg", "cairo", "pdf", "pgf", "ps", "svg"):
-            fig.canvas.draw()  # non-interactive backend: nothing to show
-        else:
-            plt.pause(1.0 / RENDER_FPS)
-        return None
+    fig = env.__dict__.get("_render_figure")
+    if fig is None or not plt.fignum_exists(fig.number):
+        fig = env._render_figure = plt.figure(dpi=DPI)
+    fig.clear()
+    draw(fig)
+    if matplotlib.get_backend().lower() in ("agg", "cairo", "pdf", "pgf", "ps", "svg"):
+        fig.canvas.draw()  # non-interactive backend: nothing to show
+    else:
+        plt.pause(1.0 / RENDER_FPS)
     return None
 
 
@@ -234,32 +225,43 @@ def _points(ax, a: np.ndarray, b: np.ndarray, star: tuple[float, float], path=Tr
     if len(a):
         if path:
             ax.plot(a, b, color="white", lw=0.7, alpha=0.6)
-        alpha = np.linspace(0.25, 1.0, len(a))
-        colours = np.zeros((len(a), 4))
-        colours[:, :3] = 1.0
-        colours[:, 3] = alpha
+        colours = np.ones((len(a), 4))  # white, fading in
+        colours[:, 3] = np.linspace(0.25, 1.0, len(a))
         ax.scatter(a, b, s=10, c=colours, edgecolors="none")
         ax.plot(a[-1], b[-1], "o", ms=8, mfc="none", mec="red", mew=1.8)
 
 
 def _grow(trail: Trail, extent: np.ndarray) -> np.ndarray:
     """The maps' extent, grown to hold ``extent`` and never shrunk (frames do not jitter)."""
-    if not trail.extent.any():
-        trail.extent = extent.copy()
-    trail.extent = np.array(
-        [
-            min(trail.extent[0], extent[0]),
-            max(trail.extent[1], extent[1]),
-            min(trail.extent[2], extent[2]),
-            max(trail.extent[3], extent[3]),
-        ]
-    )
+    old = trail.extent if trail.extent.any() else extent
+    lo, hi = np.minimum(old, extent), np.maximum(old, extent)
+    trail.extent = np.array([lo[0], hi[1], lo[2], hi[3]])
     return trail.extent
 
 
-def _unit(v: np.ndarray) -> np.ndarray | None:
+def _unit(v: np.ndarray, e1: np.ndarray | None = None) -> np.ndarray | None:
+    """``v`` (made orthogonal to the unit ``e1`` if given) scaled to norm 1; None if ~0."""
+    if e1 is not None:
+        v = v - (v @ e1) * e1
     n = float(np.linalg.norm(v))
     return v / n if n > 1e-9 else None
+
+
+def _plane(env, a, b, e1, e2, t, points, prompt=None) -> dict[str, Any]:
+    """The maps on the grid ``a x b`` of the plane ``a e1 + b e2`` (responses after ``prompt``,
+    if given): ``U`` (a peak at ``(t, 0)``) and the RM's scores ``r``, with the responses'
+    ``points``; what :func:`vector_plane` and :func:`cluster_plane` return."""
+    c = env.core.config
+    A, B = np.meshgrid(a, b)
+    u = c.utility_scale * np.exp(-c.utility_width * ((A - t) ** 2 + B**2))
+    if e2 is None:  # a one-dimensional response: nothing off the axis
+        r = np.repeat(rm_scores(env, np.outer(a, e1))[None], len(b), 0)
+    else:
+        grid = A.reshape(-1, 1) * e1 + B.reshape(-1, 1) * e2
+        if prompt is not None:
+            grid = np.concatenate([np.broadcast_to(prompt, (len(grid), len(prompt))), grid], 1)
+        r = rm_scores(env, grid).reshape(A.shape)
+    return {"a": a, "b": b, "U": u, "r": r, "points": points, "target": (t, 0.0)}
 
 
 # -- vector envs -------------------------------------------------------------------------------------
@@ -289,10 +291,9 @@ def vector_plane(env) -> dict[str, Any]:
                 g = core.reward_model.score_and_grad_y(core.params, y)[1][0, 0].numpy()
             except NotImplementedError:
                 g = np.zeros(c.dims)
-        e2 = _unit(g - (g @ e1) * e1)
+        e2 = _unit(g, e1)
     if e2 is None:
-        basis = np.eye(c.dims)[min(c.signal_dims, c.dims - 1)]
-        e2 = _unit(basis - (basis @ e1) * e1)
+        e2 = _unit(np.eye(c.dims)[min(c.signal_dims, c.dims - 1)], e1)
     span = max(abs(t), 1.0)
     want = np.array(
         [
@@ -306,14 +307,7 @@ def vector_plane(env) -> dict[str, Any]:
     pad_a, pad_b = 0.05 * (ext[1] - ext[0]), 0.05 * ext[3]
     a = np.linspace(ext[0] - pad_a, ext[1] + pad_a, 90)
     b = np.linspace(-0.5 * pad_b, ext[3] + pad_b, 70)  # a little below 0: the target shows
-    A, B = np.meshgrid(a, b)
-    u = c.utility_scale * np.exp(-c.utility_width * ((A - t) ** 2 + B**2))
-    if e2 is None:  # a one-dimensional response: nothing off the axis
-        r = np.repeat(rm_scores(env, np.outer(a, e1))[None], len(b), 0)
-    else:
-        grid = A.reshape(-1, 1) * e1 + B.reshape(-1, 1) * e2
-        r = rm_scores(env, grid).reshape(A.shape)
-    return {"a": a, "b": b, "U": u, "r": r, "points": (a_pts, b_pts), "target": (t, 0.0)}
+    return _plane(env, a, b, e1, e2, t, (a_pts, b_pts))
 
 
 def draw_vector(env, fig) -> None:
@@ -407,10 +401,9 @@ def cluster_plane(env, k: int) -> dict[str, Any]:
         e1 = np.eye(c.dims)[0]
     bias = np.zeros(c.dims)
     bias[list(c.labeler_bias_dims)] = 1.0
-    e2 = _unit(bias - (bias @ e1) * e1)
+    e2 = _unit(bias, e1)
     if e2 is None:  # the spurious dims are along the target: any other direction
-        other = np.eye(c.dims)[(int(np.argmax(np.abs(e1))) + 1) % c.dims]
-        e2 = _unit(other - (other @ e1) * e1)
+        e2 = _unit(np.eye(c.dims)[(int(np.argmax(np.abs(e1))) + 1) % c.dims], e1)
     t = float(y_star @ e1)
     mine = [it for it in trail.items if it[4] == k]
     ys = np.stack([it[0][c.prompt_dims :] for it in mine]) if mine else np.zeros((0, c.dims))
@@ -420,13 +413,8 @@ def cluster_plane(env, k: int) -> dict[str, Any]:
     a = np.linspace(min(-span, a_pts.min(initial=0)), max(2 * span, a_pts.max(initial=0)), 80)
     reach = max(2 * span, np.abs(b_pts).max(initial=0.0) * 1.1)
     b = np.linspace(-reach, reach, 70)
-    A, B = np.meshgrid(a, b)
-    e2v = e2 if e2 is not None else np.zeros(c.dims)
-    grid_y = A.reshape(-1, 1) * e1 + B.reshape(-1, 1) * e2v
-    x = np.broadcast_to(core.centres[k].numpy(), (len(grid_y), c.prompt_dims))
-    r = rm_scores(env, np.concatenate([x, grid_y], 1)).reshape(A.shape)
-    u = c.utility_scale * np.exp(-c.utility_width * ((A - t) ** 2 + B**2))
-    return {"a": a, "b": b, "U": u, "r": r, "points": (a_pts, b_pts), "target": (t, 0.0)}
+    e2 = e2 if e2 is not None else np.zeros(c.dims)  # a one-dimensional response
+    return _plane(env, a, b, e1, e2, t, (a_pts, b_pts), core.centres[k].numpy())
 
 
 def draw_contextual(env, fig) -> None:
