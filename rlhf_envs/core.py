@@ -84,15 +84,6 @@ def check_choice(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
 
 
-def check_hidden(obj: Any, name: str = "rm_hidden") -> None:
-    """Validate the two MLP hidden widths in ``obj.name`` and store them as a tuple of ints."""
-    v = getattr(obj, name)
-    hidden = int_sequence(name, v)
-    if len(hidden) != 2 or not all(1 <= h <= 4096 for h in hidden):
-        raise ValueError(f"{name} must be two ints in [1, 4096], got {v!r}")
-    setattr(obj, name, hidden)
-
-
 def check_dims(obj: Any, name: str, dims: int, default: tuple[int, ...] | None = None) -> None:
     """Validate ``obj.name`` (None: ``default``, or indices in ``[0, dims)``); store a tuple."""
     if getattr(obj, name) is None:
@@ -106,24 +97,8 @@ def check_dims(obj: Any, name: str, dims: int, default: tuple[int, ...] | None =
     setattr(obj, name, idx)
 
 
-class KwargsConfig:
-    """``from_kwargs`` / ``to_dict`` for the env config dataclasses."""
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any):
-        """Build from keyword arguments, rejecting unknown names with a clear message."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown argument(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass
-class FollowerConfig(KwargsConfig):
+class FollowerConfig:
     """The reward model, its training and the labeler's noise, shared by every env config.
 
     Each env config inherits these fields (redeclaring some with its own defaults) and passes
@@ -165,7 +140,10 @@ class FollowerConfig(KwargsConfig):
         check_float(self, "rm_init_noise", 0.0, strict=False)
         check_float(self, "utility_scale", 0.0, strict=True)
         check_choice(self, "reward_model", RM_TYPES)
-        check_hidden(self, "rm_hidden")
+        hidden = int_sequence("rm_hidden", self.rm_hidden)
+        if len(hidden) != 2 or not all(1 <= h <= 4096 for h in hidden):
+            raise ValueError(f"rm_hidden must be two ints in [1, 4096], got {self.rm_hidden!r}")
+        self.rm_hidden = hidden
         check_choice(self, "rm_optimizer", OPTIMIZERS)
         check_float(self, "rm_lr", 0.0, strict=True)
         check_float(self, "rm_weight_decay", 0.0, strict=False)
@@ -176,6 +154,18 @@ class FollowerConfig(KwargsConfig):
         check_float(self, "label_noise", 0.0, strict=False)
         check_float(self, "labeler_bias", -math.inf, strict=False)
 
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any):
+        """Build from keyword arguments, rejecting unknown names with a clear message."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown argument(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def follower_settings(self) -> dict[str, Any]:
         """``{name: value}`` of the :class:`FollowerConfig` fields (to build the core's config)."""
         return {f.name: getattr(self, f.name) for f in fields(FollowerConfig)}
@@ -185,11 +175,10 @@ class FollowerConfig(KwargsConfig):
 class BlindSpotConfig(FollowerConfig):
     """Settings of a blind-spot environment (defaults: the paper's linear environment).
 
-    Plus the follower fields of :class:`FollowerConfig`, with its defaults. For the linear RM ``r = w . y``, ``w0 = 1`` on the
-    signal dims plus ``N(0, rm_init_noise^2)`` on every dim; for the MLP ``rm_init_noise`` is the
-    std of the initial weights. The paper's linear rule ``w <- w (1 - 1e-4) + ...`` is SGD with
-    lr 0.005 and weight decay 0.02. ``labeler_bias``: the labeler overrates
-    ``sum(y[labeler_bias_dims])`` by this factor, a blind spot that retraining cannot fix.
+    Plus the follower fields of :class:`FollowerConfig`, with its defaults (the paper's linear
+    rule ``w <- w (1 - 1e-4) + ...`` is SGD with lr 0.005 and weight decay 0.02). The linear RM
+    ``r = w . y`` starts at ``w0 = 1`` on the signal dims plus ``N(0, rm_init_noise^2)`` on every
+    dim; the labeler overrates ``sum(y[labeler_bias_dims])`` by the factor ``labeler_bias``.
 
     Attributes:
         dims: response dimension ``d`` (>= 1).
@@ -270,9 +259,8 @@ class RLHFCore:
         num_experiments: int = 1,
         reward_model: RewardModel | None = None,
     ):
-        self.config = config
+        self.config = c = config
         self.S = int(num_experiments)
-        c = config
         self.dtype = getattr(torch, c.dtype)
         self.y_star = torch.zeros(c.dims, dtype=self.dtype)
         self.y_star[: c.signal_dims] = c.target_value
