@@ -1,11 +1,7 @@
-"""Several agents on one vector env: what each may see of its own experiments.
-
-:func:`agents.whitebox.learn_together` runs agents side by side on one batched env (agent ``a``
-owns the experiments ``lo:hi``), so that the env's scoring, labelling and retraining run once for
-all of them. Each agent sees a :class:`SliceCore` (its experiments of the env's follower, with
-the follower's reading methods) and a :class:`SliceOracle` (queries on its experiments, charged
-to them alone). Slices are views along the experiment dimension, cut again only when the env
-replaces the tensor they come from, so an agent's caches keyed by identity keep working.
+"""What each agent of a :func:`agents.whitebox.learn_together` run sees of its own experiments
+``lo:hi`` of the env: a :class:`SliceCore` and a :class:`SliceOracle`. Slices are views along the
+experiment dimension, cut again only when the env replaces the tensor they come from, so an
+agent's caches keyed by identity keep working.
 """
 
 from __future__ import annotations
@@ -15,22 +11,10 @@ from typing import Any
 
 import torch
 
+from agents.sealed import FOLLOWER_ATTRS
 from rlhf_envs.core import RLHFCore
 from rlhf_envs.reward_models import FlatParams
 
-#: follower attributes that are the same for every experiment (read through unchanged)
-_SHARED = frozenset(
-    {
-        "reward_model",
-        "config",
-        "dtype",
-        "reference",
-        "round",
-        "in_round",
-        "buffer_len",
-        "buffer_pos",
-    }
-)
 #: follower tensors with one row per experiment (cut to the slice's rows)
 _ROWS = frozenset({"buffer_y", "buffer_t", "references"})
 
@@ -87,10 +71,10 @@ class SliceCore:
         return self._core.seeds[self.lo : self.hi]
 
     def __getattr__(self, name: str) -> Any:
-        if name in _SHARED:
-            return getattr(self._core, name)
         if name in _ROWS:
             return self._slice(name, getattr(self._core, name), self._rows)
+        if name in FOLLOWER_ATTRS:  # not cut above: the same for every experiment
+            return getattr(self._core, name)
         raise AttributeError(f"SliceCore has no attribute {name!r}")
 
     # -- the follower's reading methods, on the slice ------------------------------------------

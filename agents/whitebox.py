@@ -10,11 +10,8 @@ Two policies, as in Gauthier, Bach & Jordan (arXiv 2605.04266, Sec. 3):
   start to their end value by the factor ``1 - (t/T)^decay_power``.
 
 The objective is ``agent.score(y) - l2 * ||y||^2``; agents differ only in :meth:`Agent.score`.
-Gradients are exact (autograd), batched over the ``S`` experiments of a vectorised env.
-
-The loop of one round reads top to bottom in :func:`learn_together` (which :meth:`Agent.learn`
-calls with one agent): optimise the policy against the current RM (:meth:`_Member.optimise`),
-submit responses (the env scores, labels and retrains), record metrics.
+Gradients are exact (the agent's closed form, else autograd), batched over the ``S`` experiments
+of a vectorised env. The round loop reads top to bottom in :func:`learn_together`.
 """
 
 from __future__ import annotations
@@ -133,8 +130,7 @@ class Agent:
     Subclasses set :attr:`name` and define :meth:`score` (and, where it is cheaper,
     :meth:`score_grad`). Both policy optimisers ascend the same rule: the white-box gradient
     optimiser of the paper's simulations (:meth:`learn`) and any stable-baselines3 algorithm
-    through :class:`agents.wrappers.AgentRewardWrapper`. Register a new agent by adding it to
-    :mod:`agents.registry`, or pass ``module:Class`` to the harness.
+    through :class:`agents.wrappers.AgentRewardWrapper`.
 
     ``score(core, y, oracle)`` gets the env's follower ``core`` (the reward model ``core
     .reward_model``, its parameters ``core.params``, optimiser state, buffer and config; a
@@ -223,8 +219,7 @@ class Agent:
         """Run ``rounds`` iterative-RLHF rounds on ``env`` (already reset with its seeds).
 
         Returns per-round metrics, each an array of shape ``(rounds, S)``; ``callback`` is called
-        after each round with that round's metrics. :func:`learn_together` runs several agents
-        on one env, each on its own experiments, with the same numbers as alone.
+        after each round with that round's metrics.
         """
         return learn_together([self], env, rounds, [callback])[0]
 
@@ -409,26 +404,17 @@ def learn_together(
         if len(stopped or ()) == len(members):
             break
         # 2. submit responses: the env scores them, labels the round and retrains its RMs
-        proxies, trues = [], []
-        for j in range(spr):
-            if len(members) == 1:
-                y = members[0].response(j)
-            else:
-                y = torch.cat([m.response(j) for m in members])
-            proxy, true_u = _submit(env, y, vector)
-            proxies.append(proxy)
-            trues.append(true_u)
+        ys = (torch.cat([m.response(j) for m in members]) for j in range(spr))
+        proxies, trues = zip(*(_submit(env, y, vector) for y in ys), strict=True)
         # 3. record what happened (audit path: not charged to the agents)
-        theta = members[0].theta if len(members) == 1 else torch.cat([m.theta for m in members])
+        theta = torch.cat([m.theta for m in members])
         row = members[0].agent._metrics(core, theta, np.stack(proxies), np.stack(trues), k)
         for m in members:
             if m.error is None:
-                m.record(row if len(members) == 1 else {k: v[m.lo : m.hi] for k, v in row.items()})
-    out: list[dict[str, np.ndarray] | None] = []
+                m.record({key: v[m.lo : m.hi] for key, v in row.items()})
     for m in members:
-        if m.error is not None:
-            out.append(None)
-            continue
-        m.agent.theta = m.theta
-        out.append({key: np.stack(v) for key, v in m.history.items()})
-    return out
+        if m.error is None:
+            m.agent.theta = m.theta  # the final policy mean
+    return [
+        {k: np.stack(v) for k, v in m.history.items()} if m.error is None else None for m in members
+    ]

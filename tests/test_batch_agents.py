@@ -11,7 +11,7 @@ import torch
 import rlhf_envs  # noqa: F401
 from agents import registry
 from agents.batching import SliceCore, SliceOracle
-from agents.sealed import FollowerView
+from agents.sealed import FOLLOWER_ATTRS, FollowerView
 from agents.whitebox import learn_together
 from baselines import results, sweep
 from baselines.execute import group_jobs, run_jobs
@@ -129,6 +129,10 @@ def test_slice_core_cuts_the_follower_and_keeps_slices_while_the_env_does():
     assert torch.equal(part.params.flat, core.params.flat[1:3])
     y = torch.randn(2, 1, 10, dtype=torch.float64)
     assert torch.equal(part.score(y), core.score(torch.cat([y[:1], y, y[:1]]))[1:3])
+    for name in FOLLOWER_ATTRS:  # whatever has one row per experiment comes cut to the slice
+        whole = getattr(core, name)
+        if isinstance(whole, torch.Tensor) and whole.dim() and whole.shape[0] == 4:
+            assert torch.equal(getattr(part, name), whole[1:3]), name
     view = FollowerView(part)
     assert view.config.dims == 10 and view.buffer_len == core.buffer_len
     with pytest.raises(ValueError, match="within the core's 4 experiments"):
