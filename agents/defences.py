@@ -1,17 +1,4 @@
-"""The field's usual defences against reward over-optimisation, as white-box agents.
-
-* ``static``: ascends the reward model as it was at the start (never retrained from the
-  agent's point of view): classic over-optimisation of a fixed proxy (Gao, Schulman & Hilton,
-  "Scaling Laws for Reward Model Overoptimization", arXiv 2210.10760).
-* ``kl``: ascends the current RM minus ``kl_coef * ||y - y0||^2``, an anchor to the initial
-  policy. For Gaussian policies with a shared fixed covariance the KL to the initial policy is
-  proportional to ``||theta - theta0||^2``; the anchor on the sampled response has the same
-  expected gradient (the scale is absorbed in ``kl_coef``). The KL-regularised RLHF objective of
-  Ziegler et al., "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593.
-* ``ensemble``: ascends a pessimistic aggregate of K reward models (mean - k*std, or min) trained
-  on the same labels from different initialisations (Coste et al., "Reward Model Ensembles Help
-  Mitigate Overoptimization", arXiv 2310.02743).
-"""
+"""The field's usual defences against reward over-optimisation, as white-box agents."""
 
 from __future__ import annotations
 
@@ -28,7 +15,8 @@ from rlhf_envs.core import check_choice, check_float, check_int
 class StaticAgent(Agent):
     """Ascends the initial reward model ``r_{phi_0}`` (the env keeps retraining, unseen).
 
-    Source: the fixed-proxy setting of Gao et al., arXiv 2210.10760.
+    Classic over-optimisation of a fixed proxy. Source: Gao, Schulman & Hilton, "Scaling Laws for
+    Reward Model Overoptimization", arXiv 2210.10760.
     """
 
     name = "static"
@@ -59,7 +47,10 @@ class KLConfig(WhiteBoxConfig):
 class KLAgent(Agent):
     """Current RM minus ``kl_coef * ||y - y0||^2`` (anchor to the initial policy).
 
-    Source: KL-regularised RLHF, Ziegler et al., arXiv 1909.08593.
+    For Gaussian policies with a shared fixed covariance the KL to the initial policy is
+    proportional to ``||theta - theta0||^2``; the anchor on the sampled response has the same
+    expected gradient (the scale is absorbed in ``kl_coef``). Source: KL-regularised RLHF,
+    Ziegler et al., "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593.
     """
 
     name = "kl"
@@ -104,9 +95,8 @@ class EnsembleConfig(WhiteBoxConfig):
 class EnsembleAgent(Agent):
     """Pessimistic ensemble of reward models (mean - k*std or min).
 
-    The extra members train on the env's labelled buffer whenever the env retrains, so they use
-    no extra labels; their cost is compute.
-    Source: Coste et al., arXiv 2310.02743.
+    The members are :class:`agents.ensemble.RMEnsemble`'s. Source: Coste et al., "Reward Model
+    Ensembles Help Mitigate Overoptimization", arXiv 2310.02743.
     """
 
     name = "ensemble"

@@ -2,9 +2,8 @@
 
 Member 0 is the env's reward model. Members ``1..K-1`` start from the env's RM initialiser with
 their own random streams and take the same optimiser steps on the same labelled buffer each
-time the env retrains, so they differ only through initialisation (as in Coste et al.,
-"Reward Model Ensembles Help Mitigate Overoptimization", arXiv 2310.02743). Used by the
-``ensemble`` agent, white-box and through SB3.
+time the env retrains, so they differ only through initialisation (as in Coste et al., arXiv
+2310.02743) and use no extra labels: their cost is compute.
 """
 
 from __future__ import annotations

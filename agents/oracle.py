@@ -32,13 +32,8 @@ class OracleAgent(Agent):
 
 @dataclass
 class OracleValuesConfig(WhiteBoxConfig):
-    """:class:`WhiteBoxConfig` plus the value-query budget and the probe size.
-
-    Attributes:
-        value_queries: value queries of the truth per policy step (>= 1), spent on a
-            zeroth-order gradient estimate.
-        probe: std ``delta`` of the random probes ``y + delta * u`` (> 0).
-    """
+    """:class:`WhiteBoxConfig` plus ``value_queries`` per policy step (>= 1) and ``probe``, the
+    std ``delta`` of the random probes (> 0); see :class:`OracleValuesAgent`."""
 
     value_queries: int = 1
     probe: float = 0.1

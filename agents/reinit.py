@@ -7,13 +7,10 @@ restarting from the base policy is the robust choice (at the price of flexibilit
 continuing from the previous iteration's policy often fails to recover from early
 over-optimisation.
 
-Here the env retrains its RM every round, as before; the agent splits the run into
-``iterations`` equal blocks of rounds, and at the start of each block the white-box policy
-restarts from ``init`` (the base) with a fresh run of its step-size and sigma schedules, so that
-each block is a full policy optimisation against an RM that has learnt from all earlier blocks'
-labels (as far as the env's FIFO buffer keeps them: the agent cannot change what the RM trains
-on). The score is the current RM's, as for ``naive``; with ``iterations = 1`` the agent is
-``naive`` exactly.
+Here the env retrains its RM every round, as before; each block of the agent (see
+:class:`ReinitAgent`) is a full policy optimisation against an RM that has learnt from all
+earlier blocks' labels (as far as the env's FIFO buffer keeps them: the agent cannot change what
+the RM trains on). With ``iterations = 1`` the agent is ``naive`` exactly.
 """
 
 from __future__ import annotations
