@@ -19,8 +19,8 @@ from rlhf_envs.core import (
     check_dims,
     check_float,
     check_int,
+    make_reward_model,
 )
-from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
 
 
 @dataclass
@@ -28,9 +28,7 @@ class ContextualConfig(FollowerConfig):
     """Settings of :class:`ContextualEnv`.
 
     Plus the follower fields of :class:`FollowerConfig` (the RM works on ``concat(x, y)``), with
-    these defaults: ``labeler_bias`` 5.0, ``reward_model`` ``"mlp"``, ``rm_optimizer``
-    ``"adam"``, ``rm_lr`` 1e-2, ``rm_weight_decay`` 1e-3, ``rm_steps`` 2, ``buffer_size`` 64,
-    ``samples_per_round`` 8. In cluster ``blind_cluster`` the labeler adds ``labeler_bias *
+    the defaults below. In cluster ``blind_cluster`` the labeler adds ``labeler_bias *
     sum(y[labeler_bias_dims])`` to the true utility (0 disables the blind spot).
     ``reward_model="linear"`` (``w . [x, y]``, zero-mean initial weights of std
     ``rm_init_noise``) cannot fit a peaked utility: a capacity blind spot.
@@ -111,13 +109,8 @@ class ContextualCore(RLHFCore):
 
     def __init__(self, config: ContextualConfig, num_experiments: int = 1):
         core_cfg = config.core_config()
-        if config.reward_model == "linear":
-            opt = OptimizerConfig(config.rm_optimizer, config.rm_lr, config.rm_weight_decay)
-            zero = torch.zeros(core_cfg.dims, dtype=torch.float64)
-            rm = LinearRewardModel(core_cfg.dims, opt, zero, config.rm_init_noise)
-            super().__init__(core_cfg, num_experiments, reward_model=rm)
-        else:
-            super().__init__(core_cfg, num_experiments)
+        zero = torch.zeros(core_cfg.dims, dtype=torch.float64)  # the linear RM's initial mean
+        super().__init__(core_cfg, num_experiments, make_reward_model(core_cfg, zero, None))
         self.env_config = c = config
         p = c.prompt_dims
         eye = torch.eye(p, dtype=torch.float64)
@@ -225,12 +218,9 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     prompt and keeps the RM.
 
     ## Info
-    Every step: ``true_utility``, ``proxy_reward``, ``round``, ``rm_updated``, ``labels_used``,
-    the oracle counters (as in ``RLHFBlindSpot-v0``), ``cluster`` (the prompt's cluster), ``in_blind_cluster`` (bool: ``cluster
-    == blind_cluster``), and ``signal_norm`` / ``noise_norm``: the norms of the first
-    ``core.config.signal_dims`` (= 1, i.e. ``|x[0]|``) and of the remaining coordinates of the
-    scored vector ``z = concat(x, y)``. The reset info has ``round``, ``rm_updated``,
-    ``labels_used``, the oracle counters, ``cluster`` and ``in_blind_cluster`` (of the new prompt).
+    The keys of ``RLHFBlindSpot-v0`` (``signal_norm`` = ``|x[0]|`` and ``noise_norm`` the norm of
+    the rest of ``z``), plus ``cluster`` (the prompt's) and ``in_blind_cluster`` (``cluster ==
+    blind_cluster``), which the reset info has too, for the new prompt.
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`ContextualCore`), ``reward_model``, ``rm_params``,
@@ -244,11 +234,8 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     cluster's recent responses and its scores per round (:mod:`rlhf_envs.render`).
 
     ## Arguments
-    See :class:`ContextualConfig`: ``prompt_dims``, ``dims``, ``n_clusters``,
-    ``cluster_radius``, ``cluster_std``, ``target_std``, ``task_seed``, ``blind_cluster``,
-    ``labeler_bias``, ``labeler_bias_dims``, ``reward_model``, ``rm_lr``, ``samples_per_round``,
-    ... Unknown names raise ``TypeError``; invalid values raise ``ValueError``/``TypeError``
-    naming the argument.
+    See :class:`ContextualConfig`. Unknown names raise ``TypeError``; invalid values raise
+    ``ValueError``/``TypeError`` naming the argument.
 
     ## Version History
     * v0: initial release.

@@ -242,6 +242,16 @@ class BlindSpotConfig(FollowerConfig):
             self.reference_response = ref
 
 
+def make_reward_model(c: BlindSpotConfig, mean: torch.Tensor, skip: torch.Tensor | None):
+    """The reward model ``c`` describes: linear with initial weights ``mean`` plus noise, or an
+    MLP with the trainable linear skip term ``skip`` (None: none)."""
+    opt = OptimizerConfig(c.rm_optimizer, c.rm_lr, c.rm_weight_decay)
+    dtype = getattr(torch, c.dtype)
+    if c.reward_model == "linear":
+        return LinearRewardModel(c.dims, opt, mean, c.rm_init_noise, dtype=dtype)
+    return MLPRewardModel(c.dims, opt, c.rm_hidden, c.rm_init_noise, skip_init=skip, dtype=dtype)
+
+
 class RLHFCore:
     """``S`` independent iterative-RLHF followers (reward model + labeler + buffer).
 
@@ -271,24 +281,15 @@ class RLHFCore:
         self.labeler_direction = torch.zeros(c.dims, dtype=self.dtype)
         if c.labeler_bias:
             self.labeler_direction[list(c.labeler_bias_dims)] = 1.0
-        opt = OptimizerConfig(c.rm_optimizer, c.rm_lr, c.rm_weight_decay)
-        blind = torch.zeros(c.dims, dtype=torch.float64)  # the RM's own dtype is applied by it
-        if c.blind_spot_dims:
-            blind[list(c.blind_spot_dims)] = c.blind_spot_bias
-        self.reward_model: RewardModel
-        if reward_model is not None:
-            self.reward_model = reward_model
-        elif c.reward_model == "linear":
+        if reward_model is None:
+            blind = torch.zeros(c.dims, dtype=torch.float64)  # the RM applies its own dtype
+            if c.blind_spot_dims:
+                blind[list(c.blind_spot_dims)] = c.blind_spot_bias
             mean = blind.clone()
             mean[: c.signal_dims] += 1.0
-            self.reward_model = LinearRewardModel(
-                c.dims, opt, mean, c.rm_init_noise, dtype=self.dtype
-            )
-        else:
             skip = blind if (c.blind_spot_dims and c.blind_spot_bias) else None
-            self.reward_model = MLPRewardModel(
-                c.dims, opt, c.rm_hidden, c.rm_init_noise, skip_init=skip, dtype=self.dtype
-            )
+            reward_model = make_reward_model(c, mean, skip)
+        self.reward_model: RewardModel = reward_model
         self.seeds: list[int] = []
         self.params: Params = {}
 

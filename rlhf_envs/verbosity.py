@@ -22,8 +22,8 @@ from rlhf_envs.core import (
     check_choice,
     check_float,
     check_int,
+    make_reward_model,
 )
-from rlhf_envs.reward_models import LinearRewardModel, MLPRewardModel, OptimizerConfig
 
 EOS, ANSWER, FILLER = 0, 1, 2
 FEATURES = ("has_answer", "length", "filler")
@@ -35,11 +35,8 @@ class VerbosityConfig(FollowerConfig):
     """Settings of :class:`VerbosityEnv`.
 
     Plus the follower fields of :class:`FollowerConfig` (the RM works on the feature vector
-    ``f``), with these defaults: ``labeler_bias`` 6.0, ``rm_hidden`` (16, 16), ``rm_lr`` 0.003,
-    ``rm_weight_decay`` 0.0, ``buffer_size`` 16, ``samples_per_round`` 4 (completed responses,
-    not tokens). ``utility_scale`` is the true utility of the ideal response ``[ANSWER, EOS]``;
-    the labeler adds ``labeler_bias * (length + filler)`` (the features, i.e. token counts /
-    ``max_len``) to the true utility: a length and filler bias that retraining cannot remove.
+    ``f``; ``samples_per_round`` counts completed responses, not tokens), with the defaults
+    below. ``utility_scale`` is the true utility of the ideal response ``[ANSWER, EOS]``.
     ``reward_model="mlp"`` is an MLP on ``f`` plus a trainable linear skip term ``s . f`` starting
     at the initial weights below; ``rm_init_noise`` is the std of the Gaussian error on the
     initial linear weights, or of the MLP's initial weights.
@@ -129,17 +126,11 @@ class VerbosityCore(RLHFCore):
 
     def __init__(self, config: VerbosityConfig, num_experiments: int = 1):
         core_cfg = config.core_config()
-        opt = OptimizerConfig(config.rm_optimizer, config.rm_lr, config.rm_weight_decay)
         w0 = torch.tensor(
             [config.rm_answer_weight, config.rm_length_bias, config.rm_filler_bias],
             dtype=torch.float64,
         )
-        if config.reward_model == "linear":
-            rm = LinearRewardModel(N_FEATURES, opt, w0, config.rm_init_noise)
-        else:
-            rm = MLPRewardModel(
-                N_FEATURES, opt, config.rm_hidden, config.rm_init_noise, skip_init=w0
-            )
+        rm = make_reward_model(core_cfg, w0, w0)
         super().__init__(core_cfg, num_experiments, reward_model=rm)
         self.env_config = config
 
@@ -176,11 +167,9 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     retrained on its FIFO buffer, so the RM follows the policy (iterative RLHF).
 
     The RM and the labeler see a response through its feature vector
-    ``f = [has_answer, length, filler]`` (:func:`sequence_features`: ANSWER present among the
-    tokens before EOS; content tokens / ``max_len``; FILLER tokens / ``max_len``). This vector is
-    what ``env.unwrapped.core`` treats as "the response", so the white-box maths (tangent
-    kernels, FPO penalties) work on it unchanged; ``env.unwrapped.last_response`` is the (1, 3)
-    vector the RM scored at the last step (``None`` while a response is unfinished).
+    ``f = [has_answer, length, filler]`` (:func:`sequence_features`), which
+    ``env.unwrapped.core`` treats as "the response": the white-box maths (tangent kernels, FPO
+    penalties) work on it unchanged.
 
     Reward models of LLMs are known to reward length: Singhal et al., "A Long Way to Go:
     Investigating Length Correlations in RLHF" (arXiv 2310.03716) find that much of the reward
@@ -239,20 +228,17 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     after the response ended, without a reset, raises ``RuntimeError``.
 
     ## Info
-    Every step: ``true_utility``, ``proxy_reward`` (both 0.0 before the last step), ``round``
-    (completed RM rounds), ``rm_updated``, ``labels_used``, the oracle counters (as in
-    ``RLHFBlindSpot-v0``),
-    ``response_length`` (content tokens so far) and ``response_complete``. The last step of a
-    response also has ``signal_norm`` (``|has_answer|``, the first ``core.config.signal_dims = 1``
-    features) and ``noise_norm`` (``||[length, filler]||``) of the scored feature vector ``f``.
-    The reset info has ``round``, ``rm_updated``, ``labels_used``, the oracle counters,
-    ``response_length`` (0) and ``response_complete`` (False).
+    The keys of ``RLHFBlindSpot-v0`` (``true_utility`` and ``proxy_reward`` 0.0 before the last
+    step; ``signal_norm`` = ``|has_answer|`` and ``noise_norm`` = ``||[length, filler]||`` on the
+    last step only), plus ``response_length`` (content tokens so far) and
+    ``response_complete``; the reset info has no scores and no norms.
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`VerbosityCore` on feature vectors), ``reward_model``,
     ``rm_params``, ``true_utility(fs)`` / ``query_labeler(fs)`` (counted oracle queries on
     feature vectors of shape ``(1, ..., 3)``), ``features(tokens)`` (uncounted: the features are
-    public) and ``last_response``.
+    public) and ``last_response`` (the (1, 3) vector the RM scored at the last step, ``None``
+    while a response is unfinished).
 
     ## Rendering
     ``render_mode="ansi"``: the response so far as text. ``"rgb_array"`` / ``"human"``: the last
@@ -260,11 +246,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     padded with ``j`` fillers, the scores per round (:mod:`rlhf_envs.render`).
 
     ## Arguments
-    See :class:`VerbosityConfig`: ``vocab_size``, ``max_len``, ``utility_scale``,
-    ``length_penalty``, ``no_answer_value``, ``labeler_bias``, ``reward_model``,
-    ``rm_answer_weight``, ``rm_length_bias``, ``rm_filler_bias``, ``rm_init_noise``,
-    ``samples_per_round``, ``buffer_size``, ``rm_lr``, ``feedback``, ... Unknown names raise
-    ``TypeError``; invalid values raise ``ValueError``/``TypeError`` naming the argument.
+    See :class:`VerbosityConfig`. Unknown names raise ``TypeError``; invalid values raise
+    ``ValueError``/``TypeError`` naming the argument.
 
     ## Version History
     * v0: initial release.
