@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from baselines import cli
-from baselines.plan import CLIError, load_defaults
+from baselines.plan import CLIError, load_defaults, yaml_settings
 
 DEFAULT_ENV = "RLHFBlindSpot-v0"
 DEFAULT_AGENTS = ("naive", "fpo-relaxed")
@@ -33,9 +33,9 @@ CAPTIONS = {
 }
 
 
-def agent_frames(env_id: str, agent: str, seed: int, rounds: int | None, every: int):
-    """Run ``agent`` on ``env_id`` (white-box loop, YAML settings) and return its frames
-    (uint8 arrays, one every ``every`` rounds and one after the last round)."""
+def agent_frames(env_id: str, agent: str, seed: int, rounds: int, every: int):
+    """Run ``agent`` on ``env_id`` (white-box loop, YAML settings) for ``rounds`` rounds and
+    return its frames (uint8 arrays, one every ``every`` rounds and one after the last)."""
     import gymnasium as gym
     import torch
 
@@ -44,22 +44,18 @@ def agent_frames(env_id: str, agent: str, seed: int, rounds: int | None, every: 
 
     torch.set_num_threads(1)
     cls = registry.get(agent)
-    defaults = load_defaults(env_id)
-    fields = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
-    T = rounds if rounds is not None else int(defaults.get("rounds", 300))
-    fields["rounds"] = T
     env = gym.make(env_id, render_mode="rgb_array")
     env.reset(seed=seed)
-    runner = cls(cls.config_cls(**fields), seed=[seed])
+    runner = cls(cls.config_cls(**{**yaml_settings(env_id, cls), "rounds": rounds}), seed=[seed])
     frames = [env.render()]
     done = [0]
 
     def callback(_row) -> None:
         done[0] += 1
-        if done[0] % every == 0 or done[0] == T:
+        if done[0] % every == 0 or done[0] == rounds:
             frames.append(env.render())
 
-    runner.learn(env, T, callback)
+    runner.learn(env, rounds, callback)
     env.close()
     return frames
 
@@ -95,11 +91,7 @@ def compose(rows: dict[str, list[np.ndarray]], width: int) -> list:
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(
-        prog="python -m baselines.animate",
-        description="Animate naive collapse beside relaxed FPO (a GIF of env frames).",
-        parents=[cli.ROUNDS, cli.PUBLISH],
-    )
+    p = cli.command("baselines.animate", __doc__, cli.ROUNDS, cli.PUBLISH)
     p.add_argument("--env", default=DEFAULT_ENV, help=f"white-box env id (default {DEFAULT_ENV})")
     p.add_argument(
         "--agents",
@@ -108,7 +100,9 @@ def build_parser() -> cli.Parser:
         help="agents, one row each (default: naive fpo-relaxed)",
     )
     p.add_argument("--seed", type=int, default=0, help="experiment seed (default 0)")
-    p.add_argument("--every", type=int, default=None, help="rounds per frame (default: rounds/40)")
+    p.add_argument(
+        "--every", type=cli.positive_int, default=None, help="rounds per frame (default: rounds/40)"
+    )
     p.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
     p.add_argument("--width", type=int, default=720, help="GIF width in pixels (default 720)")
     p.add_argument(
@@ -120,8 +114,9 @@ def build_parser() -> cli.Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = p.parse_args(argv)
         import gymnasium as gym
 
         import rlhf_envs
@@ -139,23 +134,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise CLIError(f"--agents: {e}") from None
         if args.seed < 0:
             raise CLIError(f"--seed must be >= 0, got {args.seed}")
-        if args.every is not None and args.every < 1:
-            raise CLIError(f"--every must be >= 1, got {args.every}")
         if not args.fps > 0:
             raise CLIError(f"--fps must be > 0, got {args.fps}")
         if args.width < 64:
             raise CLIError(f"--width must be >= 64 pixels, got {args.width}")
         if Path(args.out).suffix.lower() != ".gif":
             raise CLIError(f"--out must end in .gif, got {args.out!r}")
-        from baselines.results import refuse_committed
-
-        try:
-            refuse_committed(args.out, "--out", args.force)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
+        cli.refuse_committed(args.out, "--out", args.force)
     except CLIError as e:
-        print(f"python -m baselines.animate: error: {e}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     rounds = args.rounds or int(load_defaults(args.env).get("rounds", 300))
     every = args.every or max(1, rounds // 40)
     rows = {}

@@ -37,7 +37,7 @@ import torch
 import rlhf_envs
 from agents import registry
 from baselines import cli, results
-from baselines.plan import load_defaults
+from baselines.plan import CLIError, load_defaults, yaml_settings
 
 
 def env_steps_per_second(env_id: str, steps: int, repeats: int) -> float:
@@ -71,49 +71,36 @@ def together_seconds(
     env_kwargs: dict | None = None,
 ) -> float:
     """Median wall seconds of one :func:`~agents.whitebox.learn_together` of all ``agents``
-    (each over ``seeds``) on one batched env, as the harness runs agents of one env config (one
-    agent: its own ``learn``)."""
-    return statistics.median(
-        _program(env_id, agents, seeds, rounds, env_kwargs) for _ in range(repeats)
-    )
-
-
-def _program(
-    env_id: str,
-    agents: list[str],
-    seeds: list[int],
-    rounds: int,
-    env_kwargs: dict | None,
-) -> float:
-    """Wall seconds of one :func:`~agents.whitebox.learn_together` of ``agents`` (each over
-    ``seeds``, the env's YAML settings) for ``rounds`` rounds, the env built beforehand."""
+    (each over ``seeds``, the env's YAML settings) for ``rounds`` rounds on one batched env,
+    built beforehand, as the harness runs agents of one env config (one agent: its own
+    ``learn``)."""
     from agents.whitebox import learn_together
 
-    defaults = load_defaults(env_id)
-    made = []
-    for agent in agents:
-        cls = registry.get(agent)
-        kwargs = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(cls.name, {})}
-        made.append(cls(cls.config_cls(**{**kwargs, "rounds": rounds}), seed=seeds))
-    env = gym.make_vec(
-        env_id,
-        num_envs=len(seeds) * len(agents),
-        vectorization_mode="vector_entry_point",
-        **(env_kwargs or {}),
-    )
-    env.reset(seed=seeds * len(agents))
-    t = time.perf_counter()
-    learn_together(made, env, rounds)
-    return time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        made = [
+            cls(cls.config_cls(**{**yaml_settings(env_id, cls), "rounds": rounds}), seed=seeds)
+            for cls in map(registry.get, agents)
+        ]
+        env = gym.make_vec(
+            env_id,
+            num_envs=len(seeds) * len(agents),
+            vectorization_mode="vector_entry_point",
+            **(env_kwargs or {}),
+        )
+        env.reset(seed=seeds * len(agents))
+        t = time.perf_counter()
+        learn_together(made, env, rounds)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -> float:
     """Median seconds of one SB3 run (one seed) of ``rounds`` RM rounds."""
     from baselines.sb3_runner import learn_sb3
 
-    defaults = load_defaults(env_id)
-    cfg = {**defaults.get("agent", {}), **defaults.get("agents", {}).get(agent, {})}
-    hyper = defaults.get("sb3", {}).get(algo, {})
+    cfg = yaml_settings(env_id, registry.get(agent), algo)
+    hyper = load_defaults(env_id).get("sb3", {}).get(algo, {})
     times = []
     for r in range(repeats):
         t = time.perf_counter()
@@ -148,7 +135,6 @@ def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
         print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |" + extra)
     print()
     if len(args.agents) > 1:
-        seeds = list(range(args.seeds))
         both = together_seconds(env_id, args.agents, seeds, rounds, args.repeats)
         apart = sum(r[0] for r in rows.values()) * args.seeds
         n = len(args.agents)
@@ -182,7 +168,7 @@ def family_grid(items: list[str]) -> list[dict]:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
-            raise argparse.ArgumentTypeError(f"--family: expected KEY=V1,V2,..., got {item!r}")
+            raise CLIError(f"--family: expected KEY=V1,V2,..., got {item!r}")
         axes.append([(key, results._number(v)) for v in values.split(",")])
     return [dict(combo) for combo in itertools.product(*axes)]
 
@@ -243,11 +229,7 @@ def _loadable(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m baselines.bench",
-        description=__doc__.split("\n")[0],
-        parents=[cli.ROUNDS],
-    )
+    p = cli.command("baselines.bench", __doc__, cli.ROUNDS)
     p.add_argument("--envs", nargs="*", default=list(rlhf_envs.ENV_IDS))
     p.add_argument("--agents", nargs="*", default=list(registry.names()))
     p.add_argument(
@@ -296,23 +278,21 @@ def main(argv: list[str] | None = None) -> int:
         default=200,
         help="rounds measured per family run, scaled to the env's rounds (default 200)",
     )
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         family_grid(args.family)
-    except argparse.ArgumentTypeError as e:
-        p.error(str(e))
+        for flag, given, known, allowed in (
+            ("agents", args.agents, registry.BUILTIN, sorted(registry.names())),
+            ("envs", args.envs, rlhf_envs.ENV_IDS, rlhf_envs.ENV_IDS),
+        ):
+            unknown = [
+                x for x in given if x not in known and not (flag == "agents" and _loadable(x))
+            ]
+            if unknown:
+                raise CLIError(f"--{flag}: unknown {unknown}; allowed: {allowed}")
+    except CLIError as e:
+        return p.fail(e)
     torch.set_num_threads(1)
-    for flag, given, known, allowed in (
-        ("agents", args.agents, registry.BUILTIN, sorted(registry.names())),
-        ("envs", args.envs, rlhf_envs.ENV_IDS, rlhf_envs.ENV_IDS),
-    ):
-        unknown = [x for x in given if x not in known and not (flag == "agents" and _loadable(x))]
-        if unknown:
-            print(
-                f"python -m baselines.bench: error: --{flag}: unknown {unknown}; allowed: {allowed}",
-                file=sys.stderr,
-            )
-            return 2
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"torch threads: {torch.get_num_threads()}, repeats: {args.repeats} (medians)")
     print(f"load average (1, 5, 15 min): {load} on {os.cpu_count()} cores\n")

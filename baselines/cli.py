@@ -1,22 +1,37 @@
-"""The flags the commands share, as argparse parent parsers (``parents=[...]``).
+"""The flags the commands share, as argparse parent parsers (``parents=[...]``), and the checks
+of output folders.
 
 Each parent holds flags that mean the same in every command that takes them; a command's own
-flags stay in its module. :class:`Parser` reports a usage error as one line
-(:class:`~baselines.plan.CLIError`) instead of argparse's usage dump.
+flags stay in its module. :func:`command` makes a command's :class:`Parser`, which reports a
+usage error as one line (:class:`~baselines.plan.CLIError`, exit status 2) instead of argparse's
+usage dump.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
+import sys
 from pathlib import Path
 
-from baselines import results
 from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
         raise CLIError(message)
+
+    def fail(self, error: Exception | str, status: int = 2) -> int:
+        """Print ``error`` as the command's one-line error; returns ``status``."""
+        print(f"{self.prog}: error: {error}", file=sys.stderr)
+        return status
+
+
+def command(module: str, doc: str, *parents: argparse.ArgumentParser) -> Parser:
+    """The parser of ``python -m MODULE``, described by the first line of its docstring."""
+    return Parser(prog=f"python -m {module}", description=doc.split("\n")[0], parents=parents)
 
 
 def positive_int(text: str) -> int:
@@ -50,11 +65,10 @@ def check_workers(args) -> None:
 
 
 def execute_on(jobs: list, args, progress: bool = False) -> list[dict]:
-    """Run ``jobs`` (longest first) on the backend the :data:`WORKERS` flags chose, the agents of
-    one env config in one program unless ``--no-batch-agents``; their outcomes."""
-    from baselines.execute import execute, execute_ray, longest_first
+    """Run ``jobs`` on the backend the :data:`WORKERS` flags chose, the agents of one env config
+    in one program unless ``--no-batch-agents``; their outcomes."""
+    from baselines.execute import execute, execute_ray
 
-    jobs = longest_first(jobs)
     if args.backend == "ray":
         return execute_ray(jobs, args.address, args.jobs, args.batch_agents) if jobs else []
     return execute(jobs, args.jobs, progress, args.batch_agents)
@@ -100,28 +114,38 @@ def add_batch_flag(p: argparse.ArgumentParser) -> None:
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-runs",
-        type=int,
+        type=positive_int,
         default=MAX_RUNS,
         help=f"refuse commands of more run folders than this (default {MAX_RUNS})",
     )
     p.add_argument(
         "--max-rounds",
-        type=int,
+        type=positive_int,
         default=MAX_ROUNDS,
         help=f"refuse runs of more RM rounds than this (default {MAX_ROUNDS:,})",
     )
 
 
+def refuse_committed(path: str | Path, flag: str, force: bool) -> None:
+    """Refuse ``path`` in this checkout's committed ``results/`` folder unless ``force``:
+    published tables and figures change only when asked."""
+    committed = (ROOT / "results").resolve()
+    where = Path(path).resolve()
+    if not force and (where == committed or committed in where.parents):
+        raise CLIError(
+            f"{flag} {path} is in the committed results folder; pass --force to write there"
+        )
+
+
 def check_writable(out: str | Path, flag: str = "--out") -> None:
-    """:func:`results.check_writable`, its problem as a :class:`CLIError`."""
+    """Refuse ``out`` unless it is, or can be made, a writable folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{flag}: {out} exists and is not a folder")
     try:
-        results.check_writable(out, flag)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-
-
-def check_limits(args: argparse.Namespace, *more: str) -> None:
-    """The caps (and the flags ``more``, e.g. ``"jobs"``) must be >= 1 where given."""
-    for flag in ("max_runs", "max_rounds", *more):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe.{secrets.token_hex(4)}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot write into {out} ({e.strerror or e})") from None

@@ -300,6 +300,13 @@ def group_jobs(jobs: list[Job], n_workers: int) -> list[list[Job]]:
     return sorted(units, key=lambda u: sum(map(job_cost, u)), reverse=True)
 
 
+def units_of(jobs: list[Job], n_workers: int, together: bool) -> list[list[Job]]:
+    """The units of work, longest first: :func:`group_jobs`, or one job each without
+    ``together``."""
+    jobs = sorted(jobs, key=job_cost, reverse=True)
+    return group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
+
+
 def execute(
     jobs: list[Job], n_workers: int, show_progress: bool = True, together: bool = True
 ) -> list[dict[str, Any]]:
@@ -310,7 +317,7 @@ def execute(
     """
     from tqdm import tqdm
 
-    units = group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
+    units = units_of(jobs, n_workers, together)
     total = sum(j.rounds * len(j.seeds) for j in jobs)
     bar = tqdm(total=total, unit="round", disable=not show_progress, dynamic_ncols=True)
     out: list[dict[str, Any]] = []
@@ -352,11 +359,6 @@ def execute(
         bar.close()
 
 
-def longest_first(jobs: list[Job]) -> list[Job]:
-    """Order jobs by estimated cost, longest first, so the pool packs them tightly."""
-    return sorted(jobs, key=job_cost, reverse=True)
-
-
 def execute_ray(
     jobs: list[Job], address: str | None, n_workers: int, together: bool = True
 ) -> list[dict[str, Any]]:
@@ -374,8 +376,7 @@ def execute_ray(
         ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1, max_retries=3)(run_jobs)
-        units = group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
-        pending = [task.remote(unit) for unit in units]
+        pending = [task.remote(unit) for unit in units_of(jobs, n_workers, together)]
         outcomes = []
         with tqdm(total=len(jobs), unit="job") as bar:
             while pending:

@@ -54,6 +54,7 @@ import numpy as np
 
 from baselines import cli, results, stats
 from baselines.plan import CLIError, run_folder_name
+from baselines.plot import pyplot, save
 from baselines.sweep import _SAFE, plan_sweep, write_summary
 
 CHECK_SEEDS = list(range(200, 210))
@@ -111,28 +112,19 @@ def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path)
         for i, kw in enumerate(items):
             names = [run_folder_name(a, tag=f"{split}{i}") for a in ("oracle", "naive")]
             o, nv = ([ok[n, s] for s in CHECK_SEEDS if (n, s) in ok] for n in names)
-            ou = stats.mean_ci([s["final_true_utility"] for s in o], 2000)
-            nu = stats.mean_ci([s["final_true_utility"] for s in nv], 2000)
-            nd = stats.mean_ci([s["collapse_drop"] for s in nv], 2000)
-            rows.append(
-                {
-                    "split": split,
-                    "candidate": i,
-                    **{k: kw[k] for k in sorted(kw)},
-                    "oracle_final_u": ou[0],
-                    "oracle_final_u_lo": ou[1],
-                    "oracle_final_u_hi": ou[2],
-                    "naive_final_u": nu[0],
-                    "naive_final_u_lo": nu[1],
-                    "naive_final_u_hi": nu[2],
-                    "naive_drop": nd[0],
-                    "naive_drop_lo": nd[1],
-                    "naive_drop_hi": nd[2],
-                    "seeds": min(len(o), len(nv)),
-                    "learnable": bool(ou[0] >= LEARNABLE * PEAK),
-                    "naive_collapses": bool(nd[0] >= COLLAPSE_DROP and nd[1] > 0),
-                }
-            )
+            row = {"split": split, "candidate": i, **{k: kw[k] for k in sorted(kw)}}
+            for col, runs, key in (
+                ("oracle_final_u", o, "final_true_utility"),
+                ("naive_final_u", nv, "final_true_utility"),
+                ("naive_drop", nv, "collapse_drop"),
+            ):
+                m, lo, hi = stats.mean_ci([s[key] for s in runs], 2000)
+                row.update({col: m, f"{col}_lo": lo, f"{col}_hi": hi})
+            row["seeds"] = min(len(o), len(nv))
+            row["learnable"] = bool(row["oracle_final_u"] >= LEARNABLE * PEAK)
+            drop = row["naive_drop"]
+            row["naive_collapses"] = bool(drop >= COLLAPSE_DROP and row["naive_drop_lo"] > 0)
+            rows.append(row)
     res.mkdir(parents=True, exist_ok=True)
     results.write_csv(res / f"check_{env_id}.csv", rows, lineterminator="\n")
     return rows
@@ -377,20 +369,14 @@ def board(env_id: str, workers, out: Path, res: Path, dtype: str = "float64") ->
 
 
 def _profile(norm: dict[str, list[np.ndarray]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     taus = np.linspace(-1.0, 1.2, 221)
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, scores) in enumerate(norm.items()):
         ax.plot(taus, stats.performance_profile(scores, taus), label=label, color=plt.cm.tab10(i))
     ax.set(xlabel="normalised final U  tau", ylabel="fraction of runs > tau", title=title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def frozen_entry(env_id: str, rows: list[dict], size: int) -> str:
@@ -409,7 +395,7 @@ def frozen_entry(env_id: str, rows: list[dict], size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.Parser(prog="python -m baselines.family_board", description=__doc__.split("\n")[0])
+    p = cli.command("baselines.family_board", __doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=cli.Parser)
     for cmd, what in (
         ("check", "learnability and collapse of a family's candidates"),
@@ -441,12 +427,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.env not in families.DISTRIBUTIONS:
             raise CLIError(f"env: {args.env!r} has no family; families: {list(families.ENV_INDEX)}")
         cli.check_workers(args)
-        try:
-            results.refuse_committed(args.results, "--results", args.force)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
+        cli.refuse_committed(args.results, "--results", args.force)
         res, out = Path(args.results), Path(args.out)
-        if args.command != "check":
+        if args.command == "check":
+            if args.split not in (*families.SPLITS, "both"):
+                raise CLIError(f"--split must be train, test or both, got {args.split!r}")
+            splits = list(families.SPLITS) if args.split == "both" else [args.split]
+            rows = check(args.env, splits, args.candidates, args, out, res)
+            for split in splits:
+                part = [r for r in rows if r["split"] == split]
+                ok = [r for r in part if r["learnable"]]
+                col = [r for r in ok[: families.SIZE] if r["naive_collapses"]]
+                print(
+                    f"{args.env} {split}: {len(ok)}/{len(part)} candidates learnable; naive "
+                    f"collapses in {len(col)}/{min(len(ok), families.SIZE)} of the first "
+                    f"{families.SIZE} learnable",
+                    file=sys.stderr,
+                )
+            print(frozen_entry(args.env, rows, families.SIZE))
+        else:
             from rlhf_envs.core import DTYPES
 
             if args.dtype not in DTYPES:
@@ -461,25 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(frozen["settings"]))
             else:
                 print(board(args.env, args, out, res, args.dtype))
-            print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
-            return 0
-        if args.split not in (*families.SPLITS, "both"):
-            raise CLIError(f"--split must be train, test or both, got {args.split!r}")
     except CLIError as e:
-        print(f"python -m baselines.family_board: error: {e}", file=sys.stderr)
-        return 2
-    splits = list(families.SPLITS) if args.split == "both" else [args.split]
-    rows = check(args.env, splits, args.candidates, args, out, res)
-    for split in splits:
-        part = [r for r in rows if r["split"] == split]
-        ok = [r for r in part if r["learnable"]]
-        col = [r for r in ok[: families.SIZE] if r["naive_collapses"]]
-        print(
-            f"{args.env} {split}: {len(ok)}/{len(part)} candidates learnable; naive collapses in "
-            f"{len(col)}/{min(len(ok), families.SIZE)} of the first {families.SIZE} learnable",
-            file=sys.stderr,
-        )
-    print(frozen_entry(args.env, rows, families.SIZE))
+        return p.fail(e)
     print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from baselines import cli, results, stats
 from baselines.plan import CLIError
+from baselines.plot import pyplot, save
 
 
 def _agent_name(run_name: str) -> str:
@@ -45,7 +46,6 @@ def _paper_reference(env_id: str, run_name: str) -> str:
     return cls.paper_reference.get(env_id, "-") if cls is not None else "-"
 
 
-ROOT = Path(__file__).resolve().parent.parent
 FIGURE_KINDS = ("_true_utility.png", "_cost_frontier.png", "_signal_noise.png")
 
 
@@ -257,11 +257,7 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
 
 
 def figures(df: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     made = []
     for env_id, part in df.groupby("env_id"):
@@ -280,12 +276,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         what = "policy mean" if "true_utility" in ms[0] else "sampled responses"
         ax.set(xlabel="RM round", ylabel=f"true utility ({what}), mean and 95 % CI", title=env_id)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        fig.tight_layout()
         made.append(_cost_frontier(env_id, table(part), out, plt))
-        path = out / f"{env_id}_true_utility.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
+        made.append(save(fig, out / f"{env_id}_true_utility.png"))
         if env_id == "RLHFBlindSpot-v0":
             cfg = json.loads((Path(part.folder.iloc[0]) / "config.json").read_text())
             made.append(
@@ -314,11 +306,7 @@ def _cost_frontier(env_id: str, tab: pd.DataFrame, out: Path, plt) -> Path:
         ylabel="final true utility (mean, 95 % CI)",
         title=f"{env_id}: result against its cost\n(squares: budget-matched controls)",
     )
-    fig.tight_layout()
-    path = out / f"{env_id}_cost_frontier.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, out / f"{env_id}_cost_frontier.png")
 
 
 def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:
@@ -342,28 +330,18 @@ def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:
         ax.plot(sig[-1], noi[-1], "o", color=ax.lines[-1].get_color())
     ax.set(xlabel="signal norm ||y[:k]||", ylabel="noise norm ||y[k:]||", title="mean trajectory")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.Parser(
-        prog="python -m baselines.leaderboard",
-        description=__doc__.split("\n")[0],
-        parents=[cli.PUBLISH],
-    )
+    p = cli.command("baselines.leaderboard", __doc__, cli.PUBLISH)
     p.add_argument("--runs", default="runs", help="folder of run folders (default runs/)")
     cli.add_results(p, "leaderboard", "the table, CSVs and figures")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs from different commits")
     try:
         args = p.parse_args(argv)
         out = Path(args.results)
-        try:
-            results.refuse_committed(out, "--results", args.force, ROOT)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
+        cli.refuse_committed(out, "--results", args.force)
         df = results.load_runs([args.runs], metrics=True)
         if df.empty:
             raise CLIError(f"no finished runs under {args.runs}")
@@ -371,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.allow_mixed:
             check_provenance(df)
     except CLIError as e:
-        print(f"python -m baselines.leaderboard: error: {e}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     tab = table(df)
     made = figures(df, out / "figures")
     fresh = {m.resolve() for m in made}

@@ -39,6 +39,7 @@ import numpy as np
 
 from baselines import cli, results, stats
 from baselines.plan import CLIError, _read_value, parse_kwargs, parse_seeds, run_folder_name
+from baselines.plot import pyplot
 from baselines.sweep import plan_sweep, tag_of, write_summary
 
 #: the agent every difference is taken against
@@ -195,8 +196,7 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
     """The map's figure (see the module docstring)."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     xs, ys = list(x[1]), list(y[1])
     by = {(r[x[0]], r[y[0]], r["agent"]): r for r in rows}
@@ -285,11 +285,7 @@ def default_name(env_id: str, x: str, y: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.Parser(
-        prog="python -m baselines.map",
-        description=__doc__.split("\n")[0],
-        parents=[cli.ROUNDS, cli.WORKERS, cli.RERUN],
-    )
+    p = cli.command("baselines.map", __doc__, cli.ROUNDS, cli.WORKERS, cli.RERUN)
     p.add_argument("env", help="registered env id with white-box agents")
     p.add_argument("--x", required=True, help="knob on the x axis: KNOB=v1,v2,...")
     p.add_argument("--y", required=True, help="knob on the y axis: KNOB=v1,v2,...")
@@ -307,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         args = p.parse_args(argv)
-        cli.check_limits(args)
         cli.check_workers(args)
         x, y = parse_axis(args.x, "--x"), parse_axis(args.y, "--y")
         agents = [a.strip() for a in args.agents.split(",") if a.strip()]
@@ -344,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         outcomes = cli.execute_on(jobs, args, not args.no_progress)
     except CLIError as e:
-        print(f"python -m baselines.map: error: {e}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     summary = write_summary(out, folders, outcomes, time.perf_counter() - t0)
     rows = collect(out, args.env, x, y, agents, seeds)
     res.mkdir(parents=True, exist_ok=True)

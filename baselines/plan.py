@@ -83,6 +83,19 @@ def load_defaults(env_id: str) -> dict[str, Any]:
     return table.get(env_id, {})
 
 
+def yaml_settings(env_id: str, agent_cls: type, policy_optimizer: str = "whitebox") -> dict:
+    """An agent's settings from the env's YAML: its section by name over the generic section
+    (``agent:`` and ``rounds``; with an SB3 optimiser the ``sb3:`` section's ``rounds``) where
+    its config class keeps the base default (:func:`generic_settings`)."""
+    defaults = load_defaults(env_id)
+    rounds = defaults.get("rounds")
+    if policy_optimizer != "whitebox":
+        rounds = defaults.get("sb3", {}).get("rounds") or rounds
+    generic = {**defaults.get("agent", {}), **({"rounds": rounds} if rounds is not None else {})}
+    own = defaults.get("agents", {}).get(agent_cls.name, {})
+    return {**generic_settings(agent_cls.config_cls, generic), **own}
+
+
 @dataclass
 class Job:
     env_id: str
@@ -192,8 +205,7 @@ def plan(
 
     Everything is checked before anything runs (env kwargs by building the env, agent kwargs by
     building the agent). A setting comes from ``--rounds``, then ``agent_kwargs``, then the env's
-    YAML: its section for the agent by name, then its generic section where the agent's config
-    class keeps the base default (:func:`generic_settings`). The settings recorded are those of
+    YAML (:func:`yaml_settings`). The settings recorded are those of
     the agent as built (what runs, even if its ``__init__`` changes them). ``tag`` names a
     hyperparameter variant: its runs go to ``OUT/ENV/AGENT@TAG/seed_S``. ``policy_optimizer`` is
     ``whitebox`` (the paper's gradient agents, seeds batched) or an SB3 algorithm (``ppo``,
@@ -215,8 +227,6 @@ def plan(
         gym.make(env_id, **env_kwargs).close()
     except (TypeError, ValueError) as e:
         raise CLIError(f"--env-kwargs: {str(e).split(' was raised from')[0]}") from None
-    defaults = load_defaults(env_id)
-    generic = {**defaults.get("agent", {}), "rounds": defaults.get("rounds")}
     hyperparams: dict[str, Any] = {}
     if policy_optimizer == "whitebox":
         if sb3_kwargs:
@@ -226,11 +236,8 @@ def plan(
                 f"--env: {env_id} has no white-box agents; use --policy-optimizer ppo (or sac, a2c)"
             )
     else:
-        section = defaults.get("sb3", {})
+        section = load_defaults(env_id).get("sb3", {})
         hyperparams = _sb3_hyperparams(policy_optimizer, agent, section, sb3_kwargs)
-        generic["rounds"] = section.get("rounds") or generic["rounds"]
-    if generic["rounds"] is None:
-        del generic["rounds"]
     allowed = agent_cls.config_cls.field_names()
     unknown = sorted(set(agent_kwargs) - set(allowed))
     if unknown:
@@ -241,8 +248,7 @@ def plan(
             "give one"
         )
     resolved = {
-        **generic_settings(agent_cls.config_cls, generic),
-        **defaults.get("agents", {}).get(agent_cls.name, {}),
+        **yaml_settings(env_id, agent_cls, policy_optimizer),
         **agent_kwargs,
         **({"rounds": rounds} if rounds is not None else {}),
     }

@@ -81,14 +81,28 @@ def _order(agent: str) -> tuple:
     return (first.index(base) if base in first else len(first), agent)
 
 
-def plot_env(env_id: str, groups: dict[str, list[dict]], metrics: list[str], out: Path,
-             smooth: int = 1) -> list[Path]:  # fmt: skip
-    """One figure for one env: a panel per metric, a curve and CI band per agent."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def plot_env(env_id: str, groups: dict[str, list[dict]], metrics: list[str], out: Path,
+             smooth: int = 1) -> list[Path]:  # fmt: skip
+    """One figure for one env: a panel per metric, a curve and CI band per agent."""
+    plt = pyplot()
     agents = sorted(groups, key=_order)
     colours = {a: plt.cm.tab10(i % 10) if len(agents) <= 10 else plt.cm.tab20(i % 20)
                for i, a in enumerate(agents)}  # fmt: skip
@@ -140,10 +154,7 @@ def plot_env(env_id: str, groups: dict[str, list[dict]], metrics: list[str], out
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(
-        prog="python -m baselines.plot",
-        description="Plot per-round metrics of run folders (mean and 95 % CI over seeds).",
-    )
+    p = cli.command("baselines.plot", __doc__)
     p.add_argument("runs", nargs="+", metavar="RUNS", help="run folders or folders above them")
     p.add_argument("--out", default="plots", help="where to write ENV.png/.svg (default plots/)")
     p.add_argument(
@@ -154,21 +165,22 @@ def build_parser() -> cli.Parser:
     )
     p.add_argument("--env", nargs="+", default=None, help="only these env ids")
     p.add_argument("--agents", nargs="+", default=None, help="only these agents (run names)")
-    p.add_argument("--smooth", type=int, default=1, help="moving average over rounds (default 1)")
+    p.add_argument(
+        "--smooth", type=cli.positive_int, default=1, help="moving average over rounds (default 1)"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = p.parse_args(argv)
         paths = [Path(r) for r in args.runs]
-        for p in paths:
-            if not p.is_dir():
-                raise CLIError(f"RUNS: {str(p)!r} is not a folder")
+        for path in paths:
+            if not path.is_dir():
+                raise CLIError(f"RUNS: {str(path)!r} is not a folder")
         if len(set(args.metric)) != len(args.metric):
             raise CLIError(f"--metric: a metric is listed twice: {args.metric}")
-        if args.smooth < 1:
-            raise CLIError(f"--smooth must be >= 1, got {args.smooth}")
         runs = results.load_runs(paths, metrics=True)
         if runs.empty:
             raise CLIError(f"RUNS: no finished run folders under {args.runs}")
@@ -188,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--metric: no run records {name!r}; columns: {', '.join(sorted(columns))}"
                 )
     except CLIError as e:
-        print(f"python -m baselines.plot: error: {e}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in runs.itertuples():
         try:
@@ -199,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         groups.setdefault(r.env_id, {}).setdefault(r.run_name, []).append(r.metrics)
     if not groups:
-        print(
-            "python -m baselines.plot: error: no run to plot (see the lines above)", file=sys.stderr
-        )
-        return 1
+        return p.fail("no run to plot (see the lines above)", 1)
     for env_id, by_agent in sorted(groups.items()):
         for agent, runs in by_agent.items():
             lengths = {len(next(iter(m.values()))) for m in runs}

@@ -208,13 +208,6 @@ def run_state(folder: Path, digest: str) -> tuple[str, str]:
     return ("done", "") if done.get("config_hash") == digest else ("other", "")
 
 
-def is_done(folder: Path, digest: str) -> bool | None:
-    """True if finished with these settings, False if not finished (or damaged), None if
-    finished with other settings."""
-    state = run_state(folder, digest)[0]
-    return True if state == "done" else None if state == "other" else False
-
-
 class _Damaged(Exception):
     """Why a run folder is not one the harness wrote (:func:`load_runs`)."""
 
@@ -316,35 +309,6 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
-
-
-def refuse_committed(
-    path: Path | str, flag: str, force: bool, root: Path | str | None = None
-) -> None:
-    """Raise ``ValueError`` (one line) if ``path`` lies in the committed ``results/`` folder
-    (of ``root``, default this checkout) and ``force`` is not set: published tables and figures
-    change only when asked."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-    committed = (root / "results").resolve()
-    where = Path(path).resolve()
-    if not force and (where == committed or committed in where.parents):
-        raise ValueError(
-            f"{flag} {path} is in the committed results folder; pass --force to write there"
-        )
-
-
-def check_writable(out: Path | str, flag: str = "--out") -> None:
-    """Raise ``ValueError`` (one line) unless ``out`` is, or can be made, a writable folder."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{flag}: {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe.{secrets.token_hex(4)}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"{flag}: cannot write into {out} ({e.strerror or e})") from None
 
 
 # -- provenance --------------------------------------------------------------------------------

@@ -7,13 +7,11 @@ Examples::
     python -m baselines.run --agent fpo-relaxed --env-kwargs label_noise=0.5 --agent-kwargs fpo_gamma=0.2
 
 Each run writes ``OUT/ENV/AGENT/seed_S/`` with ``config.json`` (every setting, package versions,
-git commit), ``metrics.csv`` (per round) and ``summary.json`` (written last: its presence marks a
-finished run). All writes are atomic. Rerunning skips finished runs with the same settings;
-``--force`` redoes them. The seeds of one (env, agent) run as one batched tensor program (the
-env's natively vectorised form); results do not depend on how seeds are batched or on ``--jobs``.
-This module is the command line (and ``--from``, the replay of a recorded run); the settings are
-checked and planned in :mod:`baselines.plan`, run in :mod:`baselines.execute` and written by
-:mod:`baselines.results`.
+git commit), ``metrics.csv`` (per round) and ``summary.json``, sealed by ``manifest.json``
+(:func:`baselines.results.write_run`). Rerunning skips finished runs with the same settings;
+``--force`` redoes them. This module is the command line (and ``--from``, the replay of a
+recorded run); the settings are checked and planned in :mod:`baselines.plan` and run in
+:mod:`baselines.execute`.
 """
 
 from __future__ import annotations
@@ -31,11 +29,7 @@ DEFAULT_ENV = "RLHFBlindSpot-v0"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.Parser(
-        prog="python -m baselines.run",
-        description="Run an agent on an iterative-RLHF environment over several seeds.",
-        parents=[cli.RERUN],
-    )
+    p = cli.command("baselines.run", __doc__, cli.RERUN, cli.ROUNDS)
     from agents import registry
 
     p.add_argument(
@@ -60,9 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=DEFAULT_ENV, help=f"registered env id (default {DEFAULT_ENV})")
     p.add_argument("--seeds", default="0-9", help="seeds: 0-9, 3, 0,2,5 or 0-4,10-12 (default 0-9)")
     p.add_argument(
-        "--rounds", type=int, default=None, help="RM rounds per run (default: per-env YAML)"
-    )
-    p.add_argument(
         "--env-kwargs",
         nargs="*",
         metavar="K=V",
@@ -81,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SB3 algorithm arguments, e.g. ent_coef=0.01 learning_rate=3e-4 (override the "
         "env's sb3 section in the YAML; with --policy-optimizer ppo, sac or a2c)",
     )
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument(
+        "--jobs", type=cli.positive_int, default=1, help="parallel worker processes (default 1)"
+    )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=cli.positive_int,
         default=10,
         help="max seeds simulated together as one batched program (default 10)",
     )
@@ -160,14 +153,14 @@ def replay_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = p.parse_args(argv)
         if args.list_agents:
             from agents import registry
 
             print(registry.describe())
             return 0
-        cli.check_limits(args, "rounds", "jobs", "batch_size")
         recorded = None
         if args.replay:
             recorded, source = replay_args(args)
@@ -181,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.check_writable(args.out)
         check_trackers(args)
     except CLIError as e:
-        print(f"python -m baselines.run: error: {e}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     for job in jobs:
         job.tensorboard, job.wandb = args.tensorboard, args.wandb
     if skipped:
@@ -246,17 +238,14 @@ def compare_replay(cfg: dict[str, Any], source: Path, out: str) -> int:
 
 def check_trackers(args: argparse.Namespace) -> None:
     """Fail before any compute if a requested logging backend is missing."""
-    if args.tensorboard is None and args.wandb is None:
-        return
-    import importlib.util
+    from baselines.tracking import TrackerError, backend
 
-    if args.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
-        raise CLIError(
-            "--tensorboard needs the tensorboard package: pip install "
-            "'rlhf-blindspot-gym[tensorboard]'"
-        )
-    if args.wandb is not None and importlib.util.find_spec("wandb") is None:
-        raise CLIError("--wandb needs the wandb package: pip install wandb")
+    for flag, value in (("--tensorboard", args.tensorboard), ("--wandb", args.wandb)):
+        try:
+            if value is not None:
+                backend(flag)
+        except TrackerError as e:
+            raise CLIError(str(e)) from None
 
 
 def report_outcomes(outcomes: list[dict[str, Any]], out: str | Path) -> int:

@@ -24,14 +24,11 @@ An ``agents`` entry may also be a mapping that runs an agent with its own settin
        env_kwargs: {samples_per_round: 20, buffer_size: 200}}
 
 Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it
-and writes the same run folders (grid points go to ``AGENT@k=v,...``). White-box jobs of one env
-with the same env settings and rounds share one batched program (``--no-batch-agents``: one per
-job; :func:`baselines.execute.group_jobs`). The local backend runs the programs in a process pool;
-the ``ray`` backend submits one Ray task per program (``ray.init(address)``, or a local Ray
-instance when no address is given) with retries on worker failure. Results are identical byte
-for byte whatever the backend, job count and sharing. A sweep killed at any point and
-restarted redoes only unfinished runs; a run that raises is recorded as failed (traceback in its
-folder) and the sweep goes on; ``sweep_summary.json`` lists every run's status.
+and writes the same run folders (grid points go to ``AGENT@k=v,...``), run as
+:mod:`baselines.execute` runs them (a process pool, or one Ray task per program with retries).
+A sweep killed at any point and restarted redoes only unfinished runs; a run that raises is
+recorded as failed (traceback in its folder) and the sweep goes on; ``sweep_summary.json`` lists
+every run's status.
 """
 
 from __future__ import annotations
@@ -174,7 +171,7 @@ def plan_sweep(
             group, name = key.split(".", 1)
             (env_kw if group == "env" else agent_kw)[name] = value
         tag = ",".join(t for t in (_SAFE.sub("_", str(entry.get("tag", ""))), tag_of(point)) if t)
-        new, done = plan(
+        new, _ = plan(
             env_id,
             agent,
             seeds,
@@ -192,7 +189,6 @@ def plan_sweep(
         all_jobs += new
         name = run_folder_name(registry.get(agent).name, policy_optimizer, tag)
         folders += [results.run_dir(out, env_id, name, s) for s in seeds]
-        del done
     repeated = sorted(str(f) for f, n in Counter(folders).items() if n > 1)
     if repeated:
         raise CLIError(
@@ -229,11 +225,7 @@ def write_summary(out: Path, folders: list[Path], outcomes: list[dict[str, Any]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = cli.Parser(
-        prog="python -m baselines.sweep",
-        description=__doc__.split("\n")[0],
-        parents=[cli.WORKERS, cli.RERUN],
-    )
+    p = cli.command("baselines.sweep", __doc__, cli.WORKERS, cli.RERUN)
     p.add_argument("sweep", help="sweep YAML file")
     p.add_argument("--out", default="runs", help="output root (default runs/)")
     p.add_argument("--quiet", action="store_true", help="no result table at the end")
@@ -241,23 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_limit_flags(p)
     try:
         args = p.parse_args(argv)
-        cli.check_limits(args)
         cli.check_workers(args)
         spec = load_sweep(Path(args.sweep))
         out = confined(Path(args.out), spec.get("subdir"))
         jobs, folders = plan_sweep(spec, out, args.force, args.jobs, args.max_runs, args.max_rounds)
         cli.check_writable(out)
     except CLIError as e:
-        print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     todo = sum(len(j.seeds) for j in jobs)
     print(f"{len(jobs)} job(s), {todo} run(s) to do, {len(folders) - todo} done", file=sys.stderr)
     start = time.perf_counter()
     try:
         outcomes = cli.execute_on(jobs, args, not args.no_progress)
     except CLIError as e:
-        print(f"python -m baselines.sweep: error: {e}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     summary = write_summary(out, folders, outcomes, time.perf_counter() - start)
     n = len(summary["runs"])
     print(f"{n - len(summary['failed'])}/{n} runs ok -> {out}")

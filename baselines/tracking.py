@@ -1,15 +1,12 @@
 """Per-round metrics into TensorBoard and Weights & Biases (optional backends, never required).
 
-The harness's runs write ``metrics.csv`` whatever happens; this module sends the same columns
-(true utility, proxy reward, gap, RM error, label and oracle counters, agent diagnostics: the
-white-box loop's ``history`` / the CSV's columns) to the logging tools SB3 and imitation users
-already read. TensorBoard needs the ``tensorboard`` package (``pip install
-'rlhf-blindspot-gym[tensorboard]'``; written through ``torch.utils.tensorboard.SummaryWriter``);
-W&B needs ``wandb`` (``WANDB_MODE=offline`` or ``wandb_mode="offline"`` works without an
-account). Asking for a backend that is not installed raises :class:`TrackerError`, a one-line
-message that names the flag (``--tensorboard`` / ``--wandb``).
-
-API::
+The harness's runs write ``metrics.csv`` whatever happens; ``--tensorboard DIR`` / ``--wandb
+PROJECT`` also send the same columns (true utility, proxy reward, gap, RM error, label and
+oracle counters, agent diagnostics) to the tools SB3 and imitation users already read.
+TensorBoard needs the ``tensorboard`` package (written through
+``torch.utils.tensorboard.SummaryWriter``), W&B needs ``wandb`` (``WANDB_MODE=offline`` works
+without an account); a backend that is missing or cannot start is a :class:`TrackerError`, one
+line naming the flag. ::
 
     from baselines.tracking import open_trackers
 
@@ -18,27 +15,13 @@ API::
         tracker.log(step, {"true_utility": 4.2, "proxy_reward": 5.0})   # one round
         tracker.log_history(history, column=i)   # or a whole (rounds, S) history, seed i
 
-* :func:`open_trackers` ``(tensorboard_dir, wandb_project, run_name, config, wandb_mode=None,
-  wandb_dir=None) -> Tracker``: with neither backend asked for, a tracker that does nothing.
-  TensorBoard events go to ``tensorboard_dir / run_name`` (one subfolder per run, as
-  TensorBoard's run selector expects; ``config`` is written as a JSON text summary). W&B gets
-  one run named ``run_name`` in ``wandb_project`` with ``config``.
-* :meth:`Tracker.log` ``(step, metrics)``: scalars at ``step`` (the RM round, from 1); values
-  that are not finite numbers are skipped.
-* :meth:`Tracker.log_history` ``(history, column=0, start=1)``: every round of a per-round
-  history (``{column: array of shape (rounds,) or (rounds, S)}``), column ``column`` of 2-D
-  arrays, rounds numbered from ``start``.
-* :meth:`Tracker.close`: flush and close (also on leaving a ``with`` block).
-
-For a batched white-box job, open one tracker per seed (``run_name`` ending in ``seed_S``) and
-feed it from the round callback, ``tracker.log(t, {k: v[i] for k, v in row.items()})``, or once
-from the returned history with :meth:`Tracker.log_history`. SB3 runs can pass
-``tensorboard_log`` to the algorithm instead (SB3's own writer) and log the harness's columns
-here as well.
+For a batched white-box job, open one tracker per seed. SB3 runs can pass ``tensorboard_log``
+to the algorithm as well (SB3's own writer).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Mapping
@@ -47,8 +30,11 @@ from typing import Any
 
 import numpy as np
 
-TENSORBOARD_HINT = "pip install tensorboard (or the package's [tensorboard] extra)"
-WANDB_HINT = "pip install wandb"
+#: flag -> (the module it imports, how to install it)
+BACKENDS = {
+    "--tensorboard": ("torch.utils.tensorboard", "pip install 'rlhf-blindspot-gym[tensorboard]'"),
+    "--wandb": ("wandb", "pip install wandb"),
+}
 
 
 class TrackerError(Exception):
@@ -111,6 +97,16 @@ def _jsonable(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config or {}), default=str))
 
 
+def backend(flag: str):
+    """The module of the backend of ``flag`` (:data:`BACKENDS`); :class:`TrackerError` if it is
+    not installed."""
+    module, hint = BACKENDS[flag]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise TrackerError(f"{flag} needs the {flag[2:]} package: {hint}") from None
+
+
 def open_trackers(
     tensorboard_dir: str | Path | None = None,
     wandb_project: str | None = None,
@@ -119,35 +115,24 @@ def open_trackers(
     wandb_mode: str | None = None,
     wandb_dir: str | Path | None = None,
 ) -> Tracker:
-    """Open the backends asked for (see the module docstring); :class:`TrackerError` if one is
-    not installed or cannot start. ``wandb_mode``: ``"online"``, ``"offline"`` or ``"disabled"``
-    (``None``: W&B's default, e.g. the ``WANDB_MODE`` variable)."""
+    """Open the backends asked for (neither: a tracker that does nothing). TensorBoard events go
+    to ``tensorboard_dir / run_name`` (one folder per run, as TensorBoard's run selector
+    expects; ``config`` as a JSON text summary); W&B gets one run named ``run_name`` in
+    ``wandb_project`` with ``config``. ``wandb_mode``: ``"online"``, ``"offline"`` or
+    ``"disabled"`` (``None``: W&B's default, e.g. the ``WANDB_MODE`` variable)."""
     if not isinstance(run_name, str) or not run_name:
         raise ValueError(f"run_name must be a non-empty string, got {run_name!r}")
+    tb = backend("--tensorboard") if tensorboard_dir is not None else None
+    wandb = backend("--wandb") if wandb_project is not None else None
     writer = run = None
-    if tensorboard_dir is not None:
+    if tb is not None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            msg = f"--tensorboard needs the tensorboard package: {TENSORBOARD_HINT}"
-            raise TrackerError(msg) from None
-        try:
-            writer = SummaryWriter(log_dir=str(Path(tensorboard_dir) / run_name))
+            writer = tb.SummaryWriter(log_dir=str(Path(tensorboard_dir) / run_name))
         except OSError as e:
             raise TrackerError(f"--tensorboard: cannot write to {tensorboard_dir}: {e}") from None
         writer.add_text("config", "```\n" + json.dumps(_jsonable(config), indent=2) + "\n```")
-    if wandb_project is not None:
-        try:
-            import wandb
-        except ImportError:
-            if writer is not None:
-                writer.close()
-            raise TrackerError(f"--wandb needs the wandb package: {WANDB_HINT}") from None
-        kwargs: dict[str, Any] = {
-            "project": wandb_project,
-            "name": run_name,
-            "config": _jsonable(config),
-        }
+    if wandb is not None:
+        kwargs = dict(project=wandb_project, name=run_name, config=_jsonable(config))
         if wandb_mode is not None:
             kwargs["mode"] = wandb_mode
         if wandb_dir is not None:

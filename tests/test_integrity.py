@@ -163,7 +163,7 @@ def test_no_process_outlives_a_killed_run(tmp_path):
         (["--seeds", "0-99999999999"], "--seeds must be ints in [0, 2^31)"),
         (["--seeds", "0-100000"], "--max-runs"),
         (["--seeds", "0-5", "--max-runs", "3"], "more than 3 seeds"),
-        (["--max-runs", "0"], "--max-runs must be >= 1"),
+        (["--max-runs", "0"], "--max-runs: must be an integer >= 1"),
         (["--agent-kwargs", "rounds=1000000000"], "--max-rounds"),
         (["--rounds", "2000000"], "--max-rounds"),
         (["--rounds", "5", "--agent-kwargs", "rounds=7"], "disagree"),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from baselines import leaderboard, results, stats
+from baselines import cli, leaderboard, results, stats
 from baselines.run import main as run_main
 
 
@@ -148,7 +148,7 @@ def test_leaderboard_writes_committed_results_only_when_forced(runs, tmp_path, c
     committed = tmp_path / "repo" / "results"
     committed.mkdir(parents=True)
     (committed / "LEADERBOARD.md").write_text("the published table\n")
-    monkeypatch.setattr(leaderboard, "ROOT", tmp_path / "repo")
+    monkeypatch.setattr(cli, "ROOT", tmp_path / "repo")
     for target in (committed, committed / "learnability"):
         assert leaderboard.main(["--runs", str(runs), "--results", str(target)]) == 2
         err = capsys.readouterr().err

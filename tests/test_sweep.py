@@ -273,7 +273,9 @@ def test_many_jobs_are_not_split_but_a_single_one_is(tmp_path):
     )
     jobs, _ = sweep.plan_sweep(one, tmp_path, force=False, jobs=2)
     assert sorted(len(j.seeds) for j in jobs) == [5, 5]
-    jobs = execute.longest_first(sweep.plan_sweep(spec, tmp_path, force=False, jobs=2)[0])
+    jobs = sorted(sweep.plan_sweep(spec, tmp_path, force=False, jobs=2)[0], key=execute.job_cost)[
+        ::-1
+    ]
     assert jobs[0].env_id == "RLHFNeuralBlindSpot-v0" and jobs[0].agent == "fpo-relaxed"
 
 
