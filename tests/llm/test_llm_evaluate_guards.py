@@ -120,9 +120,9 @@ def test_judge_key_over_https_to_named_url_only(net, judged, capsys, one_line_er
 
 def test_judge_function_guards_key(net):
     with pytest.raises(LLMTrackError, match="http"):
-        evaluate.judge_prefers_first("http://judge.example/v1", "m", "q", "a", "b", SECRET)
+        evaluate.make_judge("http://judge.example/v1", "m", SECRET)
     assert net.requests == []
-    assert evaluate.judge_prefers_first("https://judge.example/v1", "m", "q", "a", "b", SECRET) == 1
+    assert evaluate.make_judge("https://judge.example/v1", "m", SECRET)("q", "a", "b") == 1
 
 
 def test_judge_redirects_not_followed(monkeypatch):
@@ -139,22 +139,15 @@ def test_judge_redirects_not_followed(monkeypatch):
         lambda *h: handlers.extend(h) or (_ for _ in ()).throw(OSError("offline")),
     )
     with pytest.raises(LLMTrackError, match="no usable answer"):
-        evaluate.judge_prefers_first("https://judge.example/v1", "m", "q", "a", "b", "k")
+        evaluate.make_judge("https://judge.example/v1", "m", "k")("q", "a", "b")
     assert evaluate._NoRedirect in handlers
 
 
 # --------------------------------------------------------------------------- bad numbers
-@pytest.mark.parametrize(
-    "extra, name",
-    [
-        (["--prompts", "0"], "--prompts"),
-        (["--prompts", "-2"], "--prompts"),
-        (["--max-new-tokens", "0"], "--max-new-tokens"),
-        (["--max-new-tokens", "-1"], "--max-new-tokens"),
-    ],
-)
-def test_bad_numbers_before_compute(tmp_path, extra, name, one_line_error, refuse):
+@pytest.mark.parametrize("name", ["--prompts", "--max-new-tokens"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_bad_numbers_before_compute(tmp_path, name, value, one_line_error, refuse):
     refuse("llm_track.evaluate.find_runs")
     (tmp_path / "runs").mkdir()
-    assert evaluate.main(["--runs", str(tmp_path / "runs"), *extra]) == 2
+    assert evaluate.main(["--runs", str(tmp_path / "runs"), name, value]) == 2
     one_line_error(PROG, name, ">= 1")

@@ -149,17 +149,11 @@ def test_resume_refuses_other_settings(tmp_path, capsys, one_line_error):
 
 
 @pytest.mark.parametrize(
-    "extra, name",
-    [
-        (["--gamma", "nan"], "--gamma"),
-        (["--gamma", "inf"], "--gamma"),
-        (["--gamma", "-1"], "--gamma"),
-        (["--seed", "-1"], "--seed"),
-    ],
+    "name, value", [("--gamma", "nan"), ("--gamma", "inf"), ("--gamma", "-1"), ("--seed", "-1")]
 )
-def test_bad_numbers_are_one_line_before_compute(tmp_path, extra, name, one_line_error, refuse):
+def test_bad_numbers_are_one_line_before_compute(tmp_path, name, value, one_line_error, refuse):
     refuse("llm_track.models.load_models")
-    assert main(_args(tmp_path / "out", *extra)) == 2
+    assert main(_args(tmp_path / "out", name, value)) == 2
     err = one_line_error(PROG, name, ">= 0")
     assert "got" in err
     assert not os.path.exists(tmp_path / "out")
