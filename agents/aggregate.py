@@ -23,12 +23,9 @@ from rlhf_envs.core import check_int
 
 @dataclass
 class AggregateConfig(WhiteBoxConfig):
-    """:class:`WhiteBoxConfig` plus the archive's size.
-
-    Attributes:
-        archive_size: most labelled responses kept (oldest dropped first; >= 1). The default
-            keeps every label of a 300-round linear or 1000-round neural run.
-    """
+    """:class:`WhiteBoxConfig` plus ``archive_size``, the most labelled responses kept (oldest
+    dropped first; >= 1; the default keeps every label of a 300-round linear or 1000-round neural
+    run)."""
 
     archive_size: int = 10_000
 

@@ -14,10 +14,6 @@ RM's blind spot the labels fall, the elite stays at the best response seen, and 
 the policy back toward it. Labels are compared as given (ratings, or preference probabilities,
 which rise with the utility); with label noise the elite is the luckiest label, a known bias
 (``elite_margin`` asks a new label to beat the elite's by a margin before it moves).
-
-Source: new in this suite (an anchor in the spirit of KL regularisation, Ziegler et al., arXiv
-1909.08593, moved to the best labelled response as in elitist selection / best-checkpoint
-early stopping).
 """
 
 from __future__ import annotations
@@ -35,13 +31,8 @@ from rlhf_envs.core import check_float
 
 @dataclass
 class EliteAnchorConfig(WhiteBoxConfig):
-    """:class:`WhiteBoxConfig` plus the anchor's weight and the elite's margin.
-
-    Attributes:
-        anchor_coef: weight of ``||y - y_elite||^2`` (>= 0).
-        elite_margin: a new label replaces the elite only if it beats the elite's by this
-            much (>= 0).
-    """
+    """:class:`WhiteBoxConfig` plus ``anchor_coef``, the weight of ``||y - y_elite||^2``, and
+    ``elite_margin``, by how much a new label must beat the elite's to replace it (both >= 0)."""
 
     anchor_coef: float = 1.0
     elite_margin: float = 0.0
@@ -56,7 +47,8 @@ class EliteAnchorAgent(Agent):
     """Current RM minus ``anchor_coef * ||y - y_elite||^2``, ``y_elite`` the best-labelled
     response so far (the RM's own labels; no extra labeler call).
 
-    Source: new in this suite.
+    Source: new in this suite (an anchor in the spirit of KL regularisation, Ziegler et al.,
+    arXiv 1909.08593, moved to the best labelled response as in elitist selection).
     """
 
     name = "elite-anchor"

@@ -46,19 +46,16 @@ class FPOAgent(Agent):
             return oracle.query_labeler_and_grad(y)
         return oracle.query_labeler(y), None
 
-    def label(self, y: torch.Tensor, oracle, grad: bool | None = None) -> torch.Tensor:
-        """:meth:`verdict` as one tensor, whose gradient (if queried) autograd sees."""
-        value, g = self.verdict(y, oracle, grad)
-        return value if g is None else differentiable(value, g, y)
-
     def score(self, core, y: torch.Tensor, oracle, grad: bool | None = None) -> torch.Tensor:
+        def label(v: torch.Tensor) -> torch.Tensor:  # a queried gradient is autograd's
+            value, g = self.verdict(v, oracle, grad)
+            return value if g is None else differentiable(value, g, v)
+
         if self.form == "exact":  # r(y) comes out of the virtual update: one forward pass less
-            label = self.label(y, oracle, grad)
-            pen, r = fpo.exact_penalty_and_reward(core, y, label, self._lookahead)
+            pen, r = fpo.exact_penalty_and_reward(core, y, label(y), self._lookahead)
             return r - self.config.fpo_gamma * pen
         r = core.reward_model.score(core.params, y)
-        pen = fpo.penalty(self.form, core, y, lambda v: self.label(v, oracle, grad))
-        return r - self.config.fpo_gamma * pen
+        return r - self.config.fpo_gamma * fpo.penalty(self.form, core, y, label)
 
     def sb3_score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         return self.score(core, y, oracle, grad=False)
@@ -111,8 +108,7 @@ class FPOExactAgent(FPOAgent):
 
     The first-order forms are its linearisation. One oracle query per scored response. For
     rating feedback and an MLP reward model the policy gradient is in closed form
-    (:func:`agents.fpo.exact_score_grad`, equal to autograd through the virtual update to about
-    1e-12 relative, tested); other settings take autograd.
+    (:func:`agents.fpo.exact_score_grad`); other settings take autograd.
     Source: this suite's extension of arXiv 2605.04266, Sec. 2.
     """
 

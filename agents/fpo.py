@@ -36,8 +36,6 @@ from rlhf_envs.reward_models import FlatParams, adam_step, flatten, unflatten
 
 FORMS = ("practical", "relaxed", "exact")
 
-LabelFn = Callable[[torch.Tensor], torch.Tensor]
-
 
 def loss_factor(feedback: str) -> float:
     """``c`` in ``delta r = -c * eta * relaxed_penalty`` (2 for squared loss, 1 for BT)."""
@@ -80,8 +78,8 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, 
     and FIFO rule as the env's real update). Differentiable in ``y``. The loss gradient is split
     into the part of the retained buffer (constant in ``y``, computed once) and the part of
     ``y``, which equals the gradient on the whole pushed buffer up to summation order.
-    ``cache``: a dict owned by the caller that keeps the retained part while the RM and its
-    buffer stay the same (a round's inner policy steps, or consecutive SB3 responses).
+    ``cache``: a dict owned by the caller that keeps the retained part (:func:`_lookahead`) across
+    calls (a round's inner policy steps, or consecutive SB3 responses).
     """
     rm, c = core.reward_model, core.config
     n, g_rest, rest_y, step = _lookahead(core, {} if cache is None else cache)
@@ -202,15 +200,10 @@ def first_order_score_grad(
     return g_r - gamma * g_pen
 
 
-def penalty(form: str, core: RLHFCore, y: torch.Tensor, label_fn: LabelFn | None = None):
-    """FPO penalty of ``form`` for responses ``y`` (S, n, d) under the env's current RM.
-
-    Args:
-        form: ``"practical"``, ``"relaxed"`` or ``"exact"``.
-        core: the env's follower (``env.unwrapped.core``).
-        y: candidate responses.
-        label_fn: returns the labeler's verdict on ``y`` (an oracle query); needed by
-            ``relaxed`` and ``exact``. Typically ``env.unwrapped.query_labeler``.
+def penalty(form: str, core: RLHFCore, y: torch.Tensor, label_fn: Callable | None = None):
+    """FPO penalty of ``form`` (one of :data:`FORMS`) for responses ``y`` (S, n, d) under the
+    current RM of ``core`` (the env's follower). ``label_fn(y)``: the labeler's verdict on ``y``
+    (an oracle query, e.g. ``env.unwrapped.query_labeler``), needed by ``relaxed`` and ``exact``.
     """
     rm, c = core.reward_model, core.config
     if form == "practical":

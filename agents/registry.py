@@ -1,11 +1,8 @@
 """The one list of agents that every tool reads (``baselines.run``, ``sweep``, ``bench``,
 ``leaderboard`` and the LLM track).
 
-Adding a built-in agent: write its class (a scoring rule, see :class:`agents.whitebox.Agent`) and
-add it to :data:`BUILTIN`; per-env settings go in ``baselines/configs/whitebox.yaml``. An agent
-from outside the package needs no registration: pass ``module:Class`` wherever an agent name is
-accepted (``python -m baselines.run --agent my_pkg.my_module:MyAgent``, sweep files); its runs
-are labelled by the class's ``name``.
+A built-in agent is its class (:class:`agents.whitebox.Agent`) added to :data:`BUILTIN` (per-env
+settings in ``baselines/configs/whitebox.yaml``); any other is named ``module:Class`` (:func:`get`).
 """
 
 from __future__ import annotations

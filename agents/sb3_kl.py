@@ -25,9 +25,8 @@ with the current and the frozen policy: the penalty is then exactly 0 while the 
 (the first rollout). The ``log_probs`` local that SB3 stores in the buffer is the same quantity
 for the current policy, up to float rounding (it comes from ``policy.forward``).
 
-The env is not touched: ``info["true_utility"]`` and ``info["proxy_reward"]`` stay the env's, and
-episode returns logged by ``Monitor`` are the env's rewards. Each step's penalty is added to its
-info as ``info["kl_penalty"]``. Only on-policy algorithms are supported: SAC stores transitions
+The env is not touched (``Monitor`` logs its rewards); each step's penalty is added to its info as
+``info["kl_penalty"]``. Only on-policy algorithms are supported: SAC stores transitions
 through another path (its replay buffer), and a reward penalty against a frozen policy would be
 stale by the time a transition is replayed.
 """

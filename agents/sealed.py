@@ -64,11 +64,9 @@ CONFIG_ATTRS = frozenset(
 SEALED_INFO = frozenset(
     {"true_utility", "signal_norm", "noise_norm", "cluster", "in_blind_cluster"}
 )
-QUERIES = (
-    "query_labeler",
-    "query_labeler_and_grad",
-    "true_utility",
-    "true_utility_and_grad",
+#: The env's counted queries (what :class:`Oracle` lets an agent call).
+QUERIES = frozenset(
+    {"query_labeler", "query_labeler_and_grad", "true_utility", "true_utility_and_grad"}
 )
 
 
@@ -119,7 +117,7 @@ class Oracle(_View):
     __slots__ = ()
 
     def __init__(self, env: Any):
-        super().__init__(env, frozenset(QUERIES), "oracle")
+        super().__init__(env, QUERIES, "oracle")
 
 
 class SealedInfo(dict):

@@ -8,9 +8,8 @@ RL against it over-optimises less than against one RM or a prediction ensemble.
 
 Here the shared initialisation is the env's initial reward model. ``warm_size`` members start from
 it, each retrained beside the env whenever the env retrains, with the env's optimiser, loss and
-number of steps but its own learning rate (log-spaced in ``[lr / warm_lr_spread,
-lr * warm_lr_spread]``) and its own random subset (``warm_keep`` of the buffer, at least one
-entry) of the env's labelled buffer: labels the RM already paid for, so no extra labeler call.
+number of steps but its own learning rate and its own random subset (at least one entry) of the
+env's labelled buffer (see :class:`WARMConfig`): labels the RM already paid for.
 The policy ascends the RM whose parameters are the members' average. For a linear RM the
 weight average equals the prediction average; for the MLP it does not.
 """

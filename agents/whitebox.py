@@ -53,10 +53,8 @@ class WhiteBoxConfig:
             not SB3's discount ``gamma``).
         init: initial response / policy mean (a number broadcast to all dims).
         label_grad: let the policy gradient flow through the labeler's verdict in relaxed/exact
-            FPO: each scored response then costs a gradient query instead of a value query.
-            ``False`` (default) treats the verdict as a constant label. The paper's linear
-            simulation differentiates the whole objective by finite differences, so its verdict
-            term carries gradient: that variant is the ``fpo-relaxed-grad`` agent.
+            FPO: each scored response then costs a gradient query instead of a value query
+            (``False``: the verdict is a constant label; ``fpo-relaxed-grad`` sets it).
     """
 
     policy: str = "deterministic"

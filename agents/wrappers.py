@@ -3,10 +3,8 @@ iterative-RLHF learner (in the spirit of imitation's ``RewardVecEnvWrapper(rewar
 
 The env keeps scoring, labelling and retraining its reward model on the rollouts every
 ``samples_per_round`` responses, whatever the algorithm. The wrapper only replaces the reward the
-algorithm sees by the agent's score (:meth:`agents.whitebox.Agent.sb3_score`);
-``info["true_utility"]`` and ``info["proxy_reward"]`` stay those of the env, so
-``Monitor``/``evaluate_policy`` and the harness report the truth. The paid reward is in
-``info["wrapped_reward"]``.
+algorithm sees by the agent's score (:meth:`agents.whitebox.Agent.sb3_score`), also in
+``info["wrapped_reward"]``; ``info["proxy_reward"]`` stays the env's.
 
 A response is scored under the reward model that scored it in the env (before any retraining
 that the same step triggered): the wrapper keeps a shallow snapshot of the env's follower taken
@@ -107,13 +105,9 @@ def _plain_copy(cls: type) -> bool:
 
 
 class _KnownScore:
-    """The env's reward model, except that its score of the response ``y`` under ``params``
-    (the pre-step parameters) is ``value``, the score the env computed for that step.
-
-    Only that exact call (the same parameter and response objects, no gradient asked of the
-    response) is answered from ``value`` (a fresh (1, 1) tensor holding the same float the RM
-    returned); every other call and attribute goes to the reward model itself.
-    """
+    """The env's reward model, except that ``score(params, y)`` for the pre-step ``params`` and
+    the response ``y`` (the same objects, no gradient asked) is a fresh tensor of ``value``, the
+    float the env computed for that step; every other call goes to the reward model itself."""
 
     __slots__ = ("_rm", "_params", "_y", "_value")
 
