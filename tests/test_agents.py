@@ -100,13 +100,20 @@ def test_oracle_reaches_the_peak_on_both_envs():
         assert (h["true_utility"][-1] > 9.5).all(), env_id
 
 
-def test_agent_config_validation_names_the_field():
-    with pytest.raises(ValueError, match="policy_lr"):
-        WhiteBoxConfig(policy_lr=-1.0)
-    with pytest.raises(ValueError, match="inner_steps"):
-        WhiteBoxConfig(inner_steps=0)
-    with pytest.raises(ValueError, match="policy"):
-        WhiteBoxConfig(policy="stochastic")
+@pytest.mark.parametrize(
+    "agent,field,value",
+    [
+        ("naive", "policy_lr", -1.0),
+        ("naive", "inner_steps", 0),
+        ("naive", "policy", "stochastic"),
+        ("kl", "kl_coef", -1.0),
+        ("ensemble", "ensemble_size", 1),
+        ("ensemble", "ensemble_mode", "median"),
+    ],
+)
+def test_agent_config_validation_names_the_field(agent, field, value):
+    with pytest.raises(ValueError, match=field):
+        AGENTS[agent].config_cls(**{field: value})
 
 
 def test_learn_requires_matching_seeds():
@@ -162,14 +169,3 @@ def test_ensemble_members_train_on_the_env_buffer_and_disagree():
     pess = ens.pessimistic(core, y, "mean_std", 1.0)
     torch.testing.assert_close(pess, after.mean(0) - after.std(0))
     torch.testing.assert_close(ens.pessimistic(core, y, "min"), after.min(0).values)
-
-
-def test_defence_configs_validate():
-    from agents.defences import EnsembleConfig, KLConfig
-
-    with pytest.raises(ValueError, match="kl_coef"):
-        KLConfig(kl_coef=-1.0)
-    with pytest.raises(ValueError, match="ensemble_size"):
-        EnsembleConfig(ensemble_size=1)
-    with pytest.raises(ValueError, match="ensemble_mode"):
-        EnsembleConfig(ensemble_mode="median")
