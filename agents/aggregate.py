@@ -51,9 +51,7 @@ class LabelArchive:
         if missed <= 0:
             return False
         c = core.config
-        n_new = min(
-            missed * c.samples_per_round * getattr(c, "labels_per_response", 1), core.buffer_len
-        )
+        n_new = min(missed * c.samples_per_round * c.labels_per_response, core.buffer_len)
         idx = (torch.arange(-n_new, 0) + core.buffer_pos) % c.buffer_size
         self.y = torch.cat([self.y, core.buffer_y[:, idx]], dim=1)[:, -self.size :]
         self.t = torch.cat([self.t, core.buffer_t[:, idx]], dim=1)[:, -self.size :]

@@ -55,6 +55,7 @@ CONFIG_ATTRS = frozenset(
         "rm_steps",
         "buffer_size",
         "samples_per_round",
+        "labels_per_response",
         "feedback",
         "reference_response",
         "action_bound",
