@@ -147,13 +147,7 @@ def batch_key(job: Job) -> str | None:
 def _outcome(
     seeds: list[int], status: str, reason: str, wall: float, failed: list[int] | None = None
 ) -> dict[str, Any]:
-    return {
-        "seeds": seeds,
-        "status": status,
-        "reason": reason,
-        "wall": wall,
-        "failed": failed or [],
-    }
+    return dict(seeds=seeds, status=status, reason=reason, wall=wall, failed=failed or [])
 
 
 def _record_failure(job: Job, seeds, batch, wall: float, error: BaseException) -> dict[str, Any]:

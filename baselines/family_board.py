@@ -142,6 +142,11 @@ def _run(spec: dict, out: Path, workers) -> None:
         raise CLIError(f"{len(failed)} run(s) failed, e.g. {failed[0]}")
 
 
+def _tag(split: str, i: int, label: str, agent: str) -> str:
+    """The sweep tag of the setting ``label`` of ``agent`` on config ``i`` of ``split``."""
+    return f"{split}{i}" + (f",{label}" if label != agent else "")
+
+
 def _spec(env_id: str, split: str, settings: dict, seeds: list[int], dtype: str) -> dict:
     """The sweep of each (agent, setting) of ``settings`` on each config of the split."""
     from rlhf_envs import families
@@ -149,7 +154,7 @@ def _spec(env_id: str, split: str, settings: dict, seeds: list[int], dtype: str)
     entries = [
         {
             "agent": agent,
-            "tag": f"{split}{i}" + (f",{label}" if label != agent else ""),
+            "tag": _tag(split, i, label, agent),
             "env_kwargs": {"family": f"{split}/{i}"},
             "agent_kwargs": kw,
             "envs": [env_id],
@@ -189,8 +194,7 @@ def normalised(
     for i in range(len(families.configs(env_id, split))):
         u = {}
         for label, (agent, _) in settings.items():
-            tag = f"{split}{i}" + (f",{label}" if label != agent else "")
-            name = run_folder_name(agent, tag=_SAFE.sub("_", tag))  # as the sweep names it
+            name = run_folder_name(agent, tag=_SAFE.sub("_", _tag(split, i, label, agent)))
             missing = [s for s in seeds if (name, s) not in done]
             if missing:
                 raise CLIError(f"{out}: no finished run {env_id}/{name} for seeds {missing}")

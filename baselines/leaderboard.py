@@ -82,13 +82,6 @@ MAIN_COLUMNS = (
     "final_gap",
 )
 # present for some runs only: SB3 runs (deterministic evaluation), the contextual env (clusters)
-OPTIONAL_COLUMNS = (
-    "eval_true_utility",
-    "eval_true_utility_blind_cluster",
-    "eval_true_utility_other_clusters",
-    "final_sample_true_utility_blind_cluster",
-    "final_sample_true_utility_other_clusters",
-)
 OPTIONAL_HEADERS = {
     "eval_true_utility": "det. U",
     "eval_true_utility_blind_cluster": "det. U, blind cluster",
@@ -96,6 +89,7 @@ OPTIONAL_HEADERS = {
     "final_sample_true_utility_blind_cluster": "final U, blind cluster",
     "final_sample_true_utility_other_clusters": "final U, other clusters",
 }
+OPTIONAL_COLUMNS = tuple(OPTIONAL_HEADERS)
 POI_COLUMN = "final_block_true_utility"
 
 

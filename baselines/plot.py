@@ -43,8 +43,7 @@ LABELS = {
     "oracle_queries": "oracle value queries (cumulative)",
 }
 #: SB3 runs record the sampled responses' values only; these stand in for the policy mean's
-SAMPLED = {"true_utility": "sample_true_utility", "proxy_reward": "sample_proxy_reward"}
-SAMPLED["gap"] = "sample_gap"
+SAMPLED = {k: f"sample_{k}" for k in ("true_utility", "proxy_reward", "gap")}
 
 
 def check_metrics(m: dict[str, np.ndarray], metrics: list[str]) -> None:

@@ -8,80 +8,43 @@ finished runs from earlier commands included.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from baselines import results, stats
 
-COLUMNS = (
-    "env",
-    "agent",
-    "runs",
-    "final U [95% CI]",
-    "peak U",
-    "drop",
-    "proxy-truth gap",
-    "labels",
-    "oracle queries",
-    "s/run",
+#: (header, summary column, format) of the means over seeds that follow final U
+MEANS = (
+    ("peak U", "peak_true_utility", ".3f"),
+    ("drop", "collapse_drop", ".3f"),
+    ("proxy-truth gap", "final_gap", ".3f"),
+    ("labels", "labels_used", ".0f"),
+    ("oracle queries", "oracle_value_equivalents", ".0f"),
+    ("s/run", "wall_time_s", ".2f"),
 )
+HEADERS = ("env", "agent", "runs", "final U [95% CI]", *(h for h, _, _ in MEANS))
 
 
-def rows(folders: list[Path]) -> list[dict[str, Any]]:
-    """One row per (env, run name) over the sound finished runs among ``folders``.
+def rows(folders: list[Path]) -> list[list[str]]:
+    """The table's cells: one row per (env, run name) over the sound finished runs among
+    ``folders``.
 
     ``final U`` is the mean over seeds of ``final_true_utility`` with a percentile bootstrap
-    95 % CI (:func:`baselines.stats.mean_ci`); ``peak U``, ``drop`` (peak minus the last
-    block, see :func:`baselines.results.summarise_history`), ``gap`` (proxy minus truth at the
-    end), ``labels`` (the RM's labels), ``oracle queries`` (the agent's own calls on the truth,
-    as value queries) and ``s/run`` are means over seeds.
+    95 % CI (:func:`baselines.stats.mean_ci`); ``drop`` is peak minus the last block (see
+    :func:`baselines.results.summarise_history`), ``oracle queries`` the agent's own calls on
+    the truth, as value queries.
     """
     df = results.load_runs(folders)
     out = []
     for (env_id, name), part in df.groupby(["env_id", "run_name"], sort=False) if len(df) else []:
         u, lo, hi = stats.mean_ci(part["final_true_utility"])
-        out.append(
-            {
-                "env": env_id,
-                "agent": name,
-                "runs": len(part),
-                "final_u": u,
-                "final_u_lo": lo,
-                "final_u_hi": hi,
-                **{
-                    k: float(part[col].mean())
-                    for k, col in (
-                        ("peak_u", "peak_true_utility"),
-                        ("drop", "collapse_drop"),
-                        ("gap", "final_gap"),
-                        ("labels", "labels_used"),
-                        ("oracle", "oracle_value_equivalents"),
-                        ("s_per_run", "wall_time_s"),
-                    )
-                },
-            }
-        )
+        means = [format(float(part[col].mean()), fmt) for _, col, fmt in MEANS]
+        out.append([env_id, name, str(len(part)), f"{u:.3f} [{lo:.3f}, {hi:.3f}]", *means])
     return out
 
 
-def table(rows_: list[dict[str, Any]]) -> str:
+def table(rows_: list[list[str]]) -> str:
     """The rows as an aligned plain-text table."""
-    cells = [list(COLUMNS)]
-    for r in rows_:
-        cells.append(
-            [
-                r["env"],
-                r["agent"],
-                str(r["runs"]),
-                f"{r['final_u']:.3f} [{r['final_u_lo']:.3f}, {r['final_u_hi']:.3f}]",
-                f"{r['peak_u']:.3f}",
-                f"{r['drop']:.3f}",
-                f"{r['gap']:.3f}",
-                f"{r['labels']:.0f}",
-                f"{r['oracle']:.0f}",
-                f"{r['s_per_run']:.2f}",
-            ]
-        )
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    cells = [list(HEADERS), *rows_]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)

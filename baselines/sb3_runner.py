@@ -79,15 +79,10 @@ def learn_sb3(
     from agents import registry
     from agents.wrappers import AgentRewardWrapper
 
-    if not allowed_algos(agent):
+    if policy_optimizer not in (algos := allowed_algos(agent)):
+        also = f" or policy_optimizer {' or '.join(algos)}" if algos else ""
         raise ValueError(
-            f"agent {agent!r} runs only with the white-box optimiser "
-            f"(policy_optimizer 'whitebox'), got {policy_optimizer!r}"
-        )
-    if policy_optimizer not in allowed_algos(agent):
-        raise ValueError(
-            f"agent {agent!r} works only with policy_optimizer "
-            f"{' or '.join(allowed_algos(agent))}, got {policy_optimizer!r}"
+            f"agent {agent!r} works only with the white-box optimiser{also}, got {policy_optimizer!r}"
         )
     cls = registry.get(agent)
     the_agent = cls(cls.config_cls(**agent_config), seed=seed)
@@ -106,15 +101,12 @@ def learn_sb3(
                 for key, v in info.items():
                     if key in _NOT_MEASURED or not isinstance(v, _NUMBERS):
                         continue
-                    key = _RENAMED.get(key, key)
-                    if key in current:
-                        current[key].append(float(v))
-                    else:
-                        current[key] = [float(v)]
+                    current.setdefault(_RENAMED.get(key, key), []).append(float(v))
                 if "in_blind_cluster" in info:
                     side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
-                    current.setdefault(f"sample_true_utility_{side}", [])
-                    current[f"sample_true_utility_{side}"].append(info["true_utility"])
+                    current.setdefault(f"sample_true_utility_{side}", []).append(
+                        info["true_utility"]
+                    )
                 if info["rm_updated"]:
                     t = np.array(current["sample_true_utility"])
                     p = np.array(current["sample_proxy_reward"])
