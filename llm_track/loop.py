@@ -1,10 +1,5 @@
-"""One step of the paper's LLM protocol (arXiv 2605.04266, section 4): ``Protocol.step``.
-
-Per step (``llm_track/README.md``, "One step"): a prompt; a reference answer from the base model
-(the policy with its LoRA adapter off) and n candidates from the policy, in one token loop when
-the adapter can be row-masked (``adapters``), else two; one batched forward of the base model for
-the oracle utility U and one of the reward model for r and the head features h; FPO scores; the
-winner; a Bradley-Terry step of the RM head and an SFT step of the policy on the winner.
+"""One step of the paper's LLM protocol (arXiv 2605.04266, section 4): ``Protocol.step``,
+described step by step in ``llm_track/README.md``, "One step".
 
 Randomness is explicit: sampling uses a ``torch.Generator`` seeded from (seed, step) and dropout
 runs under a forked global RNG seeded the same way, so a step's outcome depends only on the seed,
@@ -15,7 +10,6 @@ generations draw in another order, so the same seed gives other (equally exact) 
 from __future__ import annotations
 
 import os
-import random
 import time
 from contextlib import nullcontext
 
@@ -80,6 +74,22 @@ def rewards(
     return r.float(), h
 
 
+def _optimizer_step(opt: torch.optim.Optimizer, accum: int, t: int) -> None:
+    """The optimiser's step at the end of each window of ``accum`` protocol steps."""
+    if (t + 1) % accum == 0:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _grads(params: dict) -> dict:
+    return {n: p.grad.detach().cpu().clone() for n, p in params.items() if p.grad is not None}
+
+
+def _set_grads(params: dict, grads: dict) -> None:
+    for n, p in params.items():
+        p.grad = grads[n].to(p.device, p.dtype) if n in grads else None
+
+
 def _clock(device: str) -> float:
     """``time.perf_counter()`` once the device's queued work is done."""
     if torch.device(device).type == "cuda":
@@ -128,20 +138,6 @@ class Protocol:
         ``two-loop`` (reference, then candidates)."""
         return "two-loop" if mixable_adapter(self.m.policy) is None else "one-loop"
 
-    def sampling_kwargs(self, greedy: bool = False) -> dict:
-        """The settings of ``decoding.sample`` for the policy's answers."""
-        cfg = self.cfg
-        return dict(
-            max_new=cfg.max_new_tokens,
-            min_new=cfg.min_new_tokens,
-            eos_id=self.eos_ids,
-            pad_id=self.pad_id,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            generator=self.generator,
-            greedy=greedy,
-        )
-
     def generate_step(
         self, prompt_ids: torch.Tensor, *, greedy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,8 +147,10 @@ class Protocol:
         reference's loop then the candidates' loop. The two modes draw from ``self.generator`` in
         a different order (see the module docstring).
         """
-        policy, n = self.m.policy, self.cfg.candidates
-        kw = self.sampling_kwargs(greedy)
+        policy, n, cfg = self.m.policy, self.cfg.candidates, self.cfg
+        kw = dict(max_new=cfg.max_new_tokens, min_new=cfg.min_new_tokens, eos_id=self.eos_ids)
+        kw.update(pad_id=self.pad_id, temperature=cfg.temperature, top_p=cfg.top_p)
+        kw.update(generator=self.generator, greedy=greedy)
         policy.eval()  # no LoRA dropout
         adapter = mixable_adapter(policy)
         if adapter is None:
@@ -214,14 +212,8 @@ class Protocol:
         label = torch.sigmoid(u_w - u_ref).float()
         loss = F.binary_cross_entropy_with_logits(logit, label)
         (loss / self.cfg.rm_grad_accum).backward()
-        self.rm_optimizer_step(t)
+        _optimizer_step(self.rm_opt, self.cfg.rm_grad_accum, t)
         return loss.item()
-
-    def rm_optimizer_step(self, t: int) -> None:
-        """The head's AdamW step at the end of each ``rm_grad_accum`` window of protocol steps."""
-        if (t + 1) % self.cfg.rm_grad_accum == 0:
-            self.rm_opt.step()
-            self.rm_opt.zero_grad(set_to_none=True)
 
     def sft_step(self, t: int, prompt_ids, resp_w, len_w) -> float:
         """SFT on the winner (mean token NLL), with gradient accumulation; the dropout runs on the
@@ -236,22 +228,21 @@ class Protocol:
                 loss = response_nll(self.m.policy, prompt_ids, resp_w.unsqueeze(0), len_w.view(1))
                 loss = loss[0]
             (loss / self.cfg.grad_accum).backward()
-        self.policy_optimizer_step(t)
+        _optimizer_step(self.policy_opt, self.cfg.grad_accum, t)
         self.m.policy.eval()
         return loss.item()
 
-    def policy_optimizer_step(self, t: int) -> None:
-        if (t + 1) % self.cfg.grad_accum == 0:
-            self.policy_opt.step()
-            self.policy_opt.zero_grad(set_to_none=True)
-
     # ---------------------------------------------------------------- one step
+    def eligible(self, texts: list[str]) -> list[bool]:
+        """Which candidates may win: all, or the non-empty ones with ``skip_empty``."""
+        return [not (self.cfg.skip_empty and not x.strip()) for x in texts[: self.cfg.candidates]]
+
     def pick_winner(self, t: int, score: torch.Tensor, texts: list[str]) -> int | None:
         """The winner's row: the best score among the eligible candidates (non-empty ones when
         ``skip_empty``), or a seeded uniform pick among them for the random-winner control;
         None when no candidate is eligible."""
         n = self.cfg.candidates
-        ok = [not (self.cfg.skip_empty and not texts[i].strip()) for i in range(n)]
+        ok = self.eligible(texts)
         if not any(ok):
             return None
         if self.cfg.penalty_form == "random":
@@ -269,10 +260,7 @@ class Protocol:
         eligible candidate reads nothing."""
         if winner is None:
             return 0
-        if self.cfg.penalty_form != "relaxed":
-            return 2
-        n = self.cfg.candidates
-        return sum(not (self.cfg.skip_empty and not x.strip()) for x in texts[:n]) + 1
+        return sum(self.eligible(texts)) + 1 if self.cfg.penalty_form == "relaxed" else 2
 
     def step(self, t: int) -> dict:
         cfg, dev = self.cfg, self.cfg.device
@@ -295,8 +283,8 @@ class Protocol:
         skipped = w is None
         if skipped:  # nothing to learn from: no update, but the accumulation windows still end
             w, rm_loss, sft_loss = 0, float("nan"), float("nan")
-            self.rm_optimizer_step(t)
-            self.policy_optimizer_step(t)
+            _optimizer_step(self.rm_opt, cfg.rm_grad_accum, t)
+            _optimizer_step(self.policy_opt, cfg.grad_accum, t)
         else:
             h_w, h_ref = h[w], h[n]
             if cfg.rm_dropout_asymmetry:  # the paper's RM update: features with dropout on
@@ -335,71 +323,44 @@ class Protocol:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder: str, meta: dict | None = None) -> None:
-        """Adapter (``save_pretrained``), head, optimisers, pending grads, RNG states, step.
-
-        ``meta`` (JSON) goes to ``meta.json`` in the same folder (``llm_track.run`` records there
-        the run's settings and a digest of the metrics rows the checkpoint belongs to). Written
-        whole or not at all (``export.written_whole``).
-        """
-        with written_whole(folder) as tmp:
-            self._write_checkpoint(tmp, meta)
-
-    def _write_checkpoint(self, tmp: str, meta: dict | None) -> None:
-        self.m.policy.save_pretrained(os.path.join(tmp, "adapter"))
+        """Adapter (``save_pretrained``), LoRA weights, head, optimisers, pending gradients, the
+        torch RNG and the sampling generator's states, step; ``meta`` (JSON: ``llm_track.run``
+        records the settings and a digest of the metrics rows) in ``meta.json``. Written whole or
+        not at all (``export.written_whole``)."""
         lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
-        name, keys, pos, has_gauss, cached = np.random.get_state()  # keys as a tensor: weights_only
-        np_rest = (int(pos), int(has_gauss), float(cached))
         state = {
             "step": self.step_count,
             "oracle_queries": self.oracle_queries,
             "lora": {n: p.detach().cpu().clone() for n, p in lora.items()},
-            "lora_grad": {
-                n: p.grad.detach().cpu().clone() for n, p in lora.items() if p.grad is not None
-            },
+            "lora_grad": _grads(lora),
             "rm_head": {k: v.cpu().clone() for k, v in self.head.state_dict().items()},
-            "rm_head_grad": {
-                n: p.grad.detach().cpu().clone()
-                for n, p in self.head.named_parameters()
-                if p.grad is not None
-            },
+            "rm_head_grad": _grads(dict(self.head.named_parameters())),
             "policy_opt": self.policy_opt.state_dict(),
             "rm_opt": self.rm_opt.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "generator": self.generator.get_state(),
-                "python": random.getstate(),
-                "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *np_rest),
-            },
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
         }
-        torch.save(state, os.path.join(tmp, "state.pt"))
-        torch.save(state["rm_head"], os.path.join(tmp, "rm_head.pt"))
-        if meta is not None:
-            atomic_write_json(os.path.join(tmp, "meta.json"), meta, default=str)
+        with written_whole(folder) as tmp:
+            self.m.policy.save_pretrained(os.path.join(tmp, "adapter"))
+            torch.save(state, os.path.join(tmp, "state.pt"))
+            torch.save(state["rm_head"], os.path.join(tmp, "rm_head.pt"))
+            if meta is not None:
+                atomic_write_json(os.path.join(tmp, "meta.json"), meta, default=str)
 
     def load_checkpoint(self, folder: str) -> int:
         """Restore a checkpoint written by ``save_checkpoint``; returns the step to continue at."""
         # weights_only: tensors and plain containers only, no arbitrary unpickling
         state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-        params = dict(self.m.policy.named_parameters())
+        lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
         with torch.no_grad():
             for n, v in state["lora"].items():
-                params[n].copy_(v)
-                params[n].grad = None
-            for n, g in state["lora_grad"].items():
-                params[n].grad = g.to(params[n].device)
+                lora[n].copy_(v)
+        _set_grads(lora, state["lora_grad"])
         self.head.load_state_dict(state["rm_head"])
-        head_params = dict(self.head.named_parameters())
-        for n, p in head_params.items():
-            g = state.get("rm_head_grad", {}).get(n)
-            p.grad = None if g is None else g.to(p.device, p.dtype)
+        _set_grads(dict(self.head.named_parameters()), state["rm_head_grad"])
         self.policy_opt.load_state_dict(state["policy_opt"])
         self.rm_opt.load_state_dict(state["rm_opt"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["generator"])
-        random.setstate(rng["python"])
-        name, keys, *np_rest = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *np_rest))
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
         self.oracle_queries = state["oracle_queries"]
         self.step_count = state["step"]
         return self.step_count
