@@ -73,37 +73,24 @@ def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float) -> dict:
 
 #: What a run writes into its folder (``--force`` removes these before starting over).
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "eval.json")
-CHECKPOINT_DIRS = (
-    "checkpoint",
-    "checkpoint.tmp",
-    "checkpoint.old",
-    "adapter",
-    "adapter.tmp",
-    "adapter.old",
-)
+#: (``written_whole`` writes through ``.tmp`` and ``.old`` folders)
+CHECKPOINT_DIRS = tuple(d + end for d in ("checkpoint", "adapter") for end in ("", ".tmp", ".old"))
+
+
+def _settings(cfg: LLMConfig) -> dict:
+    """The settings in their JSON form (tuples as lists), as config.json and meta.json hold them."""
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
 
 
 def _check_settings(cfg: LLMConfig, recorded: dict, where: str, remedy: str) -> None:
     """Refuse to resume when the settings that decide a run's numbers (all but
-    ``_RESUME_FREE``; JSON form: tuples as lists) differ from ``recorded``."""
-    now = json.loads(json.dumps(cfg.to_dict(), default=str))
-    diff = [k for k, v in now.items() if k not in _RESUME_FREE and recorded.get(k) != v]
+    ``_RESUME_FREE``) differ from ``recorded``."""
+    diff = [k for k, v in _settings(cfg).items() if k not in _RESUME_FREE and recorded.get(k) != v]
     if diff:
         raise LLMTrackError(
             f"--resume: settings differ from {where} ({', '.join(diff)}); use the same settings "
             f"or {remedy}"
         )
-
-
-def _check_resumable(cfg: LLMConfig, folder: str) -> None:
-    path = os.path.join(folder, "config.json")
-    if not os.path.exists(path):
-        raise LLMTrackError(
-            f"--resume: {folder} has a checkpoint but no config.json; use --force to start over"
-        )
-    _check_settings(
-        cfg, read_json(path)["config"], f"the checkpointed run in {folder}", "another --out"
-    )
 
 
 def _metrics_records(folder: str) -> list[list[str]]:
@@ -124,7 +111,7 @@ def _checkpoint_meta(cfg: LLMConfig, folder: str, step: int) -> dict:
     records = _metrics_records(folder)
     return {
         "step": step,
-        "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+        "config": _settings(cfg),
         "metrics_rows": max(0, len(records) - 1),
         "metrics_sha256": _rows_digest(records),
     }
@@ -203,42 +190,40 @@ def run_protocol(
             f"{folder} already holds a run ({existing}); use --resume to continue it "
             "or --force to start it over"
         )
-    meta_step = None
-    if resuming or (resume and os.path.exists(os.path.join(folder, "config.json"))):
-        _check_resumable(cfg, folder)
+    config_path = os.path.join(folder, "config.json")
+    recorded = read_json(config_path) if resume and os.path.exists(config_path) else None
+    if resuming and recorded is None:
+        raise LLMTrackError(
+            f"--resume: {folder} has a checkpoint but no config.json; use --force to start over"
+        )
+    if recorded is not None:
+        where = f"the checkpointed run in {folder}"
+        _check_settings(cfg, recorded["config"], where, "another --out")
     if resuming:
-        meta_step = _check_checkpoint_meta(cfg, folder, ckpt)
-        if meta_step > cfg.steps:
+        step = _check_checkpoint_meta(cfg, folder, ckpt)
+        if step > cfg.steps:
             raise LLMTrackError(
-                f"--resume: --steps {cfg.steps} is below the checkpoint's step {meta_step}"
+                f"--resume: --steps {cfg.steps} is below the checkpoint's step {step}"
             )
 
     prompts, source = load_prompts(cfg.prompts, "train", cfg.prompt_column)
     digest = prompts_digest(prompts)
-    old_config = os.path.join(folder, "config.json")
-    if resuming and os.path.exists(old_config):
-        if read_json(old_config)["prompts_sha256"] != digest:
-            raise LLMTrackError(
-                f"--resume: the prompts from {source} differ from the ones the run in {folder} "
-                "used (SHA-256 of the prompt list); use the same --prompts or --force"
-            )
-    models = load_models(cfg)
-    proto = Protocol(cfg, models, prompts)
+    if resuming and recorded["prompts_sha256"] != digest:
+        raise LLMTrackError(
+            f"--resume: the prompts from {source} differ from the ones the run in {folder} "
+            "used (SHA-256 of the prompt list); use the same --prompts or --force"
+        )
+    proto = Protocol(cfg, load_models(cfg), prompts)
     start, rows = 0, []
     if resuming:
         start = proto.load_checkpoint(ckpt)
-        if start != meta_step:
-            raise LLMTrackError(
-                f"--resume: {ckpt} is inconsistent (state.pt at step {start}, meta.json at step "
-                f"{meta_step}); use --force to start over"
-            )
         path = os.path.join(folder, "metrics.csv")
         rows = [r for r in read_csv(path) if r["step"] < start] if os.path.exists(path) else []
     elif existing:  # force, or resume of a run that never reached a checkpoint: start over
         _clear_run(folder)
     os.makedirs(folder, exist_ok=True)
     atomic_write_json(
-        os.path.join(folder, "config.json"),
+        config_path,
         {
             "config": cfg.to_dict(),
             "prompt_source": source,
@@ -330,11 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
         "RM's dropout on, FPO scoring with it off); runs go to OUT/<agent>+dropout-asym",
     )
     p.add_argument("--out", default="runs/llm_track", help="output root (default runs/llm_track)")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument(
+    p.add_argument(
         "--resume", action="store_true", help="continue from OUT/<agent>/seed_<s>/checkpoint"
     )
-    again.add_argument(
+    p.add_argument(
         "--force",
         action="store_true",
         help="start over when OUT/<agent>/seed_<s> already holds a run (removes its files)",
@@ -391,25 +375,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def result_table(summary: dict) -> str:
     """The run's result as a small aligned table (first and last window means of the winner)."""
-    rows = [
-        ("", "first", "last"),
-        (
-            "oracle utility of the winner",
-            f"{summary['utility_winner_first']:.3f}",
-            f"{summary['utility_winner_last']:.3f}",
-        ),
-        (
-            "proxy (RM) score of the winner",
-            f"{summary['proxy_winner_first']:.3f}",
-            f"{summary['proxy_winner_last']:.3f}",
-        ),
-    ]
+    rows = [("", "first", "last")]
+    for k, name in (("utility_winner", "oracle utility"), ("proxy_winner", "proxy (RM) score")):
+        rows.append(
+            (f"{name} of the winner", *(f"{summary[f'{k}_{x}']:.3f}" for x in ("first", "last")))
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(
-        f"oracle queries {summary.get('oracle_queries', 0)}, "
-        f"{summary.get('mean_step_s', float('nan')):.2f} s/step "
-        f"(means over the first and last {summary.get('window', '?')} steps)"
+        f"oracle queries {summary['oracle_queries']}, {summary['mean_step_s']:.2f} s/step "
+        f"(means over the first and last {summary['window']} steps)"
     )
     return "\n".join(lines)
 
