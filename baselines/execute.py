@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import time
-import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from queue import Empty
 from typing import Any
@@ -125,7 +124,7 @@ def _lock_seeds(job: Job):
         if not lock.acquire():
             busy.append(seed)
             continue
-        if not job.force and results.run_state(folder, job.digests[seed])[0] == "done":
+        if not job.force and results.run_state(folder, job.digest(seed))[0] == "done":
             lock.release()  # finished by another process since this job was planned
             done_elsewhere.append(seed)
             continue
@@ -151,17 +150,11 @@ def _outcome(
 
 
 def _record_failure(job: Job, seeds, batch, wall: float, error: BaseException) -> dict[str, Any]:
-    """Write ``seeds``' folders as stopped (a diverged policy) or failed; the job's outcome."""
-    stopped = isinstance(error, FloatingPointError)
-    status, reason = (
-        ("stopped", str(error)) if stopped else ("failed", f"{type(error).__name__}: {error}")
-    )
-    tb = "".join(traceback.format_exception(error))
+    """Write ``seeds``' folders as ended by ``error`` (:func:`results.failure`); the job's
+    outcome."""
     for seed in seeds:
-        results.write_run(
-            job, seed, batch, wall / len(batch), wall, status=status, reason=reason, tb=tb
-        )
-    return _outcome(batch, status, reason, wall, list(seeds))
+        results.write_run(job, seed, batch, wall / len(batch), wall, error)
+    return _outcome(batch, *results.failure(error), wall, list(seeds))
 
 
 def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str, Any]]:
@@ -250,7 +243,7 @@ def _run_sb3(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str,
                 tensorboard_log=job.tensorboard,
             )
             took = time.perf_counter() - t0
-            results.write_run(job, seed, seeds, took, time.perf_counter() - start, h, 0)
+            results.write_run(job, seed, seeds, took, time.perf_counter() - start, h)
             written.append(seed)
         outcome = _outcome(seeds, "ok", "", time.perf_counter() - start)
     except Exception as e:  # noqa: BLE001  (recorded in the run folders; the sweep goes on)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,9 @@ def yaml_settings(env_id: str, agent_cls: type, policy_optimizer: str = "whitebo
 
 @dataclass
 class Job:
+    """A batch of ``seeds`` of one (env, agent, settings) whose run folders are not finished
+    yet; each seed's settings (:meth:`settings`) are these fields."""
+
     env_id: str
     agent: str
     seeds: list[int]
@@ -105,9 +108,7 @@ class Job:
     env_kwargs: dict[str, Any]
     agent_config: dict[str, Any]
     out: str
-    digests: dict[int, str] = field(default_factory=dict)
-    settings: dict[int, dict[str, Any]] = field(default_factory=dict)
-    run_name: str = ""
+    run_name: str
     policy_optimizer: str = "whitebox"
     hyperparams: dict[str, Any] = field(default_factory=dict)
     force: bool = False  # redo even if another process finishes the run first
@@ -115,8 +116,15 @@ class Job:
     tensorboard: str | None = None  # output options, not settings: not in the config hash
     wandb: str | None = None
 
-    def __post_init__(self) -> None:
-        self.run_name = self.run_name or self.agent
+    def settings(self, seed: int) -> dict[str, Any]:
+        """The settings of ``seed``'s run: its ``config.json``'s, which its config hash covers
+        (SB3 runs add the optimiser and its hyperparameters)."""
+        keys = ["env_id", "env_kwargs", "agent", "run_name", "agent_config", "rounds", "seed"]
+        keys += ["policy_optimizer", "hyperparams"] if self.policy_optimizer != "whitebox" else []
+        return {k: seed if k == "seed" else getattr(self, k) for k in keys}
+
+    def digest(self, seed: int) -> str:
+        return results.config_hash(self.settings(seed))
 
 
 def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]:
@@ -263,25 +271,14 @@ def plan(
             f"--rounds: {rounds} rounds per run is above the limit of {max_rounds}; "
             "raise it with --max-rounds if you mean it"
         )
+    reads = ",".join(built.declared_reads(policy_optimizer != "whitebox"))
     run_name = run_folder_name(agent_cls.name, policy_optimizer, tag)
-
+    settings = (env_id, agent, seeds, rounds, env_kwargs, agent_config, str(out), run_name)
+    job = Job(*settings, policy_optimizer, hyperparams, force, reads)
     pending, skipped = [], []
-    digests, settings = {}, {}
     for seed in seeds:
-        s = {
-            "env_id": env_id,
-            "env_kwargs": env_kwargs,
-            "agent": agent,
-            "run_name": run_name,
-            "agent_config": agent_config,
-            "rounds": rounds,
-            "seed": seed,
-        }
-        if policy_optimizer != "whitebox":
-            s.update(policy_optimizer=policy_optimizer, hyperparams=hyperparams)
-        digest = results.config_hash(s)
         folder = results.run_dir(out, env_id, run_name, seed)
-        state, why = results.run_state(folder, digest)
+        state, why = results.run_state(folder, job.digest(seed))
         if state == "other" and not force:
             raise CLIError(
                 f"{folder} holds a finished run with other settings; pass --force to redo it "
@@ -293,28 +290,6 @@ def plan(
         if state == "damaged":
             print(f"redoing {folder}: {why}", file=sys.stderr)
         pending.append(seed)
-        digests[seed], settings[seed] = digest, s
     n_chunks = max(-(-len(pending) // batch_size), min(jobs, len(pending)))
     chunks = [pending[i::n_chunks] for i in range(n_chunks)]
-    reads = ",".join(built.declared_reads(policy_optimizer != "whitebox"))
-    out_jobs = [
-        Job(
-            env_id,
-            agent,
-            chunk,
-            rounds,
-            env_kwargs,
-            agent_config,
-            str(out),
-            digests={s: digests[s] for s in chunk},
-            settings={s: settings[s] for s in chunk},
-            run_name=run_name,
-            policy_optimizer=policy_optimizer,
-            hyperparams=hyperparams,
-            force=force,
-            reads=reads,
-        )
-        for chunk in chunks
-        if chunk
-    ]
-    return out_jobs, skipped
+    return [replace(job, seeds=chunk) for chunk in chunks if chunk], skipped

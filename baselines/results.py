@@ -14,6 +14,7 @@ import os
 import platform
 import secrets
 import subprocess
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -452,22 +453,27 @@ def summarise(history: dict, col: int) -> dict[str, Any]:
     return out
 
 
+def failure(error: BaseException) -> tuple[str, str]:
+    """``(status, reason)`` of a run that ``error`` ended: ``"stopped"`` for a diverged policy
+    (``FloatingPointError``), else ``"failed"``."""
+    if isinstance(error, FloatingPointError):
+        return "stopped", str(error)
+    return "failed", f"{type(error).__name__}: {error}"
+
+
 def write_run(
     job: Any,
     seed: int,
     batch: list[int],
     wall: float,
     batch_wall: float,
-    history: dict | None = None,
+    result: dict | BaseException,
     col: int = 0,
-    status: str = "ok",
-    reason: str = "",
-    tb: str = "",
     shared: list[str] | None = None,
 ) -> None:
     """Write and seal one run folder of ``job`` (a :class:`baselines.plan.Job`; the caller holds
-    its lock): ``history``'s column ``col``, or without it the failure (``status``, ``reason``,
-    traceback ``tb``).
+    its lock): ``result`` is the history (its column ``col``) or the error that ended the run
+    (:func:`failure`, with its traceback).
 
     The old seal goes first, so a writer killed half-way leaves an unsealed folder that the next
     run redoes; ``manifest.json`` goes last.
@@ -476,8 +482,8 @@ def write_run(
     (folder / MANIFEST).unlink(missing_ok=True)
     remove_stale_temps(folder)  # left by a writer killed mid-write (the caller holds the lock)
     config = {
-        **job.settings[seed],
-        "config_hash": job.digests[seed],
+        **job.settings(seed),
+        "config_hash": job.digest(seed),
         "batched_with": batch,
         **({"batched_with_agents": shared} if shared else {}),
         "versions": package_versions(),
@@ -486,8 +492,8 @@ def write_run(
     }
     atomic_write_json(folder / "config.json", config)
     summary: dict[str, Any] = {
-        "status": status,
-        "config_hash": job.digests[seed],
+        "status": "ok",
+        "config_hash": config["config_hash"],
         "env_id": job.env_id,
         "agent": job.agent,
         "run_name": job.run_name,
@@ -497,14 +503,15 @@ def write_run(
         "batch_wall_time_s": batch_wall,
         "reads": job.reads,
     }
+    history = None if isinstance(result, BaseException) else result
     if history is not None:
         atomic_write_text(folder / "metrics.csv", metrics_csv(history, col))
         summary.update(summarise(history, col))
         (folder / "error.txt").unlink(missing_ok=True)
         files = ["config.json", "metrics.csv", "summary.json"]
     else:
-        summary["reason"] = reason
-        atomic_write_text(folder / "error.txt", tb)
+        summary["status"], summary["reason"] = failure(result)
+        atomic_write_text(folder / "error.txt", "".join(traceback.format_exception(result)))
         (folder / "metrics.csv").unlink(missing_ok=True)
         files = ["config.json", "error.txt", "summary.json"]
     atomic_write_json(folder / "summary.json", summary)

@@ -217,8 +217,7 @@ def replay_plan(cfg: dict[str, Any], args: argparse.Namespace):
         sb3_kwargs=cfg.get("hyperparams") if optimizer != "whitebox" else None,
         max_rounds=max(args.max_rounds, int(cfg["rounds"])),
     )
-    digest = next(iter(jobs[0].digests.values())) if jobs else None
-    if digest is not None and digest != cfg["config_hash"]:
+    if jobs and jobs[0].digest(jobs[0].seeds[0]) != cfg["config_hash"]:
         raise CLIError("--from: the recorded settings no longer hash to the recorded config_hash")
     return jobs, skipped
 
