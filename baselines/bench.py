@@ -36,7 +36,7 @@ import torch
 
 import rlhf_envs
 from agents import registry
-from baselines import cli, results
+from baselines import cli, report, results
 from baselines.plan import CLIError, load_defaults, yaml_settings
 
 
@@ -109,56 +109,65 @@ def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -
     return statistics.median(times)
 
 
-def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
-    """Print seconds per white-box agent-run, batched over seeds and alone."""
-    f32 = " s/agent-run float32 (x faster) |" if args.float32 else ""
-    print(
-        "| agent | s/agent-run batched | s/agent-run alone | batching speed-up | x naive (batched) |"
-        + f32
-    )
-    print("|---|---|---|---|---|" + ("---|" if f32 else ""))
-    single_rounds = min(rounds, args.single_rounds)
-    rows = {}
-    seeds = list(range(args.seeds))
-    for agent in args.agents:
-        batched = together_seconds(env_id, [agent], seeds, rounds, args.repeats)
-        alone = together_seconds(env_id, [agent], [0], single_rounds, args.repeats)
-        t32 = (
-            together_seconds(env_id, [agent], seeds, rounds, args.repeats, {"dtype": "float32"})
-            if args.float32
-            else None
-        )
-        rows[agent] = (batched / args.seeds, alone * rounds / single_rounds, t32)
-    base = rows.get(registry.REFERENCE, next(iter(rows.values())))[0]
-    for agent, (b, a, t32) in rows.items():
-        extra = "" if t32 is None else f" {t32 / args.seeds:.3f} ({b * args.seeds / t32:.2f}x) |"
-        print(f"| {agent} | {b:.3f} | {a:.3f} | {a / b:.1f}x | {b / base:.2f}x |" + extra)
-    print()
-    if len(args.agents) > 1:
-        both = together_seconds(env_id, args.agents, seeds, rounds, args.repeats)
-        apart = sum(r[0] for r in rows.values()) * args.seeds
-        n = len(args.agents)
-        print(
-            f"all {n} agents in one program ({n} x {args.seeds} experiments, as the harness "
-            f"runs agents of one env config): {both:.2f} s against {apart:.2f} s for the "
-            f"{n} batched programs one after the other: {apart / both:.2f}x "
-            f"({both / (n * args.seeds):.3f} s/agent-run)\n"
-        )
-
-
 def family_seconds(
-    env_id: str,
-    agent: str,
-    configs: list[dict],
-    seeds: list[int],
-    rounds: int,
-    repeats: int,
+    env_id: str, agents: list[str], configs: list[dict], seeds: list[int], rounds: int, repeats: int
 ) -> float:
-    """Wall seconds per agent-run of ``agent`` over every env config in ``configs`` (a list of
-    env-kwarg dicts, e.g. a family's test split), each config's seeds as one batched program:
-    the sum over configs of :func:`together_seconds` (medians), divided by the agent-runs."""
-    total = sum(together_seconds(env_id, [agent], seeds, rounds, repeats, cfg) for cfg in configs)
-    return total / (len(configs) * len(seeds))
+    """Wall seconds per agent-run of ``agents`` in one program over every env config in
+    ``configs`` (a list of env-kwarg dicts, e.g. a family's test split), each config's seeds as
+    one batched program: the sum over configs of :func:`together_seconds` (medians), divided by
+    the agent-runs."""
+    total = sum(together_seconds(env_id, agents, seeds, rounds, repeats, cfg) for cfg in configs)
+    return total / (len(configs) * len(seeds) * len(agents))
+
+
+def speed_table(env_id: str, args, configs: list[dict], measured: int, rounds: int, extras=None):
+    """Print each agent's seconds per agent-run over the env ``configs`` (:func:`family_seconds`
+    on ``measured`` rounds, scaled to ``rounds``) and its ratio to naive; with several agents, a
+    row of all of them in one program per config (as the harness runs agents of one env config)
+    and how many times faster that is than their separate programs. ``extras``: more columns,
+    ``{header: cell(agent, seconds)}``."""
+    seeds, extras = list(range(args.seeds)), extras or {}
+
+    def seconds(agents: list[str]) -> float:
+        per_run = family_seconds(env_id, agents, configs, seeds, measured, args.repeats)
+        return per_run * rounds / measured
+
+    sec = {a: seconds([a]) for a in args.agents}
+    base = sec.get(registry.REFERENCE, next(iter(sec.values())))
+    rows = [
+        [a, f"{s:.3f}", f"{s / base:.2f}x", *(f(a, s) for f in extras.values())]
+        for a, s in sec.items()
+    ]
+    if len(args.agents) > 1:
+        both = seconds(args.agents)
+        rows.append(["all agents, one program per config", f"{both:.3f}", f"{both / base:.2f}x"])
+        rows[-1] += ["-"] * len(extras)
+    print("\n".join(report.markdown_table(["agent", "s/agent-run", "x naive", *extras], rows)))
+    if len(args.agents) > 1:
+        ratio = sum(sec.values()) / len(sec) / both
+        print(f"\nagents sharing one program per config: {ratio:.2f}x the separate programs")
+    print()
+
+
+def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
+    """Print seconds per white-box agent-run on the env's own config (:func:`speed_table`), with
+    one seed alone (measured on ``--single-rounds``, scaled) and with ``--float32``."""
+    single = min(rounds, args.single_rounds)
+
+    def alone(agent: str, sec: float) -> str:
+        t = together_seconds(env_id, [agent], [0], single, args.repeats) * rounds / single
+        return f"{t:.3f} ({t / sec:.1f}x)"
+
+    def float32(agent: str, sec: float) -> str:
+        t = family_seconds(
+            env_id, [agent], [{"dtype": "float32"}], list(range(args.seeds)), rounds, args.repeats
+        )
+        return f"{t:.3f} ({sec / t:.2f}x)"
+
+    extras = {"s/agent-run alone (batching speed-up)": alone}
+    if args.float32:
+        extras["s/agent-run float32 (x faster)"] = float32
+    speed_table(env_id, args, [{}], rounds, rounds, extras)
 
 
 def family_grid(items: list[str]) -> list[dict]:
@@ -191,33 +200,12 @@ def family_configs(env_id: str, args: argparse.Namespace) -> tuple[list[dict], s
 
 
 def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
-    """Print seconds per agent-run over the family configs (measured on ``--family-rounds``
-    rounds, scaled to ``rounds``)."""
+    """Print seconds per agent-run over the family configs (:func:`speed_table`, measured on
+    ``--family-rounds`` rounds)."""
     configs, names = family_configs(env_id, args)
-    if not configs:
-        return
-    measured = min(rounds, args.family_rounds)
-    seeds = list(range(args.seeds))
-    print(f"family sweep: {len(configs)} configs x {args.seeds} seeds ({names})\n")
-    print("| agent | s/agent-run (family) | x naive |")
-    print("|---|---|---|")
-    rows = {
-        a: family_seconds(env_id, a, configs, seeds, measured, args.repeats) * rounds / measured
-        for a in args.agents
-    }
-    base = rows.get(registry.REFERENCE, next(iter(rows.values())))
-    for agent, sec in rows.items():
-        print(f"| {agent} | {sec:.3f} | {sec / base:.2f}x |")
-    if len(args.agents) > 1:
-        both = sum(
-            together_seconds(env_id, args.agents, seeds, measured, args.repeats, cfg)
-            for cfg in configs
-        )
-        sec = both * rounds / measured / (len(configs) * len(seeds) * len(args.agents))
-        mean = sum(rows.values()) / len(rows)
-        print(f"| all agents, one program per config | {sec:.3f} | {sec / base:.2f}x |")
-        print(f"\nagents sharing one program per config: {mean / sec:.2f}x the separate programs")
-    print()
+    if configs:
+        print(f"family sweep: {len(configs)} configs x {args.seeds} seeds ({names})\n")
+        speed_table(env_id, args, configs, min(rounds, args.family_rounds), rounds)
 
 
 def _loadable(name: str) -> bool:
@@ -314,19 +302,17 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{args.sb3.upper()} through reward wrappers, {args.sb3_rounds} RM rounds, 1 seed:\n"
             )
-            print("| agent | s/run | x naive |")
-            print("|---|---|---|")
             ref = registry.REFERENCE
             sb3_seconds(env_id, ref, args.sb3, 5, 1)  # warm-up: imports, first compile
             from baselines.sb3_runner import allowed_algos
 
-            sb3_agents = [a for a in args.agents if args.sb3 in allowed_algos(a)]
-            sb3_rows = {
+            sec = {
                 a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats)
-                for a in sb3_agents
+                for a in args.agents
+                if args.sb3 in allowed_algos(a)
             }
-            for a, sec in sb3_rows.items():
-                print(f"| {a}+{args.sb3} | {sec:.2f} | {sec / sb3_rows[ref]:.2f}x |")
+            rows = [[f"{a}+{args.sb3}", f"{s:.2f}", f"{s / sec[ref]:.2f}x"] for a, s in sec.items()]
+            print("\n".join(report.markdown_table(["agent", "s/run", "x naive"], rows)))
             print()
     return 0
 

@@ -41,6 +41,12 @@ def rows(folders: list[Path]) -> list[list[str]]:
     return out
 
 
+def markdown_table(headers: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown table (cells written with ``str``)."""
+    line = lambda cells: "| " + " | ".join(map(str, cells)) + " |"  # noqa: E731
+    return [line(headers), "|" + "---|" * len(headers), *map(line, rows)]
+
+
 def table(rows_: list[list[str]]) -> str:
     """The rows as an aligned plain-text table."""
     cells = [list(HEADERS), *rows_]
