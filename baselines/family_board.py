@@ -52,10 +52,10 @@ from typing import Any
 
 import numpy as np
 
-from baselines import cli, results, stats
+from baselines import cli, report, results, stats
 from baselines.plan import CLIError, run_folder_name
 from baselines.plot import pyplot, save
-from baselines.sweep import _SAFE, plan_sweep, write_summary
+from baselines.sweep import _SAFE, finished, plan_sweep, run_sweep
 
 CHECK_SEEDS = list(range(200, 210))
 TUNE_SEEDS = list(range(100, 110))
@@ -79,14 +79,6 @@ GRID: dict[str, dict[str, list[float]]] = {
 }
 
 
-def _runs(out: Path, env_id: str) -> dict[tuple[str, int], dict[str, Any]]:
-    """The summaries of the finished or stopped runs of ``env_id`` under ``out``, by (run
-    name, seed)."""
-    df = results.load_runs([out], statuses=("ok", "stopped"))
-    records = df.to_dict("records")
-    return {(r["run_name"], r["seed"]): r for r in records if r["env_id"] == env_id}
-
-
 def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path) -> list[dict]:
     """Run the check (see the module docstring); returns the CSV rows."""
     from rlhf_envs import families
@@ -106,7 +98,7 @@ def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path)
         "rounds": families.ROUNDS[env_id],
     }
     _run(spec, out, workers)
-    ok = {key: r for key, r in _runs(out, env_id).items() if r["status"] == "ok"}
+    ok = finished(out, env_id)
     rows = []
     for split, items in cands.items():
         for i, kw in enumerate(items):
@@ -132,10 +124,7 @@ def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path)
 
 def _run(spec: dict, out: Path, workers) -> None:
     """Run the sweep ``spec`` into ``out`` on the backend of the :data:`cli.WORKERS` flags."""
-    jobs, folders = plan_sweep(spec, out, False, workers.jobs, max_runs=100_000)
-    t0 = time.perf_counter()
-    outcomes = cli.execute_on(jobs, workers)
-    summary = write_summary(out, folders, outcomes, time.perf_counter() - t0)
+    summary = run_sweep(*plan_sweep(spec, out, False, workers.jobs, max_runs=100_000), out, workers)
     # stopped runs are scored (a diverged policy is a result of its setting; see _final)
     failed = [r for r in summary["failed"] if r["status"] != "stopped"]
     if failed:
@@ -187,7 +176,7 @@ def normalised(
     mean labeler calls per run."""
     from rlhf_envs import families
 
-    done = _runs(out, env_id)
+    done = finished(out, env_id, ("ok", "stopped"))
     norm: dict[str, list[np.ndarray]] = {label: [] for label in settings}
     raw: dict[str, list[np.ndarray]] = {label: [] for label in settings}
     calls: dict[str, list[float]] = {label: [] for label in settings}
@@ -295,23 +284,13 @@ def board(env_id: str, workers, out: Path, res: Path, dtype: str = "float64") ->
         # each agent's own bootstrap stream: adding an agent to the board changes no other row
         rng = np.random.default_rng([0, zlib.crc32(label.encode())])
         p_lo, p_hi = stats.probability_of_improvement_ci(raw[label], raw["naive"], 500, rng=rng)
+        mean = float(np.mean(np.concatenate(norm[label])))
         rows.append(
-            {
-                "agent": agent,
-                "setting": json.dumps(kw),
-                "reads": reads,
-                "labeler_calls": calls[label],
-                "iqm": stats.iqm(norm[label]),
-                "iqm_lo": q_lo,
-                "iqm_hi": q_hi,
-                "mean": float(np.mean(np.concatenate(norm[label]))),
-                "mean_lo": m_lo,
-                "mean_hi": m_hi,
-                "poi_vs_naive": poi,
-                "poi_lo": p_lo,
-                "poi_hi": p_hi,
-            }
+            dict(agent=agent, setting=json.dumps(kw), reads=reads, labeler_calls=calls[label])
         )
+        rows[-1].update(iqm=stats.iqm(norm[label]), iqm_lo=q_lo, iqm_hi=q_hi)
+        rows[-1].update(mean=mean, mean_lo=m_lo, mean_hi=m_hi)
+        rows[-1].update(poi_vs_naive=poi, poi_lo=p_lo, poi_hi=p_hi)
     results.write_csv(res / f"board_{env_id}.csv", rows, lineterminator="\n")
     per_config = []
     for i, cfg in enumerate(families.configs(env_id, "test")):
@@ -339,15 +318,15 @@ def board(env_id: str, workers, out: Path, res: Path, dtype: str = "float64") ->
             else ""
         ),
         "",
-        "| agent | setting | reads | labeler calls | IQM (norm.) | mean (norm.) | P(impr. vs naive) |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['agent']} | {r['setting']} | {r['reads']} | {r['labeler_calls']:.0f} | "
-            f"{f(r['iqm'], r['iqm_lo'], r['iqm_hi'])} | {f(r['mean'], r['mean_lo'], r['mean_hi'])}"
-            f" | {f(r['poi_vs_naive'], r['poi_lo'], r['poi_hi'])} |"
-        )
+    headers = ["agent", "setting", "reads", "labeler calls", "IQM (norm.)", "mean (norm.)"]
+    cells = [
+        [r["agent"], r["setting"], r["reads"], f"{r['labeler_calls']:.0f}"]
+        + [f(r[k], r[f"{k}_lo"], r[f"{k}_hi"]) for k in ("iqm", "mean")]
+        + [f(r["poi_vs_naive"], r["poi_lo"], r["poi_hi"])]
+        for r in rows
+    ]
+    lines += report.markdown_table([*headers, "P(impr. vs naive)"], cells)
     lines += [
         "",
         f"![performance profiles](profile_{env_id}.png)",
@@ -355,18 +334,9 @@ def board(env_id: str, workers, out: Path, res: Path, dtype: str = "float64") ->
         "Per config (mean final true utility over seeds 0-9):",
         "",
     ]
-    keys = list(per_config[0])
-    lines.append("| " + " | ".join(keys) + " |")
-    lines.append("|" + "---|" * len(keys))
-    for row in per_config:
-        lines.append(
-            "| "
-            + " | ".join(
-                f"{v:.2f}" if isinstance(v, float) and k in settings else str(v)
-                for k, v in row.items()
-            )
-            + " |"
-        )
+    fmt = lambda k, v: f"{v:.2f}" if isinstance(v, float) and k in settings else str(v)  # noqa: E731
+    cells = [[fmt(k, v) for k, v in row.items()] for row in per_config]
+    lines += report.markdown_table(list(per_config[0]), cells)
     text = "\n".join(lines) + "\n"
     results.atomic_write_text(res / f"BOARD_{env_id}.md", text)
     return text

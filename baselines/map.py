@@ -40,7 +40,7 @@ import numpy as np
 from baselines import cli, results, stats
 from baselines.plan import CLIError, _read_value, parse_kwargs, parse_seeds, run_folder_name
 from baselines.plot import pyplot
-from baselines.sweep import plan_sweep, tag_of, write_summary
+from baselines.sweep import finished, plan_sweep, run_sweep, tag_of
 
 #: the agent every difference is taken against
 REFERENCE = "naive"
@@ -122,17 +122,14 @@ def collect(
     out: Path, env_id: str, x, y, agents: list[str], seeds: list[int]
 ) -> list[dict[str, Any]]:
     """One row per (cell, agent) with means and 95 % CIs over the seeds that finished."""
-    df = results.load_runs([out])
-    done = {(r["env_id"], r["run_name"], r["seed"]): r for r in df.to_dict("records")}
+    done = finished(out, env_id)
     rows = []
     for yv in y[1]:
         for xv in x[1]:
             per_agent = {}
             for agent in agents:
                 name = cell_run_name(agent, x[0], xv, y[0], yv)
-                per_agent[agent] = {
-                    s: done[env_id, name, s] for s in seeds if (env_id, name, s) in done
-                }
+                per_agent[agent] = {s: done[name, s] for s in seeds if (name, s) in done}
             ref = per_agent.get(REFERENCE, {})
             for agent in agents:
                 found = per_agent[agent]
@@ -336,11 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{todo} run(s) to do, {len(folders) - todo} done",
             file=sys.stderr,
         )
-        t0 = time.perf_counter()
-        outcomes = cli.execute_on(jobs, args, not args.no_progress)
+        summary = run_sweep(jobs, folders, out, args, not args.no_progress)
     except CLIError as e:
         return p.fail(e)
-    summary = write_summary(out, folders, outcomes, time.perf_counter() - t0)
     rows = collect(out, args.env, x, y, agents, seeds)
     res.mkdir(parents=True, exist_ok=True)
     results.write_csv(res / f"{name}.csv", rows, lineterminator="\n")

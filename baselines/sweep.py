@@ -198,7 +198,12 @@ def plan_sweep(
     return all_jobs, folders
 
 
-def write_summary(out: Path, folders: list[Path], outcomes: list[dict[str, Any]], wall: float):
+def run_sweep(jobs: list[Job], folders: list[Path], out: Path, workers, progress: bool = False):
+    """Run the planned ``jobs`` on the backend of the :data:`cli.WORKERS` flags ``workers`` and
+    write ``OUT/sweep_summary.json`` (every run folder's status); returns the summary."""
+    start = time.perf_counter()
+    outcomes = cli.execute_on(jobs, workers, progress)
+    wall = time.perf_counter() - start
     busy = {f for o in outcomes for f in o.get("busy_folders", [])}
     runs = []
     for folder in folders:
@@ -224,6 +229,13 @@ def write_summary(out: Path, folders: list[Path], outcomes: list[dict[str, Any]]
     return summary
 
 
+def finished(out: Path, env_id: str, statuses: tuple[str, ...] = ("ok",)) -> dict[tuple, dict]:
+    """The summaries of the runs of ``env_id`` under ``out`` whose status is in ``statuses``, by
+    (run name, seed)."""
+    records = results.load_runs([out], statuses).to_dict("records")
+    return {(r["run_name"], r["seed"]): r for r in records if r["env_id"] == env_id}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.command("baselines.sweep", __doc__, cli.WORKERS, cli.RERUN)
     p.add_argument("sweep", help="sweep YAML file")
@@ -242,12 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         return p.fail(e)
     todo = sum(len(j.seeds) for j in jobs)
     print(f"{len(jobs)} job(s), {todo} run(s) to do, {len(folders) - todo} done", file=sys.stderr)
-    start = time.perf_counter()
     try:
-        outcomes = cli.execute_on(jobs, args, not args.no_progress)
+        summary = run_sweep(jobs, folders, out, args, not args.no_progress)
     except CLIError as e:
         return p.fail(e)
-    summary = write_summary(out, folders, outcomes, time.perf_counter() - start)
     n = len(summary["runs"])
     print(f"{n - len(summary['failed'])}/{n} runs ok -> {out}")
     for r in summary["failed"]:
