@@ -202,27 +202,32 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
         return np.array([[by[(xv, yv, agent)][key] for xv in xs] for yv in ys], dtype=float)
 
     others = [a for a in agents if a != REFERENCE]
-    panels = ([REFERENCE] if REFERENCE in agents else []) * 2 + others + ["best"]
+    diffs = [np.abs(grid(a, "diff_vs_naive")) for a in others]
+    vmax = max([float(np.nanmax(d)) for d in diffs if np.isfinite(d).any()] + [1e-9])
+    utility_max = max(float(np.nanmax(grid(a, "final_true_utility"))) for a in agents)
+    # (agent, column, title, colour map, limits) of each heatmap; None: the best-agent panel
+    panels = [
+        (REFERENCE, "collapse_drop", "naive: collapse drop", "magma", (0, None)),
+        (REFERENCE, "final_true_utility", "naive: final U", "viridis", (0, utility_max)),
+    ][: 2 * (REFERENCE in agents)]
+    panels += [(a, "diff_vs_naive", f"{a}: final U - naive", "RdBu", (-vmax, vmax)) for a in others]
+    panels.append(None)
     ncol = min(4, len(panels))
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(
         nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False, constrained_layout=True
     )
-    diffs = [np.abs(grid(a, "diff_vs_naive")) for a in others]
-    vmax = max([float(np.nanmax(d)) for d in diffs if np.isfinite(d).any()] + [1e-9])
-    utility_max = max(float(np.nanmax(grid(a, "final_true_utility"))) for a in agents)
     best = best_agent(rows, x[0], y[0], {a for a in agents if oracle_free(a)})
     colours = {a: plt.cm.tab10(i % 10) for i, a in enumerate(agents)}
     for i, ax in enumerate(axes.flat):
         if i >= len(panels):
             ax.axis("off")
             continue
-        kind = panels[i]
         ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
         ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
         ax.set_xlabel(x[0], fontsize=8)
         ax.set_ylabel(y[0], fontsize=8)
-        if kind == "best":
+        if panels[i] is None:
             img = np.array([[agents.index(best[(xv, yv)]) for xv in xs] for yv in ys])
             cmap = matplotlib.colors.ListedColormap([colours[a] for a in agents])
             ax.imshow(img, cmap=cmap, vmin=-0.5, vmax=len(agents) - 0.5, origin="lower")
@@ -231,22 +236,7 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
                 ax.text(c, r, name, ha="center", va="center", fontsize=5.5, linespacing=0.9)
             ax.set_title("best oracle-free agent (significantly > naive)", fontsize=8)
             continue
-        if i == 0 and kind == REFERENCE:
-            key, label, cmap, lim = "collapse_drop", "naive: collapse drop", "magma", (0, None)
-        elif i == 1 and kind == REFERENCE:
-            key, label, cmap, lim = (
-                "final_true_utility",
-                "naive: final U",
-                "viridis",
-                (0, utility_max),
-            )
-        else:
-            key, label, cmap, lim = (
-                "diff_vs_naive",
-                f"{kind}: final U - naive",
-                "RdBu",
-                (-vmax, vmax),
-            )
+        kind, key, label, cmap, lim = panels[i]
         g = grid(kind, key)
         im = ax.imshow(g, cmap=cmap, vmin=lim[0], vmax=lim[1], origin="lower", aspect="auto")
         fig.colorbar(im, ax=ax, shrink=0.8)
