@@ -1,8 +1,5 @@
-"""Typed settings of the LLM protocol, with the two presets (``paper`` and ``tiny``).
-
-The ``paper`` preset reproduces the LLM pipeline of Gauthier, Bach, Jordan, "Explaining and
-Preventing Alignment Collapse in Iterative RLHF", arXiv 2605.04266 (2026), section 4. The ``tiny``
-preset runs the same protocol offline on small randomly initialised models built locally.
+"""Typed settings of the LLM protocol (arXiv 2605.04266, section 4), with the two presets:
+``paper`` (the paper's pipeline) and ``tiny`` (the same protocol offline on small local models).
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ AGENTS = (*registry.llm_names(), *LLM_CONTROLS)
 PENALTY_FORMS = ("none", "practical", "relaxed")
 PRESETS = ("paper", "tiny")
 DTYPES = ("float32", "bfloat16", "float16")
-#: Named prompt sources; anything else is a local path (``.jsonl``, ``.json``, ``.parquet`` or a
-#: folder written by ``datasets``' ``save_to_disk``), see :mod:`llm_track.prompts`.
+#: Named prompt sources; anything else is a local path (:mod:`llm_track.prompts`).
 PROMPT_SOURCES = ("builtin", "ultrafeedback")
 
 
@@ -66,20 +62,13 @@ def agent_with_penalty(form: str) -> str:
 
 @dataclass
 class LLMConfig:
-    """All settings of one run of the LLM protocol (defaults = the paper's, section 4).
-
-    The protocol choices in which the paper's pipeline and this suite can differ (RM input, head
-    optimiser, SFT target, empty candidates, prompt order, dropout) are fields, each defaulting to
-    the paper's; the ``tiny`` preset changes some of them (``llm_track/README.md`` has the table
-    with the reasons).
-    """
+    """All settings of one run of the LLM protocol; defaults are the paper's (section 4). The
+    choices in which the paper's pipeline and this suite can differ are fields too; the ``tiny``
+    preset changes some (``llm_track/README.md`` has the table, with the reasons)."""
 
     agent: str = registry.REFERENCE
-    """Leader, one of :data:`AGENTS` (``agents.registry.llm_names()`` and the LLM-only controls);
-    what it scores is its ``llm_penalty`` form (:attr:`penalty_form`). Default: the registry's
-    reference."""
+    """One of :data:`AGENTS`; what it scores is its penalty form (:attr:`penalty_form`)."""
     preset: str = "paper"
-    """``paper`` loads the hub models; ``tiny`` builds small random models locally."""
     policy: str = "meta-llama/Llama-3.2-1B-Instruct"
     """Policy (and oracle base model): hub id or local path; ``tiny`` builds it locally."""
     reward_model: str = "OpenAssistant/reward-model-deberta-v3-base"
@@ -127,16 +116,12 @@ class LLMConfig:
     """Candidates whose text is empty cannot win (the paper skips them); a step whose candidates
     are all empty makes no update."""
     rm_dropout_asymmetry: bool = False
-    """Reproduce the paper's dropout asymmetry: naive (penalty form ``none``) candidates are
-    scored, and every agent's RM update runs, with the RM's dropout on; FPO candidates are scored
-    with it off. Off by default (all scoring and updates with dropout off)."""
+    """The paper's dropout asymmetry (``llm_track/README.md``, "Dropout asymmetry")."""
     utility_offset: float = 5.0
     utility_clip: tuple[float, float] = (-15.0, 5.0)
     """Oracle utility U = -NLL_per_token(base) + offset, clipped to this range."""
     prompts: str = "ultrafeedback"
-    """``builtin``, ``ultrafeedback`` (``HuggingFaceH4/ultrafeedback_binarized`` through
-    ``datasets``; hub or its cache) or a local path (``.jsonl``, ``.json``, ``.parquet``, or a
-    ``save_to_disk`` folder). A source that cannot be loaded is an error, never a fallback."""
+    """``builtin``, ``ultrafeedback`` or a local path (:mod:`llm_track.prompts`)."""
     prompt_column: str = "prompt"
     """The column of a local prompt file that holds the prompt text."""
     prompt_order: str = "in-order"
@@ -151,9 +136,8 @@ class LLMConfig:
     """Prompt length limit: the user's text is cut to fit, the chat template never is."""
     device: str = "auto"
     dtype: str = "auto"
-    """Torch device and model dtype (``float32``, ``bfloat16``, ``float16``); ``auto``: CUDA and
-    bfloat16 when torch sees a GPU, else CPU and float32. The RM head, the LoRA adapter and their
-    optimiser states are float32 whatever the dtype."""
+    """Torch device and model dtype; ``auto``: CUDA and bfloat16 when torch sees a GPU, else CPU
+    and float32. The RM head, the LoRA adapter and their optimiser states stay float32."""
     tiny_hidden: int = 64
     tiny_layers: int = 2
     """Hidden size and layers of the tiny models."""
@@ -229,8 +213,7 @@ def preset_config(preset: str, **overrides) -> LLMConfig:
     """The config of a preset, with ``overrides`` (None values are ignored) applied on top."""
     base: dict = {"preset": preset}
     if preset == "tiny":
-        # Same protocol; small models learn fast enough to show drift within 50 steps. The
-        # protocol choices that differ from the paper's are explained in llm_track/README.md.
+        # small models learn fast enough to show drift within 50 steps (llm_track/README.md)
         base.update(
             policy="tiny",
             reward_model="tiny",

@@ -35,11 +35,8 @@ from rlhf_envs.reward_models import LinearRewardModel, OptimizerConfig
 def head_features(
     reward_model: nn.Module, head: nn.Linear, batch: dict
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward of the reward model: rewards r (B,) and the head's input features h (B, D).
-
-    r is recomputed from h with the head (same numbers as the model's logits), so that gradients
-    with respect to the head can flow when the head requires grad.
-    """
+    """One forward of the reward model: rewards r (B,) and the head's input features h (B, D);
+    r is recomputed from h by the head (the model's logits), so gradients can reach the head."""
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     try:
@@ -67,11 +64,7 @@ def _with_one(h: torch.Tensor) -> torch.Tensor:
 
 
 def practical_penalty(h: torch.Tensor, h_ref: torch.Tensor) -> torch.Tensor:
-    """<g_y, g_y - g_ref> for every candidate: h (n, D), h_ref (D,) -> (n,) float32.
-
-    :func:`agents.fpo.practical_penalty` of a linear RM on ``y = [h, 1]`` (shape (1, n, D+1))
-    against the reference ``[h_ref, 1]``, Bradley-Terry feedback.
-    """
+    """<g_y, g_y - g_ref> for every candidate: h (n, D), h_ref (D,) -> (n,) float32."""
     y, ref = _with_one(h).unsqueeze(0), _with_one(h_ref)
     rm = _head_rm(y.shape[-1])
     return fpo.practical_penalty(rm, {}, y, "preference", ref)[0]
@@ -85,12 +78,7 @@ def relaxed_penalty(
     u: torch.Tensor,
     u_ref: torch.Tensor,
 ) -> torch.Tensor:
-    """(p_phi - p*) <g_y, g_y - g_ref> for every candidate (needs the oracle's U), float32.
-
-    :func:`agents.fpo.relaxed_penalty` of a linear RM on ``[h, 1]``, Bradley-Terry feedback with
-    the soft label p* = sigmoid(U_y - U_ref): the error factor p_phi - p* (p_phi = sigmoid(r -
-    r_ref), from the given rewards) times the practical penalty.
-    """
+    """(p_phi - p*) <g_y, g_y - g_ref> for every candidate (needs the oracle's U), float32."""
     p_star = torch.sigmoid(u.float() - u_ref.float())
     err = fpo.error_from_scores(r.float(), p_star, "preference", r_ref.float())
     return err * practical_penalty(h, h_ref)
@@ -103,18 +91,16 @@ def fpo_scores(
     h: torch.Tensor,
     r_ref: torch.Tensor,
     h_ref: torch.Tensor,
-    u: torch.Tensor | None = None,
-    u_ref: torch.Tensor | None = None,
+    u: torch.Tensor,
+    u_ref: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(score, penalty) of each candidate for penalty ``form`` (an agent's ``llm_penalty``):
-    ``none`` (score = r, penalty 0), ``practical`` or ``relaxed`` (needs ``u``, ``u_ref``)."""
+    ``none`` (score = r, penalty 0), ``practical`` or ``relaxed``."""
     if form == "none":
         return r.float(), torch.zeros_like(r, dtype=torch.float32)
     if form == "practical":
         pen = practical_penalty(h, h_ref)
     elif form == "relaxed":
-        if u is None or u_ref is None:
-            raise ValueError("the relaxed penalty needs the oracle utilities u and u_ref")
         pen = relaxed_penalty(h, h_ref, r, r_ref, u, u_ref)
     else:
         raise ValueError(f"unknown penalty form {form!r}; known: {', '.join(FORMS)}")

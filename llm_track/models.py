@@ -1,13 +1,6 @@
-"""Loading (hub id or local path) and local building (``tiny`` preset) of the LLM-track models.
-
-Three things come out of here, bundled in :class:`Models`:
-- the policy: a causal LM wrapped with a LoRA adapter (peft). With the adapter disabled it *is*
-  the frozen base model, which samples the reference answer and defines the oracle utility, so the
-  base weights are held once;
-- the reward model: a sequence classifier with one output (DeBERTa-v2/v3 in practice) whose
-  backbone is frozen; only its final linear layer (``classifier``, "the head") is trained;
-- the tokenizers of both (the ``tiny`` preset shares one word-level tokenizer).
-"""
+"""Loading (hub id or local path) and local building (``tiny`` preset) of the LLM-track models:
+the LoRA policy (adapter off: the base model, reference and oracle), the reward model (frozen
+backbone, trained head) and their tokenizers, bundled in :class:`Models`."""
 
 from __future__ import annotations
 
@@ -28,8 +21,6 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "[CLS]", "[SEP]"]
 
 @dataclass
 class Models:
-    """The models of one run: LoRA policy (base = adapters off), reward model and tokenizers."""
-
     policy: nn.Module
     policy_tokenizer: object
     reward_model: nn.Module
@@ -311,7 +302,7 @@ def pretrain_tiny_base(model: nn.Module, tok, seed: int, steps: int = 150) -> No
 
 @functools.lru_cache(maxsize=4)
 def _tiny_state(model_seed: int, hidden: int, layers: int):
-    """State dicts of the tiny models (built once per process, then copied)."""
+    """Configs and state dicts of the tiny models (built once per process; ``_copy`` them)."""
     tok = build_tiny_tokenizer()
     deberta_cfg = tiny_deberta_config(len(tok), hidden, layers)
     deberta_cfg.initializer_range = 0.2  # random features that vary with the text
@@ -326,6 +317,14 @@ def _tiny_state(model_seed: int, hidden: int, layers: int):
 #: (initialisation seed model_seed + 1000), fitted for 200 steps on question/answer pairings drawn with another seed
 #: than the oracle's, so an agent that learns the oracle's quirks gets no credit for them here.
 GOLD_SEED_OFFSET, GOLD_HIDDEN, GOLD_LAYERS, GOLD_STEPS = 1000, 64, 2, 200
+
+
+def _copy(cls, config, state):
+    """A model of ``cls`` with a copy of a cached ``config`` (a caller that edits its model's
+    config, e.g. resizes the embeddings, must not change the next build) and ``state``."""
+    model = cls(copy.deepcopy(config))
+    model.load_state_dict(state)
+    return model
 
 
 @functools.lru_cache(maxsize=2)
@@ -346,10 +345,7 @@ def build_tiny_gold(model_seed: int) -> nn.Module:
     mode, float32, on the CPU; identical for the same ``model_seed``."""
     from transformers import LlamaForCausalLM
 
-    config, state = _gold_state(model_seed)
-    gold = LlamaForCausalLM(copy.deepcopy(config))
-    gold.load_state_dict(state)
-    return gold.eval().requires_grad_(False)
+    return _copy(LlamaForCausalLM, *_gold_state(model_seed)).eval().requires_grad_(False)
 
 
 def build_tiny_models(cfg: LLMConfig):
@@ -357,12 +353,8 @@ def build_tiny_models(cfg: LLMConfig):
     from transformers import DebertaV2ForSequenceClassification, LlamaForCausalLM
 
     pcfg, pstate, rcfg, rstate = _tiny_state(cfg.model_seed, cfg.tiny_hidden, cfg.tiny_layers)
-    # copies of the cached configs: a caller that edits its model's config (e.g. resizes the
-    # embeddings) must not change the next build
-    base = LlamaForCausalLM(copy.deepcopy(pcfg))
-    rm = DebertaV2ForSequenceClassification(copy.deepcopy(rcfg))
-    base.load_state_dict(pstate)
-    rm.load_state_dict(rstate)
+    base = _copy(LlamaForCausalLM, pcfg, pstate)
+    rm = _copy(DebertaV2ForSequenceClassification, rcfg, rstate)
     dtype = torch_dtype(cfg.dtype)
     return base.to(dtype), rm.to(dtype), build_tiny_tokenizer()
 
@@ -383,10 +375,8 @@ def load_base_models(cfg: LLMConfig):
         if policy_tok.pad_token is None:
             policy_tok.pad_token = policy_tok.eos_token
     if cfg.reward_model != "tiny":
-        name = cfg.reward_model
-        rm, rm_tok = _load(
-            AutoModelForSequenceClassification, name, "reward model", "--reward-model", dtype
-        )
+        name, auto = cfg.reward_model, AutoModelForSequenceClassification
+        rm, rm_tok = _load(auto, name, "reward model", "--reward-model", dtype)
         if getattr(rm.config, "num_labels", 1) != 1:
             raise LLMTrackError(
                 f"the reward model {name!r} has {rm.config.num_labels} outputs; need num_labels=1"

@@ -3,11 +3,8 @@
     python -m llm_track.run --agent fpo --preset tiny                # offline, CPU, ~1 minute
     python -m llm_track.run --agent naive --preset paper --steps 500 # Llama-3.2-1B + DeBERTa RM
 
-Writes ``OUT/<label>/seed_<s>/``: ``config.json``, ``metrics.csv`` (one row per step),
-``summary.json``, ``checkpoint/`` (every ``--checkpoint-every`` steps and at the end) and
-``adapter/`` (``llm_track/README.md``, "Files of a run"). ``--resume`` continues from the
-checkpoint, with the result of an uninterrupted run (on CPU); a folder that already holds a run
-is refused unless ``--resume`` or ``--force`` (remove it and start over).
+What a run writes, ``--resume`` and ``--force``: ``llm_track/README.md``, "Files of a run" and
+"Rerunning and resuming".
 """
 
 from __future__ import annotations
@@ -162,11 +159,7 @@ def run_protocol(
     checkpoint_every: int = 50,
     progress: bool = True,
 ) -> str:
-    """Run (or resume) one agent/seed; returns the run folder.
-
-    A folder that already holds a run is refused unless ``resume`` (continue it; the checkpoint
-    must match the settings and the metrics rows) or ``force`` (remove it and start over).
-    """
+    """Run (or resume, or with ``force`` start over) one agent/seed; returns the run folder."""
     import torch
     from tqdm import tqdm
 
@@ -357,15 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m llm_track.run: interrupted; continue with --resume", file=sys.stderr)
         return 130
     summary = read_json(os.path.join(folder, "summary.json"))
-    if not summary["steps_done"]:
-        print(f"{folder}: 0 steps (models and checkpoint written)")
-        return 0
-    print(
-        f"{folder}: {summary['steps_done']} steps, oracle utility of winner "
-        f"{summary['utility_winner_first']:.3f} -> {summary['utility_winner_last']:.3f}, "
-        f"proxy {summary['proxy_winner_first']:.3f} -> {summary['proxy_winner_last']:.3f}"
-    )
-    if not args.quiet:
+    print(f"{folder}: {summary['steps_done']} steps")
+    if summary["steps_done"] and not args.quiet:
         print(result_table(summary))
         root = os.path.dirname(os.path.dirname(os.path.normpath(folder)))
         print(f"Run folder: {folder} (config.json, metrics.csv, summary.json, adapter/)")

@@ -87,16 +87,14 @@ def test_scores_per_penalty_form():
     head, h, h_ref, u, u_ref = _head_and_features(seed=2)
     with torch.no_grad():
         r, r_ref = head(h).squeeze(-1), head(h_ref).squeeze()
-    s_none, p_none = fpo_scores("none", 10.0, r, h, r_ref, h_ref)
+    s_none, p_none = fpo_scores("none", 10.0, r, h, r_ref, h_ref, u, u_ref)
     assert torch.equal(s_none, r) and torch.equal(p_none, torch.zeros_like(r))
-    s_fpo, p_fpo = fpo_scores("practical", 10.0, r, h, r_ref, h_ref)
+    s_fpo, p_fpo = fpo_scores("practical", 10.0, r, h, r_ref, h_ref, u, u_ref)
     torch.testing.assert_close(s_fpo, r - 10.0 * practical_penalty(h, h_ref))
     s_rel, p_rel = fpo_scores("relaxed", 10.0, r, h, r_ref, h_ref, u, u_ref)
     torch.testing.assert_close(p_rel, relaxed_penalty(h, h_ref, r, r_ref, u, u_ref))
-    with pytest.raises(ValueError):
-        fpo_scores("relaxed", 1.0, r, h, r_ref, h_ref)
-    with pytest.raises(ValueError):
-        fpo_scores(registry.REFERENCE, 1.0, r, h, r_ref, h_ref)  # an agent name is not a form
+    with pytest.raises(ValueError):  # an agent name is not a form
+        fpo_scores(registry.REFERENCE, 1.0, r, h, r_ref, h_ref, u, u_ref)
 
 
 def test_llm_agents_come_from_the_registry():
