@@ -17,11 +17,9 @@ def mixable_adapter(model) -> str | None:
     """The adapter that ``row_masked_lora`` can mix with base rows in one batch, or None.
 
     Exact for a plain LoRA adapter: each LoRA layer adds ``lora_B(lora_A(dropout(x))) * scaling``
-    to the base output, so zeroing ``lora_B``'s output rows gives the base model's rows. So: a
-    ``PeftModel`` over a ``LoraModel`` with one active, enabled, unmerged adapter, without a
-    variant (DoRA, ...), LoRA on embeddings, or modules_to_save / trainable tokens (those replace
-    modules of the base model, which a mask on the LoRA update does not undo). Anything else (a
-    plain model, another tuner) gets None.
+    to the base output, so zeroing ``lora_B``'s output rows gives the base model's rows. Not for
+    variants (DoRA), LoRA on embeddings, modules_to_save or trainable tokens (they replace base
+    modules, which a mask on the LoRA update does not undo), merged or disabled adapters.
     """
     try:
         from peft import PeftModel
@@ -53,11 +51,8 @@ def mixable_adapter(model) -> str | None:
 @contextmanager
 def row_masked_lora(model, adapter: str, base_rows: list[bool]):
     """Rows flagged in ``base_rows`` run without the LoRA update of ``adapter`` (the base model),
-    the others with it; ``adapter`` must be ``mixable_adapter(model)``.
-
-    The row mask is built once, so the token loop has no host-device sync; hooks go in
-    ``finally``.
-    """
+    the others with it; ``adapter`` must be ``mixable_adapter(model)``. The row mask is built
+    once, so the token loop has no host-device sync."""
     from peft.tuners.lora import LoraLayer
 
     if mixable_adapter(model) != adapter:

@@ -3,14 +3,9 @@
     python -m llm_track.bench --shapes tiny
     python -m llm_track.bench --shapes llama-3.2-1b --device cuda --dtype bfloat16
 
-Times the protocol's own step (``loop.Protocol.step``: reference + candidates generated, scored
-and learned from) on the requested shapes, after one warm-up step. ``--shapes llama-3.2-1b``
-builds the real Llama-3.2-1B and DeBERTa-v3-base architectures with random weights (no download)
-and synthetic word-level tokenizers of their vocabulary sizes, with the ``paper`` preset's
-protocol (RM reads the answer, 128 tokens; whole-sequence SFT) in bfloat16 by default; it is meant
-for a GPU (too slow for more than a smoke test on a small CPU). ``--shapes tiny`` runs the tiny
-preset's models on the CPU in seconds. Seconds are wall-clock after a synchronisation of the
-device; each figure is the median over the timed steps.
+Times ``loop.Protocol.step`` after one warm-up step: medians of wall-clock seconds (device
+synchronised). ``llama-3.2-1b``: the real architectures with random weights and synthetic
+tokenizers, the ``paper`` preset's protocol (``llm_track/README.md``, "Speed").
 """
 
 from __future__ import annotations
@@ -68,36 +63,28 @@ def bench(
     )
     t0 = time.perf_counter()
     models = build(shapes, cfg)
-    build_s = time.perf_counter() - t0
+    out = dict(shapes=shapes, device=device, dtype=dtype, candidates=candidates, agent=agent)
+    out.update(max_new_tokens=max_new_tokens, steps=steps, build_s=time.perf_counter() - t0)
     proto = Protocol(cfg, models, list(TRAIN_PROMPTS))
+    if device.startswith("cuda"):
+        out["device"] = torch.cuda.get_device_name()
     rows = [proto.step(t) for t in range(steps + 1)][1:]  # the first step warms up
-    out = {
-        "shapes": shapes,
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
-        "dtype": dtype,
-        "candidates": candidates,
-        "max_new_tokens": max_new_tokens,
-        "agent": agent,
-        "steps": steps,
-        "build_s": build_s,
-        "torch_threads": torch.get_num_threads(),
-        "generation_mode": proto.generation_mode,
-        **{k: statistics.median(r[k] for r in rows) for k in STEP_TIMES},
-    }
+    out.update(torch_threads=torch.get_num_threads(), generation_mode=proto.generation_mode)
+    out.update({k: statistics.median(r[k] for r in rows) for k in STEP_TIMES})
     if device.startswith("cuda"):
         out["max_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llm_track.config import AGENTS, agent_with_penalty
+    from llm_track.config import AGENTS, DTYPES, agent_with_penalty
 
     p = OneLineParser(prog="python -m llm_track.bench", description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="tiny", choices=("tiny", "llama-3.2-1b"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16", "float16"),
+        choices=DTYPES,
         help="model dtype (default: bfloat16 for llama-3.2-1b, float32 for tiny); the RM head, "
         "LoRA adapter and optimiser states are float32 either way",
     )

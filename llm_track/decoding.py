@@ -31,12 +31,8 @@ def _render_prompt(tok, content: str, date: str | None) -> list[int]:
 
 
 def encode_prompt(tok, prompt: str, max_tokens: int, device, date: str | None = None):
-    """Token ids of a prompt in the policy's format, at most ``max_tokens`` long.
-
-    A prompt that does not fit loses the end of the *user's text*; the template (begin-of-text,
-    system and user headers, the assistant header) is always whole. ``date`` fixes the date that
-    Llama-3.x templates write (``date_string``; without it they write today's).
-    """
+    """Token ids of a prompt in the policy's format, at most ``max_tokens`` long: a prompt that
+    does not fit loses the end of the user's text, never the template."""
     ids = _render_prompt(tok, prompt, date)
     if len(ids) > max_tokens:
         user = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -116,11 +112,9 @@ def sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n answers to one prompt with a KV cache: (ids (n, T) right-padded, lengths (n,)).
 
-    ``eos_id``: the end-of-turn token id, or all of them (e.g. Llama-3's ``<|eot_id|>``,
-    ``<|eom_id|>`` and ``<|end_of_text|>``): any of them ends a row. Lengths count the end token
-    when one was produced; end tokens are masked before ``min_new`` tokens. T is the longest length.
-    All rows share the prompt, so no padding or attention mask. Each token step draws once from
-    ``generator`` for all n rows (row-major).
+    Any of the ``eos_id`` ends a row (its length counts it); they are masked before ``min_new``
+    tokens. All rows share the prompt, so no padding or attention mask. Each token step draws
+    once from ``generator`` for all n rows (row-major).
     """
     ids, dev = prompt_ids.unsqueeze(0).expand(n, -1).contiguous(), prompt_ids.device
     eos = torch.tensor(eos_id if isinstance(eos_id, (tuple, list)) else [eos_id], device=dev)

@@ -141,12 +141,8 @@ class Protocol:
     def generate_step(
         self, prompt_ids: torch.Tensor, *, greedy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The candidates (rows 0..n-1, policy) and the reference (row n, base model): (ids, lengths).
-
-        One token loop over n + 1 rows when the policy can mix (``mixable_adapter``), else the
-        reference's loop then the candidates' loop. The two modes draw from ``self.generator`` in
-        a different order (see the module docstring).
-        """
+        """The candidates (rows 0..n-1, policy) and the reference (row n, base model): (ids,
+        lengths), in one token loop (``generation_mode``) or two."""
         policy, n, cfg = self.m.policy, self.cfg.candidates, self.cfg
         kw = dict(max_new=cfg.max_new_tokens, min_new=cfg.min_new_tokens, eos_id=self.eos_ids)
         kw.update(pad_id=self.pad_id, temperature=cfg.temperature, top_p=cfg.top_p)
@@ -202,12 +198,7 @@ class Protocol:
     # ---------------------------------------------------------------- updates
     def rm_step(self, t: int, h_w: torch.Tensor, h_ref: torch.Tensor, u_w, u_ref) -> float:
         """Bradley-Terry loss of the head on (winner vs reference), soft label sigmoid(U_w - U_ref),
-        accumulated over ``rm_grad_accum`` steps before an AdamW step (every step when 1).
-
-        The loss sees only r_w - r_ref, so the head's bias gets no gradient (as in the penalty,
-        where the bias terms cancel); only the weight moves (and, with weight decay, the bias
-        decays). The head and its optimiser states are float32 (``models.float32_head``).
-        """
+        accumulated over ``rm_grad_accum`` steps (README, "One step": the bias gets no gradient)."""
         logit = (self.head(h_w.unsqueeze(0)) - self.head(h_ref.unsqueeze(0))).squeeze().float()
         label = torch.sigmoid(u_w - u_ref).float()
         loss = F.binary_cross_entropy_with_logits(logit, label)
@@ -253,11 +244,8 @@ class Protocol:
         return int(torch.argmax(masked))
 
     def oracle_cost(self, texts: list[str], winner: int | None) -> int:
-        """Oracle queries of a step, by one rule for every agent: one query is the oracle's
-        utility of one response that the agent's choices or updates read. The label of the RM
-        step reads U(winner) and U(reference): 2; relaxed FPO also reads U of every eligible
-        candidate to score it (the winner is one of them): eligible + 1. A step without an
-        eligible candidate reads nothing."""
+        """Oracle queries of a step (the one rule of ``llm_track/README.md``): U(winner) and
+        U(reference), 2; relaxed FPO reads U of every eligible candidate, eligible + 1."""
         if winner is None:
             return 0
         return sum(self.eligible(texts)) + 1 if self.cfg.penalty_form == "relaxed" else 2

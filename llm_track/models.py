@@ -193,8 +193,8 @@ def hub_offline():
 
 
 def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
-    """``cls.from_pretrained``: a local folder in hub-offline mode (never the network); a hub id
-    from the local cache first, then the hub unless HF_HUB_OFFLINE."""
+    """``cls.from_pretrained``: a local folder in hub-offline mode; a hub id from the cache
+    first, then the hub unless HF_HUB_OFFLINE."""
     local = os.path.exists(os.path.expanduser(name))
     if name.startswith(("/", ".", "~")) and not local:
         raise LLMTrackError(
@@ -232,11 +232,8 @@ def _load(auto_cls, name: str, what: str, flag: str, dtype: torch.dtype):
 
 
 def rm_head(reward_model: nn.Module) -> nn.Linear:
-    """The final linear layer of the reward model: "the head" whose input features are h.
-
-    For DeBERTa sequence classifiers this is ``classifier``; the ``pooler`` (dense + activation)
-    that precedes it belongs to the frozen backbone, so h is the pooler's output.
-    """
+    """The final linear layer of the reward model, "the head" (DeBERTa: ``classifier``; its
+    pooler belongs to the frozen backbone, so h is the pooler's output)."""
     for name in ("classifier", "score"):
         head = getattr(reward_model, name, None)
         if isinstance(head, nn.Linear):
@@ -265,13 +262,9 @@ def freeze_all_but_head(reward_model: nn.Module) -> None:
 
 
 def pretrain_tiny_base(model: nn.Module, tok, seed: int, steps: int = 150) -> None:
-    """Give the random tiny policy some language: a short, seeded LM fit on built-in prompts.
-
-    Sequences are ``question : P_i answer : P_j </s>`` with P_j a random other prompt, so the base
-    model prefers fluent, corpus-like answers that end, and the oracle utility (its per-token
-    likelihood) has structure to lose when the policy drifts. Runs on one thread so the weights
-    are identical whatever the caller's thread count.
-    """
+    """A short, seeded LM fit on ``question : P_i answer : P_j </s>`` (P_j a random built-in
+    prompt), so the oracle utility has structure to lose when the policy drifts; one thread, so
+    the weights do not depend on the caller's thread count."""
     g = torch.Generator().manual_seed(seed + 2)
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in BUILTIN_PROMPTS]
     head = [tok.bos_token_id] + tok("question :", add_special_tokens=False)["input_ids"]
@@ -360,10 +353,8 @@ def build_tiny_models(cfg: LLMConfig):
 
 
 def load_base_models(cfg: LLMConfig):
-    """(policy base model, policy tokenizer, reward model, RM tokenizer), no adapter yet.
-
-    Hub/path models load first, so a missing one is reported before any local building.
-    """
+    """(policy base model, policy tokenizer, reward model, RM tokenizer), no adapter yet; hub
+    or path models load first, so a missing one is reported before any local building."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     dtype = torch_dtype(cfg.dtype)

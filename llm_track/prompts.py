@@ -1,14 +1,6 @@
-"""Prompts of the LLM protocol (``--prompts``; ``llm_track/README.md``, "Prompts").
-
-- ``builtin``: ``BUILTIN_PROMPTS``, 40 short hand-written instructions; the first 30 train, the
-  last 10 (``EVAL_PROMPTS``) are held out for ``llm_track.evaluate``.
-- ``ultrafeedback``: ``HuggingFaceH4/ultrafeedback_binarized`` (``train_prefs`` / ``test_prefs``)
-  through ``datasets``, from the hub or its cache.
-- a local ``.jsonl``, ``.json``, ``.parquet``, ``.csv`` or ``save_to_disk`` folder, read through
-  ``datasets`` without network (column ``--prompt-column``).
-A source that cannot be loaded is a one-line error, never a fallback. ``prompts_digest`` (SHA-256
-of the prompt list) goes into each run's ``config.json``.
-"""
+"""Prompts of the LLM protocol (``--prompts``): the sources are described in
+``llm_track/README.md``, "Prompts"; a source that cannot be loaded is a one-line error, never a
+fallback."""
 
 from __future__ import annotations
 
@@ -163,13 +155,8 @@ def prompts_digest(prompts: list[str]) -> str:
 def load_prompts(
     source: str, split: str = "train", column: str = "prompt"
 ) -> tuple[list[str], str]:
-    """Prompts for ``split`` (``train`` or ``eval``) and a description of where they came from.
-
-    ``source``: ``builtin``, ``ultrafeedback`` (``train_prefs`` / ``test_prefs``) or a local path
-    (its ``column``; only ``train``: evaluation questions of such runs come from
-    ``evaluate --questions``). At most 100 000 prompts. Raises :class:`LLMTrackError` (one line)
-    when the source cannot be loaded.
-    """
+    """Prompts for ``split`` (``train`` or ``eval``; a local ``source`` has only ``train``, its
+    evaluation questions come from ``evaluate --questions``) and where they came from."""
     if source == "builtin":
         return list(TRAIN_PROMPTS if split == "train" else EVAL_PROMPTS), "builtin"
     if source == "ultrafeedback":
