@@ -110,9 +110,9 @@ def _lookahead(core: RLHFCore, cache: dict):
     rest_y, rest_t = core.retained_after_push(1)
     n = rest_y.shape[1] + 1
     with torch.no_grad():
-        g_rest = core.reward_model.loss_grad(
+        g_rest = core.reward_model.loss_grad_and_score(
             core.params, rest_y, rest_t, c.feedback, core.references, n
-        )
+        )[0]
     p = core.params.flat if isinstance(core.params, FlatParams) else flatten(core.params)
     if cfg.name == "adam":
         step = adam_step(cfg, p, core.opt_state)

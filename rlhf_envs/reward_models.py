@@ -141,19 +141,6 @@ class RewardModel:
             return bce.mean(dim=-1)
         raise ValueError(f"feedback must be 'rating' or 'preference', got {feedback!r}")
 
-    def loss_grad(self, *args, **kwargs) -> Params:
-        """Gradient of :meth:`loss` with respect to every parameter, in closed form.
-
-        The loss gradient is a weighted sum of per-sample gradients,
-        ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))`` with ``a_i = dloss/dr_i``,
-        computed by :meth:`weighted_grad` without autograd. Being built from ordinary tensor
-        operations, it stays differentiable in ``y`` and ``target``. ``denominator`` replaces the
-        batch size in the mean, so that the gradient on a batch is the sum of the gradients on
-        its parts.
-        Takes the arguments of :meth:`loss_grad_and_score`.
-        """
-        return self.loss_grad_and_score(*args, **kwargs)[0]
-
     def loss_grad_and_score(
         self,
         params: Params,
@@ -163,7 +150,14 @@ class RewardModel:
         reference: torch.Tensor | None = None,
         denominator: int | None = None,
     ) -> tuple[Params, torch.Tensor]:
-        """:meth:`loss_grad` and ``r(y)`` from one forward pass."""
+        """Gradient of :meth:`loss` in every parameter, in closed form, and ``r(y)``, from one
+        forward pass.
+
+        The loss gradient is ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))`` with
+        ``a_i = dloss/dr_i``, computed by :meth:`weighted_grad` without autograd, so it stays
+        differentiable in ``y`` and ``target``. ``denominator`` replaces the batch size in the
+        mean, so that the gradient on a batch is the sum of the gradients on its parts.
+        """
         n = y.shape[1] if denominator is None else denominator
         parts = self.parts(params, y)
         r = parts[0]
@@ -205,7 +199,7 @@ class RewardModel:
         and ``target`` when they require grad (the exact-lookahead agent relies on this). The
         step goes through the model's stability guard (:meth:`stabilised`), if it has one.
         """
-        grads = self.loss_grad(params, y, target, feedback, reference)
+        grads = self.loss_grad_and_score(params, y, target, feedback, reference)[0]
         new, state = self.apply_grads(params, opt_state, grads)
         return self.stabilised(params, new, y, feedback, reference), state
 
