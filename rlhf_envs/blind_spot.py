@@ -157,7 +157,6 @@ class _BlindSpotMixin:
         return _render.render(self, self._draw_frame)
 
     def _draw_frame(self, fig) -> None:
-        """Draw the current frame into the matplotlib figure ``fig``."""
         _render.draw_vector(self, fig)
 
     def close(self, **kwargs: Any) -> None:
@@ -229,9 +228,7 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     (:mod:`rlhf_envs.render`).
 
     ## Arguments
-    See :class:`rlhf_envs.core.BlindSpotConfig`: ``dims``, ``signal_dims``, ``rm_init_noise``,
-    ``blind_spot_dims``/``blind_spot_bias``, ``feedback``, ``label_noise``, ``labeler_bias``,
-    ``samples_per_round``, ``buffer_size``, ``rm_lr``, ... Unknown names raise ``TypeError``.
+    See :class:`rlhf_envs.core.BlindSpotConfig`. Unknown names raise ``TypeError``.
 
     ## Version History
     * v0: initial release.

@@ -18,12 +18,7 @@ What a frame shows, beside the round number:
   holds ``y*`` and the direction in which the recent responses left that axis (their drift),
   which is where a naive policy's RM overrates. A third panel traces ``U`` and ``r_phi`` of the
   submitted responses round by round: collapse is the proxy climbing while ``U`` falls.
-* token env (``RLHFVerbosity-v0``): the last answers as coloured tokens with their proxy and
-  true scores; ``r_phi`` and ``U`` (and the labeler's rating) of ``ANSWER + j x FILLER`` for every
-  ``j``, the blind spot the RM learns; the same score trace.
-* contextual env (``RLHFContextual-v0``): per prompt cluster (its centre as the prompt), ``U``
-  and ``r_phi`` on the plane of that cluster's target ``y*_k`` and the labeler's spurious
-  response dims, with the cluster's recent responses; the score trace per cluster.
+* token and contextual envs: see their docstrings' ``## Rendering`` sections.
 
 Each env hands :func:`render` the drawer of its frame (:func:`draw_vector`, :func:`draw_tokens`
 with its token ids, :func:`draw_contextual`); this module imports no env. Drawing reads the env's
