@@ -230,18 +230,7 @@ def _run_sb3(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str,
     try:
         for seed in seeds:
             t0 = time.perf_counter()
-            h = learn_sb3(
-                job.env_id,
-                job.env_kwargs,
-                job.agent,
-                job.agent_config,
-                job.policy_optimizer,
-                job.hyperparams,
-                job.rounds,
-                seed,
-                counter.per_round(1),
-                tensorboard_log=job.tensorboard,
-            )
+            h = learn_sb3(job, seed, counter.per_round(1))
             took = time.perf_counter() - t0
             results.write_run(job, seed, seeds, took, time.perf_counter() - start, h)
             written.append(seed)

@@ -11,7 +11,6 @@ per RM round from the responses the policy actually sampled in that round, in co
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -50,20 +49,8 @@ def allowed_algos(agent: str) -> tuple[str, ...]:
     return ALGOS if algos is None else tuple(a for a in ALGOS if a in algos)
 
 
-def learn_sb3(
-    env_id: str,
-    env_kwargs: dict[str, Any],
-    agent: str,
-    agent_config: dict[str, Any],
-    policy_optimizer: str,
-    hyperparams: dict[str, Any],
-    rounds: int,
-    seed: int,
-    callback=None,
-    eval_responses: int = 64,
-    tensorboard_log: str | None = None,
-) -> dict[str, np.ndarray]:
-    """Train the SB3 ``policy_optimizer`` on the agent-wrapped env for ``rounds`` RM rounds.
+def learn_sb3(job, seed: int, callback=None, eval_responses: int = 64) -> dict[str, np.ndarray]:
+    """Train ``seed`` of the SB3 :class:`baselines.plan.Job` ``job`` on its agent-wrapped env.
 
     Per round: the mean over the responses the policy sampled of every per-response number the
     env reports in ``info`` (``true_utility`` and ``proxy_reward`` become
@@ -79,14 +66,15 @@ def learn_sb3(
     from agents import registry
     from agents.wrappers import AgentRewardWrapper
 
+    agent, policy_optimizer = job.agent, job.policy_optimizer
     if policy_optimizer not in (algos := allowed_algos(agent)):
         also = f" or policy_optimizer {' or '.join(algos)}" if algos else ""
         raise ValueError(
             f"agent {agent!r} works only with the white-box optimiser{also}, got {policy_optimizer!r}"
         )
     cls = registry.get(agent)
-    the_agent = cls(cls.config_cls(**agent_config), seed=seed)
-    env = AgentRewardWrapper(gym.make(env_id, **env_kwargs), the_agent)
+    the_agent = cls(cls.config_cls(**job.agent_config), seed=seed)
+    env = AgentRewardWrapper(gym.make(job.env_id, **job.env_kwargs), the_agent)
     rows: list[dict[str, float]] = []
     current: dict[str, list] = {}
 
@@ -126,7 +114,7 @@ def learn_sb3(
                     current.clear()
                     if callback is not None:
                         callback(rows[-1])
-            return len(rows) < rounds
+            return len(rows) < job.rounds
 
     model = algorithm(policy_optimizer)(
         "MlpPolicy",
@@ -134,14 +122,14 @@ def learn_sb3(
         seed=seed,
         device="cpu",
         verbose=0,
-        tensorboard_log=tensorboard_log,
-        **hyperparams,
+        tensorboard_log=job.tensorboard,
+        **job.hyperparams,
     )
     callbacks = [*the_agent.sb3_callbacks(), Recorder()]
     model.learn(
         total_timesteps=10**9,
         callback=CallbackList(callbacks),
-        tb_log_name=f"{env_id}/{agent}+{policy_optimizer}/seed_{seed}_sb3",
+        tb_log_name=f"{job.env_id}/{agent}+{policy_optimizer}/seed_{seed}_sb3",
     )
     keys = list(dict.fromkeys(k for r in rows for k in r))
     history = {key: np.array([[r.get(key, np.nan)] for r in rows]) for key in keys}

@@ -101,7 +101,7 @@ def test_each_sb3_seed_is_saved_when_it_finishes(tmp_path, monkeypatch):
     real = sb3_runner.learn_sb3
 
     def second_seed_fails(*args, **kwargs):
-        if args[7] == 1:  # seed
+        if args[1] == 1:  # seed
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 

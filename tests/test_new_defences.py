@@ -189,8 +189,9 @@ def test_reinit_restarts_the_policy_and_its_schedules():
 
 
 def test_reinit_is_not_offered_to_sb3():
+    from baselines.plan import Job
     from baselines.sb3_runner import allowed_algos, learn_sb3
 
     assert allowed_algos("reinit") == ()
     with pytest.raises(ValueError, match="white-box"):
-        learn_sb3(LINEAR, {}, "reinit", {}, "ppo", {}, 2, 0, None)
+        learn_sb3(Job(LINEAR, "reinit", [0], 2, {}, {}, "", "", "ppo"), 0)

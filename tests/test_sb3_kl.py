@@ -15,12 +15,16 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 import rlhf_envs  # noqa: F401
 from agents.sb3_kl import KLPenaltyCallback
 from baselines import sb3_runner
-from baselines.plan import plan
+from baselines.plan import Job, plan
 from baselines.run import main as run_main
 
 LINEAR = "RLHFBlindSpot-v0"
 VERBOSITY = "RLHFVerbosity-v0"
 TINY = {"n_steps": 32, "batch_size": 16, "learning_rate": 3e-3}
+
+
+def sb3_job(env_id, agent, rounds, agent_config, optimizer, hyper):
+    return Job(env_id, agent, [], rounds, {}, agent_config, "", "", optimizer, hyper)
 
 
 def buffer_log_probs(policy, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -166,7 +170,7 @@ def test_learn_sb3_reports_the_env_truth(env_id, monkeypatch):
 
     monkeypatch.setattr(wrappers, "AgentRewardWrapper", wrap)
     rounds = 80 if env_id == LINEAR else 20
-    h = sb3_runner.learn_sb3(env_id, {}, "kl", {"kl_coef": 1.0}, "ppo", TINY, rounds, seed=0)
+    h = sb3_runner.learn_sb3(sb3_job(env_id, "kl", rounds, {"kl_coef": 1.0}, "ppo", TINY), 0)
     true, proxy, rows = [], [], []
     for u, p, updated in envs[0].responses:
         true.append(u)
@@ -189,7 +193,7 @@ def test_kl_coef_zero_is_naive_exactly(env_id, optimizer):
 
     def run(agent, kl_coef=None):
         cfg = {} if kl_coef is None else {"kl_coef": kl_coef}
-        return sb3_runner.learn_sb3(env_id, {}, agent, cfg, optimizer, hyper, rounds, seed=1)
+        return sb3_runner.learn_sb3(sb3_job(env_id, agent, rounds, cfg, optimizer, hyper), 1)
 
     naive, zero, strong = run("naive"), run("kl", 0.0), run("kl", 1.0)
     assert zero.keys() == naive.keys() | {"kl_penalty"}  # the callback's per-step penalty
@@ -227,4 +231,4 @@ def test_callback_rejects_off_policy_algorithms_and_bad_coefs():
     with pytest.raises(TypeError, match="on-policy"):
         model.learn(2, callback=KLPenaltyCallback(0.1))
     with pytest.raises(ValueError, match="ppo or a2c"):
-        sb3_runner.learn_sb3(LINEAR, {}, "kl", {"kl_coef": 0.1}, "sac", {}, 1, seed=0)
+        sb3_runner.learn_sb3(sb3_job(LINEAR, "kl", 1, {"kl_coef": 0.1}, "sac", {}), 0)

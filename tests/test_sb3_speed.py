@@ -250,6 +250,7 @@ def test_core_utilities_equal_the_gradient_and_generic_forms_bit_for_bit(env_id)
 def test_sb3_run_metrics_are_byte_identical_on_the_reference_paths(
     env_id, agent_name, rounds, monkeypatch
 ):
+    from baselines.plan import Job
     from baselines.sb3_runner import learn_sb3
 
     d = load_defaults(env_id)
@@ -258,7 +259,7 @@ def test_sb3_run_metrics_are_byte_identical_on_the_reference_paths(
 
     def csv():
         return results.metrics_csv(
-            learn_sb3(env_id, {}, agent_name, cfg, "ppo", hyper, rounds, 1), 0
+            learn_sb3(Job(env_id, agent_name, [1], rounds, {}, cfg, "", "", "ppo", hyper), 1), 0
         )
 
     fast = csv()

@@ -310,6 +310,7 @@ def test_deterministic_evaluation_uses_the_policy_mean_and_leaves_the_env_alone(
 
 
 def test_contextual_per_cluster_columns_match_the_env_infos(monkeypatch):
+    from baselines.plan import Job
     from baselines.sb3_runner import learn_sb3
 
     seen = []
@@ -322,9 +323,8 @@ def test_contextual_per_cluster_columns_match_the_env_infos(monkeypatch):
 
     # learn_sb3 looks the wrapper up in agents.wrappers when it runs
     monkeypatch.setattr(wrappers, "AgentRewardWrapper", Spy)
-    h = learn_sb3(
-        "RLHFContextual-v0", {}, "naive", {}, "ppo", {"n_steps": 32, "batch_size": 16}, 6, 0
-    )
+    hyper = {"n_steps": 32, "batch_size": 16}
+    h = learn_sb3(Job("RLHFContextual-v0", "naive", [0], 6, {}, {}, "", "", "ppo", hyper), 0)
     assert seen  # the spy saw the steps
     per_round = 8  # RLHFContextual-v0's samples_per_round
     for t in range(6):
