@@ -267,10 +267,6 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
     return path
 
 
-def default_name(env_id: str, x: str, y: str) -> str:
-    return f"{env_id}__{x}_x_{y}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = cli.command("baselines.map", __doc__, cli.ROUNDS, cli.WORKERS, cli.RERUN)
     p.add_argument("env", help="registered env id with white-box agents")
@@ -308,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds, args.max_runs)
         env_kwargs = parse_kwargs(args.env_kwargs, "--env-kwargs")
         check_axes(args.env, x, y, env_kwargs)
-        name = args.name or default_name(args.env, x[0], y[0])
+        name = args.name or f"{args.env}__{x[0]}_x_{y[0]}"
         if not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", name):
             raise CLIError(f"--name: use letters, digits and _.=,+- only, got {name!r}")
         out = Path(args.out) / name

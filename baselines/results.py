@@ -63,12 +63,6 @@ def atomic_write_text(path: Path | str, text: str) -> None:
         raise
 
 
-def remove_stale_temps(folder: Path) -> None:
-    """Delete temporary files a killed writer left in ``folder`` (before rewriting it)."""
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def atomic_write_json(path: Path | str, obj: Any, default: Any = None) -> None:
     """Indented, key-sorted JSON; ``default`` as in ``json.dumps`` (the LLM track passes str)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n")
@@ -480,7 +474,8 @@ def write_run(
     """
     folder = run_dir(job.out, job.env_id, job.run_name, seed)
     (folder / MANIFEST).unlink(missing_ok=True)
-    remove_stale_temps(folder)  # left by a writer killed mid-write (the caller holds the lock)
+    for tmp in folder.glob(".*.tmp"):  # left by a writer killed mid-write (we hold the lock)
+        tmp.unlink(missing_ok=True)
     config = {
         **job.settings(seed),
         "config_hash": job.digest(seed),
