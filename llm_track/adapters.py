@@ -1,10 +1,5 @@
-"""LoRA adapter mixing: base-model rows and adapter rows in one batch of the LoRA policy.
-
-The protocol samples the reference answer from the base model (the policy with its adapter off)
-and the candidates from the policy. ``row_masked_lora`` runs both in one forward: a forward hook
-on each layer's ``lora_B`` zeroes the LoRA update of the base rows. ``mixable_adapter`` says when
-that is exact; otherwise the protocol samples in two loops (base, then policy).
-"""
+"""LoRA adapter mixing: base-model rows (the reference) and adapter rows (the candidates) in one
+batch of the LoRA policy (``llm_track/README.md``, "One step")."""
 
 from __future__ import annotations
 

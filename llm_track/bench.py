@@ -15,7 +15,7 @@ import sys
 import time
 
 from llm_track.config import LLMTrackError, preset_config
-from llm_track.run import STEP_TIMES, OneLineParser, _quiet_libraries
+from llm_track.run import STEP_TIMES, OneLineParser
 
 
 def build(shapes: str, cfg):
@@ -79,40 +79,30 @@ def bench(
 def main(argv: list[str] | None = None) -> int:
     from llm_track.config import AGENTS, DTYPES, agent_with_penalty
 
-    p = OneLineParser(prog="python -m llm_track.bench", description=__doc__.split("\n")[0])
+    p = OneLineParser("bench", __doc__)
     p.add_argument("--shapes", default="tiny", choices=("tiny", "llama-3.2-1b"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        help="model dtype (default: bfloat16 for llama-3.2-1b, float32 for tiny); the RM head, "
-        "LoRA adapter and optimiser states are float32 either way",
-    )
+    p.add_argument("--dtype", choices=DTYPES, help="default: bfloat16, float32 for tiny shapes")
     p.add_argument("--steps", type=int, default=3, help="timed steps (after a warm-up)")
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument(
-        "--agent",
-        default=agent_with_penalty("relaxed"),  # the heaviest scoring (oracle verdicts too)
-        choices=AGENTS,
-    )
+    # the default is the heaviest scoring (oracle verdicts too)
+    p.add_argument("--agent", default=agent_with_penalty("relaxed"), choices=AGENTS)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", help="also write the figures to this JSON file")
-    args = p.parse_args(argv)
-    try:
-        if args.steps < 1:
-            raise LLMTrackError(f"--steps must be >= 1; got {args.steps}")
-        _quiet_libraries()
-        if args.threads:
-            import torch
+    return p.main(argv, _main)
 
-            torch.set_num_threads(args.threads)
-        if args.dtype is None:
-            args.dtype = "float32" if args.shapes == "tiny" else "bfloat16"
-        res = bench(**{k: v for k, v in vars(args).items() if k not in ("threads", "json")})
-    except LLMTrackError as exc:
-        print(f"python -m llm_track.bench: error: {exc}", file=sys.stderr)
-        return 2
+
+def _main(args) -> int:
+    if args.steps < 1:
+        raise LLMTrackError(f"--steps must be >= 1; got {args.steps}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.dtype is None:
+        args.dtype = "float32" if args.shapes == "tiny" else "bfloat16"
+    res = bench(**{k: v for k, v in vars(args).items() if k not in ("threads", "json")})
     print(
         f"{res['shapes']} on {res['device']} ({res['dtype']}), {res['candidates']} candidates x "
         f"{res['max_new_tokens']} tokens, agent {res['agent']}, median of {res['steps']} steps "

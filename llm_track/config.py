@@ -10,10 +10,8 @@ from dataclasses import dataclass
 from agents import registry
 from rlhf_envs.core import check_choice, check_float, check_int
 
-#: Controls that exist only in the LLM track (no scoring rule, so not in ``agents.registry``):
-#: ``random-winner`` takes a uniformly random candidate as the winner (seeded) and otherwise runs
-#: the same loop, which separates the effect of *selection* from that of self-training (SFT on
-#: the policy's own samples).
+#: Controls that exist only in the LLM track (no scoring rule, so not in ``agents.registry``;
+#: ``llm_track/README.md``, "One step").
 LLM_CONTROLS = {"random-winner": "random"}
 #: The agents the LLM track implements: the registry's agents with an ``llm_penalty`` form, then
 #: the controls of :data:`LLM_CONTROLS`.
@@ -70,17 +68,15 @@ class LLMConfig:
     """One of :data:`AGENTS`; what it scores is its penalty form (:attr:`penalty_form`)."""
     preset: str = "paper"
     policy: str = "meta-llama/Llama-3.2-1B-Instruct"
-    """Policy (and oracle base model): hub id or local path; ``tiny`` builds it locally."""
     reward_model: str = "OpenAssistant/reward-model-deberta-v3-base"
-    """Reward model: hub id or local path; ``tiny`` builds it locally."""
+    """Policy (also the oracle's base model) and reward model: hub id or local path (``tiny``)."""
     seed: int = 0
     """Run seed: prompt order (``permutation``), sampling, dropout, LoRA init."""
     model_seed: int = 0
     """Seed of the locally built ``tiny`` models (shared by all agents and run seeds)."""
     steps: int = 500
-    """Protocol steps (one prompt per step)."""
     candidates: int = 8
-    """Candidates sampled by the policy per step."""
+    """Protocol steps (one prompt each) and candidates the policy samples per step."""
     max_new_tokens: int = 32
     min_new_tokens: int = 5
     """Longest candidate / reference answer; end-of-turn tokens are forbidden before
@@ -96,37 +92,30 @@ class LLMConfig:
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """LoRA rank, scaling numerator, dropout and the modules that get adapters."""
     policy_lr: float = 2e-5
-    """AdamW learning rate of the LoRA adapter (SFT step on the winner)."""
     rm_lr: float = 5e-5
-    """AdamW learning rate of the RM head (Bradley-Terry step, winner vs reference)."""
     rm_weight_decay: float = 0.01
-    """AdamW weight decay of the RM head (paper 0.01; 0 is Adam)."""
     rm_grad_accum: int = 4
-    """RM-head gradient accumulation: Bradley-Terry steps per optimiser step (paper 4; 1 is one
-    RM step per labelled response, as in the FPO derivation)."""
     grad_accum: int = 4
-    """Policy gradient accumulation (SFT steps per optimiser step)."""
+    """AdamW learning rates of the LoRA adapter (SFT on the winner) and the RM head
+    (Bradley-Terry, winner vs reference), the head's weight decay (0: Adam) and the steps per
+    optimiser step of the head and the policy."""
     rm_input: str = "answer"
-    """What the reward model reads: ``answer`` (the paper) or ``prompt+answer`` (a pair)."""
     rm_max_tokens: int = 128
-    """RM input length in tokens (paper 128 for the answer; 512 for prompt + answer)."""
+    """What the reward model reads, ``answer`` (the paper) or ``prompt+answer``, in tokens."""
     sft_on: str = "sequence"
     """SFT loss over the whole ``sequence`` (prompt and answer, the paper) or the ``response``."""
     skip_empty: bool = True
-    """Candidates whose text is empty cannot win (the paper skips them); a step whose candidates
-    are all empty makes no update."""
+    """Candidates whose text is empty cannot win; a step with no other makes no update."""
     rm_dropout_asymmetry: bool = False
     """The paper's dropout asymmetry (``llm_track/README.md``, "Dropout asymmetry")."""
     utility_offset: float = 5.0
     utility_clip: tuple[float, float] = (-15.0, 5.0)
     """Oracle utility U = -NLL_per_token(base) + offset, clipped to this range."""
     prompts: str = "ultrafeedback"
-    """``builtin``, ``ultrafeedback`` or a local path (:mod:`llm_track.prompts`)."""
     prompt_column: str = "prompt"
-    """The column of a local prompt file that holds the prompt text."""
     prompt_order: str = "in-order"
-    """``in-order`` (prompt t at step t, the paper's first-500) or ``permutation`` (a seeded
-    permutation per pass)."""
+    """Prompt source (:data:`PROMPT_SOURCES` or a local path), the text column of a local file,
+    and ``in-order`` (prompt t at step t) or ``permutation`` (a seeded one per pass)."""
     chat_date: str = "26 Jul 2024"
     """The date the chat template writes (Llama-3.x's ``date_string``), fixed per run so that a
     run, its resume and its evaluation see the same prompt on any day."""
@@ -136,8 +125,7 @@ class LLMConfig:
     """Prompt length limit: the user's text is cut to fit, the chat template never is."""
     device: str = "auto"
     dtype: str = "auto"
-    """Torch device and model dtype; ``auto``: CUDA and bfloat16 when torch sees a GPU, else CPU
-    and float32. The RM head, the LoRA adapter and their optimiser states stay float32."""
+    """Torch device and model dtype; ``auto``: CUDA + bfloat16 when torch sees a GPU, else CPU."""
     tiny_hidden: int = 64
     tiny_layers: int = 2
     """Hidden size and layers of the tiny models."""
@@ -156,20 +144,13 @@ class LLMConfig:
                 self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         try:  # the env configs' checks, each error one line naming the setting and its range
             check_choice(self, "preset", PRESETS)
-            check_int(self, "seed", 0)
-            check_int(self, "model_seed", 0)
-            check_int(self, "steps", 0)
-            check_int(self, "candidates", 1)
-            check_int(self, "max_new_tokens", 1)
+            for name in ("seed", "model_seed", "steps"):
+                check_int(self, name, 0)
+            for name in ("candidates", "max_new_tokens", "grad_accum", "rm_grad_accum"):
+                check_int(self, name, 1)
             check_int(self, "min_new_tokens", 0, self.max_new_tokens)
-            check_float(self, "top_p", 0.0, strict=True)
-            check_float(self, "temperature", 0.0, strict=True)
-            check_float(self, "gamma", 0.0, strict=False)
-            check_float(self, "policy_lr", 0.0, strict=True)
-            check_float(self, "rm_lr", 0.0, strict=True)
-            check_float(self, "rm_weight_decay", 0.0, strict=False)
-            check_int(self, "grad_accum", 1)
-            check_int(self, "rm_grad_accum", 1)
+            for name in ("top_p", "temperature", "gamma", "policy_lr", "rm_lr", "rm_weight_decay"):
+                check_float(self, name, 0.0, strict=name not in ("gamma", "rm_weight_decay"))
             check_int(self, "rm_max_tokens", 8)
             check_int(self, "max_prompt_tokens", 1)
             check_choice(self, "rm_input", ("answer", "prompt+answer"))

@@ -1,9 +1,5 @@
-"""Prompt encoding and the sampling/generation kernels of the LLM track.
-
-``sample`` draws n answers to one prompt with the model's KV cache, temperature, top-p (a full
-sort of each row, ``top_p_probs``) and min/max new tokens; every end-of-turn id ends a row.
-Which model a row runs through (base or adapter) is the caller's affair (``adapters``).
-"""
+"""Prompt encoding and the sampling kernel (``sample``) of the LLM track; which model a row runs
+through (base or adapter) is the caller's affair (``adapters``)."""
 
 from __future__ import annotations
 

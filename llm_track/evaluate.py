@@ -25,7 +25,7 @@ from baselines.results import atomic_write_json, atomic_write_text, read_json
 from baselines.stats import bootstrap_ci, sign_test
 from llm_track import decoding, loop
 from llm_track.config import LLMConfig, LLMTrackError
-from llm_track.run import OneLineParser, _quiet_libraries
+from llm_track.run import OneLineParser
 
 #: The settings that fix the models, prompts and answer scoring: one evaluation needs them equal.
 MODEL_KEYS = (
@@ -107,15 +107,9 @@ class Evaluator:
         self.ref_gold = [self._utility(ids, a, self.gold) for ids, a in pairs]
 
     def _utility(self, ids, answer, model) -> float | None:
-        """Clipped per-token log-likelihood + offset of ``answer`` under ``model`` (the base
-        model: the training oracle's U; the gold model: tiny's evaluation utility); None without
-        a model."""
-        if model is None:
-            return None
-        with torch.no_grad():
-            nll = float(loop.response_nll(model, ids, *answer)[0])
-        lo, hi = self.cfg.utility_clip
-        return min(hi, max(lo, -nll + self.cfg.utility_offset))
+        """``loop.utility`` of ``answer`` under ``model`` (the base model: the training oracle's
+        U; the gold model: tiny's evaluation utility); None without a model."""
+        return None if model is None else float(loop.utility(model, self.cfg, ids, *answer)[0])
 
     def evaluate_run(self, folder: str) -> dict:
         from peft import PeftModel
@@ -180,8 +174,7 @@ def _urlopen(req: urllib.request.Request, timeout: float):
 
 def make_judge(url: str, model: str, key: str | None = None, allow_http: bool = False):
     """An OpenAI-compatible chat endpoint as a pairwise judge: ``judge(prompt, a, b)`` is 1 (a is
-    better), -1 (b) or 0 (unclear). ``key`` (if any) is sent to ``url`` only (redirects are not
-    followed), and only over https unless ``allow_http``."""
+    better), -1 (b) or 0 (unclear); ``key`` goes to ``url`` only, by https unless ``allow_http``."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise LLMTrackError(f"--judge-url must be an http(s) URL; got {url!r}")
@@ -242,14 +235,9 @@ def pairwise(results: dict[str, dict[int, dict]], judge=None, key: str = "utilit
 
 
 def across_seeds(results: dict[str, dict[int, dict]], key: str) -> list[dict]:
-    """Agent pairs compared with seeds as the unit of replication.
-
-    Per seed, each run's mean of ``key`` over prompts; for every pair of agents, on the seeds both
-    have (paired: same prompt order, LoRA init and models), the differences A - B: their mean
-    with a 95 % percentile-bootstrap CI over seeds, a two-sided paired t-test (``scipy.stats.
-    ttest_rel``; None with fewer than 2 seeds or no spread), and seed wins/losses with a sign
-    test.
-    """
+    """Agent pairs compared by the per-seed differences of their means of ``key`` on the seeds
+    both have (``llm_track/README.md``, "Evaluation"); the t-test's p is None with fewer than 2
+    seeds or no spread."""
     from scipy import stats as sps
 
     out = []
@@ -437,61 +425,47 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m llm_track.evaluate", description=__doc__.split("\n")[0])
+    p = OneLineParser("evaluate", __doc__)
     p.add_argument("--runs", nargs="+", required=True, help="run roots (searched recursively)")
     p.add_argument("--out", default="results/LLM_TRACK.md", help="markdown output file")
     p.add_argument("--prompts", type=int, help="use only the first N held-out prompts")
-    p.add_argument(
-        "--questions",
-        help="local TruthfulQA-format file (.csv/.jsonl/.json/.parquet or datasets folder) whose "
-        "questions are answered instead of the held-out prompts",
-    )
-    p.add_argument(
-        "--question-column", default="question", help="column of --questions (default question)"
-    )
+    p.add_argument("--questions", help="TruthfulQA-format file to answer instead of the prompts")
+    p.add_argument("--question-column", default="question", help="column of --questions")
     p.add_argument("--max-new-tokens", type=int, help="answer length (default: the run's)")
     p.add_argument("--device", help="cpu or cuda (default: the run's)")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. http://host:8000/v1)")
     p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
     p.add_argument(
-        "--judge-key-env",
-        help="environment variable holding the judge's API key, sent as a bearer token to "
-        "--judge-url only, over https only (default: no key is sent)",
+        "--judge-key-env", help="variable holding the judge's API key (sent to --judge-url, https)"
     )
-    p.add_argument(
-        "--judge-allow-http",
-        action="store_true",
-        help="allow sending the --judge-key-env key over plain http",
+    p.add_argument("--judge-allow-http", action="store_true", help="send the key over http too")
+    return p.main(argv, _main)
+
+
+def _main(args) -> int:
+    judge = None
+    if args.judge_key_env and not args.judge_url:
+        raise LLMTrackError("--judge-key-env needs --judge-url")
+    if args.judge_url:
+        key = None
+        if args.judge_key_env:
+            key = os.environ.get(args.judge_key_env)
+            if not key:
+                raise LLMTrackError(
+                    f"--judge-key-env: environment variable {args.judge_key_env} is not set"
+                )
+        judge = make_judge(args.judge_url, args.judge_model, key, args.judge_allow_http)
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    res = evaluate(
+        args.runs,
+        args.out,
+        args.prompts,
+        args.max_new_tokens,
+        args.device,
+        judge,
+        args.questions,
+        args.question_column,
     )
-    args = p.parse_args(argv)
-    try:
-        judge = None
-        if args.judge_key_env and not args.judge_url:
-            raise LLMTrackError("--judge-key-env needs --judge-url")
-        if args.judge_url:
-            key = None
-            if args.judge_key_env:
-                key = os.environ.get(args.judge_key_env)
-                if not key:
-                    raise LLMTrackError(
-                        f"--judge-key-env: environment variable {args.judge_key_env} is not set"
-                    )
-            judge = make_judge(args.judge_url, args.judge_model, key, args.judge_allow_http)
-        _quiet_libraries()
-        torch.set_num_threads(min(torch.get_num_threads(), 2))
-        res = evaluate(
-            args.runs,
-            args.out,
-            args.prompts,
-            args.max_new_tokens,
-            args.device,
-            judge,
-            args.questions,
-            args.question_column,
-        )
-    except LLMTrackError as exc:
-        print(f"python -m llm_track.evaluate: error: {exc}", file=sys.stderr)
-        return 2
     print(f"evaluated {res['meta']['n_runs']} runs; wrote {args.out}")
     return 0
 

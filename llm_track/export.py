@@ -1,11 +1,5 @@
-"""The final policy of a run as a LoRA adapter that lm-evaluation-harness loads.
-
-``OUT/<label>/seed_<s>/adapter/``: the adapter (peft's ``save_pretrained``) whose
-``base_model_name_or_path`` names the policy's base model (hub id, or the absolute path of a local
-folder), the policy's tokenizer, and ``lm_eval.sh``, the command that evaluates it (MMLU,
-ARC-Challenge, TruthfulQA multiple choice; ``llm_track/README.md``). ``tiny`` runs also get
-``adapter/base/`` (the tiny base model and its tokenizer), so the command runs offline.
-"""
+"""The final policy of a run as a LoRA adapter that lm-evaluation-harness loads, with the command
+that evaluates it (``llm_track/README.md``, "lm-evaluation-harness")."""
 
 from __future__ import annotations
 

@@ -13,11 +13,8 @@ and the FPO score is r - gamma * penalty. The head is a linear reward model on t
 y = [h, 1] (tangent kernel K(a, b) = a . b), so the closed forms are thin adapters onto the
 simulations' FPO maths: :func:`agents.fpo.practical_penalty` and
 :func:`agents.fpo.relaxed_penalty` with Bradley-Terry (``preference``) feedback and a
-:class:`~rlhf_envs.reward_models.LinearRewardModel` on ``[h, 1]``. Which penalty an agent uses is
-its class's ``llm_penalty`` form (``none``, ``practical`` or ``relaxed``; :mod:`agents.registry`),
-never its name. Here "the head" is the *final* linear layer only (``classifier`` of DeBERTa);
-DeBERTa's pooler (dense + activation) before it is part of the frozen backbone and h is the
-pooler's output, captured with a forward pre-hook on the head.
+:class:`~rlhf_envs.reward_models.LinearRewardModel` on ``[h, 1]``. "The head":
+:func:`llm_track.models.rm_head`.
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """One step of the paper's LLM protocol (arXiv 2605.04266, section 4): ``Protocol.step``,
-described step by step in ``llm_track/README.md``, "One step".
-
-Randomness is explicit: sampling uses a ``torch.Generator`` seeded from (seed, step) and dropout
-runs under a forked global RNG seeded the same way, so a step's outcome depends only on the seed,
-the step index and the model/optimiser state (which checkpoints hold). The one-loop and two-loop
-generations draw in another order, so the same seed gives other (equally exact) samples.
+described step by step in ``llm_track/README.md``, "One step"; its seeding in "Files of a run".
 """
 
 from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -40,6 +35,22 @@ def response_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: t
     return -(logp * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
+@torch.no_grad()
+def utility(model, cfg: LLMConfig, prompt_ids, resp, lengths) -> torch.Tensor:
+    """U of each response: clip(-NLL per token under ``model`` + ``cfg.utility_offset``)."""
+    nll = response_nll(model, prompt_ids, resp, lengths)
+    return (-nll + cfg.utility_offset).clamp(*cfg.utility_clip)
+
+
+@contextmanager
+def _seeded_rng(device: str, seed: int):
+    """The global torch RNG (and the device's, on CUDA) forked for a block, seeded with ``seed``."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def sequence_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, length) -> torch.Tensor:
     """Mean per-token NLL of the whole sequence (prompt and answer up to ``length``): the SFT
     loss over the full sequence, as the paper's pipeline trains."""
@@ -61,11 +72,9 @@ def rewards(
     pair = [] if cfg.rm_input == "answer" else [[prompt] * len(texts)]
     enc = rm_tok(*pair, list(texts), **kw)
     batch = {k: enc[k].to(cfg.device) for k in ("input_ids", "attention_mask")}
-    dev = torch.device(cfg.device)
-    rng = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
-    with rng if dropout_seed is not None else nullcontext(), torch.no_grad():
-        if dropout_seed is not None:
-            torch.manual_seed(dropout_seed)
+    on = dropout_seed is not None
+    with _seeded_rng(cfg.device, dropout_seed) if on else nullcontext(), torch.no_grad():
+        if on:
             reward_model.train()
         try:
             r, h = head_features(reward_model, head, batch)
@@ -159,13 +168,11 @@ class Protocol:
         with row_masked_lora(policy, adapter, [False] * n + [True]):
             return sample(policy, prompt_ids, n + 1, **kw)
 
-    @torch.no_grad()
     def utility(self, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: torch.Tensor):
         """Oracle utility (uncounted here; the caller counts queries): base model, adapter off."""
         self.m.policy.eval()
         with self.m.policy.disable_adapter():
-            nll = response_nll(self.m.policy, prompt_ids, resp, lengths)
-        return (-nll + self.cfg.utility_offset).clamp(*self.cfg.utility_clip)
+            return utility(self.m.policy, self.cfg, prompt_ids, resp, lengths)
 
     def rewards(
         self, prompt: str, texts: list[str], dropout_seed: int | None = None
@@ -210,9 +217,7 @@ class Protocol:
         """SFT on the winner (mean token NLL), with gradient accumulation; the dropout runs on the
         global torch RNG seeded from (seed, step), restored after."""
         self.m.policy.train()
-        dev = torch.device(self.cfg.device)
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(self.step_seed(t) + 1)
+        with _seeded_rng(self.cfg.device, self.step_seed(t) + 1):
             if self.cfg.sft_on == "sequence":
                 loss = sequence_nll(self.m.policy, prompt_ids, resp_w, len_w)
             else:
@@ -310,12 +315,15 @@ class Protocol:
         }
 
     # ---------------------------------------------------------------- checkpoints
+    def _lora(self) -> dict:
+        return {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
+
     def save_checkpoint(self, folder: str, meta: dict | None = None) -> None:
         """Adapter (``save_pretrained``), LoRA weights, head, optimisers, pending gradients, the
         torch RNG and the sampling generator's states, step; ``meta`` (JSON: ``llm_track.run``
         records the settings and a digest of the metrics rows) in ``meta.json``. Written whole or
         not at all (``export.written_whole``)."""
-        lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
+        lora = self._lora()
         state = {
             "step": self.step_count,
             "oracle_queries": self.oracle_queries,
@@ -338,7 +346,7 @@ class Protocol:
         """Restore a checkpoint written by ``save_checkpoint``; returns the step to continue at."""
         # weights_only: tensors and plain containers only, no arbitrary unpickling
         state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-        lora = {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
+        lora = self._lora()
         with torch.no_grad():
             for n, v in state["lora"].items():
                 lora[n].copy_(v)

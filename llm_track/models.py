@@ -175,10 +175,8 @@ def _hub_reachable() -> bool:
 
 @contextlib.contextmanager
 def hub_offline():
-    """huggingface_hub's offline mode for the duration of the block (what ``HF_HUB_OFFLINE=1``
-    sets at import): every hub request raises instead of going out, so loading a local folder
-    cannot touch the network (transformers and peft look up optional files, e.g.
-    ``adapter_config.json``, with retries otherwise). Other sources are not affected."""
+    """huggingface_hub's offline mode (what ``HF_HUB_OFFLINE=1`` sets at import) for the block:
+    every hub request raises (``llm_track/README.md``, "Offline and local models")."""
     try:
         from huggingface_hub import constants
     except ImportError:  # no hub client: nothing to keep offline
@@ -306,9 +304,8 @@ def _tiny_state(model_seed: int, hidden: int, layers: int):
     return base.config, base.state_dict(), rm.config, rm.state_dict()
 
 
-#: The tiny preset's evaluation model ("gold"): not the training oracle. Its own seed and size
-#: (initialisation seed model_seed + 1000), fitted for 200 steps on question/answer pairings drawn with another seed
-#: than the oracle's, so an agent that learns the oracle's quirks gets no credit for them here.
+#: The tiny preset's evaluation model ("gold", not the training oracle; ``llm_track/README.md``,
+#: "Evaluation"): an agent that learns the oracle's quirks gets no credit for them here.
 GOLD_SEED_OFFSET, GOLD_HIDDEN, GOLD_LAYERS, GOLD_STEPS = 1000, 64, 2, 200
 
 

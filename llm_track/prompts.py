@@ -121,9 +121,8 @@ def read_local(path: str, column: str, flag: str = "--prompts", split: str = "tr
                     )
                 ds = ds[got]
         else:
-            kind = {"jsonl": "json"}.get(full.rsplit(".", 1)[1].lower(), None)
-            kind = kind or full.rsplit(".", 1)[1].lower()
-            reader = getattr(datasets.Dataset, f"from_{kind}")
+            kind = full.rsplit(".", 1)[1].lower()
+            reader = getattr(datasets.Dataset, f"from_{'json' if kind == 'jsonl' else kind}")
             with tempfile.TemporaryDirectory() as cache:  # no shared cache: the file is the truth
                 ds = reader(full, keep_in_memory=True, cache_dir=cache)
     except LLMTrackError:

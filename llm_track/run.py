@@ -31,10 +31,24 @@ _RESUME_FREE = {"steps", "device"}
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (no usage block) and exits 2."""
+    """The parser of ``python -m llm_track.<command>``: a bad argument or an LLMTrackError is one
+    line on stderr (no usage block) and exit status 2."""
+
+    def __init__(self, command: str, doc: str):
+        super().__init__(prog=f"python -m llm_track.{command}", description=doc.split("\n")[0])
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def main(self, argv: list[str] | None, body) -> int:
+        """Parse ``argv``, quiet the libraries and return ``body(args)``'s exit status."""
+        args = self.parse_args(argv)
+        try:
+            _quiet_libraries()
+            return body(args)
+        except LLMTrackError as exc:
+            print(f"{self.prog}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 def _rss_mb() -> float:
@@ -268,8 +282,8 @@ def run_protocol(
     return folder
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m llm_track.run", description=__doc__.split("\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser("run", __doc__)
     p.add_argument("--agent", required=True, choices=AGENTS)
     p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} (default paper)")
     p.add_argument("--policy", help="policy model: hub id or local path (default: the preset's)")
@@ -277,64 +291,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="protocol steps (paper 500, tiny 50)")
     p.add_argument("--candidates", type=int, help="candidates per step (default 8)")
     p.add_argument("--gamma", type=float, help="FPO penalty weight (paper 10, tiny 1)")
-    p.add_argument(
-        "--prompts",
-        metavar="SOURCE",
-        help="builtin, ultrafeedback (paper default; hub or datasets cache) or a local "
-        ".jsonl/.json/.parquet/.csv file or datasets folder (tiny default: builtin); a source "
-        "that cannot be loaded is an error",
-    )
-    p.add_argument(
-        "--prompt-column", help="column of a local prompt file holding the text (default prompt)"
-    )
+    p.add_argument("--prompts", metavar="SOURCE", help="builtin, ultrafeedback or a local path")
+    p.add_argument("--prompt-column", help="text column of a local prompt file (default prompt)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--device", help="cpu or cuda (paper default: cuda when torch sees a GPU; tiny: cpu)"
-    )
-    p.add_argument(
-        "--dtype",
-        help="float32, bfloat16 or float16 (paper default: bfloat16 on cuda, float32 on cpu; the "
-        "RM head, LoRA adapter and optimiser states stay float32)",
-    )
-    p.add_argument(
-        "--chat-date",
-        help="date the chat template writes (default 26 Jul 2024; fixed per run)",
-    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when torch sees a GPU; tiny: cpu)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on cuda)")
+    p.add_argument("--chat-date", help="date the chat template writes (default 26 Jul 2024)")
     p.add_argument(
         "--rm-dropout-asymmetry",
         action="store_true",
         default=None,
-        help="reproduce the paper's dropout asymmetry (naive scoring and RM updates with the "
-        "RM's dropout on, FPO scoring with it off); runs go to OUT/<agent>+dropout-asym",
+        help="the paper's RM dropout asymmetry; runs go to OUT/<agent>+dropout-asym",
     )
     p.add_argument("--out", default="runs/llm_track", help="output root (default runs/llm_track)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from OUT/<agent>/seed_<s>/checkpoint"
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="start over when OUT/<agent>/seed_<s> already holds a run (removes its files)",
-    )
+    p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
+    p.add_argument("--force", action="store_true", help="remove the run's files and start over")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint period in steps")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: 1 for --preset tiny, torch's default otherwise)",
-    )
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for tiny on cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="no result table at the end")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return build_parser().main(argv, _main)
+
+
+def _main(args) -> int:
+    # the options named like an LLMConfig field (agent, policy, steps, seed, ...) set it
+    fields = {f.name for f in dataclasses.fields(LLMConfig)} - {"preset"}
+    cfg = preset_config(args.preset, **{k: v for k, v in vars(args).items() if k in fields})
+    _set_threads(args.threads, cfg)
     try:
-        # the options named like an LLMConfig field (agent, policy, steps, seed, ...) set it
-        fields = {f.name for f in dataclasses.fields(LLMConfig)} - {"preset"}
-        cfg = preset_config(args.preset, **{k: v for k, v in vars(args).items() if k in fields})
-        _quiet_libraries()
-        _set_threads(args.threads, cfg)
         folder = run_protocol(
             cfg,
             args.out,
@@ -343,9 +331,6 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             progress=not args.no_progress,
         )
-    except LLMTrackError as exc:
-        print(f"python -m llm_track.run: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("python -m llm_track.run: interrupted; continue with --resume", file=sys.stderr)
         return 130
