@@ -97,14 +97,16 @@ def together_seconds(
 
 def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -> float:
     """Median seconds of one SB3 run (one seed) of ``rounds`` RM rounds."""
+    from baselines.plan import Job
     from baselines.sb3_runner import learn_sb3
 
     cfg = yaml_settings(env_id, registry.get(agent), algo)
     hyper = load_defaults(env_id).get("sb3", {}).get(algo, {})
+    job = Job(env_id, agent, [], rounds, {}, cfg, "", "", algo, hyper)
     times = []
     for r in range(repeats):
         t = time.perf_counter()
-        learn_sb3(env_id, {}, agent, cfg, algo, hyper, rounds, seed=r)
+        learn_sb3(job, r)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 

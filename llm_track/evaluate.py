@@ -109,7 +109,10 @@ class Evaluator:
     def _utility(self, ids, answer, model) -> float | None:
         """``loop.utility`` of ``answer`` under ``model`` (the base model: the training oracle's
         U; the gold model: tiny's evaluation utility); None without a model."""
-        return None if model is None else float(loop.utility(model, self.cfg, ids, *answer)[0])
+        if model is None:
+            return None
+        nll = loop.response_nll(model, ids, *answer)[0].double()  # the evaluation in float64
+        return float(loop.utility_of(nll, self.cfg))
 
     def evaluate_run(self, folder: str) -> dict:
         from peft import PeftModel

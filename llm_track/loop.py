@@ -38,7 +38,12 @@ def response_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: t
 @torch.no_grad()
 def utility(model, cfg: LLMConfig, prompt_ids, resp, lengths) -> torch.Tensor:
     """U of each response: clip(-NLL per token under ``model`` + ``cfg.utility_offset``)."""
-    nll = response_nll(model, prompt_ids, resp, lengths)
+    return utility_of(response_nll(model, prompt_ids, resp, lengths), cfg)
+
+
+def utility_of(nll: torch.Tensor, cfg: LLMConfig) -> torch.Tensor:
+    """:func:`utility` from the per-token NLL, in ``nll``'s dtype (the protocol's float32; the
+    evaluation passes float64)."""
     return (-nll + cfg.utility_offset).clamp(*cfg.utility_clip)
 
 
