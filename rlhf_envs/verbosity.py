@@ -105,12 +105,10 @@ class VerbosityConfig(FollowerConfig):
 
 
 def sequence_features(tokens: Any, max_len: int) -> np.ndarray:
-    """Feature vector ``f = [has_answer, length, filler]`` of a token sequence (float64, (3,)).
-
-    Only the tokens before the first EOS count (the content): ``has_answer`` is 1 if ANSWER is
-    among them, ``length`` = number of content tokens / ``max_len`` and ``filler`` = number of
-    FILLER tokens / ``max_len``.
-    """
+    """Feature vector ``f = [has_answer, length, filler]`` of a token sequence (float64, (3,)). Only
+    the tokens before the first EOS count (the content): ``has_answer`` is 1 if ANSWER is among
+    them, ``length`` = number of content tokens / ``max_len`` and ``filler`` = number of FILLER
+    tokens / ``max_len``."""
     content = []
     for t in tokens:
         if int(t) == EOS:
@@ -276,9 +274,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     # -- helpers ----------------------------------------------------------------------------------
     def features(self, tokens: Any) -> torch.Tensor:
         """Feature vector(s) of token sequence(s): one sequence -> (3,), a list of them -> (n, 3).
-
-        Uncounted (the features are public; only the utility is hidden).
-        """
+        Uncounted (the features are public; only the utility is hidden)."""
         seqs = list(tokens)
         if seqs and all(isinstance(s, (list, tuple, np.ndarray)) for s in seqs):
             rows = [sequence_features(s, self.config.max_len) for s in seqs]
