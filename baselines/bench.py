@@ -4,18 +4,17 @@
                               [--repeats 3] [--family K=V1,V2 ...] [--family-split SPLIT]
                               [--family-rounds N] [--float32]
 
-For each env: single-env steps/s with random actions (RM retraining included); for each
-white-box agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when
-one seed runs alone (measured on fewer rounds and scaled to the same round count), the batching
-speed-up, and the cost of every agent relative to naive; then the wall time of one SB3 run per
-agent of ``--agents`` (those that work with ``--sb3``) relative to naive. The token and contextual envs have no
-white-box agents, so only their SB3 rows are measured. On the blind-spot envs a family row follows:
-seconds per agent-run over a list of env configs (``--family``: a grid of env kwargs, by default
-``target_value`` x ``utility_width``; ``--family-split test`` takes the split of
+For each env: single-env steps/s with random actions (RM retraining included); for each white-box
+agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when one seed
+runs alone (measured on fewer rounds and scaled to the same round count), the batching speed-up, and
+the cost of every agent relative to naive; then the wall time of one SB3 run per agent of
+``--agents`` (those that work with ``--sb3``) relative to naive. The token and contextual envs have
+no white-box agents, so only their SB3 rows are measured. On the blind-spot envs a family row
+follows: seconds per agent-run over a list of env configs (``--family``: a grid of env kwargs, by
+default ``target_value`` x ``utility_width``; ``--family-split test`` takes the split of
 :mod:`rlhf_envs.families` where the env has one; :func:`family_seconds` takes any list of kwarg
-dicts). Medians over ``--repeats``; the machine is
-shared (its load average is printed), so compare the ratios, which are measured side by side,
-rather than absolute times across runs.
+dicts). Medians over ``--repeats``; the machine is shared (its load average is printed), so compare
+the ratios, which are measured side by side, rather than absolute times across runs.
 
 ``--float32`` adds a column: each white-box agent's seconds per agent-run with the env's
 follower in float32 (env kwarg ``dtype=float32``), and how many times faster that is.
@@ -70,10 +69,9 @@ def together_seconds(
     repeats: int,
     env_kwargs: dict | None = None,
 ) -> float:
-    """Median wall seconds of one :func:`~agents.whitebox.learn_together` of all ``agents``
-    (each over ``seeds``, the env's YAML settings) for ``rounds`` rounds on one batched env,
-    built beforehand, as the harness runs agents of one env config (one agent: its own
-    ``learn``)."""
+    """Median wall seconds of one :func:`~agents.whitebox.learn_together` of all ``agents`` (each
+    over ``seeds``, the env's YAML settings) for ``rounds`` rounds on one batched env, built
+    beforehand, as the harness runs agents of one env config (one agent: its own ``learn``)."""
     from agents.whitebox import learn_together
 
     times = []

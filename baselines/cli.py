@@ -1,10 +1,9 @@
 """The flags the commands share, as argparse parent parsers (``parents=[...]``), and the checks
 of output folders.
 
-Each parent holds flags that mean the same in every command that takes them; a command's own
-flags stay in its module. :func:`command` makes a command's :class:`Parser`, which reports a
-usage error as one line (:class:`~baselines.plan.CLIError`, exit status 2) instead of argparse's
-usage dump.
+Each parent holds flags that mean the same in every command that takes them; a command's own flags
+stay in its module. :func:`command` makes a command's :class:`Parser`, which reports a usage error
+as one line (:class:`~baselines.plan.CLIError`, exit status 2) instead of argparse's usage dump.
 """
 
 from __future__ import annotations

@@ -65,8 +65,7 @@ LEARNABLE = 0.9
 PEAK = 10.0  # utility_scale: not a family knob
 #: naive collapses: mean drop at least this (5 % of the peak) with its CI above 0
 COLLAPSE_DROP = 0.5
-#: the hyperparameters tuned per agent on the train split, and the values tried (all
-#: combinations)
+#: the hyperparameters tuned per agent on the train split, and the values tried (all combinations)
 GRID: dict[str, dict[str, list[float]]] = {
     "fpo": {"fpo_gamma": [0.03, 0.1, 0.3]},
     "kl": {"kl_coef": [0.03, 0.1, 0.3]},

@@ -5,11 +5,10 @@
                             [--backend local|ray] [--address ADDR] [--out runs/maps]
                             [--results DIR] [--name NAME] [--force]
 
-Every cell of the grid (one value of each knob) runs every agent over the seeds through the
-sweep machinery (:func:`baselines.sweep.plan_sweep`, so the run folders, resumption and the Ray
-backend are those of ``python -m baselines.sweep``): the runs go to
-``OUT/NAME/ENV/AGENT@X=x,Y=y/seed_S``; a map killed at any point and restarted redoes only the
-unfinished runs. Then, from the run folders:
+Every cell of the grid (one value of each knob) runs every agent over the seeds through the sweep
+machinery (:func:`baselines.sweep.plan_sweep`, so the run folders, resumption and the Ray backend
+are those of ``python -m baselines.sweep``): the runs go to ``OUT/NAME/ENV/AGENT@X=x,Y=y/seed_S``; a
+map killed at any point and restarted redoes only the unfinished runs. Then, from the run folders:
 
 * ``RESULTS/NAME.csv``: one row per (cell, agent): final true utility, collapse drop (peak block
   minus final block, :func:`baselines.results.summarise_history`) and peak, each as a mean with

@@ -52,14 +52,13 @@ def allowed_algos(agent: str) -> tuple[str, ...]:
 def learn_sb3(job, seed: int, callback=None, eval_responses: int = 64) -> dict[str, np.ndarray]:
     """Train ``seed`` of the SB3 :class:`baselines.plan.Job` ``job`` on its agent-wrapped env.
 
-    Per round: the mean over the responses the policy sampled of every per-response number the
-    env reports in ``info`` (``true_utility`` and ``proxy_reward`` become
-    ``sample_true_utility`` and ``sample_proxy_reward``; diagnostics such as ``signal_norm``
-    keep their names), the RM's error on them, and the label / oracle counters. On a contextual
-    env, the sampled true utility is also split by ``info["in_blind_cluster"]``. Besides,
-    ``eval_true_utility`` (NaN except in the last row) is the mean true utility of
-    ``eval_responses`` deterministic responses of the final policy (see
-    :func:`evaluate_deterministic`), the number SB3's ``evaluate_policy`` would report.
+    Per round: the mean over the responses the policy sampled of every per-response number the env
+    reports in ``info`` (``true_utility`` and ``proxy_reward`` become ``sample_true_utility`` and
+    ``sample_proxy_reward``; diagnostics such as ``signal_norm`` keep their names), the RM's error
+    on them, and the label / oracle counters. On a contextual env, the sampled true utility is also
+    split by ``info["in_blind_cluster"]``. Besides, ``eval_true_utility`` (NaN except in the last
+    row) is the mean true utility of ``eval_responses`` deterministic responses of the final policy
+    (see :func:`evaluate_deterministic`), the number SB3's ``evaluate_policy`` would report.
     """
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 

@@ -1,12 +1,11 @@
 """Per-round metrics into TensorBoard and Weights & Biases (optional backends, never required).
 
 The harness's runs write ``metrics.csv`` whatever happens; ``--tensorboard DIR`` / ``--wandb
-PROJECT`` also send the same columns (true utility, proxy reward, gap, RM error, label and
-oracle counters, agent diagnostics) to the tools SB3 and imitation users already read.
-TensorBoard needs the ``tensorboard`` package (written through
-``torch.utils.tensorboard.SummaryWriter``), W&B needs ``wandb`` (``WANDB_MODE=offline`` works
-without an account); a backend that is missing or cannot start is a :class:`TrackerError`, one
-line naming the flag. ::
+PROJECT`` also send the same columns (true utility, proxy reward, gap, RM error, label and oracle
+counters, agent diagnostics) to the tools SB3 and imitation users already read. TensorBoard needs
+the ``tensorboard`` package (written through ``torch.utils.tensorboard.SummaryWriter``), W&B needs
+``wandb`` (``WANDB_MODE=offline`` works without an account); a backend that is missing or cannot
+start is a :class:`TrackerError`, one line naming the flag. ::
 
     from baselines.tracking import open_trackers
 
