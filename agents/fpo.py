@@ -74,9 +74,8 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, 
     (same optimiser, loss, state and FIFO rule as the env's real update). Differentiable in ``y``.
     The loss gradient is split into the part of the retained buffer (constant in ``y``, computed
     once) and the part of ``y``, which equals the gradient on the whole pushed buffer up to
-    summation order. ``cache``: a dict owned by the caller that keeps the retained part
-    (:func:`_lookahead`) across calls (a round's inner policy steps, or consecutive SB3
-    responses)."""
+    summation order. ``cache``: a caller-owned dict keeping the retained part (:func:`_lookahead`)
+    across calls (a round's inner policy steps, or consecutive SB3 responses)."""
     rm, c = core.reward_model, core.config
     n, g_rest, rest_y, step = _lookahead(core, {} if cache is None else cache)
     before, after = [], []

@@ -36,9 +36,8 @@ class ReinitAgent(NaiveAgent):
     """Naive scoring; the policy restarts from the base at the start of each of ``iterations``
     equal blocks of rounds, with its schedules restarted too.
 
-    Source: base-policy re-initialisation in iterated RLHF, Wolf, Kirk & Musolesi, arXiv
-    2505.18126.
-    """
+    Source: base-policy re-initialisation in iterated RLHF (Wolf, Kirk & Musolesi, arXiv
+    2505.18126)."""
 
     name = "reinit"
     config_cls = ReinitConfig

@@ -144,8 +144,7 @@ class Agent:
       against the baselines) or ``"ceiling"`` (reads the truth);
     * ``sb3_algos``: the SB3 algorithms it works with (``None``: all), and
       :meth:`sb3_callbacks` for agents that act on the optimiser itself;
-    * ``llm_penalty``: the FPO penalty form the LLM track uses for it (``None``: not in the LLM
-      track);
+    * ``llm_penalty``: the FPO penalty form the LLM track uses for it (``None``: not in that track);
     * ``cost``: rough compute per agent-run relative to naive (for scheduling sweeps).
     """
 

@@ -40,8 +40,7 @@ class ContextualConfig(FollowerConfig):
             ``cluster_radius * e_k`` for ``k < p`` and ``-cluster_radius * e_(k-p)`` after.
         cluster_radius: distance of the cluster centres from the origin (> 0).
         cluster_std: std of the prompts around their centre (>= 0).
-        target_std: the per-cluster utility peaks ``y*_k`` are drawn ``N(0, target_std^2 I_d)``
-            (> 0).
+        target_std: per-cluster utility peaks ``y*_k`` are drawn ``N(0, target_std^2 I_d)`` (> 0).
         task_seed: seed of those peaks (0..2^31-1); fixed across experiments, unlike the
             experiment seed given to ``reset``.
         utility_width: ``width`` in ``U = utility_scale * exp(-width * ||y - y*(x)||^2)`` (> 0).
@@ -224,9 +223,8 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`ContextualCore`), ``reward_model``, ``rm_params``,
-    ``true_utility(zs)`` / ``query_labeler(zs)`` (counted oracle queries on vectors
-    ``concat(x, y)`` of shape ``(1, ..., p + d)``), ``prompt`` (the current ``x``) and
-    ``last_response``.
+    ``true_utility(zs)`` / ``query_labeler(zs)`` (counted oracle queries on vectors ``concat(x, y)``
+    of shape ``(1, ..., p + d)``), ``prompt`` (the current ``x``) and ``last_response``.
 
     ## Rendering
     ``render_mode="rgb_array"`` / ``"human"``: per prompt cluster (up to 3), the true utility and

@@ -196,11 +196,10 @@ class BlindSpotConfig(FollowerConfig):
         reference_response: the response preferences are judged against (default: zeros).
         action_bound: half-width of the action Box (what samplers draw from; any finite
             response is accepted).
-        dtype: floating-point type of the reward model, buffer, truth and responses:
-            ``"float64"`` (default; every committed number) or ``"float32"`` (opt-in: the
-            reward model's arithmetic is ~2.7x faster on a CPU; the same random streams,
-            drawn in float64 and rounded, but other numbers, so runs are not comparable bit
-            for bit with float64 ones).
+        dtype: floating-point type of the reward model, buffer, truth and responses: ``"float64"``
+            (default; every committed number) or ``"float32"`` (opt-in: the reward model's
+            arithmetic is ~2.7x faster on a CPU; the same random streams, drawn in float64 and
+            rounded, but other numbers, so runs are not comparable bit for bit with float64 ones).
     """
 
     dims: int = 50

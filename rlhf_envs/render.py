@@ -77,8 +77,7 @@ def remember(env, vector: Any, proxy: Any, true_u: Any, extra: Any = None) -> No
     trail = env._render_trail = _trail(env)
     v = np.asarray(vector, dtype=np.float64).reshape(-1).copy()
     p, u = float(np.asarray(proxy).reshape(-1)[0]), float(np.asarray(true_u).reshape(-1)[0])
-    # the round the response belongs to: the core counts completed rounds, and may just have
-    # finished this one
+    # the response's round: the core counts completed rounds, and may just have finished this one
     rnd = env.core.round - (1 if env.core.in_round == 0 else 0)
     trail.items.append((v, p, u, rnd, extra))
     trail.scores.append((rnd, p, u, extra))

@@ -89,9 +89,8 @@ class RewardModel:
 
     # -- shared machinery ---------------------------------------------------------------------
     def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)``. Uses ``torch.func``
-        (vmap over experiments and samples of ``grad``); parameters are flattened in sorted-name
-        order."""
+        """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)`` (``torch.func``:
+        vmap over experiments and samples of ``grad``), parameters in sorted-name order."""
         from torch.func import grad, vmap
 
         names = sorted(params)

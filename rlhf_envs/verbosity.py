@@ -42,8 +42,7 @@ class VerbosityConfig(FollowerConfig):
     initial linear weights, or of the MLP's initial weights.
 
     Attributes:
-        vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, the rest are
-            neutral words.
+        vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, the rest neutral.
         max_len: most tokens per response, EOS included (2..256); the response ends there.
         length_penalty: ``lambda``: each token beyond the answer multiplies the true utility by
             ``exp(-lambda)`` (>= 0).
@@ -107,8 +106,7 @@ class VerbosityConfig(FollowerConfig):
 def sequence_features(tokens: Any, max_len: int) -> np.ndarray:
     """Feature vector ``f = [has_answer, length, filler]`` of a token sequence (float64, (3,)). Only
     the tokens before the first EOS count (the content): ``has_answer`` is 1 if ANSWER is among
-    them, ``length`` = number of content tokens / ``max_len`` and ``filler`` = number of FILLER
-    tokens / ``max_len``."""
+    them, ``length`` = content tokens / ``max_len``, ``filler`` = FILLER tokens / ``max_len``."""
     content = []
     for t in tokens:
         if int(t) == EOS:
@@ -233,10 +231,9 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`VerbosityCore` on feature vectors), ``reward_model``,
-    ``rm_params``, ``true_utility(fs)`` / ``query_labeler(fs)`` (counted oracle queries on
-    feature vectors of shape ``(1, ..., 3)``), ``features(tokens)`` (uncounted: the features are
-    public) and ``last_response`` (the (1, 3) vector the RM scored at the last step, ``None``
-    while a response is unfinished).
+    ``rm_params``, ``true_utility(fs)`` / ``query_labeler(fs)`` (counted oracle queries on feature
+    vectors of shape ``(1, ..., 3)``), ``features(tokens)`` (uncounted: the features are public) and
+    ``last_response`` (the (1, 3) vector the RM scored at the last step; ``None`` mid-response).
 
     ## Rendering
     ``render_mode="ansi"``: the response so far as text. ``"rgb_array"`` / ``"human"``: the last
