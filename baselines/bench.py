@@ -5,16 +5,16 @@
                               [--family-rounds N] [--float32]
 
 For each env: single-env steps/s with random actions (RM retraining included); for each white-box
-agent: seconds per agent-run when ``--seeds`` seeds run as one batched program, and when one seed
-runs alone (measured on fewer rounds and scaled to the same round count), the batching speed-up, and
-the cost of every agent relative to naive; then the wall time of one SB3 run per agent of
-``--agents`` (those that work with ``--sb3``) relative to naive. The token and contextual envs have
-no white-box agents, so only their SB3 rows are measured. On the blind-spot envs a family row
-follows: seconds per agent-run over a list of env configs (``--family``: a grid of env kwargs, by
-default ``target_value`` x ``utility_width``; ``--family-split test`` takes the split of
+agent: seconds per agent-run when ``--seeds`` seeds run as one batched program and when one seed
+runs alone (measured on fewer rounds, scaled to the same round count), the batching speed-up, and
+each agent's cost relative to naive; then the wall time of one SB3 run per agent of ``--agents``
+(those that work with ``--sb3``) relative to naive. The token and contextual envs have no white-box
+agents: only their SB3 rows are measured. On the blind-spot envs a family row follows: seconds per
+agent-run over a list of env configs (``--family``: a grid of env kwargs, by default
+``target_value`` x ``utility_width``; ``--family-split test`` takes the split of
 :mod:`rlhf_envs.families` where the env has one; :func:`family_seconds` takes any list of kwarg
 dicts). Medians over ``--repeats``; the machine is shared (its load average is printed), so compare
-the ratios, which are measured side by side, rather than absolute times across runs.
+the ratios, measured side by side, not absolute times across runs.
 
 ``--float32`` adds a column: each white-box agent's seconds per agent-run with the env's
 follower in float32 (env kwarg ``dtype=float32``), and how many times faster that is.
@@ -112,20 +112,18 @@ def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -
 def family_seconds(
     env_id: str, agents: list[str], configs: list[dict], seeds: list[int], rounds: int, repeats: int
 ) -> float:
-    """Wall seconds per agent-run of ``agents`` in one program over every env config in
-    ``configs`` (a list of env-kwarg dicts, e.g. a family's test split), each config's seeds as
-    one batched program: the sum over configs of :func:`together_seconds` (medians), divided by
-    the agent-runs."""
+    """Wall seconds per agent-run of ``agents`` in one program over every env config of ``configs``
+    (env-kwarg dicts, e.g. a family's test split), each config's seeds one batched program: the sum
+    over configs of :func:`together_seconds` (medians) over the agent-runs."""
     total = sum(together_seconds(env_id, agents, seeds, rounds, repeats, cfg) for cfg in configs)
     return total / (len(configs) * len(seeds) * len(agents))
 
 
 def speed_table(env_id: str, args, configs: list[dict], measured: int, rounds: int, extras=None):
-    """Print each agent's seconds per agent-run over the env ``configs`` (:func:`family_seconds`
-    on ``measured`` rounds, scaled to ``rounds``) and its ratio to naive; with several agents, a
-    row of all of them in one program per config (as the harness runs agents of one env config)
-    and how many times faster that is than their separate programs. ``extras``: more columns,
-    ``{header: cell(agent, seconds)}``."""
+    """Print each agent's seconds per agent-run over the env ``configs`` (:func:`family_seconds` on
+    ``measured`` rounds, scaled to ``rounds``) and its ratio to naive; with several agents, a row of
+    all of them in one program per config (as the harness runs them) and its speed-up over their
+    separate programs. ``extras``: more columns, ``{header: cell(agent, seconds)}``."""
     seeds, extras = list(range(args.seeds)), extras or {}
 
     def seconds(agents: list[str]) -> float:
@@ -235,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sb3",
         default="ppo",
         choices=("ppo", "sac", "a2c", "none"),
-        help="SB3 algorithm whose wall time with and without FPO wrappers is compared "
-        "(ppo, sac, a2c; 'none' to skip)",
+        help="SB3 algorithm whose wall time with and without FPO wrappers is compared ('none': skip)",
     )
     p.add_argument("--sb3-rounds", type=cli.positive_int, default=400, help="RM rounds per SB3 run")
     p.add_argument(
@@ -251,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "--family-split",
         choices=("train", "test"),
         default=None,
-        help="measure the family row on this split of rlhf_envs.families where the env has "
-        "one (else the --family grid)",
+        help="family row on this rlhf_envs.families split where the env has one (else --family)",
     )
     p.add_argument(
         "--float32",

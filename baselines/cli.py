@@ -1,5 +1,4 @@
-"""The flags the commands share, as argparse parent parsers (``parents=[...]``), and the checks
-of output folders.
+"""The commands' shared flags, as argparse parent parsers (``parents=[...]``); output folder checks.
 
 Each parent holds flags that mean the same in every command that takes them; a command's own flags
 stay in its module. :func:`command` makes a command's :class:`Parser`, which reports a usage error

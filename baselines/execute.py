@@ -31,11 +31,9 @@ def _init_worker(queue, parent: int | None = None) -> None:
 
 
 def _die_with_parent(parent: int | None = None) -> None:
-    """Linux: ask the kernel to kill this worker when the sweep's main process dies, so a
-    killed sweep leaves no orphan still writing run folders (best effort elsewhere).
-
-    ``parent``: the pid of the process that started this worker; if it died while the worker
-    was starting (before the request was in place), the worker exits at once.
+    """Linux: ask the kernel to kill this worker when the sweep's main process dies, so a killed
+    sweep leaves no orphan still writing run folders (best effort elsewhere). ``parent``: the pid
+    that started this worker; if it died before the request was in place, the worker exits at once.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -78,11 +76,10 @@ def run_jobs(jobs: list[Job], progress=None) -> list[dict[str, Any]]:
     recorded in the run folders.
 
     Each seed's folder is locked for the jobs' duration (:class:`results.RunLock`); a seed whose
-    folder another process holds, or that another process finished since planning, is left
-    alone (``"busy"`` / ``"done_elsewhere"`` in the outcome). White-box jobs of one
-    :func:`batch_key` run side by side in one program (:func:`_run_white_box`); if that program
-    fails, each job runs again alone, so that a failure is recorded against its own runs only.
-    SB3 jobs run one seed at a time, each written as soon as it finishes.
+    folder another process holds or has finished since planning is left alone (``"busy"`` /
+    ``"done_elsewhere"`` in the outcome). White-box jobs of one :func:`batch_key` share one program
+    (:func:`_run_white_box`); if it fails, each job reruns alone, so a failure is recorded against
+    its own runs only. SB3 jobs run a seed at a time, each written when it finishes.
     """
     import torch
 
@@ -150,8 +147,7 @@ def _outcome(
 
 
 def _record_failure(job: Job, seeds, batch, wall: float, error: BaseException) -> dict[str, Any]:
-    """Write ``seeds``' folders as ended by ``error`` (:func:`results.failure`); the job's
-    outcome."""
+    """Write ``seeds``' folders as ended by ``error`` (:func:`results.failure`); the job's outcome."""
     for seed in seeds:
         results.write_run(job, seed, batch, wall / len(batch), wall, error)
     return _outcome(batch, *results.failure(error), wall, list(seeds))
@@ -159,13 +155,13 @@ def _record_failure(job: Job, seeds, batch, wall: float, error: BaseException) -
 
 def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str, Any]]:
     """Run white-box jobs (locked seeds each) side by side on one batched env
-    (:func:`agents.whitebox.learn_together`; a job alone is a group of one) and write their
-    folders; ``{id(job): outcome}``.
+    (:func:`agents.whitebox.learn_together`; a job alone is a group of one), writing their folders;
+    ``{id(job): outcome}``.
 
-    The env's work is done once for all, and every run's numbers are the ones it gets alone. An
-    agent whose policy diverges is recorded as stopped while the others go on. A group whose
-    program fails returns ``{}``, and a job whose folders fail to be written is left out (the
-    caller runs each such job alone); a job alone records its failure.
+    The env's work is done once for all; each run's numbers are those it gets alone. A diverging
+    agent is recorded as stopped while the others go on. A group whose program fails returns ``{}``;
+    a job whose folders fail to be written is left out (the caller reruns each alone); a job alone
+    records its failure.
     """
     import gymnasium as gym
 
@@ -277,8 +273,7 @@ def group_jobs(jobs: list[Job], n_workers: int) -> list[list[Job]]:
 
 
 def units_of(jobs: list[Job], n_workers: int, together: bool) -> list[list[Job]]:
-    """The units of work, longest first: :func:`group_jobs`, or one job each without
-    ``together``."""
+    """The units of work, longest first: :func:`group_jobs`, or one job each without ``together``."""
     jobs = sorted(jobs, key=job_cost, reverse=True)
     return group_jobs(jobs, n_workers) if together else [[job] for job in jobs]
 
@@ -286,10 +281,9 @@ def units_of(jobs: list[Job], n_workers: int, together: bool) -> list[list[Job]]
 def execute(
     jobs: list[Job], n_workers: int, show_progress: bool = True, together: bool = True
 ) -> list[dict[str, Any]]:
-    """Run jobs in-process (1 worker) or in a spawn process pool, with one progress bar.
-
-    ``together``: jobs that can share a batched program run in one (:func:`group_jobs`); the
-    numbers are the same either way. Returns one outcome per job.
+    """Run jobs in-process (1 worker) or in a spawn process pool, with one progress bar; one outcome
+    per job. ``together``: jobs that can share a batched program run in one (:func:`group_jobs`; the
+    same numbers either way).
     """
     from tqdm import tqdm
 
@@ -368,9 +362,9 @@ def execute_ray(
 def connect_ray(ray, address: str, timeout: float) -> None:
     """``ray.init(address=...)``, or a one-line error within ``timeout`` seconds.
 
-    A ``host:port`` address is probed with a plain TCP connection first (an unreachable port
-    fails at once); ``ray.init`` then runs in a daemon thread, so a cluster that accepts the
-    connection but never answers cannot hang the sweep either.
+    A ``host:port`` address is probed by a plain TCP connect first (an unreachable port fails at
+    once); ``ray.init`` runs in a daemon thread, so a cluster that accepts but never answers cannot
+    hang the sweep.
     """
     import socket
     import threading

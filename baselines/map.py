@@ -169,9 +169,8 @@ def oracle_free(agent: str) -> bool:
 def best_agent(
     rows: list[dict[str, Any]], x: str, y: str, eligible: set[str] | None = None
 ) -> dict[tuple, str]:
-    """Per cell: the agent with the highest mean final U among those significantly better than
-    naive (``"naive"`` when none is; ties of means broken by list order); only agents in
-    ``eligible`` count (default: all)."""
+    """Per cell: the agent with the highest mean final U among those significantly better than naive
+    (``"naive"`` when none is; ties: list order); only ``eligible`` agents count (default all)."""
     out: dict[tuple, str] = {}
     for r in rows:
         key = (r[x], r[y])

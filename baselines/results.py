@@ -147,9 +147,8 @@ def file_record(path: Path) -> dict[str, Any]:
 
 
 def write_manifest(folder: Path, names: list[str]) -> None:
-    """Seal a run folder: the hashes, sizes and row counts of ``names``, written last.
-
-    A folder counts as finished only while every file matches its manifest (:func:`verify`).
+    """Seal a run folder: the hashes, sizes and row counts of ``names``, written last; a folder
+    counts as finished only while every file matches its manifest (:func:`verify`).
     """
     folder = Path(folder)
     atomic_write_json(folder / MANIFEST, {"files": {n: file_record(folder / n) for n in names}})
@@ -275,10 +274,9 @@ def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = 
 class RunLock:
     """An exclusive, non-blocking lock on a run folder (``fcntl.flock`` on ``.lock`` in it).
 
-    One writer per run folder: a second process asking for a held lock gets ``False`` from
-    :meth:`acquire` and leaves the folder alone. The kernel drops the lock when its holder exits,
-    even by SIGKILL, so a killed run never leaves a stale lock. Without ``fcntl`` (Windows) every
-    lock is granted.
+    One writer per run folder: a process asking for a held lock gets ``False`` from :meth:`acquire`
+    and leaves the folder alone. The kernel drops the lock when its holder exits, even by SIGKILL,
+    so a killed run never leaves a stale lock. Without ``fcntl`` (Windows) every lock is granted.
     """
 
     def __init__(self, folder: Path):
@@ -314,8 +312,7 @@ LLM_PACKAGES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "n
 def package_versions(names: tuple[str, ...] = BASELINE_PACKAGES) -> dict[str, str]:
     """Python's version and those of the packages ``names`` ("not installed" if missing)."""
     out = {"python": platform.python_version()}
-    # the suite's own code is identified by code_hash() and the git commit, not by whether it
-    # happens to be pip-installed
+    # the suite's own code is identified by code_hash() and the git commit, not by its pip install
     for name in names:
         try:
             out[name] = metadata.version(name)
@@ -339,8 +336,8 @@ RESULT_CODE = (
 def code_hash() -> str:
     """Hash of the code that determines a run's files: envs, agents, the runner, its YAML.
 
-    Results are comparable when this matches, whatever the commit (a commit that only touches
-    docs, the leaderboard or the bench does not change it). Computed once per process.
+    Results are comparable when this matches, whatever the commit (one touching only docs, the
+    leaderboard or the bench keeps it). Computed once per process.
     """
     global _CODE_HASH
     if _CODE_HASH is None:
@@ -415,9 +412,8 @@ def summarise_history(u: np.ndarray, blocks: int = 20) -> dict[str, float]:
 def summarise(history: dict, col: int) -> dict[str, Any]:
     """The summary of one run's per-round ``history`` (column ``col``).
 
-    The collapse metrics read the policy mean's ``true_utility`` where the optimiser records it
-    (white-box) and the sampled responses' ``sample_true_utility`` otherwise (SB3); the summary
-    says which in ``utility_of``.
+    The collapse metrics read the policy mean's ``true_utility`` where recorded (white-box), else
+    the sampled responses' ``sample_true_utility`` (SB3); ``utility_of`` in the summary says which.
     """
     sampled = "true_utility" not in history
     prefix = "sample_" if sampled else ""
@@ -465,12 +461,10 @@ def write_run(
     col: int = 0,
     shared: list[str] | None = None,
 ) -> None:
-    """Write and seal one run folder of ``job`` (a :class:`baselines.plan.Job`; the caller holds
-    its lock): ``result`` is the history (its column ``col``) or the error that ended the run
-    (:func:`failure`, with its traceback).
-
-    The old seal goes first, so a writer killed half-way leaves an unsealed folder that the next
-    run redoes; ``manifest.json`` goes last.
+    """Write and seal one run folder of ``job`` (a :class:`baselines.plan.Job`; the caller holds its
+    lock): ``result`` is the history (its column ``col``) or the error that ended the run
+    (:func:`failure`, with its traceback). The old seal goes first, so a writer killed half-way
+    leaves an unsealed folder that the next run redoes; ``manifest.json`` goes last.
     """
     folder = run_dir(job.out, job.env_id, job.run_name, seed)
     (folder / MANIFEST).unlink(missing_ok=True)

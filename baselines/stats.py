@@ -99,12 +99,11 @@ def stratified_bootstrap_ci(
 ) -> tuple[float, float]:
     """Stratified bootstrap CI of an aggregate of all runs of all tasks.
 
-    Each resample draws, for every task independently, as many runs as that task has, with
-    replacement from that task's runs (so every resample keeps the task mix); ``statistic`` is
-    then taken over the pooled resampled runs. ``statistic(pooled, axis=-1)`` must reduce along
-    ``axis`` (``iqm``, ``np.mean``, ``np.median`` do). Uses ``scipy.stats.bootstrap``, which
-    resamples each of several samples independently; ``method`` is passed on ("percentile", as
-    rliable, or "BCa", "basic"). Every task needs at least two runs.
+    Each resample draws, per task, as many runs as the task has, with replacement from its runs
+    (keeping the task mix); ``statistic`` is then taken over the pooled resampled runs and must
+    reduce along ``axis`` as ``statistic(pooled, axis=-1)`` (``iqm``, ``np.mean``, ``np.median``
+    do). Uses ``scipy.stats.bootstrap``, which resamples several samples independently; ``method``
+    is passed on ("percentile", as rliable, or "BCa", "basic"). Every task needs at least two runs.
     """
     tasks = tasks_of(scores)
 
@@ -129,9 +128,8 @@ def _poi(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def probability_of_improvement(x: Any, y: Any) -> float:
-    """P(X > Y) + 0.5 P(X = Y) over all pairs of runs of a task, averaged over tasks.
-
-    ``x`` and ``y`` hold the runs of the two agents on the same tasks, in the same order.
+    """P(X > Y) + 0.5 P(X = Y) over all pairs of runs of a task, averaged over tasks; ``x`` and
+    ``y`` hold two agents' runs on the same tasks, in the same order.
     """
     xs, ys = tasks_of(x), tasks_of(y)
     if len(xs) != len(ys):
@@ -168,10 +166,8 @@ def probability_of_improvement_ci(
 
 
 def performance_profile(scores: Any, taus: Any) -> np.ndarray:
-    """Run-score distribution: for each tau, the fraction of runs with score > tau.
-
-    The fraction is taken within each task and averaged over tasks (rliable's definition).
-    Returns one value per tau, non-increasing in tau.
+    """Run-score distribution: per tau, the fraction of runs with score > tau, taken within each
+    task and averaged over tasks (rliable's definition); one value per tau, non-increasing in tau.
     """
     taus = np.atleast_1d(np.asarray(taus, dtype=float))
     fractions = [(t[:, None] > taus[None, :]).mean(0) for t in tasks_of(scores)]

@@ -97,8 +97,7 @@ def _jsonable(config: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def backend(flag: str):
-    """The module of the backend of ``flag`` (:data:`BACKENDS`); :class:`TrackerError` if it is
-    not installed."""
+    """The backend module of ``flag`` (:data:`BACKENDS`), or :class:`TrackerError` if missing."""
     module, hint = BACKENDS[flag]
     try:
         return importlib.import_module(module)
