@@ -1,13 +1,14 @@
 """Reward model trained on all the labels of every round so far (data aggregation).
 
 Iterated RLHF usually retrains the reward model on the latest round's preferences only (here: the
-env's FIFO buffer). Wolf, Kirk & Musolesi, "Reward Model Overoptimisation in Iterated RLHF" (arXiv
-2505.18126), compare ways of carrying data across iterations and find that training the reward model
-on the concatenation of all iterations' data reduces over-optimisation. This agent does that beside
-the env: it copies every labelled response the env's buffer receives (labels the RM already paid
-for; no extra labeler call) into its own archive, and trains its own reward model, started from the
-env's initial RM, on the whole archive with the env's optimiser, loss and number of steps each time
-the env retrains. The policy ascends that reward model."""
+env's FIFO buffer). Wolf, Kirk & Musolesi, "Reward Model Overoptimisation in Iterated RLHF"
+(arXiv 2505.18126), compare ways of carrying data across iterations and find that training the
+reward model on the concatenation of all iterations' data reduces over-optimisation. This agent
+does that beside the env: it copies every labelled response the env's buffer receives (labels the
+RM already paid for; no extra labeler call) into its own archive, and trains its own reward model,
+started from the env's initial RM, on the whole archive with the env's optimiser, loss and number
+of steps each time the env retrains. The policy ascends that reward model.
+"""
 
 from __future__ import annotations
 
@@ -59,8 +60,10 @@ class LabelArchive:
 
 
 class AggregateAgent(Agent):
-    """Ascends a reward model retrained on all labels so far, not the latest buffer. Source: the
-    data-concatenation scheme of Wolf, Kirk & Musolesi, arXiv 2505.18126."""
+    """Ascends a reward model retrained on all labels so far, not the latest buffer.
+
+    Source: the data-concatenation scheme of Wolf, Kirk & Musolesi, arXiv 2505.18126.
+    """
 
     name = "rm-aggregate"
     config_cls = AggregateConfig

@@ -1,7 +1,8 @@
 """What each agent of a :func:`agents.whitebox.learn_together` run sees of its own experiments
 ``lo:hi`` of the env: a :class:`SliceCore` and a :class:`SliceOracle`. Slices are views along the
-experiment dimension, cut again only when the env replaces the tensor they come from, so an agent's
-caches keyed by identity keep working."""
+experiment dimension, cut again only when the env replaces the tensor they come from, so an
+agent's caches keyed by identity keep working.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ _ROWS = frozenset({"buffer_y", "buffer_t", "references"})
 
 
 class SliceCore:
-    """Experiments ``lo:hi`` of an :class:`~rlhf_envs.core.RLHFCore`, read-only, for an agent. Has
-    the attributes and reading methods that :class:`agents.sealed.FollowerView` lets an agent use
-    (``params``, ``opt_state``, the buffer, ``references``, ``score``, ``push``,
-    ``retained_after_push``, ``training_batch``, ...), cut to the slice."""
+    """Experiments ``lo:hi`` of an :class:`~rlhf_envs.core.RLHFCore`, read-only, for an agent.
+
+    Has the attributes and reading methods that :class:`agents.sealed.FollowerView` lets an
+    agent use (``params``, ``opt_state``, the buffer, ``references``, ``score``, ``push``,
+    ``retained_after_push``, ``training_batch``, ...), cut to the slice.
+    """
 
     def __init__(self, core: RLHFCore, lo: int, hi: int):
         if not 0 <= lo < hi <= core.S:

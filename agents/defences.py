@@ -13,9 +13,11 @@ from rlhf_envs.core import check_choice, check_float, check_int
 
 
 class StaticAgent(Agent):
-    """Ascends the initial reward model ``r_{phi_0}`` (the env keeps retraining, unseen). Classic
-    over-optimisation of a fixed proxy. Source: Gao, Schulman & Hilton, "Scaling Laws for Reward
-    Model Overoptimization", arXiv 2210.10760."""
+    """Ascends the initial reward model ``r_{phi_0}`` (the env keeps retraining, unseen).
+
+    Classic over-optimisation of a fixed proxy. Source: Gao, Schulman & Hilton, "Scaling Laws for
+    Reward Model Overoptimization", arXiv 2210.10760.
+    """
 
     name = "static"
     reads = ("initial_rm",)
@@ -43,11 +45,13 @@ class KLConfig(WhiteBoxConfig):
 
 
 class KLAgent(Agent):
-    """Current RM minus ``kl_coef * ||y - y0||^2`` (anchor to the initial policy). For Gaussian
-    policies with a shared fixed covariance the KL to the initial policy is proportional to
-    ``||theta - theta0||^2``; the anchor on the sampled response has the same expected gradient (the
-    scale is absorbed in ``kl_coef``). Source: KL-regularised RLHF, Ziegler et al., "Fine-Tuning
-    Language Models from Human Preferences", arXiv 1909.08593."""
+    """Current RM minus ``kl_coef * ||y - y0||^2`` (anchor to the initial policy).
+
+    For Gaussian policies with a shared fixed covariance the KL to the initial policy is
+    proportional to ``||theta - theta0||^2``; the anchor on the sampled response has the same
+    expected gradient (the scale is absorbed in ``kl_coef``). Source: KL-regularised RLHF,
+    Ziegler et al., "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593.
+    """
 
     name = "kl"
     config_cls = KLConfig
@@ -89,9 +93,11 @@ class EnsembleConfig(WhiteBoxConfig):
 
 
 class EnsembleAgent(Agent):
-    """Pessimistic ensemble of reward models (mean - k*std or min). The members are
-    :class:`agents.ensemble.RMEnsemble`'s. Source: Coste et al., "Reward Model Ensembles Help
-    Mitigate Overoptimization", arXiv 2310.02743."""
+    """Pessimistic ensemble of reward models (mean - k*std or min).
+
+    The members are :class:`agents.ensemble.RMEnsemble`'s. Source: Coste et al., "Reward Model
+    Ensembles Help Mitigate Overoptimization", arXiv 2310.02743.
+    """
 
     name = "ensemble"
     config_cls = EnsembleConfig

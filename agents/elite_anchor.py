@@ -1,19 +1,20 @@
 """An anchor that moves to the best-labelled response so far (this suite's own idea).
 
 What the collapse maps of the linear env show (``results/maps/``): a KL/L2 anchor to the initial
-policy stops part of the drift where the optimum is near the start but holds the policy back where
-it is far (``target_value >= 2.5``: final true utility below naive's), and naive's drift past its
-peak is a fall of the labels its own RM is trained on. The labels are the only unbiased evidence
-about the truth an oracle-free agent has, and they are already paid for.
+policy stops part of the drift where the optimum is near the start but holds the policy back
+where it is far (``target_value >= 2.5``: final true utility below naive's), and naive's drift
+past its peak is a fall of the labels its own RM is trained on. The labels are the only
+unbiased evidence about the truth an oracle-free agent has, and they are already paid for.
 
-So the anchor here is not the start but the *elite*: the labelled response with the highest label
-among all that the env's buffer has received (the start until a first label arrives). The policy
-ascends ``r_phi(y) - anchor_coef * ||y - y_elite||^2``. While the labels keep rising the elite
-follows the policy and the anchor does not hold it back; once the policy drifts into the RM's blind
-spot the labels fall, the elite stays at the best response seen, and the anchor pulls the policy
-back toward it. Labels are compared as given (ratings, or preference probabilities, which rise with
-the utility); with label noise the elite is the luckiest label, a known bias (``elite_margin`` asks
-a new label to beat the elite's by a margin before it moves)."""
+So the anchor here is not the start but the *elite*: the labelled response with the highest
+label among all that the env's buffer has received (the start until a first label arrives). The
+policy ascends ``r_phi(y) - anchor_coef * ||y - y_elite||^2``. While the labels keep rising the
+elite follows the policy and the anchor does not hold it back; once the policy drifts into the
+RM's blind spot the labels fall, the elite stays at the best response seen, and the anchor pulls
+the policy back toward it. Labels are compared as given (ratings, or preference probabilities,
+which rise with the utility); with label noise the elite is the luckiest label, a known bias
+(``elite_margin`` asks a new label to beat the elite's by a margin before it moves).
+"""
 
 from __future__ import annotations
 
@@ -43,10 +44,12 @@ class EliteAnchorConfig(WhiteBoxConfig):
 
 
 class EliteAnchorAgent(Agent):
-    """Current RM minus ``anchor_coef * ||y - y_elite||^2``, ``y_elite`` the best-labelled response
-    so far (the RM's own labels; no extra labeler call). Source: new in this suite (an anchor in the
-    spirit of KL regularisation, Ziegler et al., arXiv 1909.08593, moved to the best labelled
-    response as in elitist selection)."""
+    """Current RM minus ``anchor_coef * ||y - y_elite||^2``, ``y_elite`` the best-labelled
+    response so far (the RM's own labels; no extra labeler call).
+
+    Source: new in this suite (an anchor in the spirit of KL regularisation, Ziegler et al.,
+    arXiv 1909.08593, moved to the best labelled response as in elitist selection).
+    """
 
     name = "elite-anchor"
     config_cls = EliteAnchorConfig
@@ -94,11 +97,13 @@ class EliteEnsembleConfig(EnsembleConfig, EliteAnchorConfig):
 
 
 class EliteEnsembleAgent(EliteAnchorAgent):
-    """Pessimistic RM ensemble minus ``anchor_coef * ||y - y_elite||^2``. The collapse maps show the
-    pessimistic ensemble reaching a higher peak than naive and then falling (``results/maps/``); the
-    elite anchor keeps the best-labelled response of that climb. Source: new in this suite (the
-    ensemble of Coste et al., arXiv 2310.02743, with the elite anchor of
-    :class:`EliteAnchorAgent`)."""
+    """Pessimistic RM ensemble minus ``anchor_coef * ||y - y_elite||^2``.
+
+    The collapse maps show the pessimistic ensemble reaching a higher peak than naive and then
+    falling (``results/maps/``); the elite anchor keeps the best-labelled response of that climb.
+    Source: new in this suite (the ensemble of Coste et al., arXiv 2310.02743, with the elite
+    anchor of :class:`EliteAnchorAgent`).
+    """
 
     name = "elite-ensemble"
     config_cls = EliteEnsembleConfig

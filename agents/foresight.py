@@ -17,7 +17,8 @@ class FPOAgent(Agent):
     or ``"exact"`` (virtual real RM update; this suite's extension). Maths: :mod:`agents.fpo`.
 
     Source: Gauthier, Bach & Jordan, "Explaining and Preventing Alignment Collapse in Iterative
-    RLHF", arXiv 2605.04266, Sec. 2 (practical and relaxed forms)."""
+    RLHF", arXiv 2605.04266, Sec. 2 (practical and relaxed forms).
+    """
 
     name = "fpo"
     form = "practical"
@@ -67,8 +68,10 @@ class FPOAgent(Agent):
 
 
 class FPORelaxedAgent(FPOAgent):
-    """FPO with the labeler's verdict in the penalty (one oracle query per scored response). Source:
-    arXiv 2605.04266, Sec. 2 ("relaxed" FPO)."""
+    """FPO with the labeler's verdict in the penalty (one oracle query per scored response).
+
+    Source: arXiv 2605.04266, Sec. 2 ("relaxed" FPO).
+    """
 
     name = "fpo-relaxed"
     form = "relaxed"
@@ -85,11 +88,13 @@ class GradLabelConfig(WhiteBoxConfig):
 
 
 class FPORelaxedGradAgent(FPORelaxedAgent):
-    """Relaxed FPO with the gradient of the labeler's verdict in the policy gradient (one gradient
-    query per scored response, ``d + 1`` value queries' worth). The variant of the paper's linear
-    simulation, which differentiates the whole objective by forward differences (arXiv 2605.04266,
-    Sec. 3 and its notebook). Kept beside ``fpo-relaxed`` so that the replication of the paper's
-    linear figure stays visible with what it reads."""
+    """Relaxed FPO with the gradient of the labeler's verdict in the policy gradient (one
+    gradient query per scored response, ``d + 1`` value queries' worth).
+
+    The variant of the paper's linear simulation, which differentiates the whole objective by
+    forward differences (arXiv 2605.04266, Sec. 3 and its notebook). Kept beside ``fpo-relaxed``
+    so that the replication of the paper's linear figure stays visible with what it reads.
+    """
 
     name = "fpo-relaxed-grad"
     config_cls = GradLabelConfig
@@ -98,11 +103,13 @@ class FPORelaxedGradAgent(FPORelaxedAgent):
 
 
 class FPOExactAgent(FPOAgent):
-    """FPO scored by the RM after a virtual real update step that includes the response. The
-    first-order forms are its linearisation. One oracle query per scored response. For rating
-    feedback and an MLP reward model the policy gradient is in closed form
-    (:func:`agents.fpo.exact_score_grad`); other settings take autograd. Source: this suite's
-    extension of arXiv 2605.04266, Sec. 2."""
+    """FPO scored by the RM after a virtual real update step that includes the response.
+
+    The first-order forms are its linearisation. One oracle query per scored response. For
+    rating feedback and an MLP reward model the policy gradient is in closed form
+    (:func:`agents.fpo.exact_score_grad`); other settings take autograd.
+    Source: this suite's extension of arXiv 2605.04266, Sec. 2.
+    """
 
     name = "fpo-exact"
     form = "exact"

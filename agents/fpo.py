@@ -59,9 +59,11 @@ def error_from_scores(r, label, feedback: str, r_ref=None) -> torch.Tensor:
 
 
 def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torch.Tensor:
-    """Relaxed FPO penalty: error factor times the practical penalty. ``label`` is the labeler's
-    noiseless verdict on ``y`` (rating value, or the probability that ``y`` beats the reference),
-    shape ``(S, n)``."""
+    """Relaxed FPO penalty: error factor times the practical penalty.
+
+    ``label`` is the labeler's noiseless verdict on ``y`` (rating value, or the probability that
+    ``y`` beats the reference), shape ``(S, n)``.
+    """
     r_ref = None if feedback == "rating" else rm.score(params, reference.reshape(y.shape[0], 1, -1))
     err = error_from_scores(rm.score(params, y), label, feedback, r_ref)
     return err * practical_penalty(rm, params, y, feedback, reference)
@@ -69,13 +71,16 @@ def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torc
 
 def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
     """``(r_phi(y), r_{phi'}(y))``: the reward now and after one virtual optimiser step on the
-    buffer with ``y`` pushed in. Pure: the env's reward model, optimiser state and buffer are
-    untouched. ``y`` (S, n, d) holds ``n`` alternative candidates; each gets its own virtual update
-    (same optimiser, loss, state and FIFO rule as the env's real update). Differentiable in ``y``.
-    The loss gradient is split into the part of the retained buffer (constant in ``y``, computed
-    once) and the part of ``y``, which equals the gradient on the whole pushed buffer up to
-    summation order. ``cache``: a caller-owned dict keeping the retained part (:func:`_lookahead`)
-    across calls (a round's inner policy steps, or consecutive SB3 responses)."""
+    buffer with ``y`` pushed in.
+
+    Pure: the env's reward model, optimiser state and buffer are untouched. ``y`` (S, n, d) holds
+    ``n`` alternative candidates; each gets its own virtual update (same optimiser, loss, state
+    and FIFO rule as the env's real update). Differentiable in ``y``. The loss gradient is split
+    into the part of the retained buffer (constant in ``y``, computed once) and the part of
+    ``y``, which equals the gradient on the whole pushed buffer up to summation order.
+    ``cache``: a dict owned by the caller that keeps the retained part (:func:`_lookahead`) across
+    calls (a round's inner policy steps, or consecutive SB3 responses).
+    """
     rm, c = core.reward_model, core.config
     n, g_rest, rest_y, step = _lookahead(core, {} if cache is None else cache)
     before, after = [], []
@@ -197,8 +202,9 @@ def first_order_score_grad(
 
 def penalty(form: str, core: RLHFCore, y: torch.Tensor, label_fn: Callable | None = None):
     """FPO penalty of ``form`` (one of :data:`FORMS`) for responses ``y`` (S, n, d) under the
-    current RM of ``core`` (the env's follower). ``label_fn(y)``: the labeler's verdict on ``y`` (an
-    oracle query, e.g. ``env.unwrapped.query_labeler``), needed by ``relaxed`` and ``exact``."""
+    current RM of ``core`` (the env's follower). ``label_fn(y)``: the labeler's verdict on ``y``
+    (an oracle query, e.g. ``env.unwrapped.query_labeler``), needed by ``relaxed`` and ``exact``.
+    """
     rm, c = core.reward_model, core.config
     if form == "practical":
         return practical_penalty(rm, core.params, y, c.feedback, core.references)

@@ -8,9 +8,11 @@ from agents.whitebox import Agent
 
 
 class NaiveAgent(Agent):
-    """Optimises ``r_phi(y)`` of the current RM (drops the parameter-steering term). Source: the
-    naive baseline of Gauthier, Bach & Jordan, "Explaining and Preventing Alignment Collapse in
-    Iterative RLHF", arXiv 2605.04266, Sec. 1 and 3."""
+    """Optimises ``r_phi(y)`` of the current RM (drops the parameter-steering term).
+
+    Source: the naive baseline of Gauthier, Bach & Jordan, "Explaining and Preventing Alignment
+    Collapse in Iterative RLHF", arXiv 2605.04266, Sec. 1 and 3.
+    """
 
     name = "naive"
     role = "baseline"

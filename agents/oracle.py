@@ -11,8 +11,10 @@ from rlhf_envs.core import check_float, check_int
 
 
 class OracleAgent(Agent):
-    """Ascends ``U(y)`` itself through counted oracle queries; the RM is still retrained. Source:
-    the upper reference of arXiv 2605.04266, Sec. 3 (ideal true utility)."""
+    """Ascends ``U(y)`` itself through counted oracle queries; the RM is still retrained.
+
+    Source: the upper reference of arXiv 2605.04266, Sec. 3 (ideal true utility).
+    """
 
     name = "oracle"
     reads = ("truth_grads",)
@@ -44,12 +46,15 @@ class OracleValuesConfig(WhiteBoxConfig):
 
 class OracleValuesAgent(Agent):
     """The oracle limited to value queries: the budget-matched control for agents that ask the
-    labeler beyond the RM's labels. Each policy step spends ``value_queries`` value queries of the
-    truth on a zeroth-order estimate of its gradient (Gaussian smoothing with a running baseline, as
-    in evolution strategies; Nesterov & Spokoiny, "Random Gradient-Free Minimization of Convex
-    Functions", 2017): ``g = mean_k (U(y + delta u_k) - b) u_k / delta``, ``u_k ~ N(0, I)``, ``b``
-    an exponential average of the earlier queries' values. Under SB3 it is paid ``U(y)`` (one value
-    query per response), which is the plain oracle's SB3 form."""
+    labeler beyond the RM's labels.
+
+    Each policy step spends ``value_queries`` value queries of the truth on a zeroth-order
+    estimate of its gradient (Gaussian smoothing with a running baseline, as in evolution
+    strategies; Nesterov & Spokoiny, "Random Gradient-Free Minimization of Convex Functions",
+    2017): ``g = mean_k (U(y + delta u_k) - b) u_k / delta``, ``u_k ~ N(0, I)``, ``b`` an
+    exponential average of the earlier queries' values. Under SB3 it is paid ``U(y)`` (one value
+    query per response), which is the plain oracle's SB3 form.
+    """
 
     name = "oracle-values"
     config_cls = OracleValuesConfig

@@ -3,13 +3,15 @@
 Iterated RLHF alternates collecting labels with the current policy, retraining the reward model
 and re-optimising the policy. Wolf, Kirk & Musolesi ("Reward Model Overoptimisation in Iterated
 RLHF", arXiv 2505.18126) compare ways to initialise the policy of each iteration and report that
-restarting from the base policy is the robust choice (at the price of flexibility), while continuing
-from the previous iteration's policy often fails to recover from early over-optimisation.
+restarting from the base policy is the robust choice (at the price of flexibility), while
+continuing from the previous iteration's policy often fails to recover from early
+over-optimisation.
 
 Here the env retrains its RM every round, as before; each block of the agent (see
-:class:`ReinitAgent`) is a full policy optimisation against an RM that has learnt from all earlier
-blocks' labels (as far as the env's FIFO buffer keeps them: the agent cannot change what the RM
-trains on). With ``iterations = 1`` the agent is ``naive`` exactly."""
+:class:`ReinitAgent`) is a full policy optimisation against an RM that has learnt from all
+earlier blocks' labels (as far as the env's FIFO buffer keeps them: the agent cannot change what
+the RM trains on). With ``iterations = 1`` the agent is ``naive`` exactly.
+"""
 
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 
 The white-box ``kl`` agent (:class:`agents.defences.KLAgent`) anchors a response to the initial
 one. Through SB3 the anchor is the usual RLHF one instead: every step's reward loses
-``kl_coef * (log pi_theta(a|s) - log pi_0(a|s))``, the single-sample estimate of the KL divergence
-from the policy being trained, ``pi_theta``, to a frozen copy of the policy as it was when training
-started, ``pi_0``. Its expectation under ``pi_theta`` is ``kl_coef * KL(pi_theta || pi_0)``, so
-maximising the penalised return maximises reward minus ``kl_coef`` times the KL. Sources: Ziegler et
-al., "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593 (the penalised reward,
-Sec. 2); Stiennon et al., "Learning to Summarize from Human Feedback", arXiv 2009.01325 (the same
-per-token penalty against the supervised policy).
+``kl_coef * (log pi_theta(a|s) - log pi_0(a|s))``, the single-sample estimate of the KL
+divergence from the policy being trained, ``pi_theta``, to a frozen copy of the policy as it was
+when training started, ``pi_0``. Its expectation under ``pi_theta`` is ``kl_coef * KL(pi_theta ||
+pi_0)``, so maximising the penalised return maximises reward minus ``kl_coef`` times the KL.
+Sources: Ziegler et al., "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593
+(the penalised reward, Sec. 2); Stiennon et al., "Learning to Summarize from Human Feedback",
+arXiv 2009.01325 (the same per-token penalty against the supervised policy).
 
 How it plugs into SB3 (checked against ``OnPolicyAlgorithm.collect_rollouts``, SB3 2.9): after
 ``env.step`` the algorithm hands its locals to the callback and calls ``callback.on_step()``
@@ -21,14 +21,15 @@ subtracts the penalty from ``rewards`` in place, so the buffer (and the advantag
 computed from it) see ``env reward - penalty``, with any truncation bootstrap added on top, once.
 
 Both log-probabilities are computed the same way, ``policy.get_distribution(obs).log_prob(a)``,
-with the current and the frozen policy: the penalty is then exactly 0 while the two are equal (the
-first rollout). The ``log_probs`` local that SB3 stores in the buffer is the same quantity for the
-current policy, up to float rounding (it comes from ``policy.forward``).
+with the current and the frozen policy: the penalty is then exactly 0 while the two are equal
+(the first rollout). The ``log_probs`` local that SB3 stores in the buffer is the same quantity
+for the current policy, up to float rounding (it comes from ``policy.forward``).
 
-The env is not touched (``Monitor`` logs its rewards); each step's penalty is added to its info
-as ``info["kl_penalty"]``. Only on-policy algorithms are supported: SAC stores transitions through
-another path (its replay buffer), and a reward penalty against a frozen policy would be stale by the
-time a transition is replayed."""
+The env is not touched (``Monitor`` logs its rewards); each step's penalty is added to its info as
+``info["kl_penalty"]``. Only on-policy algorithms are supported: SAC stores transitions
+through another path (its replay buffer), and a reward penalty against a frozen policy would be
+stale by the time a transition is replayed.
+"""
 
 from __future__ import annotations
 
@@ -45,9 +46,11 @@ from rlhf_envs.core import check_float
 
 
 class KLPenaltyCallback(BaseCallback):
-    """Subtract ``kl_coef * (log pi_theta(a|s) - log pi_0(a|s))`` from each step's reward. ``pi_0``
-    is a frozen deep copy of ``model.policy`` taken when training first starts (a callback reused
-    for a later ``learn`` call keeps its first copy). Use with PPO or A2C."""
+    """Subtract ``kl_coef * (log pi_theta(a|s) - log pi_0(a|s))`` from each step's reward.
+
+    ``pi_0`` is a frozen deep copy of ``model.policy`` taken when training first starts (a
+    callback reused for a later ``learn`` call keeps its first copy). Use with PPO or A2C.
+    """
 
     def __init__(self, kl_coef: float, verbose: int = 0):
         super().__init__(verbose)

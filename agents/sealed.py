@@ -3,13 +3,14 @@
 Agents get the env's follower through :class:`FollowerView` (the reward model, its parameters,
 optimiser state and labelled buffer, and the RM-side settings) and the labeler and the truth only
 through :class:`Oracle` (counted value and gradient queries). Reading anything else (the hidden
-utility, the labeler's internals, the env) raises :class:`SealedError` naming what was read and what
-is allowed. In SB3 runs the agent's reward wrapper also removes the truth and the env's diagnostics
-from ``info`` (they reach the recorder on the wrapper's ``audit`` channel); reading them from an
-``info`` raises :class:`SealedError` too.
+utility, the labeler's internals, the env) raises :class:`SealedError` naming what was read and
+what is allowed. In SB3 runs the agent's reward wrapper also removes the truth and the env's
+diagnostics from ``info`` (they reach the recorder on the wrapper's ``audit`` channel); reading
+them from an ``info`` raises :class:`SealedError` too.
 
 This is a fence against mistakes and casual peeking, not a sandbox: Python code that wants to can
-reach any object. Users calling ``gym.make`` directly see the truth in ``info`` as usual."""
+reach any object. Users calling ``gym.make`` directly see the truth in ``info`` as usual.
+"""
 
 from __future__ import annotations
 

@@ -195,7 +195,9 @@ class Agent:
 
     def score_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor | None:
         """Closed-form ``grad_y score(y)`` (S, n, d), or ``None`` to use autograd on :meth:`score`.
-        Must charge the same oracle queries as :meth:`score`; tests check both paths agree."""
+
+        Must charge the same oracle queries as :meth:`score`; tests check both paths agree.
+        """
         return None
 
     def sb3_score(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
@@ -211,9 +213,11 @@ class Agent:
     def learn(
         self, env, rounds: int | None = None, callback: RoundCallback | None = None
     ) -> dict[str, np.ndarray]:
-        """Run ``rounds`` iterative-RLHF rounds on ``env`` (already reset with its seeds). Returns
-        per-round metrics, each an array of shape ``(rounds, S)``; ``callback`` is called after each
-        round with that round's metrics."""
+        """Run ``rounds`` iterative-RLHF rounds on ``env`` (already reset with its seeds).
+
+        Returns per-round metrics, each an array of shape ``(rounds, S)``; ``callback`` is called
+        after each round with that round's metrics.
+        """
         return learn_together([self], env, rounds, [callback])[0]
 
     def _objective_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
@@ -337,17 +341,18 @@ def learn_together(
 
     The env (already reset) holds the experiments of every agent, in order: the first agent's
     seeds, then the second's, and so on. Each round every agent optimises its policy against its
-    experiments' reward models (seeing only those: :class:`agents.batching.SliceCore`, with oracle
-    queries charged to them alone), then all submit their responses in one env step, so the env's
-    scoring, labelling and retraining run once for all of them. An experiment's numbers do not
-    depend on what else shares the batch, so each agent's metrics are the ones it gets alone, bit
-    for bit (tested). ``rounds``: default, the first agent's ``config.rounds`` (all agents run the
-    same rounds). Returns one history per agent, as :meth:`Agent.learn`.
+    experiments' reward models (seeing only those: :class:`agents.batching.SliceCore`, with
+    oracle queries charged to them alone), then all submit their responses in one env step, so
+    the env's scoring, labelling and retraining run once for all of them. An experiment's
+    numbers do not depend on what else shares the batch, so each agent's metrics are the ones it
+    gets alone, bit for bit (tested). ``rounds``: default, the first agent's ``config.rounds``
+    (all agents run the same rounds). Returns one history per agent, as :meth:`Agent.learn`.
 
     ``stopped``: a dict to collect the agents whose policy diverges (index -> the error they
     would raise alone) while the others go on; a stopped agent's history is ``None`` and its
-    experiments get zero responses from then on (they share nothing with the others'). Without it,
-    the first divergence raises, as :meth:`Agent.learn` does."""
+    experiments get zero responses from then on (they share nothing with the others'). Without
+    it, the first divergence raises, as :meth:`Agent.learn` does.
+    """
     from agents.batching import SliceCore, SliceOracle
     from agents.sealed import FollowerView, Oracle
 

@@ -6,16 +6,17 @@ The env keeps scoring, labelling and retraining its reward model on the rollouts
 algorithm sees by the agent's score (:meth:`agents.whitebox.Agent.sb3_score`), also in
 ``info["wrapped_reward"]``; ``info["proxy_reward"]`` stays the env's.
 
-A response is scored under the reward model that scored it in the env (before any retraining that
-the same step triggered): the wrapper keeps a shallow snapshot of the env's follower taken before
-the step (parameters, optimiser state and buffer are replaced, never mutated, by an update, so the
-snapshot is exact and cheap). The env has already computed that RM's score of the response (its
-``info["proxy_reward"]``): an agent that asks the snapshot's reward model for it gets that number
-instead of a second forward pass (the same float; see :class:`_KnownScore`).
+A response is scored under the reward model that scored it in the env (before any retraining
+that the same step triggered): the wrapper keeps a shallow snapshot of the env's follower taken
+before the step (parameters, optimiser state and buffer are replaced, never mutated, by an
+update, so the snapshot is exact and cheap). The env has already computed that RM's score of the
+response (its ``info["proxy_reward"]``): an agent that asks the snapshot's reward model for it
+gets that number instead of a second forward pass (the same float; see :class:`_KnownScore`).
 
 The response is ``env.unwrapped.last_response`` right after the step (shape (1, d): the vector
 the RM scores), or ``None`` while a response is still incomplete (token envs); then the reward
-passes through unchanged."""
+passes through unchanged.
+"""
 
 from __future__ import annotations
 

@@ -26,10 +26,11 @@ class _BlindSpotMixin:
     ys_error = "ys must have shape ({S}, ..., {n}): experiments first, response last"
 
     def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
-        """The info dict: counters; with ``proxy`` / ``true_u`` (arrays (S,)) the response's values;
-        with ``y`` (the (S, n) vectors the RM scored) ``signal_norm`` and ``noise_norm``, the norms
-        of ``y[:, :signal_dims]`` and ``y[:, signal_dims:]``. Python scalars for a single env,
-        arrays per experiment for a vector env."""
+        """The info dict: counters; with ``proxy`` / ``true_u`` (arrays (S,)) the response's
+        values; with ``y`` (the (S, n) vectors the RM scored) ``signal_norm`` and ``noise_norm``,
+        the norms of ``y[:, :signal_dims]`` and ``y[:, signal_dims:]``. Python scalars for a
+        single env, arrays per experiment for a vector env.
+        """
         c, n = self.core, getattr(self, "num_envs", None)
         per = (lambda a: a.copy()) if n else (lambda a: a[0].item())
         info: dict[str, Any] = {
@@ -133,8 +134,10 @@ class _BlindSpotMixin:
         return self._query(ys, self.core.labeler_target_and_grad, grad=True)
 
     def query_labeler(self, ys: Any) -> torch.Tensor:
-        """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)). This
-        is what the RM will be trained toward; a value query, like :meth:`true_utility`."""
+        """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)).
+
+        This is what the RM will be trained toward; a value query, like :meth:`true_utility`.
+        """
         return self._query(ys, self.core.labeler_target)
 
     # -- rendering (rlhf_envs.render draws; matplotlib is imported only then) ------------------
@@ -253,12 +256,14 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
 
 
 class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
-    """``num_envs`` independent blind-spot experiments as one batched tensor program. Made by
-    ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point")``. Experiment ``i`` reset
-    with seed ``s`` gives exactly the numbers of the single env reset with ``s``. ``reset(seed=s)``
-    seeds experiment ``i`` with ``s + i`` (or pass a list of seeds). Every step ends an episode and
-    the env resets itself in the same step (the RM persists), so every action counts. The infos have
-    the single env's keys as arrays of shape ``(num_envs,)``."""
+    """``num_envs`` independent blind-spot experiments as one batched tensor program.
+
+    Made by ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point")``. Experiment
+    ``i`` reset with seed ``s`` gives exactly the numbers of the single env reset with ``s``.
+    ``reset(seed=s)`` seeds experiment ``i`` with ``s + i`` (or pass a list of seeds). Every step
+    ends an episode and the env resets itself in the same step (the RM persists), so every action
+    counts. The infos have the single env's keys as arrays of shape ``(num_envs,)``.
+    """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
     single_env_cls = BlindSpotEnv

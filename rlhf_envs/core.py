@@ -252,13 +252,15 @@ def make_reward_model(c: BlindSpotConfig, mean: torch.Tensor, skip: torch.Tensor
 
 
 class RLHFCore:
-    """``S`` independent iterative-RLHF followers (reward model + labeler + buffer). Envs whose
-    responses are not points of ``R^d`` (token sequences, prompt + response pairs) reuse the core by
-    mapping each response to a fixed-length feature vector that the core treats as "the response",
-    and subclass it to redefine the truth on those vectors: :meth:`utility` and
-    :meth:`utility_and_grad` (the labeler follows, since it is built from them) and
-    :meth:`labeler_bias_and_grad` (the labeler's own error). ``reward_model`` passes a prebuilt
-    reward model instead of the one ``config`` describes."""
+    """``S`` independent iterative-RLHF followers (reward model + labeler + buffer).
+
+    Envs whose responses are not points of ``R^d`` (token sequences, prompt + response pairs)
+    reuse the core by mapping each response to a fixed-length feature vector that the core
+    treats as "the response", and subclass it to redefine the truth on those vectors:
+    :meth:`utility` and :meth:`utility_and_grad` (the labeler follows, since it is built from
+    them) and :meth:`labeler_bias_and_grad` (the labeler's own error). ``reward_model`` passes a
+    prebuilt reward model instead of the one ``config`` describes.
+    """
 
     def __init__(
         self,
@@ -325,7 +327,9 @@ class RLHFCore:
 
     def labeler_bias_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The labeler's own error ``b(y)`` (added to ``U(y)``) and ``grad_y b``; None if unbiased.
-        Here ``b(y) = labeler_bias * sum(y[labeler_bias_dims])``, uncounted."""
+
+        Here ``b(y) = labeler_bias * sum(y[labeler_bias_dims])``, uncounted.
+        """
         if not self.config.labeler_bias:
             return None
         c = self.config.labeler_bias
@@ -376,8 +380,10 @@ class RLHFCore:
         return self.reward_model.score(self.params, y)
 
     def step(self, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Submit one response per experiment, ``y`` of shape (S, d). Returns (proxy reward, true
-        utility, whether the RM was retrained), each per experiment."""
+        """Submit one response per experiment, ``y`` of shape (S, d).
+
+        Returns (proxy reward, true utility, whether the RM was retrained), each per experiment.
+        """
         with torch.no_grad():
             proxy = self.reward_model.score(self.params, y.unsqueeze(1))[:, 0]
             true_u = self.utility(y)
@@ -423,9 +429,11 @@ class RLHFCore:
         return torch.stack(draws).to(self.dtype)  # float64 streams, rounded if float32
 
     def push(self, ys: torch.Tensor, targets: torch.Tensor):
-        """The FIFO buffer after pushing ``ys`` (S, n, d) with ``targets`` (S, n). Pure
-        (differentiable in ``ys`` and ``targets``); returns
-        ``(buffer_y, buffer_t, next_position, length)`` in the layout the real update uses."""
+        """The FIFO buffer after pushing ``ys`` (S, n, d) with ``targets`` (S, n).
+
+        Pure (differentiable in ``ys`` and ``targets``); returns
+        ``(buffer_y, buffer_t, next_position, length)`` in the layout the real update uses.
+        """
         size = self.config.buffer_size
         by, bt = self.buffer_y.clone(), self.buffer_t.clone()
         pos, length = self.buffer_pos, self.buffer_len

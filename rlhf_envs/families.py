@@ -165,9 +165,11 @@ def config(env_id: str, name: str) -> dict[str, Any]:
 
 
 def expand(env: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with ``family=NAME`` replaced by that config's settings. ``env`` is an env id or
-    an env class name (:data:`ENV_CLASSES`). Explicit kwargs that the family config does not set are
-    kept; one that contradicts it raises ``ValueError``."""
+    """``kwargs`` with ``family=NAME`` replaced by that config's settings.
+
+    ``env`` is an env id or an env class name (:data:`ENV_CLASSES`). Explicit kwargs that the
+    family config does not set are kept; one that contradicts it raises ``ValueError``.
+    """
     if "family" not in kwargs:
         return kwargs
     kwargs = dict(kwargs)

@@ -59,11 +59,13 @@ def check_render_mode(render_mode: Any, modes: list[str]) -> None:
 
 class Trail:
     """What the frames of one experiment need: recent responses and the scores of older ones.
-    ``items``: ``(vector, proxy, true_utility, round, extra)`` of the last :data:`TRAIL` responses
-    (``vector`` the float64 vector the RM scored; ``extra`` the tokens of a token response or the
-    cluster of a contextual one). ``scores``: ``(round, proxy, true_utility, extra)`` of the last
-    :data:`HISTORY` responses. ``experiment`` identifies the experiment (the core's generator list,
-    replaced by every ``reset(seed=...)``)."""
+
+    ``items``: ``(vector, proxy, true_utility, round, extra)`` of the last :data:`TRAIL`
+    responses (``vector`` the float64 vector the RM scored; ``extra`` the tokens of a token
+    response or the cluster of a contextual one). ``scores``: ``(round, proxy, true_utility,
+    extra)`` of the last :data:`HISTORY` responses. ``experiment`` identifies the experiment
+    (the core's generator list, replaced by every ``reset(seed=...)``).
+    """
 
     def __init__(self, experiment: Any):
         self.experiment = experiment
@@ -94,9 +96,11 @@ def _trail(env) -> Trail:
 # -- figures and frames ----------------------------------------------------------------------------
 def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
     """The frame of ``env`` (a single env of this suite) in its ``render_mode``, drawn by
-    ``draw(fig)`` into a cleared matplotlib figure. ``"rgb_array"``: an ``(H, W, 3)`` uint8 array
-    (drawn off screen, no pyplot state touched). ``"human"``: the frame is drawn into the env's
-    matplotlib window; returns ``None``."""
+    ``draw(fig)`` into a cleared matplotlib figure.
+
+    ``"rgb_array"``: an ``(H, W, 3)`` uint8 array (drawn off screen, no pyplot state touched).
+    ``"human"``: the frame is drawn into the env's matplotlib window; returns ``None``.
+    """
     if env.render_mode == "rgb_array":
         fig = env.__dict__.get("_render_figure")
         if fig is None:

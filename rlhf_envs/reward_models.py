@@ -49,8 +49,10 @@ class OptimizerConfig:
 
 
 class RewardModel:
-    """Base class: a batched, functional reward model. Subclasses define :meth:`init_params`,
-    :meth:`score` and :meth:`ntk`."""
+    """Base class: a batched, functional reward model.
+
+    Subclasses define :meth:`init_params`, :meth:`score` and :meth:`ntk`.
+    """
 
     def __init__(self, dims: int, optimizer: OptimizerConfig, dtype: torch.dtype = torch.float64):
         self.dims = dims
@@ -89,8 +91,11 @@ class RewardModel:
 
     # -- shared machinery ---------------------------------------------------------------------
     def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)`` (``torch.func``:
-        vmap over experiments and samples of ``grad``), parameters in sorted-name order."""
+        """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)``.
+
+        Uses ``torch.func`` (vmap over experiments and samples of ``grad``); parameters are
+        flattened in sorted-name order.
+        """
         from torch.func import grad, vmap
 
         names = sorted(params)
@@ -120,9 +125,11 @@ class RewardModel:
 
     def loss(self, params: Params, y, target, feedback: str, reference=None) -> torch.Tensor:
         """Per-experiment loss on a labelled batch (``y`` (S, n, d), ``target`` (S, n),
-        ``reference`` (d,) or (S, d)), shape (S,). ``rating``: mean of ``(r(y) - target)^2``.
-        ``preference``: mean binary cross-entropy of ``sigmoid(r(y) - r(reference))`` against the
-        (soft or hard) label ``target`` = P(y wins)."""
+        ``reference`` (d,) or (S, d)), shape (S,).
+
+        ``rating``: mean of ``(r(y) - target)^2``. ``preference``: mean binary cross-entropy of
+        ``sigmoid(r(y) - r(reference))`` against the (soft or hard) label ``target`` = P(y wins).
+        """
         r = self.score(params, y)
         if feedback == "rating":
             return ((r - target) ** 2).mean(dim=-1)
@@ -144,10 +151,13 @@ class RewardModel:
         denominator: int | None = None,
     ) -> tuple[Params, torch.Tensor]:
         """Gradient of :meth:`loss` in every parameter, in closed form, and ``r(y)``, from one
-        forward pass. The loss gradient is ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))``
-        with ``a_i = dloss/dr_i``, computed by :meth:`weighted_grad` without autograd, so it stays
-        differentiable in ``y`` and ``target``. ``denominator`` replaces the batch size in the mean,
-        so that the gradient on a batch is the sum of the gradients on its parts."""
+        forward pass.
+
+        The loss gradient is ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))`` with
+        ``a_i = dloss/dr_i``, computed by :meth:`weighted_grad` without autograd, so it stays
+        differentiable in ``y`` and ``target``. ``denominator`` replaces the batch size in the
+        mean, so that the gradient on a batch is the sum of the gradients on its parts.
+        """
         n = y.shape[1] if denominator is None else denominator
         parts = self.parts(params, y)
         r = parts[0]
@@ -168,8 +178,10 @@ class RewardModel:
     def weighted_grad(
         self, params: Params, y: torch.Tensor, a: torch.Tensor, parts: tuple | None = None
     ) -> Params:
-        """``sum_i a_i grad_phi r(y_i)`` per experiment; ``a`` of shape (S, n). ``parts`` may pass
-        :meth:`parts` of the same ``(params, y)`` to skip a forward pass."""
+        """``sum_i a_i grad_phi r(y_i)`` per experiment; ``a`` of shape (S, n).
+
+        ``parts`` may pass :meth:`parts` of the same ``(params, y)`` to skip a forward pass.
+        """
         raise NotImplementedError  # pragma: no cover
 
     def update(
@@ -181,10 +193,12 @@ class RewardModel:
         feedback: str,
         reference: torch.Tensor | None = None,
     ) -> tuple[Params, OptState]:
-        """One optimiser step on the labelled batch; returns new ``(params, opt_state)``. Pure:
-        nothing passed in is modified. The result is differentiable with respect to ``y`` and
-        ``target`` when they require grad (the exact-lookahead agent relies on this). The step goes
-        through the model's stability guard (:meth:`stabilised`), if it has one."""
+        """One optimiser step on the labelled batch; returns new ``(params, opt_state)``.
+
+        Pure: nothing passed in is modified. The result is differentiable with respect to ``y``
+        and ``target`` when they require grad (the exact-lookahead agent relies on this). The
+        step goes through the model's stability guard (:meth:`stabilised`), if it has one.
+        """
         grads = self.loss_grad_and_score(params, y, target, feedback, reference)[0]
         new, state = self.apply_grads(params, opt_state, grads)
         return self.stabilised(params, new, y, feedback, reference), state
@@ -231,14 +245,16 @@ class RewardModel:
 
 
 def adam_step(cfg: OptimizerConfig, p: torch.Tensor, state: OptState):
-    """Adam from flat parameters ``p`` (S, P) and optimiser state ``state``, as a function of the
-    flat loss gradient ``g`` (S, P): ``step(g, derivative=False) -> (p', m', v', dp'/dg)``.
-    torch.optim.Adam's semantics: L2 weight decay added to the gradient, bias corrections as Python
-    floats. The suite's one Adam: the RM's training (:meth:`RewardModel.apply_grads`) and every
-    virtual update of exact FPO take it. What does not depend on ``g`` (the decayed moments, the
-    bias corrections, the decay term) is computed once per state, so stepping many candidate
-    gradients from one state pays for it once. ``dp'/dg`` (elementwise) is computed only when
-    ``derivative`` is set (else ``None``)."""
+    """Adam from flat parameters ``p`` (S, P) and optimiser state ``state``, as a function of
+    the flat loss gradient ``g`` (S, P): ``step(g, derivative=False) -> (p', m', v', dp'/dg)``.
+
+    torch.optim.Adam's semantics: L2 weight decay added to the gradient, bias corrections as
+    Python floats. The suite's one Adam: the RM's training (:meth:`RewardModel.apply_grads`)
+    and every virtual update of exact FPO take it. What does not depend on ``g`` (the decayed
+    moments, the bias corrections, the decay term) is computed once per state, so stepping many
+    candidate gradients from one state pays for it once. ``dp'/dg`` (elementwise) is computed
+    only when ``derivative`` is set (else ``None``).
+    """
     b1, b2 = cfg.betas
     t = float(state["step"] + 1)
     lr1, bc2 = cfg.lr / (1 - b1**t), 1 - b2**t
@@ -276,9 +292,11 @@ def flatten(params: Params) -> torch.Tensor:
 
 
 def unflatten(flat: torch.Tensor, like: Params) -> Params:
-    """Inverse of :func:`flatten`, shaped like ``like``. The pieces are made contiguous: matmuls on
-    strided views would take other BLAS paths for other batch sizes and break the bit-identity of
-    one experiment across batch sizes."""
+    """Inverse of :func:`flatten`, shaped like ``like``.
+
+    The pieces are made contiguous: matmuls on strided views would take other BLAS paths for
+    other batch sizes and break the bit-identity of one experiment across batch sizes.
+    """
     names = sorted(like)
     sizes = [like[k][0].numel() for k in names]
     out = FlatParams()
@@ -347,14 +365,16 @@ class LinearRewardModel(RewardModel):
     def step_scale(
         self, y: torch.Tensor, feedback: str, reference: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The SGD stability guard's factor on the learning rate, per experiment ``(S,)``. The loss
-        is quadratic (rating) or has curvature at most 1/4 per sample (preference), so
+        """The SGD stability guard's factor on the learning rate, per experiment ``(S,)``.
+
+        The loss is quadratic (rating) or has curvature at most 1/4 per sample (preference), so
         ``kappa = c * mean_i ||y_i - y_ref||^2 + weight_decay`` (``c`` = 2 or 1/4) bounds its
-        curvature in ``w``. A step with ``lr * kappa <= 1`` cannot overshoot; where a batch of large
-        responses would make it larger (e.g. uniform draws from the action Box, whose squared norm
-        is ~1,700 in the default 50 dims, against a threshold of 100), the step is shrunk to
-        ``lr / kappa``. On every path of the paper's linear simulation ``lr * kappa`` stays below
-        0.5, so the factor is exactly 1 there and the update is the paper's."""
+        curvature in ``w``. A step with ``lr * kappa <= 1`` cannot overshoot; where a batch of
+        large responses would make it larger (e.g. uniform draws from the action Box, whose
+        squared norm is ~1,700 in the default 50 dims, against a threshold of 100), the step is
+        shrunk to ``lr / kappa``. On every path of the paper's linear simulation ``lr * kappa``
+        stays below 0.5, so the factor is exactly 1 there and the update is the paper's.
+        """
         cfg = self.optimizer
         if feedback == "preference" and reference is not None:
             d = y - reference.reshape(y.shape[0], 1, -1)
@@ -430,8 +450,10 @@ class MLPRewardModel(RewardModel):
         return self._forward(params, y)[-1]
 
     def parts(self, params: Params, y: torch.Tensor, sig: list | None = None):
-        """``(r, h1, h2, delta1, delta2)``: the reward and the factors of its gradient. ``sig``: a
-        list that receives ``(h1, s1, s2)``, the activations' sigmoids besides."""
+        """``(r, h1, h2, delta1, delta2)``: the reward and the factors of its gradient.
+
+        ``sig``: a list that receives ``(h1, s1, s2)``, the activations' sigmoids besides.
+        """
         z1, h1, z2, h2, r = self._forward(params, y)
         # operations in the order of ``w3 * sigmoid(z2)`` and ``bmm(delta2, W2) * sigmoid(z1)``
         # (autograd's graph, and with it the exact agent's gradient, depends on the order)
@@ -495,9 +517,11 @@ class MLPRewardModel(RewardModel):
 
     def first_order_parts(self, params: Params, y: torch.Tensor):
         """``(r, grad_y r, K(y, y), grad_y K(y, y))`` from one forward pass; ``grad_y K`` is the
-        reverse-mode derivative of the closed-form kernel, written out by hand. With
-        ``u = W2^T delta2`` (so ``delta1 = u * s1``), ``s = sigmoid(z)``, ``s' = s (1 - s)``:
-        ``K = 1 + |h2|^2 + |delta2|^2 (1 + |h1|^2) + |delta1|^2 (1 + |y|^2)``."""
+        reverse-mode derivative of the closed-form kernel, written out by hand.
+
+        With ``u = W2^T delta2`` (so ``delta1 = u * s1``), ``s = sigmoid(z)``, ``s' = s (1 - s)``:
+        ``K = 1 + |h2|^2 + |delta2|^2 (1 + |h1|^2) + |delta1|^2 (1 + |y|^2)``.
+        """
         W1, W2, w3 = params["W1"], params["W2"], params["w3"].unsqueeze(1)
         z1, h1, z2, h2, r = self._forward(params, y)
         s1, s2 = torch.sigmoid(z1), torch.sigmoid(z2)
@@ -524,12 +548,14 @@ class MLPRewardModel(RewardModel):
     def directional_grad_y(
         self, params: Params, y: torch.Tensor, w: Params, sig: tuple | None = None
     ) -> torch.Tensor:
-        """``grad_y <grad_phi r(y), w>`` (S, n, d) for a parameter-shaped direction ``w``: the mixed
-        second derivative that exact FPO's closed form needs. ``J(y) = <grad_phi r(y), w>`` is the
-        forward-mode derivative of ``r`` along ``w``: ``z1' = Wa y + ba``, ``h1' = s1 z1'``,
-        ``z2' = Wb h1 + W2 h1' + bb``, ``J = wc . h2 + w3 . (s2 z2') + bc + ws . y``; this is its
-        reverse-mode derivative in ``y``. ``sig``: ``(h1, s1, s2)`` of the same ``(params, y)`` if
-        known (see :meth:`parts`)."""
+        """``grad_y <grad_phi r(y), w>`` (S, n, d) for a parameter-shaped direction ``w``: the
+        mixed second derivative that exact FPO's closed form needs.
+
+        ``J(y) = <grad_phi r(y), w>`` is the forward-mode derivative of ``r`` along ``w``:
+        ``z1' = Wa y + ba``, ``h1' = s1 z1'``, ``z2' = Wb h1 + W2 h1' + bb``,
+        ``J = wc . h2 + w3 . (s2 z2') + bc + ws . y``; this is its reverse-mode derivative in ``y``.
+        ``sig``: ``(h1, s1, s2)`` of the same ``(params, y)`` if known (see :meth:`parts`).
+        """
         W1, W2, w3 = params["W1"], params["W2"], params["w3"].unsqueeze(1)
         if sig is None:
             z1, h1, z2, _, _ = self._forward(params, y)

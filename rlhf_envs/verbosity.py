@@ -42,7 +42,8 @@ class VerbosityConfig(FollowerConfig):
     initial linear weights, or of the MLP's initial weights.
 
     Attributes:
-        vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, the rest neutral.
+        vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, the rest are
+            neutral words.
         max_len: most tokens per response, EOS included (2..256); the response ends there.
         length_penalty: ``lambda``: each token beyond the answer multiplies the true utility by
             ``exp(-lambda)`` (>= 0).
@@ -104,9 +105,12 @@ class VerbosityConfig(FollowerConfig):
 
 
 def sequence_features(tokens: Any, max_len: int) -> np.ndarray:
-    """Feature vector ``f = [has_answer, length, filler]`` of a token sequence (float64, (3,)). Only
-    the tokens before the first EOS count (the content): ``has_answer`` is 1 if ANSWER is among
-    them, ``length`` = content tokens / ``max_len``, ``filler`` = FILLER tokens / ``max_len``."""
+    """Feature vector ``f = [has_answer, length, filler]`` of a token sequence (float64, (3,)).
+
+    Only the tokens before the first EOS count (the content): ``has_answer`` is 1 if ANSWER is
+    among them, ``length`` = number of content tokens / ``max_len`` and ``filler`` = number of
+    FILLER tokens / ``max_len``.
+    """
     content = []
     for t in tokens:
         if int(t) == EOS:
@@ -231,9 +235,10 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`VerbosityCore` on feature vectors), ``reward_model``,
-    ``rm_params``, ``true_utility(fs)`` / ``query_labeler(fs)`` (counted oracle queries on feature
-    vectors of shape ``(1, ..., 3)``), ``features(tokens)`` (uncounted: the features are public) and
-    ``last_response`` (the (1, 3) vector the RM scored at the last step; ``None`` mid-response).
+    ``rm_params``, ``true_utility(fs)`` / ``query_labeler(fs)`` (counted oracle queries on
+    feature vectors of shape ``(1, ..., 3)``), ``features(tokens)`` (uncounted: the features are
+    public) and ``last_response`` (the (1, 3) vector the RM scored at the last step, ``None``
+    while a response is unfinished).
 
     ## Rendering
     ``render_mode="ansi"``: the response so far as text. ``"rgb_array"`` / ``"human"``: the last
@@ -271,7 +276,9 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     # -- helpers ----------------------------------------------------------------------------------
     def features(self, tokens: Any) -> torch.Tensor:
         """Feature vector(s) of token sequence(s): one sequence -> (3,), a list of them -> (n, 3).
-        Uncounted (the features are public; only the utility is hidden)."""
+
+        Uncounted (the features are public; only the utility is hidden).
+        """
         seqs = list(tokens)
         if seqs and all(isinstance(s, (list, tuple, np.ndarray)) for s in seqs):
             rows = [sequence_features(s, self.config.max_len) for s in seqs]
