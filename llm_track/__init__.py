@@ -1,6 +1,3 @@
 """LLM track: the iterative-RLHF protocol of arXiv 2605.04266 (section 4) on causal LMs.
-
-Entry points: ``python -m llm_track.run``, ``python -m llm_track.evaluate``,
-``python -m llm_track.bench``. See ``llm_track/README.md``. Importing this package does not
-import torch or transformers; the modules that need them import them.
-"""
+Entry points: ``python -m llm_track.run``, ``.evaluate``, ``.bench`` (``llm_track/README.md``).
+Importing this package does not import torch or transformers; the modules that need them do."""

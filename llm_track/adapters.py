@@ -9,13 +9,11 @@ import torch
 
 
 def mixable_adapter(model) -> str | None:
-    """The adapter that ``row_masked_lora`` can mix with base rows in one batch, or None.
-
-    Exact for a plain LoRA adapter: each LoRA layer adds ``lora_B(lora_A(dropout(x))) * scaling``
-    to the base output, so zeroing ``lora_B``'s output rows gives the base model's rows. Not for
-    variants (DoRA), LoRA on embeddings, modules_to_save or trainable tokens (they replace base
-    modules, which a mask on the LoRA update does not undo), merged or disabled adapters.
-    """
+    """The adapter that ``row_masked_lora`` can mix with base rows in one batch, or None. Exact
+    for a plain LoRA adapter: each LoRA layer adds ``lora_B(lora_A(dropout(x))) * scaling`` to the
+    base output, so zeroing ``lora_B``'s output rows gives the base model's rows. Not for variants
+    (DoRA), LoRA on embeddings, modules_to_save or trainable tokens (they replace base modules,
+    which a mask on the LoRA update does not undo), merged or disabled adapters."""
     try:
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer, LoraModel
@@ -45,9 +43,8 @@ def mixable_adapter(model) -> str | None:
 
 @contextmanager
 def row_masked_lora(model, adapter: str, base_rows: list[bool]):
-    """Rows flagged in ``base_rows`` run without the LoRA update of ``adapter`` (the base model),
-    the others with it; ``adapter`` must be ``mixable_adapter(model)``. The row mask is built
-    once, so the token loop has no host-device sync."""
+    """Rows flagged in ``base_rows`` run the base model, the rest ``adapter`` (which must be
+    ``mixable_adapter(model)``); the mask is built once: no host-device sync per token."""
     from peft.tuners.lora import LoraLayer
 
     if mixable_adapter(model) != adapter:

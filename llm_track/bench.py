@@ -5,8 +5,7 @@
 
 Times ``loop.Protocol.step`` after one warm-up step: medians of wall-clock seconds (device
 synchronised). ``llama-3.2-1b``: the real architectures with random weights and synthetic
-tokenizers, the ``paper`` preset's protocol (``llm_track/README.md``, "Speed").
-"""
+tokenizers, the ``paper`` preset's protocol (``llm_track/README.md``, "Speed")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Typed settings of the LLM protocol (arXiv 2605.04266, section 4), with the two presets:
-``paper`` (the paper's pipeline) and ``tiny`` (the same protocol offline on small local models).
-"""
+"""Typed settings of the LLM protocol (arXiv 2605.04266, section 4) and its two presets: ``paper``
+(the paper's pipeline) and ``tiny`` (the same protocol offline on small local models)."""
 
 from __future__ import annotations
 
@@ -10,14 +9,11 @@ from dataclasses import dataclass
 from agents import registry
 from rlhf_envs.core import check_choice, check_float, check_int
 
-#: Controls that exist only in the LLM track (no scoring rule, so not in ``agents.registry``;
-#: ``llm_track/README.md``, "One step").
+#: LLM-only controls (no scoring rule: not in ``agents.registry``; llm_track/README.md, "One step").
 LLM_CONTROLS = {"random-winner": "random"}
-#: The agents the LLM track implements: the registry's agents with an ``llm_penalty`` form, then
-#: the controls of :data:`LLM_CONTROLS`.
+#: The registry's agents that have an ``llm_penalty`` form, then the :data:`LLM_CONTROLS`.
 AGENTS = (*registry.llm_names(), *LLM_CONTROLS)
-#: The FPO penalty forms of the LLM track (``Agent.llm_penalty``): ``none`` (score = r),
-#: ``practical`` and ``relaxed`` (see :mod:`llm_track.fpo_head`).
+#: FPO forms of ``Agent.llm_penalty``: ``none`` (score = r), ``practical``, ``relaxed`` (fpo_head).
 PENALTY_FORMS = ("none", "practical", "relaxed")
 PRESETS = ("paper", "tiny")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -60,9 +56,8 @@ def agent_with_penalty(form: str) -> str:
 
 @dataclass
 class LLMConfig:
-    """All settings of one run of the LLM protocol; defaults are the paper's (section 4). The
-    choices in which the paper's pipeline and this suite can differ are fields too; the ``tiny``
-    preset changes some (``llm_track/README.md`` has the table, with the reasons)."""
+    """One run's settings, the paper's by default (section 4); where this suite may differ from
+    its pipeline is a field too (``tiny`` changes some; table and reasons: llm_track/README.md)."""
 
     agent: str = registry.REFERENCE
     """One of :data:`AGENTS`; what it scores is its penalty form (:attr:`penalty_form`)."""
@@ -79,8 +74,7 @@ class LLMConfig:
     """Protocol steps (one prompt each) and candidates the policy samples per step."""
     max_new_tokens: int = 32
     min_new_tokens: int = 5
-    """Longest candidate / reference answer; end-of-turn tokens are forbidden before
-    ``min_new_tokens``."""
+    """Longest candidate / reference answer; no end-of-turn token before ``min_new_tokens``."""
     top_p: float = 0.9
     temperature: float = 0.8
     """Nucleus sampling mass and temperature."""
@@ -96,9 +90,8 @@ class LLMConfig:
     rm_weight_decay: float = 0.01
     rm_grad_accum: int = 4
     grad_accum: int = 4
-    """AdamW learning rates of the LoRA adapter (SFT on the winner) and the RM head
-    (Bradley-Terry, winner vs reference), the head's weight decay (0: Adam) and the steps per
-    optimiser step of the head and the policy."""
+    """AdamW learning rates of the LoRA adapter (SFT on the winner) and RM head (Bradley-Terry,
+    winner vs reference), head weight decay (0: Adam), steps per head / policy optimiser step."""
     rm_input: str = "answer"
     rm_max_tokens: int = 128
     """What the reward model reads, ``answer`` (the paper) or ``prompt+answer``, in tokens."""
@@ -170,14 +163,12 @@ class LLMConfig:
 
     @property
     def penalty_form(self) -> str:
-        """The agent's penalty form: ``none``, ``practical``, ``relaxed`` (FPO) or ``random``
-        (the random-winner control)."""
+        """Penalty form: ``none``, ``practical``, ``relaxed`` (FPO), ``random`` (random winner)."""
         return penalty_form(self.agent)
 
     @property
     def label(self) -> str:
-        """The run's name in folders and tables: the agent, ``+dropout-asym`` when the paper's
-        dropout asymmetry is reproduced."""
+        """Folder/table name: the agent (+ ``+dropout-asym`` with the paper's dropout asymmetry)."""
         return self.agent + ("+dropout-asym" if self.rm_dropout_asymmetry else "")
 
     def to_dict(self) -> dict:

@@ -106,12 +106,9 @@ def sample(
     generator: torch.Generator | None = None,
     greedy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """n answers to one prompt with a KV cache: (ids (n, T) right-padded, lengths (n,)).
-
-    Any of the ``eos_id`` ends a row (its length counts it); they are masked before ``min_new``
-    tokens. All rows share the prompt, so no padding or attention mask. Each token step draws
-    once from ``generator`` for all n rows (row-major).
-    """
+    """n answers to one prompt, KV-cached: (ids (n, T) right-padded, lengths (n,)). Any ``eos_id``
+    ends a row (its length counts it) and is masked before ``min_new`` tokens. Rows share the
+    prompt (no padding or attention mask); each token step: one row-major ``generator`` draw."""
     ids, dev = prompt_ids.unsqueeze(0).expand(n, -1).contiguous(), prompt_ids.device
     eos = torch.tensor(eos_id if isinstance(eos_id, (tuple, list)) else [eos_id], device=dev)
     # the KV-cache argument/output: ``cache`` (transformers 5) or ``past_key_values``

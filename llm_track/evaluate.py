@@ -4,8 +4,7 @@
     python -m llm_track.evaluate --runs runs/paper --questions TruthfulQA.csv --question-column \
         Question --judge-url https://judge.example/v1 --judge-key-env JUDGE_KEY
 
-What is measured and how runs are compared: ``llm_track/README.md``, "Evaluation".
-"""
+What is measured and how runs are compared: ``llm_track/README.md``, "Evaluation"."""
 
 from __future__ import annotations
 
@@ -238,9 +237,8 @@ def pairwise(results: dict[str, dict[int, dict]], judge=None, key: str = "utilit
 
 
 def across_seeds(results: dict[str, dict[int, dict]], key: str) -> list[dict]:
-    """Agent pairs compared by the per-seed differences of their means of ``key`` on the seeds
-    both have (``llm_track/README.md``, "Evaluation"); the t-test's p is None with fewer than 2
-    seeds or no spread."""
+    """Agent pairs by the per-seed differences of their ``key`` means on the seeds both have
+    (``llm_track/README.md``, "Evaluation"); the t-test p is None below 2 seeds or with no spread."""
     from scipy import stats as sps
 
     out = []
@@ -378,11 +376,8 @@ def evaluate(
     questions: str | None = None,
     question_column: str = "question",
 ) -> dict:
-    """Evaluate all runs under ``run_roots``; writes ``eval.json`` per run and ``out``.
-
-    ``questions``: a local TruthfulQA-format file (its ``question_column``) to answer instead of
-    the held-out split of the runs' prompt source.
-    """
+    """Evaluate the runs under ``run_roots`` (``eval.json`` per run, and ``out``); ``questions``: a
+    local TruthfulQA-format file (its ``question_column``) answered instead of the held-out split."""
     from llm_track.prompts import load_prompts, read_local
 
     _check_count("--prompts", n_prompts)
@@ -438,9 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu or cuda (default: the run's)")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL (e.g. http://host:8000/v1)")
     p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
-    p.add_argument(
-        "--judge-key-env", help="variable holding the judge's API key (sent to --judge-url, https)"
-    )
+    p.add_argument("--judge-key-env", help="variable with the API key (to --judge-url, https)")
     p.add_argument("--judge-allow-http", action="store_true", help="send the key over http too")
     return p.main(argv, _main)
 

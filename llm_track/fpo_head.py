@@ -9,13 +9,11 @@ the trained parameters phi = (w, b) is (h(y), 1), so for candidate y and referen
     relaxed penalty    (p_phi - p*) <g_y, g_y - g_ref>,
                        p_phi = sigmoid(r_y - r_ref),  p* = sigmoid(U_y - U_ref)
 
-and the FPO score is r - gamma * penalty. The head is a linear reward model on the features
-y = [h, 1] (tangent kernel K(a, b) = a . b), so the closed forms are thin adapters onto the
-simulations' FPO maths: :func:`agents.fpo.practical_penalty` and
-:func:`agents.fpo.relaxed_penalty` with Bradley-Terry (``preference``) feedback and a
-:class:`~rlhf_envs.reward_models.LinearRewardModel` on ``[h, 1]``. "The head":
-:func:`llm_track.models.rm_head`.
-"""
+and the FPO score is r - gamma * penalty. The head is a linear reward model on features y = [h, 1]
+(tangent kernel K(a, b) = a . b), so the closed forms are thin adapters onto the simulations' FPO
+maths (:func:`agents.fpo.practical_penalty`, :func:`agents.fpo.relaxed_penalty`) with
+Bradley-Terry (``preference``) feedback and a :class:`~rlhf_envs.reward_models.LinearRewardModel`
+on ``[h, 1]``. "The head": :func:`llm_track.models.rm_head`."""
 
 from __future__ import annotations
 
@@ -49,8 +47,7 @@ def head_features(
 
 @functools.lru_cache(maxsize=8)
 def _head_rm(dims: int) -> LinearRewardModel:
-    """The head as a linear reward model on ``[h, 1]`` (only its tangent kernel is used; the
-    optimiser and initial weights are placeholders, never read)."""
+    """The head as a linear RM on ``[h, 1]``, for its tangent kernel (optimiser, init: unread)."""
     return LinearRewardModel(dims, OptimizerConfig(), torch.zeros(dims), 0.0, torch.float32)
 
 

@@ -1,6 +1,5 @@
 """One step of the paper's LLM protocol (arXiv 2605.04266, section 4): ``Protocol.step``,
-described step by step in ``llm_track/README.md``, "One step"; its seeding in "Files of a run".
-"""
+described step by step in ``llm_track/README.md``, "One step"; its seeding in "Files of a run"."""
 
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ def _seeded_rng(device: str, seed: int):
 
 
 def sequence_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, length) -> torch.Tensor:
-    """Mean per-token NLL of the whole sequence (prompt and answer up to ``length``): the SFT
-    loss over the full sequence, as the paper's pipeline trains."""
+    """Mean per-token NLL of prompt + answer (to ``length``): the paper's full-sequence SFT loss."""
     ids = torch.cat([prompt_ids, resp[: int(length)]]).unsqueeze(0)
     logits = model(input_ids=ids).logits[0, :-1]
     return F.cross_entropy(logits.float(), ids[0, 1:])
@@ -67,12 +65,9 @@ def sequence_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, length) ->
 def rewards(
     reward_model, head, rm_tok, cfg: LLMConfig, prompt: str, texts: list[str], dropout_seed=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r, h) of each text in one batched reward-model forward on ``cfg.device``.
-
-    The reward model reads ``cfg.rm_input``: ``answer`` (the text alone) or ``prompt+answer`` (the
-    pair), truncated to ``cfg.rm_max_tokens`` tokens. ``dropout_seed``: run it with its dropout
-    on, on the global torch RNG seeded with it (restored after); None: dropout off.
-    """
+    """(r, h) of each text, one batched RM forward on ``cfg.device`` reading ``cfg.rm_input``
+    (``answer``: the text alone; ``prompt+answer``: the pair) cut to ``cfg.rm_max_tokens`` tokens.
+    ``dropout_seed``: dropout on, the global torch RNG seeded with it (restored after); None: off."""
     kw = dict(padding=True, truncation=True, max_length=cfg.rm_max_tokens, return_tensors="pt")
     pair = [] if cfg.rm_input == "answer" else [[prompt] * len(texts)]
     enc = rm_tok(*pair, list(texts), **kw)
@@ -122,8 +117,7 @@ class Protocol:
         self.eos_ids, self.pad_id = special_ids(self.tok, models.policy)
         lora_params = [p for p in models.policy.parameters() if p.requires_grad]
         self.policy_opt = torch.optim.AdamW(lora_params, lr=cfg.policy_lr, weight_decay=0.0)
-        # AdamW with weight decay 0 is Adam; the head is float32 (models.float32_head), so are
-        # its optimiser states
+        # weight decay 0: Adam; the head (models.float32_head) and its optimiser states are float32
         self.rm_opt = torch.optim.AdamW(
             self.head.parameters(), lr=cfg.rm_lr, weight_decay=cfg.rm_weight_decay
         )
@@ -239,9 +233,8 @@ class Protocol:
         return [not (self.cfg.skip_empty and not x.strip()) for x in texts[: self.cfg.candidates]]
 
     def pick_winner(self, t: int, score: torch.Tensor, texts: list[str]) -> int | None:
-        """The winner's row: the best score among the eligible candidates (non-empty ones when
-        ``skip_empty``), or a seeded uniform pick among them for the random-winner control;
-        None when no candidate is eligible."""
+        """The winner's row: best score among the ``eligible`` candidates, or a seeded uniform pick
+        among them (random-winner control); None when none is eligible."""
         n = self.cfg.candidates
         ok = self.eligible(texts)
         if not any(ok):
@@ -324,10 +317,9 @@ class Protocol:
         return {n: p for n, p in self.m.policy.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self, folder: str, meta: dict | None = None) -> None:
-        """Adapter (``save_pretrained``), LoRA weights, head, optimisers, pending gradients, the
-        torch RNG and the sampling generator's states, step; ``meta`` (JSON: ``llm_track.run``
-        records the settings and a digest of the metrics rows) in ``meta.json``. Written whole or
-        not at all (``export.written_whole``)."""
+        """Adapter (``save_pretrained``), LoRA weights, head, optimisers, pending gradients, torch
+        RNG and sampling generator states, step; ``meta`` (JSON; ``llm_track.run``'s: settings,
+        metrics-rows digest) in ``meta.json``. Written whole or not at all (``written_whole``)."""
         lora = self._lora()
         state = {
             "step": self.step_count,

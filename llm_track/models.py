@@ -242,9 +242,8 @@ def rm_head(reward_model: nn.Module) -> nn.Linear:
 
 
 def float32_head(reward_model: nn.Module) -> nn.Linear:
-    """Keep the RM head in float32 whatever the model's dtype (its input is cast to float32 by a
-    forward pre-hook): bf16 weights round lr-5e-5 Adam steps away (most weights never move), and
-    the optimiser states follow the parameters' dtype, so they are float32 too."""
+    """Keep the RM head (so its optimiser states too) in float32 whatever the model's dtype, its
+    input cast by a forward pre-hook: bf16 weights round lr-5e-5 Adam steps away (most never move)."""
     head = rm_head(reward_model)
     head.float()
     if not getattr(head, "_float32_input", False):
@@ -260,9 +259,8 @@ def freeze_all_but_head(reward_model: nn.Module) -> None:
 
 
 def pretrain_tiny_base(model: nn.Module, tok, seed: int, steps: int = 150) -> None:
-    """A short, seeded LM fit on ``question : P_i answer : P_j </s>`` (P_j a random built-in
-    prompt), so the oracle utility has structure to lose when the policy drifts; one thread, so
-    the weights do not depend on the caller's thread count."""
+    """A short seeded LM fit on ``question : P_i answer : P_j </s>`` (P_j a random built-in prompt)
+    so the oracle utility has structure to lose under drift; one thread: weights ignore threads."""
     g = torch.Generator().manual_seed(seed + 2)
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in BUILTIN_PROMPTS]
     head = [tok.bos_token_id] + tok("question :", add_special_tokens=False)["input_ids"]
@@ -331,8 +329,7 @@ def _gold_state(model_seed: int):
 
 
 def build_tiny_gold(model_seed: int) -> nn.Module:
-    """The tiny preset's gold model (evaluation utility, see :data:`GOLD_SEED_OFFSET`), in eval
-    mode, float32, on the CPU; identical for the same ``model_seed``."""
+    """Tiny's gold model (:data:`GOLD_SEED_OFFSET`): eval mode, float32, CPU; set by ``model_seed``."""
     from transformers import LlamaForCausalLM
 
     return _copy(LlamaForCausalLM, *_gold_state(model_seed)).eval().requires_grad_(False)

@@ -1,6 +1,5 @@
-"""Prompts of the LLM protocol (``--prompts``): the sources are described in
-``llm_track/README.md``, "Prompts"; a source that cannot be loaded is a one-line error, never a
-fallback."""
+"""Prompts of the LLM protocol (``--prompts``; sources: ``llm_track/README.md``, "Prompts"); a
+source that cannot be loaded is a one-line error, never a fallback."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@
     python -m llm_track.run --agent naive --preset paper --steps 500 # Llama-3.2-1B + DeBERTa RM
 
 What a run writes, ``--resume`` and ``--force``: ``llm_track/README.md``, "Files of a run" and
-"Rerunning and resuming".
-"""
+"Rerunning and resuming"."""
 
 from __future__ import annotations
 
@@ -94,8 +93,7 @@ def _settings(cfg: LLMConfig) -> dict:
 
 
 def _check_settings(cfg: LLMConfig, recorded: dict, where: str, remedy: str) -> None:
-    """Refuse to resume when the settings that decide a run's numbers (all but
-    ``_RESUME_FREE``) differ from ``recorded``."""
+    """Refuse --resume if a setting that decides the numbers (not ``_RESUME_FREE``) differs."""
     diff = [k for k, v in _settings(cfg).items() if k not in _RESUME_FREE and recorded.get(k) != v]
     if diff:
         raise LLMTrackError(
