@@ -214,12 +214,11 @@ def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = 
     """The sealed run folders at or below ``paths`` (``.../seed_S``) as a ``pandas.DataFrame``.
 
     One row per run whose status is in ``statuses``: its ``summary.json``, then ``git_commit``,
-    ``code_hash`` and ``versions`` (key-sorted JSON) from its ``config.json`` and its ``folder``;
-    with ``metrics``, its ``metrics.csv`` (a dict of arrays, one per column), which must hold
-    the summary's rounds. A folder that fails :func:`verify`, or whose files are not what the
-    harness writes (not JSON objects, an unknown env id, a finished run without finite
-    :data:`NEEDED` numbers), is skipped with one line on stderr; runs of other statuses are
-    left out silently (the commands that made them report them).
+    ``code_hash`` and ``versions`` (key-sorted JSON) from its ``config.json``, and its ``folder``;
+    with ``metrics``, its ``metrics.csv`` (a dict of column arrays), which must hold the summary's
+    rounds. A folder failing :func:`verify` or not as the harness writes it (files not JSON objects,
+    an unknown env id, a finished run without finite :data:`NEEDED` numbers) is skipped with one
+    line on stderr; runs of other statuses are left out silently (their commands report them).
     """
     import sys
 
@@ -380,13 +379,12 @@ def summarise_history(u: np.ndarray, blocks: int = 20) -> dict[str, float]:
     """Collapse metrics of one true-utility curve (one value per round).
 
     On a noisy curve (a stochastic policy's sampled responses) the raw "peak minus final" is
-    positive even when nothing collapses, because the maximum of noise is biased upward. The drop
-    is therefore read on ``blocks`` consecutive blocks of rounds and cross-fitted: the peak block
-    is *chosen* on the block means of the even-numbered rounds and its height *measured* on the
-    odd-numbered rounds of that block, whose noise played no part in the choice. ``drop`` is that
-    height minus the mean of the last block, so a flat curve has an expected drop of 0 whatever its
-    noise. Runs with fewer than ``2 * blocks`` rounds use one round per block and no cross-fitting.
-    ``final_true_utility`` stays the last round's value.
+    positive even with no collapse: the maximum of noise is biased upward. So the drop is read on
+    ``blocks`` consecutive blocks of rounds, cross-fitted: the peak block is *chosen* on the block
+    means of even-numbered rounds and its height *measured* on its odd-numbered rounds, whose noise
+    played no part in the choice. ``drop`` is that height minus the last block's mean, so a flat
+    curve's expected drop is 0 whatever its noise. Under ``2 * blocks`` rounds: one round per block,
+    no cross-fitting. ``final_true_utility`` stays the last round's value.
     """
     u = np.asarray(u, dtype=float)
     w = len(u) // blocks

@@ -40,11 +40,10 @@ def tasks_of(scores: Any) -> list[np.ndarray]:
 def bootstrap_ci(x: np.ndarray, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0):
     """Percentile bootstrap CI of the mean along axis 0 (fixed seed: reproducible tables).
 
-    Resamples the rows of ``x`` with ``numpy.random.default_rng(seed)`` and takes the
-    ``alpha / 2`` and ``1 - alpha / 2`` quantiles of the resampled means. The leaderboard's and the
-    LLM track's CIs come from this function; it gives the same numbers for the same inputs as
-    the one the committed tables were built with, so do not change it (scipy's ``bootstrap``
-    draws its resamples differently). Fewer than two rows: the CI is the mean itself.
+    Resamples the rows of ``x`` with ``numpy.random.default_rng(seed)``; the CI is the ``alpha / 2``
+    and ``1 - alpha / 2`` quantiles of the resampled means. The leaderboard's and LLM track's CIs
+    come from here, and it gives the committed tables' numbers for the same inputs, so do not change
+    it (scipy's ``bootstrap`` resamples differently). Under two rows: the CI is the mean.
     """
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
