@@ -241,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=["target_value=2.0,2.5,3.0", "utility_width=0.1,0.2"],
         metavar="KEY=V1,V2",
-        help="env-kwarg grid of the family row (default: target_value x utility_width, 6 "
-        "configs); no values to skip the row",
+        help="family-row env-kwarg grid (default target_value x utility_width: 6); none: no row",
     )
     p.add_argument(
         "--family-split",
@@ -253,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--float32",
         action="store_true",
-        help="also time each white-box agent with the env's follower in float32 "
-        "(env kwarg dtype=float32) beside float64",
+        help="also time white-box agents with a float32 follower (dtype=float32) beside float64",
     )
     p.add_argument(
         "--family-rounds",

@@ -93,8 +93,7 @@ def add_results(p: argparse.ArgumentParser, default: str, what: str) -> None:
     p.add_argument(
         "--results",
         default=default,
-        help=f"where {what} go (default {default}, untracked; the committed results/ only "
-        "with --force)",
+        help=f"where {what} go (default {default}, untracked; committed results/ needs --force)",
     )
 
 

@@ -35,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--agent",
         metavar="{" + ",".join(registry.names()) + "} or module:Class",
-        help="a built-in agent (--list-agents describes them) or module:Class for an agent of "
-        "your own (a subclass of agents.Agent)",
+        help="a built-in agent (--list-agents) or module:Class (your agents.Agent subclass)",
     )
     p.add_argument(
         "--list-agents",
@@ -46,10 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy-optimizer",
         default="whitebox",
-        help="whitebox (the paper's gradient agents, seeds batched; default) or an SB3 "
-        "algorithm: ppo, sac, a2c (the agent becomes a reward wrapper, or for kl a reward "
-        "callback, ppo/a2c only; hyperparameters from "
-        "the env's sb3 section in baselines/configs/whitebox.yaml)",
+        help="whitebox (the paper's gradient agents, seeds batched; default) or an SB3 algorithm: "
+        "ppo, sac, a2c (the agent becomes a reward wrapper, or for kl a reward callback, ppo/a2c "
+        "only; hyperparameters from the env's sb3 section in baselines/configs/whitebox.yaml)",
     )
     p.add_argument("--env", default=DEFAULT_ENV, help=f"registered env id (default {DEFAULT_ENV})")
     p.add_argument("--seeds", default="0-9", help="seeds: 0-9, 3, 0,2,5 or 0-4,10-12 (default 0-9)")
@@ -57,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-kwargs",
         nargs="*",
         metavar="K=V",
-        help="env arguments, e.g. feedback=preference label_noise=0.5 (values read as YAML)",
+        help="env args (YAML values), e.g. label_noise=0.5",
     )
     p.add_argument(
         "--agent-kwargs",
@@ -69,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sb3-kwargs",
         nargs="*",
         metavar="K=V",
-        help="SB3 algorithm arguments, e.g. ent_coef=0.01 learning_rate=3e-4 (override the "
-        "env's sb3 section in the YAML; with --policy-optimizer ppo, sac or a2c)",
+        help="SB3 arguments over the env's YAML sb3 section (ppo, sac, a2c), e.g. ent_coef=0.01",
     )
     p.add_argument(
         "--jobs", type=cli.positive_int, default=1, help="parallel worker processes (default 1)"
@@ -95,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--any-code",
         action="store_true",
-        help="with --from: replay even if the run was made by other code (to check that "
-        "this code reproduces it)",
+        help="with --from: replay a run made by other code (to check this code reproduces it)",
     )
     p.add_argument(
         "--tensorboard",
@@ -107,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wandb",
         metavar="PROJECT",
-        help="also log per-round metrics to Weights & Biases (needs wandb; WANDB_MODE=offline "
-        "works without an account)",
+        help="also log per-round metrics to W&B (needs wandb; WANDB_MODE=offline needs no account)",
     )
     cli.add_limit_flags(p)
     return p
