@@ -379,7 +379,7 @@ def load_models(cfg: LLMConfig) -> Models:
 
 
 def with_lora(base: nn.Module, policy_tok, rm: nn.Module, rm_tok, cfg: LLMConfig) -> Models:
-    """``load_models`` from base models already built (the benchmark's random ones)."""
+    """``load_models`` from base models already built (e.g. random-weight ones)."""
     from peft import LoraConfig, get_peft_model
 
     base.requires_grad_(False)

@@ -23,8 +23,7 @@ import time
 from baselines.results import atomic_write_json, read_csv, read_json, versions_record, write_csv
 from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_config
 
-STEP_TIMES = ("gen_s", "score_s", "update_s", "step_s")  # seconds per part of a step
-TIMING_COLUMNS = (*STEP_TIMES, "rss_mb")
+TIMING_COLUMNS = ("gen_s", "score_s", "update_s", "step_s", "rss_mb")  # seconds per part of a step
 # Settings that must match for --resume (steps may grow; the device may change).
 _RESUME_FREE = {"steps", "device"}
 

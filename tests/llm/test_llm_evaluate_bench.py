@@ -1,4 +1,4 @@
-"""Evaluation (held-out prompts, pairwise sign test) and the benchmark CLI on tiny models."""
+"""Evaluation (held-out prompts, pairwise sign test) on tiny models."""
 
 import json
 import os
@@ -9,9 +9,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from llm_track import bench, evaluate  # noqa: E402
+from llm_track import evaluate  # noqa: E402
 from llm_track.config import preset_config  # noqa: E402
-from llm_track.run import STEP_TIMES, run_protocol  # noqa: E402
+from llm_track.run import run_protocol  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -101,14 +101,3 @@ def test_evaluate_bad_folder_is_one_line(tmp_path, capsys):
     assert evaluate.main(["--runs", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--runs" in err
-
-
-def test_bench_tiny(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    argv = ["--shapes", "tiny", "--steps", "1", "--candidates", "3", "--max-new-tokens", "6"]
-    assert bench.main([*argv, "--json", str(out)]) == 0
-    res = json.loads(out.read_text())
-    assert all(res[k] > 0 for k in ("gen_s", "score_s", "update_s", "step_s"))
-    assert res["generation_mode"] == "one-loop"
-    row = capsys.readouterr().out.splitlines()[-1]
-    assert row == "| " + " | ".join(f"{res[k]:.4f}" for k in STEP_TIMES) + " |"
