@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 
 from rlhf_envs.core import RLHFCore
-from rlhf_envs.reward_models import FlatParams, adam_step, flatten, unflatten
+from rlhf_envs.reward_models import adam_step, flat_of, flatten, unflatten
 
 FORMS = ("practical", "relaxed", "exact")
 
@@ -113,7 +113,7 @@ def _lookahead(core: RLHFCore, cache: dict):
         g_rest = core.reward_model.loss_grad_and_score(
             core.params, rest_y, rest_t, c.feedback, core.references, n
         )[0]
-    p = core.params.flat if isinstance(core.params, FlatParams) else flatten(core.params)
+    p = flat_of(core.params)
     if cfg.name == "adam":
         step = adam_step(cfg, p, core.opt_state)
     else:

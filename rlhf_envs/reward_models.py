@@ -238,7 +238,7 @@ class RewardModel:
             }
             return new, {}
         # Adam on all parameters at once as one flat vector: a handful of tensor ops per step
-        p = params.flat if isinstance(params, FlatParams) else flatten(params)
+        p = flat_of(params)
         g = grads if isinstance(grads, torch.Tensor) else flatten(grads)
         p, m, v, _ = adam_step(cfg, p, opt_state)(g)
         return unflatten(p, params), {"step": opt_state["step"] + 1, "m": m, "v": v}
@@ -289,6 +289,11 @@ class FlatParams(dict):
 def flatten(params: Params) -> torch.Tensor:
     """Concatenate per-experiment parameters in sorted-name order -> ``(S, P)``."""
     return torch.cat([params[k].reshape(params[k].shape[0], -1) for k in sorted(params)], dim=1)
+
+
+def flat_of(params: Params) -> torch.Tensor:
+    """:func:`flatten`, or the vector ``params`` were cut from where they keep it (no copy)."""
+    return params.flat if isinstance(params, FlatParams) else flatten(params)
 
 
 def unflatten(flat: torch.Tensor, like: Params) -> Params:
