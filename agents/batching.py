@@ -6,7 +6,6 @@ agent's caches keyed by identity keep working.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -85,11 +84,9 @@ class SliceCore:
     retained_after_push = RLHFCore.retained_after_push
     training_batch = RLHFCore.training_batch
 
-    def charge(self, y: torch.Tensor, grad: bool = False) -> None:
+    def charge(self, y: torch.Tensor, kind: str) -> None:
         """:meth:`RLHFCore.charge`, on this slice's counters only."""
-        per_exp = math.prod(y.shape[1:-1]) if y.dim() > 2 else 1
-        counters = self._core.oracle_grad_queries if grad else self._core.oracle_queries
-        counters[self.lo : self.hi] += per_exp
+        self._core.charge(y, kind, slice(self.lo, self.hi))
 
 
 class SliceOracle:
@@ -99,24 +96,24 @@ class SliceOracle:
     def __init__(self, env: Any, part: SliceCore):
         self._env, self._part = env, part
 
-    def _query(self, ys: Any, fn, grad: bool = False):
+    def _query(self, ys: Any, fn, kind: str):
         y = torch.as_tensor(ys, dtype=self._part.dtype)
         S, n = self._part.S, self._part.config.dims
         if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != n:
             raise ValueError(f"{self._env.ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")
         y = y.detach()
-        self._part.charge(y, grad)
+        self._part.charge(y, kind)
         with torch.no_grad():
             return fn(y)
 
     def query_labeler(self, ys: Any) -> torch.Tensor:
-        return self._query(ys, self._env.core.labeler_target)
+        return self._query(ys, self._env.core.labeler_target, "labeler_values")
 
     def query_labeler_and_grad(self, ys: Any):
-        return self._query(ys, self._env.core.labeler_target_and_grad, grad=True)
+        return self._query(ys, self._env.core.labeler_target_and_grad, "labeler_grads")
 
     def true_utility(self, ys: Any) -> torch.Tensor:
-        return self._query(ys, self._env.core.utility)
+        return self._query(ys, self._env.core.utility, "truth_values")
 
     def true_utility_and_grad(self, ys: Any):
-        return self._query(ys, self._env.core.utility_and_grad, grad=True)
+        return self._query(ys, self._env.core.utility_and_grad, "truth_grads")

@@ -40,6 +40,7 @@ class _BlindSpotMixin:
             "oracle_queries": per(c.oracle_queries),
             "oracle_grad_queries": per(c.oracle_grad_queries),
             "oracle_value_equivalents": per(c.oracle_value_equivalents),
+            **{col: per(v) for col, v in c.query_counts().items()},
         }
         if proxy is not None:
             info["true_utility"] = per(true_u)
@@ -107,11 +108,11 @@ class _BlindSpotMixin:
             raise ValueError(f"{self.ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")
         return y
 
-    def _query(self, ys: Any, fn, grad: bool = False):
+    def _query(self, ys: Any, fn, kind: str):
         """``fn`` of the responses ``ys`` (detached: no gradient leaks through a value), counted
-        as value queries, or with ``grad`` as gradient queries."""
+        as queries of ``kind`` (:data:`~rlhf_envs.core.QUERY_KINDS`)."""
         y = self._responses(ys).detach()
-        self.core.charge(y, grad)
+        self.core.charge(y, kind)
         with torch.no_grad():
             return fn(y)
 
@@ -122,23 +123,23 @@ class _BlindSpotMixin:
             ys: responses of shape ``(S, ..., d)``. The value carries no gradient: ask
                 :meth:`true_utility_and_grad` (a gradient query) for one.
         """
-        return self._query(ys, self.core.utility)
+        return self._query(ys, self.core.utility, "truth_values")
 
     def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`true_utility` and its gradient in ``ys``: a gradient query, counted in
         ``info["oracle_grad_queries"]`` (``d + 1`` value queries' worth)."""
-        return self._query(ys, self.core.utility_and_grad, grad=True)
+        return self._query(ys, self.core.utility_and_grad, "truth_grads")
 
     def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`query_labeler` and its gradient in ``ys``: a gradient query."""
-        return self._query(ys, self.core.labeler_target_and_grad, grad=True)
+        return self._query(ys, self.core.labeler_target_and_grad, "labeler_grads")
 
     def query_labeler(self, ys: Any) -> torch.Tensor:
         """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)).
 
         This is what the RM will be trained toward; a value query, like :meth:`true_utility`.
         """
-        return self._query(ys, self.core.labeler_target)
+        return self._query(ys, self.core.labeler_target, "labeler_values")
 
     # -- rendering (rlhf_envs.render draws; matplotlib is imported only then) ------------------
     def _rendered(self, y, proxy, true_u, extra: Any = None) -> None:

@@ -39,6 +39,15 @@ RM_TYPES = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adam")
 #: floating-point types of the follower's tensors (``float32``: opt-in, faster arithmetic)
 DTYPES = ("float64", "float32")
+#: the kinds of counted oracle query (the names agents declare in their ``reads``)
+QUERY_KINDS = ("labeler_values", "labeler_grads", "truth_values", "truth_grads")
+#: each kind's column in ``info`` and in a run's ``metrics.csv``
+QUERY_COLUMNS = {
+    "labeler_values": "labeler_value_queries",
+    "labeler_grads": "labeler_grad_queries",
+    "truth_values": "truth_value_queries",
+    "truth_grads": "truth_grad_queries",
+}
 
 
 def int_sequence(name: str, value: Any) -> tuple[int, ...]:
@@ -310,8 +319,8 @@ class RLHFCore:
         self.in_round = 0
         self.round = 0
         self.labels_used = np.zeros(self.S, dtype=np.int64)
-        self.oracle_queries = np.zeros(self.S, dtype=np.int64)  # value queries
-        self.oracle_grad_queries = np.zeros(self.S, dtype=np.int64)
+        #: counted oracle queries per experiment, one counter per kind (:data:`QUERY_KINDS`)
+        self.queries = {kind: np.zeros(self.S, dtype=np.int64) for kind in QUERY_KINDS}
 
     # -- the hidden truth and the labeler -------------------------------------------------------
     def utility(self, y: torch.Tensor) -> torch.Tensor:
@@ -361,14 +370,25 @@ class RLHFCore:
         ref = self.labeler_utility(self.reference)
         return torch.sigmoid((lab - ref) / self.config.temperature)
 
-    def charge(self, y: torch.Tensor, grad: bool = False) -> None:
-        """Count one oracle query per response in ``y`` (shape (S, ..., d)): a value query, or
-        with ``grad`` a gradient query (the value and its d-dim gradient)."""
-        per_exp = math.prod(y.shape[1:-1]) if y.dim() > 2 else 1
-        if grad:
-            self.oracle_grad_queries += per_exp
-        else:
-            self.oracle_queries += per_exp
+    def charge(self, y: torch.Tensor, kind: str, rows: slice = slice(None)) -> None:
+        """Count one query of ``kind`` (:data:`QUERY_KINDS`) per response in ``y`` (shape
+        (S, ..., d)), on the experiments ``rows``. A ``*_grads`` query is the value and its
+        d-dim gradient."""
+        self.queries[kind][rows] += math.prod(y.shape[1:-1]) if y.dim() > 2 else 1
+
+    def query_counts(self) -> dict[str, np.ndarray]:
+        """The counters by kind, named as a run's record names them (:data:`QUERY_COLUMNS`)."""
+        return {col: self.queries[kind] for kind, col in QUERY_COLUMNS.items()}
+
+    @property
+    def oracle_queries(self) -> np.ndarray:
+        """Value queries of the labeler and the truth together."""
+        return self.queries["labeler_values"] + self.queries["truth_values"]
+
+    @property
+    def oracle_grad_queries(self) -> np.ndarray:
+        """Gradient queries of the labeler and the truth together."""
+        return self.queries["labeler_grads"] + self.queries["truth_grads"]
 
     @property
     def oracle_value_equivalents(self) -> np.ndarray:

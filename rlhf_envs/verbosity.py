@@ -335,6 +335,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
             "oracle_queries": c.oracle_queries[0].item(),
             "oracle_grad_queries": c.oracle_grad_queries[0].item(),
             "oracle_value_equivalents": c.oracle_value_equivalents[0].item(),
+            **{col: v[0].item() for col, v in c.query_counts().items()},
             "true_utility": 0.0,
             "proxy_reward": 0.0,
             "response_length": len(self.tokens),
