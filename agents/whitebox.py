@@ -229,26 +229,6 @@ class Agent:
             (grad,) = torch.autograd.grad(self.score(core, y, oracle).sum(), y)
         return grad[:, 0] - 2.0 * self.config.l2 * y[:, 0].detach()
 
-    @staticmethod
-    def _metrics(core, theta, proxies, trues, k) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            u_mean = core.utility(theta).numpy()
-            r_mean = core.score(theta.unsqueeze(1))[:, 0].numpy()
-        return {
-            "true_utility": u_mean,
-            "proxy_reward": r_mean,
-            "gap": r_mean - u_mean,
-            "sample_true_utility": trues.mean(0),
-            "sample_proxy_reward": proxies.mean(0),
-            "rm_error": np.abs(proxies - trues).mean(0),
-            "signal_norm": torch.linalg.vector_norm(theta[:, :k], 2, -1).numpy(),
-            "noise_norm": torch.linalg.vector_norm(theta[:, k:], 2, -1).numpy(),
-            "labels_used": core.labels_used.copy(),
-            "oracle_queries": core.oracle_queries.copy(),
-            "oracle_grad_queries": core.oracle_grad_queries.copy(),
-            "oracle_value_equivalents": core.oracle_value_equivalents.copy(),
-        }
-
 
 def derived_seed(seed: int, *tags: int) -> int:
     """A seed for a stream of its own (the agent's, an extra RM's), distinct from the env's
@@ -268,23 +248,58 @@ def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]
     return np.array([info["proxy_reward"]]), np.array([info["true_utility"]])
 
 
-class _Member:
-    """One agent's share of a :func:`learn_together` run: its experiments ``lo:hi`` of the env,
-    what it may see of them, its random streams, its policy and its metrics so far."""
+def round_metrics(core, theta: torch.Tensor, proxies, trues) -> dict[str, np.ndarray]:
+    """One round's record, computed on the env's side from what the agents submitted: the true
+    utility and proxy of the policy means ``theta`` (S, d) (a response like any other), the
+    sampled responses' ``proxies`` and ``trues`` (spr, S), and the label and query counters."""
+    k = core.config.signal_dims
+    with torch.no_grad():
+        u_mean = core.utility(theta).numpy()
+        r_mean = core.score(theta.unsqueeze(1))[:, 0].numpy()
+    return {
+        "true_utility": u_mean,
+        "proxy_reward": r_mean,
+        "gap": r_mean - u_mean,
+        "sample_true_utility": trues.mean(0),
+        "sample_proxy_reward": proxies.mean(0),
+        "rm_error": np.abs(proxies - trues).mean(0),
+        "signal_norm": torch.linalg.vector_norm(theta[:, :k], 2, -1).numpy(),
+        "noise_norm": torch.linalg.vector_norm(theta[:, k:], 2, -1).numpy(),
+        "labels_used": core.labels_used.copy(),
+        "oracle_queries": core.oracle_queries.copy(),
+        "oracle_grad_queries": core.oracle_grad_queries.copy(),
+        "oracle_value_equivalents": core.oracle_value_equivalents.copy(),
+        **{col: v.copy() for col, v in core.query_counts().items()},
+    }
 
-    def __init__(self, agent: Agent, lo: int, hi: int, view, oracle, callback):
-        self.agent, self.lo, self.hi = agent, lo, hi
-        self.view, self.oracle, self.callback = view, oracle, callback
-        self.cfg = agent.config
+
+class Player:
+    """The agent's side of a white-box run: its policy, optimised each round against its copy of
+    the follower (:class:`agents.follower.Follower`) with counted queries (``ask``)."""
+
+    def __init__(self, agent: Agent, reads: tuple[str, ...], state: dict, ask):
+        from agents.follower import Follower, Oracle
+
+        self.agent, self.cfg = agent, agent.config
+        self.view, self.oracle = Follower(reads, state), Oracle(ask)
         self.gaussian = agent.config.policy == "gaussian"
         self.gens = [torch.Generator().manual_seed(derived_seed(s, 0x5EED)) for s in agent.seeds]
-        self.history: dict[str, list[np.ndarray]] = {}
-        self.theta: torch.Tensor | None = None
         self.sigma, self.eps = 0.0, None
-        self.error: FloatingPointError | None = None  # set when the policy diverged
+        agent.start(self.view)
+        self.theta = self.start_theta()
 
-    def start_theta(self, S: int, d: int) -> torch.Tensor:
-        return torch.full((S, d), float(self.cfg.init), dtype=self.view.dtype)
+    def start_theta(self) -> torch.Tensor:
+        d = self.view.config.dims
+        return torch.full((self.view.S, d), float(self.cfg.init), dtype=self.view.dtype)
+
+    def play(self, t: int, T: int, state: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round ``t`` of ``T`` after the follower's update ``state``: the policy mean (S, d)
+        and the responses to submit (spr, S, d)."""
+        if state is not None:
+            self.view.update(state)
+        spr = self.view.config.samples_per_round
+        self.optimise(t, T, spr, self.view.config.dims)
+        return self.theta, torch.stack([self.response(j) for j in range(spr)])
 
     def response(self, j: int) -> torch.Tensor:
         """The ``j``-th response submitted this round, (S_agent, d)."""
@@ -296,7 +311,7 @@ class _Member:
         """Round ``t``'s policy steps against the current reward model."""
         agent, cfg = self.agent, self.cfg
         if t and agent.restarts_policy(t, T):
-            self.theta = self.start_theta(self.hi - self.lo, d)
+            self.theta = self.start_theta()
         tc, Tc = agent.schedule_clock(t, T)
         lr = _schedule(cfg.policy_lr, cfg.policy_lr_end, tc, Tc, cfg.decay_power)
         self.sigma = _schedule(cfg.sigma, cfg.sigma_end, tc, Tc, cfg.decay_power)
@@ -323,11 +338,22 @@ class _Member:
                 f"(seeds {bad}); lower policy_lr or the agent's coefficients"
             )
 
+
+class Seat:
+    """The env's side of one agent in a run: its experiments ``rows``, its declared ``reads``,
+    ``play`` (asks it for a round: :meth:`Player.play`, here or in its own process) and the
+    record the env's side keeps of it."""
+
+    def __init__(self, rows: slice, reads: tuple[str, ...], play, callback=None):
+        self.rows, self.reads, self.play, self.callback = rows, tuple(reads), play, callback
+        self.history: dict[str, list[np.ndarray]] = {}
+        self.error: BaseException | None = None  # set when the policy diverged
+
     def record(self, row: dict[str, np.ndarray]) -> None:
         for key, v in row.items():
-            self.history.setdefault(key, []).append(v)
+            self.history.setdefault(key, []).append(v[self.rows])
         if self.callback is not None:
-            self.callback(row)
+            self.callback({key: v[-1] for key, v in self.history.items()})
 
 
 def learn_together(
@@ -337,81 +363,105 @@ def learn_together(
     callbacks: list[RoundCallback | None] | None = None,
     stopped: dict[int, FloatingPointError] | None = None,
 ) -> list[dict[str, np.ndarray] | None]:
-    """Run several agents for ``rounds`` rounds on one vector env, each on its own experiments.
+    """Run several agents for ``rounds`` rounds on one vector env, each on its own experiments,
+    in this process (harness runs put each agent in a process of its own: :mod:`baselines.judge`).
 
     The env (already reset) holds the experiments of every agent, in order: the first agent's
-    seeds, then the second's, and so on. Each round every agent optimises its policy against its
-    experiments' reward models (seeing only those: :class:`agents.batching.SliceCore`, with
-    oracle queries charged to them alone), then all submit their responses in one env step, so
-    the env's scoring, labelling and retraining run once for all of them. An experiment's
-    numbers do not depend on what else shares the batch, so each agent's metrics are the ones it
-    gets alone, bit for bit (tested). ``rounds``: default, the first agent's ``config.rounds``
-    (all agents run the same rounds). Returns one history per agent, as :meth:`Agent.learn`.
-
-    ``stopped``: a dict to collect the agents whose policy diverges (index -> the error they
-    would raise alone) while the others go on; a stopped agent's history is ``None`` and its
-    experiments get zero responses from then on (they share nothing with the others'). Without
-    it, the first divergence raises, as :meth:`Agent.learn` does.
+    seeds, then the second's, and so on. Each agent sees a copy of its experiments' follower and
+    counted queries charged to them alone (:mod:`agents.follower`). ``rounds``: default, the first
+    agent's ``config.rounds``. Returns one history per agent, as :meth:`Agent.learn`; ``stopped``:
+    see :func:`run_rounds`.
     """
-    from agents.batching import SliceCore, SliceOracle
-    from agents.sealed import FollowerView, Oracle
+    from agents.follower import answer, follower_state
 
     if not agents:
         raise ValueError("learn_together needs at least one agent")
     callbacks = list(callbacks) if callbacks is not None else [None] * len(agents)
     if len(callbacks) != len(agents):
         raise ValueError(f"got {len(callbacks)} callbacks for {len(agents)} agents")
-    T = rounds if rounds is not None else agents[0].config.rounds
     core = env.unwrapped.core
     if not core.seeds:
         raise RuntimeError("reset the env with a seed before learn()")
-    vector = isinstance(env.unwrapped, VectorEnv)
-    if len(agents) > 1 and not vector:
+    if len(agents) > 1 and not isinstance(env.unwrapped, VectorEnv):
         raise ValueError("several agents need a vector env (gym.make_vec)")
-    S, d = core.S, core.config.dims
     sizes = [len(a.seeds) for a in agents]
-    if sum(sizes) != S:
+    if sum(sizes) != core.S:
         what = "agent has" if len(agents) == 1 else "agents have"
-        raise ValueError(f"{what} {sum(sizes)} seeds, env has {S} experiments")
-    spr, k = core.config.samples_per_round, core.config.signal_dims
-    members, lo = [], 0
+        raise ValueError(f"{what} {sum(sizes)} seeds, env has {core.S} experiments")
+    seats, players, lo = [], [], 0
     for agent, n, cb in zip(agents, sizes, callbacks, strict=True):
-        if len(agents) == 1:  # the whole env: no slicing
-            view, oracle = FollowerView(core), Oracle(env.unwrapped)
-        else:
-            part = SliceCore(core, lo, lo + n)
-            view, oracle = FollowerView(part), SliceOracle(env.unwrapped, part)
-        members.append(_Member(agent, lo, lo + n, view, oracle, cb))
+        rows, reads = slice(lo, lo + n), agent.declared_reads()
+
+        def ask(kind, ys, rows=rows, reads=reads):
+            return answer(core, rows, reads, kind, ys, env.unwrapped.ys_error)
+
+        players.append(Player(agent, reads, follower_state(core, rows, reads, True), ask))
+        seats.append(Seat(rows, reads, players[-1].play, cb))
         lo += n
-    for m in members:
-        m.agent.start(m.view)
-        m.theta = m.start_theta(m.hi - m.lo, d)
+    out = run_rounds(env, seats, rounds if rounds is not None else agents[0].config.rounds, stopped)
+    for agent, player, history in zip(agents, players, out, strict=True):
+        if history is not None:
+            agent.theta = player.theta  # the final policy mean
+    return out
+
+
+def run_rounds(env, seats: list[Seat], T: int, stopped: dict | None = None) -> list:
+    """The round loop, on the env's side: each round every seat plays (its policy mean and its
+    responses), all responses go to the env in one step per sample (scored, labelled, the RM
+    retrained once for all), and the env's side records each seat's rows of
+    :func:`round_metrics`. An experiment's numbers do not depend on what else shares the batch.
+
+    ``stopped``: a dict to collect the seats whose policy diverges or whose play is refused
+    (index -> the error) while the others go on; a stopped seat's history is ``None`` and its
+    experiments get zero responses from then on. Without it, the first error raises.
+    """
+    from agents.follower import follower_state
+
+    core = env.unwrapped.core
+    vector = isinstance(env.unwrapped, VectorEnv)
+    spr, d = core.config.samples_per_round, core.config.dims
+    states: list[dict | None] = [None] * len(seats)
     for t in range(T):
-        # 1. every agent optimises its policy against its experiments' current reward models
-        for i, m in enumerate(members):
-            if m.error is not None:
-                continue
-            try:
-                m.optimise(t, T, spr, d)
-            except FloatingPointError as e:
-                if stopped is None:
-                    raise
-                m.error = stopped[i] = e
-                m.theta, m.gaussian = torch.zeros_like(m.theta), False
-        if len(stopped or ()) == len(members):
+        thetas, ys = [], []
+        for i, seat in enumerate(seats):
+            n = len(range(*seat.rows.indices(core.S)))
+            if seat.error is None:
+                try:
+                    theta, y = seat.play(t, T, states[i])
+                    _check_play(theta, y, n, spr, d, core.dtype)
+                except (FloatingPointError, ValueError) as e:
+                    if stopped is None:
+                        raise
+                    seat.error = stopped[i] = e
+            if seat.error is not None:
+                theta, y = (
+                    torch.zeros(n, d, dtype=core.dtype),
+                    torch.zeros(spr, n, d, dtype=core.dtype),
+                )
+            thetas.append(theta)
+            ys.append(y)
+        if len(stopped or ()) == len(seats):
             break
-        # 2. submit responses: the env scores them, labels the round and retrains its RMs
-        ys = (torch.cat([m.response(j) for m in members]) for j in range(spr))
-        proxies, trues = zip(*(_submit(env, y, vector) for y in ys), strict=True)
-        # 3. record what happened (audit path: not charged to the agents)
-        theta = torch.cat([m.theta for m in members])
-        row = members[0].agent._metrics(core, theta, np.stack(proxies), np.stack(trues), k)
-        for m in members:
-            if m.error is None:
-                m.record({key: v[m.lo : m.hi] for key, v in row.items()})
-    for m in members:
-        if m.error is None:
-            m.agent.theta = m.theta  # the final policy mean
+        y_all = torch.cat(ys, dim=1)
+        proxies, trues = zip(*(_submit(env, y_all[j], vector) for j in range(spr)), strict=True)
+        row = round_metrics(core, torch.cat(thetas), np.stack(proxies), np.stack(trues))
+        for i, seat in enumerate(seats):
+            if seat.error is None:
+                seat.record(row)
+                states[i] = follower_state(core, seat.rows, seat.reads, False)
     return [
-        {k: np.stack(v) for k, v in m.history.items()} if m.error is None else None for m in members
+        {k: np.stack(v) for k, v in s.history.items()} if s.error is None else None for s in seats
     ]
+
+
+def _check_play(theta, y, n: int, spr: int, d: int, dtype) -> None:
+    """A seat's play is its policy mean (n, d) and its responses (spr, n, d), finite tensors of
+    the env's dtype; anything else is refused with one line."""
+    for name, v, shape in (("policy mean", theta, (n, d)), ("responses", y, (spr, n, d))):
+        if not isinstance(v, torch.Tensor) or v.dtype != dtype or tuple(v.shape) != shape:
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(
+                f"the agent's {name} must be a {dtype} tensor of shape {shape}, got {got}"
+            )
+        if not torch.isfinite(v).all():
+            raise FloatingPointError(f"the agent's {name} is not finite")

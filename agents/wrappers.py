@@ -7,11 +7,10 @@ algorithm sees by the agent's score (:meth:`agents.whitebox.Agent.sb3_score`), a
 ``info["wrapped_reward"]``; ``info["proxy_reward"]`` stays the env's.
 
 A response is scored under the reward model that scored it in the env (before any retraining
-that the same step triggered): the wrapper keeps a shallow snapshot of the env's follower taken
-before the step (parameters, optimiser state and buffer are replaced, never mutated, by an
-update, so the snapshot is exact and cheap). The env has already computed that RM's score of the
-response (its ``info["proxy_reward"]``): an agent that asks the snapshot's reward model for it
-gets that number instead of a second forward pass (the same float; see :class:`_KnownScore`).
+that the same step triggered): the agent's copy of the follower is refreshed only after it has
+scored the step. The env has already computed that RM's score of the response (its
+``info["proxy_reward"]``): an agent that asks its copy's reward model for it gets that number
+instead of a second forward pass (the same float; see :class:`_KnownScore`).
 
 The response is ``env.unwrapped.last_response`` right after the step (shape (1, d): the vector
 the RM scores), or ``None`` while a response is still incomplete (token envs); then the reward
@@ -20,28 +19,27 @@ passes through unchanged.
 
 from __future__ import annotations
 
-import copy
-import functools
-
 import gymnasium as gym
 import torch
 
-from agents.sealed import FollowerView, Oracle, seal_info
+from agents.follower import SEALED_INFO, Follower, Oracle, answer, follower_state
 from agents.whitebox import Agent
 
 
 class AgentRewardWrapper(gym.Wrapper):
     """Pays an SB3 algorithm ``agent.sb3_score`` for each response the env scores.
 
-    The agent sees the follower and the counted queries through :mod:`agents.sealed`.
+    The agent sees a copy of the follower's declared state and counted queries
+    (:mod:`agents.follower`), refreshed after each RM round.
 
     Args:
-        env: a suite env (single, not vectorised).
+        env: a suite env (single, not vectorised), or in harness runs the agent process's stand-in
+            for the env (:class:`baselines.judge.RemoteEnv`).
         agent: an :class:`~agents.whitebox.Agent`; its :meth:`~agents.whitebox.Agent.start`
             runs at every ``reset(seed=...)`` (and the first reset).
         seal_truth: remove the truth and the env's diagnostics from ``info`` (what the algorithm
-            and its callbacks see); they are in :attr:`audit` after each step instead. The
-            harness seals; ``False`` keeps ``info`` whole (for your own monitoring).
+            and its callbacks see); they are in :attr:`audit` after each step instead. ``False``
+            keeps ``info`` whole (for your own monitoring).
     """
 
     def __init__(self, env: gym.Env, agent: Agent, seal_truth: bool = True):
@@ -49,59 +47,65 @@ class AgentRewardWrapper(gym.Wrapper):
         if not isinstance(agent, Agent):
             raise TypeError(f"agent must be an agents.Agent, got {type(agent).__name__}")
         self.agent, self.seal_truth = agent, seal_truth
-        self._inner = env.unwrapped  # the suite env (fixed for the life of the wrapper)
-        self.oracle = Oracle(self._inner)
+        self.reads = agent.declared_reads(sb3=True)
+        inner = env.unwrapped
+        self._link = inner if hasattr(inner, "follower_state") else _Local(inner, self.reads)
         self.audit: dict = {}  # the last step's sealed info
-        self._started = False
+        self.follower: Follower | None = None
 
     def reset(self, **kwargs):
         out = self.env.reset(**kwargs)
-        if kwargs.get("seed") is not None or not self._started:
-            self.agent.start(FollowerView(self._inner.core))
-            self._started = True
+        if kwargs.get("seed") is not None or self.follower is None:
+            self.follower = Follower(self.reads, self._link.follower_state(True))
+            self.agent.start(self.follower)
         return out
 
     def step(self, action):
-        core = self._inner.core
-        before = _snapshot(core)
         obs, reward, terminated, truncated, info = self.env.step(action)
-        y = self._inner.last_response
+        view, y = self.follower, self._link.last_response
         if y is not None:
             y = y.unsqueeze(1)
-            proxy = info.get("proxy_reward")
-            if isinstance(proxy, float):
-                before.reward_model = _KnownScore(core.reward_model, before.params, y, proxy)
+            proxy, rm = info.get("proxy_reward"), vars(view).get("reward_model")
+            if isinstance(proxy, float) and "params" in vars(view):
+                view.reward_model = _KnownScore(rm, view.params, y, proxy)
             with torch.no_grad():
-                reward = float(self.agent.sb3_score(FollowerView(before), y, self.oracle)[0, 0])
-            for key in ("oracle_queries", "oracle_grad_queries", "oracle_value_equivalents"):
-                info[key] = int(getattr(core, key)[0])  # the agent's own queries
+                reward = float(self.agent.sb3_score(view, y, self._link)[0, 0])
+            view.reward_model = rm
+            info.update(self._link.counts())  # with the agent's own queries for this step
+        if info.get("rm_updated"):
+            view.update(self._link.follower_state(False))
         info["wrapped_reward"] = reward
         if self.seal_truth:
-            info, self.audit = seal_info(info)
+            self.audit = {k: info.pop(k) for k in SEALED_INFO if k in info}
         return obs, reward, terminated, truncated, info
 
 
-def _snapshot(core):
-    """A shallow copy of ``core``: what ``copy.copy`` makes of a plain object, without its
-    generic ``__reduce_ex__`` round trip (``copy.copy`` itself for any other object)."""
-    if not _plain_copy(type(core)):
-        return copy.copy(core)
-    snap = object.__new__(type(core))
-    snap.__dict__.update(core.__dict__)
-    return snap
+class _Local(Oracle):
+    """The link to a suite env in this process: its follower's state and its counted queries."""
 
+    def __init__(self, env, reads: tuple[str, ...]):
+        super().__init__(self.ask)
+        self.env, self.reads = env, reads
 
-@functools.cache
-def _plain_copy(cls: type) -> bool:
-    """Whether ``copy.copy`` of a ``cls`` instance is a new instance with the same ``__dict__``
-    (no copy or pickling hooks of its own, no slots)."""
-    hooks = ("__copy__", "__setstate__", "__getnewargs__", "__getnewargs_ex__")
-    return (
-        not any(hasattr(cls, h) for h in hooks)
-        and all(getattr(cls, m) is getattr(object, m) for m in ("__reduce_ex__", "__reduce__"))
-        and getattr(cls, "__getstate__", None) is getattr(object, "__getstate__", None)
-        and not any("__slots__" in vars(c) for c in cls.__mro__)
-    )
+    def follower_state(self, start: bool) -> dict:
+        return follower_state(self.env.core, slice(None), self.reads, start)
+
+    @property
+    def last_response(self):
+        return self.env.last_response
+
+    def counts(self) -> dict[str, int]:
+        """The env's query counters now (those that ``info`` reports)."""
+        c = self.env.core
+        counters = {
+            "oracle_queries": c.oracle_queries,
+            "oracle_grad_queries": c.oracle_grad_queries,
+        }
+        counters.update(oracle_value_equivalents=c.oracle_value_equivalents, **c.query_counts())
+        return {k: int(v[0]) for k, v in counters.items()}
+
+    def ask(self, kind: str, ys):
+        return answer(self.env.core, slice(None), self.reads, kind, ys, self.env.ys_error)
 
 
 class _KnownScore:

@@ -40,10 +40,10 @@ def agent_frames(env_id: str, agent: str, seed: int, rounds: int, every: int):
     import torch
 
     import rlhf_envs  # noqa: F401
-    from agents import registry
+    from baselines.judge import agent_class
 
     torch.set_num_threads(1)
-    cls = registry.get(agent)
+    cls = agent_class(agent)
     env = gym.make(env_id, render_mode="rgb_array")
     env.reset(seed=seed)
     runner = cls(cls.config_cls(**{**yaml_settings(env_id, cls), "rounds": rounds}), seed=[seed])
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         import gymnasium as gym
 
         import rlhf_envs
-        from agents import registry
+        from baselines.judge import agent_class
 
         if args.env not in gym.registry or gym.spec(args.env).vector_entry_point is None:
             raise CLIError(
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for agent in args.agents:
             try:
-                registry.get(agent)
+                agent_class(agent)
             except ValueError as e:
                 raise CLIError(f"--agents: {e}") from None
         if args.seed < 0:

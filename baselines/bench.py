@@ -36,6 +36,7 @@ import torch
 import rlhf_envs
 from agents import registry
 from baselines import cli, report, results
+from baselines.judge import agent_class
 from baselines.plan import CLIError, load_defaults, yaml_settings
 
 
@@ -98,7 +99,7 @@ def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -
     from baselines.plan import Job
     from baselines.sb3_runner import learn_sb3
 
-    cfg = yaml_settings(env_id, registry.get(agent), algo)
+    cfg = yaml_settings(env_id, agent_class(agent), algo)
     hyper = load_defaults(env_id).get("sb3", {}).get(algo, {})
     job = Job(env_id, agent, [], rounds, {}, cfg, "", "", algo, hyper)
     times = []
@@ -209,7 +210,7 @@ def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
 def _loadable(name: str) -> bool:
     """Whether ``name`` is an agent given as ``module:Class`` that loads."""
     try:
-        return ":" in name and bool(registry.get(name))
+        return ":" in name and bool(agent_class(name))
     except ValueError:
         return False
 

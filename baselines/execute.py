@@ -165,8 +165,8 @@ def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dic
     """
     import gymnasium as gym
 
-    from agents import registry
-    from agents.whitebox import learn_together
+    from agents.whitebox import run_rounds
+    from baselines.judge import remote_seat
 
     alone = len(todo) == 1
     first = todo[0][0]
@@ -174,6 +174,7 @@ def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dic
     all_seeds = [s for _, seeds in todo for s in seeds]
     start = time.perf_counter()
     stopped: dict[int, BaseException] = {}  # diverged agents stop, the others go on
+    seats = []
     try:
         env = gym.make_vec(
             first.env_id,
@@ -182,17 +183,20 @@ def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dic
             **first.env_kwargs,
         )
         env.reset(seed=list(all_seeds))
-        agents = []
+        lo = 0
         for job, seeds in todo:
-            cls = registry.get(job.agent)
-            agents.append(cls(cls.config_cls(**job.agent_config), seed=list(seeds)))
-        calls = [counter.per_round(len(seeds)) for _, seeds in todo]
-        histories = learn_together(agents, env, first.rounds, calls, stopped)
+            rows = slice(lo, lo + len(seeds))
+            seats.append(remote_seat(env, job, seeds, rows, counter.per_round(len(seeds))))
+            lo += len(seeds)
+        histories = run_rounds(env, seats, first.rounds, stopped)
     except Exception as e:  # noqa: BLE001  (recorded in the run folders; the sweep goes on)
         if not alone:
             counter.settle(0)  # each job reruns alone and counts its rounds again
             return {}
         histories, stopped = [None], {0: e}
+    finally:
+        for seat in seats:
+            seat.process.close()
     wall = time.perf_counter() - start
     names = None if alone else [job.run_name for job, _ in todo]
     done: dict[int, dict[str, Any]] = {}
@@ -240,10 +244,10 @@ def _run_sb3(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str,
 
 def job_cost(job: Job) -> float:
     """Estimated compute of a job, from the agent's declared ``cost`` (for scheduling)."""
-    from agents import registry
+    from baselines.judge import agent_class
 
     steps = job.agent_config.get("inner_steps", 1) + 1
-    return job.rounds * steps * registry.get(job.agent).cost
+    return job.rounds * steps * agent_class(job.agent).cost
 
 
 def group_jobs(jobs: list[Job], n_workers: int) -> list[list[Job]]:

@@ -249,7 +249,7 @@ def tune(
 def board(env_id: str, workers, out: Path, res: Path, dtype: str = "float64") -> str:
     """The generalisation leaderboard on the test split (see the module docstring), with the
     followers in ``dtype`` (the one the settings were tuned with)."""
-    from agents import registry
+    from baselines.judge import agent_class
     from rlhf_envs import families
 
     path = res / f"tuned_{env_id}.json"
@@ -275,7 +275,7 @@ def board(env_id: str, workers, out: Path, res: Path, dtype: str = "float64") ->
     norm, raw, calls = normalised(out, env_id, "test", settings, TEST_SEEDS)
     rows = []
     for label, (agent, kw) in settings.items():
-        cls = registry.get(agent)
+        cls = agent_class(agent)
         reads = ",".join(cls(cls.config_cls(**kw)).declared_reads())
         q_lo, q_hi = stats.stratified_bootstrap_ci(norm[label], n_boot=2000)
         m_lo, m_hi = stats.stratified_bootstrap_ci(norm[label], np.mean, n_boot=2000)

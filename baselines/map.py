@@ -111,10 +111,10 @@ def check_axes(env_id: str, x, y, env_kwargs: dict[str, Any]) -> None:
 
 def cell_run_name(agent: str, x: str, xv: Any, y: str, yv: Any) -> str:
     """The run folder name of ``agent`` in the cell ``x=xv, y=yv`` (as the sweep names it)."""
-    from agents import registry
+    from baselines.judge import agent_class
 
     tag = tag_of({f"env.{x}": xv, f"env.{y}": yv})
-    return run_folder_name(registry.get(agent).name, "whitebox", tag)
+    return run_folder_name(agent_class(agent).name, "whitebox", tag)
 
 
 def collect(
@@ -160,9 +160,9 @@ EXTRA_READS = {"labeler_values", "labeler_grads", "truth_values", "truth_grads"}
 
 def oracle_free(agent: str) -> bool:
     """Whether ``agent`` uses no labeler call beyond the RM's own labels (declared reads)."""
-    from agents import registry
+    from baselines.judge import agent_class
 
-    cls = registry.get(agent)
+    cls = agent_class(agent)
     return not set(cls(cls.config_cls()).declared_reads()) & EXTRA_READS
 
 
@@ -291,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError("--agents: give at least one agent")
         if len(set(agents)) != len(agents):
             raise CLIError(f"--agents: an agent is listed twice in {args.agents!r}")
-        from agents import registry
+        from baselines.judge import agent_class
 
         for a in agents:
             try:
-                registry.get(a)
+                agent_class(a)
             except ValueError as e:
                 raise CLIError(f"--agents: {e}") from None
         agents = [REFERENCE] + [a for a in agents if a != REFERENCE]

@@ -221,10 +221,10 @@ def plan(
     import gymnasium as gym
 
     import rlhf_envs  # noqa: F401  (registers the envs)
-    from agents import registry
+    from baselines.judge import agent_class
 
     try:
-        agent_cls = registry.get(agent)
+        agent_cls = agent_class(agent)
     except ValueError as e:
         raise CLIError(f"--agent: {e}") from None
     if env_id not in gym.registry:

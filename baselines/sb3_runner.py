@@ -10,10 +10,9 @@ per RM round from the responses the policy actually sampled in that round, in co
 
 from __future__ import annotations
 
-import copy
-
-import gymnasium as gym
 import numpy as np
+
+from rlhf_envs.core import QUERY_COLUMNS
 
 ALGOS = ("ppo", "sac", "a2c")
 
@@ -32,6 +31,7 @@ _NOT_MEASURED = {
 # the env's truth and proxy on the responses the policy sampled
 _RENAMED = {"true_utility": "sample_true_utility", "proxy_reward": "sample_proxy_reward"}
 _NUMBERS = (int, float, np.number)
+_NOT_MEASURED |= set(QUERY_COLUMNS.values())
 
 
 def algorithm(name: str):
@@ -43,27 +43,27 @@ def algorithm(name: str):
 
 def allowed_algos(agent: str) -> tuple[str, ...]:
     """The SB3 algorithms that ``agent`` (a name or ``module:Class``) works with."""
-    from agents import registry
+    from baselines.judge import agent_class
 
-    algos = registry.get(agent).sb3_algos
+    algos = agent_class(agent).sb3_algos
     return ALGOS if algos is None else tuple(a for a in ALGOS if a in algos)
 
 
 def learn_sb3(job, seed: int, callback=None, eval_responses: int = 64) -> dict[str, np.ndarray]:
-    """Train ``seed`` of the SB3 :class:`baselines.plan.Job` ``job`` on its agent-wrapped env.
+    """Train ``seed`` of the SB3 :class:`baselines.plan.Job` ``job``, the agent and its algorithm
+    in their own process (:func:`baselines.judge.judge_sb3`), and return the judge's record.
 
     Per round: the mean over the responses the policy sampled of every per-response number the env
     reports in ``info`` (``true_utility`` and ``proxy_reward`` become ``sample_true_utility`` and
     ``sample_proxy_reward``; diagnostics such as ``signal_norm`` keep their names), the RM's error
-    on them, and the label / oracle counters. On a contextual env, the sampled true utility is also
-    split by ``info["in_blind_cluster"]``. Besides, ``eval_true_utility`` (NaN except in the last
-    row) is the mean true utility of ``eval_responses`` deterministic responses of the final policy
-    (see :func:`evaluate_deterministic`), the number SB3's ``evaluate_policy`` would report.
+    on them, and the label and query counters (with the queries the agent made scoring the round's
+    last response). On a contextual env, the sampled true utility is also split by
+    ``info["in_blind_cluster"]``. Besides, ``eval_true_utility`` (NaN except in the last row) is
+    the mean true utility of ``eval_responses`` deterministic responses of the final policy (SB3
+    ``predict``), scored on a copy of the env (which retrains its own RM on them; the run's env
+    is untouched): the number SB3's ``evaluate_policy`` would report.
     """
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-
-    from agents import registry
-    from agents.wrappers import AgentRewardWrapper
+    from baselines.judge import judge_sb3
 
     agent, policy_optimizer = job.agent, job.policy_optimizer
     if policy_optimizer not in (algos := allowed_algos(agent)):
@@ -71,98 +71,68 @@ def learn_sb3(job, seed: int, callback=None, eval_responses: int = 64) -> dict[s
         raise ValueError(
             f"agent {agent!r} works only with the white-box optimiser{also}, got {policy_optimizer!r}"
         )
-    cls = registry.get(agent)
-    the_agent = cls(cls.config_cls(**job.agent_config), seed=seed)
-    env = AgentRewardWrapper(gym.make(job.env_id, **job.env_kwargs), the_agent)
-    rows: list[dict[str, float]] = []
-    current: dict[str, list] = {}
-
-    class Recorder(BaseCallback):
-        def _on_step(self) -> bool:
-            for info in self.locals["infos"]:  # one env; the truth comes on the audit channel
-                if info.get("response_complete") is False:  # a token of an unfinished response
-                    continue
-                info = {**info, **env.get_wrapper_attr("audit")}
-                if "true_utility" not in info:
-                    continue
-                for key, v in info.items():
-                    if key in _NOT_MEASURED or not isinstance(v, _NUMBERS):
-                        continue
-                    current.setdefault(_RENAMED.get(key, key), []).append(float(v))
-                if "in_blind_cluster" in info:
-                    side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
-                    current.setdefault(f"sample_true_utility_{side}", []).append(
-                        info["true_utility"]
-                    )
-                if info["rm_updated"]:
-                    t = np.array(current["sample_true_utility"])
-                    p = np.array(current["sample_proxy_reward"])
-                    row = {k: float(np.mean(v)) for k, v in current.items()}
-                    row.update(
-                        sample_gap=p.mean() - t.mean(),
-                        rm_error=np.abs(p - t).mean(),
-                        labels_used=info["labels_used"],
-                        oracle_queries=info["oracle_queries"],
-                        oracle_grad_queries=info["oracle_grad_queries"],
-                        oracle_value_equivalents=info["oracle_value_equivalents"],
-                    )
-                    if "in_blind_cluster" in info:  # a round may miss one side
-                        for side in ("blind_cluster", "other_clusters"):
-                            row.setdefault(f"sample_true_utility_{side}", np.nan)
-                    rows.append(row)
-                    current.clear()
-                    if callback is not None:
-                        callback(rows[-1])
-            return len(rows) < job.rounds
-
-    model = algorithm(policy_optimizer)(
-        "MlpPolicy",
-        env,
-        seed=seed,
-        device="cpu",
-        verbose=0,
-        tensorboard_log=job.tensorboard,
-        **job.hyperparams,
-    )
-    callbacks = [*the_agent.sb3_callbacks(), Recorder()]
-    model.learn(
-        total_timesteps=10**9,
-        callback=CallbackList(callbacks),
-        tb_log_name=f"{job.env_id}/{agent}+{policy_optimizer}/seed_{seed}_sb3",
-    )
+    if eval_responses < 1:
+        raise ValueError(f"eval_responses must be >= 1, got {eval_responses}")
+    recorder = _Recorder(job.rounds, callback)
+    evaluation = judge_sb3(job, seed, recorder, eval_responses)
+    rows = recorder.rows
     keys = list(dict.fromkeys(k for r in rows for k in r))
     history = {key: np.array([[r.get(key, np.nan)] for r in rows]) for key in keys}
-    for key, value in evaluate_deterministic(model, env, eval_responses).items():
+    for key, value in evaluation.items():
         column = np.full((len(rows), 1), np.nan)
         column[-1, 0] = value  # measured once, after the last round
         history[key] = column
     return history
 
 
-def evaluate_deterministic(model, env: gym.Env, responses: int) -> dict[str, float]:
-    """True utility of the trained policy's deterministic responses (SB3 ``predict``).
+class _Recorder:
+    """The judge's record of an SB3 run, one row per RM round, from each step's whole ``info``.
 
-    Runs on a deep copy of the env, so the run's own env, RM, counters and random state are
-    untouched (the copy retrains its RM on these responses as usual; they are then discarded).
-    For a contextual env the utility is also split between the blind cluster and the others.
-    """
-    if responses < 1:
-        raise ValueError(f"eval_responses must be >= 1, got {responses}")
-    e = copy.deepcopy(env.unwrapped)
-    true, split = [], {"blind_cluster": [], "other_clusters": []}
-    obs, _ = e.reset()
-    while len(true) < responses:
-        action, _ = model.predict(obs, deterministic=True)
-        obs, _, terminated, truncated, info = e.step(action)
-        if "true_utility" in info and info.get("response_complete") is not False:
-            true.append(info["true_utility"])
-            if "in_blind_cluster" in info:
-                side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
-                split[side].append(info["true_utility"])
-        if terminated or truncated:
-            obs, _ = e.reset()
-    out = {"eval_true_utility": float(np.mean(true))}
-    if split["blind_cluster"] or split["other_clusters"]:
-        for side, vals in split.items():
-            out[f"eval_true_utility_{side}"] = float(np.mean(vals or [np.nan]))
-    return out
+    A round's row is completed at the next call (the next step, or ``None`` at the end), once the
+    agent has scored the round's last response: its query counters include those queries."""
+
+    def __init__(self, rounds: int, callback=None):
+        self.rounds, self.callback = rounds, callback
+        self.rows: list[dict[str, float]] = []
+        self.current: dict[str, list] = {}
+        self.pending: dict | None = None
+        self.core = None  # the judge's env follower (set by the judge)
+
+    def __call__(self, info: dict | None) -> bool:
+        """Record one step's ``info``; True once the run has its rounds."""
+        if self.pending is not None:
+            row, c = self.pending, self.core
+            row.update(
+                oracle_queries=int(c.oracle_queries[0]),
+                oracle_grad_queries=int(c.oracle_grad_queries[0]),
+                oracle_value_equivalents=int(c.oracle_value_equivalents[0]),
+                **{k: int(v[0]) for k, v in c.query_counts().items()},
+            )
+            self.rows.append(row)
+            self.pending = None
+            if self.callback is not None:
+                self.callback(row)
+        if info is None or info.get("response_complete") is False or "true_utility" not in info:
+            return len(self.rows) >= self.rounds
+        current = self.current
+        for key, v in info.items():
+            if key in _NOT_MEASURED or not isinstance(v, _NUMBERS):
+                continue
+            current.setdefault(_RENAMED.get(key, key), []).append(float(v))
+        if "in_blind_cluster" in info:
+            side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
+            current.setdefault(f"sample_true_utility_{side}", []).append(info["true_utility"])
+        if info["rm_updated"]:
+            t = np.array(current["sample_true_utility"])
+            p = np.array(current["sample_proxy_reward"])
+            row = {k: float(np.mean(v)) for k, v in current.items()}
+            row.update(sample_gap=p.mean() - t.mean(), rm_error=np.abs(p - t).mean())
+            counters = ("oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
+            row.update(labels_used=info["labels_used"], **dict.fromkeys(counters))
+            if "in_blind_cluster" in info:  # a round may miss one side
+                for side in ("blind_cluster", "other_clusters"):
+                    row.setdefault(f"sample_true_utility_{side}", np.nan)
+            self.pending = row
+            current.clear()
+            return len(self.rows) + 1 >= self.rounds
+        return len(self.rows) >= self.rounds

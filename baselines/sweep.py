@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
-from agents import registry
 from baselines import cli, results
+from baselines.judge import agent_class
 from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError, Job, parse_seeds, plan, run_folder_name
 
 KEYS = {
@@ -186,7 +186,7 @@ def plan_sweep(
             max_rounds=max_rounds,
         )
         all_jobs += new
-        name = run_folder_name(registry.get(agent).name, policy_optimizer, tag)
+        name = run_folder_name(agent_class(agent).name, policy_optimizer, tag)
         folders += [results.run_dir(out, env_id, name, s) for s in seeds]
     repeated = sorted(str(f) for f, n in Counter(folders).items() if n > 1)
     if repeated:

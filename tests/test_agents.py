@@ -171,11 +171,11 @@ def test_ensemble_members_train_on_the_env_buffer_and_disagree():
     torch.testing.assert_close(ens.pessimistic(core, y, "min"), after.min(0).values)
 
 
-def test_label_archive_reads_every_label_of_a_round_through_the_sealed_view():
+def test_label_archive_reads_every_label_of_a_round_through_the_agents_copy():
     # with two labels per response a round pushes 2 * samples_per_round entries; the archive
     # of rm-aggregate and the elite agents must read them all through what a harness run sees
     from agents.aggregate import LabelArchive
-    from agents.sealed import FollowerView
+    from agents.follower import Follower, follower_state
 
     env = gym.make_vec(
         "RLHFNeuralBlindSpot-v0",
@@ -187,11 +187,13 @@ def test_label_archive_reads_every_label_of_a_round_through_the_sealed_view():
     )
     env.reset(seed=[0, 1])
     core = env.unwrapped.core
-    view = FollowerView(core)
+    reads = ("current_rm", "rm_buffer")
+    view = Follower(reads, follower_state(core, slice(None), reads, True))
     archive = LabelArchive(view, 100)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):  # one round
         env.submit(torch.randn(2, 10, generator=g, dtype=torch.float64))
+    view.update(follower_state(core, slice(None), reads, False))
     assert archive.sync(view)
     assert torch.equal(archive.y, core.buffer_y[:, :6]) and torch.equal(
         archive.t, core.buffer_t[:, :6]

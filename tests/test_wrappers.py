@@ -85,21 +85,24 @@ def test_exact_fpo_wrapper_pays_the_virtual_update_and_reuses_the_buffer_gradien
     assert agent._lookahead == {}  # start() at the seeded reset gives a fresh cache
     misses = []  # rounds at which the wrapper's agent recomputed the retained-buffer gradient
     counting = False
-    retained = RLHFCore.retained_after_push
+    from agents.follower import Follower
+
+    retained = Follower.retained_after_push
 
     def spy(self, n_new):
         if counting:  # only inside env.step (the independent twin below has its own cache)
             misses.append(self.round)
         return retained(self, n_new)
 
-    monkeypatch.setattr(RLHFCore, "retained_after_push", spy)
+    monkeypatch.setattr(Follower, "retained_after_push", spy)
     rng = np.random.default_rng(1)
     per_round = core.config.samples_per_round
     g_prev, round_prev = None, None
     for i in range(3 * per_round):
         action = rng.normal(size=env.action_space.shape)
         twin = copy.deepcopy(core)  # independent: its own params and buffer, no cache
-        params_before, buffer_before, round_before = core.params, core.buffer_y, core.round
+        seen = env.follower  # the agent's copy of the follower, as it was before the step
+        params_before, buffer_before, round_before = seen.params, seen.buffer_y, core.round
         y = torch.as_tensor(action, dtype=torch.float64).reshape(1, 1, -1)
         counting = True
         obs, reward, term, trunc, info = env.step(action)

@@ -1,0 +1,447 @@
+"""The judge and the judged: in harness runs every agent lives in a process of its own.
+
+The judge (this process: the env with its truth, labeler and reward-model follower, and the
+recorder) never runs agent code, not even a plugin's import. Each agent runs in a fresh process
+forked from a clean server process (``forkserver``: it never held the judge's memory), which
+gets only what the agent declared (:func:`agents.follower.follower_state`: copies of the current
+or initial RM, the labelled buffer, the RM-side settings) and answers with what the judge asks
+for: each round its policy mean and its responses (white-box), or each step its action (SB3).
+Every query it makes is answered and charged by the judge (:func:`agents.follower.answer`; an
+undeclared kind fails the run), and every recorded number is computed by the judge from what
+crossed. Messages from the agent are never unpickled: a JSON header and raw arrays of checked
+dtype and shape; messages to it are pickles (it trusts the judge).
+
+Threat model: this boundary defends the truth and the record against what Python code can do
+inside its own process (reflection, ``gc``, frames, pickling hooks, monkeypatching, state shared
+with other agents of a batch, rebuilding the env from what it was told; for the last one, hidden
+configs keep the truth's settings in the judge). It does not defend against code that uses the
+operating system to reach another process's memory or files (ptrace, ``/proc``, writing into run
+folders as the same user): run untrusted agents as another user or in a sandbox, and replay
+(``baselines.leaderboard --verify``) what you cite.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing as mp
+import os
+from dataclasses import field, make_dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.follower import Oracle
+
+#: dtypes an agent may send (anything else is refused)
+_DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64}
+#: the largest message an agent may send (bytes)
+_MAX_BYTES = 1 << 28
+_context = None
+
+
+class AgentFailed(RuntimeError):
+    """The agent's process raised, died or broke the protocol (one line: what and where)."""
+
+
+#: errors an agent's process reports as themselves (a diverged policy, a refused setting)
+_ERRORS = {
+    "FloatingPointError": FloatingPointError,
+    "ValueError": ValueError,
+    "TypeError": ValueError,
+}
+
+
+def _ctx():
+    global _context
+    if _context is None:
+        _context = mp.get_context("forkserver")
+        _context.set_forkserver_preload(["torch", "agents.registry", "baselines.judge"])
+    return _context
+
+
+# -- the wire ---------------------------------------------------------------------------------
+def send(conn, op: str, meta: dict | None = None, arrays=()) -> None:
+    """Agent -> judge: a JSON header, then each array's raw bytes."""
+    arrays = [np.ascontiguousarray(torch.as_tensor(a).detach().numpy()) for a in arrays]
+    specs = [[a.dtype.name, list(a.shape)] for a in arrays]
+    conn.send_bytes(json.dumps({"op": op, "meta": meta or {}, "arrays": specs}).encode())
+    for a in arrays:
+        conn.send_bytes(a.tobytes())
+
+
+def receive(conn) -> tuple[str, dict, list[torch.Tensor]]:
+    """Judge <- agent: :func:`send`'s message, each part checked before it is read."""
+    try:
+        head = json.loads(conn.recv_bytes(1 << 20))
+        op, meta, specs = head["op"], head["meta"], head["arrays"]
+        if not (isinstance(op, str) and isinstance(meta, dict) and isinstance(specs, list)):
+            raise TypeError("header")
+        arrays = []
+        for dtype, shape in specs:
+            if dtype not in _DTYPES or not all(isinstance(n, int) and n >= 0 for n in shape):
+                raise TypeError(f"array {dtype} {shape}")
+            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+            if size > _MAX_BYTES:
+                raise TypeError(f"array of {size} bytes")
+            data = conn.recv_bytes(max(size, 1))
+            if len(data) != size:
+                raise TypeError(f"array of {len(data)} bytes, header says {size}")
+            arrays.append(
+                torch.from_numpy(np.frombuffer(data, _DTYPES[dtype]).reshape(shape).copy())
+            )
+    except (EOFError, ConnectionError):
+        raise AgentFailed("the agent's process ended unexpectedly") from None
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise AgentFailed(f"the agent's process sent a malformed message ({e})") from None
+    return op, meta, arrays
+
+
+class AgentProcess:
+    """The judge's handle on one agent's process: requests, and the queries it serves meanwhile."""
+
+    def __init__(self):
+        self.conn, child = _ctx().Pipe()
+        self.proc = _ctx().Process(target=_agent_main, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def request(self, msg: tuple, serve=None) -> tuple[str, dict, list[torch.Tensor]]:
+        """Send ``msg``; answer the agent's queries with ``serve(kind, ys)`` until it replies."""
+        self.conn.send(msg)
+        while True:
+            op, meta, arrays = receive(self.conn)
+            if op == "query" and serve is not None and len(arrays) == 1:
+                self.conn.send(serve(str(meta.get("kind")), arrays[0]))
+            elif op == "error":
+                kind = _ERRORS.get(str(meta.get("type")), AgentFailed)
+                raise kind(str(meta.get("message"))[:500])
+            else:
+                return op, meta, arrays
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("exit",))
+        except OSError:
+            pass
+        self.proc.join(2)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
+
+
+# -- white-box runs ---------------------------------------------------------------------------
+def remote_seat(env, job, seeds: list[int], rows: slice, callback=None):
+    """A :class:`agents.whitebox.Seat` whose agent (``job``'s, over ``seeds``, the env's
+    experiments ``rows``) plays in its own process; close its :attr:`process` when done."""
+    from agents.follower import answer, follower_state
+    from agents.whitebox import Seat
+
+    core, reads = env.unwrapped.core, tuple(r for r in job.reads.split(",") if r)
+    proc = AgentProcess()
+
+    def serve(kind: str, ys: torch.Tensor):
+        return answer(core, rows, reads, kind, ys, env.unwrapped.ys_error)
+
+    start = follower_state(core, rows, reads, True)
+    try:
+        proc.request(("whitebox", job.agent, job.agent_config, list(seeds), reads, start), serve)
+    except BaseException:
+        proc.close()
+        raise
+
+    def play(t: int, T: int, state: dict | None):
+        op, _, arrays = proc.request(("play", t, T, state), serve)
+        if op != "played" or len(arrays) != 2:
+            raise AgentFailed(f"the agent's process answered {op!r} with {len(arrays)} arrays")
+        return arrays[0], arrays[1]
+
+    seat = Seat(rows, reads, play, callback)
+    seat.process = proc
+    return seat
+
+
+# -- SB3 runs ---------------------------------------------------------------------------------
+def judge_sb3(job, seed: int, record, eval_responses: int) -> dict[str, float]:
+    """Run ``seed`` of the SB3 job with the agent and its algorithm in their own process: each
+    step's action crosses here, the env steps, ``record(info)`` (the judge's recorder, True once
+    the run has its rounds) sees the whole ``info``, and the agent gets the ``info`` without the
+    truth plus, after each RM round, its copy of the follower. Returns the evaluation numbers of
+    ``eval_responses`` deterministic responses of the final policy, scored on a copy of the env."""
+    from agents.follower import SEALED_INFO, answer, follower_state
+
+    env = gym.make(job.env_id, **job.env_kwargs)
+    inner, reads = env.unwrapped, tuple(r for r in job.reads.split(",") if r)
+
+    def serve(kind: str, ys: torch.Tensor):
+        return answer(inner.core, slice(None), reads, kind, ys, inner.ys_error)
+
+    def shown(info: dict) -> dict:
+        return {k: v for k, v in info.items() if k not in SEALED_INFO}
+
+    record.core = inner.core
+    proc = AgentProcess()
+    try:
+        spaces = (env.observation_space, env.action_space)
+        msg = ("sb3", job.agent, job.agent_config, seed, job.policy_optimizer, job.hyperparams)
+        op, meta, arrays = proc.request((*msg, job.tensorboard, job.env_id, spaces, reads), serve)
+        started, done, evaluating = False, False, None
+        while op != "end":
+            if op == "reset":
+                obs, info = env.reset(seed=meta.get("seed"))
+                start = meta.get("seed") is not None or not started
+                started = True
+                state = follower_state(inner.core, slice(None), reads, True) if start else None
+                reply: Any = (obs, shown(info), state)
+            elif op == "step" and len(arrays) == 1 and not done:
+                obs, reward, term, trunc, info = env.step(arrays[0].numpy())
+                done = record(info)
+                state = None
+                if info.get("rm_updated"):
+                    state = follower_state(inner.core, slice(None), reads, False)
+                reply = (obs, reward, term, trunc, shown(info), inner.last_response, state, done)
+            elif op == "eval" and done and evaluating is None:
+                evaluating = copy.deepcopy(inner)  # the run's env, RM and counters untouched
+                scores: dict[str, list] = {"": [], "blind_cluster": [], "other_clusters": []}
+                reply = evaluating.reset()[0]
+            elif op == "eval_step" and evaluating is not None and len(arrays) == 1:
+                obs, _, term, trunc, info = evaluating.step(arrays[0].numpy())
+                if "true_utility" in info and info.get("response_complete") is not False:
+                    scores[""].append(info["true_utility"])
+                    if "in_blind_cluster" in info:
+                        side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
+                        scores[side].append(info["true_utility"])
+                if term or trunc:
+                    obs, _ = evaluating.reset()
+                reply = (obs, len(scores[""]) >= eval_responses)
+            else:
+                raise AgentFailed(f"the agent's process sent {op!r} out of turn")
+            op, meta, arrays = proc.request(reply, serve)
+        record(None)  # the last step's row, with the queries its scoring made
+        out = {"eval_true_utility": float(np.mean(scores[""]))}
+        if scores["blind_cluster"] or scores["other_clusters"]:
+            for side in ("blind_cluster", "other_clusters"):
+                out[f"eval_true_utility_{side}"] = float(np.mean(scores[side] or [np.nan]))
+        return out
+    finally:
+        proc.close()
+
+
+# -- plugins, described by their own process ---------------------------------------------------
+_plugins: dict[str, type] = {}
+
+
+def agent_class(spec: str) -> type:
+    """The agent class of a built-in name, or for ``module:Class`` a stand-in with the plugin's
+    declarations, described by a process of its own: the plugin is never imported here."""
+    from agents import registry
+
+    if spec in registry.BUILTIN or not isinstance(spec, str) or ":" not in spec:
+        return registry.get(spec)
+    if spec not in _plugins:
+        _plugins[spec] = _stand_in(spec)
+    return _plugins[spec]
+
+
+def _stand_in(spec: str) -> type:
+    from agents.whitebox import READS
+
+    proc = AgentProcess()
+    try:
+        _, d, _ = proc.request(("describe", spec, None))
+    except AgentFailed as e:
+        proc.close()
+        raise ValueError(f"cannot load agent {spec!r}: {e}") from None
+    ok = (
+        isinstance(d.get("name"), str)
+        and d.get("role") in ("baseline", "method", "ceiling")
+        and set(d.get("reads", ())) <= set(READS)
+        and isinstance(d.get("fields"), dict)
+    )
+    if not ok:
+        raise ValueError(f"agent {spec!r} describes itself in a form the harness cannot read")
+
+    def built(self) -> None:
+        _, out, _ = proc.request(("describe", spec, {k: getattr(self, k) for k in d["fields"]}))
+        self._built = out
+        for k, v in out["config"].items():
+            setattr(self, k, v)
+
+    defaults = [
+        (k, Any, field(default_factory=lambda v=v: copy.deepcopy(v)))
+        for k, v in d["fields"].items()
+    ]
+    config_cls = make_dataclass(
+        f"{d['name']}-config",
+        defaults,
+        namespace={
+            "__post_init__": built,
+            "to_dict": lambda self: copy.deepcopy(self._built["config"]),
+            "field_names": classmethod(lambda cls: list(d["fields"])),
+        },
+    )
+
+    class Plugin:
+        name, role, reads, config_cls = d["name"], d["role"], tuple(d["reads"]), None
+        cost, sb3_algos, llm_penalty = float(d.get("cost", 1.0)), d.get("sb3_algos"), None
+        paper_reference: dict = {}
+        __doc__ = str(d.get("doc", ""))
+
+        def __init__(self, config=None, seed=0, **fields_):
+            self.config = config if config is not None else self.config_cls(**fields_)
+            self.seeds = [seed] if isinstance(seed, int) else list(seed)
+
+        def declared_reads(self, sb3: bool = False) -> tuple[str, ...]:
+            return tuple(self.config._built["reads_sb3" if sb3 else "reads"])
+
+    Plugin.config_cls = config_cls
+    return Plugin
+
+
+# -- the agent's process ------------------------------------------------------------------------
+def _agent_main(conn) -> None:
+    from agents import registry
+    from baselines.execute import _die_with_parent
+
+    _die_with_parent()  # with the fork server, which ends with the judge
+    torch.set_num_threads(1)
+    registry.AGENT_SIDE = True
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        try:
+            if msg[0] == "exit":
+                return
+            {"whitebox": _play_white_box, "sb3": _play_sb3, "describe": _describe}[msg[0]](
+                conn, *msg[1:]
+            )
+        except BaseException as e:  # noqa: BLE001  (reported to the judge, one line)
+            send(conn, "error", {"type": type(e).__name__, "message": str(e).split("\n")[0]})
+
+
+def _describe(conn, spec: str, kwargs: dict | None) -> None:
+    from dataclasses import MISSING, fields
+
+    from agents import registry
+
+    cls = registry.get(spec)
+    if kwargs is None:
+        defaults = {
+            f.name: f.default if f.default is not MISSING else f.default_factory()
+            for f in fields(cls.config_cls)
+        }
+        send(
+            conn,
+            "described",
+            {
+                "name": cls.name,
+                "role": cls.role,
+                "reads": list(cls.reads),
+                "cost": float(cls.cost),
+                "sb3_algos": None if cls.sb3_algos is None else list(cls.sb3_algos),
+                "fields": defaults,
+                "doc": cls.__doc__ or "",
+            },
+        )
+        return
+    agent = cls(cls.config_cls(**kwargs))
+    send(
+        conn,
+        "built",
+        {
+            "config": agent.config.to_dict(),
+            "reads": list(agent.declared_reads()),
+            "reads_sb3": list(agent.declared_reads(True)),
+        },
+    )
+
+
+def _ask(conn, kind: str, ys):
+    send(conn, "query", {"kind": kind}, [torch.as_tensor(ys)])
+    return conn.recv()
+
+
+def _play_white_box(conn, spec, agent_config, seeds, reads, state) -> None:
+    from agents import registry
+    from agents.whitebox import Player
+
+    cls = registry.get(spec)
+    agent = cls(cls.config_cls(**agent_config), seed=seeds)
+    player = Player(agent, reads, state, lambda kind, ys: _ask(conn, kind, ys))
+    send(conn, "ready")
+    while (msg := conn.recv())[0] == "play":
+        send(conn, "played", {}, player.play(*msg[1:]))
+
+
+def _play_sb3(
+    conn, spec, agent_config, seed, algo, hyperparams, tensorboard, env_id, spaces, reads
+):
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    from agents import registry
+    from agents.wrappers import AgentRewardWrapper
+    from baselines.sb3_runner import algorithm
+
+    cls = registry.get(spec)
+    agent = cls(cls.config_cls(**agent_config), seed=seed)
+    remote = RemoteEnv(conn, *spaces, reads)
+    env = AgentRewardWrapper(remote, agent)
+
+    class Stop(BaseCallback):
+        def _on_step(self) -> bool:
+            return not remote.done
+
+    model = algorithm(algo)(
+        "MlpPolicy",
+        env,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+        tensorboard_log=tensorboard,
+        **hyperparams,
+    )
+    model.learn(
+        total_timesteps=10**9,
+        callback=CallbackList([*agent.sb3_callbacks(), Stop()]),
+        tb_log_name=f"{env_id}/{agent.name}+{algo}/seed_{seed}_sb3",
+    )
+    send(conn, "eval")
+    obs, finished = conn.recv(), False
+    while not finished:
+        action, _ = model.predict(obs, deterministic=True)
+        send(conn, "eval_step", {}, [action])
+        obs, finished = conn.recv()
+    send(conn, "end")
+
+
+class RemoteEnv(gym.Env, Oracle):
+    """The agent process's stand-in for the judge's env (same spaces): each call crosses to the
+    judge; it is also the wrapper's link (:class:`agents.wrappers.AgentRewardWrapper`): the
+    follower's state the judge sent, and queries."""
+
+    def __init__(self, conn, observation_space, action_space, reads):
+        Oracle.__init__(self, lambda kind, ys: _ask(conn, kind, ys))
+        self.conn, self.reads = conn, reads
+        self.observation_space, self.action_space = observation_space, action_space
+        self.last_response, self.done, self._state = None, False, None
+
+    def reset(self, *, seed=None, options=None):
+        send(self.conn, "reset", {"seed": seed})
+        obs, info, self._state = self.conn.recv()
+        return obs, info
+
+    def step(self, action):
+        send(self.conn, "step", {}, [np.asarray(action)])
+        obs, reward, term, trunc, info, self.last_response, state, self.done = self.conn.recv()
+        self._state = state if state is not None else self._state
+        return obs, reward, term, trunc, info
+
+    def follower_state(self, start: bool) -> dict:
+        return self._state
+
+    def counts(self) -> dict:
+        return {}  # the judge records the counters
