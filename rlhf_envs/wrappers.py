@@ -114,14 +114,31 @@ class LogTruth(BaseCallback):
 
     The means are over the episodes in the model's ``ep_info_buffer``, which has the keys when
     the env is monitored with ``Monitor(env, info_keywords=TRUTH_KEYS)`` (rl-zoo3:
-    ``monitor_kwargs``) or ``VecMonitor(venv, info_keywords=TRUTH_KEYS)``.
+    ``monitor_kwargs``) or ``VecMonitor(venv, info_keywords=TRUTH_KEYS)``. They are recorded at
+    the end of each rollout, for the algorithm's own log tables; with ``log_every`` (>= 1) the
+    callback also writes a table every ``log_every`` steps (pass ``log_interval=None`` to
+    ``learn``; rl-zoo3: ``--log-interval -2``), the truth and the return from the same episodes.
     """
 
-    def _on_step(self) -> bool:
-        return True
+    def __init__(self, log_every: int | None = None, verbose: int = 0):
+        super().__init__(verbose)
+        ok = log_every is None or (type(log_every) is int and log_every >= 1)
+        if not ok:
+            raise ValueError(f"log_every must be None or an int >= 1, got {log_every!r}")
+        self.log_every, self._logged = log_every, 0
 
-    def _on_rollout_end(self) -> None:
+    def _record(self) -> None:
         for key in TRUTH_KEYS:
             values = [ep[key] for ep in self.model.ep_info_buffer or () if key in ep]
             if values:
                 self.logger.record(f"rollout/ep_{key}_mean", float(np.mean(values)))
+
+    def _on_step(self) -> bool:
+        if self.log_every and self.num_timesteps >= self._logged + self.log_every:
+            self._logged = self.num_timesteps - self.num_timesteps % self.log_every
+            self._record()
+            self.model.dump_logs()
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self._record()
