@@ -2,6 +2,7 @@
 Gymnasium's episode statistics, SB3's Monitor and SB3's logs."""
 
 import csv
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -105,3 +106,21 @@ def test_monitor_csv_and_sb3_logs_show_the_truth(tmp_path):
     truths = [float(r["true_utility"]) for r in rows]
     assert float(logged["rollout/ep_true_utility_mean"]) == pytest.approx(np.mean(truths), 1e-5)
     assert "rollout/ep_proxy_reward_mean" in logged and "rollout/ep_rew_mean" in logged
+
+
+def test_log_truth_writes_its_own_tables_from_the_same_episodes(tmp_path):
+    env = Monitor(gym.make("RLHFBlindSpot-v0"), info_keywords=TRUTH_KEYS)
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(64, callback=LogTruth(log_every=16), log_interval=None)
+    with open(tmp_path / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["time/total_timesteps"]) for r in rows] == [16, 32, 48, 64]
+    for r in rows:  # the return is the proxy: the same episodes give the same mean
+        assert float(r["rollout/ep_proxy_reward_mean"]) == pytest.approx(
+            float(r["rollout/ep_rew_mean"]), abs=1e-5
+        )
+        assert math.isfinite(float(r["rollout/ep_true_utility_mean"]))
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="log_every must be None or an int >= 1"):
+            LogTruth(log_every=bad)
