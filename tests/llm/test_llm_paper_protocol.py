@@ -288,11 +288,13 @@ class _Scripted(torch.nn.Module):
         self.script, self.vocab, self.t = script, vocab, 0
 
     def forward(self, input_ids, use_cache=True, past_key_values=None):
-        t = 0 if past_key_values is None else past_key_values + 1
+        t = 0 if past_key_values is None else past_key_values.t + 1
         logits = torch.zeros(len(self.script), 1, self.vocab)
         for i, row in enumerate(self.script):
             logits[i, 0, row[min(t, len(row) - 1)]] = 1.0
-        return SimpleNamespace(logits=logits, past_key_values=t)
+        # the prompt runs once (``decoding.prefill`` gathers its rows: nothing to gather here)
+        cache = SimpleNamespace(t=t, reorder_cache=len)
+        return SimpleNamespace(logits=logits, past_key_values=cache)
 
 
 def test_every_end_of_turn_token_ends_an_answer():
