@@ -1,6 +1,7 @@
 """Build the leaderboard from run folders: ``results/LEADERBOARD.md``, CSVs and figures.
 
     python -m baselines.leaderboard [--runs runs] [--results leaderboard] [--force] [--allow-mixed]
+        [--verify K]
 
 Per (env, agent) over seeds: final true utility and area under the true-utility curve (mean
 over rounds) with mean, 95 % percentile-bootstrap CI and IQM; collapse drop (peak minus final);
@@ -9,7 +10,9 @@ round with 95 % CI bands per agent, and for the linear env the signal-vs-noise t
 utility landscape; a probability-of-improvement table of each FPO form against naive and the
 defences. A hand-written reading of an env's table, ``RESULTS/notes/ENV_ID.md``, is shown
 under it when present. Runs made with different code commits or package versions are refused unless
-``--allow-mixed`` is given.
+``--allow-mixed`` is given. Every run folder is checked on reading (its summary recomputed from
+its metrics, :func:`baselines.results.check_run`); ``--verify K`` also replays K runs of each row,
+chosen at random (seeded), and marks the row verified or not.
 """
 
 from __future__ import annotations
@@ -163,6 +166,27 @@ def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verify_rows(df: pd.DataFrame, k: int) -> dict[tuple[str, str], str]:
+    """Per (env, run name): replay ``k`` of its runs, drawn with seed 0, as ``python -m
+    baselines.run --from`` does, into a temporary folder; "yes (n replayed)" if each reproduces
+    its metrics.csv byte for byte, else "NO (j of n not reproduced)"."""
+    import contextlib
+    import io
+    import tempfile
+
+    from baselines.run import main as run
+
+    rng, marks = np.random.default_rng(0), {}
+    for key, part in df.groupby(["env_id", "run_name"]):
+        picked = rng.choice(sorted(part.folder), size=min(k, len(part)), replace=False)
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            args = ["--out", tmp, "--no-progress", "--quiet"]
+            bad = sum(run(["--from", str(Path(f) / "config.json"), *args]) != 0 for f in picked)
+        n = len(picked)
+        marks[key] = f"NO ({bad} of {n} not reproduced)" if bad else f"yes ({n} replayed)"
+    return marks
+
+
 def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path) -> str:
     lines = [
         "# Leaderboard",
@@ -189,6 +213,7 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
         "deterministically, measured on a copy of the env (as SB3's `evaluate_policy`).",
         "",
     ]
+    v = "verified" in tab
     for env_id, part in tab.groupby("env_id", sort=True):
         commits = sorted(df[df.env_id == env_id]["git_commit"].unique())
         codes = sorted(df[df.env_id == env_id]["code_hash"].unique())
@@ -197,8 +222,9 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
             "",
             f"Code commit: {', '.join(c[:12] for c in commits)}; code hash: {', '.join(codes)}.",
             "",
-            "| agent | reads | seeds | final U | final U IQM | final block | AUC | drop | gap | labels | queries (value / grad) | labeler calls | s/run | paper ref. final U |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| agent | reads | seeds | final U | final U IQM | final block | AUC | drop | gap | labels | queries (value / grad) | labeler calls | s/run | paper ref. final U |"
+            + (" verified (replayed) |" if v else ""),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if v else ""),
         ]
         for _, r in part.iterrows():
             lines.append(
@@ -211,6 +237,7 @@ def markdown(tab: pd.DataFrame, df: pd.DataFrame, poi: pd.DataFrame, notes: Path
                 f"{r.final_gap:.2f} | {r.labels_used:.0f} | "
                 f"{r.oracle_queries:.0f} / {r.oracle_grad_queries:.0f} | {r.labeler_calls:.0f} | "
                 f"{r.wall_time_s:.2f} | {_paper_reference(env_id, r.agent)} |"
+                + (f" {r.verified} |" if v else "")
             )
         extra = [c for c in OPTIONAL_COLUMNS if c in part and part[c].notna().any()]
         if extra:
@@ -332,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="folder of run folders (default runs/)")
     cli.add_results(p, "leaderboard", "the table, CSVs and figures")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs from different commits")
+    p.add_argument(
+        "--verify",
+        type=cli.positive_int,
+        metavar="K",
+        help="replay K random runs per row (seeded; as baselines.run --from, in a temporary "
+        "folder) and mark each row verified or not in the table",
+    )
     try:
         args = p.parse_args(argv)
         out = Path(args.results)
@@ -345,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         return p.fail(e)
     tab = table(df)
+    if args.verify:
+        marks = verify_rows(df, args.verify)
+        tab["verified"] = [
+            marks[env_id, agent] for env_id, agent in zip(tab.env_id, tab.agent, strict=True)
+        ]
     made = figures(df, out / "figures")
     fresh = {m.resolve() for m in made}
     for old in (out / "figures").glob("*.png"):  # figures of envs no longer in the table

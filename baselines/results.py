@@ -38,6 +38,8 @@ METRIC_COLUMNS = [
 ]
 
 COUNTERS = ("labels_used", "oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
+#: one counter per query kind (rlhf_envs.core.QUERY_COLUMNS)
+COUNTERS += ("labeler_value_queries", "labeler_grad_queries", "truth_value_queries", "truth_grad_queries")
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -202,12 +204,79 @@ def run_state(folder: Path, digest: str) -> tuple[str, str]:
     return ("done", "") if done.get("config_hash") == digest else ("other", "")
 
 
-class _Damaged(Exception):
-    """Why a run folder is not one the harness wrote (:func:`load_runs`)."""
+class RecordError(Exception):
+    """Why a run folder is not as the harness wrote it (:func:`check_run`)."""
 
 
-#: summary numbers a finished run must have, finite
-NEEDED = ("final_true_utility", "final_block_true_utility", "auc_true_utility", "collapse_drop")
+#: metrics.csv columns that may hold NaN (an SB3 run's evaluation is in its last row only; the
+#: contextual env's per-cluster columns are NaN in rounds without a response of that cluster)
+MAY_BE_NAN = ("eval_", "sample_true_utility_")
+
+
+def recheck(folder: Path, s: dict[str, Any]) -> str:
+    """``""`` if the finished run's ``summary.json`` (``s``) is what :func:`summarise` makes of
+    its ``metrics.csv``, else the first disagreement.
+
+    ``metrics.csv`` is written with ``repr`` (:func:`metrics_csv`), which round-trips every
+    float64, so the numbers read back are the ones summarised, bit for bit; only the order of the
+    sums in the means may differ (an in-memory column is strided, the file's is not): a few ulps.
+    Numbers must agree to 1e-9 relative (1e-12 absolute near 0), far above that and far below any
+    edit a table could show; counters and words exactly.
+    """
+    m = read_metrics(folder / "metrics.csv")
+    nan_ok = {k: k.startswith(MAY_BE_NAN) for k in m}
+    bad = [k for k, v in m.items() if not (np.isfinite(v) | nan_ok[k] & np.isnan(v)).all()]
+    if bad:
+        return f"metrics.csv holds non-finite values in {', '.join(bad[:3])}"
+    if len(m.get("round", ())) != s.get("rounds"):
+        return (
+            f"metrics.csv has {len(m.get('round', ()))} rounds, the summary says {s.get('rounds')}"
+        )
+    for key, want in summarise({k: v[:, None] for k, v in m.items() if k != "round"}, 0).items():
+        got = s.get(key)
+        if isinstance(want, float) and type(got) in (int, float):
+            both_nan = want != want and got != got
+            same = both_nan or abs(want - got) <= 1e-9 * abs(want) + 1e-12
+        else:
+            same = type(got) is type(want) and got == want
+        if not same:
+            return f"summary.json's {key} ({got!r}) is not what metrics.csv gives ({want!r})"
+    return ""
+
+
+def check_run(folder: Path, statuses: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
+    """The ``summary.json`` of the run folder ``folder`` (``.../ENV/RUN_NAME/seed_S``), with
+    ``git_commit``, ``code_hash``, ``versions`` and ``folder``; None if its status is not in
+    ``statuses``. Raises ``RecordError`` (why) for a folder the harness did not write as it stands:
+    failing :func:`verify`, files not JSON objects, an unknown env id, a summary or config whose
+    env, run name or seed is not the folder's, or a finished run whose summary is not what its
+    metrics give or whose metrics are not finite (:func:`recheck`).
+    """
+    import rlhf_envs
+
+    if why := verify(folder):
+        raise RecordError(why)
+    s, cfg = read_json(folder / "summary.json"), read_json(folder / "config.json")
+    if not isinstance(s, dict) or not isinstance(cfg, dict):
+        raise RecordError("summary.json or config.json is not a JSON object")
+    if s.get("status") not in statuses:
+        return None
+    if s.get("env_id") not in rlhf_envs.ENV_IDS:
+        raise RecordError(f"unknown env_id {str(s.get('env_id'))[:60]!r}")
+    where = Path(folder).resolve()
+    layout = (where.parent.parent.name, where.parent.name, where.name)
+    for record in (s, cfg):
+        named = (record.get("env_id"), record.get("run_name"), f"seed_{record.get('seed')}")
+        if named != layout:
+            raise RecordError(f"it names {'/'.join(map(str, named))[:120]!r}, not its own folder")
+    if s.get("config_hash") != cfg.get("config_hash"):
+        raise RecordError("summary.json and config.json have different config hashes")
+    if s["status"] == "ok" and (why := recheck(folder, s)):
+        raise RecordError(why)
+    s["git_commit"], s["code_hash"] = cfg["git_commit"], cfg["code_hash"]
+    s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
+    s["folder"] = str(folder)
+    return s
 
 
 def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = False):
@@ -215,16 +284,14 @@ def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = 
 
     One row per run whose status is in ``statuses``: its ``summary.json``, then ``git_commit``,
     ``code_hash`` and ``versions`` (key-sorted JSON) from its ``config.json``, and its ``folder``;
-    with ``metrics``, its ``metrics.csv`` (a dict of column arrays), which must hold the summary's
-    rounds. A folder failing :func:`verify` or not as the harness writes it (files not JSON objects,
-    an unknown env id, a finished run without finite :data:`NEEDED` numbers) is skipped with one
-    line on stderr; runs of other statuses are left out silently (their commands report them).
+    with ``metrics``, its ``metrics.csv`` (a dict of column arrays). A folder that fails
+    :func:`check_run` (damaged, edited, or not as the harness writes it) is skipped with one
+    line on stderr naming it and why; runs of other statuses are left out silently (their
+    commands report them).
     """
     import sys
 
     import pandas as pd
-
-    import rlhf_envs
 
     found: dict[Path, Path] = {}
     for p in map(Path, paths):
@@ -234,32 +301,11 @@ def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = 
     rows = []
     for folder in found.values():
         try:
-            if why := verify(folder):
-                raise _Damaged(why)
-            s, cfg = read_json(folder / "summary.json"), read_json(folder / "config.json")
-            if not isinstance(s, dict) or not isinstance(cfg, dict):
-                raise _Damaged("summary.json or config.json is not a JSON object")
-            if s.get("status") not in statuses:
+            if (s := check_run(folder, statuses)) is None:
                 continue
-            if s.get("env_id") not in rlhf_envs.ENV_IDS:
-                raise _Damaged(f"unknown env_id {str(s.get('env_id'))[:60]!r}")
-            bad = [k for k in NEEDED if not isinstance(s.get(k), (int, float)) or s[k] != s[k]]
-            bad += [k for k in NEEDED if k not in bad and abs(s[k]) == float("inf")]
-            if bad and s["status"] == "ok":
-                raise _Damaged(f"missing or non-finite {', '.join(bad)}")
-            s["git_commit"], s["code_hash"] = cfg["git_commit"], cfg["code_hash"]
-            s["versions"] = json.dumps(cfg.get("versions", {}), sort_keys=True)
-            s["folder"] = str(folder)
-            if not isinstance(s.get("run_name"), str):
-                raise _Damaged("summary.json names no run_name")
             if metrics:
                 s["metrics"] = read_metrics(folder / "metrics.csv")
-                n = len(next(iter(s["metrics"].values()), []))
-                if n != s.get("rounds"):
-                    raise _Damaged(
-                        f"metrics.csv has {n} rounds, the summary says {s.get('rounds')}"
-                    )
-        except _Damaged as e:
+        except RecordError as e:
             why = str(e)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             why = f"{type(e).__name__}: {str(e)[:120]}"

@@ -129,8 +129,8 @@ def replay_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         missing = [k for k in (*keys, "config_hash", "code_hash") if k not in cfg]
     except (OSError, ValueError, TypeError) as e:
         raise CLIError(f"--from: cannot read {path}: {type(e).__name__}") from None
-    if missing:
-        raise CLIError(f"--from: {path} is not a run's config.json (no {', '.join(missing)})")
+    if missing or path.name != "config.json":
+        raise CLIError(f"--from: {path} is not a run's config.json (lacks {missing or 'its name'})")
     here = results.code_hash()
     if cfg["code_hash"] != here and args.any_code:
         print(
@@ -144,6 +144,13 @@ def replay_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             f"{str(cfg.get('git_commit', 'unknown'))[:12]}); this checkout's code is {here}: "
             "check out that commit to replay it"
         )
+    try:  # the record must check itself: sealed, in its own folder, summary = its metrics
+        results.check_run(path.parent, ("ok", "stopped", "failed"))
+    except (results.RecordError, OSError, ValueError, KeyError, TypeError) as e:
+        raise CLIError(f"--from: {path.parent} is refused: {str(e)[:200]}") from None
+    args.out = args.out or str(Path("runs") / "replay")
+    if Path(args.out).resolve() == path.resolve().parents[3]:
+        raise CLIError(f"--from: --out {args.out} would replay {path.parent} into itself")
     return cfg, path
 
 
@@ -159,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         recorded = None
         if args.replay:
             recorded, source = replay_args(args)
-            args.out = args.out or str(Path("runs") / "replay")
             jobs, skipped = replay_plan(recorded, args)
         else:
             if args.agent is None:
@@ -206,13 +212,13 @@ def replay_plan(cfg: dict[str, Any], args: argparse.Namespace):
         env_kwargs=cfg["env_kwargs"],
         agent_kwargs=cfg["agent_config"],
         out=args.out,
-        force=args.force,
+        force=True,  # a replay runs again: never compare with a folder already there
         tag=run_name.split("@", 1)[1] if "@" in run_name else "",
         policy_optimizer=optimizer,
         sb3_kwargs=cfg.get("hyperparams") if optimizer != "whitebox" else None,
         max_rounds=max(args.max_rounds, int(cfg["rounds"])),
     )
-    if jobs and jobs[0].digest(jobs[0].seeds[0]) != cfg["config_hash"]:
+    if jobs[0].digest(jobs[0].seeds[0]) != cfg["config_hash"] or jobs[0].run_name != run_name:
         raise CLIError("--from: the recorded settings no longer hash to the recorded config_hash")
     return jobs, skipped
 

@@ -69,6 +69,7 @@ def test_replay_refuses_other_code_and_changed_settings(tmp_path, capsys):
     cfg = json.loads(cfg_path.read_text())
     cfg["code_hash"] = "0" * 16
     cfg_path.write_text(json.dumps(cfg))
+    results.write_manifest(cfg_path.parent, ["config.json", "metrics.csv", "summary.json"])
     assert main(["--from", str(cfg_path), "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was made by code 0000000000000000" in err[0]
