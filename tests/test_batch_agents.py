@@ -10,8 +10,7 @@ import torch
 
 import rlhf_envs  # noqa: F401
 from agents import registry
-from agents.batching import SliceCore, SliceOracle
-from agents.sealed import FOLLOWER_ATTRS, FollowerView
+from agents.follower import DECLARED, Follower, UndeclaredRead, answer, follower_state
 from agents.whitebox import learn_together
 from baselines import results, sweep
 from baselines.execute import group_jobs, run_jobs
@@ -112,44 +111,87 @@ def test_learn_together_refuses_mismatched_inputs():
         learn_together([make_agent(NEURAL, "naive", [0]), make_agent(NEURAL, "fpo", [0])], single)
 
 
-def test_slice_core_cuts_the_follower_and_keeps_slices_while_the_env_does():
+def test_follower_state_cuts_the_follower_to_the_experiments_rows():
     env = vec_env(NEURAL, [0, 1, 2, 3])
     core = env.unwrapped.core
-    part = SliceCore(core, 1, 3)
-    assert part.S == 2 and part.seeds == [1, 2]
-    p = part.params
-    assert p is part.params  # the same object until the env replaces its parameters
-    for k in core.params:
-        assert torch.equal(p[k], core.params[k][1:3])
-    for _ in range(5):  # one round: the env retrains and replaces params and buffer
+    reads = ("current_rm", "rm_buffer")
+    rows = slice(1, 3)
+    for _ in range(5):  # one round: the env retrains (its params now carry a flat vector)
         env.step(np.ones((4, 10)))
-    assert part.params is not p
-    assert torch.equal(part.opt_state["m"], core.opt_state["m"][1:3])
-    assert torch.equal(part.training_batch()[0], core.training_batch()[0][1:3])
+    state = follower_state(core, rows, reads, True)
+    part = Follower(reads, state)
+    assert part.S == 2 and part.seeds == [1, 2]
+    for k in core.params:
+        assert torch.equal(part.params[k], core.params[k][1:3])
     assert torch.equal(part.params.flat, core.params.flat[1:3])
+    for k, v in core.opt_state.items():
+        assert torch.equal(part.opt_state[k], v if v.dim() == 0 else v[1:3]), k
+    assert part.buffer_len == core.buffer_len and part.buffer_pos == core.buffer_pos
+    assert torch.equal(part.training_batch()[0], core.training_batch()[0][1:3])
+    assert torch.equal(part.training_batch()[1], core.training_batch()[1][1:3])
     y = torch.randn(2, 1, 10, dtype=torch.float64)
     assert torch.equal(part.score(y), core.score(torch.cat([y[:1], y, y[:1]]))[1:3])
-    for name in FOLLOWER_ATTRS:  # whatever has one row per experiment comes cut to the slice
+    # whatever crosses with one row per experiment comes cut to the rows
+    for name in {n for names in DECLARED.values() for n in names} | {"references"}:
         whole = getattr(core, name)
         if isinstance(whole, torch.Tensor) and whole.dim() and whole.shape[0] == 4:
             assert torch.equal(getattr(part, name), whole[1:3]), name
-    view = FollowerView(part)
-    assert view.config.dims == 10 and view.buffer_len == core.buffer_len
-    with pytest.raises(ValueError, match="within the core's 4 experiments"):
-        SliceCore(core, 2, 5)
+    assert part.config.dims == 10
+    # copies: the env's later rounds do not reach the agent's view until it is refreshed
+    before = part.params["skip"].clone() if "skip" in part.params else part.params.flat.clone()
+    for _ in range(5):
+        env.step(np.full((4, 10), 2.0))
+    now = part.params["skip"] if "skip" in part.params else part.params.flat
+    assert torch.equal(now, before)
+    part.update(follower_state(core, rows, reads, False))
+    assert torch.equal(part.params.flat, core.params.flat[1:3])
 
 
-def test_slice_oracle_charges_its_experiments_only_and_checks_shapes():
+def test_follower_refuses_what_its_declaration_does_not_bring():
+    env = vec_env(NEURAL, [0, 1])
+    core = env.unwrapped.core
+    view = Follower(("current_rm",), follower_state(core, slice(0, 2), ("current_rm",), True))
+    with pytest.raises(UndeclaredRead, match="'rm_buffer'"):
+        _ = view.buffer_y
+    bare = Follower((), follower_state(core, slice(0, 2), (), True))
+    with pytest.raises(UndeclaredRead, match="'current_rm' or 'initial_rm'"):
+        _ = bare.params
+    for truth in ("utility", "labeler_target", "y_star", "queries"):
+        with pytest.raises(AttributeError):
+            getattr(view, truth)
+    assert not {"signal_dims", "target_value", "utility_width", "label_noise"} & set(
+        vars(view.config)
+    )
+
+
+def test_answer_charges_its_experiments_only_and_checks_shapes_and_declarations():
     env = vec_env(NEURAL, [0, 1, 2])
     core = env.unwrapped.core
-    oracle = SliceOracle(env.unwrapped, SliceCore(core, 2, 3))
+    reads = ("labeler_values", "truth_grads")
+
+    def ask(kind, ys):
+        return answer(core, slice(2, 3), reads, kind, ys, env.unwrapped.ys_error)
+
     y = torch.randn(1, 4, 10, dtype=torch.float64)
-    torch.testing.assert_close(oracle.query_labeler(y), core.labeler_target(y), rtol=0, atol=0)
-    oracle.true_utility_and_grad(y)
+    torch.testing.assert_close(ask("labeler_values", y), core.labeler_target(y), rtol=0, atol=0)
+    u, g = ask("truth_grads", y)
+    assert torch.equal(u, core.utility(y)) and torch.equal(g, core.utility_and_grad(y)[1])
     assert core.oracle_queries.tolist() == [0, 0, 4]
     assert core.oracle_grad_queries.tolist() == [0, 0, 4]
+    counts = {k: v.tolist() for k, v in core.query_counts().items()}
+    assert counts == {
+        "labeler_value_queries": [0, 0, 4],
+        "labeler_grad_queries": [0, 0, 0],
+        "truth_value_queries": [0, 0, 0],
+        "truth_grad_queries": [0, 0, 4],
+    }
     with pytest.raises(ValueError, match=r"ys must have shape \(1, \.\.\., 10\)"):
-        oracle.true_utility(torch.zeros(3, 1, 10))
+        ask("truth_grads", torch.zeros(3, 1, 10))
+    with pytest.raises(UndeclaredRead, match="'truth_values' in the agent's reads"):
+        ask("truth_values", y)
+    with pytest.raises(ValueError, match="unknown query"):
+        ask("utility", y)
+    assert core.oracle_queries.tolist() == [0, 0, 4]  # refused queries are not charged
 
 
 def job(agent: str, run_name: str, seeds, key: str = "a", optimizer: str = "whitebox") -> Job:
