@@ -10,8 +10,8 @@ import torch
 
 import rlhf_envs  # noqa: F401
 from agents import fpo, registry
+from agents.follower import Follower, Oracle, answer, follower_state
 from agents.foresight import FPOExactAgent
-from agents.sealed import FollowerView, Oracle
 from baselines.plan import load_defaults
 from rlhf_envs.reward_models import (
     FlatParams,
@@ -136,10 +136,15 @@ def advanced_core(env_kwargs: dict, seeds=(0, 1, 2), steps: int = 37):
 
 
 def started(env_kwargs: dict, label_grad: bool, *classes):
-    """An advanced core, its view and oracle, and one started agent of each class on it."""
+    """An advanced core, the agents' copy of its follower and their counted queries (what
+    ``learn`` gives them), and one started agent of each class on it."""
     env, core = advanced_core(env_kwargs)
-    view, oracle = FollowerView(core), Oracle(env.unwrapped)
     agents = [cls(fpo_gamma=0.005, seed=[0, 1, 2], label_grad=label_grad) for cls in classes]
+    reads = tuple(dict.fromkeys(r for a in agents for r in a.declared_reads()))
+    view = Follower(reads, follower_state(core, slice(None), reads, True))
+    oracle = Oracle(
+        lambda kind, ys: answer(core, slice(None), reads, kind, ys, env.unwrapped.ys_error)
+    )
     for agent in agents:
         agent.start(view)
     return core, view, oracle, agents
