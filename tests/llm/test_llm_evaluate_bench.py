@@ -27,11 +27,11 @@ def test_pairwise_sign_test_by_hand():
     assert row["win_rate"] == 1.0 and row["p"] == pytest.approx(0.25)
 
 
-def test_mean_and_bootstrap_ci_column():
+def test_mean_and_t_ci_column():
     assert evaluate._ms([]) == "-"
     assert evaluate._ms([2.0]) == "2.000"  # one seed: no interval
-    # two seeds 0 and 1: resampled means 0, .5, 1 -> 95 % CI [0, 1]
-    assert evaluate._ms([0.0, 1.0]) == "0.500 [0.000, 1.000]"
+    # two seeds 0 and 1: 0.5 +- t(0.975, 1) * sd / sqrt(2) = 0.5 +- 12.706 * 0.7071 / 1.4142
+    assert evaluate._ms([0.0, 1.0]) == "0.500 [-5.853, 6.853]"
 
 
 def test_llm_files_keep_their_format(tmp_path):
@@ -76,6 +76,7 @@ def test_evaluate_writes_eval_and_markdown(tmp_path):
                 "3",
                 "--max-new-tokens",
                 "8",
+                "--few-seeds",
             ]
         )
         == 0
@@ -93,7 +94,8 @@ def test_evaluate_writes_eval_and_markdown(tmp_path):
             assert row["overconfidence"] == pytest.approx(want, abs=1e-6)
     text = out.read_text()
     assert "## LLM track" in text and "fpo-relaxed vs naive" in text
-    assert "eval utility (gold)" in text and "Across seeds" in text and "Within-run" in text
+    assert "eval utility" in text and "Comparison by eval utility" in text and "Within-run" in text
+    assert "fpo-relaxed vs naive: " in text and "1 seeds: too few seeds" in text
     assert "3-" in text or "-3" in text or "-0-" in text  # 3 comparisons were made
 
 
