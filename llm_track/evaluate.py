@@ -152,6 +152,7 @@ class Evaluator:
             return self._utility(ids, answer, self.gold)
         return self.relevance(prompt, decoding.decode(self.tok, *answer)[0])
 
+    @torch.no_grad()
     def _utility(self, ids, answer, model) -> float | None:
         """``loop.utility`` of ``answer`` under ``model`` (the base model: the training oracle's
         U; the gold model: tiny's evaluation utility); None without a model."""

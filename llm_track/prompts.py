@@ -3,6 +3,7 @@ source that cannot be loaded is a one-line error, never a fallback."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -133,15 +134,22 @@ def read_local(path: str, column: str, flag: str = "--prompts", split: str = "tr
 
 def _ultrafeedback(split: str) -> list[str]:
     """UltraFeedback binarized prompts (hub or ``datasets`` cache); an error when unavailable."""
+    from llm_track.models import _hub_reachable, hub_offline
+
     datasets = _datasets("--prompts ultrafeedback")
+    offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable()  # no ~25 s of retries
+    old, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, offline
     try:
-        ds = datasets.load_dataset(ULTRAFEEDBACK, split=split)
+        with hub_offline() if offline else contextlib.nullcontext():
+            ds = datasets.load_dataset(ULTRAFEEDBACK, split=split)
     except Exception as exc:  # network, auth, missing cache: no fallback
         raise LLMTrackError(
             f"--prompts ultrafeedback: cannot load {ULTRAFEEDBACK} split {split} "
             f"({first_line(exc, 120)}); "
             "download it once, or pass --prompts PATH to a local copy, or --prompts builtin"
         ) from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = old
     return _column(ds, "prompt", f"ultrafeedback ({split})", "--prompts")
 
 
