@@ -1,9 +1,10 @@
 """The fast paths of SB3 agent-runs give the numbers of the plain ones, bit for bit.
 
-Each test compares two code paths: the suite's fast one (the reward wrapper's cheap snapshot and
-reuse of the env's RM score, the sealed info's deep copy, the envs' incremental observations,
-per-token infos and gradient-free utilities) and a plain reference kept here (what the code did
-before), on the same seeds.
+Each test compares two code paths: the suite's fast one (the reward wrapper's reuse of the env's
+RM score, its copy of the follower refreshed only after RM rounds, the envs' incremental
+observations, per-token infos and gradient-free utilities) and a plain reference kept here, on the
+same seeds. Harness runs (the agent and its algorithm in a process of their own, the judge's
+recorder here) give the numbers of the plain reference run in one process.
 """
 
 import copy
@@ -14,8 +15,8 @@ import pytest
 import torch
 
 import rlhf_envs  # noqa: F401
-from agents import registry, sealed, wrappers
-from agents.sealed import FollowerView, SealedError, SealedInfo, seal_info
+from agents import registry, wrappers
+from agents.follower import SEALED_INFO, Follower, follower_state
 from agents.wrappers import AgentRewardWrapper
 from baselines import results
 from baselines.plan import load_defaults
@@ -28,34 +29,29 @@ ENVS = ["RLHFVerbosity-v0", "RLHFContextual-v0", "RLHFNeuralBlindSpot-v0"]
 AGENTS = ["naive", "fpo", "fpo-relaxed", "fpo-exact", "kl", "static", "ensemble", "oracle"]
 
 
-def reference_seal_info(info):
-    audit = {k: info[k] for k in sealed.SEALED_INFO if k in info}
-    return SealedInfo((k, v) for k, v in info.items() if k not in sealed.SEALED_INFO), audit
-
-
 def reference_step(self, action):
-    """The wrapper's step as it was: a ``copy.copy`` snapshot, the agent's score computed."""
+    """The wrapper's step in its plain form: a fresh copy of the follower taken before the step
+    (every RM score computed, none reused), the counters read off the env, the truth moved out."""
     core = self.env.unwrapped.core
-    before = copy.copy(core)
+    before = Follower(self.reads, follower_state(core, slice(None), self.reads, True))
     obs, reward, terminated, truncated, info = self.env.step(action)
     y = getattr(self.env.unwrapped, "last_response", None)
     if y is not None:
         with torch.no_grad():
-            score = self.agent.sb3_score(FollowerView(before), y.unsqueeze(1), self.oracle)
+            score = self.agent.sb3_score(before, y.unsqueeze(1), self._link)
         reward = float(score[0, 0])
-        for key in ("oracle_queries", "oracle_grad_queries"):
+        for key in ("oracle_queries", "oracle_grad_queries", "oracle_value_equivalents"):
             info[key] = int(getattr(core, key)[0])
-        info["oracle_value_equivalents"] = int(core.oracle_value_equivalents[0])
+        info.update({k: int(v[0]) for k, v in core.query_counts().items()})
     info["wrapped_reward"] = reward
     if self.seal_truth:
-        info, self.audit = reference_seal_info(info)
+        self.audit = {k: info.pop(k) for k in SEALED_INFO if k in info}
     return obs, reward, terminated, truncated, info
 
 
 def reference_paths(monkeypatch):
-    """Switch every fast path of an SB3 agent-run to its plain form."""
+    """Switch every fast path of an SB3 agent-run in this process to its plain form."""
     monkeypatch.setattr(AgentRewardWrapper, "step", reference_step)
-    monkeypatch.delattr(SealedInfo, "__deepcopy__")
     monkeypatch.setattr(ContextualCore, "utility", reference_contextual_utility)
     monkeypatch.setattr(ContextualCore, "labeler_utility", RLHFCore.labeler_utility)
     monkeypatch.setattr(VerbosityCore, "utility", reference_verbosity_utility)
@@ -144,45 +140,6 @@ def test_known_score_answers_only_its_own_call():
     assert known.ntk == core.reward_model.ntk  # everything else is the RM's
 
 
-def test_snapshot_is_a_shallow_copy():
-    core = gym.make("RLHFContextual-v0").unwrapped.core
-    core.reset([0])
-    snap = wrappers._snapshot(core)
-    assert type(snap) is type(core) and snap is not core
-    assert snap.__dict__ == copy.copy(core).__dict__
-    assert all(snap.__dict__[k] is v for k, v in core.__dict__.items())
-
-    class Hooked(ContextualCore):  # a core with copy hooks of its own gets copy.copy
-        def __copy__(self):
-            return "copied"
-
-    hooked = object.__new__(Hooked)
-    assert wrappers._snapshot(hooked) == "copied"
-
-
-def test_sealed_info_deep_copy_equals_the_generic_one():
-    info = {
-        "round": 3,
-        "proxy_reward": 0.5,
-        "true_utility": 1.0,
-        "terminal_observation": np.arange(3.0),
-        "episode": {"r": 1.0, "l": [1, 2]},
-    }
-    info["self"] = info["episode"]  # shared objects stay shared
-    fast, audit = seal_info(dict(info))
-    ref, ref_audit = reference_seal_info(dict(info))
-    assert list(fast.items()) == list(ref.items()) and audit == ref_audit
-    assert list(audit) == list(ref_audit)
-    out = copy.deepcopy([fast])[0]
-    assert type(out) is SealedInfo and list(out) == list(fast)
-    assert out["episode"] == fast["episode"] and out["episode"] is not fast["episode"]
-    assert out["self"] is out["episode"]
-    np.testing.assert_array_equal(out["terminal_observation"], info["terminal_observation"])
-    assert out["terminal_observation"] is not info["terminal_observation"]
-    with pytest.raises(SealedError):
-        out["true_utility"]
-
-
 def test_verbosity_observations_and_token_infos_equal_the_from_scratch_ones():
     env = gym.make("RLHFVerbosity-v0", vocab_size=6, max_len=7).unwrapped
     obs, _ = env.reset(seed=4)
@@ -239,6 +196,63 @@ def test_core_utilities_equal_the_gradient_and_generic_forms_bit_for_bit(env_id)
         assert len(set(core.cluster(z).flatten().tolist())) == 2  # both clusters covered
 
 
+def in_process_sb3(job, seed: int, eval_responses: int = 64) -> dict[str, np.ndarray]:
+    """``baselines.sb3_runner.learn_sb3``'s run with the judge and the agent in this one process:
+    the judge's recorder reads each step's whole ``info`` before the agent scores it, the
+    algorithm sees the agent's reward, and the final policy is evaluated on a copy of the env."""
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    from baselines.sb3_runner import _Recorder, algorithm
+
+    env = gym.make(job.env_id, **job.env_kwargs)
+    inner = env.unwrapped
+    recorder = _Recorder(job.rounds)
+    recorder.core = inner.core
+    done = [False]
+
+    class Record(gym.Wrapper):
+        def step(self, action):
+            out = self.env.step(action)
+            done[0] = recorder(out[4])
+            return out
+
+    cls = registry.get(job.agent)
+    agent_ = cls(cls.config_cls(**job.agent_config), seed=seed)
+    wrapped = AgentRewardWrapper(Record(env), agent_)
+
+    class Stop(BaseCallback):
+        def _on_step(self) -> bool:
+            return not done[0]
+
+    model = algorithm(job.policy_optimizer)(
+        "MlpPolicy", wrapped, seed=seed, device="cpu", verbose=0, **job.hyperparams
+    )
+    model.learn(total_timesteps=10**9, callback=CallbackList([*agent_.sb3_callbacks(), Stop()]))
+    evaluating = copy.deepcopy(inner)
+    scores: dict[str, list] = {"": [], "blind_cluster": [], "other_clusters": []}
+    obs = evaluating.reset()[0]
+    while len(scores[""]) < eval_responses:
+        action, _ = model.predict(obs, deterministic=True)
+        obs, _, term, trunc, info = evaluating.step(action)
+        if "true_utility" in info and info.get("response_complete") is not False:
+            scores[""].append(info["true_utility"])
+            if "in_blind_cluster" in info:  # contextual envs: split by the prompt's cluster
+                side = "blind_cluster" if info["in_blind_cluster"] else "other_clusters"
+                scores[side].append(info["true_utility"])
+        if term or trunc:
+            obs, _ = evaluating.reset()
+    recorder(None)
+    rows = recorder.rows
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    history = {key: np.array([[r.get(key, np.nan)] for r in rows]) for key in keys}
+    for side, values in scores.items():
+        if values or (side and scores["blind_cluster"] + scores["other_clusters"]):
+            key = f"eval_true_utility_{side}" if side else "eval_true_utility"
+            history[key] = np.full((len(rows), 1), np.nan)
+            history[key][-1, 0] = float(np.mean(values or [np.nan]))
+    return history
+
+
 @pytest.mark.parametrize(
     "env_id,agent_name,rounds",
     [
@@ -247,24 +261,28 @@ def test_core_utilities_equal_the_gradient_and_generic_forms_bit_for_bit(env_id)
         ("RLHFContextual-v0", "naive", 30),
     ],
 )
-def test_sb3_run_metrics_are_byte_identical_on_the_reference_paths(
+def test_harness_sb3_metrics_are_byte_identical_to_the_plain_run_in_one_process(
     env_id, agent_name, rounds, monkeypatch
 ):
+    """The harness run (agent and algorithm in their own process, every fast path) writes the
+    metrics.csv of the same run in one process on every plain path."""
     from baselines.plan import Job
     from baselines.sb3_runner import learn_sb3
 
     d = load_defaults(env_id)
     cfg = {**d.get("agent", {}), **d.get("agents", {}).get(agent_name, {})}
     hyper = {**d["sb3"]["ppo"], "n_steps": 64, "n_epochs": 2}  # a few PPO updates
-
-    def csv():
-        return results.metrics_csv(
-            learn_sb3(Job(env_id, agent_name, [1], rounds, {}, cfg, "", "", "ppo", hyper), 1), 0
-        )
-
-    fast = csv()
-    with monkeypatch.context() as m:
-        reference_paths(m)
-        slow = csv()
-    assert fast == slow
-    assert len(fast.splitlines()) == rounds + 1
+    cls = registry.get(agent_name)
+    reads = ",".join(cls(cls.config_cls(**cfg)).declared_reads(sb3=True))  # as plan() declares
+    job = Job(env_id, agent_name, [1], rounds, {}, cfg, "", "", "ppo", hyper, reads=reads)
+    harness = results.metrics_csv(learn_sb3(job, 1), 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the agent's process
+    try:
+        with monkeypatch.context() as m:
+            reference_paths(m)
+            plain = results.metrics_csv(in_process_sb3(job, 1), 0)
+    finally:
+        torch.set_num_threads(threads)
+    assert harness == plain
+    assert len(harness.splitlines()) == rounds + 1
