@@ -13,6 +13,8 @@ import time
 from llm_track.config import AGENTS, PRESETS, LLMTrackError, preset_config
 from llm_track.run import THREADS_HELP, OneLineParser, _set_threads
 
+KEYS = ("step_s", "gen_s", "score_s", "update_s")  # metrics.csv's timing columns
+
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser("bench", __doc__)
@@ -44,15 +46,13 @@ def _main(args) -> int:
     cpu = time.process_time()
     rows = [proto.step(t) for t in range(1, args.steps + 1)]
     cpu = (time.process_time() - cpu) / args.steps
+    split = ", ".join(f"{k[:-2]} {statistics.median(r[k] for r in rows):.2f}" for k in KEYS[1:])
     print(
-        f"{cfg.preset} {cfg.agent}, {cfg.dtype}, {cfg.candidates} candidates, <= "
-        f"{cfg.max_new_tokens} new tokens, {torch.get_num_threads()} threads, {args.steps} steps, "
-        f"load average {os.getloadavg()[0]:.1f}:"
+        f"{cfg.preset} {cfg.agent} ({cfg.dtype}, {cfg.candidates} candidates, <= {cfg.max_new_tokens}"
+        f" new tokens, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}): "
+        f"{statistics.median(r['step_s'] for r in rows):.2f} s/step, median of {args.steps} "
+        f"({split}); {cpu:.2f} CPU s/step"
     )
-    split = {k: statistics.median(r[k] for r in rows) for k in ("gen_s", "score_s", "update_s")}
-    step = statistics.median(r["step_s"] for r in rows)
-    parts = ", ".join(f"{k[:-2]} {v:.2f}" for k, v in split.items())
-    print(f"{step:.2f} s/step median ({parts}); {cpu:.2f} CPU s/step mean")
     return 0
 
 

