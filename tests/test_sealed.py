@@ -1,7 +1,16 @@
-"""Harness runs seal the truth from agents: forbidden reads fail loudly, counted calls are counted."""
+"""Harness runs keep the truth from agents: an agent's process has no env, so reading the truth
+fails the run with one line naming what was read; counted calls are counted, per kind.
+
+The plugins run through the harness in subprocesses (``baselines.sweep``, the plugin module on
+``PYTHONPATH``): an agent's process is forked from a server that the harness starts once per
+process, with the ``sys.path`` of that moment.
+"""
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,61 +83,84 @@ class Counted(Agent):
 '''
 
 
-@pytest.fixture
-def peekers(tmp_path, monkeypatch):
-    (tmp_path / "peekers.py").write_text(PEEKERS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield
-    sys.modules.pop("peekers", None)
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = ("CoreTruth", "EnvTruth", "OracleStep", "Counted")
+ROUNDS = {"whitebox": 5, "ppo": 3}
 
 
-def run(tmp_path, agent, *extra):
-    out = tmp_path / "runs"
-    argv = ["--agent", f"peekers:{agent}", "--seeds", "0", "--out", str(out), "--no-progress"]
-    return main([*argv, *extra]), out
+@pytest.fixture(scope="module")
+def peeked(tmp_path_factory):
+    """One sweep per mode (white-box on the linear env, PPO on the verbosity env) of every
+    plugin; ``{mode: (output folder, exit code, output)}``."""
+    root = tmp_path_factory.mktemp("peekers")
+    (root / "peekers.py").write_text(PEEKERS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+    procs = {}
+    for mode, env_id, extra in (
+        ("whitebox", LINEAR, []),
+        ("ppo", VERBOSITY, ["InfoTruth"]),
+    ):
+        spec = root / f"{mode}.yaml"
+        agents = [f"peekers:{a}" for a in (*PLUGINS, *extra)]
+        spec.write_text(
+            f"envs: [{env_id}]\nagents: {json.dumps(agents)}\nseeds: [0]\n"
+            f"rounds: {ROUNDS[mode]}\npolicy_optimizers: [{mode}]\n"
+        )
+        procs[mode] = subprocess.Popen(
+            [sys.executable, "-m", "baselines.sweep", str(spec), "--out", str(root / mode)]
+            + ["--no-progress", "--quiet", "--jobs", "1"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    out = {}
+    for mode, proc in procs.items():
+        text, _ = proc.communicate(timeout=600)
+        out[mode] = (root / mode, proc.returncode, text)
+    return out
 
 
 def summary(out, env, name):
     return json.loads((results.run_dir(out, env, name, 0) / "summary.json").read_text())
 
 
-WHITE_BOX = ["--env", LINEAR, "--rounds", "5"]
-PPO = ["--env", VERBOSITY, "--policy-optimizer", "ppo", "--rounds", "3"]
+def plugin_summary(peeked, mode, name):
+    out, _, _ = peeked[mode]
+    env, folder = (LINEAR, name) if mode == "whitebox" else (VERBOSITY, f"{name}+ppo")
+    return summary(out, env, folder)
 
 
 @pytest.mark.parametrize(
-    "agent,name,needle",
+    "name,needle",
     [
-        ("CoreTruth", "core-truth", "core.utility is sealed"),
-        ("EnvTruth", "env-truth", "core.config.target_value is sealed"),
-        ("OracleStep", "oracle-step", "oracle.core is sealed"),
+        ("core-truth", "'utility'"),
+        ("env-truth", "'target_value'"),
+        ("oracle-step", "'core'"),
     ],
 )
 @pytest.mark.parametrize("mode", ["whitebox", "ppo"])
-def test_forbidden_reads_fail_the_run_with_a_clear_reason(
-    peekers, tmp_path, capsys, agent, name, needle, mode
-):
-    args, env = (WHITE_BOX, LINEAR) if mode == "whitebox" else (PPO, VERBOSITY)
-    code, out = run(tmp_path, agent, *args)
-    assert code == 1
-    s = summary(out, env, name if mode == "whitebox" else f"{name}+ppo")
+def test_reading_the_truth_fails_the_run_with_one_line_naming_it(peeked, name, needle, mode):
+    _, code, text = peeked[mode]
+    assert code == 1, text
+    s = plugin_summary(peeked, mode, name)
     assert s["status"] == "failed" and needle in s["reason"], s["reason"]
-    assert needle in capsys.readouterr().err
+    assert "\n" not in s["reason"]
 
 
-def test_reading_the_truth_from_info_fails_under_ppo(peekers, tmp_path, capsys):
-    code, out = run(tmp_path, "InfoTruth", *PPO)
-    assert code == 1
-    reason = summary(out, VERBOSITY, "info-truth+ppo")["reason"]
-    assert 'info["true_utility"] is sealed' in reason
+def test_reading_the_truth_from_info_fails_under_ppo(peeked):
+    reason = plugin_summary(peeked, "ppo", "info-truth")["reason"]
+    assert "'true_utility'" in reason and "\n" not in reason, reason
 
 
 @pytest.mark.parametrize("mode", ["whitebox", "ppo"])
-def test_counted_queries_match_the_calls(peekers, tmp_path, mode):
-    args, env = (WHITE_BOX, LINEAR) if mode == "whitebox" else (PPO, VERBOSITY)
-    assert run(tmp_path, "Counted", *args)[0] == 0
-    folder = results.run_dir(tmp_path / "runs", env, "counted" + ("+ppo" * (mode == "ppo")), 0)
+def test_counted_queries_match_the_calls(peeked, mode):
+    out, _, _ = peeked[mode]
+    env = LINEAR if mode == "whitebox" else VERBOSITY
+    folder = results.run_dir(out, env, "counted" + ("+ppo" * (mode == "ppo")), 0)
     s = json.loads((folder / "summary.json").read_text())
+    assert s["status"] == "ok", s.get("reason")
     metrics = results.read_metrics(folder / "metrics.csv")
     # white-box: one scored response per round (linear env: 1 inner step); PPO: one query per
     # finished response, i.e. per label the RM gets (every response is labelled)
@@ -138,6 +170,10 @@ def test_counted_queries_match_the_calls(peekers, tmp_path, mode):
     assert s["labeler_calls"] == s["labels_used"] + expected
     assert s["reads"] == "current_rm,labeler_values"
     assert np.all(np.diff(metrics["oracle_queries"]) >= 0)
+    # all of them labeler values, none of the truth
+    assert np.array_equal(metrics["labeler_value_queries"], metrics["oracle_queries"])
+    for kind in ("labeler_grad_queries", "truth_value_queries", "truth_grad_queries"):
+        assert not metrics[kind].any(), kind
 
 
 def test_gradient_queries_are_counted_with_their_value_equivalent(tmp_path):
@@ -152,6 +188,11 @@ def test_gradient_queries_are_counted_with_their_value_equivalent(tmp_path):
     assert grad["oracle_value_equivalents"] == 300 * 51  # d + 1 = 51 per gradient query
     assert values["reads"] == "current_rm,labeler_values"
     assert (values["oracle_queries"], values["oracle_grad_queries"]) == (300, 0)
+    for name, kind in (("fpo-relaxed-grad", "labeler_grad"), ("fpo-relaxed", "labeler_value")):
+        m = results.read_metrics(results.run_dir(out, LINEAR, name, 0) / "metrics.csv")
+        assert m[f"{kind}_queries"][-1] == 300, name  # each charged to its own kind
+        others = {"labeler_value", "labeler_grad", "truth_value", "truth_grad"} - {kind}
+        assert not any(m[f"{k}_queries"].any() for k in others), name
     # the gradient is what the paper's linear relaxed FPO wins with
     assert grad["final_true_utility"] > values["final_true_utility"] + 2.0
 
