@@ -13,16 +13,12 @@ import time
 from llm_track.config import AGENTS, PRESETS, LLMTrackError, preset_config
 from llm_track.run import THREADS_HELP, OneLineParser, _set_threads
 
-KEYS = ("step_s", "gen_s", "score_s", "update_s")  # metrics.csv's timing columns
-
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser("bench", __doc__)
     p.add_argument("--preset", default="smol", choices=PRESETS)
     p.add_argument("--agent", default="fpo", choices=AGENTS)
-    p.add_argument(
-        "--steps", type=int, default=5, help="timed steps, after one untimed (default 5)"
-    )
+    p.add_argument("--steps", type=int, default=5, help="timed steps after one untimed")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the preset's)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     return p.main(argv, _main)
@@ -39,19 +35,19 @@ def _main(args) -> int:
         raise LLMTrackError(f"--steps must be >= 1; got {args.steps}")
     cfg = preset_config(args.preset, agent=args.agent, dtype=args.dtype)
     _set_threads(args.threads, cfg)
-    proto = Protocol(
-        cfg, load_models(cfg), load_prompts(cfg.prompts, "train", cfg.prompt_column)[0]
-    )
+    proto = Protocol(cfg, load_models(cfg), load_prompts(cfg.prompts, "train")[0])
     proto.step(0)  # warm-up
     cpu = time.process_time()
     rows = [proto.step(t) for t in range(1, args.steps + 1)]
-    cpu = (time.process_time() - cpu) / args.steps
-    split = ", ".join(f"{k[:-2]} {statistics.median(r[k] for r in rows):.2f}" for k in KEYS[1:])
+    med = {
+        k: statistics.median(r[k] for r in rows) for k in ("step_s", "gen_s", "score_s", "update_s")
+    }
     print(
         f"{cfg.preset} {cfg.agent} ({cfg.dtype}, {cfg.candidates} candidates, <= {cfg.max_new_tokens}"
         f" new tokens, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}): "
-        f"{statistics.median(r['step_s'] for r in rows):.2f} s/step, median of {args.steps} "
-        f"({split}); {cpu:.2f} CPU s/step"
+        f"{med['step_s']:.2f} s/step, median of {args.steps} (generation {med['gen_s']:.2f}, "
+        f"scoring {med['score_s']:.2f}, update {med['update_s']:.2f}); "
+        f"{(time.process_time() - cpu) / args.steps:.2f} CPU s/step"
     )
     return 0
 

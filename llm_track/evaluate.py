@@ -31,12 +31,9 @@ from llm_track.run import THREADS_HELP, OneLineParser, _set_threads
 #: Fewer seeds per agent than this: no comparison unless ``--few-seeds``.
 MIN_SEEDS = 3
 #: The evaluation utility ("eval utility" in the tables): never the training oracle.
-EVAL_UTILITY = {
-    "tiny": "the gold model (a separate tiny model, other seed and other training pairs; not the "
-    "training oracle): clipped per-token log-likelihood + 5",
-    "smol": "relevance: the cosine similarity of the question's and the answer's all-MiniLM-L6-v2 "
-    "sentence embeddings (mean-pooled, as the sentence-transformer), a model trained on "
-    "question-answer pairs and other than the training oracle (SmolLM2's likelihood)",
+EVAL_UTILITY = {  # (llm_track/README.md, "Evaluation")
+    "tiny": "the gold model's clipped per-token log-likelihood + 5 (a separate tiny model)",
+    "smol": "question-answer relevance (cosine of all-MiniLM-L6-v2 sentence embeddings)",
 }
 
 #: The settings that fix the models, prompts and answer scoring: one evaluation needs them equal.
@@ -76,17 +73,16 @@ def damage(folder: str) -> str:
     """Why ``folder`` is no finished run as ``llm_track.run`` seals it, or ``""``: the gym's
     ``run_state`` (manifest, summary), the checkpoint files' hashes in the summary, all steps."""
     try:
-        digest = results.config_hash(read_json(os.path.join(folder, "config.json"))["config"])
-        state, why = results.run_state(folder, digest)
+        config = read_json(os.path.join(folder, "config.json"))["config"]
+        state, why = results.run_state(folder, results.config_hash(config))
         if state != "done":
             return why or {"todo": "unfinished (not sealed)", "other": "other settings"}[state]
         summary = read_json(os.path.join(folder, "summary.json"))
         for name, sha in summary["checkpoint"].items():
             if results.file_record(os.path.join(folder, name))["sha256"] != sha:
                 return f"{name} does not match summary.json (changed or damaged)"
-        steps = LLMConfig.from_dict(read_json(os.path.join(folder, "config.json"))["config"]).steps
-        if summary["steps_done"] != steps:
-            return f"{summary['steps_done']} of {steps} steps"
+        if summary["steps_done"] != config["steps"]:
+            return f"{summary['steps_done']} of {config['steps']} steps"
     except (OSError, ValueError, KeyError, TypeError, AttributeError, LLMTrackError) as e:
         return f"{type(e).__name__}: {first_line(e, 100)}"
     return ""
@@ -153,11 +149,9 @@ class Evaluator:
         return self.relevance(prompt, decoding.decode(self.tok, *answer)[0])
 
     @torch.no_grad()
-    def _utility(self, ids, answer, model) -> float | None:
+    def _utility(self, ids, answer, model) -> float:
         """``loop.utility`` of ``answer`` under ``model`` (the base model: the training oracle's
-        U; the gold model: tiny's evaluation utility); None without a model."""
-        if model is None:
-            return None
+        U; the gold model: tiny's evaluation utility)."""
         nll = loop.response_nll(model, ids, *answer)[0].double()  # the evaluation in float64
         return float(loop.utility_of(nll, self.cfg))
 
