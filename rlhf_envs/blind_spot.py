@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -62,9 +64,9 @@ class _BlindSpotMixin:
         b = np.float32(self.config.action_bound)
         return spaces.Box(-b, b, (self.config.dims,), np.float32)
 
-    def _advance(self, actions: Any, shape: tuple[int, ...]):
+    def _advance(self, actions: Any, shape: tuple[int, ...], bound: bool = True):
         """Check ``actions`` and submit them to the core: ``(y, proxy, true_u, updated)``."""
-        y = self._check_actions(actions, shape)
+        y = self._check_actions(actions, shape, bound)
         out = self.core.step(y)
         self.last_response = y  # (S, d): the vectors the RM scored (read by reward wrappers)
         return (y, *out)
@@ -75,18 +77,40 @@ class _BlindSpotMixin:
         if seed is not None or not self.core.seeds:
             self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
 
-    def _check_actions(self, action: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    def _check_actions(self, action: Any, shape: tuple[int, ...], bound: bool = True):
+        """``action`` as a (S, n) tensor: finite, of ``shape``, and in the action space if
+        ``bound``; anything else raises one error naming ``action`` (nothing changes)."""
         if not self.core.seeds:
-            raise RuntimeError("call reset() before step()")
+            raise RuntimeError("call reset(seed=...) before step()")
         try:
             arr = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError) as e:
             raise TypeError(f"action must be an array of numbers of shape {shape}: {e}") from e
         if arr.shape != shape:
             raise ValueError(f"action must have shape {shape}, got {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError("action must be finite (got NaN or inf); the env state is unchanged")
+        b = np.float32(self.config.action_bound) if bound else np.inf  # the Box's, as SB3's
+        ok = np.isfinite(arr) & (np.abs(arr) <= b)
+        if not ok.all():
+            box = f" and in [-{b}, {b}] (the action space)" if bound else ""
+            raise ValueError(f"action must be finite{box}, got {float(arr[~ok][0])}")
         return torch.from_numpy(arr.reshape(self.core.S, -1).copy()).to(self.core.dtype)
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Evaluation mode, ``with env.unwrapped.frozen(): ...``: steps score responses with the
+        current RM and report the truth in ``info``, but nothing is labelled, buffered, retrained
+        or counted and the round does not advance; on leaving, the env's own state (episode,
+        prompt stream) is put back, so an evaluation leaves the experiment as it was."""
+        if not self.core.seeds:
+            raise RuntimeError("call reset(seed=...) before frozen()")
+        keep = ("core", "config", "_render_figure")
+        saved = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in keep}
+        was, self.core.frozen = self.core.frozen, True
+        try:
+            yield self
+        finally:
+            self.core.frozen = was
+            vars(self).update(saved)
 
     @property
     def reward_model(self):
@@ -178,9 +202,9 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     every dim, one labelled response per round, SGD step ``w <- w (1 - 1e-4) + 0.005 * 2 (U - w.y) y``.
 
     ## Action Space
-    ``Box(-action_bound, action_bound, (dims,), float32)``: the response. Any finite response of
-    the right shape is accepted (the bounds are for samplers); NaN/inf or a wrong shape raises
-    ``ValueError`` and leaves the env unchanged.
+    ``Box(-action_bound, action_bound, (dims,), float32)``: the response. A value outside the Box
+    (NaN, 1e200) or a wrong shape raises ``ValueError`` naming ``action`` and leaves the env
+    unchanged; so does a step that fails inside (the RM's update), so the next step works.
 
     ## Observation Space
     ``Box(0, 1, (1,), float32)``, always ``[0.]``: there is no prompt (a context-free bandit).
@@ -207,6 +231,10 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     ## Episodes
     One step per episode (``terminated=True`` every step). ``reset(seed=s)`` starts a new
     experiment (fresh RM and buffer from ``s``); ``reset()`` without a seed keeps the RM.
+    Evaluation: inside ``with env.unwrapped.frozen():`` steps are scored by the current RM, with
+    the truth in ``info``, but nothing is labelled, retrained or counted (SB3's ``evaluate_policy``
+    on the training env); the env is as it was on leaving. White-box calls before the first
+    ``reset(seed=...)`` raise ``RuntimeError`` saying so.
 
     ## Info
     Every step: ``true_utility``, ``proxy_reward``, ``round`` (completed RM rounds),
@@ -302,5 +330,6 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         their proxy rewards and true utilities, each ``(num_envs,)``: what a white-box loop
         reads (:func:`agents.whitebox.learn_together`), without the observation and the info
         dict it would throw away (about a tenth of a white-box run's time). The same checks,
-        errors and transition as :meth:`step`: the same numbers."""
-        return self._advance(responses.detach(), (self.num_envs, self.config.dims))[1:3]
+        errors and transition as :meth:`step`, the same numbers, except that any finite
+        response is taken (a response of the paper's ``R^d``; the Box is what samplers use)."""
+        return self._advance(responses.detach(), (self.num_envs, self.config.dims), False)[1:3]

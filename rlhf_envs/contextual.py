@@ -46,7 +46,7 @@ class ContextualConfig(FollowerConfig):
         utility_width: ``width`` in ``U = utility_scale * exp(-width * ||y - y*(x)||^2)`` (> 0).
         blind_cluster: the cluster where the labeler is biased (0..n_clusters-1).
         labeler_bias_dims: the spurious response dims (default: the last one).
-        action_bound: half-width of the action Box (> 0); any finite response is accepted.
+        action_bound: half-width of the action Box (> 0); responses outside it are refused.
     """
 
     labeler_bias: float = 5.0
@@ -178,9 +178,9 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     ``env.unwrapped.last_response`` is the (1, p + d) vector the RM scored at the last step.
 
     ## Action Space
-    ``Box(-action_bound, action_bound, (dims,), float32)``: the response ``y``. Any finite
-    response of that shape is accepted; NaN/inf or a wrong shape raises ``ValueError`` naming
-    ``action`` and leaves the env unchanged.
+    ``Box(-action_bound, action_bound, (dims,), float32)``: the response ``y``. A value outside
+    the Box (or NaN) or a wrong shape raises ``ValueError`` naming ``action`` and leaves the env
+    unchanged. ``env.unwrapped.frozen()`` evaluates without training, as in the linear env.
 
     ## Observation Space
     ``Box(-inf, inf, (prompt_dims,), float32)``: the prompt ``x`` (the same ``x``, as float64,

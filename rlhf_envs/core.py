@@ -29,7 +29,6 @@ from rlhf_envs.reward_models import (
     LinearRewardModel,
     MLPRewardModel,
     OptimizerConfig,
-    Params,
     RewardModel,
 )
 
@@ -203,8 +202,8 @@ class BlindSpotConfig(FollowerConfig):
         temperature: Bradley-Terry temperature of the labeler (> 0).
         labeler_bias_dims: dims the labeler overrates (default: the last dim).
         reference_response: the response preferences are judged against (default: zeros).
-        action_bound: half-width of the action Box (what samplers draw from; any finite
-            response is accepted).
+        action_bound: half-width of the action Box: ``step`` refuses responses outside it (the
+            vector env's ``submit``, the white-box loop's path, takes any finite response).
         dtype: floating-point type of the reward model, buffer, truth and responses: ``"float64"``
             (default; every committed number) or ``"float32"`` (opt-in: the reward model's
             arithmetic is ~2.7x faster on a CPU; the same random streams, drawn in float64 and
@@ -250,6 +249,13 @@ class BlindSpotConfig(FollowerConfig):
             self.reference_response = ref
 
 
+#: what :meth:`RLHFCore.reset` sets: the experiments' state (read before it: one clear error)
+STATE = (
+    "generators", "params", "opt_state", "buffer_y", "buffer_t", "buffer_len", "buffer_pos",
+    "round_y", "in_round", "round", "labels_used", "queries",
+)  # fmt: skip
+
+
 def make_reward_model(c: BlindSpotConfig, mean: torch.Tensor, skip: torch.Tensor | None):
     """The reward model ``c`` describes: linear with initial weights ``mean`` plus noise, or an
     MLP with the trainable linear skip term ``skip`` (None: none)."""
@@ -270,6 +276,9 @@ class RLHFCore:
     them) and :meth:`labeler_bias_and_grad` (the labeler's own error). ``reward_model`` passes a
     prebuilt reward model instead of the one ``config`` describes.
     """
+
+    #: while set, :meth:`step` only scores (the envs' ``frozen()`` evaluation mode)
+    frozen = False
 
     def __init__(
         self,
@@ -299,7 +308,11 @@ class RLHFCore:
             reward_model = make_reward_model(c, mean, skip)
         self.reward_model: RewardModel = reward_model
         self.seeds: list[int] = []
-        self.params: Params = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in STATE:  # only called for what is not set: before the first reset
+            raise RuntimeError(f"no experiment yet ({name} is unset): call reset(seed=...) first")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- experiment lifecycle -------------------------------------------------------------------
     def reset(self, seeds: list[int]) -> None:
@@ -403,21 +416,37 @@ class RLHFCore:
         """Submit one response per experiment, ``y`` of shape (S, d).
 
         Returns (proxy reward, true utility, whether the RM was retrained), each per experiment.
+        While :attr:`frozen`, the response is only scored: nothing is labelled or counted. A step
+        that raises (e.g. ``FloatingPointError`` from the RM's update) leaves every experiment as
+        it was before it (state and random streams), so the next step works.
         """
         with torch.no_grad():
             proxy = self.reward_model.score(self.params, y.unsqueeze(1))[:, 0]
             true_u = self.utility(y)
-            self.round_y[:, self.in_round] = y
-            self.in_round += 1
-            updated = False
-            if self.in_round == self.config.samples_per_round:
-                self._label_and_retrain()
-                updated = True
-        return proxy.numpy(), true_u.numpy(), updated
+            if self.frozen:
+                return proxy.numpy(), true_u.numpy(), False
+            updated = self.in_round + 1 == self.config.samples_per_round
+            if not updated:
+                self.round_y[:, self.in_round] = y
+                self.in_round += 1
+                return proxy.numpy(), true_u.numpy(), False
+            # every attribute of STATE is replaced, not changed in place, by the retraining
+            saved = {k: getattr(self, k) for k in STATE}
+            streams = [g.get_state() for g in self.generators]
+            try:
+                self._label_and_retrain(
+                    torch.cat([self.round_y[:, :-1], y.unsqueeze(1)], 1).to(self.dtype)
+                )
+            except BaseException:
+                vars(self).update(saved)
+                for g, state in zip(self.generators, streams, strict=True):
+                    g.set_state(state)
+                raise
+        return proxy.numpy(), true_u.numpy(), True
 
-    def _label_and_retrain(self) -> None:
+    def _label_and_retrain(self, ys: torch.Tensor) -> None:
+        """Label the round's responses ``ys`` (S, samples_per_round, d), buffer them, retrain."""
         c = self.config
-        ys = self.round_y
         if c.labels_per_response > 1:
             ys = ys.repeat_interleave(c.labels_per_response, dim=1)
         target = self.labeler_target(ys)
@@ -441,7 +470,7 @@ class RLHFCore:
                 )
         self.in_round = 0
         self.round += 1
-        self.labels_used += ys.shape[1]
+        self.labels_used = self.labels_used + ys.shape[1]
 
     def _draw(self, sample, n: int) -> torch.Tensor:
         """``n`` draws of ``sample`` (``torch.randn`` / ``torch.rand``) per experiment, (S, n)."""

@@ -35,7 +35,7 @@ class NeuralBlindSpotEnv(BlindSpotEnv):
     RM step.
 
     ## Action Space
-    ``Box(-action_bound, action_bound, (dims,), float32)`` (default ``dims = 10``), accepted as
+    ``Box(-action_bound, action_bound, (dims,), float32)`` (default ``dims = 10``), checked as
     in the linear env.
 
     ## Observation Space

@@ -179,6 +179,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     ``Discrete(vocab_size)`` (default 8): 0 = EOS, 1 = ANSWER, 2 = FILLER, 3.. = neutral words.
     Anything but an integer in ``[0, vocab_size)`` (an int, a numpy integer or a one-element
     integer array) raises ``ValueError``/``TypeError`` naming ``action``; the env is unchanged.
+    ``env.unwrapped.frozen()`` evaluates without training, as in ``RLHFBlindSpot-v0``.
 
     ## Observation Space
     ``Box(0, 1, (vocab_size + 1,), float32)``: the count of each token so far / ``max_len``,
@@ -361,19 +362,20 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     def step(self, action):
         if not self.core.seeds:
-            raise RuntimeError("call reset() before step()")
+            raise RuntimeError("call reset(seed=...) before step()")
         if self._done:
             raise RuntimeError("the response is finished; call reset() before step()")
         tok = self._check_action(action)
-        self._append(tok)
-        if tok != EOS and len(self.tokens) < self.config.max_len:
+        if tok != EOS and len(self.tokens) + 1 < self.config.max_len:
+            self._append(tok)
             self.last_response = None  # unfinished: nothing scored, nothing labelled
             if self.render_mode == "human":
                 self.render()
             return self._obs_now.copy(), 0.0, False, False, self._token_info()
+        f = torch.from_numpy(sequence_features([*self.tokens, tok], self.config.max_len))[None]
+        proxy, true_u, updated = self.core.step(f)  # if it raises, the env is as it was
+        self._append(tok)
         self._done = True
-        f = torch.from_numpy(sequence_features(self.tokens, self.config.max_len)).unsqueeze(0)
-        proxy, true_u, updated = self.core.step(f)
         self.last_response = f  # (1, 3): the vector the RM scored
         if self.render_mode is not None:
             self._rendered(f, proxy, true_u, list(self.tokens))
