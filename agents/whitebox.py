@@ -248,10 +248,23 @@ def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]
     return np.array([info["proxy_reward"]]), np.array([info["true_utility"]])
 
 
-def round_metrics(core, theta: torch.Tensor, proxies, trues) -> dict[str, np.ndarray]:
+def counters(core) -> dict[str, np.ndarray]:
+    """The label and query counters now, per experiment (copies)."""
+    out = {
+        "labels_used": core.labels_used,
+        "oracle_queries": core.oracle_queries,
+        "oracle_grad_queries": core.oracle_grad_queries,
+        "oracle_value_equivalents": core.oracle_value_equivalents,
+        **core.query_counts(),
+    }
+    return {k: v.copy() for k, v in out.items()}
+
+
+def round_metrics(core, theta: torch.Tensor, proxies, trues, counted) -> dict[str, np.ndarray]:
     """One round's record, computed on the env's side from what the agents submitted: the true
     utility and proxy of the policy means ``theta`` (S, d) (a response like any other), the
-    sampled responses' ``proxies`` and ``trues`` (spr, S), and the label and query counters."""
+    sampled responses' ``proxies`` and ``trues`` (spr, S), and the :func:`counters` ``counted``
+    at the round's end."""
     k = core.config.signal_dims
     with torch.no_grad():
         u_mean = core.utility(theta).numpy()
@@ -265,11 +278,7 @@ def round_metrics(core, theta: torch.Tensor, proxies, trues) -> dict[str, np.nda
         "rm_error": np.abs(proxies - trues).mean(0),
         "signal_norm": torch.linalg.vector_norm(theta[:, :k], 2, -1).numpy(),
         "noise_norm": torch.linalg.vector_norm(theta[:, k:], 2, -1).numpy(),
-        "labels_used": core.labels_used.copy(),
-        "oracle_queries": core.oracle_queries.copy(),
-        "oracle_grad_queries": core.oracle_grad_queries.copy(),
-        "oracle_value_equivalents": core.oracle_value_equivalents.copy(),
-        **{col: v.copy() for col, v in core.query_counts().items()},
+        **counted,
     }
 
 
@@ -341,13 +350,23 @@ class Player:
 
 class Seat:
     """The env's side of one agent in a run: its experiments ``rows``, its declared ``reads``,
-    ``play`` (asks it for a round: :meth:`Player.play`, here or in its own process) and the
-    record the env's side keeps of it."""
+    how it is asked for a round (:meth:`send` the follower's update, :meth:`receive` the play of
+    its :class:`Player`; here in this process, in harness runs in the agent's own:
+    :func:`baselines.judge.remote_seat`) and the record the env's side keeps of it."""
 
-    def __init__(self, rows: slice, reads: tuple[str, ...], play, callback=None):
-        self.rows, self.reads, self.play, self.callback = rows, tuple(reads), play, callback
+    def __init__(self, rows: slice, reads: tuple[str, ...], player=None, callback=None):
+        self.rows, self.reads, self.player, self.callback = rows, tuple(reads), player, callback
         self.history: dict[str, list[np.ndarray]] = {}
         self.error: BaseException | None = None  # set when the policy diverged
+        self._played = None
+
+    def send(self, t: int, T: int, state: dict | None) -> None:
+        """Ask for round ``t`` of ``T`` after the follower's update ``state``."""
+        self._played = self.player.play(t, T, state)
+
+    def receive(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The round's play: the policy mean (n, d) and the responses (spr, n, d)."""
+        return self._played
 
     def record(self, row: dict[str, np.ndarray]) -> None:
         for key, v in row.items():
@@ -396,7 +415,7 @@ def learn_together(
             return answer(core, rows, reads, kind, ys, env.unwrapped.ys_error)
 
         players.append(Player(agent, reads, follower_state(core, rows, reads, True), ask))
-        seats.append(Seat(rows, reads, players[-1].play, cb))
+        seats.append(Seat(rows, reads, players[-1], cb))
         lo += n
     out = run_rounds(env, seats, rounds if rounds is not None else agents[0].config.rounds, stopped)
     for agent, player, history in zip(agents, players, out, strict=True):
@@ -410,6 +429,8 @@ def run_rounds(env, seats: list[Seat], T: int, stopped: dict | None = None) -> l
     responses), all responses go to the env in one step per sample (scored, labelled, the RM
     retrained once for all), and the env's side records each seat's rows of
     :func:`round_metrics`. An experiment's numbers do not depend on what else shares the batch.
+    Each seat is sent the follower's update before the round's record is computed, so seats in
+    other processes play the next round meanwhile.
 
     ``stopped``: a dict to collect the seats whose policy diverges or whose play is refused
     (index -> the error) while the others go on; a stopped seat's history is ``None`` and its
@@ -420,35 +441,46 @@ def run_rounds(env, seats: list[Seat], T: int, stopped: dict | None = None) -> l
     core = env.unwrapped.core
     vector = isinstance(env.unwrapped, VectorEnv)
     spr, d = core.config.samples_per_round, core.config.dims
-    states: list[dict | None] = [None] * len(seats)
+
+    def ask(i: int, seat: Seat, t: int, state: dict | None) -> None:
+        try:
+            seat.send(t, T, state)
+        except (FloatingPointError, ValueError) as e:
+            if stopped is None:
+                raise
+            seat.error = stopped[i] = e
+
+    for i, seat in enumerate(seats):
+        ask(i, seat, 0, None)
     for t in range(T):
         thetas, ys = [], []
         for i, seat in enumerate(seats):
             n = len(range(*seat.rows.indices(core.S)))
             if seat.error is None:
                 try:
-                    theta, y = seat.play(t, T, states[i])
+                    theta, y = seat.receive()
                     _check_play(theta, y, n, spr, d, core.dtype)
                 except (FloatingPointError, ValueError) as e:
                     if stopped is None:
                         raise
                     seat.error = stopped[i] = e
             if seat.error is not None:
-                theta, y = (
-                    torch.zeros(n, d, dtype=core.dtype),
-                    torch.zeros(spr, n, d, dtype=core.dtype),
-                )
+                theta = torch.zeros(n, d, dtype=core.dtype)
+                y = torch.zeros(spr, n, d, dtype=core.dtype)
             thetas.append(theta)
             ys.append(y)
         if len(stopped or ()) == len(seats):
             break
         y_all = torch.cat(ys, dim=1)
         proxies, trues = zip(*(_submit(env, y_all[j], vector) for j in range(spr)), strict=True)
-        row = round_metrics(core, torch.cat(thetas), np.stack(proxies), np.stack(trues))
+        live, counted = [seat.error is None for seat in seats], counters(core)
         for i, seat in enumerate(seats):
-            if seat.error is None:
+            if live[i] and t + 1 < T:
+                ask(i, seat, t + 1, follower_state(core, seat.rows, seat.reads, False))
+        row = round_metrics(core, torch.cat(thetas), np.stack(proxies), np.stack(trues), counted)
+        for i, seat in enumerate(seats):
+            if live[i]:
                 seat.record(row)
-                states[i] = follower_state(core, seat.rows, seat.reads, False)
     return [
         {k: np.stack(v) for k, v in s.history.items()} if s.error is None else None for s in seats
     ]

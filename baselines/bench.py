@@ -69,17 +69,22 @@ def together_seconds(
     rounds: int,
     repeats: int,
     env_kwargs: dict | None = None,
+    judged: bool = True,
 ) -> float:
-    """Median wall seconds of one :func:`~agents.whitebox.learn_together` of all ``agents`` (each
-    over ``seeds``, the env's YAML settings) for ``rounds`` rounds on one batched env, built
-    beforehand, as the harness runs agents of one env config (one agent: its own ``learn``)."""
-    from agents.whitebox import learn_together
+    """Median wall seconds of all ``agents`` (each over ``seeds``, the env's YAML settings) for
+    ``rounds`` rounds on one batched env, built beforehand, as the harness runs agents of one env
+    config: ``judged``, each agent in its own process, started within the time
+    (:func:`baselines.judge.remote_seat`); else all in this process
+    (:func:`~agents.whitebox.learn_together`)."""
+    from agents.whitebox import learn_together, run_rounds
+    from baselines.judge import remote_seat
+    from baselines.plan import Job
 
     times = []
     for _ in range(repeats):
         made = [
             cls(cls.config_cls(**{**yaml_settings(env_id, cls), "rounds": rounds}), seed=seeds)
-            for cls in map(registry.get, agents)
+            for cls in map(agent_class, agents)
         ]
         env = gym.make_vec(
             env_id,
@@ -89,23 +94,61 @@ def together_seconds(
         )
         env.reset(seed=seeds * len(agents))
         t = time.perf_counter()
-        learn_together(made, env, rounds)
+        if judged:
+            n = len(seeds)
+            seats = [
+                remote_seat(
+                    env,
+                    Job(
+                        env_id,
+                        a,
+                        seeds,
+                        rounds,
+                        {},
+                        m.config.to_dict(),
+                        "",
+                        "",
+                        reads=",".join(m.declared_reads()),
+                    ),
+                    seeds,
+                    slice(i * n, (i + 1) * n),
+                )
+                for i, (a, m) in enumerate(zip(agents, made, strict=True))
+            ]
+            run_rounds(env, seats, rounds)
+            for seat in seats:
+                seat.process.close()
+        else:
+            learn_together(made, env, rounds)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def sb3_seconds(env_id: str, agent: str, algo: str, rounds: int, repeats: int) -> float:
-    """Median seconds of one SB3 run (one seed) of ``rounds`` RM rounds."""
+def sb3_seconds(
+    env_id: str, agent: str, algo: str, rounds: int, repeats: int, judged: bool = True
+) -> float:
+    """Median seconds of one SB3 run (one seed) of ``rounds`` RM rounds: ``judged``, as the
+    harness runs it (the agent and its algorithm in their own process, the judge recording);
+    else the agent-wrapped env and the algorithm in this process, unrecorded."""
+    from agents.wrappers import AgentRewardWrapper
     from baselines.plan import Job
-    from baselines.sb3_runner import learn_sb3
+    from baselines.sb3_runner import algorithm, learn_sb3
 
-    cfg = yaml_settings(env_id, agent_class(agent), algo)
+    cls = agent_class(agent)
+    cfg = cls(cls.config_cls(**yaml_settings(env_id, cls, algo))).config
     hyper = load_defaults(env_id).get("sb3", {}).get(algo, {})
-    job = Job(env_id, agent, [], rounds, {}, cfg, "", "", algo, hyper)
+    reads = ",".join(cls(cfg).declared_reads(True))
+    job = Job(env_id, agent, [], rounds, {}, cfg.to_dict(), "", "", algo, hyper, reads=reads)
     times = []
     for r in range(repeats):
         t = time.perf_counter()
-        learn_sb3(job, r)
+        if judged:
+            learn_sb3(job, r, eval_responses=1)
+        else:
+            env = AgentRewardWrapper(gym.make(env_id), cls(cfg, seed=r))
+            core = env.unwrapped.core
+            model = algorithm(algo)("MlpPolicy", env, seed=r, device="cpu", **hyper)
+            model.learn(10**9, callback=lambda _l, _g, core=core: core.round < rounds)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -163,7 +206,17 @@ def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
         )
         return f"{t:.3f} ({sec / t:.2f}x)"
 
-    extras = {"s/agent-run alone (batching speed-up)": alone}
+    def in_process(agent: str, sec: float) -> str:
+        seeds = list(range(args.seeds))
+        t = together_seconds(env_id, [agent], seeds, rounds, args.repeats, judged=False) / len(
+            seeds
+        )
+        return f"{t:.3f} ({sec / t:.2f}x)"
+
+    extras = {
+        "s/agent-run alone (batching speed-up)": alone,
+        "s/agent-run in one process (judge's cost)": in_process,
+    }
     if args.float32:
         extras["s/agent-run float32 (x faster)"] = float32
     speed_table(env_id, args, [{}], rounds, rounds, extras)
@@ -301,13 +354,23 @@ def main(argv: list[str] | None = None) -> int:
             sb3_seconds(env_id, ref, args.sb3, 5, 1)  # warm-up: imports, first compile
             from baselines.sb3_runner import allowed_algos
 
-            sec = {
-                a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats)
-                for a in args.agents
-                if args.sb3 in allowed_algos(a)
+            run = [a for a in args.agents if args.sb3 in allowed_algos(a)]
+            sec = {a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats) for a in run}
+            own = {
+                a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats, judged=False)
+                for a in run
             }
-            rows = [[f"{a}+{args.sb3}", f"{s:.2f}", f"{s / sec[ref]:.2f}x"] for a, s in sec.items()]
-            print("\n".join(report.markdown_table(["agent", "s/run", "x naive"], rows)))
+            rows = [
+                [
+                    f"{a}+{args.sb3}",
+                    f"{s:.2f}",
+                    f"{s / sec[ref]:.2f}x",
+                    f"{own[a]:.2f} ({s / own[a]:.2f}x)",
+                ]
+                for a, s in sec.items()
+            ]
+            head = ["agent", "s/run", "x naive", "s/run in one process (judge's cost)"]
+            print("\n".join(report.markdown_table(head, rows)))
             print()
     return 0
 

@@ -24,10 +24,14 @@ _progress_queue = None
 RAY_CONNECT_TIMEOUT = 30.0
 
 
-def _init_worker(queue, parent: int | None = None) -> None:
+def _init_worker(queue, parent: int | None = None, secret: bytes | None = None) -> None:
     global _progress_queue
     _progress_queue = queue
     _die_with_parent(parent)
+    if secret is not None:  # the hidden split's, handed over outside the environment
+        from rlhf_envs import families
+
+        families.set_secret(secret)
 
 
 def _die_with_parent(parent: int | None = None) -> None:
@@ -291,6 +295,10 @@ def execute(
     """
     from tqdm import tqdm
 
+    from baselines.judge import take_secret
+    from rlhf_envs import families
+
+    take_secret()
     units = units_of(jobs, n_workers, together)
     total = sum(j.rounds * len(j.seeds) for j in jobs)
     bar = tqdm(total=total, unit="round", disable=not show_progress, dynamic_ncols=True)
@@ -318,7 +326,7 @@ def execute(
             max_workers=n_workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(queue, os.getpid()),
+            initargs=(queue, os.getpid(), families.secret()),
         ) as pool:
             futures = {pool.submit(run_jobs, unit) for unit in units}
             while futures:
@@ -338,6 +346,8 @@ def execute_ray(
 ) -> list[dict[str, Any]]:
     """One Ray task per unit of jobs (:func:`baselines.execute.group_jobs`; one job per task
     without ``together``), retried if its worker dies; returns the jobs' outcomes."""
+    if any("hidden" in str(job.env_kwargs.get("family", "")) for job in jobs):
+        raise CLIError("--backend ray: hidden-split runs need the local backend (the secret)")
     try:
         import ray
     except ImportError:

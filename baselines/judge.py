@@ -42,6 +42,19 @@ _MAX_BYTES = 1 << 28
 _context = None
 
 
+def take_secret() -> None:
+    """Move the hidden split's secret (:data:`rlhf_envs.families.SECRET_VARIABLE`) from this
+    process's environment into its memory, so that no process started from here inherits it."""
+    from rlhf_envs import families
+
+    value = os.environ.pop(families.SECRET_VARIABLE, None)
+    if value:
+        families.set_secret(value)
+
+
+take_secret()  # at import: before this module can start any agent's process
+
+
 class AgentFailed(RuntimeError):
     """The agent's process raised, died or broke the protocol (one line: what and where)."""
 
@@ -64,18 +77,22 @@ def _ctx():
 
 # -- the wire ---------------------------------------------------------------------------------
 def send(conn, op: str, meta: dict | None = None, arrays=()) -> None:
-    """Agent -> judge: a JSON header, then each array's raw bytes."""
+    """Agent -> judge, one message: a JSON header's length (4 bytes), the header, then each
+    array's raw bytes."""
     arrays = [np.ascontiguousarray(torch.as_tensor(a).detach().numpy()) for a in arrays]
     specs = [[a.dtype.name, list(a.shape)] for a in arrays]
-    conn.send_bytes(json.dumps({"op": op, "meta": meta or {}, "arrays": specs}).encode())
-    for a in arrays:
-        conn.send_bytes(a.tobytes())
+    head = json.dumps({"op": op, "meta": meta or {}, "arrays": specs}).encode()
+    conn.send_bytes(
+        b"".join([len(head).to_bytes(4, "little"), head, *(a.tobytes() for a in arrays)])
+    )
 
 
 def receive(conn) -> tuple[str, dict, list[torch.Tensor]]:
     """Judge <- agent: :func:`send`'s message, each part checked before it is read."""
     try:
-        head = json.loads(conn.recv_bytes(1 << 20))
+        data = memoryview(conn.recv_bytes(_MAX_BYTES))
+        end = 4 + int.from_bytes(data[:4], "little")
+        head = json.loads(bytes(data[4:end]))
         op, meta, specs = head["op"], head["meta"], head["arrays"]
         if not (isinstance(op, str) and isinstance(meta, dict) and isinstance(specs, list)):
             raise TypeError("header")
@@ -84,14 +101,13 @@ def receive(conn) -> tuple[str, dict, list[torch.Tensor]]:
             if dtype not in _DTYPES or not all(isinstance(n, int) and n >= 0 for n in shape):
                 raise TypeError(f"array {dtype} {shape}")
             size = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
-            if size > _MAX_BYTES:
-                raise TypeError(f"array of {size} bytes")
-            data = conn.recv_bytes(max(size, 1))
-            if len(data) != size:
-                raise TypeError(f"array of {len(data)} bytes, header says {size}")
-            arrays.append(
-                torch.from_numpy(np.frombuffer(data, _DTYPES[dtype]).reshape(shape).copy())
-            )
+            if end + size > len(data):
+                raise TypeError(f"array of {size} bytes past the message's end")
+            flat = np.frombuffer(data[end : end + size], _DTYPES[dtype]).copy()
+            arrays.append(torch.from_numpy(flat.reshape(shape)))
+            end += size
+        if end != len(data):
+            raise TypeError(f"{len(data) - end} bytes past the arrays")
     except (EOFError, ConnectionError):
         raise AgentFailed("the agent's process ended unexpectedly") from None
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -108,9 +124,11 @@ class AgentProcess:
         self.proc.start()
         child.close()
 
-    def request(self, msg: tuple, serve=None) -> tuple[str, dict, list[torch.Tensor]]:
-        """Send ``msg``; answer the agent's queries with ``serve(kind, ys)`` until it replies."""
-        self.conn.send(msg)
+    def request(self, msg: tuple | None, serve=None) -> tuple[str, dict, list[torch.Tensor]]:
+        """Send ``msg`` (``None``: sent already); answer the agent's queries with
+        ``serve(kind, ys)`` until it replies."""
+        if msg is not None:
+            self.conn.send(msg)
         while True:
             op, meta, arrays = receive(self.conn)
             if op == "query" and serve is not None and len(arrays) == 1:
@@ -140,27 +158,54 @@ def remote_seat(env, job, seeds: list[int], rows: slice, callback=None):
     from agents.whitebox import Seat
 
     core, reads = env.unwrapped.core, tuple(r for r in job.reads.split(",") if r)
-    proc = AgentProcess()
 
-    def serve(kind: str, ys: torch.Tensor):
-        return answer(core, rows, reads, kind, ys, env.unwrapped.ys_error)
+    class RemoteSeat(Seat):
+        def serve(self, kind: str, ys: torch.Tensor):
+            return answer(core, rows, reads, kind, ys, env.unwrapped.ys_error)
 
+        def send(self, t: int, T: int, state: dict | None) -> None:
+            self.process.conn.send(("play", t, T, _arrays(state)))
+
+        def receive(self) -> tuple[torch.Tensor, torch.Tensor]:
+            op, _, arrays = self.process.request(None, self.serve)
+            if op != "played" or len(arrays) != 2:
+                raise AgentFailed(f"the agent's process answered {op!r} with {len(arrays)} arrays")
+            return arrays[0], arrays[1]
+
+    seat = RemoteSeat(rows, reads, None, callback)
+    seat.process = AgentProcess()
     start = follower_state(core, rows, reads, True)
     try:
-        proc.request(("whitebox", job.agent, job.agent_config, list(seeds), reads, start), serve)
+        msg = ("whitebox", job.agent, job.agent_config, list(seeds), reads, start)
+        seat.process.request(msg, seat.serve)
     except BaseException:
-        proc.close()
+        seat.process.close()
         raise
-
-    def play(t: int, T: int, state: dict | None):
-        op, _, arrays = proc.request(("play", t, T, state), serve)
-        if op != "played" or len(arrays) != 2:
-            raise AgentFailed(f"the agent's process answered {op!r} with {len(arrays)} arrays")
-        return arrays[0], arrays[1]
-
-    seat = Seat(rows, reads, play, callback)
-    seat.process = proc
     return seat
+
+
+def _arrays(x):
+    """``x`` with every tensor as a numpy array (they pickle several times faster)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().numpy()
+    if isinstance(x, dict):
+        out = copy.copy(x)  # the same class (FlatParams keeps its flat vector)
+        out.update([(k, _arrays(v)) for k, v in x.items()])
+        if hasattr(x, "flat"):
+            out.flat = _arrays(x.flat)
+        return out
+    return x
+
+
+def _tensors(x):
+    """:func:`_arrays` undone, on the agent's side."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if isinstance(x, dict):
+        x.update([(k, _tensors(v)) for k, v in x.items()])
+        if hasattr(x, "flat"):
+            x.flat = _tensors(x.flat)
+    return x
 
 
 # -- SB3 runs ---------------------------------------------------------------------------------
@@ -194,14 +239,15 @@ def judge_sb3(job, seed: int, record, eval_responses: int) -> dict[str, float]:
                 start = meta.get("seed") is not None or not started
                 started = True
                 state = follower_state(inner.core, slice(None), reads, True) if start else None
-                reply: Any = (obs, shown(info), state)
+                reply: Any = (obs, shown(info), _arrays(state))
             elif op == "step" and len(arrays) == 1 and not done:
                 obs, reward, term, trunc, info = env.step(arrays[0].numpy())
                 done = record(info)
                 state = None
                 if info.get("rm_updated"):
                     state = follower_state(inner.core, slice(None), reads, False)
-                reply = (obs, reward, term, trunc, shown(info), inner.last_response, state, done)
+                y = inner.last_response
+                reply = (obs, reward, term, trunc, shown(info), y, _arrays(state), done)
             elif op == "eval" and done and evaluating is None:
                 evaluating = copy.deepcopy(inner)  # the run's env, RM and counters untouched
                 scores: dict[str, list] = {"": [], "blind_cluster": [], "other_clusters": []}
@@ -271,6 +317,8 @@ def _stand_in(spec: str) -> type:
 
     defaults = [
         (k, Any, field(default_factory=lambda v=v: copy.deepcopy(v)))
+        if isinstance(v, (list, dict))
+        else (k, Any, field(default=v))
         for k, v in d["fields"].items()
     ]
     config_cls = make_dataclass(
@@ -302,25 +350,24 @@ def _stand_in(spec: str) -> type:
 
 # -- the agent's process ------------------------------------------------------------------------
 def _agent_main(conn) -> None:
-    from agents import registry
     from baselines.execute import _die_with_parent
 
     _die_with_parent()  # with the fork server, which ends with the judge
     torch.set_num_threads(1)
-    registry.AGENT_SIDE = True
+    msg = None
     while True:
         try:
-            msg = conn.recv()
+            msg = msg or conn.recv()
         except EOFError:
             return
         try:
             if msg[0] == "exit":
                 return
-            {"whitebox": _play_white_box, "sb3": _play_sb3, "describe": _describe}[msg[0]](
-                conn, *msg[1:]
-            )
+            handler = {"whitebox": _play_white_box, "sb3": _play_sb3, "describe": _describe}
+            msg = handler[msg[0]](conn, *msg[1:])  # a session returns the message that ended it
         except BaseException as e:  # noqa: BLE001  (reported to the judge, one line)
             send(conn, "error", {"type": type(e).__name__, "message": str(e).split("\n")[0]})
+            msg = None
 
 
 def _describe(conn, spec: str, kwargs: dict | None) -> None:
@@ -374,7 +421,9 @@ def _play_white_box(conn, spec, agent_config, seeds, reads, state) -> None:
     player = Player(agent, reads, state, lambda kind, ys: _ask(conn, kind, ys))
     send(conn, "ready")
     while (msg := conn.recv())[0] == "play":
-        send(conn, "played", {}, player.play(*msg[1:]))
+        t, T, state = msg[1:]
+        send(conn, "played", {}, player.play(t, T, _tensors(state)))
+    return msg
 
 
 def _play_sb3(
@@ -431,13 +480,14 @@ class RemoteEnv(gym.Env, Oracle):
 
     def reset(self, *, seed=None, options=None):
         send(self.conn, "reset", {"seed": seed})
-        obs, info, self._state = self.conn.recv()
+        obs, info, state = self.conn.recv()
+        self._state = _tensors(state)
         return obs, info
 
     def step(self, action):
         send(self.conn, "step", {}, [np.asarray(action)])
         obs, reward, term, trunc, info, self.last_response, state, self.done = self.conn.recv()
-        self._state = state if state is not None else self._state
+        self._state = _tensors(state) if state is not None else self._state
         return obs, reward, term, trunc, info
 
     def follower_state(self, start: bool) -> dict:

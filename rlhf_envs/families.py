@@ -36,6 +36,7 @@ Version history: ``v1``, the first lists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -132,14 +133,60 @@ FAMILIES: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {
 def _check(env_id: str, split: str) -> None:
     if env_id not in DISTRIBUTIONS:
         raise ValueError(f"env {env_id!r} has no family; families: {', '.join(DISTRIBUTIONS)}")
-    if split not in SPLITS:
-        raise ValueError(f"family split must be one of {SPLITS}, got {split!r}")
+    if split not in (*SPLITS, HIDDEN):
+        raise ValueError(f"family split must be one of {(*SPLITS, HIDDEN)}, got {split!r}")
 
 
 def configs(env_id: str, split: str) -> list[dict[str, Any]]:
     """The env kwargs of every config of a split, in order (index = position)."""
     _check(env_id, split)
+    if split == HIDDEN:
+        return hidden_configs(env_id)
     return [dict(c) for c in FAMILIES[env_id][split]]
+
+
+# -- the hidden split ---------------------------------------------------------------------------
+#: a split drawn from the distribution with a secret that only the judge's process holds
+#: (``baselines.judge`` takes it from the environment variable :data:`SECRET_VARIABLE` and
+#: removes it there before any agent's process starts); its configs are named ``hidden/I``
+HIDDEN = "hidden"
+SECRET_VARIABLE = "RLHF_JUDGE_SECRET"
+_secret: bytes | None = None
+
+
+def set_secret(secret: str | bytes | None) -> None:
+    """Hold the hidden split's secret in this process (the judge's; ``None`` forgets it)."""
+    global _secret
+    _secret = secret.encode() if isinstance(secret, str) else secret
+
+
+def secret() -> bytes | None:
+    return _secret
+
+
+def commitment() -> str:
+    """A hash of the secret, kept in the record of every hidden run (the secret's reveal after
+    the board proves which configs were drawn)."""
+    return hashlib.sha256(b"rlhf-hidden-split:" + _need_secret()).hexdigest()
+
+
+def hidden_configs(env_id: str) -> list[dict[str, Any]]:
+    """:data:`SIZE` draws of ``env_id``'s distribution with the secret's own generator (not
+    filtered for learnability, unlike the frozen splits)."""
+    _check(env_id, "train")
+    digest = hashlib.sha256(_need_secret() + b"/" + env_id.encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:16], "little"))
+    dist = DISTRIBUTIONS[env_id]
+    return [{k: knob.draw(rng) for k, knob in dist.items()} for _ in range(SIZE)]
+
+
+def _need_secret() -> bytes:
+    if _secret is None:
+        raise ValueError(
+            f"family split {HIDDEN!r} needs the judge's secret: set {SECRET_VARIABLE} for the "
+            "harness command (baselines.run, sweep or family_board)"
+        )
+    return _secret
 
 
 def config(env_id: str, name: str) -> dict[str, Any]:
@@ -156,7 +203,7 @@ def config(env_id: str, name: str) -> dict[str, Any]:
     if version is not None and version != VERSION:
         raise ValueError(f"family {name!r}: version {version} is not this release's ({VERSION})")
     _check(env_id, split)
-    items = FAMILIES[env_id][split]
+    items = hidden_configs(env_id) if split == HIDDEN else FAMILIES[env_id][split]
     if not 0 <= index < len(items):
         raise ValueError(
             f"family {name!r}: index must be in [0, {len(items) - 1}] for {env_id} {split}"
@@ -168,7 +215,8 @@ def expand(env: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` with ``family=NAME`` replaced by that config's settings.
 
     ``env`` is an env id or an env class name (:data:`ENV_CLASSES`). Explicit kwargs that the
-    family config does not set are kept; one that contradicts it raises ``ValueError``.
+    family config does not set are kept; one that contradicts it raises ``ValueError``. A hidden
+    config's ``hidden_commitment`` (what its record keeps) must match this process's secret.
     """
     if "family" not in kwargs:
         return kwargs
@@ -176,6 +224,9 @@ def expand(env: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     name = kwargs.pop("family")
     env_id = ENV_CLASSES.get(env, env)
     fam = config(env_id, name)
+    promised = kwargs.pop("hidden_commitment", None)
+    if promised is not None and promised != commitment():
+        raise ValueError(f"family {name!r}: hidden_commitment does not match this secret's")
     clash = sorted(k for k in kwargs if k in fam and kwargs[k] != fam[k])
     if clash:
         k = clash[0]

@@ -139,7 +139,9 @@ def test_a_plugins_recorded_config_is_the_one_it_runs_with(plugins, tmp_path, ag
     args = ["--env", env, "--seeds", "0", "--rounds", "5", "--out", str(out), "--no-progress"]
     assert main(["--agent", f"{plugins}:{agent}", *kwargs, *args, "--quiet"]) == 0
     assert main(["--agent", "naive", "--agent-kwargs", f"policy_lr={lr}", *args, "--quiet"]) == 0
-    folder = results.run_dir(out, env, getattr(sys.modules[plugins], agent).name, 0)
+    assert plugins not in sys.modules  # the plugin ran in its own process only
+    name = {"FastNaive": "fast-naive", "SelfTuned": "self-tuned"}[agent]
+    folder = results.run_dir(out, env, name, 0)
     config = json.loads((folder / "config.json").read_text())
     assert config["agent_config"]["policy_lr"] == lr
     # it ran with that step size: its numbers are naive's with it

@@ -18,12 +18,10 @@ from agents import (
     OracleAgent,
     StaticAgent,
     fpo,
-    wrappers,
 )
 from agents.registry import BUILTIN
 from agents.wrappers import AgentRewardWrapper
 from baselines.run import main as run_main
-from rlhf_envs.core import RLHFCore
 
 LINEAR = "RLHFBlindSpot-v0"
 NEURAL = "RLHFNeuralBlindSpot-v0"
@@ -289,45 +287,24 @@ def test_harness_runs_sb3_agents_and_rejects_kl(tmp_path, capsys):
     assert "kl" in capsys.readouterr().err
 
 
-def test_deterministic_evaluation_uses_the_policy_mean_and_leaves_the_env_alone():
-    from baselines.sb3_runner import evaluate_deterministic
-
-    env = gym.make("RLHFBlindSpot-v0")
-    env.reset(seed=3)
-    model = PPO("MlpPolicy", env, seed=0, device="cpu", n_steps=32, batch_size=16)
-    core = env.unwrapped.core
-    params = {k: v.clone() for k, v in core.params.items()}
-    rng_state = core.generators[0].get_state().clone()
-    queries = int(core.oracle_queries[0])
-    out = evaluate_deterministic(model, env, responses=5)
-    # the observation is constant, so the deterministic response is the policy's mean
-    mean, _ = model.predict(np.zeros(1, dtype=np.float32), deterministic=True)
-    expected = float(core.utility(torch.as_tensor(mean, dtype=torch.float64)[None]))
-    assert out["eval_true_utility"] == pytest.approx(expected, rel=1e-9)
-    for k, v in core.params.items():
-        torch.testing.assert_close(v, params[k], rtol=0, atol=0)
-    assert torch.equal(core.generators[0].get_state(), rng_state)
-    assert int(core.oracle_queries[0]) == queries
-    with pytest.raises(ValueError, match="eval_responses"):
-        evaluate_deterministic(model, env, responses=0)
-
-
 def test_contextual_per_cluster_columns_match_the_env_infos(monkeypatch):
     from baselines.plan import Job
     from baselines.sb3_runner import learn_sb3
+    from rlhf_envs.contextual import ContextualEnv
 
     seen = []
+    step = ContextualEnv.step
 
-    class Spy(AgentRewardWrapper):
-        def step(self, action):
-            out = super().step(action)
-            seen.append((self.audit["in_blind_cluster"], self.audit["true_utility"]))
-            return out
+    def spy(self, action):  # the judge's env, in this process
+        out = step(self, action)
+        seen.append((out[-1]["in_blind_cluster"], out[-1]["true_utility"]))
+        return out
 
-    # learn_sb3 looks the wrapper up in agents.wrappers when it runs
-    monkeypatch.setattr(wrappers, "AgentRewardWrapper", Spy)
+    monkeypatch.setattr(ContextualEnv, "step", spy)
     hyper = {"n_steps": 32, "batch_size": 16}
-    h = learn_sb3(Job("RLHFContextual-v0", "naive", [0], 6, {}, {}, "", "", "ppo", hyper), 0)
+    job = Job("RLHFContextual-v0", "naive", [0], 6, {}, {}, "", "", "ppo", hyper, reads="current_rm")
+    h = learn_sb3(job, 0, eval_responses=4)
+    seen = seen[: len(seen) - 4]  # less the evaluation's steps (on a copy of the env)
     assert seen  # the spy saw the steps
     per_round = 8  # RLHFContextual-v0's samples_per_round
     for t in range(6):
