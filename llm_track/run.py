@@ -78,8 +78,7 @@ def _summary(cfg: LLMConfig, rows: list[dict], wall_s: float, folder: str) -> di
         "mean_step_s": mean("step_s", rows),
         "wall_s_this_session": wall_s,
         "max_rss_mb": _rss_mb(),
-        # baselines.results.run_state's seal: status, settings hash; and the checkpoint's files,
-        # which the manifest (top-level names only) cannot hold
+        # run_state's seal; the checkpoint's files (the manifest holds top-level names only)
         "status": "ok",
         "config_hash": results.config_hash(_settings(cfg)),
         "checkpoint": {
@@ -191,9 +190,6 @@ def run_protocol(
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise LLMTrackError("--device cuda asked for, but torch sees no CUDA device")
     folder = os.path.join(out, cfg.label, f"seed_{cfg.seed}")
-    top = path = os.path.abspath(folder)  # the outermost folder made here: gone if nothing ran
-    while not os.path.exists(path):
-        top, path = path, os.path.dirname(path)
     try:
         cli.check_writable(folder, "--out")
     except cli.CLIError as exc:
@@ -206,10 +202,6 @@ def run_protocol(
         )
     try:
         return _run_locked(cfg, folder, resume, force, checkpoint_every, progress)
-    except BaseException:
-        if top != path and {f for _, _, fs in os.walk(top) for f in fs} <= {".lock"}:
-            shutil.rmtree(top, ignore_errors=True)
-        raise
     finally:
         lock.release()
 

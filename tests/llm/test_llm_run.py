@@ -143,7 +143,8 @@ def test_missing_model_is_one_line(tmp_path, case):
         assert "--policy" in lines[0] and "Llama-3.2-1B-Instruct" in lines[0]
     else:
         assert "--prompts ultrafeedback" in lines[0] and "--prompts builtin" in lines[0]
-    assert not os.path.exists(tmp_path / "out")
+    # no run files (the folder, checked writable and locked before the models load, may stay)
+    assert {f for _, _, fs in os.walk(tmp_path / "out") for f in fs} <= {".lock"}
 
 
 def test_paper_preset_loads_local_folders(tmp_path):
