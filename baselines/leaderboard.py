@@ -10,9 +10,8 @@ round with 95 % CI bands per agent, and for the linear env the signal-vs-noise t
 utility landscape; a probability-of-improvement table of each FPO form against naive and the
 defences. A hand-written reading of an env's table, ``RESULTS/notes/ENV_ID.md``, is shown
 under it when present. Runs made with different code commits or package versions are refused unless
-``--allow-mixed`` is given. Every run folder is checked on reading (its summary recomputed from
-its metrics, :func:`baselines.results.check_run`); ``--verify K`` also replays K runs of each row,
-chosen at random (seeded), and marks the row verified or not.
+``--allow-mixed`` is given. Each run's record is checked (:func:`baselines.results.check_run`);
+``--verify K`` also replays K runs of each row, drawn at random, and marks the row verified or not.
 """
 
 from __future__ import annotations
@@ -170,8 +169,6 @@ def verify_rows(df: pd.DataFrame, k: int) -> dict[tuple[str, str], str]:
     """Per (env, run name): replay ``k`` of its runs, drawn with seed 0, as ``python -m
     baselines.run --from`` does, into a temporary folder; "yes (n replayed)" if each reproduces
     its metrics.csv byte for byte, else "NO (j of n not reproduced)"."""
-    import contextlib
-    import io
     import tempfile
 
     from baselines.run import main as run
@@ -179,7 +176,7 @@ def verify_rows(df: pd.DataFrame, k: int) -> dict[tuple[str, str], str]:
     rng, marks = np.random.default_rng(0), {}
     for key, part in df.groupby(["env_id", "run_name"]):
         picked = rng.choice(sorted(part.folder), size=min(k, len(part)), replace=False)
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        with tempfile.TemporaryDirectory() as tmp:
             args = ["--out", tmp, "--no-progress", "--quiet"]
             bad = sum(run(["--from", str(Path(f) / "config.json"), *args]) != 0 for f in picked)
         n = len(picked)
@@ -381,9 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     tab = table(df)
     if args.verify:
         marks = verify_rows(df, args.verify)
-        tab["verified"] = [
-            marks[env_id, agent] for env_id, agent in zip(tab.env_id, tab.agent, strict=True)
-        ]
+        tab["verified"] = [marks[k] for k in zip(tab.env_id, tab.agent, strict=True)]
     made = figures(df, out / "figures")
     fresh = {m.resolve() for m in made}
     for old in (out / "figures").glob("*.png"):  # figures of envs no longer in the table

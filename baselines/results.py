@@ -39,7 +39,12 @@ METRIC_COLUMNS = [
 
 COUNTERS = ("labels_used", "oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
 #: one counter per query kind (rlhf_envs.core.QUERY_COLUMNS)
-COUNTERS += ("labeler_value_queries", "labeler_grad_queries", "truth_value_queries", "truth_grad_queries")
+COUNTERS += (
+    "labeler_value_queries",
+    "labeler_grad_queries",
+    "truth_value_queries",
+    "truth_grad_queries",
+)
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -214,24 +219,20 @@ MAY_BE_NAN = ("eval_", "sample_true_utility_")
 
 
 def recheck(folder: Path, s: dict[str, Any]) -> str:
-    """``""`` if the finished run's ``summary.json`` (``s``) is what :func:`summarise` makes of
-    its ``metrics.csv``, else the first disagreement.
+    """``""`` if the finished run's metrics are finite and its summary ``s`` is what
+    :func:`summarise` makes of them, else the first disagreement.
 
-    ``metrics.csv`` is written with ``repr`` (:func:`metrics_csv`), which round-trips every
-    float64, so the numbers read back are the ones summarised, bit for bit; only the order of the
-    sums in the means may differ (an in-memory column is strided, the file's is not): a few ulps.
-    Numbers must agree to 1e-9 relative (1e-12 absolute near 0), far above that and far below any
-    edit a table could show; counters and words exactly.
+    ``metrics.csv`` holds ``repr`` floats, which read back bit for bit; only the order of the
+    sums in means may differ (the column summarised was strided): a few ulps. So floats must
+    agree to 1e-9 relative (1e-12 absolute), far above that and below any edit a table shows.
     """
     m = read_metrics(folder / "metrics.csv")
     nan_ok = {k: k.startswith(MAY_BE_NAN) for k in m}
     bad = [k for k, v in m.items() if not (np.isfinite(v) | nan_ok[k] & np.isnan(v)).all()]
     if bad:
         return f"metrics.csv holds non-finite values in {', '.join(bad[:3])}"
-    if len(m.get("round", ())) != s.get("rounds"):
-        return (
-            f"metrics.csv has {len(m.get('round', ()))} rounds, the summary says {s.get('rounds')}"
-        )
+    if (n := len(m.get("round", ()))) != s.get("rounds"):
+        return f"metrics.csv has {n} rounds, the summary says {s.get('rounds')}"
     for key, want in summarise({k: v[:, None] for k, v in m.items() if k != "round"}, 0).items():
         got = s.get(key)
         if isinstance(want, float) and type(got) in (int, float):
@@ -245,12 +246,10 @@ def recheck(folder: Path, s: dict[str, Any]) -> str:
 
 
 def check_run(folder: Path, statuses: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
-    """The ``summary.json`` of the run folder ``folder`` (``.../ENV/RUN_NAME/seed_S``), with
-    ``git_commit``, ``code_hash``, ``versions`` and ``folder``; None if its status is not in
-    ``statuses``. Raises ``RecordError`` (why) for a folder the harness did not write as it stands:
-    failing :func:`verify`, files not JSON objects, an unknown env id, a summary or config whose
-    env, run name or seed is not the folder's, or a finished run whose summary is not what its
-    metrics give or whose metrics are not finite (:func:`recheck`).
+    """The summary of the run folder ``.../ENV/RUN_NAME/seed_S`` with ``git_commit``, ``code_hash``,
+    ``versions`` and ``folder`` (None if its status is not in ``statuses``), or ``RecordError``:
+    failing :func:`verify` or :func:`recheck`, files not JSON objects, an unknown env id, or a
+    summary or config naming another env, run name or seed than its folder's.
     """
     import rlhf_envs
 

@@ -97,10 +97,9 @@ class _BlindSpotMixin:
 
     @contextlib.contextmanager
     def frozen(self):
-        """Evaluation mode, ``with env.unwrapped.frozen(): ...``: steps score responses with the
-        current RM and report the truth in ``info``, but nothing is labelled, buffered, retrained
-        or counted and the round does not advance; on leaving, the env's own state (episode,
-        prompt stream) is put back, so an evaluation leaves the experiment as it was."""
+        """Evaluation mode (``with env.unwrapped.frozen():``): steps are scored by the current RM,
+        with the truth in ``info``, but nothing is labelled, retrained or counted; on leaving, the
+        env's own state (episode, prompt stream) is put back: the experiment is as it was."""
         if not self.core.seeds:
             raise RuntimeError("call reset(seed=...) before frozen()")
         keep = ("core", "config", "_render_figure")

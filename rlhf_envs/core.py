@@ -250,10 +250,8 @@ class BlindSpotConfig(FollowerConfig):
 
 
 #: what :meth:`RLHFCore.reset` sets: the experiments' state (read before it: one clear error)
-STATE = (
-    "generators", "params", "opt_state", "buffer_y", "buffer_t", "buffer_len", "buffer_pos",
-    "round_y", "in_round", "round", "labels_used", "queries",
-)  # fmt: skip
+STATE = ("generators", "params", "opt_state", "buffer_y", "buffer_t", "buffer_len", "buffer_pos",
+         "round_y", "in_round", "round", "labels_used", "queries")  # fmt: skip
 
 
 def make_reward_model(c: BlindSpotConfig, mean: torch.Tensor, skip: torch.Tensor | None):
@@ -425,8 +423,7 @@ class RLHFCore:
             true_u = self.utility(y)
             if self.frozen:
                 return proxy.numpy(), true_u.numpy(), False
-            updated = self.in_round + 1 == self.config.samples_per_round
-            if not updated:
+            if self.in_round + 1 < self.config.samples_per_round:
                 self.round_y[:, self.in_round] = y
                 self.in_round += 1
                 return proxy.numpy(), true_u.numpy(), False
@@ -434,9 +431,8 @@ class RLHFCore:
             saved = {k: getattr(self, k) for k in STATE}
             streams = [g.get_state() for g in self.generators]
             try:
-                self._label_and_retrain(
-                    torch.cat([self.round_y[:, :-1], y.unsqueeze(1)], 1).to(self.dtype)
-                )
+                ys = torch.cat([self.round_y[:, :-1], y[:, None].to(self.dtype)], 1)
+                self._label_and_retrain(ys)
             except BaseException:
                 vars(self).update(saved)
                 for g, state in zip(self.generators, streams, strict=True):
