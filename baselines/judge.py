@@ -1,23 +1,12 @@
 """The judge and the judged: in harness runs every agent lives in a process of its own.
 
-The judge (this process: the env with its truth, labeler and reward-model follower, and the
-recorder) never runs agent code, not even a plugin's import. Each agent runs in a fresh process
-forked from a clean server process (``forkserver``: it never held the judge's memory), which
-gets only what the agent declared (:func:`agents.follower.follower_state`: copies of the current
-or initial RM, the labelled buffer, the RM-side settings) and answers with what the judge asks
-for: each round its policy mean and its responses (white-box), or each step its action (SB3).
-Every query it makes is answered and charged by the judge (:func:`agents.follower.answer`; an
-undeclared kind fails the run), and every recorded number is computed by the judge from what
-crossed. Messages from the agent are never unpickled: a JSON header and raw arrays of checked
-dtype and shape; messages to it are pickles (it trusts the judge).
-
-Threat model: this boundary defends the truth and the record against what Python code can do
-inside its own process (reflection, ``gc``, frames, pickling hooks, monkeypatching, state shared
-with other agents of a batch, rebuilding the env from what it was told; for the last one, hidden
-configs keep the truth's settings in the judge). It does not defend against code that uses the
-operating system to reach another process's memory or files (ptrace, ``/proc``, writing into run
-folders as the same user): run untrusted agents as another user or in a sandbox, and replay
-(``baselines.leaderboard --verify``) what you cite.
+The judge (this process: the env with its truth, labeler and follower, and the recorder) never
+runs agent code, a plugin's import included. Each agent runs in a process forked from a clean
+server process (``forkserver``), gets the follower state it declared
+(:func:`agents.follower.follower_state`) and sends back each round its play (white-box) or each
+step its action (SB3); the judge answers and charges its queries (:func:`agents.follower.answer`)
+and computes every recorded number. Agent -> judge messages are a JSON header and raw arrays of
+checked dtype and shape, never unpickled. The threat model is in the README (Fair comparisons).
 """
 
 from __future__ import annotations
