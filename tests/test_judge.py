@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from baselines import results
@@ -80,6 +81,9 @@ PROGRAMS = {
     "broken": ["naive", *BROKEN],
     "names": ["jp:Impostor", "jp:Escaper"],
 }
+#: SB3 runs (PPO on the verbosity env), one sweep
+SB3_ENV = "RLHFVerbosity-v0"
+SB3 = {"jp:ResetDodge": "reset-dodge"}
 
 #: the plugins' module jp.py
 PLUGINS = r'''"""Adversarial plugin agents for tests/test_judge.py (written to a temporary folder and loaded by the
@@ -449,6 +453,25 @@ class Garbage(Hunter):
         return [] if wb else []
 
 
+class ResetDodge(NaiveAgent):
+    """Under SB3: declares and pays for truth values, then resets the judge's env with a seed of
+    its own choosing in the middle of the run (its env link is the oracle it is handed)."""
+
+    name = "reset-dodge"
+    role = "method"
+    reads = ("current_rm", "truth_values")
+    llm_penalty = None
+
+    def sb3_score(self, core, y, oracle):
+        self.asked = getattr(self, "asked", 0) + 1
+        oracle.true_utility(y.detach())  # one truth value query, charged
+        log(self.name, asked=self.asked)
+        if self.asked == 3:
+            oracle.reset(seed=12345)
+            log(self.name, reset_with_seed=12345)
+        return super().sb3_score(core, y, oracle)
+
+
 class Impostor(Hunter):
     """Claims a built-in agent's name (after removing the check from its own process)."""
 
@@ -555,6 +578,12 @@ def arena(tmp_path_factory):
             f"agent_kwargs: {json.dumps(kwargs)}\n"
         )
         procs[name] = _launch(root, env, name, ["baselines.sweep", str(spec), "--jobs", "1"])
+    spec = root / "sb3.yaml"
+    spec.write_text(
+        f"envs: [{SB3_ENV}]\nagents: {json.dumps(list(SB3))}\nseeds: [0]\nrounds: {ROUNDS}\n"
+        "policy_optimizers: [ppo]\n"
+    )
+    procs["sb3"] = _launch(root, env, "sb3", ["baselines.sweep", str(spec), "--jobs", "1"])
     procs["alone"] = _launch(
         root,
         env,
@@ -714,3 +743,18 @@ def test_a_plugin_cannot_take_a_builtin_name_or_write_outside_the_output_folder(
     assert not (out / ENV / "naive").exists(), "a plugin's run was written as naive's"
     escaped = [p for p in arena["root"].rglob("escaped*")]
     assert escaped == [], escaped
+
+
+def test_an_sb3_agent_cannot_restart_the_judges_env_or_uncount_its_queries(arena):
+    out, code, text = arena["runs"]["sb3"]
+    folder = results.run_dir(out, SB3_ENV, "reset-dodge+ppo", 0)
+    s = json.loads((folder / "summary.json").read_text())
+    asked = max(e["asked"] for e in found(arena, "reset-dodge") if "asked" in e)
+    assert any("reset_with_seed" in e for e in found(arena, "reset-dodge")), "it never tried"
+    if s["status"] == "failed":  # refused: one line
+        assert "\n" not in s["reason"], s["reason"]
+        return
+    m = results.read_metrics(folder / "metrics.csv")
+    # every truth query it made is on the record, and the counters never go down
+    assert m["truth_value_queries"][-1] == asked, (m["truth_value_queries"].tolist(), asked)
+    assert (np.diff(m["truth_value_queries"]) >= 0).all()
