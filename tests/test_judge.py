@@ -758,3 +758,32 @@ def test_an_sb3_agent_cannot_restart_the_judges_env_or_uncount_its_queries(arena
     # every truth query it made is on the record, and the counters never go down
     assert m["truth_value_queries"][-1] == asked, (m["truth_value_queries"].tolist(), asked)
     assert (np.diff(m["truth_value_queries"]) >= 0).all()
+
+
+def test_the_hunters_detectors_find_the_env_where_it_is(monkeypatch):
+    """In the judge's own process the same detectors find the env: their silence in an agent's
+    process means the env is not there, not that they are blind."""
+    import gc
+
+    import gymnasium as gym
+
+    import rlhf_envs  # noqa: F401
+    from agents import registry
+
+    monkeypatch.setenv("JUDGE_TEST_HIDDEN", str(HIDDEN))
+    monkeypatch.setattr(registry, "BUILTIN", registry.BUILTIN)  # the module rebinds it
+    plugins: dict = {}
+    exec(compile(PLUGINS, "jp.py", "exec"), plugins)
+    env = gym.make_vec(
+        ENV, num_envs=2, vectorization_mode="vector_entry_point", target_value=HIDDEN
+    )
+    env.reset(seed=SEEDS)
+    core = env.unwrapped.core
+    assert plugins["truth_like"](core) == "RLHFCore"
+    assert plugins["explore"]([{"deep": [(env,)]}])  # through containers and attributes
+    assert any(plugins["truth_like"](o) for o in gc.get_objects())
+
+    def holding(core):  # a frame with the core in its locals
+        return plugins["FrameHunter"]().walk()
+
+    assert holding(core)
