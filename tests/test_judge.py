@@ -83,7 +83,7 @@ PROGRAMS = {
 }
 #: SB3 runs (PPO on the verbosity env), one sweep
 SB3_ENV = "RLHFVerbosity-v0"
-SB3 = {"jp:ResetDodge": "reset-dodge"}
+SB3 = {"jp:ResetDodge": "reset-dodge", "jp:RMSetter": "rm-setter"}
 
 #: the plugins' module jp.py
 PLUGINS = r'''"""Adversarial plugin agents for tests/test_judge.py (written to a temporary folder and loaded by the
@@ -472,6 +472,33 @@ class ResetDodge(NaiveAgent):
         return super().sb3_score(core, y, oracle)
 
 
+class RMSetter(NaiveAgent):
+    """Under SB3: writes into the reward model object it was sent (its initial mean), then resets
+    the judge's env, whose RM would restart from that mean if the memory were the judge's."""
+
+    name = "rm-setter"
+    role = "method"
+    llm_penalty = None
+
+    def start(self, core):
+        if getattr(self, "before", None) is None:
+            self.before = {k: v.flatten()[:4].tolist() for k, v in core.params.items()}
+            for attr in ("_init_mean64", "init_mean", "skip_init"):
+                t = getattr(core.reward_model, attr, None)
+                if isinstance(t, torch.Tensor):
+                    t.fill_(7.0)
+
+    def sb3_score(self, core, y, oracle):
+        if not getattr(self, "reset_done", False):
+            self.reset_done = True
+            oracle.reset(seed=0)  # the run's own seed
+            state = getattr(oracle, "_state", None) or {}
+            after = {k: torch.as_tensor(v).flatten()[:4].tolist()
+                     for k, v in state.get("params", {}).items()}
+            log(self.name, before=self.before, after=after)
+        return super().sb3_score(core, y, oracle)
+
+
 class Impostor(Hunter):
     """Claims a built-in agent's name (after removing the check from its own process)."""
 
@@ -541,6 +568,11 @@ class Forger(NaiveAgent):
 '''
 
 
+class Arena(dict):
+    def __repr__(self) -> str:  # short in failure reports
+        return f"<arena {self['root']}>"
+
+
 def _launch(root: Path, env: dict, name: str, args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", *args, "--out", str(root / name), "--no-progress", "--quiet"],
@@ -596,7 +628,7 @@ def arena(tmp_path_factory):
     for name, proc in procs.items():
         text, _ = proc.communicate(timeout=600)
         out[name] = (root / name, proc.returncode, text)
-    return {"root": root, "logs": logs, "runs": out}
+    return Arena(root=root, logs=logs, runs=out)
 
 
 def folder(arena, program: str, name: str, seed: int) -> Path:
@@ -787,3 +819,14 @@ def test_the_hunters_detectors_find_the_env_where_it_is(monkeypatch):
         return plugins["FrameHunter"]().walk()
 
     assert holding(core)
+
+
+def test_an_sb3_agent_cannot_set_the_judges_reward_model_through_the_object_it_was_sent(arena):
+    out, _, _ = arena["runs"]["sb3"]
+    s = json.loads((results.run_dir(out, SB3_ENV, "rm-setter+ppo", 0) / "summary.json").read_text())
+    if s["status"] == "failed":  # its reset after the start refused: one line
+        assert "\n" not in s["reason"], s["reason"]
+        return
+    (seen,) = [e for e in found(arena, "rm-setter") if "after" in e]
+    # reset with the run's own seed, the judge's RM starts where it started (not from 7.0)
+    assert seen["after"] == seen["before"], seen
