@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="replay",
         metavar="CONFIG",
         help="rerun exactly the run recorded in a run folder's config.json and compare its "
-        "metrics.csv with the recorded one (refused if the code hash differs)",
+        "metrics.csv with the recorded one (refused if the code hash differs or the folder's "
+        "record fails its checks: sealed, in its own folder, summary = its metrics)",
     )
     p.add_argument(
         "--any-code",

@@ -16,12 +16,18 @@ ENV = "RLHFBlindSpot-v0"
 def _write_run(out: Path, agent: str, seed: int, u: np.ndarray, sampled: bool = False) -> Path:
     folder = results.run_dir(out, ENV, agent, seed)
     prefix = "sample_" if sampled else ""
-    history = {f"{prefix}true_utility": u[:, None], f"{prefix}proxy_reward": (u + 1)[:, None]}
+    n = np.arange(1, len(u) + 1)[:, None]
+    history = {f"{prefix}true_utility": u[:, None], f"{prefix}proxy_reward": (u + 1)[:, None],
+               f"{prefix}gap": 0 * n + 1.0, "rm_error": 0 * n + 1.0, "labels_used": n,
+               "oracle_queries": 0 * n}  # fmt: skip
     results.atomic_write_text(folder / "metrics.csv", results.metrics_csv(history, 0))
-    summary = {"status": "ok", "env_id": ENV, "agent": agent.split("+")[0], "run_name": agent,
-               "seed": seed, "rounds": len(u), **results.summarise_history(u)}  # fmt: skip
+    names = {"env_id": ENV, "run_name": agent, "seed": seed}  # a record as the harness writes it
+    summary = {"status": "ok", **names, "agent": agent.split("+")[0], "rounds": len(u),
+               **results.summarise(history, 0)}  # fmt: skip
     results.atomic_write_json(folder / "summary.json", summary)
-    results.atomic_write_json(folder / "config.json", {"git_commit": "c", "code_hash": "h"})
+    results.atomic_write_json(
+        folder / "config.json", {**names, "git_commit": "c", "code_hash": "h"}
+    )
     names = ["config.json", "metrics.csv", "summary.json"]
     results.write_manifest(folder, names)  # sealed, as the harness does
     return folder
