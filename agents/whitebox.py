@@ -487,13 +487,13 @@ def run_rounds(env, seats: list[Seat], T: int, stopped: dict | None = None) -> l
 
 
 def _check_play(theta, y, n: int, spr: int, d: int, dtype) -> None:
-    """A seat's play is its policy mean (n, d) and its responses (spr, n, d), finite tensors of
-    the env's dtype; anything else is refused with one line."""
+    """A seat's play is its policy mean (n, d) and its responses (spr, n, d), tensors of the
+    env's dtype within :data:`DIVERGED`; anything else is refused with one line."""
     for name, v, shape in (("policy mean", theta, (n, d)), ("responses", y, (spr, n, d))):
         if not isinstance(v, torch.Tensor) or v.dtype != dtype or tuple(v.shape) != shape:
-            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise ValueError(
-                f"the agent's {name} must be a {dtype} tensor of shape {shape}, got {got}"
+            got = (v.dtype, tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"the agent's {name} must be {dtype} of shape {shape}, got {got}")
+        if not (v.abs() <= DIVERGED).all():  # False for NaN too
+            raise FloatingPointError(
+                f"policy became NaN/inf or diverged past |y| = {DIVERGED:.0e}: the agent's {name}"
             )
-        if not torch.isfinite(v).all():
-            raise FloatingPointError(f"the agent's {name} is not finite")

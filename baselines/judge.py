@@ -15,6 +15,8 @@ import copy
 import json
 import multiprocessing as mp
 import os
+import pickle
+import re
 from dataclasses import field, make_dataclass
 from typing import Any
 
@@ -117,20 +119,22 @@ class AgentProcess:
         """Send ``msg`` (``None``: sent already); answer the agent's queries with
         ``serve(kind, ys)`` until it replies."""
         if msg is not None:
-            self.conn.send(msg)
+            to_agent(self.conn, msg)
         while True:
             op, meta, arrays = receive(self.conn)
             if op == "query" and serve is not None and len(arrays) == 1:
-                self.conn.send(serve(str(meta.get("kind")), arrays[0]))
+                to_agent(self.conn, serve(str(meta.get("kind")), arrays[0]))
             elif op == "error":
-                kind = _ERRORS.get(str(meta.get("type")), AgentFailed)
+                kind = _ERRORS.get(str(meta.get("type")))
+                if kind is None:
+                    raise AgentFailed(f"{meta.get('type')}: {meta.get('message')}"[:500])
                 raise kind(str(meta.get("message"))[:500])
             else:
                 return op, meta, arrays
 
     def close(self) -> None:
         try:
-            self.conn.send(("exit",))
+            to_agent(self.conn, ("exit",))
         except OSError:
             pass
         self.proc.join(2)
@@ -153,7 +157,7 @@ def remote_seat(env, job, seeds: list[int], rows: slice, callback=None):
             return answer(core, rows, reads, kind, ys, env.unwrapped.ys_error)
 
         def send(self, t: int, T: int, state: dict | None) -> None:
-            self.process.conn.send(("play", t, T, _arrays(state)))
+            to_agent(self.process.conn, ("play", t, T, state))
 
         def receive(self) -> tuple[torch.Tensor, torch.Tensor]:
             op, _, arrays = self.process.request(None, self.serve)
@@ -173,27 +177,51 @@ def remote_seat(env, job, seeds: list[int], rows: slice, callback=None):
     return seat
 
 
-def _arrays(x):
-    """``x`` with every tensor as a numpy array (they pickle several times faster)."""
+def to_agent(conn, obj) -> None:
+    """Judge -> agent: a plain pickle with tensors as numpy arrays (by value, and many times
+    faster; multiprocessing's own pickler would hand the agent the judge's tensor memory)."""
+    conn.send_bytes(pickle.dumps(_pack(obj), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def from_judge(conn):
+    return _unpack(pickle.loads(conn.recv_bytes()))
+
+
+class _Tensor:
+    """A tensor on the wire (its values as a numpy array)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __reduce__(self):
+        return _Tensor, (self.array,)
+
+
+def _pack(x):
     if isinstance(x, torch.Tensor):
-        return x.detach().numpy()
+        return _Tensor(x.detach().numpy())
+    if isinstance(x, (tuple, list)):
+        return type(x)(_pack(v) for v in x)
     if isinstance(x, dict):
         out = copy.copy(x)  # the same class (FlatParams keeps its flat vector)
-        out.update([(k, _arrays(v)) for k, v in x.items()])
+        out.update([(k, _pack(v)) for k, v in x.items()])
         if hasattr(x, "flat"):
-            out.flat = _arrays(x.flat)
+            out.flat = _pack(x.flat)
         return out
     return x
 
 
-def _tensors(x):
-    """:func:`_arrays` undone, on the agent's side."""
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
+def _unpack(x):
+    if isinstance(x, _Tensor):
+        return torch.from_numpy(x.array)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_unpack(v) for v in x)
     if isinstance(x, dict):
-        x.update([(k, _tensors(v)) for k, v in x.items()])
+        x.update([(k, _unpack(v)) for k, v in x.items()])
         if hasattr(x, "flat"):
-            x.flat = _tensors(x.flat)
+            x.flat = _unpack(x.flat)
     return x
 
 
@@ -224,11 +252,12 @@ def judge_sb3(job, seed: int, record, eval_responses: int) -> dict[str, float]:
         started, done, evaluating = False, False, None
         while op != "end":
             if op == "reset":
-                obs, info = env.reset(seed=meta.get("seed"))
-                start = meta.get("seed") is not None or not started
+                if started and meta.get("seed") is not None:
+                    raise AgentFailed("the agent asked for a seeded reset mid-run (refused)")
+                obs, info = env.reset(seed=None if started else seed)
+                state = None if started else follower_state(inner.core, slice(None), reads, True)
                 started = True
-                state = follower_state(inner.core, slice(None), reads, True) if start else None
-                reply: Any = (obs, shown(info), _arrays(state))
+                reply: Any = (obs, shown(info), state)
             elif op == "step" and len(arrays) == 1 and not done:
                 obs, reward, term, trunc, info = env.step(arrays[0].numpy())
                 done = record(info)
@@ -236,7 +265,7 @@ def judge_sb3(job, seed: int, record, eval_responses: int) -> dict[str, float]:
                 if info.get("rm_updated"):
                     state = follower_state(inner.core, slice(None), reads, False)
                 y = inner.last_response
-                reply = (obs, reward, term, trunc, shown(info), y, _arrays(state), done)
+                reply = (obs, reward, term, trunc, shown(info), y, state, done)
             elif op == "eval" and done and evaluating is None:
                 evaluating = copy.deepcopy(inner)  # the run's env, RM and counters untouched
                 scores: dict[str, list] = {"": [], "blind_cluster": [], "other_clusters": []}
@@ -281,6 +310,7 @@ def agent_class(spec: str) -> type:
 
 
 def _stand_in(spec: str) -> type:
+    from agents import registry
     from agents.whitebox import READS
 
     proc = AgentProcess()
@@ -291,12 +321,18 @@ def _stand_in(spec: str) -> type:
         raise ValueError(f"cannot load agent {spec!r}: {e}") from None
     ok = (
         isinstance(d.get("name"), str)
+        and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", d["name"]) is not None
+        and d["name"] not in registry.BUILTIN
+        and d["name"] != "base"
         and d.get("role") in ("baseline", "method", "ceiling")
         and set(d.get("reads", ())) <= set(READS)
         and isinstance(d.get("fields"), dict)
     )
     if not ok:
-        raise ValueError(f"agent {spec!r} describes itself in a form the harness cannot read")
+        raise ValueError(
+            f"agent {spec!r} needs its own name (letters, digits, '_', '.', '-'; not a built-in "
+            "name), a role, known reads and a dataclass config"
+        )
 
     def built(self) -> None:
         _, out, _ = proc.request(("describe", spec, {k: getattr(self, k) for k in d["fields"]}))
@@ -346,7 +382,7 @@ def _agent_main(conn) -> None:
     msg = None
     while True:
         try:
-            msg = msg or conn.recv()
+            msg = msg or from_judge(conn)
         except EOFError:
             return
         try:
@@ -398,7 +434,7 @@ def _describe(conn, spec: str, kwargs: dict | None) -> None:
 
 def _ask(conn, kind: str, ys):
     send(conn, "query", {"kind": kind}, [torch.as_tensor(ys)])
-    return conn.recv()
+    return from_judge(conn)
 
 
 def _play_white_box(conn, spec, agent_config, seeds, reads, state) -> None:
@@ -409,9 +445,8 @@ def _play_white_box(conn, spec, agent_config, seeds, reads, state) -> None:
     agent = cls(cls.config_cls(**agent_config), seed=seeds)
     player = Player(agent, reads, state, lambda kind, ys: _ask(conn, kind, ys))
     send(conn, "ready")
-    while (msg := conn.recv())[0] == "play":
-        t, T, state = msg[1:]
-        send(conn, "played", {}, player.play(t, T, _tensors(state)))
+    while (msg := from_judge(conn))[0] == "play":
+        send(conn, "played", {}, player.play(*msg[1:]))
     return msg
 
 
@@ -448,11 +483,11 @@ def _play_sb3(
         tb_log_name=f"{env_id}/{agent.name}+{algo}/seed_{seed}_sb3",
     )
     send(conn, "eval")
-    obs, finished = conn.recv(), False
+    obs, finished = from_judge(conn), False
     while not finished:
         action, _ = model.predict(obs, deterministic=True)
         send(conn, "eval_step", {}, [action])
-        obs, finished = conn.recv()
+        obs, finished = from_judge(conn)
     send(conn, "end")
 
 
@@ -469,14 +504,13 @@ class RemoteEnv(gym.Env, Oracle):
 
     def reset(self, *, seed=None, options=None):
         send(self.conn, "reset", {"seed": seed})
-        obs, info, state = self.conn.recv()
-        self._state = _tensors(state)
+        obs, info, self._state = from_judge(self.conn)
         return obs, info
 
     def step(self, action):
         send(self.conn, "step", {}, [np.asarray(action)])
-        obs, reward, term, trunc, info, self.last_response, state, self.done = self.conn.recv()
-        self._state = _tensors(state) if state is not None else self._state
+        obs, reward, term, trunc, info, self.last_response, state, self.done = from_judge(self.conn)
+        self._state = state if state is not None else self._state
         return obs, reward, term, trunc, info
 
     def follower_state(self, start: bool) -> dict:

@@ -112,7 +112,7 @@ class Job:
     policy_optimizer: str = "whitebox"
     hyperparams: dict[str, Any] = field(default_factory=dict)
     force: bool = False  # redo even if another process finishes the run first
-    reads: str = ""  # what the agent declares it reads, comma-separated (for summary.json)
+    reads: str = ""  # what the agent declares it reads, comma-separated: all the judge gives it
     tensorboard: str | None = None  # output options, not settings: not in the config hash
     wandb: str | None = None
 

@@ -467,8 +467,8 @@ class ResetDodge(NaiveAgent):
         oracle.true_utility(y.detach())  # one truth value query, charged
         log(self.name, asked=self.asked)
         if self.asked == 3:
+            log(self.name, reset_with_seed=12345)  # before: a refused reset does not return
             oracle.reset(seed=12345)
-            log(self.name, reset_with_seed=12345)
         return super().sb3_score(core, y, oracle)
 
 
@@ -720,9 +720,9 @@ def test_an_agent_is_sent_only_its_own_experiments_rows(arena):
 def test_an_agent_cannot_write_into_the_judges_memory(arena):
     _, code, text = arena["runs"]["tamper"]
     for seed in SEEDS:
-        # the tamperer zeroed every byte behind the RM parameters it was sent
+        # the tamperer zeroed every byte behind the RM parameters it was sent (its own copy:
+        # its own play changes; the judge's follower, and so naive's record, does not)
         assert metrics(arena, "tamper", "naive", seed) == metrics(arena, "alone", "naive", seed)
-        assert metrics(arena, "tamper", "tamper", seed) == metrics(arena, "alone", "naive", seed)
 
 
 @pytest.mark.parametrize(
