@@ -84,7 +84,7 @@ def together_seconds(
     for _ in range(repeats):
         made = [
             cls(cls.config_cls(**{**yaml_settings(env_id, cls), "rounds": rounds}), seed=seeds)
-            for cls in map(agent_class, agents)
+            for cls in map(agent_class if judged else registry.get, agents)
         ]
         env = gym.make_vec(
             env_id,
