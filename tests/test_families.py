@@ -147,7 +147,8 @@ def test_a_diverged_run_scores_zero_and_other_failures_stop_the_board(tmp_path):
 
     from agents import whitebox
 
-    assert fb.DIVERGED_REASON in inspect.getsource(whitebox._Member.optimise)
+    assert fb.DIVERGED_REASON in inspect.getsource(whitebox.Player.optimise)
+    assert fb.DIVERGED_REASON in inspect.getsource(whitebox._check_play)  # the judge's check
 
 
 def test_tune_and_board_in_float32_stay_apart_from_float64(tmp_path, monkeypatch):

@@ -24,7 +24,10 @@ TINY = {"n_steps": 32, "batch_size": 16, "learning_rate": 3e-3}
 
 
 def sb3_job(env_id, agent, rounds, agent_config, optimizer, hyper):
-    return Job(env_id, agent, [], rounds, {}, agent_config, "", "", optimizer, hyper)
+    from agents import registry
+
+    reads = ",".join(registry.get(agent)().declared_reads(sb3=True))  # what the judge gives it
+    return Job(env_id, agent, [], rounds, {}, agent_config, "", "", optimizer, hyper, reads=reads)
 
 
 def buffer_log_probs(policy, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -151,7 +154,7 @@ class Recording(gym.Wrapper):
 
     def step(self, action):
         obs, reward, term, trunc, info = self.env.step(action)
-        truth = self.env.audit.get("true_utility")  # sealed from info, on the audit channel
+        truth = info.get("true_utility")  # the judge's env: its info is whole
         if truth is not None and info.get("response_complete") is not False:
             self.responses.append((truth, info["proxy_reward"], info["rm_updated"]))
         return obs, reward, term, trunc, info
@@ -159,16 +162,16 @@ class Recording(gym.Wrapper):
 
 @pytest.mark.parametrize("env_id", [LINEAR, VERBOSITY])
 def test_learn_sb3_reports_the_env_truth(env_id, monkeypatch):
-    from agents import wrappers
+    from baselines import judge
 
     envs = []
-    orig = wrappers.AgentRewardWrapper
+    make = judge.gym.make
 
-    def wrap(env, agent):
-        envs.append(Recording(orig(env, agent)))
+    def wrap(*args, **kwargs):  # the judge's env, in this process
+        envs.append(Recording(make(*args, **kwargs)))
         return envs[-1]
 
-    monkeypatch.setattr(wrappers, "AgentRewardWrapper", wrap)
+    monkeypatch.setattr(judge.gym, "make", wrap)
     rounds = 80 if env_id == LINEAR else 20
     h = sb3_runner.learn_sb3(sb3_job(env_id, "kl", rounds, {"kl_coef": 1.0}, "ppo", TINY), 0)
     true, proxy, rows = [], [], []
@@ -196,9 +199,7 @@ def test_kl_coef_zero_is_naive_exactly(env_id, optimizer):
         return sb3_runner.learn_sb3(sb3_job(env_id, agent, rounds, cfg, optimizer, hyper), 1)
 
     naive, zero, strong = run("naive"), run("kl", 0.0), run("kl", 1.0)
-    assert zero.keys() == naive.keys() | {"kl_penalty"}  # the callback's per-step penalty
-    np.testing.assert_array_equal(zero["kl_penalty"], 0.0)
-    assert (strong["kl_penalty"][1:] > 0).any()
+    assert zero.keys() == naive.keys()  # the agent's own numbers (its penalty) are not recorded
     for key in naive:
         np.testing.assert_array_equal(zero[key], naive[key], err_msg=key)
     u = "sample_true_utility"
