@@ -49,7 +49,9 @@ def test_hidden_configs_need_the_secret_and_follow_it(secret):
 def test_a_wrong_commitment_is_refused(secret):
     with pytest.raises(ValueError, match="hidden_commitment"):
         families.expand(LINEAR, {"family": "hidden/0", "hidden_commitment": "0" * 64})
-    kept = families.expand(LINEAR, {"family": "hidden/2", "hidden_commitment": families.commitment()})
+    kept = families.expand(
+        LINEAR, {"family": "hidden/2", "hidden_commitment": families.commitment()}
+    )
     assert kept == families.hidden_configs(LINEAR)[2]
 
 

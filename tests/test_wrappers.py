@@ -302,7 +302,9 @@ def test_contextual_per_cluster_columns_match_the_env_infos(monkeypatch):
 
     monkeypatch.setattr(ContextualEnv, "step", spy)
     hyper = {"n_steps": 32, "batch_size": 16}
-    job = Job("RLHFContextual-v0", "naive", [0], 6, {}, {}, "", "", "ppo", hyper, reads="current_rm")
+    job = Job(
+        "RLHFContextual-v0", "naive", [0], 6, {}, {}, "", "", "ppo", hyper, reads="current_rm"
+    )
     h = learn_sb3(job, 0, eval_responses=4)
     seen = seen[: len(seen) - 4]  # less the evaluation's steps (on a copy of the env)
     assert seen  # the spy saw the steps
