@@ -28,11 +28,9 @@ class _BlindSpotMixin:
     ys_error = "ys must have shape ({S}, ..., {n}): experiments first, response last"
 
     def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
-        """The info dict: counters; with ``proxy`` / ``true_u`` (arrays (S,)) the response's
-        values; with ``y`` (the (S, n) vectors the RM scored) ``signal_norm`` and ``noise_norm``,
-        the norms of ``y[:, :signal_dims]`` and ``y[:, signal_dims:]``. Python scalars for a
-        single env, arrays per experiment for a vector env.
-        """
+        """The info dict: counters; with ``proxy`` / ``true_u`` (S,) the response's values; with
+        ``y`` (S, n) the norms of ``y[:, :signal_dims]`` and ``y[:, signal_dims:]``. Scalars for a
+        single env, arrays per experiment for a vector env."""
         c, n = self.core, getattr(self, "num_envs", None)
         per = (lambda a: a.copy()) if n else (lambda a: a[0].item())
         info: dict[str, Any] = {
@@ -97,9 +95,8 @@ class _BlindSpotMixin:
 
     @contextlib.contextmanager
     def frozen(self):
-        """Evaluation mode (``with env.unwrapped.frozen():``): steps are scored by the current RM,
-        with the truth in ``info``, but nothing is labelled, retrained or counted; on leaving, the
-        env's own state (episode, prompt stream) is put back: the experiment is as it was."""
+        """Evaluation mode (``with env.unwrapped.frozen():``; see the env's ``## Episodes``); on
+        leaving, the env's own state (episode, prompt stream) is put back."""
         if not self.core.seeds:
             raise RuntimeError("call reset(seed=...) before frozen()")
         keep = ("core", "config", "_render_figure")
@@ -140,12 +137,8 @@ class _BlindSpotMixin:
             return fn(y)
 
     def true_utility(self, ys: Any) -> torch.Tensor:
-        """Oracle query of the hidden true utility, counted in ``info["oracle_queries"]``.
-
-        Args:
-            ys: responses of shape ``(S, ..., d)``. The value carries no gradient: ask
-                :meth:`true_utility_and_grad` (a gradient query) for one.
-        """
+        """Oracle query of the hidden true utility of ``ys`` (S, ..., d), counted in
+        ``info["oracle_queries"]``; no gradient (:meth:`true_utility_and_grad` is a query)."""
         return self._query(ys, self.core.utility, "truth_values")
 
     def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,16 +151,13 @@ class _BlindSpotMixin:
         return self._query(ys, self.core.labeler_target_and_grad, "labeler_grads")
 
     def query_labeler(self, ys: Any) -> torch.Tensor:
-        """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)).
-
-        This is what the RM will be trained toward; a value query, like :meth:`true_utility`.
-        """
+        """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)): what
+        the RM is trained toward; a value query, like :meth:`true_utility`."""
         return self._query(ys, self.core.labeler_target, "labeler_values")
 
     # -- rendering (rlhf_envs.render draws; matplotlib is imported only then) ------------------
     def _rendered(self, y, proxy, true_u, extra: Any = None) -> None:
-        """With a render mode: keep the scored response for the frames; in ``"human"`` mode show
-        the frame, as Gymnasium envs do after each step."""
+        """Keep the scored response for the frames; show the frame in ``"human"`` mode."""
         _render.remember(self, y, proxy, true_u, extra)
         if self.render_mode == "human":
             self.render()
@@ -202,8 +192,8 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
 
     ## Action Space
     ``Box(-action_bound, action_bound, (dims,), float32)``: the response. A value outside the Box
-    (NaN, 1e200) or a wrong shape raises ``ValueError`` naming ``action`` and leaves the env
-    unchanged; so does a step that fails inside (the RM's update), so the next step works.
+    (NaN, 1e200), a wrong shape, or a failing step (the RM's update) raises, naming ``action``,
+    and leaves the env unchanged.
 
     ## Observation Space
     ``Box(0, 1, (1,), float32)``, always ``[0.]``: there is no prompt (a context-free bandit).
@@ -250,10 +240,8 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
     ``env.unwrapped.query_labeler(ys)`` (counted oracle queries), ``env.unwrapped.core``.
 
     ## Rendering
-    ``render_mode="rgb_array"`` (``render()`` returns a 960 x 360 uint8 frame) or ``"human"``
-    (a matplotlib window): the true utility and the current RM over the plane of the target
-    ``y*`` and the responses' drift, the recent responses on both, the scores per round
-    (:mod:`rlhf_envs.render`).
+    ``render_mode="rgb_array"`` (a 960 x 360 uint8 frame) or ``"human"`` (a window): the truth
+    and the RM around ``y*``, the recent responses, the scores per round (:mod:`rlhf_envs.render`).
 
     ## Arguments
     See :class:`rlhf_envs.core.BlindSpotConfig`. Unknown names raise ``TypeError``.
@@ -325,10 +313,8 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
         return self._obs.copy(), proxy.copy(), ones, ~ones, infos
 
     def submit(self, responses: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`step` for responses held as a tensor ``(num_envs, dims)``, returning only
-        their proxy rewards and true utilities, each ``(num_envs,)``: what a white-box loop
-        reads (:func:`agents.whitebox.learn_together`), without the observation and the info
-        dict it would throw away (about a tenth of a white-box run's time). The same checks,
-        errors and transition as :meth:`step`, the same numbers, except that any finite
-        response is taken (a response of the paper's ``R^d``; the Box is what samplers use)."""
+        """:meth:`step` for a tensor ``(num_envs, dims)``, returning only the proxy rewards and
+        true utilities (:func:`agents.whitebox.learn_together` reads no more; the info costs a
+        tenth of a run). The same checks and numbers, except that any finite response is taken
+        (the paper's ``R^d``; the Box is for samplers)."""
         return self._advance(responses.detach(), (self.num_envs, self.config.dims), False)[1:3]

@@ -28,10 +28,8 @@ class ContextualConfig(FollowerConfig):
     """Settings of :class:`ContextualEnv`.
 
     Plus the follower fields of :class:`FollowerConfig` (the RM works on ``concat(x, y)``), with
-    the defaults below. In cluster ``blind_cluster`` the labeler adds ``labeler_bias *
-    sum(y[labeler_bias_dims])`` to the true utility (0 disables the blind spot).
-    ``reward_model="linear"`` (``w . [x, y]``, zero-mean initial weights of std
-    ``rm_init_noise``) cannot fit a peaked utility: a capacity blind spot.
+    the defaults below. ``reward_model="linear"`` (``w . [x, y]``, zero-mean initial weights of
+    std ``rm_init_noise``) cannot fit a peaked utility: a capacity blind spot.
 
     Attributes:
         prompt_dims: prompt dimension ``p`` (1..256).
@@ -41,8 +39,7 @@ class ContextualConfig(FollowerConfig):
         cluster_radius: distance of the cluster centres from the origin (> 0).
         cluster_std: std of the prompts around their centre (>= 0).
         target_std: per-cluster utility peaks ``y*_k`` are drawn ``N(0, target_std^2 I_d)`` (> 0).
-        task_seed: seed of those peaks (0..2^31-1); fixed across experiments, unlike the
-            experiment seed given to ``reset``.
+        task_seed: seed of those peaks (0..2^31-1), fixed across experiments (not ``reset``'s).
         utility_width: ``width`` in ``U = utility_scale * exp(-width * ||y - y*(x)||^2)`` (> 0).
         blind_cluster: the cluster where the labeler is biased (0..n_clusters-1).
         labeler_bias_dims: the spurious response dims (default: the last one).
@@ -153,8 +150,7 @@ class ContextualCore(RLHFCore):
         return b * (z @ self.labeler_direction), b.unsqueeze(-1) * self.labeler_direction
 
     def labeler_utility(self, z: torch.Tensor) -> torch.Tensor:
-        """What the labeler believes, ``U(z)`` plus its bias, uncounted (the clusters found
-        once for both terms; the numbers of the generic ``utility + bias`` form)."""
+        """``U(z)`` plus the labeler's bias, uncounted (the clusters found once for both)."""
         k = self.cluster(z)
         u = self._utility(z, k)[0]
         if not self.config.labeler_bias:
@@ -174,13 +170,11 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     (prompt, response) pairs and the RM is retrained on its FIFO buffer (iterative RLHF).
 
     ``env.unwrapped.core`` treats ``z = concat(x, y)`` (length ``p + d``) as "the response", so
-    the white-box maths (tangent kernels, FPO penalties) work on it unchanged;
-    ``env.unwrapped.last_response`` is the (1, p + d) vector the RM scored at the last step.
+    the white-box maths (tangent kernels, FPO penalties) work on it unchanged.
 
     ## Action Space
-    ``Box(-action_bound, action_bound, (dims,), float32)``: the response ``y``. A value outside
-    the Box (or NaN) or a wrong shape raises ``ValueError`` naming ``action`` and leaves the env
-    unchanged. ``env.unwrapped.frozen()`` evaluates without training, as in the linear env.
+    ``Box(-action_bound, action_bound, (dims,), float32)``: the response ``y``; refused as in
+    ``RLHFBlindSpot-v0`` (``env.unwrapped.frozen()`` too: evaluation without training).
 
     ## Observation Space
     ``Box(-inf, inf, (prompt_dims,), float32)``: the prompt ``x`` (the same ``x``, as float64,
@@ -192,29 +186,23 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     ## True utility vs feedback
     ``U(x, y) = utility_scale * exp(-utility_width * ||y - y*_k||^2)`` with ``k`` the cluster of
     ``x`` (its nearest centre, ``info["cluster"]``) and ``y*_k ~ N(0, target_std^2 I)`` fixed by
-    ``task_seed`` and hidden from the agent. Reported in ``info["true_utility"]``, never the
-    reward. Feedback is a rating: the label is the labeler's value (+ ``N(0, label_noise^2)``)
-    and the RM minimises the squared error. (Preference feedback would need a reference response
-    per prompt; the shared follower has one fixed reference, so this env offers ratings only.)
+    ``task_seed`` and hidden from the agent, in ``info["true_utility"]``. Feedback is a rating
+    (the labeler's value + ``N(0, label_noise^2)``, squared error); preferences would need a
+    reference response per prompt, and the shared follower has one.
 
     ## Blind spots
     * Local labeler bias: for prompts of cluster ``blind_cluster`` (default 0) the labeler adds
       ``labeler_bias * sum(y[labeler_bias_dims])`` (default ``5 * y[d-1]``) to ``U``; everywhere
       else its labels are exactly ``U``. At the default bias the labeler's own optimum on those
-      prompts is the edge of the action box (``U ~ 0``), so a policy that follows the RM there
-      first improves, then drifts along the spurious direction. The defaults (2 clusters, half
-      of the prompts blind) make this local collapse visible in the overall true utility: with
-      SB3 PPO (2 seeds, 1000 rounds) a naive policy's true utility rose to ~5.3, then fell to
-      ~4.3 while the blind cluster went from ~4 to 0 and the other one kept improving (~8.5);
-      its deterministic policy scored ~0 on blind prompts and ~9.9 on the others.
+      prompts is the edge of the action box (``U ~ 0``). With the defaults (half of the prompts
+      blind) and SB3 PPO (2 seeds, 1000 rounds) a naive policy's true utility rose to ~5.3, then
+      fell to ~4.3 while the blind cluster went from ~4 to 0 and the other rose to ~8.5.
     * RM initial error and capacity: the MLP starts random (``rm_init_noise``) and learns only
       where the policy's (prompt, response) pairs land; ``reward_model="linear"`` cannot represent
       a peaked utility at all.
 
     ## Episodes
-    One step per episode (``terminated=True``). ``reset(seed=s)`` starts a new experiment
-    (fresh RM and buffer, prompt stream from ``s``); ``reset()`` without a seed draws the next
-    prompt and keeps the RM.
+    As ``RLHFBlindSpot-v0``; the prompt stream starts from ``s``, ``reset()`` draws the next.
 
     ## Info
     The keys of ``RLHFBlindSpot-v0`` (``signal_norm`` = ``|x[0]|`` and ``noise_norm`` the norm of
@@ -223,8 +211,8 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`ContextualCore`), ``reward_model``, ``rm_params``,
-    ``true_utility(zs)`` / ``query_labeler(zs)`` (counted oracle queries on vectors ``concat(x, y)``
-    of shape ``(1, ..., p + d)``), ``prompt`` (the current ``x``) and ``last_response``.
+    ``true_utility(zs)`` / ``query_labeler(zs)`` (counted, on ``concat(x, y)`` of shape
+    ``(1, ..., p + d)``), ``prompt`` (the current ``x``), ``last_response`` (the last ``z`` scored).
 
     ## Rendering
     ``render_mode="rgb_array"`` / ``"human"``: per prompt cluster (up to 3), the true utility and
@@ -232,8 +220,7 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     cluster's recent responses and its scores per round (:mod:`rlhf_envs.render`).
 
     ## Arguments
-    See :class:`ContextualConfig`. Unknown names raise ``TypeError``; invalid values raise
-    ``ValueError``/``TypeError`` naming the argument.
+    See :class:`ContextualConfig`; bad names and values raise, naming the argument.
 
     ## Version History
     * v0: initial release.

@@ -2,11 +2,9 @@
 
 :class:`RLHFCore` holds ``S`` independent experiments (one per seed) as stacked tensors: the
 reward model's parameters and optimiser state, the labelled FIFO buffer, the responses of the
-current round, the labeler, per-experiment random generators and the label / oracle counters.
-The single-agent :class:`~rlhf_envs.blind_spot.BlindSpotEnv` uses ``S = 1``; the natively
-vectorised :class:`~rlhf_envs.blind_spot.BlindSpotVectorEnv` uses ``S = num_envs``. Because each
-experiment has its own generator and every operation is batched over the leading dimension,
-experiment ``i`` with seed ``s`` gives the same numbers whatever else is in the batch.
+current round, the labeler, per-experiment random generators and the label / oracle counters
+(``S = 1`` for a single env, ``num_envs`` for the vector env). Each experiment has its own
+generator, so experiment ``i`` with seed ``s`` gives the same numbers whatever else is batched.
 
 One round, top to bottom (see :meth:`RLHFCore.step`):
   1. the policy submits ``samples_per_round`` responses, one per ``step``; each is scored by the
@@ -109,8 +107,7 @@ def check_dims(obj: Any, name: str, dims: int, default: tuple[int, ...] | None =
 class FollowerConfig:
     """The reward model, its training and the labeler's noise, shared by every env config.
 
-    Each env config inherits these fields (redeclaring some with its own defaults) and passes
-    them unchanged to the follower :class:`RLHFCore`. Defaults: the paper's linear environment.
+    Each env config inherits them (with its own defaults) and passes them to :class:`RLHFCore`.
 
     Attributes:
         rm_init_noise: initial RM error: std of the linear RM's noise / MLP's weights (>= 0).
@@ -123,9 +120,8 @@ class FollowerConfig:
         rm_steps: optimiser steps per round (1..10000).
         buffer_size: FIFO buffer of labelled responses (1..1e6).
         samples_per_round: responses labelled per round; the RM retrains after that many (1..1e6).
-        labels_per_response: labels the labeler gives each response (1..1000; each a separate
-            call, with its own noise draw); more RM labels for the same responses, which is how
-            budget-matched controls spend extra labeler calls under SB3.
+        labels_per_response: labels per response (1..1000; separate calls, own noise draws):
+            how budget-matched controls spend extra labeler calls under SB3.
         label_noise: std of Gaussian noise on rating labels (>= 0).
         labeler_bias: the labeler's own error, a factor on the env's spurious dims (0: none).
     """
@@ -204,10 +200,9 @@ class BlindSpotConfig(FollowerConfig):
         reference_response: the response preferences are judged against (default: zeros).
         action_bound: half-width of the action Box: ``step`` refuses responses outside it (the
             vector env's ``submit``, the white-box loop's path, takes any finite response).
-        dtype: floating-point type of the reward model, buffer, truth and responses: ``"float64"``
-            (default; every committed number) or ``"float32"`` (opt-in: the reward model's
-            arithmetic is ~2.7x faster on a CPU; the same random streams, drawn in float64 and
-            rounded, but other numbers, so runs are not comparable bit for bit with float64 ones).
+        dtype: floating-point type of the follower: ``"float64"`` (default; every committed
+            number) or ``"float32"`` (opt-in, ~2.7x faster RM on a CPU; the float64 random streams
+            rounded, so other numbers than float64 runs).
     """
 
     dims: int = 50
@@ -267,12 +262,10 @@ def make_reward_model(c: BlindSpotConfig, mean: torch.Tensor, skip: torch.Tensor
 class RLHFCore:
     """``S`` independent iterative-RLHF followers (reward model + labeler + buffer).
 
-    Envs whose responses are not points of ``R^d`` (token sequences, prompt + response pairs)
-    reuse the core by mapping each response to a fixed-length feature vector that the core
-    treats as "the response", and subclass it to redefine the truth on those vectors:
-    :meth:`utility` and :meth:`utility_and_grad` (the labeler follows, since it is built from
-    them) and :meth:`labeler_bias_and_grad` (the labeler's own error). ``reward_model`` passes a
-    prebuilt reward model instead of the one ``config`` describes.
+    Envs whose responses are not points of ``R^d`` map each to a fixed-length feature vector
+    ("the response") and subclass the core to redefine :meth:`utility`,
+    :meth:`utility_and_grad` and :meth:`labeler_bias_and_grad` on it. ``reward_model`` passes
+    a prebuilt reward model instead of the one ``config`` describes.
     """
 
     #: while set, :meth:`step` only scores (the envs' ``frozen()`` evaluation mode)
@@ -346,10 +339,8 @@ class RLHFCore:
         return u, (-2.0 * self.config.utility_width * u).unsqueeze(-1) * (y - self.y_star)
 
     def labeler_bias_and_grad(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The labeler's own error ``b(y)`` (added to ``U(y)``) and ``grad_y b``; None if unbiased.
-
-        Here ``b(y) = labeler_bias * sum(y[labeler_bias_dims])``, uncounted.
-        """
+        """The labeler's own error ``b(y) = labeler_bias * sum(y[labeler_bias_dims])`` (added to
+        ``U(y)``) and ``grad_y b``, uncounted; None if unbiased."""
         if not self.config.labeler_bias:
             return None
         c = self.config.labeler_bias
@@ -414,9 +405,8 @@ class RLHFCore:
         """Submit one response per experiment, ``y`` of shape (S, d).
 
         Returns (proxy reward, true utility, whether the RM was retrained), each per experiment.
-        While :attr:`frozen`, the response is only scored: nothing is labelled or counted. A step
-        that raises (e.g. ``FloatingPointError`` from the RM's update) leaves every experiment as
-        it was before it (state and random streams), so the next step works.
+        While :attr:`frozen` it only scores. A step that raises (e.g. ``FloatingPointError``)
+        leaves every experiment (state and random streams) as it was.
         """
         with torch.no_grad():
             proxy = self.reward_model.score(self.params, y.unsqueeze(1))[:, 0]
@@ -474,11 +464,8 @@ class RLHFCore:
         return torch.stack(draws).to(self.dtype)  # float64 streams, rounded if float32
 
     def push(self, ys: torch.Tensor, targets: torch.Tensor):
-        """The FIFO buffer after pushing ``ys`` (S, n, d) with ``targets`` (S, n).
-
-        Pure (differentiable in ``ys`` and ``targets``); returns
-        ``(buffer_y, buffer_t, next_position, length)`` in the layout the real update uses.
-        """
+        """``(buffer_y, buffer_t, next_position, length)`` after pushing ``ys`` (S, n, d) with
+        ``targets`` (S, n); pure (differentiable in both)."""
         size = self.config.buffer_size
         by, bt = self.buffer_y.clone(), self.buffer_t.clone()
         pos, length = self.buffer_pos, self.buffer_len

@@ -2,16 +2,9 @@
 
 Every reward model here holds the parameters of ``S`` independent experiments stacked along a
 leading batch dimension, so that many seeds run as one tensor program. Parameters are plain
-dicts of tensors and every operation is a pure function of them, which gives agents white-box
-access without touching the environment's state:
-
-- :meth:`RewardModel.score` -- ``r_phi(y)`` for responses ``y`` of shape ``(S, n, d)``.
-- :meth:`RewardModel.ntk` -- ``<grad_phi r(y_a), grad_phi r(y_b)>`` in closed form. All FPO
-  penalties are built from this kernel (see :mod:`agents.fpo`).
-- :meth:`RewardModel.per_sample_grads` -- flat per-sample parameter gradients ``(S, n, P)``
-  (closed form for the linear model, ``torch.func`` for the MLP).
-- :meth:`RewardModel.update` -- one optimiser step on a labelled batch, returning new parameters
-  and optimiser state (pure; differentiable when ``create_graph=True``).
+dicts of tensors and every operation is a pure function of them (score, closed-form tangent
+kernel, per-sample gradients, update), which gives agents white-box access without touching the
+environment's state. All FPO penalties are built from the kernel (see :mod:`agents.fpo`).
 """
 
 from __future__ import annotations
@@ -91,11 +84,7 @@ class RewardModel:
 
     # -- shared machinery ---------------------------------------------------------------------
     def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """Flat per-sample gradients ``grad_phi r(y_i)`` of shape ``(S, n, P)``.
-
-        Uses ``torch.func`` (vmap over experiments and samples of ``grad``); parameters are
-        flattened in sorted-name order.
-        """
+        """Flat per-sample gradients ``grad_phi r(y_i)`` (S, n, P), names sorted (torch.func)."""
         from torch.func import grad, vmap
 
         names = sorted(params)
@@ -124,11 +113,10 @@ class RewardModel:
         }
 
     def loss(self, params: Params, y, target, feedback: str, reference=None) -> torch.Tensor:
-        """Per-experiment loss on a labelled batch (``y`` (S, n, d), ``target`` (S, n),
-        ``reference`` (d,) or (S, d)), shape (S,).
+        """Per-experiment loss (S,) on ``y`` (S, n, d), ``target`` (S, n), ``reference`` (S, d).
 
-        ``rating``: mean of ``(r(y) - target)^2``. ``preference``: mean binary cross-entropy of
-        ``sigmoid(r(y) - r(reference))`` against the (soft or hard) label ``target`` = P(y wins).
+        ``rating``: mean ``(r(y) - target)^2``; ``preference``: mean cross-entropy of
+        ``sigmoid(r(y) - r(reference))`` against ``target`` = P(y wins), soft or hard.
         """
         r = self.score(params, y)
         if feedback == "rating":
@@ -150,13 +138,11 @@ class RewardModel:
         reference: torch.Tensor | None = None,
         denominator: int | None = None,
     ) -> tuple[Params, torch.Tensor]:
-        """Gradient of :meth:`loss` in every parameter, in closed form, and ``r(y)``, from one
-        forward pass.
+        """Gradient of :meth:`loss` in every parameter, in closed form, and ``r(y)``, in one pass.
 
-        The loss gradient is ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))`` with
-        ``a_i = dloss/dr_i``, computed by :meth:`weighted_grad` without autograd, so it stays
-        differentiable in ``y`` and ``target``. ``denominator`` replaces the batch size in the
-        mean, so that the gradient on a batch is the sum of the gradients on its parts.
+        ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))``, ``a_i = dloss/dr_i``, by
+        :meth:`weighted_grad` (no autograd: differentiable in ``y`` and ``target``).
+        ``denominator`` replaces the batch size in the mean (a batch's gradient = its parts' sum).
         """
         n = y.shape[1] if denominator is None else denominator
         parts = self.parts(params, y)
@@ -195,9 +181,8 @@ class RewardModel:
     ) -> tuple[Params, OptState]:
         """One optimiser step on the labelled batch; returns new ``(params, opt_state)``.
 
-        Pure: nothing passed in is modified. The result is differentiable with respect to ``y``
-        and ``target`` when they require grad (the exact-lookahead agent relies on this). The
-        step goes through the model's stability guard (:meth:`stabilised`), if it has one.
+        Pure, differentiable in ``y`` and ``target`` (exact lookahead relies on it), through the
+        model's stability guard (:meth:`stabilised`).
         """
         grads = self.loss_grad_and_score(params, y, target, feedback, reference)[0]
         new, state = self.apply_grads(params, opt_state, grads)
@@ -248,12 +233,9 @@ def adam_step(cfg: OptimizerConfig, p: torch.Tensor, state: OptState):
     """Adam from flat parameters ``p`` (S, P) and optimiser state ``state``, as a function of
     the flat loss gradient ``g`` (S, P): ``step(g, derivative=False) -> (p', m', v', dp'/dg)``.
 
-    torch.optim.Adam's semantics: L2 weight decay added to the gradient, bias corrections as
-    Python floats. The suite's one Adam: the RM's training (:meth:`RewardModel.apply_grads`)
-    and every virtual update of exact FPO take it. What does not depend on ``g`` (the decayed
-    moments, the bias corrections, the decay term) is computed once per state, so stepping many
-    candidate gradients from one state pays for it once. ``dp'/dg`` (elementwise) is computed
-    only when ``derivative`` is set (else ``None``).
+    torch.optim.Adam's semantics (L2 decay added to the gradient, bias corrections as floats);
+    the RM's training and exact FPO's virtual updates both take it. What does not depend on
+    ``g`` is computed once per state. ``dp'/dg`` (elementwise) only with ``derivative``.
     """
     b1, b2 = cfg.betas
     t = float(state["step"] + 1)
@@ -279,9 +261,8 @@ def adam_step(cfg: OptimizerConfig, p: torch.Tensor, state: OptState):
 
 
 class FlatParams(dict):
-    """Parameters (a plain ``{name: tensor}`` dict to every reader) that also keep the flat
-    ``(S, P)`` vector they were cut from (``flat``), so the next Adam step skips
-    :func:`flatten`. The same numbers either way: flattening is a copy."""
+    """Parameters (a plain dict) that keep the flat ``(S, P)`` vector they were cut from
+    (``flat``), so the next Adam step skips :func:`flatten` (a copy: the same numbers)."""
 
     flat: torch.Tensor
 
@@ -297,11 +278,8 @@ def flat_of(params: Params) -> torch.Tensor:
 
 
 def unflatten(flat: torch.Tensor, like: Params) -> Params:
-    """Inverse of :func:`flatten`, shaped like ``like``.
-
-    The pieces are made contiguous: matmuls on strided views would take other BLAS paths for
-    other batch sizes and break the bit-identity of one experiment across batch sizes.
-    """
+    """Inverse of :func:`flatten`, shaped like ``like``; contiguous pieces (strided views take
+    other BLAS paths per batch size, breaking one experiment's bit-identity across them)."""
     names = sorted(like)
     sizes = [like[k][0].numel() for k in names]
     out = FlatParams()
@@ -372,13 +350,10 @@ class LinearRewardModel(RewardModel):
     ) -> torch.Tensor:
         """The SGD stability guard's factor on the learning rate, per experiment ``(S,)``.
 
-        The loss is quadratic (rating) or has curvature at most 1/4 per sample (preference), so
-        ``kappa = c * mean_i ||y_i - y_ref||^2 + weight_decay`` (``c`` = 2 or 1/4) bounds its
-        curvature in ``w``. A step with ``lr * kappa <= 1`` cannot overshoot; where a batch of
-        large responses would make it larger (e.g. uniform draws from the action Box, whose
-        squared norm is ~1,700 in the default 50 dims, against a threshold of 100), the step is
-        shrunk to ``lr / kappa``. On every path of the paper's linear simulation ``lr * kappa``
-        stays below 0.5, so the factor is exactly 1 there and the update is the paper's.
+        ``kappa = c * mean_i ||y_i - y_ref||^2 + weight_decay`` (``c`` = 2 for the quadratic
+        rating loss, 1/4 for preference) bounds the curvature in ``w``; where ``lr * kappa > 1``
+        (e.g. uniform draws from the action Box) the step shrinks to ``lr / kappa``. On the
+        paper's linear simulation ``lr * kappa < 0.5``: the factor is 1, the update the paper's.
         """
         cfg = self.optimizer
         if feedback == "preference" and reference is not None:
@@ -457,8 +432,7 @@ class MLPRewardModel(RewardModel):
     def parts(self, params: Params, y: torch.Tensor, sig: list | None = None):
         """``(r, h1, h2, delta1, delta2)``: the reward and the factors of its gradient.
 
-        ``sig``: a list that receives ``(h1, s1, s2)``, the activations' sigmoids besides.
-        """
+        ``sig``: a list that receives ``(h1, s1, s2)`` besides."""
         z1, h1, z2, h2, r = self._forward(params, y)
         # operations in the order of ``w3 * sigmoid(z2)`` and ``bmm(delta2, W2) * sigmoid(z1)``
         # (autograd's graph, and with it the exact agent's gradient, depends on the order)
@@ -585,11 +559,8 @@ class MLPRewardModel(RewardModel):
         return g_y
 
     def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        h1a, h2a, d1a, d2a = self.parts(params, ya)[1:]
-        if yb is ya:
-            h1b, h2b, d1b, d2b = h1a, h2a, d1a, d2a
-        else:
-            h1b, h2b, d1b, d2b = self.parts(params, yb)[1:]
+        h1a, h2a, d1a, d2a = pa = self.parts(params, ya)[1:]
+        h1b, h2b, d1b, d2b = pa if yb is ya else self.parts(params, yb)[1:]
         yy = (ya * yb).sum(-1)
         k = (
             1.0

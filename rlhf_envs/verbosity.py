@@ -34,12 +34,10 @@ N_FEATURES = len(FEATURES)
 class VerbosityConfig(FollowerConfig):
     """Settings of :class:`VerbosityEnv`.
 
-    Plus the follower fields of :class:`FollowerConfig` (the RM works on the feature vector
-    ``f``; ``samples_per_round`` counts completed responses, not tokens), with the defaults
-    below. ``utility_scale`` is the true utility of the ideal response ``[ANSWER, EOS]``.
-    ``reward_model="mlp"`` is an MLP on ``f`` plus a trainable linear skip term ``s . f`` starting
-    at the initial weights below; ``rm_init_noise`` is the std of the Gaussian error on the
-    initial linear weights, or of the MLP's initial weights.
+    Plus the follower fields of :class:`FollowerConfig` on the feature vector ``f`` (responses,
+    not tokens, per round), with the defaults below. ``utility_scale`` is the true utility of
+    ``[ANSWER, EOS]``. ``reward_model="mlp"``: an MLP on ``f`` plus a trainable skip term
+    ``s . f`` starting at the initial weights below.
 
     Attributes:
         vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, the rest are
@@ -107,9 +105,8 @@ class VerbosityConfig(FollowerConfig):
 def sequence_features(tokens: Any, max_len: int) -> np.ndarray:
     """Feature vector ``f = [has_answer, length, filler]`` of a token sequence (float64, (3,)).
 
-    Only the tokens before the first EOS count (the content): ``has_answer`` is 1 if ANSWER is
-    among them, ``length`` = number of content tokens / ``max_len`` and ``filler`` = number of
-    FILLER tokens / ``max_len``.
+    Of the tokens before the first EOS: ANSWER among them, their count / ``max_len`` and the
+    FILLER count / ``max_len``.
     """
     content = []
     for t in tokens:
@@ -139,8 +136,8 @@ class VerbosityCore(RLHFCore):
         return self._utility(y)[0]
 
     def _utility(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U(f), e)`` with ``e = exp(-lambda * (max_len * f1 - f0))``, written with tensor
-        methods (the operators' Python wrappers cost more than the maths on one response)."""
+        """``(U(f), e)``, ``e = exp(-lambda * (max_len * f1 - f0))``, in tensor methods (cheaper
+        than the operators on one response)."""
         c = self.env_config
         f0 = y.select(-1, 0)
         a = f0.mul(1.0 - c.no_answer_value).add(c.no_answer_value)  # q + (1 - q) f0
@@ -166,10 +163,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     Every ``samples_per_round`` completed responses the labeler labels them and the RM is
     retrained on its FIFO buffer, so the RM follows the policy (iterative RLHF).
 
-    The RM and the labeler see a response through its feature vector
-    ``f = [has_answer, length, filler]`` (:func:`sequence_features`), which
-    ``env.unwrapped.core`` treats as "the response": the white-box maths (tangent kernels, FPO
-    penalties) work on it unchanged.
+    The RM and the labeler see a response through its features ``f = [has_answer, length,
+    filler]`` (:func:`sequence_features`), "the response" of ``env.unwrapped.core``.
 
     Reward models of LLMs are known to reward length: Singhal et al., "A Long Way to Go:
     Investigating Length Correlations in RLHF" (arXiv 2310.03716) find that much of the reward
@@ -177,9 +172,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     ## Action Space
     ``Discrete(vocab_size)`` (default 8): 0 = EOS, 1 = ANSWER, 2 = FILLER, 3.. = neutral words.
-    Anything but an integer in ``[0, vocab_size)`` (an int, a numpy integer or a one-element
-    integer array) raises ``ValueError``/``TypeError`` naming ``action``; the env is unchanged.
-    ``env.unwrapped.frozen()`` evaluates without training, as in ``RLHFBlindSpot-v0``.
+    Anything but an integer in ``[0, vocab_size)`` (int, numpy integer, one-element integer
+    array) raises, naming ``action``; ``env.unwrapped.frozen()`` as in ``RLHFBlindSpot-v0``.
 
     ## Observation Space
     ``Box(0, 1, (vocab_size + 1,), float32)``: the count of each token so far / ``max_len``,
@@ -196,9 +190,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     ``[ANSWER, FILLER x 6, EOS]`` -> 4.07; ``[EOS]`` -> 1; no ANSWER -> at most 1. The formula
     is smooth in ``f``, so ``true_utility_and_grad`` has a closed-form gradient.
 
-    ``info["true_utility"]`` and ``info["proxy_reward"]`` are those of the finished response on
-    its last step and 0.0 on the steps before (the response is not complete: nothing was scored,
-    nothing is labelled), so their sums over an episode are the response's values.
+    ``info["true_utility"]`` and ``info["proxy_reward"]`` are the finished response's on its
+    last step and 0.0 before, so their sums over an episode are the response's values.
 
     Feedback ``"rating"``: the label is the labeler's value ``U(f) + labeler_bias * (length +
     filler)`` (+ ``N(0, label_noise^2)``); the RM minimises the squared error. ``"preference"``:
@@ -220,13 +213,11 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
       policy emits, the more the RM learns to pay for it (slowly, ``rm_lr`` 0.003), and the more
       the policy pads. With SB3 PPO (``learning_rate`` 1e-3, 1000 rounds, seed 0) a naive policy's
       true utility rose from 3.1 to 7.7 in the first ~250 rounds and then fell to the padded
-      answer's 3.5, where it stayed (the same settings with ``labeler_bias`` 12 peaked at
-      ~5.5 on seeds 0 and 1).
+      answer's 3.5, where it stayed.
 
     ## Episodes
-    One response per episode. ``reset(seed=s)`` starts a new experiment (fresh RM and buffer
-    from ``s``); ``reset()`` without a seed starts the next response and keeps the RM. Stepping
-    after the response ended, without a reset, raises ``RuntimeError``.
+    One response per episode; resets as ``RLHFBlindSpot-v0``. A step after the response ended,
+    without a reset, raises ``RuntimeError``.
 
     ## Info
     The keys of ``RLHFBlindSpot-v0`` (``true_utility`` and ``proxy_reward`` 0.0 before the last
@@ -247,8 +238,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     padded with ``j`` fillers, the scores per round (:mod:`rlhf_envs.render`).
 
     ## Arguments
-    See :class:`VerbosityConfig`. Unknown names raise ``TypeError``; invalid values raise
-    ``ValueError``/``TypeError`` naming the argument.
+    See :class:`VerbosityConfig`; bad names and values raise, naming the argument.
 
     ## Version History
     * v0: initial release.
@@ -276,10 +266,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     # -- helpers ----------------------------------------------------------------------------------
     def features(self, tokens: Any) -> torch.Tensor:
-        """Feature vector(s) of token sequence(s): one sequence -> (3,), a list of them -> (n, 3).
-
-        Uncounted (the features are public; only the utility is hidden).
-        """
+        """Feature vector(s) of token sequence(s): one -> (3,), a list -> (n, 3); uncounted."""
         seqs = list(tokens)
         if seqs and all(isinstance(s, (list, tuple, np.ndarray)) for s in seqs):
             rows = [sequence_features(s, self.config.max_len) for s in seqs]
@@ -325,9 +312,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         self._obs_now[-1] = len(self.tokens) / self.config.max_len
 
     def _token_info(self) -> dict[str, Any]:
-        """``self._info(zero, zero, False)`` of an unfinished response (nothing scored, nothing
-        labelled; its last token is not EOS), built directly: the same keys in the same order
-        and the same values (tested), at a fraction of the cost on the per-token path."""
+        """``self._info(zero, zero, False)`` of an unfinished response, built directly (the same
+        keys, order and values, tested) for the per-token path's cost."""
         c = self.core
         return {
             "round": c.round,
