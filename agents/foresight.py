@@ -91,9 +91,8 @@ class FPORelaxedGradAgent(FPORelaxedAgent):
     """Relaxed FPO with the gradient of the labeler's verdict in the policy gradient (one
     gradient query per scored response, ``d + 1`` value queries' worth).
 
-    The variant of the paper's linear simulation, which differentiates the whole objective by
-    forward differences (arXiv 2605.04266, Sec. 3 and its notebook). Kept beside ``fpo-relaxed``
-    so that the replication of the paper's linear figure stays visible with what it reads.
+    The variant of the paper's linear simulation (forward differences of the whole objective;
+    arXiv 2605.04266, Sec. 3 and its notebook), kept so that its replication shows what it reads.
     """
 
     name = "fpo-relaxed-grad"

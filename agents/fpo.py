@@ -73,13 +73,10 @@ def virtual_update_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, 
     """``(r_phi(y), r_{phi'}(y))``: the reward now and after one virtual optimiser step on the
     buffer with ``y`` pushed in.
 
-    Pure: the env's reward model, optimiser state and buffer are untouched. ``y`` (S, n, d) holds
-    ``n`` alternative candidates; each gets its own virtual update (same optimiser, loss, state
-    and FIFO rule as the env's real update). Differentiable in ``y``. The loss gradient is split
-    into the part of the retained buffer (constant in ``y``, computed once) and the part of
-    ``y``, which equals the gradient on the whole pushed buffer up to summation order.
-    ``cache``: a dict owned by the caller that keeps the retained part (:func:`_lookahead`) across
-    calls (a round's inner policy steps, or consecutive SB3 responses).
+    Pure and differentiable in ``y``; each of the ``n`` candidates in ``y`` (S, n, d) gets its
+    own virtual update (the env's optimiser, loss, state and FIFO rule). The retained buffer's
+    part of the loss gradient is computed once (kept across calls in the caller's dict
+    ``cache``, :func:`_lookahead`); with ``y``'s part it is the whole gradient up to sum order.
     """
     rm, c = core.reward_model, core.config
     n, g_rest, rest_y, step = _lookahead(core, {} if cache is None else cache)
@@ -100,10 +97,8 @@ def _lookahead(core: RLHFCore, cache: dict):
     """``(n, G_rest, rest_y, step)``: the buffer entries kept after one push (``rest_y``, ``n``
     with the push), their flat loss gradient ``G_rest``, and the RM optimiser's step from the
     current parameters and state, ``step(G, derivative=False) -> (phi', _, _, d phi' / d G)``
-    for a flat loss gradient ``G`` (Adam: the suite's one
-    :func:`~rlhf_envs.reward_models.adam_step`, its parts that do not depend on ``G`` computed
-    once; SGD: ``phi - lr (G + wd phi)``). ``cache`` keeps them while the RM parameters and
-    buffer are the same objects (an update replaces them, never mutates them)."""
+    (:func:`~rlhf_envs.reward_models.adam_step`, or SGD's ``phi - lr (G + wd phi)``). ``cache``
+    keeps them while the RM parameters and buffer are the same objects (updates replace them)."""
     if cache.get("params") is core.params and cache.get("buffer_y") is core.buffer_y:
         return cache["n"], cache["g_rest"], cache["rest_y"], cache["step"]
     c, cfg = core.config, core.reward_model.optimizer
@@ -147,10 +142,9 @@ def exact_score_grad(
                            + <grad_phi r_phi(y), w> (2 / n) (grad_y r_phi(y) - grad_y label)
                            + a grad_y <grad_phi r_phi(y), w>,   w = A'(g) * grad_phi r_phi'(y),
 
-    a fixed number of batched operations instead of autograd through the update: the same
-    maths as :func:`exact_penalty_and_reward` under autograd, summed in another order (equal
-    to about 1e-12 relative, tested). ``label_grad``: the gradient of the labeler's verdict in
-    ``y`` when the policy gradient flows through it.
+    batched operations instead of autograd through the update (equal to
+    :func:`exact_penalty_and_reward` under autograd to about 1e-12, tested). ``label_grad``: the
+    labeler's verdict's gradient in ``y`` when the policy gradient flows through it.
     """
     rm, c = core.reward_model, core.config
     if c.feedback != "rating" or not hasattr(rm, "directional_grad_y"):

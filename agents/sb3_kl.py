@@ -10,25 +10,18 @@ Sources: Ziegler et al., "Fine-Tuning Language Models from Human Preferences", a
 (the penalised reward, Sec. 2); Stiennon et al., "Learning to Summarize from Human Feedback",
 arXiv 2009.01325 (the same per-token penalty against the supervised policy).
 
-How it plugs into SB3 (checked against ``OnPolicyAlgorithm.collect_rollouts``, SB3 2.9): after
-``env.step`` the algorithm hands its locals to the callback and calls ``callback.on_step()``
-*before* it bootstraps truncated episodes (``rewards[idx] += gamma * V(terminal_obs)``, in place)
-and before ``rollout_buffer.add(self._last_obs, actions, rewards, ...)``. At that moment
-``locals["rewards"]`` is the array that goes into the buffer, ``locals["actions"]`` holds the
-sampled actions (unclipped: the env got a clipped copy), and ``model._last_obs`` is still the
-observation the actions were taken in (it becomes ``new_obs`` only after ``add``). The callback
-subtracts the penalty from ``rewards`` in place, so the buffer (and the advantages and returns
-computed from it) see ``env reward - penalty``, with any truncation bootstrap added on top, once.
+How it plugs into SB3 (checked against ``OnPolicyAlgorithm.collect_rollouts``, SB3 2.9):
+``callback.on_step()`` runs after ``env.step``, *before* truncated episodes are bootstrapped (in
+place) and before ``rollout_buffer.add(self._last_obs, actions, rewards, ...)``; then
+``locals["rewards"]`` is the array that goes into the buffer, ``locals["actions"]`` the sampled
+(unclipped) actions and ``model._last_obs`` the observation they were taken in. Subtracting the
+penalty from ``rewards`` in place makes the buffer see ``env reward - penalty``, once.
 
-Both log-probabilities are computed the same way, ``policy.get_distribution(obs).log_prob(a)``,
-with the current and the frozen policy: the penalty is then exactly 0 while the two are equal
-(the first rollout). The ``log_probs`` local that SB3 stores in the buffer is the same quantity
-for the current policy, up to float rounding (it comes from ``policy.forward``).
+Both log-probabilities are ``policy.get_distribution(obs).log_prob(a)``, of the current and the
+frozen policy, so the penalty is exactly 0 while they are equal (the first rollout).
 
-The env is not touched (``Monitor`` logs its rewards); each step's penalty is added to its info as
-``info["kl_penalty"]``. Only on-policy algorithms are supported: SAC stores transitions
-through another path (its replay buffer), and a reward penalty against a frozen policy would be
-stale by the time a transition is replayed.
+The env is not touched; each step's penalty goes to ``info["kl_penalty"]``. On-policy algorithms
+only: SAC replays transitions, against which a penalty from a frozen policy would be stale.
 """
 
 from __future__ import annotations

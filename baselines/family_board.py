@@ -11,17 +11,15 @@
 200-209 (neither the tuning seeds 100-109 nor the reporting seeds 0-9) for the family's rounds
 (:data:`rlhf_envs.families.ROUNDS`), through the sweep machinery (resumable), and writes
 ``RESULTS/check_ENV.csv``: per candidate, the oracle's and naive's mean final true utility and
-naive's collapse drop with 95 % bootstrap CIs, whether the candidate is learnable (the oracle's
-mean final U >= 90 % of the peak utility) and whether naive collapses (mean drop >= 0.5, 5 % of
-the peak, with the CI above 0). It prints the first :data:`~rlhf_envs.families.SIZE` learnable
-candidates of each split as the entry to freeze in ``rlhf_envs/data/families_v1.json``. Only the oracle
-and naive run here: no agent's setting is chosen on these runs.
+naive's collapse drop with 95 % bootstrap CIs, whether the candidate is learnable
+(:data:`LEARNABLE`) and whether naive collapses (:data:`COLLAPSE_DROP`). It prints the first
+:data:`~rlhf_envs.families.SIZE` learnable candidates of each split as the entry to freeze in
+``rlhf_envs/data/families_v1.json``. No agent's setting is chosen on these runs.
 
-``tune`` runs every agent of :data:`GRID` at each point of its grid on every
-config of the *train* split with seeds 100-109 (plus naive and the oracle), scores each run by
-its normalised final true utility (below) and freezes, per agent, the value with the highest IQM
-over configs x seeds (ties: the first in the grid); ``RESULTS/tuned_ENV.json`` holds the choice
-and ``RESULTS/tune_ENV.csv`` every grid point's IQM with its stratified-bootstrap 95 % CI.
+``tune`` runs every agent of :data:`GRID` at each point of its grid on every config of the
+*train* split with seeds 100-109 (plus naive and the oracle) and freezes, per agent, the value
+with the highest IQM of normalised final U (below; ties: the first in the grid) in
+``RESULTS/tuned_ENV.json``; ``RESULTS/tune_ENV.csv`` has every grid point's IQM and 95 % CI.
 
 ``board`` reads only ``tuned_ENV.json`` (refusing to run without it), runs every agent with its
 frozen setting on the *test* split with seeds 0-9 and writes ``RESULTS/BOARD_ENV.md`` (with
@@ -33,11 +31,9 @@ are frozen and the command takes no setting of its own.
 
 Normalised final U of a run on config ``c``: ``(U - mean naive_c) / (mean oracle_c - mean
 naive_c)``, the means over the same seeds of the same split (0 = naive, 1 = the oracle). A run
-stopped because its policy diverged (past ``|y| = 1e6``, :data:`agents.whitebox.DIVERGED`, or NaN) is an
-outcome of its setting, not an error: it scores final U 0, the true utility there (these
-families' utilities are Gaussian bumps of width >= 0.05 around targets within 3.5 of the origin,
-so ``exp(-0.05 * 1e12)`` underflows to exactly 0); a grid point that diverges is thus kept in
-the tuning table and never chosen over one that does not. Any other failure stops the command.
+stopped because its policy diverged (:data:`agents.whitebox.DIVERGED`) is an outcome of its
+setting: it scores final U 0, the true utility there (``exp(-0.05 * 1e12)`` underflows to 0), so
+a diverging grid point is never chosen over one that does not. Any other failure stops the command.
 """
 
 from __future__ import annotations
@@ -208,9 +204,8 @@ def tune(
 ) -> dict[str, Any]:
     """The tuning protocol (see the module docstring); returns the frozen settings.
 
-    ``workers``: the :data:`cli.WORKERS` flags and ``batch_agents``. ``agents``: the agents of
-    :data:`GRID` to tune (default: all). ``dtype``: the followers' floating-point type (env kwarg ``dtype``; ``float32`` is opt-in
-    and recorded in the frozen settings, which a board must then use too).
+    ``workers``: the :data:`cli.WORKERS` flags and ``batch_agents``. ``agents``: those of
+    :data:`GRID` to tune (default: all). ``dtype``: the followers' (recorded; a board must match).
     """
     from rlhf_envs import families
 
@@ -270,8 +265,7 @@ def board(
             "tune and board with the same --dtype"
         )
     settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
-    for agent, kw in frozen["settings"].items():
-        settings[agent] = (agent, kw)
+    settings.update((agent, (agent, kw)) for agent, kw in frozen["settings"].items())
     settings = {
         k: settings[k] for k in sorted(settings, key=lambda a: (a == "oracle", a != "naive"))
     }
@@ -307,6 +301,7 @@ def board(
     results.write_csv(res / f"per_config{sfx}_{env_id}.csv", per_config, lineterminator="\n")
     _profile(norm, res / f"profile{sfx}_{env_id}.png", env_id)
     f = lambda m, lo, hi: f"{m:.2f} [{lo:.2f}, {hi:.2f}]"  # noqa: E731
+    note = f" Followers in {dtype} (`--dtype {dtype}`): not comparable bit for bit with a float64"
     lines = [
         f"# Generalisation leaderboard: {env_id} family {families.VERSION}, {split} split",
         "",
@@ -317,12 +312,7 @@ def board(
         "true utility on the config, 1 = the oracle's. IQM and mean over configs x seeds with "
         "stratified bootstrap 95 % CIs; P(improvement) over naive on the raw final U, per "
         f"config, averaged (95 % CI). Runs: wall time {wall:.0f} s for what this call computed."
-        + (
-            f" Followers in {dtype} (`--dtype {dtype}`): not comparable bit for bit with a float64"
-            " board."
-            if dtype != "float64"
-            else ""
-        ),
+        + (note + " board." if dtype != "float64" else ""),
         "",
     ]
     headers = ["agent", "setting", "reads", "labeler calls", "IQM (norm.)", "mean (norm.)"]

@@ -151,17 +151,8 @@ def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             x, y = finals[a], finals[b]
             poi = stats.probability_of_improvement(x, y)
             lo, hi = stats.probability_of_improvement_ci(x, y, n_boot, rng=rng)
-            rows.append(
-                {
-                    "env_id": env_id,
-                    "method": a,
-                    "baseline": b,
-                    "p_improvement": poi,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "mean_difference": x.mean() - y.mean(),
-                }
-            )
+            rows.append(dict(env_id=env_id, method=a, baseline=b, p_improvement=poi))
+            rows[-1].update(ci_low=lo, ci_high=hi, mean_difference=x.mean() - y.mean())
     return pd.DataFrame(rows)
 
 
@@ -334,9 +325,8 @@ def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:
     # ||y - y*||^2 = (s - ||y*||)^2 + n^2.
     c = BlindSpotConfig.from_kwargs(**env_kwargs)
     y_star_norm = abs(c.target_value) * np.sqrt(c.signal_dims)
-    s, n = np.meshgrid(
-        np.linspace(0, 1.6 * y_star_norm, 200), np.linspace(0, 1.6 * y_star_norm, 200)
-    )
+    grid = np.linspace(0, 1.6 * y_star_norm, 200)
+    s, n = np.meshgrid(grid, grid)
     u = c.utility_scale * np.exp(-c.utility_width * ((s - y_star_norm) ** 2 + n**2))
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     cs = ax.contourf(s, n, u, levels=20, cmap="Greys")

@@ -6,20 +6,16 @@
                             [--results DIR] [--name NAME] [--force]
 
 Every cell of the grid (one value of each knob) runs every agent over the seeds through the sweep
-machinery (:func:`baselines.sweep.plan_sweep`, so the run folders, resumption and the Ray backend
-are those of ``python -m baselines.sweep``): the runs go to ``OUT/NAME/ENV/AGENT@X=x,Y=y/seed_S``; a
-map killed at any point and restarted redoes only the unfinished runs. Then, from the run folders:
+machinery (run folders ``OUT/NAME/ENV/AGENT@X=x,Y=y/seed_S``, resumption and the Ray backend of
+``python -m baselines.sweep``). Then, from the run folders:
 
 * ``RESULTS/NAME.csv``: one row per (cell, agent): final true utility, collapse drop (peak block
   minus final block, :func:`baselines.results.summarise_history`) and peak, each as a mean with
   its 95 % percentile-bootstrap CI over seeds; the difference in final true utility from naive,
-  paired by seed (the same seed gives both agents the same env draw), with its 95 % CI and
-  whether the CI excludes 0; labeler calls per run.
+  paired by seed, with its 95 % CI and whether it excludes 0; labeler calls per run.
 * ``RESULTS/NAME.png``: heatmaps of naive's collapse drop and final true utility, and of each
-  other agent's final U minus naive's (cells whose 95 % CI covers 0 are hatched and their number
-  greyed); a last panel names, per cell, the agent with the highest mean final U among those
-  that use no labeler call beyond the RM's own labels (declared reads) and whose difference
-  from naive is significant.
+  other agent's final U minus naive's (hatched where the CI covers 0); a last panel names, per
+  cell, the best oracle-free agent significantly above naive (:func:`best_agent`).
 * ``RESULTS/NAME.json``: the command, the sweep it ran, the wall time and the code commit.
 
 ``RESULTS`` defaults to ``OUT/NAME`` (untracked); committed maps are written with
@@ -140,10 +136,8 @@ def collect(
                 row["labeler_calls"] = float(np.mean(calls)) if calls else np.nan
                 paired = sorted(set(found) & set(ref))
                 if agent != REFERENCE and len(paired) >= 2:
-                    d = [
-                        found[s]["final_true_utility"] - ref[s]["final_true_utility"]
-                        for s in paired
-                    ]
+                    u = "final_true_utility"
+                    d = [found[s][u] - ref[s][u] for s in paired]
                     mean, lo, hi = stats.mean_ci(d, 2000)
                     row.update(diff_vs_naive=mean, diff_lo=lo, diff_hi=hi)
                     row["significant"] = bool(lo > 0 or hi < 0)
@@ -248,16 +242,9 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
                         (c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///", color="0.5", lw=0
                     )
                 )
-            ax.text(
-                c,
-                r,
-                "-" if v != v else f"{v:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="0.45" if faint else "black",
-                bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 0.5},
-            )
+            text, colour = "-" if v != v else f"{v:.2f}", "0.45" if faint else "black"
+            box = {"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 0.5}
+            ax.text(c, r, text, ha="center", va="center", fontsize=7, color=colour, bbox=box)
     fig.suptitle(title + "   (hatched: 95 % CI of the difference covers 0)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

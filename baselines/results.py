@@ -51,8 +51,7 @@ COUNTERS += (
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a fsync'd temporary file and ``os.replace``.
 
-    A reader sees the old file or the new one, never a torn one. The file gets the mode a plain
-    ``open`` would give it (``mkstemp``'s files are readable by their owner only).
+    A reader sees the old file or the new one, never a torn one; the mode is a plain ``open``'s.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,11 +80,8 @@ def read_json(path: Path | str) -> Any:
 
 
 def write_csv(path: Path | str, rows: list[dict[str, Any]], lineterminator: str = "\r\n") -> None:
-    """Rows of dicts as CSV (header from the first row's keys); no rows: an empty file.
-
-    Values are written with ``str`` (floats round-trip). The line end defaults to the csv
-    module's own, which the LLM track's ``metrics.csv`` files have always had.
-    """
+    """Rows of dicts as CSV (header from the first row's keys, values by ``str``); no rows: an
+    empty file. The line end defaults to the csv module's (the LLM track's ``metrics.csv``)."""
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator=lineterminator)
@@ -95,13 +91,12 @@ def write_csv(path: Path | str, rows: list[dict[str, Any]], lineterminator: str 
 
 
 def _number(v: str) -> Any:
-    try:
-        return int(v)
-    except ValueError:
+    for kind in (int, float):
         try:
-            return float(v)
+            return kind(v)
         except ValueError:
-            return v
+            pass
+    return v
 
 
 def read_csv(path: Path | str) -> list[dict[str, Any]]:
@@ -154,9 +149,8 @@ def file_record(path: Path) -> dict[str, Any]:
 
 
 def write_manifest(folder: Path, names: list[str]) -> None:
-    """Seal a run folder: the hashes, sizes and row counts of ``names``, written last; a folder
-    counts as finished only while every file matches its manifest (:func:`verify`).
-    """
+    """Seal a run folder: the hashes, sizes and row counts of ``names``, written last (a folder
+    is finished only while every file matches, :func:`verify`)."""
     folder = Path(folder)
     atomic_write_json(folder / MANIFEST, {"files": {n: file_record(folder / n) for n in names}})
 
@@ -222,9 +216,8 @@ def recheck(folder: Path, s: dict[str, Any]) -> str:
     """``""`` if the finished run's metrics are finite and its summary ``s`` is what
     :func:`summarise` makes of them, else the first disagreement.
 
-    ``metrics.csv`` holds ``repr`` floats, which read back bit for bit; only the order of the
-    sums in means may differ (the column summarised was strided): a few ulps. So floats must
-    agree to 1e-9 relative (1e-12 absolute), far above that and below any edit a table shows.
+    ``repr`` floats read back bit for bit, but the sums' order may differ (a few ulps), so floats
+    must agree to 1e-9 relative (1e-12 absolute): below any edit a table shows.
     """
     m = read_metrics(folder / "metrics.csv")
     nan_ok = {k: k.startswith(MAY_BE_NAN) for k in m}
@@ -281,12 +274,9 @@ def check_run(folder: Path, statuses: tuple[str, ...] = ("ok",)) -> dict[str, An
 def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = False):
     """The sealed run folders at or below ``paths`` (``.../seed_S``) as a ``pandas.DataFrame``.
 
-    One row per run whose status is in ``statuses``: its ``summary.json``, then ``git_commit``,
-    ``code_hash`` and ``versions`` (key-sorted JSON) from its ``config.json``, and its ``folder``;
-    with ``metrics``, its ``metrics.csv`` (a dict of column arrays). A folder that fails
-    :func:`check_run` (damaged, edited, or not as the harness writes it) is skipped with one
-    line on stderr naming it and why; runs of other statuses are left out silently (their
-    commands report them).
+    One row per run whose status is in ``statuses``: :func:`check_run`'s record, with
+    ``metrics`` its ``metrics.csv`` (a dict of column arrays). A folder that fails
+    :func:`check_run` is skipped with one line on stderr; other statuses are left out silently.
     """
     import sys
 
@@ -318,9 +308,8 @@ def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = 
 class RunLock:
     """An exclusive, non-blocking lock on a run folder (``fcntl.flock`` on ``.lock`` in it).
 
-    One writer per run folder: a process asking for a held lock gets ``False`` from :meth:`acquire`
-    and leaves the folder alone. The kernel drops the lock when its holder exits, even by SIGKILL,
-    so a killed run never leaves a stale lock. Without ``fcntl`` (Windows) every lock is granted.
+    A held lock: ``False`` from :meth:`acquire`. The kernel drops it when its holder exits, even
+    by SIGKILL (no stale locks). Without ``fcntl`` (Windows) every lock is granted.
     """
 
     def __init__(self, folder: Path):
@@ -380,8 +369,7 @@ RESULT_CODE = (
 def code_hash() -> str:
     """Hash of the code that determines a run's files: envs, agents, the runner, its YAML.
 
-    Results are comparable when this matches, whatever the commit (one touching only docs, the
-    leaderboard or the bench keeps it). Computed once per process.
+    Results are comparable when this matches, whatever the commit. Computed once per process.
     """
     global _CODE_HASH
     if _CODE_HASH is None:
@@ -423,13 +411,11 @@ def versions_record(names: tuple[str, ...] = LLM_PACKAGES) -> dict[str, str]:
 def summarise_history(u: np.ndarray, blocks: int = 20) -> dict[str, float]:
     """Collapse metrics of one true-utility curve (one value per round).
 
-    On a noisy curve (a stochastic policy's sampled responses) the raw "peak minus final" is
-    positive even with no collapse: the maximum of noise is biased upward. So the drop is read on
-    ``blocks`` consecutive blocks of rounds, cross-fitted: the peak block is *chosen* on the block
-    means of even-numbered rounds and its height *measured* on its odd-numbered rounds, whose noise
-    played no part in the choice. ``drop`` is that height minus the last block's mean, so a flat
-    curve's expected drop is 0 whatever its noise. Under ``2 * blocks`` rounds: one round per block,
-    no cross-fitting. ``final_true_utility`` stays the last round's value.
+    On a noisy curve the raw "peak minus final" is biased upward, so the drop is read on
+    ``blocks`` blocks of rounds, cross-fitted: the peak block is *chosen* on even rounds' means and
+    *measured* on its odd rounds; ``drop`` is that height minus the last block's mean (a flat
+    curve's expected drop is 0). Under ``2 * blocks`` rounds: one round per block, no
+    cross-fitting. ``final_true_utility`` stays the last round's value.
     """
     u = np.asarray(u, dtype=float)
     w = len(u) // blocks
@@ -505,9 +491,8 @@ def write_run(
     shared: list[str] | None = None,
 ) -> None:
     """Write and seal one run folder of ``job`` (a :class:`baselines.plan.Job`; the caller holds its
-    lock): ``result`` is the history (its column ``col``) or the error that ended the run
-    (:func:`failure`, with its traceback). The old seal goes first, so a writer killed half-way
-    leaves an unsealed folder that the next run redoes; ``manifest.json`` goes last.
+    lock): ``result`` is the history (its column ``col``) or the error that ended the run. The
+    old seal goes first and ``manifest.json`` last, so a writer killed half-way is redone.
     """
     folder = run_dir(job.out, job.env_id, job.run_name, seed)
     (folder / MANIFEST).unlink(missing_ok=True)

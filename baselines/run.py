@@ -51,24 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--env", default=DEFAULT_ENV, help=f"registered env id (default {DEFAULT_ENV})")
     p.add_argument("--seeds", default="0-9", help="seeds: 0-9, 3, 0,2,5 or 0-4,10-12 (default 0-9)")
-    p.add_argument(
-        "--env-kwargs",
-        nargs="*",
-        metavar="K=V",
-        help="env args (YAML values), e.g. label_noise=0.5",
-    )
-    p.add_argument(
-        "--agent-kwargs",
-        nargs="*",
-        metavar="K=V",
-        help="agent config fields, e.g. fpo_gamma=0.2 policy_lr=0.01 (override the per-env YAML)",
-    )
-    p.add_argument(
-        "--sb3-kwargs",
-        nargs="*",
-        metavar="K=V",
-        help="SB3 arguments over the env's YAML sb3 section (ppo, sac, a2c), e.g. ent_coef=0.01",
-    )
+    for flag, what in (
+        ("--env-kwargs", "env args (YAML values), e.g. label_noise=0.5"),
+        ("--agent-kwargs", "agent config fields, e.g. fpo_gamma=0.2 policy_lr=0.01 (override "
+         "the per-env YAML)"),
+        ("--sb3-kwargs", "SB3 arguments over the env's YAML sb3 section (ppo, sac, a2c), e.g. "
+         "ent_coef=0.01"),
+    ):  # fmt: skip
+        p.add_argument(flag, nargs="*", metavar="K=V", help=what)
     p.add_argument(
         "--jobs", type=cli.positive_int, default=1, help="parallel worker processes (default 1)"
     )

@@ -1,10 +1,9 @@
 """The statistics of both tracks' tables (the leaderboard and the LLM track).
 
 Aggregates over runs follow Agarwal et al. 2021, "Deep RL at the edge of the statistical
-precipice" (arXiv 2108.13264, the rliable library): interquartile mean, stratified bootstrap
-confidence intervals, probability of improvement and performance profiles. rliable itself does
-not import on this stack, so the definitions are implemented here, on ``scipy.stats`` where it
-covers them (``trim_mean``, ``bootstrap``, ``binomtest``).
+precipice" (arXiv 2108.13264, the rliable library, which does not import on this stack):
+interquartile mean, stratified bootstrap CIs, probability of improvement and performance
+profiles, on ``scipy.stats`` where it covers them.
 
 Scores of several tasks (envs, configs) are passed as a 2-D array (runs x tasks), as a sequence
 of 1-D arrays (one per task; tasks may have different numbers of runs) or as a mapping from task
@@ -40,10 +39,9 @@ def tasks_of(scores: Any) -> list[np.ndarray]:
 def bootstrap_ci(x: np.ndarray, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0):
     """Percentile bootstrap CI of the mean along axis 0 (fixed seed: reproducible tables).
 
-    Resamples the rows of ``x`` with ``numpy.random.default_rng(seed)``; the CI is the ``alpha / 2``
-    and ``1 - alpha / 2`` quantiles of the resampled means. The leaderboard's and LLM track's CIs
-    come from here, and it gives the committed tables' numbers for the same inputs, so do not change
-    it (scipy's ``bootstrap`` resamples differently). Under two rows: the CI is the mean.
+    Resamples the rows of ``x`` with ``numpy.random.default_rng(seed)``: the committed tables'
+    numbers, so do not change it (scipy's ``bootstrap`` resamples differently). Under two rows:
+    the CI is the mean.
     """
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
@@ -56,9 +54,8 @@ def bootstrap_ci(x: np.ndarray, n_boot: int = 10_000, alpha: float = 0.05, seed:
 
 
 def mean_ci(x: Any, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """``(mean, lo, hi)`` of the values ``x``: their mean and its :func:`bootstrap_ci`
-    (NaNs for no values). The tables of runs over seeds (leaderboard, maps, family boards, the
-    run commands' result) report this."""
+    """``(mean, lo, hi)`` of the values ``x``: their mean and its :func:`bootstrap_ci` (NaNs for
+    no values), as the tables of runs over seeds report it."""
     x = np.asarray(x, dtype=float)
     if len(x) == 0:
         return (float("nan"),) * 3
@@ -98,11 +95,9 @@ def stratified_bootstrap_ci(
 ) -> tuple[float, float]:
     """Stratified bootstrap CI of an aggregate of all runs of all tasks.
 
-    Each resample draws, per task, as many runs as the task has, with replacement from its runs
-    (keeping the task mix); ``statistic`` is then taken over the pooled resampled runs and must
-    reduce along ``axis`` as ``statistic(pooled, axis=-1)`` (``iqm``, ``np.mean``, ``np.median``
-    do). Uses ``scipy.stats.bootstrap``, which resamples several samples independently; ``method``
-    is passed on ("percentile", as rliable, or "BCa", "basic"). Every task needs at least two runs.
+    Each resample draws each task's runs with replacement (``scipy.stats.bootstrap``); then
+    ``statistic(pooled, axis=-1)`` (``iqm``, ``np.mean``, ``np.median``) of the pooled runs.
+    ``method``: "percentile" (rliable's), "BCa" or "basic". Every task needs two runs or more.
     """
     tasks = tasks_of(scores)
 
@@ -128,8 +123,7 @@ def _poi(x: np.ndarray, y: np.ndarray) -> float:
 
 def probability_of_improvement(x: Any, y: Any) -> float:
     """P(X > Y) + 0.5 P(X = Y) over all pairs of runs of a task, averaged over tasks; ``x`` and
-    ``y`` hold two agents' runs on the same tasks, in the same order.
-    """
+    ``y`` hold two agents' runs on the same tasks, in the same order."""
     xs, ys = tasks_of(x), tasks_of(y)
     if len(xs) != len(ys):
         raise ValueError(f"x has {len(xs)} tasks and y {len(ys)}; they must match")

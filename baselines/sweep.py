@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import sys
 import time
@@ -47,18 +48,8 @@ from baselines import cli, results
 from baselines.judge import agent_class
 from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError, Job, parse_seeds, plan, run_folder_name
 
-KEYS = {
-    "envs",
-    "agents",
-    "seeds",
-    "rounds",
-    "env_kwargs",
-    "agent_kwargs",
-    "grid",
-    "subdir",
-    "batch_size",
-    "policy_optimizers",
-}
+KEYS = {"envs", "agents", "seeds", "rounds", "env_kwargs", "agent_kwargs", "grid", "subdir"}
+KEYS |= {"batch_size", "policy_optimizers"}
 ENTRY_KEYS = {"agent", "tag", "envs", "env_kwargs", "agent_kwargs"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
@@ -140,9 +131,7 @@ def plan_sweep(
         ",".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds), max_runs
     )
     grid = spec.get("grid") or {}
-    n_points = 1
-    for values in grid.values():
-        n_points *= len(values)
+    n_points = math.prod(len(values) for values in grid.values())
     n_entries = len(spec["envs"]) * len(spec["agents"]) * len(spec.get("policy_optimizers") or [1])
     if n_points * n_entries * len(seeds) > max_runs:
         raise CLIError(

@@ -1,31 +1,20 @@
 """Pictures of the blind spot: ``render_mode="rgb_array"`` and ``"human"`` for every env.
 
-Every env of the suite takes ``render_mode`` (``None``, ``"rgb_array"`` or ``"human"``; the token
-env also ``"ansi"``), as Gymnasium's envs do: ``gym.make(id, render_mode="rgb_array")``, then
-``env.render()`` returns the current frame, an ``(H, W, 3)`` ``uint8`` array;
-``gymnasium.wrappers.RecordVideo`` turns those frames into a video. In ``"human"`` mode the frame
-is drawn into a matplotlib window after every step (``render()`` returns ``None``); without a
-display (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY``) matplotlib's Agg backend is
-used, so nothing is shown and nothing fails.
+``gym.make(id, render_mode="rgb_array")``, then ``env.render()`` returns the current frame, an
+``(H, W, 3)`` ``uint8`` array (``gymnasium.wrappers.RecordVideo`` makes a video of them). In
+``"human"`` mode the frame is drawn into a matplotlib window after every step; without a display
+(Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY``) the Agg backend is used: nothing fails.
 
-What a frame shows, beside the round number:
+A vector env's frame (``RLHFBlindSpot-v0``, ``RLHFNeuralBlindSpot-v0``) shows ``U`` and ``r_phi``
+with the recent responses over a plane: horizontally the coordinate along ``y*`` (``U`` depends
+on nothing else: exact), vertically the distance from the ``y*`` axis along the responses' drift
+(where a naive policy's RM overrates); a third panel traces both scores round by round: collapse
+is the proxy climbing while ``U`` falls. The token and contextual envs: their ``## Rendering``.
 
-* vector envs (``RLHFBlindSpot-v0``, ``RLHFNeuralBlindSpot-v0``): the true utility ``U`` and the
-  current reward model ``r_phi`` over a plane of response space, with the policy's recent
-  responses on both. The horizontal axis is the coordinate along the target ``y*``; the
-  vertical one is the distance from the ``y*`` axis (mostly the noise dims). ``U`` depends on
-  nothing else, so its panel is exact for every response; the RM is drawn on the plane that
-  holds ``y*`` and the direction in which the recent responses left that axis (their drift),
-  which is where a naive policy's RM overrates. A third panel traces ``U`` and ``r_phi`` of the
-  submitted responses round by round: collapse is the proxy climbing while ``U`` falls.
-* token and contextual envs: see their docstrings' ``## Rendering`` sections.
-
-Each env hands :func:`render` the drawer of its frame (:func:`draw_vector`, :func:`draw_tokens`
-with its token ids, :func:`draw_contextual`); this module imports no env. Drawing reads the env's
-state through uncounted white-box access (rendering is for people, not for agents) and does not
-change it. Envs record what a frame needs only when ``render_mode`` is
-set: the last :data:`TRAIL` responses and the scores of the last :data:`HISTORY` ones. The
-module imports matplotlib only when a frame is drawn, so plain env use does not import it.
+Each env hands :func:`render` its drawer; this module imports no env, and matplotlib only when a
+frame is drawn. Drawing reads the env through uncounted white-box access and changes nothing.
+Envs record what frames need (:data:`TRAIL` responses, :data:`HISTORY` scores) only when
+``render_mode`` is set.
 """
 
 from __future__ import annotations
@@ -61,10 +50,9 @@ class Trail:
     """What the frames of one experiment need: recent responses and the scores of older ones.
 
     ``items``: ``(vector, proxy, true_utility, round, extra)`` of the last :data:`TRAIL`
-    responses (``vector`` the float64 vector the RM scored; ``extra`` the tokens of a token
-    response or the cluster of a contextual one). ``scores``: ``(round, proxy, true_utility,
-    extra)`` of the last :data:`HISTORY` responses. ``experiment`` identifies the experiment
-    (the core's generator list, replaced by every ``reset(seed=...)``).
+    responses (``extra``: a token response's tokens or a contextual one's cluster); ``scores``:
+    ``(round, proxy, true_utility, extra)`` of the last :data:`HISTORY`. ``experiment``: the
+    core's generator list, replaced by every ``reset(seed=...)``.
     """
 
     def __init__(self, experiment: Any):
@@ -95,11 +83,10 @@ def _trail(env) -> Trail:
 
 # -- figures and frames ----------------------------------------------------------------------------
 def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
-    """The frame of ``env`` (a single env of this suite) in its ``render_mode``, drawn by
-    ``draw(fig)`` into a cleared matplotlib figure.
+    """The frame of ``env`` in its ``render_mode``, drawn by ``draw(fig)`` into a cleared figure.
 
-    ``"rgb_array"``: an ``(H, W, 3)`` uint8 array (drawn off screen, no pyplot state touched).
-    ``"human"``: the frame is drawn into the env's matplotlib window; returns ``None``.
+    ``"rgb_array"``: an ``(H, W, 3)`` uint8 array (off screen, no pyplot state touched).
+    ``"human"``: drawn into the env's matplotlib window; returns ``None``.
     """
     if env.render_mode == "rgb_array":
         fig = env.__dict__.get("_render_figure")
