@@ -1,13 +1,11 @@
 """Reward model trained on all the labels of every round so far (data aggregation).
 
-Iterated RLHF usually retrains the reward model on the latest round's preferences only (here: the
-env's FIFO buffer). Wolf, Kirk & Musolesi, "Reward Model Overoptimisation in Iterated RLHF"
-(arXiv 2505.18126), compare ways of carrying data across iterations and find that training the
-reward model on the concatenation of all iterations' data reduces over-optimisation. This agent
-does that beside the env: it copies every labelled response the env's buffer receives (labels the
-RM already paid for; no extra labeler call) into its own archive, and trains its own reward model,
-started from the env's initial RM, on the whole archive with the env's optimiser, loss and number
-of steps each time the env retrains. The policy ascends that reward model.
+Wolf, Kirk & Musolesi, "Reward Model Overoptimisation in Iterated RLHF" (arXiv 2505.18126), find
+that training the reward model on all iterations' data, not the latest round's (here: the env's
+FIFO buffer), reduces over-optimisation. This agent archives every labelled response the env's
+buffer receives (no extra labeler call) and trains its own reward model, started from the env's
+initial RM, on the archive with the env's optimiser, loss and steps each time the env retrains.
+The policy ascends that reward model.
 """
 
 from __future__ import annotations
@@ -44,9 +42,8 @@ class LabelArchive:
         self.round = core.round
 
     def sync(self, core) -> bool:
-        """Copy the entries pushed since the last call (one round at most between calls in the
-        white-box loop; more are read from the buffer as far as it still holds them); returns
-        whether anything new arrived."""
+        """Copy the entries pushed since the last call (as far as the buffer still holds them);
+        returns whether anything new arrived."""
         missed = core.round - self.round
         if missed <= 0:
             return False

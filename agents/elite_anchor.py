@@ -1,19 +1,16 @@
 """An anchor that moves to the best-labelled response so far (this suite's own idea).
 
-What the collapse maps of the linear env show (``results/maps/``): a KL/L2 anchor to the initial
-policy stops part of the drift where the optimum is near the start but holds the policy back
-where it is far (``target_value >= 2.5``: final true utility below naive's), and naive's drift
-past its peak is a fall of the labels its own RM is trained on. The labels are the only
-unbiased evidence about the truth an oracle-free agent has, and they are already paid for.
+The collapse maps of the linear env (``results/maps/``) show a KL/L2 anchor to the initial policy
+holding the policy back where the optimum is far (``target_value >= 2.5``), and naive's drift past
+its peak as a fall of the labels its RM is trained on: the only unbiased evidence about the truth
+an oracle-free agent has, already paid for.
 
 So the anchor here is not the start but the *elite*: the labelled response with the highest
 label among all that the env's buffer has received (the start until a first label arrives). The
 policy ascends ``r_phi(y) - anchor_coef * ||y - y_elite||^2``. While the labels keep rising the
-elite follows the policy and the anchor does not hold it back; once the policy drifts into the
-RM's blind spot the labels fall, the elite stays at the best response seen, and the anchor pulls
-the policy back toward it. Labels are compared as given (ratings, or preference probabilities,
-which rise with the utility); with label noise the elite is the luckiest label, a known bias
-(``elite_margin`` asks a new label to beat the elite's by a margin before it moves).
+elite follows the policy; once the policy drifts into the RM's blind spot the labels fall, the
+elite stays at the best response seen, and the anchor pulls the policy back toward it. With label
+noise the elite is the luckiest label (``elite_margin``: a margin a new label must beat it by).
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
 """Iterated RLHF with the policy re-initialised from the base at every iteration.
 
-Iterated RLHF alternates collecting labels with the current policy, retraining the reward model
-and re-optimising the policy. Wolf, Kirk & Musolesi ("Reward Model Overoptimisation in Iterated
-RLHF", arXiv 2505.18126) compare ways to initialise the policy of each iteration and report that
-restarting from the base policy is the robust choice (at the price of flexibility), while
-continuing from the previous iteration's policy often fails to recover from early
-over-optimisation.
+Wolf, Kirk & Musolesi ("Reward Model Overoptimisation in Iterated RLHF", arXiv 2505.18126)
+compare ways to initialise the policy of each iteration and report that restarting from the base
+policy is the robust choice, while continuing from the previous one often fails to recover from
+early over-optimisation.
 
-Here the env retrains its RM every round, as before; each block of the agent (see
-:class:`ReinitAgent`) is a full policy optimisation against an RM that has learnt from all
-earlier blocks' labels (as far as the env's FIFO buffer keeps them: the agent cannot change what
-the RM trains on). With ``iterations = 1`` the agent is ``naive`` exactly.
+Here the env retrains its RM every round, as before; each block of the agent is a full policy
+optimisation against an RM that has learnt from earlier blocks' labels (as far as the env's FIFO
+buffer keeps them). With ``iterations = 1`` the agent is ``naive`` exactly.
 """
 
 from __future__ import annotations

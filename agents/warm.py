@@ -1,17 +1,14 @@
 """Weight-averaged reward models (WARM).
 
 Ramé et al., "WARM: On the Benefits of Weight Averaged Reward Models" (arXiv 2401.12187),
-fine-tune several reward models from one shared pre-trained initialisation with different
-hyperparameters and data orders, then average their *weights* (linear mode connectivity makes the
-average a good model); the averaged RM is more robust to label noise and distribution shift, and
-RL against it over-optimises less than against one RM or a prediction ensemble.
+fine-tune several reward models from one shared initialisation with different hyperparameters
+and data orders and average their *weights*; RL against the average over-optimises less than
+against one RM or a prediction ensemble.
 
-Here the shared initialisation is the env's initial reward model. ``warm_size`` members start from
-it, each retrained beside the env whenever the env retrains, with the env's optimiser, loss and
-number of steps but its own learning rate and its own random subset (at least one entry) of the
-env's labelled buffer (see :class:`WARMConfig`): labels the RM already paid for.
-The policy ascends the RM whose parameters are the members' average. For a linear RM the
-weight average equals the prediction average; for the MLP it does not.
+Here ``warm_size`` members start from the env's initial reward model and are retrained whenever
+the env retrains (its optimiser, loss and steps) with their own learning rate and random subset
+of the env's labelled buffer (:class:`WARMConfig`; no extra labels). The policy ascends the
+weight average (for a linear RM, the prediction average; for the MLP, not).
 """
 
 from __future__ import annotations

@@ -5,13 +5,10 @@ Examples::
     python -m baselines.animate --out results/figures/collapse.gif --force
     python -m baselines.animate --env RLHFNeuralBlindSpot-v0 --every 100 --out neural.gif
 
-Each agent runs the white-box loop of ``baselines.run`` (the same per-env settings from
-``baselines/configs/whitebox.yaml``, one seed) on a single env made with
-``render_mode="rgb_array"``; every ``--every`` rounds the env's frame is taken
-(:mod:`rlhf_envs.render`: the true utility and the current reward model over the plane of the
-target and the policy's drift, the recent responses, the scores per round). The frames of the
-agents are stacked, one row per agent, scaled to ``--width`` pixels and written as a looping
-GIF with a reduced palette (the shipped one is a few hundred KB). The last frame is held.
+Each agent runs the white-box loop of ``baselines.run`` (the per-env YAML settings, one seed) on a
+single env made with ``render_mode="rgb_array"``; every ``--every`` rounds the env's frame is taken
+(:mod:`rlhf_envs.render`). The agents' frames are stacked, one row each, scaled to ``--width``
+pixels and written as a looping GIF with a reduced palette; the last frame is held.
 """
 
 from __future__ import annotations

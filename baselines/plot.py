@@ -6,18 +6,13 @@ Examples::
     python -m baselines.plot runs/RLHFBlindSpot-v0/naive runs/RLHFBlindSpot-v0/fpo --out plots
     python -m baselines.plot runs --metric true_utility gap --smooth 20
 
-``RUNS`` are folders: run folders (``OUT/ENV/AGENT/seed_S`` with ``metrics.csv`` and
-``summary.json``, as ``baselines.run`` and ``baselines.sweep`` write them) or any folders above them
-(read by :func:`baselines.results.load_runs`). Runs are grouped by env and agent (the run name, with
-its ``@tag`` or ``+algo``). Each env gets one figure, ``OUT/ENV.png`` and ``OUT/ENV.svg``, with one
-panel per ``--metric`` (default: true utility and proxy reward): the mean over seeds per RM round
-and its 95 % confidence interval (Student t over seeds; none for a single seed). White-box runs
-record the policy mean's ``true_utility`` and ``proxy_reward``; SB3 runs only the sampled responses'
-``sample_true_utility`` and ``sample_proxy_reward``, which stand in for them (the axis says which).
+``RUNS`` are run folders (``OUT/ENV/AGENT/seed_S``) or any folders above them, grouped by env and
+run name. Each env gets ``OUT/ENV.png`` and ``OUT/ENV.svg``, one panel per ``--metric``: the mean
+over seeds per RM round and its 95 % Student-t CI. SB3 runs' ``sample_true_utility`` and
+``sample_proxy_reward`` stand in for the policy mean's (the axis says which).
 
-Damaged run folders (unfinished, failed, unreadable, missing the metric, non-finite values) are
-skipped with one line each on stderr. Runs of one group with different lengths are cut to the
-shortest (one line says so).
+Damaged run folders are skipped with one line each on stderr; runs of one group with different
+lengths are cut to the shortest (one line says so).
 """
 
 from __future__ import annotations

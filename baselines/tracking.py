@@ -1,11 +1,9 @@
 """Per-round metrics into TensorBoard and Weights & Biases (optional backends, never required).
 
-The harness's runs write ``metrics.csv`` whatever happens; ``--tensorboard DIR`` / ``--wandb
-PROJECT`` also send the same columns (true utility, proxy reward, gap, RM error, label and oracle
-counters, agent diagnostics) to the tools SB3 and imitation users already read. TensorBoard needs
-the ``tensorboard`` package (written through ``torch.utils.tensorboard.SummaryWriter``), W&B needs
-``wandb`` (``WANDB_MODE=offline`` works without an account); a backend that is missing or cannot
-start is a :class:`TrackerError`, one line naming the flag. ::
+``--tensorboard DIR`` / ``--wandb PROJECT`` send the columns of ``metrics.csv`` to the tools SB3
+users already read too. TensorBoard needs the ``tensorboard`` package, W&B needs ``wandb``
+(``WANDB_MODE=offline`` works without an account); a backend that is missing or cannot start is
+a :class:`TrackerError`, one line naming the flag. ::
 
     from baselines.tracking import open_trackers
 
@@ -14,8 +12,7 @@ start is a :class:`TrackerError`, one line naming the flag. ::
         tracker.log(step, {"true_utility": 4.2, "proxy_reward": 5.0})   # one round
         tracker.log_history(history, column=i)   # or a whole (rounds, S) history, seed i
 
-For a batched white-box job, open one tracker per seed. SB3 runs can pass ``tensorboard_log``
-to the algorithm as well (SB3's own writer).
+For a batched white-box job, open one tracker per seed.
 """
 
 from __future__ import annotations
@@ -114,10 +111,9 @@ def open_trackers(
     wandb_dir: str | Path | None = None,
 ) -> Tracker:
     """Open the backends asked for (neither: a tracker that does nothing). TensorBoard events go
-    to ``tensorboard_dir / run_name`` (one folder per run, as TensorBoard's run selector
-    expects; ``config`` as a JSON text summary); W&B gets one run named ``run_name`` in
-    ``wandb_project`` with ``config``. ``wandb_mode``: ``"online"``, ``"offline"`` or
-    ``"disabled"`` (``None``: W&B's default, e.g. the ``WANDB_MODE`` variable)."""
+    to ``tensorboard_dir / run_name`` (``config`` as a JSON text summary); W&B gets one run named
+    ``run_name`` in ``wandb_project`` with ``config``. ``wandb_mode``: ``"online"``,
+    ``"offline"`` or ``"disabled"`` (``None``: W&B's default, e.g. ``WANDB_MODE``)."""
     if not isinstance(run_name, str) or not run_name:
         raise ValueError(f"run_name must be a non-empty string, got {run_name!r}")
     tb = backend("--tensorboard") if tensorboard_dir is not None else None

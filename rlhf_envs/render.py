@@ -181,17 +181,10 @@ def _map(ax, fig, a, b, values, title, cmap, vmin=None, vmax=None, label=""):
     import matplotlib
 
     cmap = matplotlib.colormaps[cmap].resampled(LEVELS)
-    im = ax.imshow(
-        values,
-        origin="lower",
-        extent=(a[0], a[-1], b[0], b[-1]),
-        aspect="auto",
-        cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
-        interpolation="bilinear",
-        interpolation_stage="data",  # bands with smooth edges: readable levels, small videos
-    )
+    # bands with smooth edges: readable levels, small videos
+    kw = dict(vmin=vmin, vmax=vmax, interpolation="bilinear", interpolation_stage="data")
+    ext = (a[0], a[-1], b[0], b[-1])
+    im = ax.imshow(values, origin="lower", extent=ext, aspect="auto", cmap=cmap, **kw)
     cb = fig.colorbar(im, ax=ax, fraction=0.06, pad=0.02)
     cb.ax.tick_params(labelsize=7)
     cb.set_label(label, fontsize=7)
@@ -276,15 +269,8 @@ def vector_plane(env) -> dict[str, Any]:
     if e2 is None:
         e2 = _unit(np.eye(c.dims)[min(c.signal_dims, c.dims - 1)], e1)
     span = max(abs(t), 1.0)
-    want = np.array(
-        [
-            min(-0.25 * span, a_pts.min(initial=0.0)),
-            max(1.5 * span, a_pts.max(initial=0.0)),
-            0.0,
-            max(1.25 * span, b_pts.max(initial=0.0)),
-        ]
-    )
-    ext = _grow(trail, want)
+    lo, hi = min(-0.25 * span, a_pts.min(initial=0.0)), max(1.5 * span, a_pts.max(initial=0.0))
+    ext = _grow(trail, np.array([lo, hi, 0.0, max(1.25 * span, b_pts.max(initial=0.0))]))
     pad_a, pad_b = 0.05 * (ext[1] - ext[0]), 0.05 * ext[3]
     a = np.linspace(ext[0] - pad_a, ext[1] + pad_a, 90)
     b = np.linspace(-0.5 * pad_b, ext[3] + pad_b, 70)  # a little below 0: the target shows
