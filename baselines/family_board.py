@@ -79,19 +79,14 @@ def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path)
     from rlhf_envs import families
 
     cands = {split: families.candidates(env_id, split, n) for split in splits}
-    entries = []
-    for split, items in cands.items():
-        for i, kw in enumerate(items):
-            for agent in ("oracle", "naive"):
-                entries.append(
-                    {"agent": agent, "tag": f"{split}{i}", "env_kwargs": kw, "envs": [env_id]}
-                )
-    spec = {
-        "envs": [env_id],
-        "agents": entries,
-        "seeds": CHECK_SEEDS,
-        "rounds": families.ROUNDS[env_id],
-    }
+    entries = [
+        {"agent": agent, "tag": f"{split}{i}", "env_kwargs": kw, "envs": [env_id]}
+        for split, items in cands.items()
+        for i, kw in enumerate(items)
+        for agent in ("oracle", "naive")
+    ]
+    rounds = families.ROUNDS[env_id]
+    spec = {"envs": [env_id], "agents": entries, "seeds": CHECK_SEEDS, "rounds": rounds}
     _run(spec, out, workers)
     ok = finished(out, env_id)
     rows = []

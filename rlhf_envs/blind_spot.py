@@ -218,26 +218,21 @@ class BlindSpotEnv(_BlindSpotMixin, gym.Env):
       of retraining removes this one.
 
     ## Episodes
-    One step per episode (``terminated=True`` every step). ``reset(seed=s)`` starts a new
-    experiment (fresh RM and buffer from ``s``); ``reset()`` without a seed keeps the RM.
-    Evaluation: inside ``with env.unwrapped.frozen():`` steps are scored by the current RM, with
-    the truth in ``info``, but nothing is labelled, retrained or counted (SB3's ``evaluate_policy``
-    on the training env); the env is as it was on leaving. White-box calls before the first
-    ``reset(seed=...)`` raise ``RuntimeError`` saying so.
+    One step per episode (``terminated=True``). ``reset(seed=s)`` starts a new experiment (fresh
+    RM and buffer from ``s``); ``reset()`` keeps the RM. Inside ``with env.unwrapped.frozen():``
+    steps are scored, with the truth in ``info``, but nothing is labelled, retrained or counted
+    (SB3's ``evaluate_policy``). White-box calls before ``reset(seed=...)`` raise ``RuntimeError``.
 
     ## Info
     Every step: ``true_utility``, ``proxy_reward``, ``round`` (completed RM rounds),
-    ``rm_updated`` (the RM was retrained after this step), ``labels_used``, the oracle counters
-    ``oracle_queries`` (value queries), ``oracle_grad_queries`` (gradient queries) and
-    ``oracle_value_equivalents`` (value queries + ``d + 1`` per gradient query), and
-    ``signal_norm`` (``||y[:signal_dims]||``) and ``noise_norm`` (``||y[signal_dims:]||``) of the
-    response. The reset info has only the counters. The vector env gives the same keys, as arrays
-    per experiment.
+    ``rm_updated`` (retrained after this step), ``labels_used``, ``oracle_queries`` /
+    ``oracle_grad_queries`` (value / gradient queries), ``oracle_value_equivalents`` (+ ``d + 1``
+    per gradient query), ``signal_norm`` / ``noise_norm`` (``||y[:signal_dims]||`` /
+    ``||y[signal_dims:]||``). The reset info: the counters. The vector env: arrays per experiment.
 
     ## White-box access
     ``env.unwrapped.reward_model`` (score, tangent kernel, per-sample gradients, pure update),
-    ``env.unwrapped.rm_params``, ``env.unwrapped.true_utility(ys)`` and
-    ``env.unwrapped.query_labeler(ys)`` (counted oracle queries), ``env.unwrapped.core``.
+    ``rm_params``, ``true_utility(ys)`` / ``query_labeler(ys)`` (counted), ``core``.
 
     ## Rendering
     ``render_mode="rgb_array"`` (a 960 x 360 uint8 frame) or ``"human"`` (a window): the truth
@@ -275,10 +270,9 @@ class BlindSpotVectorEnv(_BlindSpotMixin, VectorEnv):
     """``num_envs`` independent blind-spot experiments as one batched tensor program.
 
     Made by ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point")``. Experiment
-    ``i`` reset with seed ``s`` gives exactly the numbers of the single env reset with ``s``.
-    ``reset(seed=s)`` seeds experiment ``i`` with ``s + i`` (or pass a list of seeds). Every step
-    ends an episode and the env resets itself in the same step (the RM persists), so every action
-    counts. The infos have the single env's keys as arrays of shape ``(num_envs,)``.
+    ``i`` reset with seed ``s`` gives exactly the single env's numbers. ``reset(seed=s)`` seeds
+    experiment ``i`` with ``s + i`` (or pass a list of seeds). Every step ends an episode and the
+    env resets itself in the same step (the RM persists), so every action counts.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}

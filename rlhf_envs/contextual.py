@@ -164,13 +164,9 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     ## Description
     A contextual bandit. Each episode the env draws a prompt ``x`` in ``R^p`` from a mixture of
     ``n_clusters`` Gaussian clusters (uniform weights, centres ``+-cluster_radius`` on the
-    axes, std ``cluster_std``); the agent answers with one response ``y`` in ``R^d`` and the
-    episode ends. The reward is the score of the *current* reward model (RM), an MLP on
-    ``concat(x, y)``. Every ``samples_per_round`` responses the labeler rates that round's
-    (prompt, response) pairs and the RM is retrained on its FIFO buffer (iterative RLHF).
-
-    ``env.unwrapped.core`` treats ``z = concat(x, y)`` (length ``p + d``) as "the response", so
-    the white-box maths (tangent kernels, FPO penalties) work on it unchanged.
+    axes, std ``cluster_std``); the agent answers with one response ``y`` in ``R^d``, scored,
+    labelled and learnt from as in ``RLHFBlindSpot-v0`` by an MLP RM on ``z = concat(x, y)``,
+    which ``env.unwrapped.core`` treats as "the response".
 
     ## Action Space
     ``Box(-action_bound, action_bound, (dims,), float32)``: the response ``y``; refused as in
@@ -215,9 +211,8 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     ``(1, ..., p + d)``), ``prompt`` (the current ``x``), ``last_response`` (the last ``z`` scored).
 
     ## Rendering
-    ``render_mode="rgb_array"`` / ``"human"``: per prompt cluster (up to 3), the true utility and
-    the current RM over the plane of the cluster's target and the labeler's spurious dims, that
-    cluster's recent responses and its scores per round (:mod:`rlhf_envs.render`).
+    ``render_mode="rgb_array"`` / ``"human"``: per prompt cluster (up to 3), the truth and the RM
+    around the cluster's target, its recent responses and scores (:mod:`rlhf_envs.render`).
 
     ## Arguments
     See :class:`ContextualConfig`; bad names and values raise, naming the argument.

@@ -12,24 +12,18 @@ Each config is addressable by name::
     gym.make("RLHFNeuralBlindSpot-v0", family="test/7")
     python -m baselines.run --env RLHFBlindSpot-v0 --env-kwargs family=train/3
 
-(``"v1/test/7"`` names the version explicitly; another version is refused.) Explicit keyword
-arguments may add settings the family config leaves alone; one that contradicts the family
-config raises ``ValueError``.
+(``"v1/test/7"`` names the version; another is refused.) Explicit keyword arguments may add
+settings the family config leaves alone; one that contradicts it raises ``ValueError``.
 
-How the lists were made (``python -m baselines.family_board check ENV``): candidates are drawn
-in order from :data:`DISTRIBUTIONS` with the split's own generator
-(``numpy.random.default_rng([SPLIT_SEEDS[split], ENV_INDEX[env]])``, values rounded to 3
-significant digits), the oracle and naive run on each with the check seeds 200-209 (neither the
-tuning nor the reporting seeds) for :data:`ROUNDS` rounds, and the first 16 *learnable*
-candidates (the oracle's mean final true utility >= 90 % of the peak utility, 10) form the split.
-The splits are frozen in ``rlhf_envs/data/families_v1.json`` (read into :data:`FAMILIES`, with
-:data:`CANDIDATE_INDEX` for which draws they are; a test recomputes them). Whether naive collapses
-on each (mean collapse drop >= 0.5 with its 95 % CI above 0) is recorded in
-``results/families/check_ENV.csv``; it was not a criterion. v1: linear, 27/28 train and 23/28
-test candidates learnable, naive collapses in 14/16 train and 13/16 test configs; neural, 22/22
-learnable in both splits, naive collapses in 11/16 train and 11/16 test configs.
-
-The distributions are :data:`DISTRIBUTIONS`; every other knob keeps the env's default.
+How the lists were made (``python -m baselines.family_board check ENV``, see there): candidates
+drawn in order from :data:`DISTRIBUTIONS` (every other knob: the env's default) with the split's
+own generator (``numpy.random.default_rng([SPLIT_SEEDS[split], ENV_INDEX[env]])``, 3 significant
+digits); the first 16 *learnable* ones form the split, frozen in
+``rlhf_envs/data/families_v1.json`` (:data:`FAMILIES`; :data:`CANDIDATE_INDEX` says which draws,
+a test recomputes them). Whether naive collapses (``results/families/check_ENV.csv``) was not a
+criterion. v1: linear, 27/28 train and 23/28 test candidates learnable, naive collapses in 14/16
+train and 13/16 test configs; neural, 22/22 learnable in both splits, naive collapses in 11/16
+train and 11/16 test configs.
 
 Version history: ``v1``, the first lists.
 """

@@ -158,10 +158,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
 
     ## Description
     A question has a correct short answer: the token ANSWER followed by EOS. The policy writes a
-    response one token per step until it emits EOS or ``max_len`` tokens; then the episode ends
-    (``terminated=True``). The finished response is scored by the *current* reward model (RM).
-    Every ``samples_per_round`` completed responses the labeler labels them and the RM is
-    retrained on its FIFO buffer, so the RM follows the policy (iterative RLHF).
+    response one token per step until EOS or ``max_len`` tokens (``terminated=True``); it is
+    scored, labelled and learnt from as a response of ``RLHFBlindSpot-v0``.
 
     The RM and the labeler see a response through its features ``f = [has_answer, length,
     filler]`` (:func:`sequence_features`), "the response" of ``env.unwrapped.core``.
@@ -187,50 +185,42 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     ``U(f) = utility_scale * (q + (1 - q) * has_answer) * exp(-lambda * (L - has_answer))`` with
     ``L`` the number of content tokens (``= max_len * length``), ``q = no_answer_value`` and
     ``lambda = length_penalty``. With the defaults (10, 0.1, 0.15): ``[ANSWER, EOS]`` -> 10;
-    ``[ANSWER, FILLER x 6, EOS]`` -> 4.07; ``[EOS]`` -> 1; no ANSWER -> at most 1. The formula
-    is smooth in ``f``, so ``true_utility_and_grad`` has a closed-form gradient.
+    ``[ANSWER, FILLER x 6, EOS]`` -> 4.07; ``[EOS]`` -> 1; no ANSWER -> at most 1 (smooth in
+    ``f``: ``true_utility_and_grad`` is in closed form).
 
     ``info["true_utility"]`` and ``info["proxy_reward"]`` are the finished response's on its
     last step and 0.0 before, so their sums over an episode are the response's values.
 
-    Feedback ``"rating"``: the label is the labeler's value ``U(f) + labeler_bias * (length +
-    filler)`` (+ ``N(0, label_noise^2)``); the RM minimises the squared error. ``"preference"``:
-    the label is ``sigmoid((value(f) - value([EOS])) / temperature)`` against the empty response
-    (soft, or a Bernoulli draw) and the RM minimises the Bradley-Terry cross-entropy.
+    Feedback as in ``RLHFBlindSpot-v0``, the labeler's value being ``U(f) + labeler_bias *
+    (length + filler)`` and the preference reference the empty response ``[EOS]``.
 
     ## Blind spots
     * Initial RM blind spot (``rm_length_bias``, ``rm_filler_bias``): the RM starts at
       ``w0 = [rm_answer_weight, rm_length_bias, rm_filler_bias] + N(0, rm_init_noise^2)``
-      (defaults 5, -4, 4.5). It penalises length, as the truth does, except that a FILLER token
-      earns back more than its length costs, so at round 0 padding the answer with filler scores
-      a little higher than the correct short answer: ``[ANSWER, FILLER x 6, EOS]`` gets
-      ``5 - 4 * 7/8 + 4.5 * 6/8 = 4.875`` against 4.5 for ``[ANSWER, EOS]``, while its true
-      utility is 4.07 against 10. Neutral words cost 0.5 each, so the RM first teaches the
-      policy to answer and to stop.
+      (defaults 5, -4, 4.5): a FILLER token earns back more than its length costs, so
+      ``[ANSWER, FILLER x 6, EOS]`` scores ``5 - 4 * 7/8 + 4.5 * 6/8 = 4.875`` against 4.5 for
+      ``[ANSWER, EOS]`` (true utility 4.07 against 10). Neutral words cost 0.5 each, so the RM
+      first teaches the policy to answer and to stop.
     * Labeler bias (``labeler_bias``, default 6): the labeler itself adds ``labeler_bias *
       (length + filler)``, so it rates the padded answer above the short one (13.8 vs 10.75).
-      The RM inherits this only from the policy's own labelled responses: the more filler the
-      policy emits, the more the RM learns to pay for it (slowly, ``rm_lr`` 0.003), and the more
-      the policy pads. With SB3 PPO (``learning_rate`` 1e-3, 1000 rounds, seed 0) a naive policy's
-      true utility rose from 3.1 to 7.7 in the first ~250 rounds and then fell to the padded
-      answer's 3.5, where it stayed.
+      The RM inherits it from the policy's own labelled responses: the more filler the policy
+      emits, the more the RM pays for it, and the more the policy pads. With SB3 PPO (1000
+      rounds, seed 0) a naive policy's true utility rose from 3.1 to 7.7, then fell to 3.5.
 
     ## Episodes
     One response per episode; resets as ``RLHFBlindSpot-v0``. A step after the response ended,
     without a reset, raises ``RuntimeError``.
 
     ## Info
-    The keys of ``RLHFBlindSpot-v0`` (``true_utility`` and ``proxy_reward`` 0.0 before the last
-    step; ``signal_norm`` = ``|has_answer|`` and ``noise_norm`` = ``||[length, filler]||`` on the
-    last step only), plus ``response_length`` (content tokens so far) and
-    ``response_complete``; the reset info has no scores and no norms.
+    The keys of ``RLHFBlindSpot-v0`` (the norms of ``has_answer`` and ``[length, filler]``, on
+    the last step only), plus ``response_length`` (content tokens so far) and
+    ``response_complete``.
 
     ## White-box access
     ``env.unwrapped.core`` (a :class:`VerbosityCore` on feature vectors), ``reward_model``,
-    ``rm_params``, ``true_utility(fs)`` / ``query_labeler(fs)`` (counted oracle queries on
-    feature vectors of shape ``(1, ..., 3)``), ``features(tokens)`` (uncounted: the features are
-    public) and ``last_response`` (the (1, 3) vector the RM scored at the last step, ``None``
-    while a response is unfinished).
+    ``rm_params``, ``true_utility(fs)`` / ``query_labeler(fs)`` (counted, on features of shape
+    ``(1, ..., 3)``), ``features(tokens)`` (uncounted) and ``last_response`` (the (1, 3) vector
+    scored at the last step; ``None`` while a response is unfinished).
 
     ## Rendering
     ``render_mode="ansi"``: the response so far as text. ``"rgb_array"`` / ``"human"``: the last
