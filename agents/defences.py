@@ -47,9 +47,8 @@ class KLConfig(WhiteBoxConfig):
 class KLAgent(Agent):
     """Current RM minus ``kl_coef * ||y - y0||^2`` (anchor to the initial policy).
 
-    For Gaussian policies with a shared fixed covariance the KL to the initial policy is
-    proportional to ``||theta - theta0||^2``; the anchor on the sampled response has the same
-    expected gradient (the scale is absorbed in ``kl_coef``). Source: KL-regularised RLHF,
+    For Gaussian policies with a fixed covariance the KL to the initial policy is proportional
+    to ``||theta - theta0||^2`` (the scale absorbed in ``kl_coef``). Source: KL-regularised RLHF,
     Ziegler et al., "Fine-Tuning Language Models from Human Preferences", arXiv 1909.08593.
     """
 

@@ -96,10 +96,9 @@ class EliteEnsembleConfig(EnsembleConfig, EliteAnchorConfig):
 class EliteEnsembleAgent(EliteAnchorAgent):
     """Pessimistic RM ensemble minus ``anchor_coef * ||y - y_elite||^2``.
 
-    The collapse maps show the pessimistic ensemble reaching a higher peak than naive and then
-    falling (``results/maps/``); the elite anchor keeps the best-labelled response of that climb.
-    Source: new in this suite (the ensemble of Coste et al., arXiv 2310.02743, with the elite
-    anchor of :class:`EliteAnchorAgent`).
+    The pessimistic ensemble peaks higher than naive and then falls (``results/maps/``); the
+    elite anchor keeps the best-labelled response of that climb. Source: new in this suite (the
+    ensemble of Coste et al., arXiv 2310.02743, with :class:`EliteAnchorAgent`'s anchor).
     """
 
     name = "elite-ensemble"

@@ -1,9 +1,8 @@
 """An ensemble of reward models trained beside the env's own, for pessimistic scoring.
 
-Member 0 is the env's reward model. Members ``1..K-1`` start from the env's RM initialiser with
-their own random streams and take the same optimiser steps on the same labelled buffer each
-time the env retrains, so they differ only through initialisation (as in Coste et al., arXiv
-2310.02743) and use no extra labels: their cost is compute.
+Member 0 is the env's reward model; members ``1..K-1`` start from its initialiser with their own
+random streams and are retrained as the env's RM is, so they differ only through initialisation
+(as in Coste et al., arXiv 2310.02743) and use no extra labels.
 """
 
 from __future__ import annotations

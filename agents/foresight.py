@@ -104,9 +104,7 @@ class FPORelaxedGradAgent(FPORelaxedAgent):
 class FPOExactAgent(FPOAgent):
     """FPO scored by the RM after a virtual real update step that includes the response.
 
-    The first-order forms are its linearisation. One oracle query per scored response. For
-    rating feedback and an MLP reward model the policy gradient is in closed form
-    (:func:`agents.fpo.exact_score_grad`); other settings take autograd.
+    The first-order forms are its linearisation; one oracle query per scored response.
     Source: this suite's extension of arXiv 2605.04266, Sec. 2.
     """
 

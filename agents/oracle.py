@@ -48,12 +48,10 @@ class OracleValuesAgent(Agent):
     """The oracle limited to value queries: the budget-matched control for agents that ask the
     labeler beyond the RM's labels.
 
-    Each policy step spends ``value_queries`` value queries of the truth on a zeroth-order
-    estimate of its gradient (Gaussian smoothing with a running baseline, as in evolution
-    strategies; Nesterov & Spokoiny, "Random Gradient-Free Minimization of Convex Functions",
-    2017): ``g = mean_k (U(y + delta u_k) - b) u_k / delta``, ``u_k ~ N(0, I)``, ``b`` an
-    exponential average of the earlier queries' values. Under SB3 it is paid ``U(y)`` (one value
-    query per response), which is the plain oracle's SB3 form.
+    Each policy step spends ``value_queries`` value queries on a zeroth-order gradient estimate
+    (Nesterov & Spokoiny, "Random Gradient-Free Minimization of Convex Functions", 2017):
+    ``g = mean_k (U(y + delta u_k) - b) u_k / delta``, ``u_k ~ N(0, I)``, ``b`` an exponential
+    average of earlier values. Under SB3 it is paid ``U(y)``, as the plain oracle.
     """
 
     name = "oracle-values"

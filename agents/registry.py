@@ -1,8 +1,5 @@
 """The one list of agents that every tool reads (``baselines.run``, ``sweep``, ``bench``,
-``leaderboard`` and the LLM track).
-
-A built-in agent is its class (:class:`agents.whitebox.Agent`) added to :data:`BUILTIN` (per-env
-settings in ``baselines/configs/whitebox.yaml``); any other is named ``module:Class`` (:func:`get`).
+``leaderboard`` and the LLM track); any other agent is named ``module:Class`` (:func:`get`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The commands' shared flags, as argparse parent parsers (``parents=[...]``); output folder checks.
 
-Each parent holds flags that mean the same in every command that takes them; a command's own flags
-stay in its module. :func:`command` makes a command's :class:`Parser`, which reports a usage error
-as one line (:class:`~baselines.plan.CLIError`, exit status 2) instead of argparse's usage dump.
+:func:`command` makes a command's :class:`Parser`, which reports a usage error as one line
+(:class:`~baselines.plan.CLIError`, exit status 2) instead of argparse's usage dump.
 """
 
 from __future__ import annotations

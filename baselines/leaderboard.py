@@ -3,15 +3,12 @@
     python -m baselines.leaderboard [--runs runs] [--results leaderboard] [--force] [--allow-mixed]
         [--verify K]
 
-Per (env, agent) over seeds: final true utility and area under the true-utility curve (mean
-over rounds) with mean, 95 % percentile-bootstrap CI and IQM; collapse drop (peak minus final);
-final proxy-true gap; labels and oracle queries; wall time per run. Figures: true utility per
-round with 95 % CI bands per agent, and for the linear env the signal-vs-noise trajectory over the
-utility landscape; a probability-of-improvement table of each FPO form against naive and the
-defences. A hand-written reading of an env's table, ``RESULTS/notes/ENV_ID.md``, is shown
-under it when present. Runs made with different code commits or package versions are refused unless
-``--allow-mixed`` is given. Each run's record is checked (:func:`baselines.results.check_run`);
-``--verify K`` also replays K runs of each row, drawn at random, and marks the row verified or not.
+Per (env, agent) over seeds: the table that ``LEADERBOARD.md`` explains, figures of true utility
+per round, of cost against result and (linear env) of the signal-vs-noise trajectory, and the
+probability of improvement of each method against each baseline. ``RESULTS/notes/ENV_ID.md``, a
+hand-written reading, is shown under its env's table. Runs of different code or package versions
+are refused unless ``--allow-mixed``. Each run's record is checked
+(:func:`baselines.results.check_run`); ``--verify K`` also replays K runs of each row.
 """
 
 from __future__ import annotations

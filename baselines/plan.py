@@ -211,12 +211,10 @@ def plan(
 ) -> tuple[list[Job], list[tuple[str, int]]]:
     """Validate one (env, agent, settings) over seeds and build its pending jobs.
 
-    Everything is checked before anything runs (env and agent kwargs by building them). A setting
-    comes from ``--rounds``, else ``agent_kwargs``, else the env's YAML (:func:`yaml_settings`);
-    those recorded are the built agent's (what runs, even if its ``__init__`` changes them). ``tag``
-    names a hyperparameter variant: runs go to ``OUT/ENV/AGENT@TAG/seed_S``. ``policy_optimizer``:
-    ``whitebox`` (the paper's gradient agents, seeds batched) or an SB3 algorithm (``ppo``, ``sac``,
-    ``a2c``; runs go to ``AGENT+ALGO``). Returns (jobs, skipped finished runs).
+    Everything is checked before anything runs. A setting comes from ``--rounds``, else
+    ``agent_kwargs``, else the env's YAML (:func:`yaml_settings`); the built agent's are recorded.
+    ``tag``: runs go to ``OUT/ENV/AGENT@TAG/seed_S``; ``policy_optimizer``: ``whitebox`` or an SB3
+    algorithm (runs go to ``AGENT+ALGO``). Returns (jobs, skipped finished runs).
     """
     import gymnasium as gym
 

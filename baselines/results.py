@@ -180,12 +180,9 @@ def verify(folder: Path) -> str:
 
 
 def run_state(folder: Path, digest: str) -> tuple[str, str]:
-    """``(state, why)`` of a run folder for a run with settings hash ``digest``.
-
-    ``state``: ``"done"`` (sealed, verified, status ok, same settings), ``"other"`` (sound and
-    finished with other settings), ``"damaged"`` (something fails verification: ``why`` says
-    what), or ``"todo"`` (nothing finished there, or a failed run to redo).
-    """
+    """``(state, why)`` of a run folder for a run with settings hash ``digest``: ``"done"``
+    (verified, ok, same settings), ``"other"`` (other settings), ``"damaged"`` (``why`` says
+    what), or ``"todo"`` (nothing finished there, or a failed run to redo)."""
     folder = Path(folder)
     if not (folder / "summary.json").exists() and not (folder / MANIFEST).exists():
         return "todo", ""
@@ -439,11 +436,8 @@ def summarise_history(u: np.ndarray, blocks: int = 20) -> dict[str, float]:
 
 
 def summarise(history: dict, col: int) -> dict[str, Any]:
-    """The summary of one run's per-round ``history`` (column ``col``).
-
-    The collapse metrics read the policy mean's ``true_utility`` where recorded (white-box), else
-    the sampled responses' ``sample_true_utility`` (SB3); ``utility_of`` in the summary says which.
-    """
+    """The summary of one run's per-round ``history`` (column ``col``): the collapse metrics of
+    the policy mean's ``true_utility``, else (SB3) ``sample_true_utility`` (``utility_of``)."""
     sampled = "true_utility" not in history
     prefix = "sample_" if sampled else ""
     out: dict[str, Any] = {"utility_of": "policy samples" if sampled else "policy mean"}

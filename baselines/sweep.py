@@ -23,11 +23,10 @@ An ``agents`` entry may also be a mapping that runs an agent with its own settin
     - {agent: naive, tag: budget=fpo-relaxed, envs: [RLHFNeuralBlindSpot-v0],
        env_kwargs: {samples_per_round: 20, buffer_size: 200}}
 
-Every (env, agent, grid point) over its seeds is planned exactly as ``baselines.run`` plans it and
-writes the same run folders (grid points go to ``AGENT@k=v,...``), run as :mod:`baselines.execute`
-runs them (a process pool, or one Ray task per program with retries). A sweep killed at any point
-and restarted redoes only unfinished runs; a run that raises is recorded as failed (traceback in its
-folder) and the sweep goes on; ``sweep_summary.json`` lists every run's status.
+Every (env, agent, grid point) is planned and run as ``baselines.run`` does (grid points go to
+``AGENT@k=v,...``; Ray: one task per program, with retries). A restarted sweep redoes only
+unfinished runs; a failed run is recorded and the sweep goes on; ``sweep_summary.json`` lists
+every run's status.
 """
 
 from __future__ import annotations

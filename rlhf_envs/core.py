@@ -179,21 +179,17 @@ class FollowerConfig:
 class BlindSpotConfig(FollowerConfig):
     """Settings of a blind-spot environment (defaults: the paper's linear environment).
 
-    Plus the follower fields of :class:`FollowerConfig`, with its defaults (the paper's linear
-    rule ``w <- w (1 - 1e-4) + ...`` is SGD with lr 0.005 and weight decay 0.02). The linear RM
-    ``r = w . y`` starts at ``w0 = 1`` on the signal dims plus ``N(0, rm_init_noise^2)`` on every
-    dim; the labeler overrates ``sum(y[labeler_bias_dims])`` by the factor ``labeler_bias``.
+    Plus the follower fields of :class:`FollowerConfig`, with its defaults (the paper's rule
+    ``w <- w (1 - 1e-4) + ...`` is SGD with lr 0.005 and weight decay 0.02).
 
     Attributes:
         dims: response dimension ``d`` (>= 1).
         signal_dims: the true utility peaks on the first ``signal_dims`` dims (1..dims).
         blind_spot_dims: dims on which the reward model starts with an extra bias.
-        blind_spot_bias: size of that bias (added to ``w0`` for the linear RM; a trainable
-            linear skip term for the MLP).
+        blind_spot_bias: that bias (added to ``w0``; for the MLP a trainable linear skip term).
         target_value: the utility peak ``y*`` has this value on the signal dims, 0 elsewhere.
         utility_width: ``width`` in ``U(y) = utility_scale * exp(-width * ||y - y*||^2)`` (> 0).
-        feedback: ``"rating"`` (squared loss on a noisy utility label) or ``"preference"``
-            (Bradley-Terry against ``reference_response``).
+        feedback: ``"rating"`` (squared loss) or ``"preference"`` (vs ``reference_response``).
         preference_labels: ``"soft"`` (probability labels) or ``"sampled"`` (Bernoulli draws).
         temperature: Bradley-Terry temperature of the labeler (> 0).
         labeler_bias_dims: dims the labeler overrates (default: the last dim).

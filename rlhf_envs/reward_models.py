@@ -28,8 +28,7 @@ class OptimizerConfig:
     Attributes:
         name: ``"sgd"`` or ``"adam"``.
         lr: learning rate (> 0).
-        weight_decay: L2 coefficient added to the gradient, as in ``torch.optim`` (>= 0). With SGD
-            the parameters shrink by the factor ``1 - lr * weight_decay`` per step.
+        weight_decay: L2 coefficient added to the gradient, as in ``torch.optim`` (>= 0).
         betas: Adam's moment decay rates.
         eps: Adam's denominator constant.
     """
@@ -291,9 +290,8 @@ def unflatten(flat: torch.Tensor, like: Params) -> Params:
 
 
 class LinearRewardModel(RewardModel):
-    """``r(y) = w . y`` (no bias), as in the paper's linear environment.
-
-    The per-sample gradient is ``y`` itself, so the tangent kernel is ``ya . yb``.
+    """``r(y) = w . y`` (no bias), as in the paper's linear environment; the tangent kernel is
+    ``ya . yb``.
 
     Args:
         dims: response dimension ``d``.
@@ -357,8 +355,7 @@ class LinearRewardModel(RewardModel):
         """
         cfg = self.optimizer
         if feedback == "preference" and reference is not None:
-            d = y - reference.reshape(y.shape[0], 1, -1)
-            c = 0.25
+            d, c = y - reference.reshape(y.shape[0], 1, -1), 0.25
         else:
             d, c = y, 2.0
         kappa = c * (d * d).sum(-1).mean(-1) + cfg.weight_decay

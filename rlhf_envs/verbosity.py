@@ -50,10 +50,8 @@ class VerbosityConfig(FollowerConfig):
         rm_answer_weight: initial RM weight on ``has_answer`` (finite).
         rm_length_bias: initial RM weight on ``length`` (finite): the RM's initial length bias.
         rm_filler_bias: initial RM weight on ``filler`` (finite): its initial filler bias.
-        feedback: ``"rating"`` (squared loss on the labeler's value) or ``"preference"``
-            (Bradley-Terry against the empty response ``[EOS]``).
-        preference_labels: ``"soft"`` (probabilities) or ``"sampled"`` (Bernoulli draws).
-        temperature: Bradley-Terry temperature of the labeler (> 0).
+        feedback: as in :class:`~rlhf_envs.core.BlindSpotConfig`, the reference being ``[EOS]``;
+            so are ``preference_labels`` and ``temperature``.
     """
 
     labeler_bias: float = 6.0
