@@ -24,8 +24,7 @@ def train(rm, member: list, core, y: torch.Tensor, t: torch.Tensor) -> None:
 
 class RMEnsemble:
     """``size`` reward models (K >= 2, the env's included) over the experiments of ``core`` (the
-    env's follower, already reset; its seeds seed the extra members); :meth:`sync` before
-    scoring."""
+    env's follower, already reset); :meth:`sync` before scoring."""
 
     def __init__(self, core, size: int):
         rm = core.reward_model
@@ -64,6 +63,5 @@ class RMEnsemble:
         K = len(members)
         mean = sum(members[1:], members[0]) / K
         var = sum(((m - mean) ** 2 for m in members[1:]), (members[0] - mean) ** 2) / (K - 1)
-        # the epsilon keeps the gradient finite where all members agree (e.g. y = 0 for linear
-        # members), where d sqrt(var) would be infinite
+        # the epsilon keeps d sqrt(var) finite where all members agree (e.g. y = 0, linear)
         return mean - k * (var + 1e-12).sqrt()

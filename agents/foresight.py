@@ -13,9 +13,7 @@ from agents.whitebox import Agent, WhiteBoxConfig, differentiable
 class FPOAgent(Agent):
     """Foresighted policy optimisation: ascends ``r(y) - fpo_gamma * penalty(y)``.
 
-    ``form``: ``"practical"`` (no oracle), ``"relaxed"`` (queries the labeler per scored response)
-    or ``"exact"`` (virtual real RM update; this suite's extension). Maths: :mod:`agents.fpo`.
-
+    ``form``: ``"practical"`` (no oracle), ``"relaxed"`` or ``"exact"`` (:mod:`agents.fpo`).
     Source: Gauthier, Bach & Jordan, "Explaining and Preventing Alignment Collapse in Iterative
     RLHF", arXiv 2605.04266, Sec. 2 (practical and relaxed forms).
     """

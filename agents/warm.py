@@ -26,13 +26,9 @@ from rlhf_envs.core import check_float, check_int
 
 @dataclass
 class WARMConfig(WhiteBoxConfig):
-    """:class:`WhiteBoxConfig` plus the members' number and diversity.
-
-    Attributes:
-        warm_size: members averaged (>= 2).
-        warm_lr_spread: members' learning rates span ``[lr / spread, lr * spread]`` (>= 1).
-        warm_keep: share of the buffer each member trains on per step (in (0, 1]).
-    """
+    """:class:`WhiteBoxConfig` plus ``warm_size`` members (>= 2), whose learning rates span
+    ``[lr / warm_lr_spread, lr * warm_lr_spread]`` (>= 1) and who train on a share ``warm_keep``
+    of the buffer per step (in (0, 1])."""
 
     warm_size: int = 4
     warm_lr_spread: float = 2.0

@@ -241,10 +241,9 @@ def tune(
 def board(
     env_id: str, workers, out: Path, res: Path, dtype: str = "float64", hidden: bool = False
 ) -> str:
-    """The generalisation leaderboard on the test split (see the module docstring), with the
-    followers in ``dtype`` (the one the settings were tuned with); ``hidden``: on the hidden
-    split instead (:data:`rlhf_envs.families.HIDDEN`), its configs revealed once it is written
-    (``revealed_ENV.json``: the secret, its commitment and the configs)."""
+    """The generalisation leaderboard on the test split (see the module docstring), followers in
+    ``dtype`` (the tuning's); ``hidden``: on :data:`rlhf_envs.families.HIDDEN` instead, revealed
+    in ``revealed_ENV.json`` once written."""
     from baselines.judge import agent_class
     from rlhf_envs import families
 

@@ -84,9 +84,8 @@ def load_defaults(env_id: str) -> dict[str, Any]:
 
 
 def yaml_settings(env_id: str, agent_cls: type, policy_optimizer: str = "whitebox") -> dict:
-    """An agent's settings from the env's YAML: its section by name over the generic section
-    (``agent:`` and ``rounds``; with an SB3 optimiser the ``sb3:`` section's ``rounds``) where
-    its config class keeps the base default (:func:`generic_settings`)."""
+    """An agent's settings from the env's YAML: its section by name over the generic one
+    (``agent:``, ``rounds`` or with SB3 ``sb3:``'s) where it applies (:func:`generic_settings`)."""
     defaults = load_defaults(env_id)
     rounds = defaults.get("rounds")
     if policy_optimizer != "whitebox":
@@ -153,9 +152,8 @@ def run_folder_name(agent_name: str, policy_optimizer: str = "whitebox", tag: st
 
 
 def generic_settings(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The env's generic agent settings (the YAML's ``agent:`` section and ``rounds``) that
-    apply to an agent with ``config_cls``: those of the fields where the class keeps the default
-    of :class:`agents.whitebox.WhiteBoxConfig`; a class's own default wins."""
+    """The generic settings ``values`` of the fields where ``config_cls`` keeps the default of
+    :class:`agents.whitebox.WhiteBoxConfig` (a class's own default wins)."""
     from agents.whitebox import WhiteBoxConfig
 
     base = {f.name: f.default for f in fields(WhiteBoxConfig)}

@@ -237,10 +237,8 @@ def recheck(folder: Path, s: dict[str, Any]) -> str:
 
 def check_run(folder: Path, statuses: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
     """The summary of the run folder ``.../ENV/RUN_NAME/seed_S`` with ``git_commit``, ``code_hash``,
-    ``versions`` and ``folder`` (None if its status is not in ``statuses``), or ``RecordError``:
-    failing :func:`verify` or :func:`recheck`, files not JSON objects, an unknown env id, or a
-    summary or config naming another env, run name or seed than its folder's.
-    """
+    ``versions`` and ``folder`` (None if its status is not in ``statuses``), or ``RecordError``
+    (:func:`verify`, :func:`recheck`, an unknown env, a record naming another folder)."""
     import rlhf_envs
 
     if why := verify(folder):
@@ -502,18 +500,10 @@ def write_run(
         "code_hash": code_hash(),
     }
     atomic_write_json(folder / "config.json", config)
-    summary: dict[str, Any] = {
-        "status": "ok",
-        "config_hash": config["config_hash"],
-        "env_id": job.env_id,
-        "agent": job.agent,
-        "run_name": job.run_name,
-        "seed": seed,
-        "rounds": job.rounds,
-        "wall_time_s": wall,
-        "batch_wall_time_s": batch_wall,
-        "reads": job.reads,
-    }
+    summary: dict[str, Any] = {"status": "ok", "config_hash": config["config_hash"]}
+    summary.update(env_id=job.env_id, agent=job.agent, run_name=job.run_name, seed=seed)
+    summary.update(rounds=job.rounds, wall_time_s=wall, batch_wall_time_s=batch_wall)
+    summary["reads"] = job.reads
     history = None if isinstance(result, BaseException) else result
     if history is not None:
         atomic_write_text(folder / "metrics.csv", metrics_csv(history, col))

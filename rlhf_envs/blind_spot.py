@@ -52,8 +52,8 @@ class _BlindSpotMixin:
         return info
 
     def _configure(self, env_cls: type, num_envs: int, kwargs: dict[str, Any]) -> spaces.Box:
-        """Set ``config`` (``env_cls.defaults`` under ``kwargs``; ``family="test/7"`` expanded to
-        that config's kwargs) and a core of ``num_envs`` experiments; return one action's Box."""
+        """Set ``config`` (``env_cls.defaults`` under ``kwargs``, a ``family`` expanded) and a core
+        of ``num_envs`` experiments; return one action's Box."""
         from rlhf_envs.families import expand
 
         kwargs = expand(env_cls.__name__, kwargs)
@@ -76,8 +76,7 @@ class _BlindSpotMixin:
             self.core.reset([seed if seed is not None else _fresh_seed(self.np_random)])
 
     def _check_actions(self, action: Any, shape: tuple[int, ...], bound: bool = True):
-        """``action`` as a (S, n) tensor: finite, of ``shape``, and in the action space if
-        ``bound``; anything else raises one error naming ``action`` (nothing changes)."""
+        """``action`` as (S, n) tensor: finite, of ``shape``, in the Box if ``bound``; or raise."""
         if not self.core.seeds:
             raise RuntimeError("call reset(seed=...) before step()")
         try:

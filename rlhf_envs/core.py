@@ -112,7 +112,7 @@ class FollowerConfig:
     Attributes:
         rm_init_noise: initial RM error: std of the linear RM's noise / MLP's weights (>= 0).
         utility_scale: peak height of the true utility (> 0).
-        reward_model: ``"linear"`` or ``"mlp"`` (what it sees is the env's response vector).
+        reward_model: ``"linear"`` or ``"mlp"``, on the env's response vector.
         rm_hidden: hidden sizes of the MLP (two ints in [1, 4096]).
         rm_optimizer: ``"sgd"`` or ``"adam"``.
         rm_lr: reward-model learning rate (> 0).
@@ -120,8 +120,7 @@ class FollowerConfig:
         rm_steps: optimiser steps per round (1..10000).
         buffer_size: FIFO buffer of labelled responses (1..1e6).
         samples_per_round: responses labelled per round; the RM retrains after that many (1..1e6).
-        labels_per_response: labels per response (1..1000; separate calls, own noise draws):
-            how budget-matched controls spend extra labeler calls under SB3.
+        labels_per_response: labels per response (1..1000; separate calls, own noise draws).
         label_noise: std of Gaussian noise on rating labels (>= 0).
         labeler_bias: the labeler's own error, a factor on the env's spurious dims (0: none).
     """
@@ -194,8 +193,7 @@ class BlindSpotConfig(FollowerConfig):
         temperature: Bradley-Terry temperature of the labeler (> 0).
         labeler_bias_dims: dims the labeler overrates (default: the last dim).
         reference_response: the response preferences are judged against (default: zeros).
-        action_bound: half-width of the action Box: ``step`` refuses responses outside it (the
-            vector env's ``submit``, the white-box loop's path, takes any finite response).
+        action_bound: half-width of the action Box, outside which ``step`` refuses responses.
         dtype: floating-point type of the follower: ``"float64"`` (default; every committed
             number) or ``"float32"`` (opt-in, ~2.7x faster RM on a CPU; the float64 random streams
             rounded, so other numbers than float64 runs).

@@ -240,9 +240,8 @@ def _plane(env, a, b, e1, e2, t, points, prompt=None) -> dict[str, Any]:
 
 # -- vector envs -------------------------------------------------------------------------------------
 def vector_plane(env) -> dict[str, Any]:
-    """The maps of a vector env's frame: axes ``a`` (along ``y*``), ``b`` (off the ``y*`` axis),
-    the true utility ``U`` and the RM's scores ``r`` on the grid, the responses' ``(a, b)``
-    coordinates and the target's. Uncounted white-box reads; the env is unchanged."""
+    """The maps of a vector env's frame (:func:`_plane`): ``a`` along ``y*``, ``b`` off its axis
+    along the drift. Uncounted white-box reads; the env is unchanged."""
     core, trail = env.core, _trail(env)
     c = core.config
     y_star = core.y_star.numpy()
@@ -254,8 +253,7 @@ def vector_plane(env) -> dict[str, Any]:
     a_pts = ys @ e1
     off = ys - np.outer(a_pts, e1)
     b_pts = np.linalg.norm(off, axis=1)
-    # the drift direction: where the latest responses left the y* axis; before any drift, the
-    # RM's own gradient off that axis (where a naive policy will go)
+    # the drift: where the latest responses left the y* axis; before it, the RM's gradient off it
     e2 = _unit(off[-8:].mean(0)) if len(off) else None
     if e2 is None:
         last = ys[-1] if len(ys) else np.zeros(c.dims)

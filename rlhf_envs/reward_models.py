@@ -41,17 +41,13 @@ class OptimizerConfig:
 
 
 class RewardModel:
-    """Base class: a batched, functional reward model.
-
-    Subclasses define :meth:`init_params`, :meth:`score` and :meth:`ntk`.
-    """
+    """Base class: a batched, functional reward model (subclasses define the methods below)."""
 
     def __init__(self, dims: int, optimizer: OptimizerConfig, dtype: torch.dtype = torch.float64):
         self.dims = dims
         self.optimizer = optimizer
         self.dtype = dtype
 
-    # -- to be provided by subclasses -------------------------------------------------------
     def init_params(self, generators: list[torch.Generator]) -> Params:  # pragma: no cover
         raise NotImplementedError
 
@@ -72,13 +68,11 @@ class RewardModel:
         raise NotImplementedError  # pragma: no cover
 
     def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """``grad_y r(y)`` alone (S, n, d): the numbers of :meth:`score_and_grad_y`, bit for bit,
-        without the operations that only the score needs."""
+        """``grad_y r(y)`` alone (S, n, d): :meth:`score_and_grad_y`'s numbers, bit for bit."""
         return self.score_and_grad_y(params, y)[1]
 
     def first_order_parts(self, params: Params, y: torch.Tensor):
-        """``(r, grad_y r, K(y, y), grad_y K(y, y))``: :meth:`score_and_grad_y` and
-        :meth:`ntk_diag_and_grad_y` bit for bit, sharing one forward pass where the model can."""
+        """``(r, grad_y r, K(y, y), grad_y K(y, y))``, bit for bit, in one pass where it can."""
         return (*self.score_and_grad_y(params, y), *self.ntk_diag_and_grad_y(params, y))
 
     # -- shared machinery ---------------------------------------------------------------------
@@ -95,9 +89,6 @@ class RewardModel:
         per_sample = vmap(vmap(grad(single), in_dims=(None, 0)), in_dims=(0, 0))(params, y)
         S, n = y.shape[:2]
         return torch.cat([per_sample[k].reshape(S, n, -1) for k in names], dim=-1)
-
-    def num_params(self, params: Params) -> int:
-        return sum(v[0].numel() for v in params.values())
 
     def init_opt_state(self, params: Params) -> OptState:
         """Optimiser state: empty for SGD; for Adam the step count and the moment estimates,
@@ -471,8 +462,7 @@ class MLPRewardModel(RewardModel):
         return parts[0], self.grad_y_from_parts(params, parts)
 
     def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """The operations of :meth:`score_and_grad_y` that the gradient needs (no ``h2``, no
-        ``r``), in the same order on the same operands: the same numbers, bit for bit."""
+        """:meth:`score_and_grad_y`'s operations that the gradient needs, in the same order."""
         z1 = torch.bmm(y, params["W1"].transpose(1, 2)) + params["b1"].unsqueeze(1)
         h1 = F.softplus(z1)
         z2 = torch.bmm(h1, params["W2"].transpose(1, 2)) + params["b2"].unsqueeze(1)
@@ -492,8 +482,7 @@ class MLPRewardModel(RewardModel):
         return self.first_order_parts(params, y)[2:]
 
     def first_order_parts(self, params: Params, y: torch.Tensor):
-        """``(r, grad_y r, K(y, y), grad_y K(y, y))`` from one forward pass; ``grad_y K`` is the
-        reverse-mode derivative of the closed-form kernel, written out by hand.
+        """``(r, grad_y r, K(y, y), grad_y K(y, y))``; ``grad_y K`` by hand, in reverse mode.
 
         With ``u = W2^T delta2`` (so ``delta1 = u * s1``), ``s = sigmoid(z)``, ``s' = s (1 - s)``:
         ``K = 1 + |h2|^2 + |delta2|^2 (1 + |h1|^2) + |delta1|^2 (1 + |y|^2)``.

@@ -292,8 +292,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         return obs
 
     def _append(self, tok: int) -> None:
-        """Append ``tok`` to the response and update the observation: only its count and the
-        position change (each entry is computed as :meth:`_obs` computes it)."""
+        """Append ``tok`` and update the observation's two entries as :meth:`_obs` computes them."""
         self.tokens.append(tok)
         self._counts[tok] += 1
         self._obs_now[tok] = self._counts[tok] / self.config.max_len
