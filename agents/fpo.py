@@ -43,8 +43,7 @@ def loss_factor(feedback: str) -> float:
 
 
 def practical_penalty(rm, params, y: torch.Tensor, feedback: str, reference=None) -> torch.Tensor:
-    """Practical FPO penalty: ``K(y, y)`` for rating feedback, ``K(y, y) - K(y, y_ref)`` for
-    preference feedback."""
+    """Practical FPO penalty: ``K(y, y)`` (rating), ``K(y, y) - K(y, y_ref)`` (preference)."""
     k = rm.ntk(params, y, y)
     if feedback == "preference":
         ref = reference.reshape(y.shape[0], 1, -1).expand_as(y)
@@ -59,11 +58,8 @@ def error_from_scores(r, label, feedback: str, r_ref=None) -> torch.Tensor:
 
 
 def relaxed_penalty(rm, params, y, label, feedback: str, reference=None) -> torch.Tensor:
-    """Relaxed FPO penalty: error factor times the practical penalty.
-
-    ``label`` is the labeler's noiseless verdict on ``y`` (rating value, or the probability that
-    ``y`` beats the reference), shape ``(S, n)``.
-    """
+    """Relaxed FPO penalty: error factor times the practical penalty; ``label`` (S, n): the
+    labeler's noiseless verdict on ``y``."""
     r_ref = None if feedback == "rating" else rm.score(params, reference.reshape(y.shape[0], 1, -1))
     err = error_from_scores(rm.score(params, y), label, feedback, r_ref)
     return err * practical_penalty(rm, params, y, feedback, reference)
@@ -173,8 +169,7 @@ def exact_score_grad(
 
 
 def exact_penalty_and_reward(core: RLHFCore, y: torch.Tensor, label: torch.Tensor, cache=None):
-    """Exact FPO penalty ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)`` (see module docstring), and
-    ``r_phi(y)``, which the virtual update computes anyway."""
+    """Exact FPO penalty ``-(r_{phi'}(y) - r_phi(y)) / (c * eta)``, and ``r_phi(y)``."""
     c = core.config
     r_now, r_next = virtual_update_reward(core, y, label, cache)
     return -(r_next - r_now) / (loss_factor(c.feedback) * c.rm_lr), r_now

@@ -43,12 +43,8 @@ REFERENCE = NaiveAgent.name
 
 
 def get(spec: str) -> type[Agent]:
-    """The agent class for a built-in name or a ``module:Class`` path.
-
-    Raises:
-        ValueError: unknown name, a module or class that cannot be imported, or a class that is
-            not an :class:`~agents.whitebox.Agent` (one line naming the allowed forms).
-    """
+    """The agent class for a built-in name or a ``module:Class`` path (else a one-line
+    ``ValueError``: unknown, not importable, not an :class:`~agents.whitebox.Agent`, bad name)."""
     if spec in BUILTIN:
         return BUILTIN[spec]
     if not isinstance(spec, str) or ":" not in spec:

@@ -31,8 +31,7 @@ CAPTIONS = {
 
 
 def agent_frames(env_id: str, agent: str, seed: int, rounds: int, every: int):
-    """Run ``agent`` on ``env_id`` (white-box loop, YAML settings) for ``rounds`` rounds and
-    return its frames (uint8 arrays, one every ``every`` rounds and one after the last)."""
+    """The frames of ``agent`` on ``env_id`` (YAML settings): every ``every`` rounds, the last."""
     import gymnasium as gym
     import torch
 

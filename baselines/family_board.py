@@ -164,8 +164,7 @@ def _final(summary: dict, folder: Path) -> float:
 def normalised(
     out: Path, env_id: str, split: str, settings: dict, seeds: list[int]
 ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]], dict[str, float]]:
-    """Per setting label: per config, the normalised and the raw final U of each seed; and the
-    mean labeler calls per run."""
+    """Per setting label: per config, each seed's normalised and raw final U; mean labeler calls."""
     from rlhf_envs import families
 
     done = finished(out, env_id, ("ok", "stopped"))

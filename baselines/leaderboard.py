@@ -154,9 +154,8 @@ def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
 
 
 def verify_rows(df: pd.DataFrame, k: int) -> dict[tuple[str, str], str]:
-    """Per (env, run name): replay ``k`` of its runs, drawn with seed 0, as ``python -m
-    baselines.run --from`` does, into a temporary folder; "yes (n replayed)" if each reproduces
-    its metrics.csv byte for byte, else "NO (j of n not reproduced)"."""
+    """Per (env, run name): replay ``k`` of its runs (drawn with seed 0) as ``baselines.run
+    --from`` does; "yes (n replayed)" if each reproduces, else "NO (j of n not reproduced)"."""
     import tempfile
 
     from baselines.run import main as run

@@ -79,8 +79,7 @@ def map_spec(
 
 
 def check_axes(env_id: str, x, y, env_kwargs: dict[str, Any]) -> None:
-    """Refuse a knob named twice, a knob also fixed in ``--env-kwargs``, or a value the env
-    rejects, with one line naming the flag."""
+    """Refuse a knob named twice or in ``--env-kwargs`` too, or a value the env rejects."""
     import gymnasium as gym
 
     import rlhf_envs  # noqa: F401
@@ -163,8 +162,8 @@ def oracle_free(agent: str) -> bool:
 def best_agent(
     rows: list[dict[str, Any]], x: str, y: str, eligible: set[str] | None = None
 ) -> dict[tuple, str]:
-    """Per cell: the agent with the highest mean final U among those significantly better than naive
-    (``"naive"`` when none is; ties: list order); only ``eligible`` agents count (default all)."""
+    """Per cell: the ``eligible`` agent (default all) with the highest mean final U among those
+    significantly better than naive (``"naive"`` when none is; ties: list order)."""
     out: dict[tuple, str] = {}
     for r in rows:
         key = (r[x], r[y])

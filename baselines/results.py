@@ -21,21 +21,10 @@ from typing import Any
 
 import numpy as np
 
-METRIC_COLUMNS = [
-    "round",
-    "true_utility",
-    "proxy_reward",
-    "gap",
-    "sample_true_utility",
-    "sample_proxy_reward",
-    "rm_error",
-    "signal_norm",
-    "noise_norm",
-    "labels_used",
-    "oracle_queries",
-    "oracle_grad_queries",
-    "oracle_value_equivalents",
-]
+#: the columns of a white-box run's metrics.csv, in order (SB3 runs: the ``sample_`` ones)
+METRIC_COLUMNS = ["round", "true_utility", "proxy_reward", "gap", "sample_true_utility"]
+METRIC_COLUMNS += ["sample_proxy_reward", "rm_error", "signal_norm", "noise_norm", "labels_used"]
+METRIC_COLUMNS += ["oracle_queries", "oracle_grad_queries", "oracle_value_equivalents"]
 
 COUNTERS = ("labels_used", "oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
 #: one counter per query kind (rlhf_envs.core.QUERY_COLUMNS)

@@ -77,8 +77,7 @@ def t_ci(x: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np
 def iqm(x: Any, axis: int | None = None):
     """Interquartile mean: the 25 % trimmed mean (``scipy.stats.trim_mean(x, 0.25)``).
 
-    ``axis=None`` pools all runs of all tasks, as rliable does, and returns a float; with an
-    axis it returns an array (the form :func:`stratified_bootstrap_ci` calls it in).
+    ``axis=None`` pools all runs of all tasks (rliable's) into a float; an axis: an array.
     """
     if axis is None:
         return float(sps.trim_mean(np.concatenate(tasks_of(x)), 0.25, axis=None))
@@ -159,9 +158,8 @@ def probability_of_improvement_ci(
 
 
 def performance_profile(scores: Any, taus: Any) -> np.ndarray:
-    """Run-score distribution: per tau, the fraction of runs with score > tau, taken within each
-    task and averaged over tasks (rliable's definition); one value per tau, non-increasing in tau.
-    """
+    """Run-score distribution: per tau, the fraction of runs with score > tau, within each task
+    and averaged over tasks (rliable's definition)."""
     taus = np.atleast_1d(np.asarray(taus, dtype=float))
     fractions = [(t[:, None] > taus[None, :]).mean(0) for t in tasks_of(scores)]
     return np.mean(fractions, axis=0)

@@ -217,8 +217,7 @@ def run_sweep(jobs: list[Job], folders: list[Path], out: Path, workers, progress
 
 
 def finished(out: Path, env_id: str, statuses: tuple[str, ...] = ("ok",)) -> dict[tuple, dict]:
-    """The summaries of the runs of ``env_id`` under ``out`` whose status is in ``statuses``, by
-    (run name, seed)."""
+    """The summaries of ``env_id``'s runs under ``out`` of ``statuses``, by (run name, seed)."""
     records = results.load_runs([out], statuses).to_dict("records")
     return {(r["run_name"], r["seed"]): r for r in records if r["env_id"] == env_id}
 

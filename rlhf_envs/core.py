@@ -396,12 +396,9 @@ class RLHFCore:
         return self.reward_model.score(self.params, y)
 
     def step(self, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Submit one response per experiment, ``y`` of shape (S, d).
-
-        Returns (proxy reward, true utility, whether the RM was retrained), each per experiment.
-        While :attr:`frozen` it only scores. A step that raises (e.g. ``FloatingPointError``)
-        leaves every experiment (state and random streams) as it was.
-        """
+        """Submit one response per experiment, ``y`` (S, d): (proxy reward, true utility, whether
+        the RM was retrained), each per experiment. While :attr:`frozen` it only scores. A step
+        that raises (e.g. ``FloatingPointError``) leaves every experiment as it was."""
         with torch.no_grad():
             proxy = self.reward_model.score(self.params, y.unsqueeze(1))[:, 0]
             true_u = self.utility(y)

@@ -222,9 +222,8 @@ def _unit(v: np.ndarray, e1: np.ndarray | None = None) -> np.ndarray | None:
 
 
 def _plane(env, a, b, e1, e2, t, points, prompt=None) -> dict[str, Any]:
-    """The maps on the grid ``a x b`` of the plane ``a e1 + b e2`` (responses after ``prompt``,
-    if given): ``U`` (a peak at ``(t, 0)``) and the RM's scores ``r``, with the responses'
-    ``points``; what :func:`vector_plane` and :func:`cluster_plane` return."""
+    """``U`` (a peak at ``(t, 0)``) and the RM's ``r`` on the grid ``a x b`` of the plane
+    ``a e1 + b e2`` (responses after ``prompt``, if given), with the responses' ``points``."""
     c = env.core.config
     A, B = np.meshgrid(a, b)
     u = c.utility_scale * np.exp(-c.utility_width * ((A - t) ** 2 + B**2))
@@ -356,9 +355,8 @@ def _box(x: float, y: float, colour: str):
 
 # -- contextual env --------------------------------------------------------------------------------
 def cluster_plane(env, k: int) -> dict[str, Any]:
-    """The maps of cluster ``k`` in a contextual env's frame: the prompt is the cluster's centre;
-    ``a`` runs along the cluster's target ``y*_k``, ``b`` along the labeler's spurious response
-    dims (made orthogonal to ``y*_k``). Uncounted white-box reads; the env is unchanged."""
+    """The maps of cluster ``k`` (:func:`_plane`; prompt: its centre): ``a`` along ``y*_k``, ``b``
+    along the labeler's spurious dims. Uncounted white-box reads; the env is unchanged."""
     core, c, trail = env.core, env.config, _trail(env)
     y_star = core.targets[k].numpy()
     e1 = _unit(y_star)
@@ -383,8 +381,7 @@ def cluster_plane(env, k: int) -> dict[str, Any]:
 
 
 def draw_contextual(env, fig) -> None:
-    """The frame of a contextual env: per cluster ``U`` and ``r`` on :func:`cluster_plane` and
-    the cluster's score trace."""
+    """The frame of a contextual env: per cluster, :func:`cluster_plane` and its score trace."""
     trail, c = _trail(env), env.config
     shown = list(range(min(c.n_clusters, MAX_CLUSTERS)))
     fig.set_size_inches(FIG_WIDTH, 0.6 + (PANEL_HEIGHT - 0.9) * len(shown))

@@ -516,10 +516,9 @@ class MLPRewardModel(RewardModel):
         """``grad_y <grad_phi r(y), w>`` (S, n, d) for a parameter-shaped direction ``w``: the
         mixed second derivative that exact FPO's closed form needs.
 
-        ``J(y) = <grad_phi r(y), w>`` is the forward-mode derivative of ``r`` along ``w``:
-        ``z1' = Wa y + ba``, ``h1' = s1 z1'``, ``z2' = Wb h1 + W2 h1' + bb``,
-        ``J = wc . h2 + w3 . (s2 z2') + bc + ws . y``; this is its reverse-mode derivative in ``y``.
-        ``sig``: ``(h1, s1, s2)`` of the same ``(params, y)`` if known (see :meth:`parts`).
+        ``J(y) = <grad_phi r(y), w>`` (forward mode: ``z1' = Wa y + ba``, ``h1' = s1 z1'``,
+        ``z2' = Wb h1 + W2 h1' + bb``, ``J = wc . h2 + w3 . (s2 z2') + bc + ws . y``) differentiated
+        in reverse mode. ``sig``: ``(h1, s1, s2)`` if known (:meth:`parts`).
         """
         W1, W2, w3 = params["W1"], params["W2"], params["w3"].unsqueeze(1)
         if sig is None:

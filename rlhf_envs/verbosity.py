@@ -40,13 +40,11 @@ class VerbosityConfig(FollowerConfig):
     ``s . f`` starting at the initial weights below.
 
     Attributes:
-        vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, the rest are
-            neutral words.
+        vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, then words.
         max_len: most tokens per response, EOS included (2..256); the response ends there.
         length_penalty: ``lambda``: each token beyond the answer multiplies the true utility by
             ``exp(-lambda)`` (>= 0).
-        no_answer_value: true utility of a response without ANSWER, as a fraction of
-            ``utility_scale`` before the length factor (in [0, 1]).
+        no_answer_value: ``q``, a response without ANSWER's share of ``utility_scale`` (in [0, 1]).
         rm_answer_weight: initial RM weight on ``has_answer`` (finite).
         rm_length_bias: initial RM weight on ``length`` (finite): the RM's initial length bias.
         rm_filler_bias: initial RM weight on ``filler`` (finite): its initial filler bias.
