@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 from dataclasses import field, make_dataclass
+from multiprocessing import shared_memory
 from typing import Any
 
 import gymnasium as gym
@@ -62,7 +63,8 @@ def _ctx():
     global _context
     if _context is None:
         _context = mp.get_context("forkserver")
-        _context.set_forkserver_preload(["torch", "agents.registry", "baselines.judge"])
+        preload = ["torch", "agents.registry", "baselines.judge", "stable_baselines3"]
+        _context.set_forkserver_preload(preload)
     return _context
 
 
@@ -114,16 +116,17 @@ class AgentProcess:
         self.proc = _ctx().Process(target=_agent_main, args=(child,), daemon=True)
         self.proc.start()
         child.close()
+        self.shm: shared_memory.SharedMemory | None = None
 
     def request(self, msg: tuple | None, serve=None) -> tuple[str, dict, list[torch.Tensor]]:
         """Send ``msg`` (``None``: sent already); answer the agent's queries with
         ``serve(kind, ys)`` until it replies."""
         if msg is not None:
-            to_agent(self.conn, msg)
+            self.tell(msg)
         while True:
             op, meta, arrays = receive(self.conn)
             if op == "query" and serve is not None and len(arrays) == 1:
-                to_agent(self.conn, serve(str(meta.get("kind")), arrays[0]))
+                self.tell(serve(str(meta.get("kind")), arrays[0]))
             elif op == "error":
                 kind = _ERRORS.get(str(meta.get("type")))
                 if kind is None:
@@ -134,13 +137,37 @@ class AgentProcess:
 
     def close(self) -> None:
         try:
-            to_agent(self.conn, ("exit",))
+            self.tell(("exit",))
         except OSError:
             pass
         self.proc.join(2)
         if self.proc.is_alive():
             self.proc.kill()
         self.conn.close()
+        if self.shm is not None:
+            self.shm.close()
+            self.shm.unlink()
+
+    def tell(self, obj) -> None:
+        """Judge -> agent: a plain pickle, tensors by value as numpy arrays (multiprocessing's own
+        pickler would hand the agent the judge's tensor memory); large ones go through this
+        process's outbox, a shared-memory block the judge writes and never reads (the agent has
+        copied a message out before it answers, and the judge writes only after an answer)."""
+        self._at = 0
+        self.conn.send_bytes(pickle.dumps(_pack(obj, self), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def put(self, a: np.ndarray) -> _Shared:
+        """``a`` written into the outbox (grown as needed) after this message's other arrays."""
+        if self.shm is None or self._at + a.nbytes > self.shm.size:
+            size = max(2 * (self._at + a.nbytes), 1 << 20)
+            if self.shm is not None:
+                self.shm.close()
+                self.shm.unlink()
+            self.shm, self._at = shared_memory.SharedMemory(create=True, size=size), 0
+        np.ndarray(a.shape, a.dtype, self.shm.buf, self._at)[...] = a
+        out = _Shared(self.shm.name, self._at, a.dtype.str, a.shape)
+        self._at += a.nbytes
+        return out
 
 
 # -- white-box runs ---------------------------------------------------------------------------
@@ -157,7 +184,7 @@ def remote_seat(env, job, seeds: list[int], rows: slice, callback=None):
             return answer(core, rows, reads, kind, ys, env.unwrapped.ys_error)
 
         def send(self, t: int, T: int, state: dict | None) -> None:
-            to_agent(self.process.conn, ("play", t, T, state))
+            self.process.tell(("play", t, T, state))
 
         def receive(self) -> tuple[torch.Tensor, torch.Tensor]:
             op, _, arrays = self.process.request(None, self.serve)
@@ -177,12 +204,6 @@ def remote_seat(env, job, seeds: list[int], rows: slice, callback=None):
     return seat
 
 
-def to_agent(conn, obj) -> None:
-    """Judge -> agent: a plain pickle with tensors as numpy arrays (by value, and many times
-    faster; multiprocessing's own pickler would hand the agent the judge's tensor memory)."""
-    conn.send_bytes(pickle.dumps(_pack(obj), protocol=pickle.HIGHEST_PROTOCOL))
-
-
 def from_judge(conn):
     return _unpack(pickle.loads(conn.recv_bytes()))
 
@@ -199,23 +220,44 @@ class _Tensor:
         return _Tensor, (self.array,)
 
 
-def _pack(x):
+class _Shared:
+    """A tensor in the judge's outbox: where it is, to be copied out on the agent's side."""
+
+    __slots__ = ("name", "at", "dtype", "shape")
+
+    def __init__(self, name: str, at: int, dtype: str, shape: tuple):
+        self.name, self.at, self.dtype, self.shape = name, at, dtype, shape
+
+    def __reduce__(self):
+        return _Shared, (self.name, self.at, self.dtype, self.shape)
+
+    def read(self) -> np.ndarray:
+        if self.name not in _outboxes:  # (the fork server's children share the judge's tracker)
+            _outboxes[self.name] = shared_memory.SharedMemory(self.name)
+        return np.ndarray(self.shape, self.dtype, _outboxes[self.name].buf, self.at).copy()
+
+
+_outboxes: dict[str, shared_memory.SharedMemory] = {}  # the agent's side: attached outboxes
+
+
+def _pack(x, outbox: AgentProcess):
     if isinstance(x, torch.Tensor):
-        return _Tensor(x.detach().numpy())
+        a = x.detach().numpy()
+        return outbox.put(a) if a.nbytes >= 1 << 14 else _Tensor(a)
     if isinstance(x, (tuple, list)):
-        return type(x)(_pack(v) for v in x)
+        return type(x)(_pack(v, outbox) for v in x)
     if isinstance(x, dict):
         out = copy.copy(x)  # the same class (FlatParams keeps its flat vector)
-        out.update([(k, _pack(v)) for k, v in x.items()])
+        out.update([(k, _pack(v, outbox)) for k, v in x.items()])
         if hasattr(x, "flat"):
-            out.flat = _pack(x.flat)
+            out.flat = _pack(x.flat, outbox)
         return out
     return x
 
 
 def _unpack(x):
-    if isinstance(x, _Tensor):
-        return torch.from_numpy(x.array)
+    if isinstance(x, (_Tensor, _Shared)):
+        return torch.from_numpy(x.array if isinstance(x, _Tensor) else x.read())
     if isinstance(x, (tuple, list)):
         return type(x)(_unpack(v) for v in x)
     if isinstance(x, dict):
@@ -265,7 +307,12 @@ def judge_sb3(job, seed: int, record, eval_responses: int) -> dict[str, float]:
                 if info.get("rm_updated"):
                     state = follower_state(inner.core, slice(None), reads, False)
                 y = inner.last_response
-                reply = (obs, reward, term, trunc, shown(info), y, state, done)
+                # the reset the agent's vector env makes next, made here: one message less
+                after = None
+                if term or trunc:
+                    after = env.reset()
+                    after = (after[0], shown(after[1]))
+                reply = (obs, reward, term, trunc, shown(info), y, state, done, after)
             elif op == "eval" and done and evaluating is None:
                 evaluating = copy.deepcopy(inner)  # the run's env, RM and counters untouched
                 scores: dict[str, list] = {"": [], "blind_cluster": [], "other_clusters": []}
@@ -500,16 +547,21 @@ class RemoteEnv(gym.Env, Oracle):
         Oracle.__init__(self, lambda kind, ys: _ask(conn, kind, ys))
         self.conn, self.reads = conn, reads
         self.observation_space, self.action_space = observation_space, action_space
-        self.last_response, self.done, self._state = None, False, None
+        self.last_response, self.done, self._state, self._after = None, False, None, None
 
     def reset(self, *, seed=None, options=None):
+        if self._after is not None and seed is None:  # the judge has reset already
+            out, self._after = self._after, None
+            return out
         send(self.conn, "reset", {"seed": seed})
         obs, info, self._state = from_judge(self.conn)
         return obs, info
 
     def step(self, action):
         send(self.conn, "step", {}, [np.asarray(action)])
-        obs, reward, term, trunc, info, self.last_response, state, self.done = from_judge(self.conn)
+        obs, reward, term, trunc, info, self.last_response, state, self.done, self._after = (
+            from_judge(self.conn)
+        )
         self._state = state if state is not None else self._state
         return obs, reward, term, trunc, info
 
