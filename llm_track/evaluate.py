@@ -343,7 +343,7 @@ def markdown(results, summaries, pairs, seed_pairs, meta) -> str:
     lines = [
         f"## LLM track: {meta['preset']} preset",
         "",
-        f"Runs: {meta['n_runs']} ({meta['models']}); held-out prompts: {meta['n_prompts']} "
+        f"Runs: {meta['n_runs']} of {meta['steps']} steps ({meta['models']}); held-out prompts: {meta['n_prompts']} "
         f"({meta['prompt_source']}), greedy answers of at most {meta['max_new']} tokens.",
         "",
         "Seeds are the unit of replication: each run is summarised by its mean over the "
@@ -467,6 +467,7 @@ def evaluate(
         "prompt_source": source,
         "max_new": max_new,
         "preset": cfg.preset,
+        "steps": "/".join(sorted({str(c.steps) for c in configs.values()})),
     }
     results: dict[str, dict[int, dict]] = {}
     summaries: dict[str, dict[int, dict]] = {}
