@@ -41,8 +41,7 @@ from rlhf_envs.core import check_float
 class KLPenaltyCallback(BaseCallback):
     """Subtract ``kl_coef * (log pi_theta(a|s) - log pi_0(a|s))`` from each step's reward.
 
-    ``pi_0`` is a frozen deep copy of ``model.policy`` taken when training first starts (a
-    callback reused for a later ``learn`` call keeps its first copy). Use with PPO or A2C.
+    ``pi_0``: a frozen copy of ``model.policy`` from the first training start. PPO or A2C.
     """
 
     def __init__(self, kl_coef: float, verbose: int = 0):

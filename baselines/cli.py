@@ -87,8 +87,7 @@ ROUNDS.add_argument(
 
 
 def add_results(p: argparse.ArgumentParser, default: str, what: str) -> None:
-    """``--results``: where ``what`` goes (an untracked ``default``; the committed ``results/``
-    only with ``--force``, see :data:`PUBLISH`)."""
+    """``--results``: where ``what`` goes (committed ``results/`` only with ``--force``)."""
     p.add_argument(
         "--results",
         default=default,

@@ -454,8 +454,7 @@ def summarise(history: dict, col: int) -> dict[str, Any]:
 
 
 def failure(error: BaseException) -> tuple[str, str]:
-    """``(status, reason)`` of a run that ``error`` ended: ``"stopped"`` for a diverged policy
-    (``FloatingPointError``), else ``"failed"``."""
+    """``(status, reason)`` of a run ended by ``error``: ``"stopped"`` if diverged, else failed."""
     if isinstance(error, FloatingPointError):
         return "stopped", str(error)
     return "failed", f"{type(error).__name__}: {error}"

@@ -186,8 +186,7 @@ def plan_sweep(
 
 
 def run_sweep(jobs: list[Job], folders: list[Path], out: Path, workers, progress: bool = False):
-    """Run the planned ``jobs`` on the backend of the :data:`cli.WORKERS` flags ``workers`` and
-    write ``OUT/sweep_summary.json`` (every run folder's status); returns the summary."""
+    """Run ``jobs`` on the ``workers`` flags' backend; write and return ``sweep_summary.json``."""
     start = time.perf_counter()
     outcomes = cli.execute_on(jobs, workers, progress)
     wall = time.perf_counter() - start

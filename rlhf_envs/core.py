@@ -244,8 +244,7 @@ STATE = ("generators", "params", "opt_state", "buffer_y", "buffer_t", "buffer_le
 
 
 def make_reward_model(c: BlindSpotConfig, mean: torch.Tensor, skip: torch.Tensor | None):
-    """The reward model ``c`` describes: linear with initial weights ``mean`` plus noise, or an
-    MLP with the trainable linear skip term ``skip`` (None: none)."""
+    """The reward model ``c`` describes: linear around ``mean``, or an MLP with skip ``skip``."""
     opt = OptimizerConfig(c.rm_optimizer, c.rm_lr, c.rm_weight_decay)
     dtype = getattr(torch, c.dtype)
     if c.reward_model == "linear":

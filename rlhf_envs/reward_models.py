@@ -91,8 +91,7 @@ class RewardModel:
         return torch.cat([per_sample[k].reshape(S, n, -1) for k in names], dim=-1)
 
     def init_opt_state(self, params: Params) -> OptState:
-        """Optimiser state: empty for SGD; for Adam the step count and the moment estimates,
-        kept flat as ``(S, P)`` tensors over all parameters in sorted-name order."""
+        """Optimiser state: empty for SGD; for Adam the step and flat ``(S, P)`` moments."""
         if self.optimizer.name == "sgd":
             return {}
         flat = flatten(params)
@@ -154,10 +153,8 @@ class RewardModel:
     def weighted_grad(
         self, params: Params, y: torch.Tensor, a: torch.Tensor, parts: tuple | None = None
     ) -> Params:
-        """``sum_i a_i grad_phi r(y_i)`` per experiment; ``a`` of shape (S, n).
-
-        ``parts`` may pass :meth:`parts` of the same ``(params, y)`` to skip a forward pass.
-        """
+        """``sum_i a_i grad_phi r(y_i)`` per experiment, ``a`` (S, n); ``parts``: :meth:`parts` of
+        the same ``(params, y)``, if known."""
         raise NotImplementedError  # pragma: no cover
 
     def update(
@@ -202,8 +199,7 @@ class RewardModel:
     def apply_grads(
         self, params: Params, opt_state: OptState, grads: Params | torch.Tensor
     ) -> tuple[Params, OptState]:
-        """One optimiser step with the loss gradient ``grads`` (a dict like ``params``, or flat
-        ``(S, P)`` in sorted-name order: the same numbers either way)."""
+        """One optimiser step with the loss gradient ``grads`` (a dict, or flat ``(S, P)``)."""
         cfg = self.optimizer
         if cfg.name == "sgd":
             if isinstance(grads, torch.Tensor):
