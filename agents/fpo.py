@@ -12,17 +12,14 @@ labelled response ``y`` changes its reward there by, to first order,
 with the tangent kernel ``K(a, b) = <grad_phi r(a), grad_phi r(b)>`` given in closed form by each
 reward model (``reward_model.ntk``). The three forms:
 
-* ``relaxed``: the penalty is the error factor times the kernel term (needs the labeler's verdict
-  on the response: an oracle query), so ``r - gamma * penalty`` tracks the RM's reward *after* it
-  learns from ``y``;
+* ``relaxed``: the error factor (the labeler's verdict: an oracle query) times the kernel term,
+  so ``r - gamma * penalty`` tracks the RM's reward *after* it learns from ``y``;
 * ``practical``: the error factor set to 1 (no oracle query);
-* ``exact`` (this suite's extension): the penalty is minus the real change of ``r(y)`` after a
-  virtual optimiser step (same optimiser, loss and buffer, plus ``y``), divided by
-  ``c * eta`` (``c = 2`` for rating, 1 for preference) so that it reduces to ``relaxed`` as
-  ``eta -> 0`` with a plain SGD retrainer.
+* ``exact`` (this suite's extension): minus the real change of ``r(y)`` after a virtual optimiser
+  step (the env's, plus ``y``), divided by ``c * eta`` (``c = 2`` for rating, 1 for preference):
+  ``relaxed`` as ``eta -> 0`` with plain SGD.
 
-All functions take responses ``y`` of shape ``(S, n, d)`` (``S`` experiments, ``n`` candidates)
-and return ``(S, n)``; they are differentiable in ``y``.
+All functions take ``y`` (S, n, d) (``n`` candidates) and return ``(S, n)``, differentiable.
 """
 
 from __future__ import annotations

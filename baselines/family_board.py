@@ -23,11 +23,8 @@ with the highest IQM of normalised final U (below; ties: the first in the grid) 
 
 ``board`` reads only ``tuned_ENV.json`` (refusing to run without it), runs every agent with its
 frozen setting on the *test* split with seeds 0-9 and writes ``RESULTS/BOARD_ENV.md`` (with
-``board_ENV.csv``, ``per_config_ENV.csv`` and ``profile_ENV.png``): normalised final U, IQM and
-mean over configs x seeds with stratified bootstrap 95 % CIs (configs are the strata),
-probability of improvement over naive with its CI, labeler calls per run, performance profiles,
-and the per-config means. The test split enters no choice: its runs are made after the settings
-are frozen and the command takes no setting of its own.
+``board_ENV.csv``, ``per_config_ENV.csv`` and ``profile_ENV.png``), which explains itself. The
+test split enters no choice: the command takes no setting of its own.
 
 Normalised final U of a run on config ``c``: ``(U - mean naive_c) / (mean oracle_c - mean
 naive_c)``, the means over the same seeds of the same split (0 = naive, 1 = the oracle). A run

@@ -23,12 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf_envs.reward_models import (
-    LinearRewardModel,
-    MLPRewardModel,
-    OptimizerConfig,
-    RewardModel,
-)
+from rlhf_envs.reward_models import LinearRewardModel, MLPRewardModel, OptimizerConfig, RewardModel
 
 FEEDBACK_TYPES = ("rating", "preference")
 PREFERENCE_LABELS = ("soft", "sampled")
