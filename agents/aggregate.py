@@ -22,8 +22,7 @@ from rlhf_envs.core import check_int
 @dataclass
 class AggregateConfig(WhiteBoxConfig):
     """:class:`WhiteBoxConfig` plus ``archive_size``, the most labelled responses kept (oldest
-    dropped first; >= 1; the default keeps every label of a 300-round linear or 1000-round neural
-    run)."""
+    dropped first; >= 1; the default holds every label of the committed runs)."""
 
     archive_size: int = 10_000
 

@@ -135,9 +135,8 @@ def exact_score_grad(
                            + <grad_phi r_phi(y), w> (2 / n) (grad_y r_phi(y) - grad_y label)
                            + a grad_y <grad_phi r_phi(y), w>,   w = A'(g) * grad_phi r_phi'(y),
 
-    batched operations instead of autograd through the update (equal to
-    :func:`exact_penalty_and_reward` under autograd to about 1e-12, tested). ``label_grad``: the
-    labeler's verdict's gradient in ``y`` when the policy gradient flows through it.
+    batched operations instead of autograd (:func:`exact_penalty_and_reward`'s to about 1e-12,
+    tested). ``label_grad``: the verdict's gradient in ``y``, if the policy gradient uses it.
     """
     rm, c = core.reward_model, core.config
     if c.feedback != "rating" or not hasattr(rm, "directional_grad_y"):

@@ -32,8 +32,7 @@ class OracleAgent(Agent):
 
 @dataclass
 class OracleValuesConfig(WhiteBoxConfig):
-    """:class:`WhiteBoxConfig` plus ``value_queries`` per policy step (>= 1) and ``probe``, the
-    std ``delta`` of the random probes (> 0); see :class:`OracleValuesAgent`."""
+    """:class:`WhiteBoxConfig` plus ``value_queries`` per step (>= 1), ``probe`` (``delta`` > 0)."""
 
     value_queries: int = 1
     probe: float = 0.1

@@ -85,8 +85,7 @@ def with_role(role: str) -> tuple[str, ...]:
 
 
 def describe() -> str:
-    """The built-in agents, one line each: name, role, what the white-box agent reads with its
-    default config, and the first sentence of its docstring (``baselines.run --list-agents``)."""
+    """The built-in agents, one line each: name, role, reads, summary (``--list-agents``)."""
     import inspect
 
     lines = []

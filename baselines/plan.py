@@ -97,8 +97,7 @@ def yaml_settings(env_id: str, agent_cls: type, policy_optimizer: str = "whitebo
 
 @dataclass
 class Job:
-    """A batch of ``seeds`` of one (env, agent, settings) whose run folders are not finished
-    yet; each seed's settings (:meth:`settings`) are these fields."""
+    """A batch of ``seeds`` of one (env, agent, settings) whose run folders are not finished."""
 
     env_id: str
     agent: str

@@ -147,8 +147,7 @@ def plan_sweep(
         for c in itertools.product(spec["envs"], optimizers, entries, points or [{}])
         if c[0] in c[2].get("envs", [c[0]])
     ]
-    # parallelism comes from the many (env, agent, grid point) jobs; split one's seeds across
-    # workers only when there are fewer of those than workers (results do not depend on it)
+    # split one job's seeds across workers only when jobs are fewer than workers (same results)
     split = jobs if len(combos) < jobs else 1
     for env_id, policy_optimizer, entry, point in combos:
         agent = entry["agent"]

@@ -28,9 +28,8 @@ class _BlindSpotMixin:
     ys_error = "ys must have shape ({S}, ..., {n}): experiments first, response last"
 
     def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
-        """The info dict: counters; with ``proxy`` / ``true_u`` (S,) the response's values; with
-        ``y`` (S, n) the norms of ``y[:, :signal_dims]`` and ``y[:, signal_dims:]``. Scalars for a
-        single env, arrays per experiment for a vector env."""
+        """The info dict: counters, the response's values (``proxy``, ``true_u``) and the norms of
+        ``y`` (S, n); scalars for a single env, arrays per experiment for a vector env."""
         c, n = self.core, getattr(self, "num_envs", None)
         per = (lambda a: a.copy()) if n else (lambda a: a[0].item())
         info: dict[str, Any] = {
@@ -141,8 +140,7 @@ class _BlindSpotMixin:
         return self._query(ys, self.core.utility, "truth_values")
 
     def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`true_utility` and its gradient in ``ys``: a gradient query, counted in
-        ``info["oracle_grad_queries"]`` (``d + 1`` value queries' worth)."""
+        """:meth:`true_utility` and its gradient in ``ys``: a gradient query (``d + 1`` values)."""
         return self._query(ys, self.core.utility_and_grad, "truth_grads")
 
     def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:

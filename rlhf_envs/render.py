@@ -50,9 +50,8 @@ class Trail:
     """What the frames of one experiment need: recent responses and the scores of older ones.
 
     ``items``: ``(vector, proxy, true_utility, round, extra)`` of the last :data:`TRAIL`
-    responses (``extra``: a token response's tokens or a contextual one's cluster); ``scores``:
-    ``(round, proxy, true_utility, extra)`` of the last :data:`HISTORY`. ``experiment``: the
-    core's generator list, replaced by every ``reset(seed=...)``.
+    (``extra``: tokens or cluster); ``scores``: ``(round, proxy, true_utility, extra)`` of the
+    last :data:`HISTORY`. ``experiment``: the core's generators (new at each seeded reset).
     """
 
     def __init__(self, experiment: Any):

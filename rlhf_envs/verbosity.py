@@ -42,8 +42,7 @@ class VerbosityConfig(FollowerConfig):
     Attributes:
         vocab_size: number of tokens (3..1024): 0 = EOS, 1 = ANSWER, 2 = FILLER, then words.
         max_len: most tokens per response, EOS included (2..256); the response ends there.
-        length_penalty: ``lambda``: each token beyond the answer multiplies the true utility by
-            ``exp(-lambda)`` (>= 0).
+        length_penalty: ``lambda``: each token beyond the answer costs a factor ``exp(-lambda)``.
         no_answer_value: ``q``, a response without ANSWER's share of ``utility_scale`` (in [0, 1]).
         rm_answer_weight: initial RM weight on ``has_answer`` (finite).
         rm_length_bias: initial RM weight on ``length`` (finite): the RM's initial length bias.
@@ -132,8 +131,7 @@ class VerbosityCore(RLHFCore):
         return self._utility(y)[0]
 
     def _utility(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U(f), e)``, ``e = exp(-lambda * (max_len * f1 - f0))``, in tensor methods (cheaper
-        than the operators on one response)."""
+        """``(U(f), e)``, ``e = exp(-lambda * (max_len * f1 - f0))``, in cheap tensor methods."""
         c = self.env_config
         f0 = y.select(-1, 0)
         a = f0.mul(1.0 - c.no_answer_value).add(c.no_answer_value)  # q + (1 - q) f0
