@@ -117,11 +117,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def improvement_table(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """P(method beats baseline) on final-block true utility, with a bootstrap CI over seeds.
-
-    Probability of improvement as in Agarwal et al. (arXiv 2108.13264): over all pairs of runs,
-    P(X > Y) + 0.5 P(X = Y); the CI resamples the seeds of both agents.
-    """
+    """P(method beats baseline) on final-block true utility, with a bootstrap CI over seeds
+    (:func:`baselines.stats.probability_of_improvement`, Agarwal et al., arXiv 2108.13264)."""
     from agents import registry
 
     methods = [n for n, c in registry.BUILTIN.items() if c.role == "method"]
@@ -317,8 +314,7 @@ def _cost_frontier(env_id: str, tab: pd.DataFrame, out: Path, plt) -> Path:
 def _signal_noise(curves, env_kwargs, path: Path, plt) -> Path:
     from rlhf_envs import BlindSpotConfig
 
-    # Landscape over (signal norm s, noise norm n) with the signal part aligned with y*:
-    # ||y - y*||^2 = (s - ||y*||)^2 + n^2.
+    # landscape over (signal norm s, noise norm n), aligned: ||y - y*||^2 = (s - ||y*||)^2 + n^2
     c = BlindSpotConfig.from_kwargs(**env_kwargs)
     y_star_norm = abs(c.target_value) * np.sqrt(c.signal_dims)
     grid = np.linspace(0, 1.6 * y_star_norm, 200)

@@ -64,8 +64,7 @@ def mean_ci(x: Any, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, 
 
 
 def t_ci(x: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over the rows of ``x`` (seeds) and its Student-t confidence interval, per column
-    (the curves of ``python -m baselines.plot``); one row: no interval."""
+    """Mean over the rows of ``x`` (seeds) and its Student-t CI per column; one row: no interval."""
     mean = x.mean(0)
     if len(x) < 2:
         return mean, mean, mean

@@ -34,8 +34,7 @@ class ContextualConfig(FollowerConfig):
     Attributes:
         prompt_dims: prompt dimension ``p`` (1..256).
         dims: response dimension ``d`` (1..256).
-        n_clusters: number of prompt clusters (1..2p). Cluster ``k`` is centred at
-            ``cluster_radius * e_k`` for ``k < p`` and ``-cluster_radius * e_(k-p)`` after.
+        n_clusters: number of prompt clusters (1..2p), centred at ``+-cluster_radius * e_k``.
         cluster_radius: distance of the cluster centres from the origin (> 0).
         cluster_std: std of the prompts around their centre (>= 0).
         target_std: per-cluster utility peaks ``y*_k`` are drawn ``N(0, target_std^2 I_d)`` (> 0).
@@ -173,8 +172,7 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
     ``RLHFBlindSpot-v0`` (``env.unwrapped.frozen()`` too: evaluation without training).
 
     ## Observation Space
-    ``Box(-inf, inf, (prompt_dims,), float32)``: the prompt ``x`` (the same ``x``, as float64,
-    is what the RM and the utility see).
+    ``Box(-inf, inf, (prompt_dims,), float32)``: the prompt ``x`` (what the RM sees, as float64).
 
     ## Rewards
     ``r_phi(x, y)``, the current RM's score, computed before the RM learns from ``(x, y)``.

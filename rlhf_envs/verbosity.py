@@ -168,8 +168,8 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
     array) raises, naming ``action``; ``env.unwrapped.frozen()`` as in ``RLHFBlindSpot-v0``.
 
     ## Observation Space
-    ``Box(0, 1, (vocab_size + 1,), float32)``: the count of each token so far / ``max_len``,
-    then the position (tokens so far / ``max_len``). All zeros at the start of a response.
+    ``Box(0, 1, (vocab_size + 1,), float32)``: each token's count so far, then their total, over
+    ``max_len``.
 
     ## Rewards
     0 on every step before the response ends; on the last step, ``r_phi(f)``, the current RM's
