@@ -17,6 +17,8 @@ import multiprocessing as mp
 import os
 import pickle
 import re
+import sys
+import types
 from dataclasses import field, make_dataclass
 from multiprocessing import shared_memory
 from typing import Any
@@ -114,7 +116,12 @@ class AgentProcess:
     def __init__(self):
         self.conn, child = _ctx().Pipe()
         self.proc = _ctx().Process(target=_agent_main, args=(child,), daemon=True)
-        self.proc.start()
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")  # the child needs not import ours
+        try:
+            self.proc.start()
+        finally:
+            sys.modules["__main__"] = main
         child.close()
         self.shm: shared_memory.SharedMemory | None = None
 
@@ -252,6 +259,10 @@ def _pack(x, outbox: AgentProcess):
         if hasattr(x, "flat"):
             out.flat = _pack(x.flat, outbox)
         return out
+    if any(isinstance(v, torch.Tensor) for v in getattr(x, "__dict__", {}).values()):
+        out = copy.copy(x)  # an object holding tensors (the reward model): its tensors packed
+        vars(out).update((k, _pack(v, outbox)) for k, v in vars(x).items())
+        return out
     return x
 
 
@@ -264,6 +275,8 @@ def _unpack(x):
         x.update([(k, _unpack(v)) for k, v in x.items()])
         if hasattr(x, "flat"):
             x.flat = _unpack(x.flat)
+    elif any(isinstance(v, (_Tensor, _Shared)) for v in getattr(x, "__dict__", {}).values()):
+        vars(x).update((k, _unpack(v)) for k, v in vars(x).items())
     return x
 
 
