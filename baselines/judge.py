@@ -462,34 +462,16 @@ def _describe(conn, spec: str, kwargs: dict | None) -> None:
 
     cls = registry.get(spec)
     if kwargs is None:
-        defaults = {
+        keep = ("name", "role", "reads", "cost", "sb3_algos")
+        out = {k: list(v) if isinstance(v, tuple) else v for k in keep if (v := getattr(cls, k))}
+        out["fields"] = {
             f.name: f.default if f.default is not MISSING else f.default_factory()
             for f in fields(cls.config_cls)
         }
-        send(
-            conn,
-            "described",
-            {
-                "name": cls.name,
-                "role": cls.role,
-                "reads": list(cls.reads),
-                "cost": float(cls.cost),
-                "sb3_algos": None if cls.sb3_algos is None else list(cls.sb3_algos),
-                "fields": defaults,
-                "doc": cls.__doc__ or "",
-            },
-        )
-        return
+        return send(conn, "described", {**out, "doc": cls.__doc__ or ""})
     agent = cls(cls.config_cls(**kwargs))
-    send(
-        conn,
-        "built",
-        {
-            "config": agent.config.to_dict(),
-            "reads": list(agent.declared_reads()),
-            "reads_sb3": list(agent.declared_reads(True)),
-        },
-    )
+    out = {"config": agent.config.to_dict(), "reads": list(agent.declared_reads())}
+    send(conn, "built", {**out, "reads_sb3": list(agent.declared_reads(True))})
 
 
 def _ask(conn, kind: str, ys):
