@@ -131,8 +131,9 @@ def sb3_seconds(
     harness runs it (the agent and its algorithm in their own process, the judge recording);
     else the agent-wrapped env and the algorithm in this process, unrecorded."""
     from agents.wrappers import AgentRewardWrapper
+    from baselines.judge import algorithm
     from baselines.plan import Job
-    from baselines.sb3_runner import algorithm, learn_sb3
+    from baselines.sb3_runner import learn_sb3
 
     cls = agent_class(agent)
     cfg = cls(cls.config_cls(**yaml_settings(env_id, cls, algo))).config

@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import re
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from queue import Empty
@@ -27,28 +26,13 @@ RAY_CONNECT_TIMEOUT = 30.0
 def _init_worker(queue, parent: int | None = None, secret: bytes | None = None) -> None:
     global _progress_queue
     _progress_queue = queue
-    _die_with_parent(parent)
+    from baselines.judge import die_with_parent
+
+    die_with_parent(parent)
     if secret is not None:  # the hidden split's, handed over outside the environment
         from rlhf_envs import families
 
         families.set_secret(secret)
-
-
-def _die_with_parent(parent: int | None = None) -> None:
-    """Linux: ask the kernel to kill this worker when the sweep's main process dies, so a killed
-    sweep leaves no orphan still writing run folders (best effort elsewhere). ``parent``: the pid
-    that started this worker; if it died before the request was in place, the worker exits at once.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    if parent is not None and os.getppid() != parent:
-        os._exit(1)
 
 
 class _Progress:
@@ -311,7 +295,7 @@ def execute(
                 out.extend(run_jobs(unit, progress=bar.update))
             return out
         # a plain queue handed to the workers when they start (no manager process, which would
-        # outlive a SIGKILLed parent); the workers die with the parent (_die_with_parent)
+        # outlive a SIGKILLed parent); the workers die with the parent (judge.die_with_parent)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
 

@@ -433,11 +433,33 @@ def _stand_in(spec: str) -> type:
     return Plugin
 
 
+def die_with_parent(parent: int | None = None) -> None:
+    """Linux: ask the kernel to kill this worker when the sweep's main process dies, so a killed
+    sweep leaves no orphan still writing run folders (best effort elsewhere). ``parent``: the pid
+    that started this worker; if it died before the request was in place, the worker exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def algorithm(name: str):
+    """The stable-baselines3 class of ``name`` (one of :data:`ALGOS`)."""
+    import stable_baselines3 as sb3
+
+    return {"ppo": sb3.PPO, "sac": sb3.SAC, "a2c": sb3.A2C}[name]
+
+
 # -- the agent's process ------------------------------------------------------------------------
 def _agent_main(conn) -> None:
-    from baselines.execute import _die_with_parent
-
-    _die_with_parent()  # with the fork server, which ends with the judge
+    die_with_parent()  # with the fork server, which ends with the judge
     torch.set_num_threads(1)
     msg = None
     while True:
@@ -499,7 +521,6 @@ def _play_sb3(
 
     from agents import registry
     from agents.wrappers import AgentRewardWrapper
-    from baselines.sb3_runner import algorithm
 
     cls = registry.get(spec)
     agent = cls(cls.config_cls(**agent_config), seed=seed)

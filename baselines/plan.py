@@ -164,7 +164,8 @@ def _sb3_hyperparams(policy_optimizer, agent, section, sb3_kwargs) -> dict[str, 
     """The SB3 algorithm's arguments: the env's YAML, then ``--sb3-kwargs`` (checked)."""
     import inspect
 
-    from baselines.sb3_runner import ALGOS, algorithm, allowed_algos
+    from baselines.judge import algorithm
+    from baselines.sb3_runner import ALGOS, allowed_algos
 
     if policy_optimizer not in ALGOS:
         raise CLIError(

@@ -34,13 +34,6 @@ _NUMBERS = (int, float, np.number)
 _NOT_MEASURED |= set(QUERY_COLUMNS.values())
 
 
-def algorithm(name: str):
-    """The stable-baselines3 class of ``name`` (one of :data:`ALGOS`)."""
-    import stable_baselines3 as sb3
-
-    return {"ppo": sb3.PPO, "sac": sb3.SAC, "a2c": sb3.A2C}[name]
-
-
 def allowed_algos(agent: str) -> tuple[str, ...]:
     """The SB3 algorithms that ``agent`` (a name or ``module:Class``) works with."""
     from baselines.judge import agent_class

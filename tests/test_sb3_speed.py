@@ -202,7 +202,8 @@ def in_process_sb3(job, seed: int, eval_responses: int = 64) -> dict[str, np.nda
     algorithm sees the agent's reward, and the final policy is evaluated on a copy of the env."""
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-    from baselines.sb3_runner import _Recorder, algorithm
+    from baselines.judge import algorithm
+    from baselines.sb3_runner import _Recorder
 
     env = gym.make(job.env_id, **job.env_kwargs)
     inner = env.unwrapped
