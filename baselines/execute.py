@@ -279,10 +279,9 @@ def execute(
     """
     from tqdm import tqdm
 
-    from baselines.judge import take_secret
+    import baselines.judge  # noqa: F401  (takes the hidden split's secret, at import)
     from rlhf_envs import families
 
-    take_secret()
     units = units_of(jobs, n_workers, together)
     total = sum(j.rounds * len(j.seeds) for j in jobs)
     bar = tqdm(total=total, unit="round", disable=not show_progress, dynamic_ncols=True)

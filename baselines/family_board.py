@@ -401,10 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         args = p.parse_args(argv)
-        from baselines.judge import take_secret
+        import baselines.judge  # noqa: F401  (takes the hidden split's secret, at import)
         from rlhf_envs import families
-
-        take_secret()
 
         if args.env not in families.DISTRIBUTIONS:
             raise CLIError(f"env: {args.env!r} has no family; families: {list(families.ENV_INDEX)}")
