@@ -3,7 +3,7 @@
 Every reward model here holds the parameters of ``S`` independent experiments stacked along a
 leading batch dimension, so that many seeds run as one tensor program. Parameters are plain
 dicts of tensors and every operation is a pure function of them (score, closed-form tangent
-kernel, per-sample gradients, update), which gives agents white-box access without touching the
+kernel and loss gradient, update), which gives agents white-box access without touching the
 environment's state. All FPO penalties are built from the kernel (see :mod:`agents.fpo`).
 """
 
@@ -75,21 +75,6 @@ class RewardModel:
         """``(r, grad_y r, K(y, y), grad_y K(y, y))``, bit for bit, in one pass where it can."""
         return (*self.score_and_grad_y(params, y), *self.ntk_diag_and_grad_y(params, y))
 
-    # -- shared machinery ---------------------------------------------------------------------
-    def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """Flat per-sample gradients ``grad_phi r(y_i)`` (S, n, P), names sorted (torch.func)."""
-        from torch.func import grad, vmap
-
-        names = sorted(params)
-
-        def single(p: Params, yi: torch.Tensor) -> torch.Tensor:
-            batched = {k: v.unsqueeze(0) for k, v in p.items()}
-            return self.score(batched, yi.reshape(1, 1, -1)).reshape(())
-
-        per_sample = vmap(vmap(grad(single), in_dims=(None, 0)), in_dims=(0, 0))(params, y)
-        S, n = y.shape[:2]
-        return torch.cat([per_sample[k].reshape(S, n, -1) for k in names], dim=-1)
-
     def init_opt_state(self, params: Params) -> OptState:
         """Optimiser state: empty for SGD; for Adam the step and flat ``(S, P)`` moments."""
         if self.optimizer.name == "sgd":
@@ -101,23 +86,6 @@ class RewardModel:
             "v": torch.zeros_like(flat),
         }
 
-    def loss(self, params: Params, y, target, feedback: str, reference=None) -> torch.Tensor:
-        """Per-experiment loss (S,) on ``y`` (S, n, d), ``target`` (S, n), ``reference`` (S, d).
-
-        ``rating``: mean ``(r(y) - target)^2``; ``preference``: mean cross-entropy of
-        ``sigmoid(r(y) - r(reference))`` against ``target`` = P(y wins), soft or hard.
-        """
-        r = self.score(params, y)
-        if feedback == "rating":
-            return ((r - target) ** 2).mean(dim=-1)
-        if feedback == "preference":
-            assert reference is not None
-            r_ref = self.score(params, reference.reshape(y.shape[0], 1, -1))
-            logits = r - r_ref
-            bce = F.softplus(logits) - target * logits  # = -[p log s + (1-p) log(1-s)]
-            return bce.mean(dim=-1)
-        raise ValueError(f"feedback must be 'rating' or 'preference', got {feedback!r}")
-
     def loss_grad_and_score(
         self,
         params: Params,
@@ -127,11 +95,14 @@ class RewardModel:
         reference: torch.Tensor | None = None,
         denominator: int | None = None,
     ) -> tuple[Params, torch.Tensor]:
-        """Gradient of :meth:`loss` in every parameter, in closed form, and ``r(y)``, in one pass.
+        """Gradient of the per-experiment loss in every parameter, in closed form, and ``r(y)``.
 
-        ``sum_i a_i grad_phi r(y_i) (+ a_ref grad_phi r(y_ref))``, ``a_i = dloss/dr_i``, by
-        :meth:`weighted_grad` (no autograd: differentiable in ``y`` and ``target``).
-        ``denominator`` replaces the batch size in the mean (a batch's gradient = its parts' sum).
+        The loss on ``y`` (S, n, d), ``target`` (S, n), ``reference`` (S, d): ``rating``, mean
+        ``(r(y) - target)^2``; ``preference``, mean cross-entropy of ``sigmoid(r(y) - r(reference))``
+        against ``target`` = P(y wins), soft or hard. Its gradient ``sum_i a_i grad_phi r(y_i)
+        (+ a_ref grad_phi r(y_ref))``, ``a_i = dloss/dr_i``, comes from :meth:`weighted_grad` (no
+        autograd: differentiable in ``y`` and ``target``). ``denominator`` replaces the batch size
+        in the mean (a batch's gradient = its parts' sum).
         """
         n = y.shape[1] if denominator is None else denominator
         parts = self.parts(params, y)
@@ -314,9 +285,6 @@ class LinearRewardModel(RewardModel):
 
     def ntk(self, params: Params, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return (ya * yb).sum(-1)
-
-    def per_sample_grads(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        return y.clone()
 
     def weighted_grad(self, params, y, a, parts=None) -> Params:
         return {"w": (a.unsqueeze(-1) * y).sum(1)}
