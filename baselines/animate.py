@@ -113,14 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     try:
         args = p.parse_args(argv)
-        import gymnasium as gym
-
         import rlhf_envs
         from baselines.judge import agent_class
 
-        if args.env not in gym.registry or gym.spec(args.env).vector_entry_point is None:
+        if args.env not in rlhf_envs.WHITE_BOX_ENV_IDS:
             raise CLIError(
-                f"--env must be a white-box env ({', '.join(rlhf_envs.BLIND_SPOT_ENV_IDS)}), "
+                f"--env must be a white-box env ({', '.join(rlhf_envs.WHITE_BOX_ENV_IDS)}), "
                 f"got {args.env!r}"
             )
         for agent in args.agents:

@@ -216,7 +216,7 @@ def plan(
     """
     import gymnasium as gym
 
-    import rlhf_envs  # noqa: F401  (registers the envs)
+    import rlhf_envs  # (registers the envs)
     from baselines.judge import agent_class
 
     try:
@@ -234,7 +234,7 @@ def plan(
     if policy_optimizer == "whitebox":
         if sb3_kwargs:
             raise CLIError("--sb3-kwargs needs an SB3 --policy-optimizer (ppo, sac or a2c)")
-        if gym.spec(env_id).vector_entry_point is None:
+        if env_id not in rlhf_envs.WHITE_BOX_ENV_IDS:
             raise CLIError(
                 f"--env: {env_id} has no white-box agents; use --policy-optimizer ppo (or sac, a2c)"
             )

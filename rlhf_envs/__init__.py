@@ -6,6 +6,8 @@ Importing this package registers every environment (all registrations live here)
 >>> env = gym.make("RLHFBlindSpot-v0", signal_dims=3, feedback="rating")
 """
 
+from functools import partial
+
 from gymnasium.envs.registration import register, registry
 
 from rlhf_envs.blind_spot import BlindSpotEnv, BlindSpotVectorEnv
@@ -17,13 +19,21 @@ from rlhf_envs.verbosity import VerbosityConfig, VerbosityEnv
 
 __version__ = "0.1.0"
 
-# Box-response bandits with the paper's blind spots and a natively vectorised version.
+# Box-response bandits with the paper's blind spots and a batched vector env (``submit``).
 BLIND_SPOT_ENV_IDS = ["RLHFBlindSpot-v0", "RLHFNeuralBlindSpot-v0"]
-# Responses mapped to feature vectors for the shared follower (single env only).
+WHITE_BOX_ENV_IDS = BLIND_SPOT_ENV_IDS  # the envs with white-box agents (baselines' optimiser)
+# Responses mapped to feature vectors for the shared follower.
 FEATURE_ENV_IDS = ["RLHFVerbosity-v0", "RLHFContextual-v0"]
 ENV_IDS = BLIND_SPOT_ENV_IDS + FEATURE_ENV_IDS
 
-# id -> (entry point, native vector entry point or None), relative to this package
+
+def _copies(env_id: str, num_envs: int, **kw):  # gym.make_vec(id, n) of an env with no batched one
+    from rlhf_envs.vector import make_vec  # (it imports SB3: not when the package is imported)
+
+    return make_vec(env_id, num_envs, "independent", "sync", **kw)
+
+
+# id -> (entry point, batched vector entry point or None: independent sync copies), in this package
 _SPECS: dict[str, tuple[str, str | None]] = {
     "RLHFBlindSpot-v0": ("blind_spot:BlindSpotEnv", "blind_spot:BlindSpotVectorEnv"),
     "RLHFNeuralBlindSpot-v0": (
@@ -35,11 +45,11 @@ _SPECS: dict[str, tuple[str, str | None]] = {
 }
 
 for _id, (_single, _vector) in _SPECS.items():
-    if _id not in registry:
+    if _id not in registry:  # gym.make_vec(id, n): n independent experiments on all four
         register(
             id=_id,
             entry_point=f"rlhf_envs.{_single}",
-            vector_entry_point=f"rlhf_envs.{_vector}" if _vector else None,
+            vector_entry_point=f"rlhf_envs.{_vector}" if _vector else partial(_copies, _id),
         )
 
 __all__ = [
@@ -60,4 +70,5 @@ __all__ = [
     "RLHFCore",
     "VerbosityConfig",
     "VerbosityEnv",
+    "WHITE_BOX_ENV_IDS",
 ]

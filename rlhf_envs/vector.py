@@ -48,8 +48,9 @@ def make_vec(
     """``num_envs`` copies of ``env_id`` made with ``kw``, as a Gymnasium ``VectorEnv``.
 
     ``follower``: ``"shared"`` (sync only; ``reset(seed=s)``: copy ``i`` draws its prompts from
-    ``s + i``) or ``"independent"``: ``"sync"``, ``"async"`` (:data:`START_METHOD`) or the
-    blind-spot envs' batched ``"vector_entry_point"`` (their default), the same numbers in all.
+    ``s + i``) or ``"independent"``: ``"sync"``, ``"async"`` (:data:`START_METHOD`) or
+    ``"vector_entry_point"`` (the default, ``gym.make_vec(id, n)``'s: batched for the blind-spot
+    envs, else ``"sync"``), the same numbers in all.
     """
     if type(num_envs) is not int or num_envs < 1:
         raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
@@ -59,11 +60,10 @@ def make_vec(
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    batched = follower == "independent" and gym.spec(env_id).vector_entry_point is not None
-    mode = vectorization_mode or ("vector_entry_point" if batched else "sync")
+    mode = vectorization_mode or ("vector_entry_point" if follower == "independent" else "sync")
     if follower == "shared" and mode != "sync":
         raise ValueError(f"vectorization_mode must be 'sync' or None when shared, got {mode!r}")
-    if mode == "vector_entry_point":  # Gymnasium's error names envs without one
+    if mode == "vector_entry_point":
         return gym.make_vec(env_id, num_envs, "vector_entry_point", **kw)
     if follower == "shared":
         envs = share_follower([gym.make(env_id, **kw) for _ in range(num_envs)])

@@ -7,11 +7,14 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
 import rlhf_envs
+from baselines import animate, map, plan
+from baselines.plan import CLIError
 from rlhf_envs.vector import SharedFollower, make_vec, share_follower
 
 TOKEN = "RLHFVerbosity-v0"
@@ -95,11 +98,15 @@ def test_shared_form_copies_draw_their_own_prompts():
 
 @pytest.mark.parametrize(
     "env_id,mode",
-    [(e, None) for e in rlhf_envs.ENV_IDS] + [(e, "sync") for e in rlhf_envs.BLIND_SPOT_ENV_IDS],
+    [(e, m) for e in rlhf_envs.ENV_IDS for m in (None, "gym")]
+    + [(e, "sync") for e in rlhf_envs.BLIND_SPOT_ENV_IDS],
 )
 def test_independent_form_reproduces_the_single_envs(env_id, mode):
     acts = copy_actions(env_id, 3, steps=16, seed=1)
-    venv = make_vec(env_id, 3, follower="independent", vectorization_mode=mode)
+    if mode == "gym":  # gym.make_vec(id, n): the same experiments (the batched env's numbers)
+        venv = gym.make_vec(env_id, 3)
+    else:
+        venv = make_vec(env_id, 3, follower="independent", vectorization_mode=mode)
     venv.reset(seed=5)
     rewards, truths = [], []
     for a in acts:
@@ -162,11 +169,72 @@ def test_bad_arguments_name_themselves():
         make_vec("RLHFBlindSpot-v0", 2, vectorization_mode="threads")
     with pytest.raises(ValueError, match="vectorization_mode must be 'sync' or None"):
         make_vec("RLHFBlindSpot-v0", 2, vectorization_mode="async")
-    with pytest.raises(gym.error.Error, match="vector entry point"):  # Gymnasium's own
-        make_vec(TOKEN, 2, follower="independent", vectorization_mode="vector_entry_point")
     with pytest.raises(TypeError, match="venv must be an SB3 DummyVecEnv"):
         SharedFollower(VecMonitor(DummyVecEnv([lambda: gym.make(TOKEN)])))
     with pytest.raises(ValueError, match="same arguments"):
         share_follower([gym.make(TOKEN), gym.make(TOKEN, max_len=4)])
     with pytest.raises(ValueError, match="signal_dims"):  # the env's own checks still apply
         make_vec("RLHFBlindSpot-v0", 2, signal_dims=0)
+
+
+def rms_and_rounds(venv):
+    """(reward models, each copy's round) of a vector env: the batched one or copies of an env."""
+    if hasattr(venv, "envs"):
+        cores = [e.unwrapped.core for e in venv.envs]
+        return len({id(c) for c in cores}), [int(c.round) for c in cores]
+    return venv.unwrapped.core.S, [int(venv.unwrapped.core.round)] * venv.num_envs
+
+
+FORMS = {  # form -> (make it with 4 copies, reward models, rounds per single env's round)
+    "gym.make_vec": (lambda e: gym.make_vec(e, 4), 4, 1),
+    "independent": (lambda e: make_vec(e, 4, follower="independent"), 4, 1),
+    "shared": (lambda e: make_vec(e, 4), 1, 4),
+}
+# what the batched env's step reports: every form of every env reports it for every response
+INFO_KEYS = {"true_utility", "proxy_reward", "round", "rm_updated", "labels_used"}
+INFO_KEYS |= {"oracle_queries", "oracle_grad_queries", "oracle_value_equivalents"}
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("env_id", rlhf_envs.ENV_IDS)
+def test_each_form_means_the_same_on_all_four_envs(env_id, form):
+    make, rms, speed = FORMS[form]
+    venv = make(env_id)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP  # no action thrown away
+    venv.reset(seed=0)
+    acts = copy_actions(env_id, 4)
+    answered = 0
+    for a in acts:
+        _, _, term, trunc, infos = venv.step(a)
+        done = term | trunc  # an answer ends its episode
+        info = infos["final_info"] if "final_info" in infos else infos  # the batched env: infos
+        assert INFO_KEYS <= set(info) or not done.any()
+        answered += int(done.sum())
+    single = run_single(env_id, 0, acts[:, 0])[2]
+    assert single.round >= 2
+    assert rms_and_rounds(venv) == (rms, [speed * single.round] * 4)
+    assert answered == 4 * responses(single)  # every copy's every answer
+    venv.close()
+
+
+@pytest.mark.parametrize("env_id", rlhf_envs.ENV_IDS)
+def test_gym_sync_mode_stays_gymnasiums_own(env_id):
+    venv = gym.make_vec(env_id, 3, vectorization_mode="sync")
+    assert type(venv) is SyncVectorEnv
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    venv.reset(seed=0)
+    assert rms_and_rounds(venv)[0] == 3
+
+
+def test_white_box_envs_are_named_not_read_from_the_registry(tmp_path, capsys):
+    assert all(gym.spec(e).vector_entry_point is not None for e in rlhf_envs.ENV_IDS)
+    for env_id in rlhf_envs.WHITE_BOX_ENV_IDS:  # the harness's batched env, white-box numbers
+        assert hasattr(gym.make_vec(env_id, 2), "submit")
+        map.check_axes(env_id, ("label_noise", [0.0]), ("rm_lr", [0.1]), {})
+    for env_id in rlhf_envs.FEATURE_ENV_IDS:
+        with pytest.raises(CLIError, match="no white-box agents"):
+            plan.plan(env_id, "naive", [0], 2, {}, {}, tmp_path)
+        with pytest.raises(CLIError, match="no white-box agents"):
+            map.check_axes(env_id, ("label_noise", [0.0]), ("rm_lr", [0.1]), {})
+        assert animate.main(["--env", env_id]) == 2
+        assert "must be a white-box env" in capsys.readouterr().err
