@@ -44,11 +44,6 @@ class Tracker:
         self.writer = writer
         self.wandb_run = wandb_run
 
-    @property
-    def active(self) -> bool:
-        """Whether any backend is open."""
-        return self.writer is not None or self.wandb_run is not None
-
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log scalar ``metrics`` at ``step``; non-numbers and non-finite values are skipped."""
         values = {}
@@ -65,13 +60,13 @@ class Tracker:
         if self.wandb_run is not None and values:
             self.wandb_run.log(values, step=int(step))
 
-    def log_history(self, history: Mapping[str, Any], column: int = 0, start: int = 1) -> None:
-        """Log every round of ``history`` (arrays of shape (rounds,) or (rounds, S))."""
+    def log_history(self, history: Mapping[str, Any], column: int = 0) -> None:
+        """Log every round of ``history`` (arrays of shape (rounds,) or (rounds, S)), from step 1."""
         arrays = {k: np.asarray(v) for k, v in history.items()}
         arrays = {k: (v[:, column] if v.ndim == 2 else v) for k, v in arrays.items() if v.ndim}
         rounds = max((len(v) for v in arrays.values()), default=0)
         for t in range(rounds):
-            self.log(start + t, {k: v[t] for k, v in arrays.items() if t < len(v)})
+            self.log(t + 1, {k: v[t] for k, v in arrays.items() if t < len(v)})
 
     def close(self) -> None:
         if self.writer is not None:
@@ -107,13 +102,11 @@ def open_trackers(
     wandb_project: str | None = None,
     run_name: str = "run",
     config: Mapping[str, Any] | None = None,
-    wandb_mode: str | None = None,
-    wandb_dir: str | Path | None = None,
 ) -> Tracker:
     """Open the backends asked for (neither: a tracker that does nothing). TensorBoard events go
     to ``tensorboard_dir / run_name`` (``config`` as a JSON text summary); W&B gets one run named
-    ``run_name`` in ``wandb_project`` with ``config``. ``wandb_mode``: ``"online"``,
-    ``"offline"`` or ``"disabled"`` (``None``: W&B's default, e.g. ``WANDB_MODE``)."""
+    ``run_name`` in ``wandb_project`` with ``config`` (its mode and folder: ``WANDB_MODE``,
+    ``WANDB_DIR``)."""
     if not isinstance(run_name, str) or not run_name:
         raise ValueError(f"run_name must be a non-empty string, got {run_name!r}")
     tb = backend("--tensorboard") if tensorboard_dir is not None else None
@@ -126,13 +119,8 @@ def open_trackers(
             raise TrackerError(f"--tensorboard: cannot write to {tensorboard_dir}: {e}") from None
         writer.add_text("config", "```\n" + json.dumps(_jsonable(config), indent=2) + "\n```")
     if wandb is not None:
-        kwargs = dict(project=wandb_project, name=run_name, config=_jsonable(config))
-        if wandb_mode is not None:
-            kwargs["mode"] = wandb_mode
-        if wandb_dir is not None:
-            kwargs["dir"] = str(wandb_dir)
         try:
-            run = wandb.init(**kwargs)
+            run = wandb.init(project=wandb_project, name=run_name, config=_jsonable(config))
         except Exception as e:  # W&B raises its own errors (no login, bad project, ...)
             if writer is not None:
                 writer.close()

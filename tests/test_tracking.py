@@ -49,7 +49,7 @@ def test_white_box_history_reads_back_from_tensorboard(tmp_path):
 def test_log_per_round_skips_what_is_not_a_finite_number(tmp_path):
     pytest.importorskip("tensorboard")
     tracker = tracking.open_trackers(tensorboard_dir=tmp_path, run_name="r", config={"a": 1})
-    assert tracker.active
+    assert tracker.writer is not None
     tracker.log(1, {"x": 1.5, "n": np.int64(3), "bad": float("nan"), "text": "hi"})
     tracker.log(2, {"x": np.array([2.5])})
     tracker.close()
@@ -60,7 +60,7 @@ def test_log_per_round_skips_what_is_not_a_finite_number(tmp_path):
 
 def test_no_backend_is_a_tracker_that_does_nothing():
     tracker = tracking.open_trackers()
-    assert not tracker.active
+    assert tracker.writer is None and tracker.wandb_run is None
     tracker.log(1, {"x": 1.0})
     tracker.close()
 
@@ -80,13 +80,11 @@ def test_wandb_run_gets_config_and_steps(monkeypatch, tmp_path):
         return FakeRun()
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
-    with tracking.open_trackers(
-        None, "proj", "env/agent/seed_0", {"path": tmp_path}, wandb_mode="offline"
-    ) as tracker:
+    with tracking.open_trackers(None, "proj", "env/agent/seed_0", {"path": tmp_path}) as tracker:
         tracker.log_history({"true_utility": np.array([[1.0, 9.0], [2.0, 9.0]])}, column=0)
     init_kwargs = calls[0][1]
     assert init_kwargs["project"] == "proj" and init_kwargs["name"] == "env/agent/seed_0"
-    assert init_kwargs["mode"] == "offline" and init_kwargs["config"] == {"path": str(tmp_path)}
+    assert init_kwargs["config"] == {"path": str(tmp_path)}
     assert calls[1:] == [
         ("log", 1, {"true_utility": 1.0}),
         ("log", 2, {"true_utility": 2.0}),
@@ -94,11 +92,11 @@ def test_wandb_run_gets_config_and_steps(monkeypatch, tmp_path):
     ]
 
 
-def test_wandb_offline_for_real(tmp_path):
+def test_wandb_offline_for_real(monkeypatch, tmp_path):
     pytest.importorskip("wandb")
-    with tracking.open_trackers(
-        None, "rlhf-test", "r", {"a": 1}, wandb_mode="offline", wandb_dir=tmp_path
-    ) as tracker:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    with tracking.open_trackers(None, "rlhf-test", "r", {"a": 1}) as tracker:
         tracker.log(1, {"x": 1.0})
     assert list(tmp_path.rglob("*.wandb"))
 
