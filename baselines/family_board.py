@@ -3,8 +3,8 @@
     python -m baselines.family_board check ENV [--split train|test|both] [--candidates N]
     python -m baselines.family_board tune ENV [--agents a,b]  # train split, seeds 100-109
     python -m baselines.family_board board ENV         # test split, seeds 0-9
-    (each with [--jobs 2] [--backend local|ray] [--out runs/families/CMD]
-     [--results leaderboard/families] [--force])
+    (each with [--version v1|v2] [--jobs 2] [--backend local|ray] [--out runs/families/CMD]
+     [--results leaderboard/families] [--force]; v2's splits and files: ``v2/test``, ``*_v2_ENV``)
 
 ``check`` draws the first ``N`` candidates of a split from the env's family distribution
 (:func:`rlhf_envs.families.candidates`), runs the oracle and naive on each with the check seeds
@@ -71,11 +71,21 @@ GRID: dict[str, dict[str, list[float]]] = {
 }
 
 
-def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path) -> list[dict]:
+def _names(version: str) -> tuple[str, str]:
+    """A family version's split prefix and file suffix (none for the default version)."""
+    from rlhf_envs import families
+
+    return ("", "") if version == families.VERSION else (f"{version}/", f"_{version}")
+
+
+def check(
+    env_id: str, splits: list[str], n: int, workers, out: Path, res: Path, version: str = "v1"
+) -> list[dict]:
     """Run the check (see the module docstring); returns the CSV rows."""
     from rlhf_envs import families
 
-    cands = {split: families.candidates(env_id, split, n) for split in splits}
+    pre, sfx = _names(version)
+    cands = {pre + split: families.candidates(env_id, pre + split, n) for split in splits}
     entries = [
         {"agent": agent, "tag": f"{split}{i}", "env_kwargs": kw, "envs": [env_id]}
         for split, items in cands.items()
@@ -89,7 +99,8 @@ def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path)
     rows = []
     for split, items in cands.items():
         for i, kw in enumerate(items):
-            names = [run_folder_name(a, tag=f"{split}{i}") for a in ("oracle", "naive")]
+            tag = _SAFE.sub("_", f"{split}{i}")
+            names = [run_folder_name(a, tag=tag) for a in ("oracle", "naive")]
             o, nv = ([ok[n, s] for s in CHECK_SEEDS if (n, s) in ok] for n in names)
             row = {"split": split, "candidate": i, **{k: kw[k] for k in sorted(kw)}}
             for col, runs, key in (
@@ -105,7 +116,7 @@ def check(env_id: str, splits: list[str], n: int, workers, out: Path, res: Path)
             row["naive_collapses"] = bool(drop >= COLLAPSE_DROP and row["naive_drop_lo"] > 0)
             rows.append(row)
     res.mkdir(parents=True, exist_ok=True)
-    results.write_csv(res / f"check_{env_id}.csv", rows, lineterminator="\n")
+    results.write_csv(res / f"check{sfx}_{env_id}.csv", rows, lineterminator="\n")
     return rows
 
 
@@ -192,13 +203,13 @@ def tune(
     res: Path,
     agents: list[str] | None = None,
     dtype: str = "float64",
+    version: str = "v1",
 ) -> dict[str, Any]:
     """The tuning protocol (see the module docstring); returns the frozen settings.
 
     ``workers``: the :data:`cli.WORKERS` flags and ``batch_agents``. ``agents``: those of
     :data:`GRID` to tune (default: all). ``dtype``: the followers' (recorded; a board must match).
     """
-    from rlhf_envs import families
 
     settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
     for agent, grid in GRID.items():
@@ -208,8 +219,9 @@ def tune(
             kw = dict(zip(grid, combo, strict=True))
             label = ",".join(f"{k}={v}" for k, v in kw.items())
             settings[f"{agent}:{label}"] = (agent, kw)
-    _run(_spec(env_id, "train", settings, TUNE_SEEDS, dtype), out, workers)
-    norm, _, _ = normalised(out, env_id, "train", settings, TUNE_SEEDS)
+    pre, sfx = _names(version)
+    _run(_spec(env_id, pre + "train", settings, TUNE_SEEDS, dtype), out, workers)
+    norm, _, _ = normalised(out, env_id, pre + "train", settings, TUNE_SEEDS)
     rows, chosen = [], {}
     for label, (agent, kw) in settings.items():
         score = stats.iqm(norm[label])
@@ -217,10 +229,10 @@ def tune(
         rows.append({"agent": agent, "setting": json.dumps(kw), "iqm": score, "lo": lo, "hi": hi})
         if agent in GRID and (agent not in chosen or score > chosen[agent][1]):
             chosen[agent] = (kw, score)
-    results.write_csv(res / f"tune_{env_id}.csv", rows, lineterminator="\n")
+    results.write_csv(res / f"tune{sfx}_{env_id}.csv", rows, lineterminator="\n")
     frozen = {
         "env_id": env_id,
-        "family_version": families.VERSION,
+        "family_version": version,
         "split": "train",
         "seeds": TUNE_SEEDS,
         "rule": "per agent, the grid value with the highest IQM of normalised final U over "
@@ -230,12 +242,18 @@ def tune(
         **({"dtype": dtype} if dtype != "float64" else {}),  # float64 files read as before
         "git_commit": results.git_commit(),
     }
-    results.atomic_write_json(res / f"tuned_{env_id}.json", frozen)
+    results.atomic_write_json(res / f"tuned{sfx}_{env_id}.json", frozen)
     return frozen
 
 
 def board(
-    env_id: str, workers, out: Path, res: Path, dtype: str = "float64", hidden: bool = False
+    env_id: str,
+    workers,
+    out: Path,
+    res: Path,
+    dtype: str = "float64",
+    hidden: bool = False,
+    version: str = "v1",
 ) -> str:
     """The generalisation leaderboard on the test split (see the module docstring), followers in
     ``dtype`` (the tuning's); ``hidden``: on :data:`rlhf_envs.families.HIDDEN` instead, revealed
@@ -243,11 +261,12 @@ def board(
     from baselines.judge import agent_class
     from rlhf_envs import families
 
-    path = res / f"tuned_{env_id}.json"
+    pre, vsfx = _names(version)
+    path = res / f"tuned{vsfx}_{env_id}.json"
     if not path.exists():
         raise CLIError(f"--results: {path} is missing; run the tune command first")
     frozen = json.loads(path.read_text())
-    if frozen.get("family_version") != families.VERSION:
+    if frozen.get("family_version") != version:
         raise CLIError(f"--results: {path} was tuned on another family version")
     if frozen.get("dtype", "float64") != dtype:
         raise CLIError(
@@ -259,7 +278,7 @@ def board(
     settings = {
         k: settings[k] for k in sorted(settings, key=lambda a: (a == "oracle", a != "naive"))
     }
-    split, sfx = (families.HIDDEN, "_hidden") if hidden else ("test", "")
+    split, sfx = (pre + families.HIDDEN, vsfx + "_hidden") if hidden else (pre + "test", vsfx)
     t0 = time.perf_counter()
     _run(_spec(env_id, split, settings, TEST_SEEDS, dtype), out, workers)
     wall = time.perf_counter() - t0
@@ -293,12 +312,14 @@ def board(
     f = lambda m, lo, hi: f"{m:.2f} [{lo:.2f}, {hi:.2f}]"  # noqa: E731
     note = f" Followers in {dtype} (`--dtype {dtype}`): not comparable bit for bit with a float64"
     lines = [
-        f"# Generalisation leaderboard: {env_id} family {families.VERSION}, {split} split",
+        f"# Generalisation leaderboard: {env_id} family {version}, {split} split",
         "",
-        f"Generated by `python -m baselines.family_board board {env_id}`; do not edit by hand.",
+        f"Generated by `python -m baselines.family_board board {env_id}"
+        + (f" --version {version}" if pre else "")
+        + "`; do not edit by hand.",
         f"{len(per_config)} {split} configs x seeds {TEST_SEEDS[0]}-{TEST_SEEDS[-1]}, "
         f"{families.ROUNDS[env_id]} rounds; settings frozen on the train split "
-        f"(`tuned_{env_id}.json`, seeds 100-109). Normalised final U: 0 = naive's mean final "
+        f"(`tuned{vsfx}_{env_id}.json`, seeds 100-109). Normalised final U: 0 = naive's mean final "
         "true utility on the config, 1 = the oracle's. IQM and mean over configs x seeds with "
         "stratified bootstrap 95 % CIs; P(improvement) over naive on the raw final U, per "
         f"config, averaged (95 % CI). Runs: wall time {wall:.0f} s for what this call computed."
@@ -329,14 +350,16 @@ def board(
             "Hidden split: drawn from the family's distribution with a secret only the judge's",
             "process held (not filtered for learnability); the runs' records keep its commitment",
             f"`{families.commitment()}`; the secret and the configs are revealed in",
-            f"`revealed_{env_id}.json`, written after this board.",
+            f"`revealed{vsfx}_{env_id}.json`, written after this board.",
         ]
     text = "\n".join(lines) + "\n"
     results.atomic_write_text(res / f"BOARD{sfx}_{env_id}.md", text)
     if hidden:
         reveal = {"secret": families.secret().decode(), "commitment": families.commitment()}
         reveal["configs"] = families.configs(env_id, split)
-        results.atomic_write_text(res / f"revealed_{env_id}.json", json.dumps(reveal, indent=1))
+        results.atomic_write_text(
+            res / f"revealed{vsfx}_{env_id}.json", json.dumps(reveal, indent=1)
+        )
     return text
 
 
@@ -351,14 +374,14 @@ def _profile(norm: dict[str, list[np.ndarray]], path: Path, title: str) -> None:
     save(fig, path)
 
 
-def frozen_entry(env_id: str, rows: list[dict], size: int) -> str:
-    """``env_id``'s entry of ``rlhf_envs/data/families_v1.json`` (JSON) from the check rows."""
+def frozen_entry(env_id: str, rows: list[dict], size: int, version: str = "v1") -> str:
+    """``env_id``'s entry of ``rlhf_envs/data/families_VERSION.json`` (JSON) from the check rows."""
     from rlhf_envs import families
 
-    knobs = list(families.DISTRIBUTIONS[env_id])
+    knobs = list(families.VERSION_DISTRIBUTIONS[version][env_id])
     entry = {}
     for split in families.SPLITS:
-        ok = [r for r in rows if r["split"] == split and r["learnable"]][:size]
+        ok = [r for r in rows if r["split"] == _names(version)[0] + split and r["learnable"]][:size]
         entry[split] = {
             "candidates": [r["candidate"] for r in ok],
             "configs": [{k: r[k] for k in knobs} for r in ok],
@@ -376,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         c = sub.add_parser(cmd, help=what, parents=[cli.WORKERS, cli.PUBLISH])
         c.add_argument("env", help="RLHFBlindSpot-v0 or RLHFNeuralBlindSpot-v0")
+        c.add_argument("--version", default="v1", help="family version: v1 (default) or v2")
         c.add_argument("--out", default=f"runs/families/{cmd}", help="run folders")
         cli.add_results(c, "leaderboard/families", "its CSV, JSON, Markdown and figure files")
         cli.add_batch_flag(c)
@@ -406,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.env not in families.DISTRIBUTIONS:
             raise CLIError(f"env: {args.env!r} has no family; families: {list(families.ENV_INDEX)}")
+        if args.version not in families.VERSIONS:
+            raise CLIError(f"--version must be one of {families.VERSIONS}, got {args.version!r}")
         cli.check_workers(args)
         cli.refuse_committed(args.results, "--results", args.force)
         res, out = Path(args.results), Path(args.out)
@@ -413,9 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.split not in (*families.SPLITS, "both"):
                 raise CLIError(f"--split must be train, test or both, got {args.split!r}")
             splits = list(families.SPLITS) if args.split == "both" else [args.split]
-            rows = check(args.env, splits, args.candidates, args, out, res)
+            rows = check(args.env, splits, args.candidates, args, out, res, args.version)
             for split in splits:
-                part = [r for r in rows if r["split"] == split]
+                part = [r for r in rows if r["split"].endswith(split)]
                 ok = [r for r in part if r["learnable"]]
                 col = [r for r in ok[: families.SIZE] if r["naive_collapses"]]
                 print(
@@ -424,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{families.SIZE} learnable",
                     file=sys.stderr,
                 )
-            print(frozen_entry(args.env, rows, families.SIZE))
+            print(frozen_entry(args.env, rows, families.SIZE, args.version))
         else:
             from rlhf_envs.core import DTYPES
 
@@ -436,12 +462,12 @@ def main(argv: list[str] | None = None) -> int:
                 unknown = sorted(set(agents or []) - set(GRID))
                 if unknown:
                     raise CLIError(f"--agents: {unknown} not in the grid; known: {list(GRID)}")
-                frozen = tune(args.env, args, out, res, agents, args.dtype)
+                frozen = tune(args.env, args, out, res, agents, args.dtype, args.version)
                 print(json.dumps(frozen["settings"]))
             else:
                 if args.hidden and families.secret() is None:
                     raise CLIError(f"--hidden needs a secret in {families.SECRET_VARIABLE}")
-                print(board(args.env, args, out, res, args.dtype, args.hidden))
+                print(board(args.env, args, out, res, args.dtype, args.hidden, args.version))
     except CLIError as e:
         return p.fail(e)
     print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)

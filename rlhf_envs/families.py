@@ -12,7 +12,8 @@ Each config is addressable by name::
     gym.make("RLHFNeuralBlindSpot-v0", family="test/7")
     python -m baselines.run --env RLHFBlindSpot-v0 --env-kwargs family=train/3
 
-(``"v1/test/7"`` names the version; another is refused.) Explicit keyword arguments may add
+(``"v1/test/7"`` names the version, the default; ``"v2/test/7"`` addresses v2; another is
+refused.) Explicit keyword arguments may add
 settings the family config leaves alone; one that contradicts it raises ``ValueError``.
 
 How the lists were made (``python -m baselines.family_board check ENV``, see there): candidates
@@ -25,7 +26,10 @@ criterion. v1: linear, 27/28 train and 23/28 test candidates learnable, naive co
 train and 13/16 test configs; neural, 22/22 learnable in both splits, naive collapses in 11/16
 train and 11/16 test configs.
 
-Version history: ``v1``, the first lists.
+Version history: ``v1``, the first lists; ``v2``, the biased labeler (:data:`V2_KNOBS`: v1's
+knobs plus a labeler that overrates a drawn direction, and preference feedback in a third of the
+draws), drawn the same way (generator ``[SPLIT_SEEDS[split], ENV_INDEX[env], 2]``), frozen in
+``families_v2.json``; its splits are named ``v2/train`` and ``v2/test``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-VERSION = "v1"
+VERSION = "v1"  # the default
+VERSIONS = ("v1", "v2")
 SPLITS = ("train", "test")
 SPLIT_SEEDS = {"train": 1001, "test": 2002}
 ENV_INDEX = {"RLHFBlindSpot-v0": 0, "RLHFNeuralBlindSpot-v0": 1}
@@ -55,7 +60,7 @@ ENV_CLASSES = {"BlindSpotEnv": "RLHFBlindSpot-v0", "NeuralBlindSpotEnv": "RLHFNe
 @dataclass(frozen=True)
 class Knob:
     """One knob's distribution: ``"uniform"`` / ``"loguniform"`` on ``[low, high]`` or a
-    uniform ``"choice"`` among ``choices``."""
+    uniform ``"choice"`` among ``choices``; ``"signed"``: a loguniform draw with a random sign."""
 
     kind: str
     low: float = 0.0
@@ -67,9 +72,12 @@ class Knob:
             return self.choices[int(rng.integers(len(self.choices)))]
         if self.kind == "uniform":
             return _round(float(rng.uniform(self.low, self.high)))
+        if self.kind == "signed":  # a random sign times a loguniform draw on [low, high]
+            sign = (-1.0, 1.0)[int(rng.integers(2))]
+            return sign * Knob("loguniform", self.low, self.high).draw(rng)
         if self.kind == "loguniform":
             return _round(float(math.exp(rng.uniform(math.log(self.low), math.log(self.high)))))
-        raise ValueError(f"kind must be uniform, loguniform or choice, got {self.kind!r}")
+        raise ValueError(f"kind must be uniform, loguniform, signed or choice, got {self.kind!r}")
 
 
 def _round(x: float, digits: int = 3) -> float:
@@ -100,43 +108,76 @@ DISTRIBUTIONS: dict[str, dict[str, Knob]] = {
 }
 
 
+#: v2, the biased labeler (written before any v2 draw): the labeler adds ``labeler_bias *
+#: sum(y[labeler_bias_dims])`` to the truth, with strength 1-6 (the verbosity env's is 6) of
+#: either sign, on the first signal dim (it over- or undershoots the optimum), the last noise dim
+#: or the last three; preference feedback (soft, so ``label_noise`` does not act) in 1/3 of draws
+V2_KNOBS = {
+    env: {
+        "labeler_bias": Knob("signed", 1.0, 6.0),
+        "labeler_bias_dims": Knob("choice", choices=([0], [d - 1], [d - 3, d - 2, d - 1])),
+        "feedback": Knob("choice", choices=("rating", "rating", "preference")),
+    }
+    for env, d in (("RLHFBlindSpot-v0", 50), ("RLHFNeuralBlindSpot-v0", 10))  # the envs' dims
+}
+#: each version's distribution per env
+VERSION_DISTRIBUTIONS = {
+    "v1": DISTRIBUTIONS,
+    "v2": {env: {**knobs, **V2_KNOBS[env]} for env, knobs in DISTRIBUTIONS.items()},
+}
+
+
+def split_version(split: str) -> tuple[str, str]:
+    """``"v2/test"`` -> ``("v2", "test")``; a split without a version is :data:`VERSION`'s."""
+    version, _, name = split.rpartition("/")
+    return version or VERSION, name
+
+
 def candidates(env_id: str, split: str, n: int) -> list[dict[str, Any]]:
-    """The first ``n`` draws of ``split``'s generator from ``env_id``'s distribution."""
-    _check(env_id, split)
-    rng = np.random.default_rng([SPLIT_SEEDS[split], ENV_INDEX[env_id]])
-    dist = DISTRIBUTIONS[env_id]
+    """The first ``n`` draws of ``split``'s generator (``"v2/train"``: v2's) from ``env_id``'s
+    distribution."""
+    version, split = _check(env_id, split)
+    extra = [] if version == "v1" else [int(version[1:])]  # v1's generator as it was
+    rng = np.random.default_rng([SPLIT_SEEDS[split], ENV_INDEX[env_id], *extra])
+    dist = VERSION_DISTRIBUTIONS[version][env_id]
     return [{k: knob.draw(rng) for k, knob in dist.items()} for _ in range(n)]
 
 
-# the frozen lists of this version: data/families_VERSION.json in the package
-_FROZEN = json.loads(
-    (resources.files("rlhf_envs") / "data" / f"families_{VERSION}.json").read_text("utf-8")
-)
+def _frozen(version: str) -> dict[str, dict[str, dict[str, tuple]]]:
+    text = (resources.files("rlhf_envs") / "data" / f"families_{version}.json").read_text("utf-8")
+    return {
+        key: {env: {s: tuple(v[key]) for s, v in splits.items()} for env, splits in data.items()}
+        for data in [json.loads(text)]
+        for key in ("candidates", "configs")
+    }
+
+
+# the frozen lists of each version: data/families_VERSION.json in the package
+_FROZEN = {v: _frozen(v) for v in VERSIONS}
 #: which candidate draws form each split (set by ``python -m baselines.family_board check``)
-CANDIDATE_INDEX: dict[str, dict[str, tuple[int, ...]]] = {
-    env: {split: tuple(s["candidates"]) for split, s in splits.items()}
-    for env, splits in _FROZEN.items()
-}
+CANDIDATE_INDEX: dict[str, dict[str, tuple[int, ...]]] = _FROZEN[VERSION]["candidates"]
 #: the frozen lists (data, so that the envs never depend on the generator's stream)
-FAMILIES: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {
-    env: {split: tuple(s["configs"]) for split, s in splits.items()}
-    for env, splits in _FROZEN.items()
-}
+FAMILIES: dict[str, dict[str, tuple[dict[str, Any], ...]]] = _FROZEN[VERSION]["configs"]
 
 
-def _check(env_id: str, split: str) -> None:
+def _check(env_id: str, split: str) -> tuple[str, str]:
+    """``split``'s (version, name), or raise."""
+    version, name = split_version(split)
     if env_id not in DISTRIBUTIONS:
         raise ValueError(f"env {env_id!r} has no family; families: {', '.join(DISTRIBUTIONS)}")
-    if split not in (*SPLITS, HIDDEN):
-        raise ValueError(f"family split must be one of {(*SPLITS, HIDDEN)}, got {split!r}")
+    if version not in VERSIONS:
+        raise ValueError(f"family version must be one of {VERSIONS}, got {version!r}")
+    if name not in (*SPLITS, HIDDEN):
+        raise ValueError(f"family split must be one of {(*SPLITS, HIDDEN)}, got {name!r}")
+    return version, name
 
 
 def configs(env_id: str, split: str) -> list[dict[str, Any]]:
-    """The env kwargs of every config of a split, in order (index = position)."""
-    _check(env_id, split)
-    if split == HIDDEN:
-        return hidden_configs(env_id)
-    return [dict(c) for c in FAMILIES[env_id][split]]
+    """The env kwargs of every config of a split (``"v2/test"``: v2's), in order."""
+    version, name = _check(env_id, split)
+    if name == HIDDEN:
+        return hidden_configs(env_id, version)
+    return [dict(c) for c in _FROZEN[version]["configs"][env_id][name]]
 
 
 # -- the hidden split ---------------------------------------------------------------------------
@@ -164,13 +205,14 @@ def commitment() -> str:
     return hashlib.sha256(b"rlhf-hidden-split:" + _need_secret()).hexdigest()
 
 
-def hidden_configs(env_id: str) -> list[dict[str, Any]]:
+def hidden_configs(env_id: str, version: str = VERSION) -> list[dict[str, Any]]:
     """:data:`SIZE` draws of ``env_id``'s distribution with the secret's own generator (not
     filtered for learnability, unlike the frozen splits)."""
-    _check(env_id, "train")
-    digest = hashlib.sha256(_need_secret() + b"/" + env_id.encode()).digest()
+    _check(env_id, f"{version}/train")
+    tail = b"" if version == "v1" else f"/{version}".encode()  # v1's draws as they were
+    digest = hashlib.sha256(_need_secret() + b"/" + env_id.encode() + tail).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:16], "little"))
-    dist = DISTRIBUTIONS[env_id]
+    dist = VERSION_DISTRIBUTIONS[version][env_id]
     return [{k: knob.draw(rng) for k, knob in dist.items()} for _ in range(SIZE)]
 
 
@@ -184,7 +226,7 @@ def _need_secret() -> bytes:
 
 
 def config(env_id: str, name: str) -> dict[str, Any]:
-    """The env kwargs of the family config ``name`` (``"test/7"`` or ``"v1/test/7"``).
+    """The env kwargs of the family config ``name`` (``"test/7"``, ``"v1/test/7"``, ``"v2/test/7"``).
 
     Raises:
         ValueError: one line naming ``family`` (bad form, other version, unknown split, index
@@ -193,11 +235,10 @@ def config(env_id: str, name: str) -> dict[str, Any]:
     m = re.fullmatch(r"(?:(v\d+)/)?(\w+)/(\d+)", str(name)) if isinstance(name, str) else None
     if not m:
         raise ValueError(f"family must look like 'test/7' or '{VERSION}/train/3', got {name!r}")
-    version, split, index = m[1], m[2], int(m[3])
-    if version is not None and version != VERSION:
-        raise ValueError(f"family {name!r}: version {version} is not this release's ({VERSION})")
-    _check(env_id, split)
-    items = hidden_configs(env_id) if split == HIDDEN else FAMILIES[env_id][split]
+    version, split, index = m[1] or VERSION, m[2], int(m[3])
+    if version not in VERSIONS:
+        raise ValueError(f"family {name!r}: version {version} is not one of {VERSIONS}")
+    items = configs(env_id, f"{version}/{split}")
     if not 0 <= index < len(items):
         raise ValueError(
             f"family {name!r}: index must be in [0, {len(items) - 1}] for {env_id} {split}"
