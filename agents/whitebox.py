@@ -3,7 +3,8 @@
 Two policies, as in Gauthier, Bach & Jordan (arXiv 2605.04266, Sec. 3):
 
 * ``deterministic`` (linear env): the response ``y`` itself is the policy; each round takes one
-  gradient-ascent step ``y += lr * grad_y objective(y)`` and submits ``y``.
+  gradient-ascent step ``y += lr * grad_y objective(y)`` and submits ``y`` (and, if the env
+  labels more per round, ``samples_per_round - 1`` responses drawn from ``N(y, sigma^2 I)``).
 * ``gaussian`` (neural env): ``y ~ N(theta, sigma^2 I)``; each round takes ``inner_steps`` steps on
   one reparameterised sample ``y = theta + sigma * eps`` each, gradients clipped per coordinate,
   then submits ``samples_per_round`` fresh samples. ``sigma`` and the step size decay from their
@@ -43,7 +44,8 @@ class WhiteBoxConfig:
         rounds: RM rounds to run (>= 1).
         policy_lr: policy step size at the start (> 0).
         policy_lr_end: step size at the end (``None``: constant).
-        sigma: Gaussian policy std at the start (> 0; gaussian only).
+        sigma: Gaussian policy std at the start (> 0); a deterministic policy with
+            ``samples_per_round`` > 1 submits its extra responses from ``N(y, sigma^2 I)``.
         sigma_end: std at the end (``None``: constant).
         decay_power: exponent ``p`` of the decay factor ``1 - (t/T)^p``.
         inner_steps: policy steps per round (>= 1).
@@ -220,6 +222,14 @@ class Agent:
         """
         return learn_together([self], env, rounds, [callback])[0]
 
+    def ascend(self, core, theta: torch.Tensor, y: torch.Tensor, lr: float, oracle) -> torch.Tensor:
+        """One white-box policy step from the mean ``theta`` (S, d) with the response ``y`` (S, d):
+        by default a step of size ``lr`` up the objective's gradient at ``y`` (clipped)."""
+        grad = self._objective_grad(core, y, oracle)
+        if self.config.grad_clip is not None:
+            grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
+        return theta + lr * grad
+
     def _objective_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
         """``grad_y [score(y) - l2 ||y||^2]`` for one response per experiment, (S, d)."""
         y = y.detach().unsqueeze(1)
@@ -312,7 +322,7 @@ class Player:
 
     def response(self, j: int) -> torch.Tensor:
         """The ``j``-th response submitted this round, (S_agent, d)."""
-        if self.gaussian:
+        if self.gaussian or j:  # a deterministic policy's extra responses explore around it
             return self.theta + self.sigma * self.eps[:, self.cfg.inner_steps + j]
         return self.theta
 
@@ -324,7 +334,7 @@ class Player:
         tc, Tc = agent.schedule_clock(t, T)
         lr = _schedule(cfg.policy_lr, cfg.policy_lr_end, tc, Tc, cfg.decay_power)
         self.sigma = _schedule(cfg.sigma, cfg.sigma_end, tc, Tc, cfg.decay_power)
-        if self.gaussian:
+        if self.gaussian or spr > 1:
             self.eps = torch.stack(
                 [
                     torch.randn(cfg.inner_steps + spr, d, generator=g, dtype=torch.float64)
@@ -334,10 +344,7 @@ class Player:
         theta = self.theta
         for i in range(cfg.inner_steps):
             y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta
-            grad = agent._objective_grad(self.view, y, self.oracle)
-            if cfg.grad_clip is not None:
-                grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
-            theta = theta + lr * grad
+            theta = agent.ascend(self.view, theta, y, lr, self.oracle)
         self.theta = theta
         sane = (theta.abs() <= DIVERGED).all(1)  # False for NaN too
         if not sane.all():

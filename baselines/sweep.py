@@ -18,10 +18,13 @@ A sweep file::
     policy_optimizers: [whitebox]   # optional; or SB3 algorithms: ppo, sac, a2c
 
 An ``agents`` entry may also be a mapping that runs an agent with its own settings under a tag
-(``AGENT@TAG``), for some envs only, e.g. a budget-matched control::
+(``AGENT@TAG``), for some envs only::
 
-    - {agent: naive, tag: budget=fpo-relaxed, envs: [RLHFNeuralBlindSpot-v0],
-       env_kwargs: {samples_per_round: 20, buffer_size: 200}}
+    - {agent: kl, tag: strong, envs: [RLHFNeuralBlindSpot-v0], agent_kwargs: {kl_coef: 1.0}}
+
+An entry may also name ``policy_optimizers``. With ``controls: true`` the sweep then adds the
+budget-matched controls of every agent that called the labeler beyond its RM's labels
+(:func:`budget_controls`) and runs them.
 
 Every (env, agent, grid point) is planned and run as ``baselines.run`` does (grid points go to
 ``AGENT@k=v,...``; Ray: one task per program, with retries). A restarted sweep redoes only
@@ -48,8 +51,8 @@ from baselines.judge import agent_class
 from baselines.plan import MAX_ROUNDS, MAX_RUNS, CLIError, Job, parse_seeds, plan, run_folder_name
 
 KEYS = {"envs", "agents", "seeds", "rounds", "env_kwargs", "agent_kwargs", "grid", "subdir"}
-KEYS |= {"batch_size", "policy_optimizers"}
-ENTRY_KEYS = {"agent", "tag", "envs", "env_kwargs", "agent_kwargs"}
+KEYS |= {"batch_size", "policy_optimizers", "controls"}
+ENTRY_KEYS = {"agent", "tag", "envs", "env_kwargs", "agent_kwargs", "policy_optimizers"}
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
 
 
@@ -145,7 +148,7 @@ def plan_sweep(
     combos = [
         c
         for c in itertools.product(spec["envs"], optimizers, entries, points or [{}])
-        if c[0] in c[2].get("envs", [c[0]])
+        if c[0] in c[2].get("envs", [c[0]]) and c[1] in c[2].get("policy_optimizers", [c[1]])
     ]
     # split one job's seeds across workers only when jobs are fewer than workers (same results)
     split = jobs if len(combos) < jobs else 1
@@ -220,6 +223,50 @@ def finished(out: Path, env_id: str, statuses: tuple[str, ...] = ("ok",)) -> dic
     return {(r["run_name"], r["seed"]): r for r in records if r["env_id"] == env_id}
 
 
+def budget_controls(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Agents entries for the budget-matched controls of every untagged agent whose finished runs
+    under ``out`` called the labeler beyond its RM's own labels (a sweep's ``controls: true``).
+    For agent X paying ``f`` times its labels in labeler calls: ``naive@budget=X`` labels ``f``
+    times as many responses per round (white-box: the extra ones drawn around its policy; SB3:
+    each response ``f`` times), buffer scaled alike; ``oracle-values@budget=X`` (white-box)
+    spends X's extra calls as value queries of the truth."""
+    import gymnasium as gym
+
+    from agents.oracle import OracleValuesAgent
+    from baselines.plan import yaml_settings
+
+    entries = []
+    for env_id in spec["envs"]:
+        cfg = gym.make(env_id, **(spec.get("env_kwargs") or {})).unwrapped.config
+        runs: dict[str, list[dict]] = {}
+        for (name, _), r in sorted(finished(out, env_id).items()):
+            runs.setdefault(name, []).append(r)
+        for name, rs in runs.items():
+            agent, _, algo = name.partition("+")
+            calls, labels = max(r["labeler_calls"] for r in rs), max(r["labels_used"] for r in rs)
+            reads = str(rs[0]["reads"])
+            if "@" in name or "truth" in reads or "labeler" not in reads or calls <= labels:
+                continue
+            f, size = calls / labels, cfg.buffer_size
+            budget = {"tag": f"budget={agent}", "envs": [env_id], "policy_optimizers": [algo]}
+            if algo:
+                kw = {"labels_per_response": round(f), "buffer_size": round(size * f)}
+                entries.append({"agent": "naive", **budget, "env_kwargs": kw})
+                continue
+            budget["policy_optimizers"] = ["whitebox"]
+            spr = max(cfg.samples_per_round + 1, round(cfg.samples_per_round * f))
+            kw = {"samples_per_round": spr, "buffer_size": round(size * f)}
+            entries.append({"agent": "naive", **budget, "env_kwargs": kw})
+            settings = {
+                **yaml_settings(env_id, OracleValuesAgent),
+                **(spec.get("agent_kwargs") or {}),
+            }
+            steps = rs[0]["rounds"] * settings.get("inner_steps", 1)
+            queries = {"value_queries": max(1, round((calls - labels) / steps))}
+            entries.append({"agent": "oracle-values", **budget, "agent_kwargs": queries})
+    return entries
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.command("baselines.sweep", __doc__, cli.WORKERS, cli.RERUN)
     p.add_argument("sweep", help="sweep YAML file")
@@ -240,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} job(s), {todo} run(s) to do, {len(folders) - todo} done", file=sys.stderr)
     try:
         summary = run_sweep(jobs, folders, out, args, not args.no_progress)
+        if spec.get("controls") and (entries := budget_controls(spec, out)):
+            more = plan_sweep({**spec, "agents": entries, "grid": None}, out, args.force, args.jobs)
+            print(f"{len(entries)} budget-matched control(s)", file=sys.stderr)
+            extra = run_sweep(*more, out, args, not args.no_progress)
+            folders += more[1]
+            summary["runs"] += extra["runs"]
+            summary["failed"] += extra["failed"]
+            results.atomic_write_json(out / "sweep_summary.json", summary)
     except CLIError as e:
         return p.fail(e)
     n = len(summary["runs"])

@@ -88,3 +88,46 @@ def test_leaderboard_pairs_methods_with_their_budget_controls_and_draws_the_fron
     row = next(x for x in board.splitlines() if x.startswith("| fpo-relaxed |"))
     assert "| 30 | 30 / 0 | 60 |" in row  # labels, queries (value / grad), labeler calls
     assert (res / "figures" / "RLHFBlindSpot-v0_cost_frontier.png").stat().st_size > 10_000
+
+
+def test_naive_at_budget_spends_its_extra_labels_on_fresh_responses():
+    """A deterministic policy's extra responses per round are drawn around it: new information,
+    so the control differs from naive (repeated labels of one response would not)."""
+    env = gym.make_vec("RLHFBlindSpot-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                       samples_per_round=3, buffer_size=3)  # fmt: skip
+    env.reset(seed=[0, 1])
+    from agents import NaiveAgent
+
+    agent = NaiveAgent(WhiteBoxConfig(rounds=2), seed=[0, 1])
+    agent.learn(env)
+    ys, _ = env.unwrapped.core.training_batch()
+    assert ys.shape[1] == 3
+    assert not np.allclose(ys[:, 0], ys[:, 1]) and not np.allclose(ys[:, 1], ys[:, 2])
+    assert 0 < float(np.abs(ys[:, 1] - ys[:, 0]).mean()) < 1.0  # sigma 0.1 around the policy
+
+
+def test_value_limited_oracle_reaches_the_es_level_with_300_queries():
+    """The paper's linear config, 300 value queries of the truth in 300 rounds (10 seeds):
+    the (1+1) evolution strategy gets well above naive (3.9) and past 4.5 on average."""
+    env = gym.make_vec("RLHFBlindSpot-v0", num_envs=10, vectorization_mode="vector_entry_point")
+    env.reset(seed=list(range(10)))
+    agent = OracleValuesAgent(OracleValuesAgent.config_cls(), seed=list(range(10)))
+    h = agent.learn(env)
+    assert (h["truth_value_queries"][-1] == 300).all()
+    assert h["true_utility"][-1].mean() >= 4.5
+
+
+def test_sweep_generates_the_budget_controls_of_agents_with_extra_labeler_calls(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "envs: [RLHFBlindSpot-v0]\nseeds: 0\nrounds: 6\ncontrols: true\n"
+        "agents: [naive, fpo-relaxed, fpo-relaxed-grad, oracle]\n"
+    )
+    assert sweep.main([str(spec), "--out", str(tmp_path), "--no-progress", "--quiet"]) == 0
+    runs = results.load_runs([tmp_path], ("ok",)).set_index("run_name")
+    for method in ("fpo-relaxed", "fpo-relaxed-grad"):  # the oracle reads the truth: none
+        extra = runs.labeler_calls[method] - runs.labels_used[method]
+        control = runs.loc[f"naive@budget={method}"]
+        assert control.labels_used == runs.labeler_calls[method]  # as many labels as X's calls
+        assert runs.oracle_queries[f"oracle-values@budget={method}"] == extra
+    assert not any(n.endswith("budget=oracle") or "budget=naive" in n for n in runs.index)
