@@ -78,9 +78,7 @@ def _names(version: str) -> tuple[str, str]:
     return ("", "") if version == families.VERSION else (f"{version}/", f"_{version}")
 
 
-def check(
-    env_id: str, splits: list[str], n: int, workers, out: Path, res: Path, version: str = "v1"
-) -> list[dict]:
+def check(env_id: str, splits: list[str], n: int, workers, out, res, version="v1") -> list[dict]:
     """Run the check (see the module docstring); returns the CSV rows."""
     from rlhf_envs import families
 
@@ -247,13 +245,7 @@ def tune(
 
 
 def board(
-    env_id: str,
-    workers,
-    out: Path,
-    res: Path,
-    dtype: str = "float64",
-    hidden: bool = False,
-    version: str = "v1",
+    env_id: str, workers, out: Path, res: Path, dtype="float64", hidden=False, version="v1"
 ) -> str:
     """The generalisation leaderboard on the test split (see the module docstring), followers in
     ``dtype`` (the tuning's); ``hidden``: on :data:`rlhf_envs.families.HIDDEN` instead, revealed

@@ -8,13 +8,22 @@ from baselines.run import main as run_main
 from rlhf_envs import families
 
 ENVS = list(families.DISTRIBUTIONS)
+#: (env, version, split prefix) of every version's frozen lists (v2 where its lists exist)
+LISTS = [
+    (env, v, pre)
+    for env in ENVS
+    for v, pre in (("v1", ""), ("v2", "v2/"))
+    if env in families._FROZEN[v]["configs"]
+]
+SPLITS = [(env, pre + split) for env, _, pre in LISTS for split in families.SPLITS]
 
 
-@pytest.mark.parametrize("env_id", ENVS)
-@pytest.mark.parametrize("split", families.SPLITS)
+@pytest.mark.parametrize("env_id, split", SPLITS)
 def test_splits_are_the_recorded_draws(env_id, split):
+    """Each version's lists are its own generator's draws (v1's as before v2 existed)."""
+    version, name = families._check(env_id, split)
     frozen = families.configs(env_id, split)
-    index = families.CANDIDATE_INDEX[env_id][split]
+    index = families._FROZEN[version]["candidates"][env_id][name]
     assert len(frozen) == len(index) >= families.SIZE
     assert list(index) == sorted(set(index))  # the first learnable ones, in draw order
     draws = families.candidates(env_id, split, max(index) + 1)
@@ -22,36 +31,56 @@ def test_splits_are_the_recorded_draws(env_id, split):
     assert repr(frozen) == repr([draws[i] for i in index])  # the same types and digits
 
 
-@pytest.mark.parametrize("env_id", ENVS)
-def test_train_and_test_differ_and_stay_in_the_distribution(env_id):
-    train, test = (families.configs(env_id, s) for s in families.SPLITS)
+@pytest.mark.parametrize("env_id, version, pre", LISTS)
+def test_train_and_test_differ_and_stay_in_the_distribution(env_id, version, pre):
+    train, test = (families.configs(env_id, pre + s) for s in families.SPLITS)
     assert not {repr(c) for c in train} & {repr(c) for c in test}
+    dist = families.VERSION_DISTRIBUTIONS[version][env_id]
     for c in train + test:
-        for k, knob in families.DISTRIBUTIONS[env_id].items():
+        assert set(c) == set(dist)
+        for k, knob in dist.items():
             if knob.kind == "choice":
                 assert c[k] in knob.choices
             else:
-                assert knob.low * 0.999 <= c[k] <= knob.high * 1.001
+                assert knob.low * 0.999 <= abs(c[k]) <= knob.high * 1.001
+
+
+def test_v2_is_v1_plus_a_biased_labeler_and_v1_stays_the_default():
+    v1, v2 = (families.VERSION_DISTRIBUTIONS[v]["RLHFBlindSpot-v0"] for v in ("v1", "v2"))
+    assert families.VERSION == "v1" and v1 is families.DISTRIBUTIONS["RLHFBlindSpot-v0"]
+    assert set(v2) - set(v1) == {"labeler_bias", "labeler_bias_dims", "feedback"}
+    draws = families.candidates("RLHFBlindSpot-v0", "v2/train", 60)
+    assert {d["feedback"] for d in draws} == {"rating", "preference"}
+    assert {d["labeler_bias"] > 0 for d in draws} == {True, False}
+    assert families.config("RLHFBlindSpot-v0", "train/3") == families.config(
+        "RLHFBlindSpot-v0", "v1/train/3"
+    )
+    assert families.configs("RLHFBlindSpot-v0", "train") == families.configs(
+        "RLHFBlindSpot-v0", "v1/train"
+    )
 
 
 def test_draws_are_deterministic_and_split_specific():
     a = families.candidates("RLHFBlindSpot-v0", "train", 5)
     assert a == families.candidates("RLHFBlindSpot-v0", "train", 5)
     assert a != families.candidates("RLHFBlindSpot-v0", "test", 5)
+    b = families.candidates("RLHFBlindSpot-v0", "v2/train", 5)
+    assert [{k: d[k] for k in a[0]} for d in b] != a  # v2 has its own generator
 
 
-@pytest.mark.parametrize("env_id", ENVS)
-def test_gym_make_with_a_family_name(env_id):
-    cfg = families.config(env_id, "test/3")
-    env = gym.make(env_id, family="test/3")
+@pytest.mark.parametrize("env_id, name", [(env, pre + "test/3") for env, _, pre in LISTS])
+def test_gym_make_with_a_family_name(env_id, name):
+    cfg = families.config(env_id, name)
+    env = gym.make(env_id, family=name)
     for k, v in cfg.items():
-        assert getattr(env.unwrapped.config, k) == v
-    assert families.config(env_id, f"{families.VERSION}/test/3") == cfg
-    vec = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", family="test/3")
+        assert getattr(env.unwrapped.config, k) == (tuple(v) if isinstance(v, list) else v)
+    if name == "test/3":
+        assert families.config(env_id, f"{families.VERSION}/test/3") == cfg
+    vec = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", family=name)
     assert vec.unwrapped.config == env.unwrapped.config
     # an explicit kwarg the family leaves alone is kept; one equal to the family's is fine
     key, value = next(iter(cfg.items()))
-    env2 = gym.make(env_id, family="test/3", action_bound=5.0, **{key: value})
+    env2 = gym.make(env_id, family=name, action_bound=5.0, **{key: value})
     assert env2.unwrapped.config.action_bound == 5.0
 
 
@@ -178,18 +207,21 @@ def test_tune_and_board_in_float32_stay_apart_from_float64(tmp_path, monkeypatch
     assert kwargs and all(kw["dtype"] == "float32" for kw in kwargs)
 
 
-@pytest.mark.parametrize("env_id", list(families.FAMILIES))
-def test_the_check_prints_the_data_file_entry_of_its_learnable_candidates(env_id):
+@pytest.mark.parametrize("env_id, version, pre", LISTS)
+def test_the_check_prints_the_data_file_entry_of_its_learnable_candidates(env_id, version, pre):
     import json
     from importlib import resources
 
     from baselines.family_board import frozen_entry
 
-    rows = [{"split": "train", "candidate": 99, "learnable": False, "target_value": 0.0}]
+    lists = families._FROZEN[version]
+    rows = [{"split": pre + "train", "candidate": 99, "learnable": False, "target_value": 0.0}]
     for split in families.SPLITS:
         for i, cfg in zip(
-            families.CANDIDATE_INDEX[env_id][split], families.FAMILIES[env_id][split], strict=True
+            lists["candidates"][env_id][split], lists["configs"][env_id][split], strict=True
         ):
-            rows.append({"split": split, "candidate": i, "learnable": True, **cfg})
-    data = json.loads(resources.files("rlhf_envs").joinpath("data/families_v1.json").read_text())
-    assert json.loads(frozen_entry(env_id, rows, families.SIZE)) == {env_id: data[env_id]}
+            rows.append({"split": pre + split, "candidate": i, "learnable": True, **cfg})
+    path = f"data/families_{version}.json"
+    data = json.loads(resources.files("rlhf_envs").joinpath(path).read_text())
+    entry = frozen_entry(env_id, rows, families.SIZE, version)
+    assert json.loads(entry) == {env_id: data[env_id]}
