@@ -8,7 +8,6 @@ What a run writes, ``--resume`` and ``--force``: ``llm_track/README.md``, "Files
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -24,30 +23,25 @@ from baselines import cli, results
 from baselines.results import atomic_write_json, read_csv, read_json, versions_record, write_csv
 from llm_track.config import AGENTS, PRESETS, LLMConfig, LLMTrackError, preset_config
 
-TIMING_COLUMNS = ("gen_s", "score_s", "update_s", "step_s", "rss_mb")  # seconds per part of a step
 # Settings that must match for --resume (steps may grow; the device may change).
 _RESUME_FREE = {"steps", "device"}
 
 
-class OneLineParser(argparse.ArgumentParser):
+class OneLineParser(cli.Parser):
     """The parser of ``python -m llm_track.<command>``: a bad argument or an LLMTrackError is one
     line on stderr (no usage block) and exit status 2."""
 
     def __init__(self, command: str, doc: str):
         super().__init__(prog=f"python -m llm_track.{command}", description=doc.split("\n")[0])
 
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
     def main(self, argv: list[str] | None, body) -> int:
         """Parse ``argv``, quiet the libraries and return ``body(args)``'s exit status."""
-        args = self.parse_args(argv)
         try:
+            args = self.parse_args(argv)
             _quiet_libraries()
             return body(args)
-        except LLMTrackError as exc:
-            print(f"{self.prog}: error: {exc}", file=sys.stderr)
-            return 2
+        except (cli.CLIError, LLMTrackError) as exc:
+            return self.fail(exc)
 
 
 def _rss_mb() -> float:
