@@ -1,23 +1,12 @@
 """Speed of the suite, measured in one run: env steps/s and seconds per agent-run.
 
-    python -m baselines.bench [--envs ID ...] [--agents NAME ...] [--seeds 10] [--rounds N]
-                              [--repeats 3] [--family K=V1,V2 ...] [--family-split SPLIT]
-                              [--family-rounds N] [--float32]
-
-For each env: single-env steps/s with random actions (RM retraining included); for each white-box
-agent: seconds per agent-run when ``--seeds`` seeds run as one batched program and when one seed
-runs alone (measured on fewer rounds, scaled to the same round count), the batching speed-up, and
-each agent's cost relative to naive; then the wall time of one SB3 run per agent of ``--agents``
-(those that work with ``--sb3``) relative to naive. The token and contextual envs have no white-box
-agents: only their SB3 rows are measured. On the blind-spot envs a family row follows: seconds per
-agent-run over a list of env configs (``--family``: a grid of env kwargs, by default
-``target_value`` x ``utility_width``; ``--family-split test`` takes the split of
-:mod:`rlhf_envs.families` where the env has one; :func:`family_seconds` takes any list of kwarg
-dicts). Medians over ``--repeats``; the machine is shared (its load average is printed), so compare
-the ratios, measured side by side, not absolute times across runs.
-
-``--float32`` adds a column: each white-box agent's seconds per agent-run with the env's
-follower in float32 (env kwarg ``dtype=float32``), and how many times faster that is.
+For each env: single-env steps/s with random actions (RM retraining included); on the blind-spot
+envs, each white-box agent's seconds per agent-run with ``--seeds`` seeds batched, one seed alone
+(measured on ``--single-rounds``, scaled), in the judge's process and against naive, then a family
+row over a list of env configs (:func:`family_seconds`); then the wall time of one SB3 run per
+agent of ``--agents`` relative to naive. ``--float32`` adds a float32-follower column. Medians over
+``--repeats``; the machine is shared (its load average is printed), so compare the ratios,
+measured side by side, not absolute times across runs (README, "Speed").
 """
 
 from __future__ import annotations
@@ -95,26 +84,11 @@ def together_seconds(
         env.reset(seed=seeds * len(agents))
         t = time.perf_counter()
         if judged:
-            n = len(seeds)
-            seats = [
-                remote_seat(
-                    env,
-                    Job(
-                        env_id,
-                        a,
-                        seeds,
-                        rounds,
-                        {},
-                        m.config.to_dict(),
-                        "",
-                        "",
-                        reads=",".join(m.declared_reads()),
-                    ),
-                    seeds,
-                    slice(i * n, (i + 1) * n),
-                )
-                for i, (a, m) in enumerate(zip(agents, made, strict=True))
-            ]
+            n, seats = len(seeds), []
+            for i, (a, m) in enumerate(zip(agents, made, strict=True)):
+                reads = ",".join(m.declared_reads())
+                job = Job(env_id, a, seeds, rounds, {}, m.config.to_dict(), "", "", reads=reads)
+                seats.append(remote_seat(env, job, seeds, slice(i * n, (i + 1) * n)))
             run_rounds(env, seats, rounds)
             for seat in seats:
                 seat.process.close()
@@ -195,23 +169,19 @@ def speed_table(env_id: str, args, configs: list[dict], measured: int, rounds: i
 def white_box_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     """Print seconds per white-box agent-run on the env's own config (:func:`speed_table`), with
     one seed alone (measured on ``--single-rounds``, scaled) and with ``--float32``."""
-    single = min(rounds, args.single_rounds)
+    single, seeds = min(rounds, args.single_rounds), list(range(args.seeds))
 
     def alone(agent: str, sec: float) -> str:
         t = together_seconds(env_id, [agent], [0], single, args.repeats) * rounds / single
         return f"{t:.3f} ({t / sec:.1f}x)"
 
     def float32(agent: str, sec: float) -> str:
-        t = family_seconds(
-            env_id, [agent], [{"dtype": "float32"}], list(range(args.seeds)), rounds, args.repeats
-        )
+        t = family_seconds(env_id, [agent], [{"dtype": "float32"}], seeds, rounds, args.repeats)
         return f"{t:.3f} ({sec / t:.2f}x)"
 
     def in_process(agent: str, sec: float) -> str:
-        seeds = list(range(args.seeds))
-        t = together_seconds(env_id, [agent], seeds, rounds, args.repeats, judged=False) / len(
-            seeds
-        )
+        t = together_seconds(env_id, [agent], seeds, rounds, args.repeats, judged=False)
+        t /= len(seeds)
         return f"{t:.3f} ({sec / t:.2f}x)"
 
     extras = {
@@ -259,6 +229,27 @@ def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
     if configs:
         print(f"family sweep: {len(configs)} configs x {args.seeds} seeds ({names})\n")
         speed_table(env_id, args, configs, min(rounds, args.family_rounds), rounds)
+
+
+def sb3_table(env_id: str, args: argparse.Namespace) -> None:
+    """Print the seconds of one ``--sb3`` run per agent of ``--agents`` that works with it, as the
+    harness runs it and in one process, and its ratio to naive."""
+    from baselines.sb3_runner import allowed_algos
+
+    algo, ref, rounds = args.sb3, registry.REFERENCE, args.sb3_rounds
+    print(f"{algo.upper()} through reward wrappers, {rounds} RM rounds, 1 seed:\n")
+    sb3_seconds(env_id, ref, algo, 5, 1)  # warm-up: imports, first compile
+    run = [a for a in args.agents if algo in allowed_algos(a)]
+    sec = {a: sb3_seconds(env_id, a, algo, rounds, args.repeats) for a in run}
+    rows = []
+    for a, s in sec.items():
+        own = sb3_seconds(env_id, a, algo, rounds, args.repeats, judged=False)
+        rows.append(
+            [f"{a}+{algo}", f"{s:.2f}", f"{s / sec[ref]:.2f}x", f"{own:.2f} ({s / own:.2f}x)"]
+        )
+    head = ["agent", "s/run", "x naive", "s/run in one process (judge's cost)"]
+    print("\n".join(report.markdown_table(head, rows)))
+    print()
 
 
 def _loadable(name: str) -> bool:
@@ -348,31 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sb3 == "sac" and discrete:
             print("SAC needs a Box action space: no SB3 rows on this env\n")
         elif args.sb3 != "none":
-            print(
-                f"{args.sb3.upper()} through reward wrappers, {args.sb3_rounds} RM rounds, 1 seed:\n"
-            )
-            ref = registry.REFERENCE
-            sb3_seconds(env_id, ref, args.sb3, 5, 1)  # warm-up: imports, first compile
-            from baselines.sb3_runner import allowed_algos
-
-            run = [a for a in args.agents if args.sb3 in allowed_algos(a)]
-            sec = {a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats) for a in run}
-            own = {
-                a: sb3_seconds(env_id, a, args.sb3, args.sb3_rounds, args.repeats, judged=False)
-                for a in run
-            }
-            rows = [
-                [
-                    f"{a}+{args.sb3}",
-                    f"{s:.2f}",
-                    f"{s / sec[ref]:.2f}x",
-                    f"{own[a]:.2f} ({s / own[a]:.2f}x)",
-                ]
-                for a, s in sec.items()
-            ]
-            head = ["agent", "s/run", "x naive", "s/run in one process (judge's cost)"]
-            print("\n".join(report.markdown_table(head, rows)))
-            print()
+            sb3_table(env_id, args)
     return 0
 
 
