@@ -156,6 +156,57 @@ def probability_of_improvement_ci(
     return float(lo), float(hi)
 
 
+# -- comparisons, with a verdict by rule ------------------------------------------------------
+VERDICTS = ("better", "worse", "no difference detected")
+BLOCK_START = "<!-- comparisons: generated; verdict by rule (baselines.stats.verdict) -->"
+BLOCK_END = "<!-- /comparisons -->"
+
+
+def verdict(diff_lo: float, diff_hi: float, p_lo: float, p_hi: float) -> str:
+    """``better`` where the 95 % CIs of the mean difference (A - B) and of P(A > B) both lie
+    above no difference (0 and 0.5), ``worse`` where both lie below, else ``no difference
+    detected`` (at 95 %; not evidence of equality)."""
+    if diff_lo > 0 and p_lo > 0.5:
+        return VERDICTS[0]
+    if diff_hi < 0 and p_hi < 0.5:
+        return VERDICTS[1]
+    return VERDICTS[2]
+
+
+def compare(
+    x: Any, y: Any, n_boot: int = 2000, rng: np.random.Generator | int = 0, paired: bool = False
+) -> dict:
+    """A's runs ``x`` against B's ``y`` (one task): the mean difference with its Welch t CI (with
+    ``paired``, runs matched by position: the t CI of the differences), P(A > B) over all pairs of
+    runs with its bootstrap CI, the numbers of runs and the :func:`verdict`."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) if vx + vy else 1.0
+    if paired:
+        vx, vy, dof = (x - y).var(ddof=1) / len(x), 0.0, len(x) - 1
+    diff, half = x.mean() - y.mean(), sps.t.ppf(0.975, dof) * np.sqrt(vx + vy)
+    p_lo, p_hi = probability_of_improvement_ci(x, y, n_boot, rng=rng)
+    row = dict(n_a=len(x), n_b=len(y), difference=diff, difference_lo=diff - half)
+    row.update(difference_hi=diff + half, p_improvement=_poi(x, y), p_lo=p_lo, p_hi=p_hi)
+    shown = (round(v, 2) for v in (diff - half, diff + half, p_lo, p_hi))  # as the block prints
+    return {**row, "verdict": verdict(*shown)}
+
+
+def comparison_block(rows: list[dict], what: str) -> list[str]:
+    """Markdown lines of the generated comparison block of ``rows`` (dicts with ``a``, ``b`` and
+    the fields of :func:`compare`); ``what``: the compared quantity."""
+    lines = [BLOCK_START, "", f"| A | B | n (A / B) | {what}: A - B [95 % t CI] | "]
+    lines[-1] += "P(A > B) [95 % CI] | verdict |"
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append(
+            f"| {r['a']} | {r['b']} | {r['n_a']} / {r['n_b']} | {r['difference']:+.2f} "
+            f"[{r['difference_lo']:+.2f}, {r['difference_hi']:+.2f}] | {r['p_improvement']:.2f} "
+            f"[{r['p_lo']:.2f}, {r['p_hi']:.2f}] | {r['verdict']} |"
+        )
+    return [*lines, "", BLOCK_END]
+
+
 def performance_profile(scores: Any, taus: Any) -> np.ndarray:
     """Run-score distribution: per tau, the fraction of runs with score > tau, within each task
     and averaged over tasks (rliable's definition)."""

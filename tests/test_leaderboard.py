@@ -94,12 +94,16 @@ def test_leaderboard_tables_and_figures(runs, tmp_path):
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "| naive | current_rm | 3 |" in md
     assert "| fpo-relaxed | current_rm,labeler_values | 3 |" in md
-    poi = pd.read_csv(tmp_path / "probability_of_improvement.csv")
-    row = poi[(poi.method == "fpo-relaxed") & (poi.baseline == "naive")].iloc[0]
+    poi = pd.read_csv(tmp_path / "comparisons.csv")
+    row = poi[(poi.a == "fpo-relaxed") & (poi.b == "naive")].iloc[0]
     x = per_run[per_run.agent == "fpo-relaxed"].final_block_true_utility.to_numpy()
     y = per_run[per_run.agent == "naive"].final_block_true_utility.to_numpy()
     assert row.p_improvement == pytest.approx(stats.probability_of_improvement(x, y), abs=1e-5)
-    assert row.ci_low <= row.p_improvement <= row.ci_high
+    assert row.p_lo <= row.p_improvement <= row.p_hi
+    assert row.difference == pytest.approx(x.mean() - y.mean(), abs=1e-5)
+    assert row.difference_lo <= row.difference <= row.difference_hi
+    assert row.verdict == stats.verdict(*(round(row[k], 2) for k in ("difference_lo",
+                                          "difference_hi", "p_lo", "p_hi")))  # fmt: skip
     assert "| fpo-relaxed | naive |" in md
     assert (tmp_path / "figures" / "RLHFBlindSpot-v0_true_utility.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "RLHFBlindSpot-v0_signal_noise.png").stat().st_size > 1000
