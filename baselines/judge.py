@@ -19,7 +19,7 @@ import pickle
 import re
 import sys
 import types
-from dataclasses import field, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -215,28 +215,24 @@ def from_judge(conn):
     return _unpack(pickle.loads(conn.recv_bytes()))
 
 
+@dataclass(slots=True)
 class _Tensor:
     """A tensor on the wire (its values as a numpy array)."""
 
-    __slots__ = ("array",)
+    array: np.ndarray
 
-    def __init__(self, array: np.ndarray):
-        self.array = array
-
-    def __reduce__(self):
-        return _Tensor, (self.array,)
+    def read(self) -> np.ndarray:
+        return self.array
 
 
+@dataclass(slots=True)
 class _Shared:
     """A tensor in the judge's outbox: where it is, to be copied out on the agent's side."""
 
-    __slots__ = ("name", "at", "dtype", "shape")
-
-    def __init__(self, name: str, at: int, dtype: str, shape: tuple):
-        self.name, self.at, self.dtype, self.shape = name, at, dtype, shape
-
-    def __reduce__(self):
-        return _Shared, (self.name, self.at, self.dtype, self.shape)
+    name: str
+    at: int
+    dtype: str
+    shape: tuple
 
     def read(self) -> np.ndarray:
         if self.name not in _outboxes:  # (the fork server's children share the judge's tracker)
@@ -268,7 +264,7 @@ def _pack(x, outbox: AgentProcess):
 
 def _unpack(x):
     if isinstance(x, (_Tensor, _Shared)):
-        return torch.from_numpy(x.array if isinstance(x, _Tensor) else x.read())
+        return torch.from_numpy(x.read())
     if isinstance(x, (tuple, list)):
         return type(x)(_unpack(v) for v in x)
     if isinstance(x, dict):
