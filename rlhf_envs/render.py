@@ -176,19 +176,25 @@ def _layout(fig) -> None:
                         wspace=0.32, hspace=0.45)  # fmt: skip
 
 
-def _map(ax, fig, a, b, values, title, cmap, vmin=None, vmax=None, label=""):
+def _maps(axes, fig, p: dict[str, Any], titles: tuple[str, str], scale: float, path: bool) -> None:
+    """``U`` (colours from 0 to ``scale``) and ``r`` of the plane ``p`` (:func:`_plane`) on the
+    first two ``axes``, each with its points (:func:`_points`)."""
     import matplotlib
 
-    cmap = matplotlib.colormaps[cmap].resampled(LEVELS)
-    # bands with smooth edges: readable levels, small videos
-    kw = dict(vmin=vmin, vmax=vmax, interpolation="bilinear", interpolation_stage="data")
-    ext = (a[0], a[-1], b[0], b[-1])
-    im = ax.imshow(values, origin="lower", extent=ext, aspect="auto", cmap=cmap, **kw)
-    cb = fig.colorbar(im, ax=ax, fraction=0.06, pad=0.02)
-    cb.ax.tick_params(labelsize=7)
-    cb.set_label(label, fontsize=7)
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
+    extent = (p["a"][0], p["a"][-1], p["b"][0], p["b"][-1])
+    for ax, key, title in zip(axes[:2], "Ur", titles, strict=True):
+        cmap = matplotlib.colormaps["viridis" if key == "U" else "magma"].resampled(LEVELS)
+        # bands with smooth edges: readable levels, small videos
+        kw = dict(interpolation="bilinear", interpolation_stage="data", aspect="auto")
+        if key == "U":
+            kw.update(vmin=0.0, vmax=scale)
+        im = ax.imshow(p[key], origin="lower", extent=extent, cmap=cmap, **kw)
+        fig.colorbar(im, ax=ax, fraction=0.06, pad=0.02).ax.tick_params(labelsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        _points(ax, *p["points"], p["target"], path)
+        ax.set_xlim(*extent[:2])
+        ax.set_ylim(*extent[2:])
 
 
 def _points(ax, a: np.ndarray, b: np.ndarray, star: tuple[float, float], path=True) -> None:
@@ -280,14 +286,10 @@ def draw_vector(env, fig) -> None:
     fig.set_size_inches(FIG_WIDTH, PANEL_HEIGHT)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 0.9]})
     c = env.core.config
-    _map(axes[0], fig, p["a"], p["b"], p["U"], "true utility U (hidden)", "viridis",
-         0.0, c.utility_scale)  # fmt: skip
-    _map(axes[1], fig, p["a"], p["b"], p["r"], "reward model r (what the policy sees)", "magma")
+    titles = ("true utility U (hidden)", "reward model r (what the policy sees)")
+    _maps(axes, fig, p, titles, c.utility_scale, path=True)
     for ax in axes[:2]:
-        _points(ax, *p["points"], p["target"])
         ax.set_xlabel("along the target: y . y*/|y*|", fontsize=8)
-        ax.set_xlim(p["a"][0], p["a"][-1])
-        ax.set_ylim(p["b"][0], p["b"][-1])
     axes[0].set_ylabel("distance from the y* axis\n(mostly the noise dims)", fontsize=8)
     _trace(axes[2], list(trail.scores), c.utility_scale)
     _title(env, fig, trail)
@@ -388,13 +390,8 @@ def draw_contextual(env, fig) -> None:
     for row, k in zip(axes, shown, strict=True):
         p = cluster_plane(env, k)
         tag = " (labeler biased)" if k == c.blind_cluster and c.labeler_bias else ""
-        _map(row[0], fig, p["a"], p["b"], p["U"], f"cluster {k}{tag}: true utility U",
-             "viridis", 0.0, c.utility_scale)  # fmt: skip
-        _map(row[1], fig, p["a"], p["b"], p["r"], f"cluster {k}: reward model r", "magma")
-        for ax in row[:2]:
-            _points(ax, *p["points"], p["target"], path=False)
-            ax.set_xlim(p["a"][0], p["a"][-1])
-            ax.set_ylim(p["b"][0], p["b"][-1])
+        titles = (f"cluster {k}{tag}: true utility U", f"cluster {k}: reward model r")
+        _maps(row, fig, p, titles, c.utility_scale, path=False)
         row[0].set_ylabel("along the labeler's\nspurious dims", fontsize=8)
         scores = [s for s in trail.scores if s[3] == k]
         _trace(row[2], scores, c.utility_scale, f"cluster {k}: scores of responses")
