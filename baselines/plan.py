@@ -111,6 +111,7 @@ class Job:
     hyperparams: dict[str, Any] = field(default_factory=dict)
     force: bool = False  # redo even if another process finishes the run first
     reads: str = ""  # what the agent declares it reads, comma-separated: all the judge gives it
+    tuned: str = ""  # on a family config: which of its settings came from the family's tuning
     tensorboard: str | None = None  # output options, not settings: not in the config hash
     wandb: str | None = None
 
@@ -119,6 +120,7 @@ class Job:
         (SB3 runs add the optimiser and its hyperparameters)."""
         keys = ["env_id", "env_kwargs", "agent", "run_name", "agent_config", "rounds", "seed"]
         keys += ["policy_optimizer", "hyperparams"] if self.policy_optimizer != "whitebox" else []
+        keys += ["tuned"] if self.tuned else []
         return {k: seed if k == "seed" else getattr(self, k) for k in keys}
 
     def digest(self, seed: int) -> str:
@@ -142,6 +144,14 @@ def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]
         sb3_kwargs=parse_kwargs(args.sb3_kwargs, "--sb3-kwargs"),
         max_rounds=args.max_rounds,
     )
+
+
+def family_settings(env_id: str, env_kwargs: dict[str, Any], agent: str) -> dict[str, Any]:
+    """The agent's settings tuned on the train split of the family version that the env kwarg
+    ``family`` names (the env's YAML ``families:``; ``{}`` off the families or if not tuned)."""
+    name = str(env_kwargs.get("family") or "")
+    version = name.split("/")[0] if re.match(r"v\d+/", name) else "v1"
+    return load_defaults(env_id).get("families", {}).get(version, {}).get(agent, {}) if name else {}
 
 
 def run_folder_name(agent_name: str, policy_optimizer: str = "whitebox", tag: str = "") -> str:
@@ -250,8 +260,14 @@ def plan(
             f"--rounds {rounds} and --agent-kwargs rounds={agent_kwargs['rounds']} disagree; "
             "give one"
         )
+    tuned = {
+        k: v
+        for k, v in family_settings(env_id, env_kwargs, agent_cls.name).items()
+        if k not in agent_kwargs and policy_optimizer == "whitebox"
+    }
     resolved = {
         **yaml_settings(env_id, agent_cls, policy_optimizer),
+        **tuned,
         **agent_kwargs,
         **({"rounds": rounds} if rounds is not None else {}),
     }
@@ -269,7 +285,7 @@ def plan(
     reads = ",".join(built.declared_reads(policy_optimizer != "whitebox"))
     run_name = run_folder_name(agent_cls.name, policy_optimizer, tag)
     settings = (env_id, agent, seeds, rounds, env_kwargs, agent_config, str(out), run_name)
-    job = Job(*settings, policy_optimizer, hyperparams, force, reads)
+    job = Job(*settings, policy_optimizer, hyperparams, force, reads, ",".join(sorted(tuned)))
     pending, skipped = [], []
     for seed in seeds:
         folder = results.run_dir(out, env_id, run_name, seed)
