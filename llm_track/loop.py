@@ -119,7 +119,7 @@ class Protocol:
         self.eos_ids, self.pad_id = special_ids(self.tok, models.policy)
         lora_params = [p for p in models.policy.parameters() if p.requires_grad]
         self.policy_opt = torch.optim.AdamW(lora_params, lr=cfg.policy_lr, weight_decay=0.0)
-        # weight decay 0: Adam; the head (models.float32_head) and its optimiser states are float32
+        # weight decay 0: Adam; the head and its optimiser states are float32 (freeze_all_but_head)
         self.rm_opt = torch.optim.AdamW(
             self.head.parameters(), lr=cfg.rm_lr, weight_decay=cfg.rm_weight_decay
         )

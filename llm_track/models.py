@@ -33,10 +33,6 @@ class Models:
         return rm_head(self.reward_model)
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 # --------------------------------------------------------------------------- tokenizers
 def _word_level(vocab: dict | None = None, corpus: list[str] | None = None):
     """A lower-casing, whitespace-splitting word-level tokenizer: ``vocab`` given or trained on
@@ -244,21 +240,16 @@ def rm_head(reward_model: nn.Module) -> nn.Linear:
     raise LLMTrackError("the reward model has no final linear head ('classifier' or 'score')")
 
 
-def float32_head(reward_model: nn.Module) -> nn.Linear:
-    """Keep the RM head (so its optimiser states too) in float32 whatever the model's dtype, its
-    input cast by a forward pre-hook: bf16 weights round lr-5e-5 Adam steps away (most never move)."""
+def freeze_all_but_head(reward_model: nn.Module) -> None:
+    """Freeze the reward model's backbone; its head is trainable and float32 (so its optimiser
+    states too) whatever the model's dtype, its input cast by a forward pre-hook: bf16 weights
+    round lr-5e-5 Adam steps away (most never move)."""
+    reward_model.requires_grad_(False)
     head = rm_head(reward_model)
-    head.float()
+    head.float().requires_grad_(True)
     if not getattr(head, "_float32_input", False):
         head.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
         head._float32_input = True
-    return head
-
-
-def freeze_all_but_head(reward_model: nn.Module) -> None:
-    """Freeze the reward model's backbone; its head is trainable and float32."""
-    reward_model.requires_grad_(False)
-    float32_head(reward_model).requires_grad_(True)
 
 
 def pretrain_tiny_base(model: nn.Module, tok, seed: int, steps: int = 150) -> None:
@@ -345,7 +336,7 @@ def build_tiny_models(cfg: LLMConfig):
     pcfg, pstate, rcfg, rstate = _tiny_state(cfg.model_seed, cfg.tiny_hidden, cfg.tiny_layers)
     base = _copy(LlamaForCausalLM, pcfg, pstate)
     rm = _copy(DebertaV2ForSequenceClassification, rcfg, rstate)
-    dtype = torch_dtype(cfg.dtype)
+    dtype = getattr(torch, cfg.dtype)  # one of config.DTYPES
     return base.to(dtype), rm.to(dtype), build_tiny_tokenizer()
 
 
@@ -410,7 +401,7 @@ def load_base_models(cfg: LLMConfig):
     authors' script does by loading it with ``num_labels=1``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    dtype = torch_dtype(cfg.dtype)
+    dtype = getattr(torch, cfg.dtype)  # one of config.DTYPES
     if (cfg.policy == "tiny" or cfg.reward_model == "tiny") and cfg.preset != "tiny":
         raise LLMTrackError("'tiny' models exist only with --preset tiny")
     base = policy_tok = rm = rm_tok = None
@@ -439,13 +430,9 @@ def load_base_models(cfg: LLMConfig):
 
 def load_models(cfg: LLMConfig) -> Models:
     """Models of a run, on ``cfg.device``: LoRA on the policy, RM frozen except its head."""
-    return with_lora(*load_base_models(cfg), cfg)
-
-
-def with_lora(base: nn.Module, policy_tok, rm: nn.Module, rm_tok, cfg: LLMConfig) -> Models:
-    """``load_models`` from base models already built (e.g. random-weight ones)."""
     from peft import LoraConfig, get_peft_model
 
+    base, policy_tok, rm, rm_tok = load_base_models(cfg)
     base.requires_grad_(False)
     lora = LoraConfig(
         r=cfg.lora_r,
