@@ -168,21 +168,17 @@ class RewardModel:
         return {k: params[k] + s * (new[k] - params[k]) for k in new}
 
     def apply_grads(
-        self, params: Params, opt_state: OptState, grads: Params | torch.Tensor
+        self, params: Params, opt_state: OptState, grads: Params
     ) -> tuple[Params, OptState]:
-        """One optimiser step with the loss gradient ``grads`` (a dict, or flat ``(S, P)``)."""
+        """One optimiser step with the loss gradient ``grads``."""
         cfg = self.optimizer
         if cfg.name == "sgd":
-            if isinstance(grads, torch.Tensor):
-                grads = unflatten(grads, params)
             new = {
                 k: params[k] - cfg.lr * (grads[k] + cfg.weight_decay * params[k]) for k in params
             }
             return new, {}
         # Adam on all parameters at once as one flat vector: a handful of tensor ops per step
-        p = flat_of(params)
-        g = grads if isinstance(grads, torch.Tensor) else flatten(grads)
-        p, m, v, _ = adam_step(cfg, p, opt_state)(g)
+        p, m, v, _ = adam_step(cfg, flat_of(params), opt_state)(flatten(grads))
         return unflatten(p, params), {"step": opt_state["step"] + 1, "m": m, "v": v}
 
 

@@ -86,7 +86,9 @@ def test_virtual_step_is_the_optimisers_step_bit_for_bit(env_kwargs):
     runs = []
     for step in (
         lambda g: unflatten(virtual(g)[0], core.params),
-        lambda g: core.reward_model.apply_grads(core.params, core.opt_state, g)[0],
+        lambda g: core.reward_model.apply_grads(
+            core.params, core.opt_state, unflatten(g, core.params)
+        )[0],
     ):
         yy = y.clone().requires_grad_(True)
         label = torch.ones(3, 1, dtype=torch.float64)
