@@ -11,11 +11,12 @@ machinery (run folders ``OUT/NAME/ENV/AGENT@X=x,Y=y/seed_S``, resumption and the
 
 * ``RESULTS/NAME.csv``: one row per (cell, agent): final true utility, collapse drop (peak block
   minus final block, :func:`baselines.results.summarise_history`) and peak, each as a mean with
-  its 95 % percentile-bootstrap CI over seeds; the difference in final true utility from naive,
-  paired by seed, with its 95 % CI and whether it excludes 0; labeler calls per run.
+  its 95 % percentile-bootstrap CI over seeds; labeler calls per run; vs naive on the seeds both
+  have (:func:`baselines.stats.compare`, paired): final U difference [t CI], P(improvement), verdict.
+* ``RESULTS/NAME.md``: the command and those comparisons in the generated comparison block.
 * ``RESULTS/NAME.png``: heatmaps of naive's collapse drop and final true utility, and of each
-  other agent's final U minus naive's (hatched where the CI covers 0); a last panel names, per
-  cell, the best oracle-free agent significantly above naive (:func:`best_agent`).
+  other agent's final U minus naive's (hatched where no difference is detected); a last panel
+  names, per cell, the best oracle-free agent better than naive (:func:`best_agent`).
 * ``RESULTS/NAME.json``: the command, the sweep it ran, the wall time and the code commit.
 
 ``RESULTS`` defaults to ``OUT/NAME`` (untracked); committed maps are written with
@@ -39,6 +40,9 @@ from baselines.sweep import finished, plan_sweep, run_sweep, tag_of
 
 #: the agent every difference is taken against
 REFERENCE = "naive"
+#: CSV column -> field of :func:`baselines.stats.compare` (the comparison with naive)
+COMPARED = {"n_paired": "n_a", "diff_vs_naive": "difference", "diff_lo": "difference_lo"}
+COMPARED |= {"diff_hi": "difference_hi"} | {k: k for k in "p_improvement p_lo p_hi verdict".split()}
 
 
 def parse_axis(text: str, flag: str) -> tuple[str, list[Any]]:
@@ -134,15 +138,12 @@ def collect(
                 calls = [s.get("labeler_calls", np.nan) for s in found.values()]
                 row["labeler_calls"] = float(np.mean(calls)) if calls else np.nan
                 paired = sorted(set(found) & set(ref))
+                row.update(dict.fromkeys(COMPARED, np.nan), n_paired=len(paired), verdict="")
                 if agent != REFERENCE and len(paired) >= 2:
-                    u = "final_true_utility"
-                    d = [found[s][u] - ref[s][u] for s in paired]
-                    mean, lo, hi = stats.mean_ci(d, 2000)
-                    row.update(diff_vs_naive=mean, diff_lo=lo, diff_hi=hi)
-                    row["significant"] = bool(lo > 0 or hi < 0)
-                else:
-                    row.update(diff_vs_naive=np.nan, diff_lo=np.nan, diff_hi=np.nan)
-                    row["significant"] = False
+                    u = [[d[s]["final_true_utility"] for s in paired] for d in (found, ref)]
+                    c = stats.compare(*u, paired=True)
+                    row.update({k: c[v] for k, v in COMPARED.items()})
+                row["significant"] = row["verdict"] in stats.VERDICTS[:2]
                 rows.append(row)
     return rows
 
@@ -159,24 +160,30 @@ def oracle_free(agent: str) -> bool:
     return not set(cls(cls.config_cls()).declared_reads()) & EXTRA_READS
 
 
+def page(rows: list[dict[str, Any]], x: str, y: str, title: str, command: str) -> str:
+    """``RESULTS/NAME.md``: the title, the command and each agent vs naive per cell (a block)."""
+    block = []
+    for r in filter(lambda r: r["verdict"], rows):
+        at = f" ({x}={r[x]}, {y}={r[y]})"
+        block.append({v: r[k] for k, v in COMPARED.items()} | {"n_b": r["n_paired"]})
+        block[-1].update(a=r["agent"] + at, b=REFERENCE + at)
+    what = stats.comparison_block(block, "final U, paired by seed") if block else []
+    return "\n".join([f"# Collapse map: {title}", "", f"`{command}`", "", *what, ""])
+
+
 def best_agent(
     rows: list[dict[str, Any]], x: str, y: str, eligible: set[str] | None = None
 ) -> dict[tuple, str]:
     """Per cell: the ``eligible`` agent (default all) with the highest mean final U among those
-    significantly better than naive (``"naive"`` when none is; ties: list order)."""
+    better than naive by the verdict (``"naive"`` when none is; ties: list order)."""
     out: dict[tuple, str] = {}
+    top: dict[tuple, float] = {}
     for r in rows:
-        key = (r[x], r[y])
+        key, u = (r[x], r[y]), r["final_true_utility"]
         out.setdefault(key, REFERENCE)
-        if eligible is not None and r["agent"] not in eligible:
-            continue
-        if r["agent"] != REFERENCE and r["significant"] and r["diff_vs_naive"] > 0:
-            cur = out[key]
-            cur_u = next(
-                q["final_true_utility"] for q in rows if (q[x], q[y]) == key and q["agent"] == cur
-            )
-            if r["final_true_utility"] > cur_u:
-                out[key] = r["agent"]
+        ok = r["verdict"] == "better" and (eligible is None or r["agent"] in eligible)
+        if ok and u > top.get(key, -np.inf):
+            out[key], top[key] = r["agent"], u
     return out
 
 
@@ -225,7 +232,7 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
             for (r, c), v in np.ndenumerate(img):
                 name = agents[v].replace("-", "-\n", 1)
                 ax.text(c, r, name, ha="center", va="center", fontsize=5.5, linespacing=0.9)
-            ax.set_title("best oracle-free agent (significantly > naive)", fontsize=8)
+            ax.set_title("best oracle-free agent (better than naive)", fontsize=8)
             continue
         kind, key, label, cmap, lim = panels[i]
         g = grid(kind, key)
@@ -244,7 +251,7 @@ def heatmaps(rows: list[dict[str, Any]], x, y, agents: list[str], title: str, pa
             text, colour = "-" if v != v else f"{v:.2f}", "0.45" if faint else "black"
             box = {"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 0.5}
             ax.text(c, r, text, ha="center", va="center", fontsize=7, color=colour, bbox=box)
-    fig.suptitle(title + "   (hatched: 95 % CI of the difference covers 0)", fontsize=9)
+    fig.suptitle(title + "   (hatched: no difference detected at 95 %)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -326,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": results.git_commit(),
     }
     results.atomic_write_json(res / f"{name}.json", meta)
+    results.atomic_write_text(res / f"{name}.md", page(rows, x[0], y[0], title, meta["command"]))
     print(
         f"{len(folders) - len(summary['failed'])}/{len(folders)} runs ok -> {res / name}.png, .csv"
     )

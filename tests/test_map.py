@@ -1,12 +1,14 @@
-"""Collapse maps: a tiny grid end to end, resumption, the paired differences, bad input."""
+"""Collapse maps: a tiny grid end to end, resumption, the paired comparisons and their generated
+block, bad input."""
 
 import json
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from baselines import map as cmap
-from baselines import results
+from baselines import results, stats
 
 ENV = "RLHFBlindSpot-v0"
 
@@ -59,11 +61,39 @@ def test_map_writes_cells_with_paired_differences(tiny_map):
             u[agent] = s["final_true_utility"]
         diffs.append(u["oracle"] - u["naive"])
     assert r["diff_vs_naive"] == pytest.approx(np.mean(diffs))
-    assert r["diff_lo"] <= r["diff_vs_naive"] <= r["diff_hi"]
-    assert r["significant"] == str(r["diff_lo"] > 0 or r["diff_hi"] < 0)
+    # the t CI of the per-seed differences (stats.compare, paired)
+    half = sps.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3)
+    assert (r["diff_lo"], r["diff_hi"]) == pytest.approx(
+        (np.mean(diffs) - half, np.mean(diffs) + half)
+    )
+    assert r["p_lo"] <= r["p_improvement"] <= r["p_hi"] and r["n_paired"] == 3
+    assert r["verdict"] == stats.verdict(
+        *(round(r[k], 2) for k in ("diff_lo", "diff_hi", "p_lo", "p_hi"))
+    )
+    assert r["significant"] == str(r["verdict"] != "no difference detected")
     assert r["n"] == 3 and r["labeler_calls"] > 30  # the oracle's gradient queries are counted
     naive = [r for r in rows if r["agent"] == "naive"]
     assert all(r["diff_vs_naive"] != r["diff_vs_naive"] for r in naive)  # NaN: no self-diff
+    assert all(r["significant"] == "False" for r in naive)
+
+
+def test_map_page_states_the_comparisons_in_a_generated_block(tiny_map):
+    folder, argv = tiny_map
+    text = (folder / "tiny.md").read_text()
+    assert text.startswith("# Collapse map: ")
+    assert "`python -m baselines.map " + " ".join(argv) + "`" in text
+    assert text.count(stats.BLOCK_START) == text.count(stats.BLOCK_END) == 1
+    block = text.split(stats.BLOCK_START)[1].split(stats.BLOCK_END)[0]
+    lines = [ln for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| A |")]
+    others = [r for r in results.read_csv(folder / "tiny.csv") if r["agent"] != "naive"]
+    assert len(lines) == len(others) == 2 * 2 * 2  # every (cell, agent other than naive)
+    for line, r in zip(lines, others, strict=True):
+        at = f"(target_value={r['target_value']}, rm_init_noise={r['rm_init_noise']})"
+        d = f"{r['diff_vs_naive']:+.2f} [{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}]"
+        p = f"{r['p_improvement']:.2f} [{r['p_lo']:.2f}, {r['p_hi']:.2f}]"
+        assert line == f"| {r['agent']} {at} | naive {at} | 3 / 3 | {d} | {p} | {r['verdict']} |"
+        shown = (round(r[k], 2) for k in ("diff_lo", "diff_hi", "p_lo", "p_hi"))
+        assert r["verdict"] == stats.verdict(*shown)  # the rule, on the printed numbers
 
 
 def test_map_resumes_without_recomputing(tiny_map, capsys):
@@ -75,41 +105,21 @@ def test_map_resumes_without_recomputing(tiny_map, capsys):
     assert (folder / "tiny.csv").read_text() == before
 
 
-def test_best_agent_needs_significance():
-    base = {"x": 1, "y": 1}
+def test_best_agent_needs_the_verdict_better():
     rows = [
-        {
-            **base,
-            "agent": "naive",
-            "final_true_utility": 3.0,
-            "significant": False,
-            "diff_vs_naive": float("nan"),
-        },
-        {
-            **base,
-            "agent": "a",
-            "final_true_utility": 9.0,
-            "significant": False,
-            "diff_vs_naive": 6.0,
-        },
-        {
-            **base,
-            "agent": "b",
-            "final_true_utility": 5.0,
-            "significant": True,
-            "diff_vs_naive": 2.0,
-        },
-        {
-            **base,
-            "agent": "c",
-            "final_true_utility": 1.0,
-            "significant": True,
-            "diff_vs_naive": -2.0,
-        },
+        {"x": 1, "y": 1, "agent": a, "final_true_utility": u, "verdict": v}
+        for a, u, v in [
+            ("naive", 3.0, ""),
+            ("a", 9.0, "no difference detected"),
+            ("b", 5.0, "better"),
+            ("d", 6.0, "better"),
+            ("c", 1.0, "worse"),
+        ]
     ]
-    assert cmap.best_agent(rows, "x", "y") == {(1, 1): "b"}
+    assert cmap.best_agent(rows, "x", "y") == {(1, 1): "d"}
+    assert cmap.best_agent(rows, "x", "y", {"naive", "b"}) == {(1, 1): "b"}
     assert cmap.best_agent(rows, "x", "y", {"naive", "a", "c"}) == {(1, 1): "naive"}
-    rows[2]["significant"] = False
+    rows[2]["verdict"] = rows[3]["verdict"] = "no difference detected"
     assert cmap.best_agent(rows, "x", "y") == {(1, 1): "naive"}
 
 
