@@ -135,15 +135,12 @@ def rm_scores(env, vectors: np.ndarray) -> np.ndarray:
         return env.core.reward_model.score(env.core.params, y)[0].numpy()
 
 
-def _name(env) -> str:
-    return env.spec.id if env.spec is not None else type(env).__name__
-
-
 def _title(env, fig, trail: Trail, extra: str = "") -> None:
     last = "  |  no response yet"
     if trail.items:
         last = f"  |  last response: U = {trail.items[-1][2]:.2f}, r = {trail.items[-1][1]:.2f}"
-    fig.suptitle(f"{_name(env)}  -  RM round {env.core.round}{last}{extra}", fontsize=10)
+    name = env.spec.id if env.spec is not None else type(env).__name__
+    fig.suptitle(f"{name}  -  RM round {env.core.round}{last}{extra}", fontsize=10)
 
 
 def _trace(ax, scores: list, scale: float, title: str = "scores of submitted responses") -> None:
@@ -264,7 +261,7 @@ def vector_plane(env) -> dict[str, Any]:
         with torch.no_grad():
             y = torch.from_numpy(last.reshape(1, 1, -1).copy())
             try:
-                g = core.reward_model.score_and_grad_y(core.params, y)[1][0, 0].numpy()
+                g = core.reward_model.grad_y(core.params, y)[0, 0].numpy()
             except NotImplementedError:
                 g = np.zeros(c.dims)
         e2 = _unit(g, e1)
@@ -300,6 +297,8 @@ def draw_vector(env, fig) -> None:
 def draw_tokens(env, fig, eos: int, answer: int, filler: int) -> None:
     """The frame of the token env whose ``eos``, ``answer`` and ``filler`` are these token ids:
     the last answers, the scores of ``answer + j x filler + eos`` for every ``j``, the trace."""
+    from matplotlib.patches import Rectangle
+
     trail, c, core = _trail(env), env.config, env.core
     fig.set_size_inches(FIG_WIDTH, PANEL_HEIGHT)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
@@ -318,7 +317,7 @@ def draw_tokens(env, fig, eos: int, answer: int, filler: int) -> None:
         y = 6 - i
         for j, tok in enumerate(tokens):
             colour = colours.get(tok, WORD_COLOUR)
-            ax.add_patch(_box(j, y, colour))
+            ax.add_patch(Rectangle((j, y), 0.9, 0.8, facecolor=colour, edgecolor="none"))
             ax.text(j + 0.45, y + 0.4, names.get(tok, f"w{tok}"), ha="center", va="center",
                     fontsize=6, color="white")  # fmt: skip
         ax.text(c.max_len + 0.2, y + 0.4, label, va="center", fontsize=7, family="monospace")
@@ -346,12 +345,6 @@ def draw_tokens(env, fig, eos: int, answer: int, filler: int) -> None:
     _trace(axes[2], list(trail.scores), c.utility_scale)
     _title(env, fig, trail)
     _layout(fig)
-
-
-def _box(x: float, y: float, colour: str):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((x, y), 0.9, 0.8, facecolor=colour, edgecolor="none")
 
 
 # -- contextual env --------------------------------------------------------------------------------

@@ -59,21 +59,14 @@ class RewardModel:
         """Pairwise tangent kernel ``<grad_phi r(ya_i), grad_phi r(yb_i)>`` -> (S, n)."""
         raise NotImplementedError  # pragma: no cover
 
-    def score_and_grad_y(self, params: Params, y: torch.Tensor):
-        """``(r(y), grad_y r(y))`` in closed form, shapes (S, n) and (S, n, d)."""
-        raise NotImplementedError  # pragma: no cover
-
-    def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
-        """``(K(y, y), grad_y K(y, y))`` in closed form, shapes (S, n) and (S, n, d)."""
-        raise NotImplementedError  # pragma: no cover
-
     def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """``grad_y r(y)`` alone (S, n, d): :meth:`score_and_grad_y`'s numbers, bit for bit."""
-        return self.score_and_grad_y(params, y)[1]
+        """``grad_y r(y)`` (S, n, d) in closed form: :meth:`first_order_parts`'s, bit for bit."""
+        raise NotImplementedError  # pragma: no cover
 
     def first_order_parts(self, params: Params, y: torch.Tensor):
-        """``(r, grad_y r, K(y, y), grad_y K(y, y))``, bit for bit, in one pass where it can."""
-        return (*self.score_and_grad_y(params, y), *self.ntk_diag_and_grad_y(params, y))
+        """``(r, grad_y r, K(y, y), grad_y K(y, y))`` in closed form, in one pass where it can:
+        shapes (S, n), (S, n, d), (S, n), (S, n, d)."""
+        raise NotImplementedError  # pragma: no cover
 
     def init_opt_state(self, params: Params) -> OptState:
         """Optimiser state: empty for SGD; for Adam the step and flat ``(S, P)`` moments."""
@@ -285,14 +278,11 @@ class LinearRewardModel(RewardModel):
     def weighted_grad(self, params, y, a, parts=None) -> Params:
         return {"w": (a.unsqueeze(-1) * y).sum(1)}
 
-    def score_and_grad_y(self, params: Params, y: torch.Tensor):
-        return self.score(params, y), self.grad_y(params, y)
-
     def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
         return params["w"].unsqueeze(1).expand_as(y)
 
-    def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
-        return (y * y).sum(-1), 2.0 * y
+    def first_order_parts(self, params: Params, y: torch.Tensor):
+        return self.score(params, y), self.grad_y(params, y), (y * y).sum(-1), 2.0 * y
 
     def step_scale(
         self, y: torch.Tensor, feedback: str, reference: torch.Tensor | None = None
@@ -417,12 +407,9 @@ class MLPRewardModel(RewardModel):
             g["skip"] = (a.unsqueeze(-1) * y).sum(1)
         return g
 
-    def score_and_grad_y(self, params: Params, y: torch.Tensor):
-        parts = self.parts(params, y)
-        return parts[0], self.grad_y_from_parts(params, parts)
-
     def grad_y(self, params: Params, y: torch.Tensor) -> torch.Tensor:
-        """:meth:`score_and_grad_y`'s operations that the gradient needs, in the same order."""
+        """The operations of :meth:`parts` and :meth:`grad_y_from_parts` that the gradient
+        needs, in the same order."""
         z1 = torch.bmm(y, params["W1"].transpose(1, 2)) + params["b1"].unsqueeze(1)
         h1 = F.softplus(z1)
         z2 = torch.bmm(h1, params["W2"].transpose(1, 2)) + params["b2"].unsqueeze(1)
@@ -438,11 +425,8 @@ class MLPRewardModel(RewardModel):
         g = torch.bmm(parts[3], params["W1"])
         return g + params["skip"].unsqueeze(1) if "skip" in params else g
 
-    def ntk_diag_and_grad_y(self, params: Params, y: torch.Tensor):
-        return self.first_order_parts(params, y)[2:]
-
     def first_order_parts(self, params: Params, y: torch.Tensor):
-        """``(r, grad_y r, K(y, y), grad_y K(y, y))``; ``grad_y K`` by hand, in reverse mode.
+        """:meth:`RewardModel.first_order_parts`; ``grad_y K`` by hand, in reverse mode.
 
         With ``u = W2^T delta2`` (so ``delta1 = u * s1``), ``s = sigmoid(z)``, ``s' = s (1 - s)``:
         ``K = 1 + |h2|^2 + |delta2|^2 (1 + |h1|^2) + |delta1|^2 (1 + |y|^2)``.
