@@ -13,15 +13,6 @@ from baselines.results import atomic_write_json, atomic_write_text, read_json
 TASKS = "mmlu,arc_challenge,truthfulqa_mc2"
 
 
-def lm_eval_command(base: str, adapter: str, dtype: str, output: str) -> str:
-    """The lm-evaluation-harness command line for a base model and an exported adapter."""
-    args = f"pretrained={base},peft={adapter},dtype={dtype}"
-    return (
-        f"lm_eval --model hf --model_args {shlex.quote(args)} --tasks {TASKS} "
-        f"--batch_size 8 --output_path {shlex.quote(output)}"
-    )
-
-
 @contextmanager
 def written_whole(folder: str):
     """Yields an empty ``folder + '.tmp'`` to write into, then swaps it in for ``folder`` (through
@@ -62,13 +53,13 @@ def export_adapter(policy, cfg, folder: str) -> str:
             base = os.path.abspath(local) if os.path.exists(local) else cfg.policy
         path = os.path.join(tmp, "adapter_config.json")
         atomic_write_json(path, {**read_json(path), "base_model_name_or_path": base})
-        command = lm_eval_command(
-            base, os.path.abspath(out), cfg.dtype, os.path.join(folder, "lm_eval")
-        )
+        # the lm-evaluation-harness command for the base model and this adapter
+        model_args = shlex.quote(f"pretrained={base},peft={os.path.abspath(out)},dtype={cfg.dtype}")
+        output = shlex.quote(os.path.join(folder, "lm_eval"))
         atomic_write_text(
             os.path.join(tmp, "lm_eval.sh"),
             "#!/usr/bin/env bash\n# Evaluate this run's final policy (not run by the suite)\n"
-            + command
-            + "\n",
+            f"lm_eval --model hf --model_args {model_args} --tasks {TASKS} --batch_size 8 "
+            f"--output_path {output}\n",
         )
     return out
