@@ -364,24 +364,20 @@ def _main(args) -> int:
     summary = read_json(os.path.join(folder, "summary.json"))
     print(f"{folder}: {summary['steps_done']} steps")
     if summary["steps_done"] and not args.quiet:
-        print(result_table(summary))
+        # the winner's oracle utility and proxy score, first -> last window means
+        u, r = (
+            f"{summary[k + '_first']:.3f} -> {summary[k + '_last']:.3f}"
+            for k in ("utility_winner", "proxy_winner")
+        )
+        print(
+            f"oracle utility of the winner {u}; proxy (RM) score {r}\noracle queries "
+            f"{summary['oracle_queries']}, {summary['mean_step_s']:.2f} s/step (means over the first "
+            f"and last {summary['window']} steps)"
+        )
         root = os.path.dirname(os.path.dirname(os.path.normpath(folder)))
         print(f"Run folder: {folder} (config.json, metrics.csv, summary.json, adapter/)")
         print(f"Evaluate:   python -m llm_track.evaluate --runs {root} --out LLM_TRACK.md")
     return 0
-
-
-def result_table(summary: dict) -> str:
-    """The run's result: the winner's oracle utility and proxy score, first -> last window means."""
-    u, r = (
-        f"{summary[k + '_first']:.3f} -> {summary[k + '_last']:.3f}"
-        for k in ("utility_winner", "proxy_winner")
-    )
-    return (
-        f"oracle utility of the winner {u}; proxy (RM) score {r}\noracle queries "
-        f"{summary['oracle_queries']}, {summary['mean_step_s']:.2f} s/step (means over the first "
-        f"and last {summary['window']} steps)"
-    )
 
 
 THREADS_HELP = "torch CPU threads (default: 1 on cpu for tiny and smol)"
