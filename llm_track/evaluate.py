@@ -24,7 +24,7 @@ import torch
 
 from baselines import cli, results
 from baselines.results import atomic_write_json, atomic_write_text, read_json
-from baselines.stats import probability_of_improvement, sign_test, t_ci
+from baselines.stats import compare, comparison_block, sign_test, t_ci
 from llm_track import decoding, loop
 from llm_track.config import LLMConfig, LLMTrackError, first_line
 from llm_track.run import THREADS_HELP, OneLineParser, _set_threads
@@ -300,11 +300,9 @@ def pairwise(results: dict[str, dict[int, dict]], judge=None, key: str = "utilit
     return out
 
 
-def across_seeds(results: dict[str, dict[int, dict]], key: str, few_seeds: bool = False):
-    """Agent pairs by the per-seed differences of their ``key`` means on the seeds both have
-    (paired by seed): mean [95 % Student-t CI], P(improvement) (``baselines.stats``) and a verdict,
-    ``better``/``worse`` when the CI excludes 0, else ``no difference shown``. Fewer than
-    :data:`MIN_SEEDS` seeds: refused, or with ``few_seeds`` the verdict ``too few seeds``."""
+def shared_seeds(results: dict[str, dict], few_seeds: bool = False) -> list[tuple]:
+    """``(a, b, seeds)`` for every agent pair of ``results`` (agent -> seed -> anything), the seeds
+    both have; fewer than :data:`MIN_SEEDS`: refused unless ``few_seeds``."""
     out = []
     for a, b in combinations(sorted(results), 2):
         seeds = sorted(set(results[a]) & set(results[b]))
@@ -313,15 +311,20 @@ def across_seeds(results: dict[str, dict[int, dict]], key: str, few_seeds: bool 
                 f"--runs: {a} and {b} share {len(seeds)} seeds; comparing them needs >= "
                 f"{MIN_SEEDS} (or --few-seeds)"
             )
-        if not seeds:
-            continue
-        xa, xb = (np.array([results[x][s]["means"][key] for s in seeds]) for x in (a, b))
-        mean, lo, hi = (float(v) for v in t_ci(xa - xb))
-        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference shown"
-        poi, few = probability_of_improvement(xa, xb), len(seeds) < MIN_SEEDS
-        verdict = "too few seeds" if few else verdict
-        out.append(dict(a=a, b=b, seeds=len(seeds), mean_diff=mean, ci=[lo, hi], verdict=verdict,
-                        p_improvement=poi))  # fmt: skip
+        out.append((a, b, seeds))
+    return out
+
+
+def across_seeds(results: dict[str, dict[int, dict]], key: str, few_seeds: bool = False):
+    """The pairs of :func:`shared_seeds` (``a``, ``b``, ``seeds``), from :data:`MIN_SEEDS` seeds on
+    with :func:`baselines.stats.compare`'s fields of their ``key`` means, paired by seed."""
+    out = []
+    for a, b, seeds in shared_seeds(results, few_seeds):
+        row = dict(a=a, b=b, seeds=len(seeds))
+        if len(seeds) >= MIN_SEEDS:
+            xa, xb = (np.array([results[x][s]["means"][key] for s in seeds]) for x in (a, b))
+            row.update(compare(xa, xb, paired=True))
+        out.append(row)
     return out
 
 
@@ -370,18 +373,16 @@ def markdown(results, summaries, pairs, seed_pairs, meta) -> str:
         queries = sorted({x["oracle_queries"] for x in sm})
         cells += [f"{first} → {last}", "/".join(str(q) for q in queries) or "-"]
         lines.append(_row(cells))
+    few = ", ".join(f"{p['a']} vs {p['b']}" for p in seed_pairs if "verdict" not in p)
     lines += [
         "",
-        "Comparison by eval utility, per-seed differences A - B (paired by seed): mean [95 % "
-        "Student-t CI], P(improvement) over all pairs of runs, seeds; verdict `better`/`worse` "
-        f"when the CI excludes 0, else `no difference shown` (`too few seeds` below {MIN_SEEDS}):",
-        "",
+        "Across seeds, by eval utility: A - B on the seeds both have (paired by seed) with its 95 % "
+        "Student-t CI, P(A > B) over all pairs of runs with its bootstrap CI; the verdict by rule "
+        "(`baselines.stats.verdict`): `better`/`worse` only where both CIs exclude no difference.",
+        *(["", f"Not compared (fewer than {MIN_SEEDS} shared seeds): {few}."] if few else []),
     ]
-    for p in seed_pairs:
-        lines.append(
-            f"- {p['a']} vs {p['b']}: {p['mean_diff']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
-            f", P(improvement) {p['p_improvement']:.2f}, {p['seeds']} seeds: {p['verdict']}"
-        )
+    compared = [p for p in seed_pairs if "verdict" in p]
+    lines += ["", *comparison_block(compared, "eval utility, paired by seed")] if compared else []
     judged = any("judge_wins" in p for p in pairs)
     lines += [
         "",
@@ -442,11 +443,10 @@ def evaluate(
         raise LLMTrackError(str(exc)) from None
     folders = find_runs(run_roots)
     configs = read_configs(folders)
-    labels = {
-        c.label: {d.seed: {"means": {"gold": 0}} for d in configs.values() if d.label == c.label}
-        for c in configs.values()
-    }
-    across_seeds(labels, "gold", few_seeds)  # the seed rule before any compute
+    seeds_of: dict[str, set[int]] = {}
+    for c in configs.values():
+        seeds_of.setdefault(c.label, set()).add(c.seed)
+    shared_seeds(seeds_of, few_seeds)  # the seed rule before any compute
     for cfg in configs.values():
         cfg.device = device or cfg.device
     if len({json.dumps({k: getattr(c, k) for k in MODEL_KEYS}) for c in configs.values()}) > 1:

@@ -94,8 +94,11 @@ def test_evaluate_writes_eval_and_markdown(tmp_path):
             assert row["overconfidence"] == pytest.approx(want, abs=1e-6)
     text = out.read_text()
     assert "## LLM track" in text and "fpo-relaxed vs naive" in text
-    assert "eval utility" in text and "Comparison by eval utility" in text and "Within-run" in text
-    assert "fpo-relaxed vs naive: " in text and "1 seeds: too few seeds" in text
+    assert (
+        "eval utility" in text and "Across seeds, by eval utility" in text and "Within-run" in text
+    )
+    assert "Not compared (fewer than 3 shared seeds): fpo-relaxed vs naive." in text
+    assert "<!-- comparisons" not in text  # one seed: no comparison block
     assert "3-" in text or "-3" in text or "-0-" in text  # 3 comparisons were made
 
 

@@ -397,14 +397,49 @@ def test_across_seeds_by_hand():
     results = {"a": runs(1.0, 2.0, 4.0), "b": runs(0.0, 1.5, 1.0)}
     (row,) = evaluate.across_seeds(results, "gold")
     # differences 1, 0.5, 3: mean 1.5, sd 1.3229, t(0.975, 2) = 4.3027 -> half width 3.2863
-    assert row["seeds"] == 3 and row["mean_diff"] == pytest.approx(1.5)
-    assert row["ci"] == pytest.approx([1.5 - 3.2863, 1.5 + 3.2863], abs=1e-3)
-    assert row["verdict"] == "no difference shown"
+    assert (row["a"], row["b"], row["seeds"], row["n_a"], row["n_b"]) == ("a", "b", 3, 3, 3)
+    assert row["difference"] == pytest.approx(1.5)
+    lo_hi = [row["difference_lo"], row["difference_hi"]]
+    assert lo_hi == pytest.approx([1.5 - 3.2863, 1.5 + 3.2863], abs=1e-3)
+    assert row["verdict"] == "no difference detected"
     # P(improvement) over all 9 pairs of runs: a's 1 beats 0, ties 1; 2 and 4 beat all three
     assert row["p_improvement"] == pytest.approx(7.5 / 9)
-    results["b"] = runs(0.0, 1.0, 3.0)  # the same difference (1) on every seed: CI [1, 1]
+    results["b"] = runs(0.0, 1.0, 3.0)  # the same difference (1) on every seed: t CI [1, 1] ...
+    (row,) = evaluate.across_seeds(results, "gold")
+    assert row["difference_lo"] == pytest.approx(1.0) and row["p_lo"] < 0.5  # ... P(A > B) not
+    assert row["verdict"] == "no difference detected"  # both CIs must exclude no difference
+    results["b"] = runs(-9.0, -8.0, -7.0)  # every run of a above every run of b
     assert evaluate.across_seeds(results, "gold")[0]["verdict"] == "better"
+    assert evaluate.across_seeds({"x": results["b"], "y": results["a"]}, "gold")[0]["verdict"] == (
+        "worse"
+    )
     del results["a"][2]  # two shared seeds: refused unless asked
     with pytest.raises(LLMTrackError, match="share 2 seeds.*--few-seeds"):
         evaluate.across_seeds(results, "gold")
-    assert evaluate.across_seeds(results, "gold", True)[0]["verdict"] == "too few seeds"
+    (row,) = evaluate.across_seeds(results, "gold", True)  # asked: no comparison, no verdict
+    assert row == {"a": "a", "b": "b", "seeds": 2}
+
+
+def test_markdown_states_the_comparisons_in_the_generated_block():
+    """The across-seed comparisons are the generated block that tests/test_readings.py checks;
+    pairs with too few seeds are named in a line, outside the block."""
+    from baselines import stats
+
+    def runs(*means):
+        return {s: {"means": {"gold": m}, "per_prompt": []} for s, m in enumerate(means)}
+
+    results = {"a": runs(5.0, 6.0, 7.0), "b": runs(-9.0, -8.0, -7.0), "c": runs(1.0)}
+    seed_pairs = evaluate.across_seeds(results, "gold", few_seeds=True)
+    meta = dict(preset="tiny", n_runs=7, steps="3", models="m", n_prompts=1, prompt_source="s")
+    text = evaluate.markdown(
+        results, {k: {} for k in results}, [], seed_pairs, {**meta, "max_new": 4}
+    )
+    block = text[text.index(stats.BLOCK_START) : text.index(stats.BLOCK_END)]
+    assert "| a | b | 3 / 3 | +14.00 [+14.00, +14.00] | 1.00 [1.00, 1.00] | better |" in block
+    assert "eval utility, paired by seed" in block and "| a | c |" not in block
+    assert "Not compared (fewer than 3 shared seeds): a vs c, b vs c." in text
+    only_few = evaluate.across_seeds({"a": runs(1.0), "b": runs(2.0)}, "gold", few_seeds=True)
+    text = evaluate.markdown(
+        results, {k: {} for k in results}, [], only_few, {**meta, "max_new": 4}
+    )
+    assert stats.BLOCK_START not in text and "Not compared" in text  # no empty block
