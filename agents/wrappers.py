@@ -8,9 +8,7 @@ algorithm sees by the agent's score (:meth:`agents.whitebox.Agent.sb3_score`), a
 
 A response is scored under the reward model that scored it in the env (before any retraining
 that the same step triggered): the agent's copy of the follower is refreshed only after it has
-scored the step. The env has already computed that RM's score of the response (its
-``info["proxy_reward"]``): an agent that asks its copy's reward model for it gets that number
-instead of a second forward pass (the same float; see :class:`_KnownScore`).
+scored the step, and that RM's score of the response is the env's (:class:`_KnownScore`).
 
 The response is ``env.unwrapped.last_response`` right after the step (shape (1, d): the vector
 the RM scores), or ``None`` while a response is still incomplete (token envs); then the reward
@@ -23,14 +21,11 @@ import gymnasium as gym
 import torch
 
 from agents.follower import SEALED_INFO, Follower, Oracle, answer, follower_state
-from agents.whitebox import Agent
+from agents.whitebox import Agent, counters
 
 
 class AgentRewardWrapper(gym.Wrapper):
     """Pays an SB3 algorithm ``agent.sb3_score`` for each response the env scores.
-
-    The agent sees a copy of the follower's declared state and counted queries
-    (:mod:`agents.follower`), refreshed after each RM round.
 
     Args:
         env: a suite env (single, not vectorised), or in harness runs the agent process's stand-in
@@ -96,13 +91,7 @@ class _Local(Oracle):
 
     def counts(self) -> dict[str, int]:
         """The env's query counters now (those that ``info`` reports)."""
-        c = self.env.core
-        counters = {
-            "oracle_queries": c.oracle_queries,
-            "oracle_grad_queries": c.oracle_grad_queries,
-        }
-        counters.update(oracle_value_equivalents=c.oracle_value_equivalents, **c.query_counts())
-        return {k: int(v[0]) for k, v in counters.items()}
+        return {k: int(v[0]) for k, v in counters(self.env.core).items() if k != "labels_used"}
 
     def ask(self, kind: str, ys):
         return answer(self.env.core, slice(None), self.reads, kind, ys, self.env.ys_error)

@@ -3,15 +3,15 @@
 The env keeps retraining its reward model on the rollouts; the agent decides only which reward
 the algorithm sees, through the one reward wrapper (:class:`agents.wrappers.AgentRewardWrapper`),
 and, for agents that act on the optimiser itself, through the callbacks the agent declares
-(``kl``: a per-step KL penalty to the initial policy, :mod:`agents.sb3_kl`). Metrics are recorded
-per RM round from the responses the policy actually sampled in that round, in columns named
-``sample_*`` (white-box runs record the policy mean's ``true_utility`` besides).
+(``kl``: a per-step KL penalty to the initial policy, :mod:`agents.sb3_kl`). What is recorded:
+:func:`learn_sb3`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from agents.whitebox import counters
 from rlhf_envs.core import QUERY_COLUMNS
 
 ALGOS = ("ppo", "sac", "a2c")
@@ -94,13 +94,8 @@ class _Recorder:
     def __call__(self, info: dict | None) -> bool:
         """Record one step's ``info``; True once the run has its rounds."""
         if self.pending is not None:
-            row, c = self.pending, self.core
-            row.update(
-                oracle_queries=int(c.oracle_queries[0]),
-                oracle_grad_queries=int(c.oracle_grad_queries[0]),
-                oracle_value_equivalents=int(c.oracle_value_equivalents[0]),
-                **{k: int(v[0]) for k, v in c.query_counts().items()},
-            )
+            row = self.pending  # its label count is the round's own
+            row.update((k, int(v[0])) for k, v in counters(self.core).items() if k != "labels_used")
             self.rows.append(row)
             self.pending = None
             if self.callback is not None:
@@ -120,8 +115,8 @@ class _Recorder:
             p = np.array(current["sample_proxy_reward"])
             row = {k: float(np.mean(v)) for k, v in current.items()}
             row.update(sample_gap=p.mean() - t.mean(), rm_error=np.abs(p - t).mean())
-            counters = ("oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
-            row.update(labels_used=info["labels_used"], **dict.fromkeys(counters))
+            queries = ("oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
+            row.update(labels_used=info["labels_used"], **dict.fromkeys(queries))
             if "in_blind_cluster" in info:  # a round may miss one side
                 for side in ("blind_cluster", "other_clusters"):
                     row.setdefault(f"sample_true_utility_{side}", np.nan)
