@@ -75,12 +75,7 @@ def together_seconds(
             cls(cls.config_cls(**{**yaml_settings(env_id, cls), "rounds": rounds}), seed=seeds)
             for cls in map(agent_class if judged else registry.get, agents)
         ]
-        env = gym.make_vec(
-            env_id,
-            num_envs=len(seeds) * len(agents),
-            vectorization_mode="vector_entry_point",
-            **(env_kwargs or {}),
-        )
+        env = gym.make_vec(env_id, len(seeds) * len(agents), **(env_kwargs or {}))
         env.reset(seed=seeds * len(agents))
         t = time.perf_counter()
         if judged:
@@ -222,15 +217,6 @@ def family_configs(env_id: str, args: argparse.Namespace) -> tuple[list[dict], s
     return configs, names
 
 
-def family_table(env_id: str, args: argparse.Namespace, rounds: int) -> None:
-    """Print seconds per agent-run over the family configs (:func:`speed_table`, measured on
-    ``--family-rounds`` rounds)."""
-    configs, names = family_configs(env_id, args)
-    if configs:
-        print(f"family sweep: {len(configs)} configs x {args.seeds} seeds ({names})\n")
-        speed_table(env_id, args, configs, min(rounds, args.family_rounds), rounds)
-
-
 def sb3_table(env_id: str, args: argparse.Namespace) -> None:
     """Print the seconds of one ``--sb3`` run per agent of ``--agents`` that works with it, as the
     harness runs it and in one process, and its ratio to naive."""
@@ -331,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         if env_id in rlhf_envs.BLIND_SPOT_ENV_IDS:
             print(f"rounds per agent-run: {rounds}; batched runs use seeds 0-{args.seeds - 1}\n")
             white_box_table(env_id, args, rounds)
-            if args.family or args.family_split:
-                family_table(env_id, args, rounds)
+            if args.family or args.family_split:  # on --family-rounds rounds, scaled
+                configs, names = family_configs(env_id, args)
+                print(f"family sweep: {len(configs)} configs x {args.seeds} seeds ({names})\n")
+                speed_table(env_id, args, configs, min(rounds, args.family_rounds), rounds)
         else:
             print("no white-box agents on this env (SB3 agents only)\n")
         discrete = isinstance(gym.make(env_id).action_space, gym.spaces.Discrete)

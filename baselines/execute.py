@@ -164,12 +164,7 @@ def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dic
     stopped: dict[int, BaseException] = {}  # diverged agents stop, the others go on
     seats = []
     try:
-        env = gym.make_vec(
-            first.env_id,
-            num_envs=len(all_seeds),
-            vectorization_mode="vector_entry_point",
-            **first.env_kwargs,
-        )
+        env = gym.make_vec(first.env_id, len(all_seeds), **first.env_kwargs)  # the batched env
         env.reset(seed=list(all_seeds))
         lo = 0
         for job, seeds in todo:
