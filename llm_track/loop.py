@@ -171,12 +171,6 @@ class Protocol:
         with row_masked_lora(policy, adapter, [False] * n + [True]):
             return sample(policy, prompt_ids, n + 1, start=start, **kw)
 
-    def utility(self, prompt_ids: torch.Tensor, resp: torch.Tensor, lengths: torch.Tensor):
-        """Oracle utility (uncounted here; the caller counts queries): base model, adapter off."""
-        self.m.policy.eval()
-        with self.m.policy.disable_adapter():
-            return utility(self.m.policy, self.cfg, prompt_ids, resp, lengths)
-
     def rewards(
         self, prompt: str, texts: list[str], dropout_seed: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +189,10 @@ class Protocol:
     # ---------------------------------------------------------------- scoring
     def score(self, prompt: str, prompt_ids, resp, lengths, texts, t: int = 0) -> dict:
         """U, r, h, penalty and FPO score of candidates (rows 0..n-1) and reference (row n)."""
-        cfg = self.cfg
-        u = self.utility(prompt_ids, resp, lengths)
+        cfg, policy = self.cfg, self.m.policy
+        policy.eval()
+        with policy.disable_adapter():  # the oracle: the base model (queries counted by step)
+            u = utility(policy, cfg, prompt_ids, resp, lengths)
         r, h = self.rewards(prompt, texts, self.scoring_dropout_seed(t))
         n = resp.shape[0] - 1
         form = cfg.penalty_form  # the agent class's llm_penalty (agents.registry)
