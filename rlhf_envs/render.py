@@ -1,15 +1,11 @@
 """Pictures of the blind spot: ``render_mode="rgb_array"`` and ``"human"`` for every env.
 
-``gym.make(id, render_mode="rgb_array")``, then ``env.render()`` returns the current frame, an
-``(H, W, 3)`` ``uint8`` array (``gymnasium.wrappers.RecordVideo`` makes a video of them). In
-``"human"`` mode the frame is drawn into a matplotlib window after every step; without a display
+In ``"human"`` mode the frame is drawn into a matplotlib window after every step; without a display
 (Linux with neither ``DISPLAY`` nor ``WAYLAND_DISPLAY``) the Agg backend is used: nothing fails.
-
-A vector env's frame (``RLHFBlindSpot-v0``, ``RLHFNeuralBlindSpot-v0``) shows ``U`` and ``r_phi``
-with the recent responses over a plane: horizontally the coordinate along ``y*`` (``U`` depends
-on nothing else: exact), vertically the distance from the ``y*`` axis along the responses' drift
-(where a naive policy's RM overrates); a third panel traces both scores round by round: collapse
-is the proxy climbing while ``U`` falls. The token and contextual envs: their ``## Rendering``.
+A vector env's frame (:func:`draw_vector`) shows ``U`` and ``r_phi`` with the recent responses
+over the plane of ``y*`` and the responses' drift (:func:`vector_plane`), and a trace of both
+scores round by round: collapse is the proxy climbing while ``U`` falls. The token and contextual
+envs: their ``## Rendering``.
 
 Each env hands :func:`render` its drawer; this module imports no env, and matplotlib only when a
 frame is drawn. Drawing reads the env through uncounted white-box access and changes nothing.
@@ -241,8 +237,9 @@ def _plane(env, a, b, e1, e2, t, points, prompt=None) -> dict[str, Any]:
 
 # -- vector envs -------------------------------------------------------------------------------------
 def vector_plane(env) -> dict[str, Any]:
-    """The maps of a vector env's frame (:func:`_plane`): ``a`` along ``y*``, ``b`` off its axis
-    along the drift. Uncounted white-box reads; the env is unchanged."""
+    """The maps of a vector env's frame (:func:`_plane`): ``a`` along ``y*`` (``U`` depends on
+    nothing else: exact), ``b`` off its axis along the drift (where a naive policy's RM
+    overrates). Uncounted white-box reads; the env is unchanged."""
     core, trail = env.core, _trail(env)
     c = core.config
     y_star = core.y_star.numpy()
@@ -258,13 +255,8 @@ def vector_plane(env) -> dict[str, Any]:
     e2 = _unit(off[-8:].mean(0)) if len(off) else None
     if e2 is None:
         last = ys[-1] if len(ys) else np.zeros(c.dims)
-        with torch.no_grad():
-            y = torch.from_numpy(last.reshape(1, 1, -1).copy())
-            try:
-                g = core.reward_model.grad_y(core.params, y)[0, 0].numpy()
-            except NotImplementedError:
-                g = np.zeros(c.dims)
-        e2 = _unit(g, e1)
+        y = torch.from_numpy(last.reshape(1, 1, -1).copy())
+        e2 = _unit(core.reward_model.grad_y(core.params, y)[0, 0].numpy(), e1)
     if e2 is None:
         e2 = _unit(np.eye(c.dims)[min(c.signal_dims, c.dims - 1)], e1)
     span = max(abs(t), 1.0)
