@@ -25,13 +25,8 @@ HEADERS = ("env", "agent", "runs", "final U [95% CI]", *(h for h, _, _ in MEANS)
 
 def rows(folders: list[Path]) -> list[list[str]]:
     """The table's cells: one row per (env, run name) over the sound finished runs among
-    ``folders``.
-
-    ``final U`` is the mean over seeds of ``final_true_utility`` with a percentile bootstrap
-    95 % CI (:func:`baselines.stats.mean_ci`); ``drop`` is peak minus the last block (see
-    :func:`baselines.results.summarise_history`), ``oracle queries`` the agent's own calls on
-    the truth, as value queries.
-    """
+    ``folders``; ``final U`` with a percentile bootstrap 95 % CI (:func:`baselines.stats.mean_ci`),
+    ``oracle queries`` the agent's own calls on the truth, as value queries."""
     df = results.load_runs(folders)
     out = []
     for (env_id, name), part in df.groupby(["env_id", "run_name"], sort=False) if len(df) else []:
