@@ -28,7 +28,8 @@ train and 11/16 test configs.
 
 Version history: ``v1``, the first lists; ``v2``, the biased labeler (:data:`V2_KNOBS`), drawn
 the same way (generator ``[SPLIT_SEEDS[split], ENV_INDEX[env], 2]``), frozen in
-``families_v2.json``; its splits are named ``v2/train`` and ``v2/test``.
+``families_v2.json``; its splits are named ``v2/train`` and ``v2/test``. v2 learnable: linear 26/28
+train, 23/28 test (naive collapses in 14/16, 15/16); neural 22/22 in both (10/16, 9/16).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ VERSION_DISTRIBUTIONS = {
 
 
 def candidates(env_id: str, split: str, n: int) -> list[dict[str, Any]]:
-    """The first ``n`` draws of ``split``'s generator (``"v2/train"``: v2's) from its distribution."""
+    """The first ``n`` draws of ``split``'s generator (``"v2/train"``: v2's) from its knobs."""
     version, split = _check(env_id, split)
     extra = [] if version == "v1" else [int(version[1:])]  # v1's generator as it was
     rng = np.random.default_rng([SPLIT_SEEDS[split], ENV_INDEX[env_id], *extra])
@@ -219,7 +220,7 @@ def _need_secret() -> bytes:
 
 
 def config(env_id: str, name: str) -> dict[str, Any]:
-    """The env kwargs of the family config ``name`` (``"test/7"``, ``"v1/test/7"``, ``"v2/test/7"``).
+    """The env kwargs of the family config ``name`` (``"test/7"``, ``"v1/test/7"``, ``"v2/test/7"``)
 
     Raises:
         ValueError: one line naming ``family`` (bad form, other version, unknown split, index
