@@ -137,8 +137,9 @@ def comparisons(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             ("".join((a, *suf)), "".join((b, *suf, *extra)))
             for suf in suffixes
             for a in methods
-            for b in baselines
-            for extra in ((), (f"@budget={a}",))  # and its budget-matched control, if run
+            for b in [*baselines, "oracle-values"]
+            for extra in ((), (f"@budget={a}",))  # and its budget-matched controls, if run
+            if extra or b != "oracle-values"
         ]
         for a, b in pairs:
             if a not in finals or b not in finals:
