@@ -12,6 +12,7 @@ checked dtype and shape, never unpickled. The threat model is in the README (Fai
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -33,7 +34,6 @@ from agents.follower import Oracle
 _DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64}
 #: the largest message an agent may send (bytes)
 _MAX_BYTES = 1 << 28
-_context = None
 
 
 def take_secret() -> None:
@@ -61,13 +61,13 @@ _ERRORS = {
 }
 
 
+@functools.cache
 def _ctx():
-    global _context
-    if _context is None:
-        _context = mp.get_context("forkserver")
-        preload = ["torch", "agents.registry", "baselines.judge", "stable_baselines3"]
-        _context.set_forkserver_preload(preload)
-    return _context
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["torch", "agents.registry", "baselines.judge", "stable_baselines3"]
+    )
+    return context
 
 
 # -- the wire ---------------------------------------------------------------------------------
@@ -350,9 +350,6 @@ def judge_sb3(job, seed: int, record, eval_responses: int) -> dict[str, float]:
 
 
 # -- plugins, described by their own process ---------------------------------------------------
-_plugins: dict[str, type] = {}
-
-
 def agent_class(spec: str) -> type:
     """The agent class of a built-in name, or for ``module:Class`` a stand-in with the plugin's
     declarations, described by a process of its own: the plugin is never imported here."""
@@ -360,11 +357,10 @@ def agent_class(spec: str) -> type:
 
     if spec in registry.BUILTIN or not isinstance(spec, str) or ":" not in spec:
         return registry.get(spec)
-    if spec not in _plugins:
-        _plugins[spec] = _stand_in(spec)
-    return _plugins[spec]
+    return _stand_in(spec)
 
 
+@functools.cache  # one stand-in (and one describing process) per plugin
 def _stand_in(spec: str) -> type:
     from agents import registry
     from agents.whitebox import READS
