@@ -7,6 +7,8 @@ random streams and are retrained as the env's RM is, so they differ only through
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from agents.whitebox import derived_seed
@@ -56,10 +58,7 @@ class RMEnsemble:
         # Explicit sums over members (not tensor reductions over dim 0, whose algorithm depends
         # on the layout): one experiment's numbers then do not depend on the batch size.
         if mode == "min":
-            out = members[0]
-            for m in members[1:]:
-                out = torch.minimum(out, m)
-            return out
+            return functools.reduce(torch.minimum, members)
         K = len(members)
         mean = sum(members[1:], members[0]) / K
         var = sum(((m - mean) ** 2 for m in members[1:]), (members[0] - mean) ** 2) / (K - 1)
