@@ -17,6 +17,7 @@ For a batched white-box job, open one tracker per seed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -37,7 +38,7 @@ class TrackerError(Exception):
     """A requested logging backend is missing or cannot start (a one-line message)."""
 
 
-class Tracker:
+class Tracker(contextlib.AbstractContextManager):
     """Sends per-round scalars to the opened backends (TensorBoard writer, W&B run)."""
 
     def __init__(self, writer: Any = None, wandb_run: Any = None):
@@ -76,9 +77,6 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
-
-    def __enter__(self) -> Tracker:
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
