@@ -141,6 +141,12 @@ def comparisons(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
             for extra in ((), (f"@budget={a}",))  # and its budget-matched controls, if run
             if extra or b != "oracle-values"
         ]
+        pairs += [  # the other baselines and naive's budget-matched controls against naive
+            (b, "".join(("naive", *suf)))
+            for suf in suffixes
+            for b in ["".join((x, *suf)) for x in baselines if x != "naive"]
+            + ["".join(("naive", *suf, f"@budget={a}")) for a in methods]
+        ]
         for a, b in pairs:
             if a not in finals or b not in finals:
                 continue
