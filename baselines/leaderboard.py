@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         help="replay K random runs per row (seeded; as baselines.run --from, in a temporary "
         "folder) and mark each row verified or not in the table",
     )
+    p.add_argument("--site", metavar="DIR", help="also write the static site (baselines.site)")
     try:
         args = p.parse_args(argv)
         out = Path(args.results)
@@ -376,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
             text += "\n### Reading\n\n" + note.read_text().strip() + "\n"
     results.atomic_write_text(out / "LEADERBOARD.md", text)
     print(f"wrote {out / 'LEADERBOARD.md'} ({len(df)} runs, {len(tab)} rows)")
+    if args.site:
+        from baselines.site import write_site
+
+        print(f"wrote {write_site(out, Path(args.site))}")
     return 0
 
 

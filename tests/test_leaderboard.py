@@ -77,7 +77,12 @@ def runs(tmp_path_factory):
 
 
 def test_leaderboard_tables_and_figures(runs, tmp_path):
-    assert leaderboard.main(["--runs", str(runs), "--results", str(tmp_path)]) == 0
+    site = tmp_path / "site"
+    assert (
+        leaderboard.main(["--runs", str(runs), "--results", str(tmp_path), "--site", str(site)])
+        == 0
+    )
+    assert "fpo-relaxed" in (site / "index.html").read_text()  # the site of the same results
     tab = pd.read_csv(tmp_path / "leaderboard.csv")
     assert set(tab.agent) == {"naive", "fpo-relaxed"}
     assert (tab.seeds == 3).all()
