@@ -223,9 +223,8 @@ def _load(auto_cls, name: str, what: str, flag: str, dtype: torch.dtype, **kwarg
     tok = _from_pretrained(transformers.AutoTokenizer, name, f"{flag[2:]} tokenizer", flag)
     # ``dtype=`` (transformers >= 4.56) or ``torch_dtype=`` (older)
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    kw = {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-    kw.update(kwargs)
-    return _from_pretrained(auto_cls, name, what, flag, **kw), tok
+    dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    return _from_pretrained(auto_cls, name, what, flag, **{dtype_kw: dtype}, **kwargs), tok
 
 
 def rm_head(reward_model: nn.Module) -> nn.Linear:
