@@ -11,6 +11,7 @@ checked dtype and shape, never unpickled. The threat model is in the README (Fai
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -143,10 +144,8 @@ class AgentProcess:
                 return op, meta, arrays
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.tell(("exit",))
-        except OSError:
-            pass
         self.proc.join(2)
         if self.proc.is_alive():
             self.proc.kill()
@@ -431,13 +430,11 @@ def die_with_parent(parent: int | None = None) -> None:
     that started this worker; if it died before the request was in place, the worker exits at once.
     """
     if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
+        import ctypes
+        import signal
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         os._exit(1)
 
