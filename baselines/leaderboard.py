@@ -257,6 +257,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     made = []
     for env_id, part in df.groupby("env_id"):
+        if part.metrics.isna().any():  # tabulated from a runs.csv: its figures stay as they are
+            continue
         curves = {}
         fig, ax = plt.subplots(figsize=(9, 4.5))
         names = sorted(part.run_name.unique(), key=lambda a: (_order(a), a))
@@ -340,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         "folder) and mark each row verified or not in the table",
     )
     p.add_argument("--site", metavar="DIR", help="also write the static site (baselines.site)")
+    p.add_argument(
+        "--tabulate",
+        metavar="CSV",
+        help="also tabulate the runs of a published runs.csv for the envs not under --runs, "
+        "without their run folders (no figures redrawn for them, no record checks)",
+    )
     try:
         args = p.parse_args(argv)
         out = Path(args.results)
@@ -347,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         df = results.load_runs([args.runs], metrics=True)
         if df.empty:
             raise CLIError(f"no finished runs under {args.runs}")
+        if args.tabulate:
+            old = pd.read_csv(args.tabulate)
+            old = old[~old.env_id.isin(df.env_id)].assign(metrics=None, folder="", versions="")
+            df = pd.concat([df, old], ignore_index=True)
         check_duplicates(df)
         if not args.allow_mixed:
             check_provenance(df)
@@ -357,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         marks = verify_rows(df, args.verify)
         tab["verified"] = [marks[k] for k in zip(tab.env_id, tab.agent, strict=True)]
     made = figures(df, out / "figures")
-    fresh = {m.resolve() for m in made}
+    kept = tuple(e for e, part in df.groupby("env_id") if part.metrics.isna().any())
+    fresh = {m.resolve() for m in made} | {
+        f.resolve() for e in kept for f in out.glob(f"figures/{e}_*")
+    }
     for old in (out / "figures").glob("*.png"):  # figures of envs no longer in the table
         if old.resolve() not in fresh and old.name.endswith(FIGURE_KINDS):
             old.unlink()

@@ -221,3 +221,21 @@ def _edit_summary(folder, **changes):
     s = json.loads((folder / "summary.json").read_text())
     s.update(changes)
     (folder / "summary.json").write_text(json.dumps(s))
+
+
+def test_tabulate_adds_the_published_runs_of_other_envs(runs, tmp_path):
+    """--tabulate: the rows of a published runs.csv for envs not under --runs join the tables,
+    their comparisons and runs.csv; the envs under --runs come from the run folders."""
+    assert leaderboard.main(["--runs", str(runs), "--results", str(tmp_path / "a")]) == 0
+    published = pd.read_csv(tmp_path / "a" / "runs.csv")
+    other = published.assign(env_id="RLHFNeuralBlindSpot-v0", final_block_true_utility=1.0)
+    pd.concat([published.assign(final_block_true_utility=-1.0), other]).to_csv(
+        tmp_path / "published.csv", index=False
+    )
+    args = ["--runs", str(runs), "--results", str(tmp_path / "b")]
+    assert leaderboard.main([*args, "--tabulate", str(tmp_path / "published.csv")]) == 0
+    tab = pd.read_csv(tmp_path / "b" / "leaderboard.csv").set_index(["env_id", "agent"])
+    assert tab.final_block_true_utility["RLHFNeuralBlindSpot-v0", "naive"] == 1.0
+    assert tab.final_block_true_utility["RLHFBlindSpot-v0", "naive"] > 0  # from the folders
+    assert len(pd.read_csv(tmp_path / "b" / "runs.csv")) == 2 * len(published)
+    assert "## RLHFNeuralBlindSpot-v0" in (tmp_path / "b" / "LEADERBOARD.md").read_text()
