@@ -1,12 +1,12 @@
 """Build the leaderboard from run folders: ``results/LEADERBOARD.md``, CSVs and figures.
 
     python -m baselines.leaderboard [--runs runs] [--results leaderboard] [--force] [--allow-mixed]
-        [--verify K]
+        [--verify K] [--tabulate CSV] [--site DIR]
 
 Per (env, agent) over seeds: the table that ``LEADERBOARD.md`` explains, figures of true utility
 per round, of cost against result and (linear env) of the signal-vs-noise trajectory, and the
-probability of improvement of each method against each baseline. ``RESULTS/notes/ENV_ID.md``, a
-hand-written reading, is shown under its env's table. Runs of different code or package versions
+generated comparison block (each method against the baselines and its budget-matched controls).
+``RESULTS/notes/ENV_ID.md``, a hand-written reading, is shown under its env's table. Runs of different code or package versions
 are refused unless ``--allow-mixed``. Each run's record is checked
 (:func:`baselines.results.check_run`); ``--verify K`` also replays K runs of each row.
 """
