@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from importlib import resources
 
 from llm_track.config import PROMPT_SOURCES, LLMTrackError, first_line
 
@@ -15,48 +16,9 @@ ULTRAFEEDBACK = "HuggingFaceH4/ultrafeedback_binarized"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 MAX_PROMPTS = 100_000
 
-BUILTIN_PROMPTS: tuple[str, ...] = (
-    "Explain why the sky is blue in simple words.",
-    "Give me three tips to sleep better at night.",
-    "What is the difference between weather and climate?",
-    "Write a short poem about the sea.",
-    "How do I make a cup of green tea?",
-    "Summarize the plot of a story about a lost dog that finds its way home.",
-    "What are the benefits of regular exercise?",
-    "Explain what a computer program is to a child.",
-    "Suggest a healthy breakfast for a busy morning.",
-    "Why do leaves change color in autumn?",
-    "How can I save money on groceries?",
-    "Describe the water cycle in a few sentences.",
-    "What should I pack for a weekend trip to the mountains?",
-    "Explain the rules of chess in simple terms.",
-    "Give me a recipe for a simple vegetable soup.",
-    "What is photosynthesis?",
-    "How do I start learning to play the guitar?",
-    "Write a polite email asking a colleague for help.",
-    "Why is it important to drink water every day?",
-    "Explain how a bicycle works.",
-    "What are good habits for studying for an exam?",
-    "Describe a sunny day at the beach.",
-    "How can I be a better listener?",
-    "What is the capital of France and why is it famous?",
-    "Explain what gravity is.",
-    "Give me ideas for a birthday party for a friend.",
-    "How do plants grow from seeds?",
-    "What is the best way to learn a new language?",
-    "Write a short story about a robot who wants to paint.",
-    "How do I keep my houseplants healthy?",
-    # Held-out evaluation prompts (never used for training).
-    "Explain why the moon has phases.",
-    "Give me three tips to stay focused while working from home.",
-    "What is the difference between a virus and a bacterium?",
-    "Write a short poem about a quiet forest.",
-    "How do I make a good cup of coffee?",
-    "What are the benefits of reading books?",
-    "Explain what the internet is to a child.",
-    "How can I reduce stress after a long day?",
-    "Describe how rain forms in the clouds.",
-    "What is the best way to learn to cook?",
+#: the 40 built-in prompts (llm_track/data/builtin_prompts.json): 30 train, the last 10 held out
+BUILTIN_PROMPTS: tuple[str, ...] = tuple(
+    json.loads(resources.files("llm_track").joinpath("data/builtin_prompts.json").read_text())
 )
 N_TRAIN = 30
 TRAIN_PROMPTS: tuple[str, ...] = BUILTIN_PROMPTS[:N_TRAIN]
