@@ -259,15 +259,8 @@ def _submit(env, y: torch.Tensor, vector: bool) -> tuple[np.ndarray, np.ndarray]
 
 
 def counters(core) -> dict[str, np.ndarray]:
-    """The label and query counters now, per experiment (copies)."""
-    out = {
-        "labels_used": core.labels_used,
-        "oracle_queries": core.oracle_queries,
-        "oracle_grad_queries": core.oracle_grad_queries,
-        "oracle_value_equivalents": core.oracle_value_equivalents,
-        **core.query_counts(),
-    }
-    return {k: v.copy() for k, v in out.items()}
+    """The label and query counters now, per experiment (copies of :meth:`RLHFCore.counters`)."""
+    return {k: v.copy() for k, v in core.counters().items()}
 
 
 def round_metrics(core, theta: torch.Tensor, proxies, trues, counted) -> dict[str, np.ndarray]:

@@ -35,11 +35,7 @@ class _BlindSpotMixin:
         info: dict[str, Any] = {
             "round": np.full(n, c.round) if n else c.round,
             "rm_updated": np.full(n, updated) if n else updated,
-            "labels_used": per(c.labels_used),
-            "oracle_queries": per(c.oracle_queries),
-            "oracle_grad_queries": per(c.oracle_grad_queries),
-            "oracle_value_equivalents": per(c.oracle_value_equivalents),
-            **{col: per(v) for col, v in c.query_counts().items()},
+            **{col: per(v) for col, v in c.counters().items()},
         }
         if proxy is not None:
             info["true_utility"] = per(true_u)

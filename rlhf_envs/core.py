@@ -366,10 +366,6 @@ class RLHFCore:
         d-dim gradient."""
         self.queries[kind][rows] += math.prod(y.shape[1:-1]) if y.dim() > 2 else 1
 
-    def query_counts(self) -> dict[str, np.ndarray]:
-        """The counters by kind, named as a run's record names them (:data:`QUERY_COLUMNS`)."""
-        return {col: self.queries[kind] for kind, col in QUERY_COLUMNS.items()}
-
     @property
     def oracle_queries(self) -> np.ndarray:
         """Value queries of the labeler and the truth together."""
@@ -384,6 +380,18 @@ class RLHFCore:
     def oracle_value_equivalents(self) -> np.ndarray:
         """Value queries plus ``d + 1`` per gradient query (what forward differences cost)."""
         return self.oracle_queries + (self.config.dims + 1) * self.oracle_grad_queries
+
+    def counters(self) -> dict[str, np.ndarray]:
+        """Labels used and counted queries per experiment, named as ``info`` and a run's
+        ``metrics.csv`` name them: the three totals above, then one counter per kind
+        (:data:`QUERY_COLUMNS`)."""
+        return {
+            "labels_used": self.labels_used,
+            "oracle_queries": self.oracle_queries,
+            "oracle_grad_queries": self.oracle_grad_queries,
+            "oracle_value_equivalents": self.oracle_value_equivalents,
+            **{col: self.queries[kind] for kind, col in QUERY_COLUMNS.items()},
+        }
 
     # -- one response ---------------------------------------------------------------------------
     def score(self, y: torch.Tensor) -> torch.Tensor:

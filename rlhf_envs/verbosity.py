@@ -301,11 +301,7 @@ class VerbosityEnv(_BlindSpotMixin, gym.Env):
         return {
             "round": c.round,
             "rm_updated": False,
-            "labels_used": c.labels_used[0].item(),
-            "oracle_queries": c.oracle_queries[0].item(),
-            "oracle_grad_queries": c.oracle_grad_queries[0].item(),
-            "oracle_value_equivalents": c.oracle_value_equivalents[0].item(),
-            **{col: v[0].item() for col, v in c.query_counts().items()},
+            **{col: v[0].item() for col, v in c.counters().items()},
             "true_utility": 0.0,
             "proxy_reward": 0.0,
             "response_length": len(self.tokens),

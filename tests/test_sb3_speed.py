@@ -40,9 +40,7 @@ def reference_step(self, action):
         with torch.no_grad():
             score = self.agent.sb3_score(before, y.unsqueeze(1), self._link)
         reward = float(score[0, 0])
-        for key in ("oracle_queries", "oracle_grad_queries", "oracle_value_equivalents"):
-            info[key] = int(getattr(core, key)[0])
-        info.update({k: int(v[0]) for k, v in core.query_counts().items()})
+        info.update({k: int(v[0]) for k, v in core.counters().items() if k != "labels_used"})
     info["wrapped_reward"] = reward
     if self.seal_truth:
         self.audit = {k: info.pop(k) for k in SEALED_INFO if k in info}
