@@ -225,19 +225,15 @@ class Agent:
     def ascend(self, core, theta: torch.Tensor, y: torch.Tensor, lr: float, oracle) -> torch.Tensor:
         """One white-box policy step from the mean ``theta`` (S, d) with the response ``y`` (S, d):
         by default a step of size ``lr`` up the objective's gradient at ``y`` (clipped)."""
-        grad = self._objective_grad(core, y, oracle)
-        if self.config.grad_clip is not None:
-            grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
-        return theta + lr * grad
-
-    def _objective_grad(self, core, y: torch.Tensor, oracle) -> torch.Tensor:
-        """``grad_y [score(y) - l2 ||y||^2]`` for one response per experiment, (S, d)."""
         y = y.detach().unsqueeze(1)
         grad = self.score_grad(core, y, oracle)
         if grad is None:
             y.requires_grad_(True)
             (grad,) = torch.autograd.grad(self.score(core, y, oracle).sum(), y)
-        return grad[:, 0] - 2.0 * self.config.l2 * y[:, 0].detach()
+        grad = grad[:, 0] - 2.0 * self.config.l2 * y[:, 0].detach()  # grad_y [score - l2 ||y||^2]
+        if self.config.grad_clip is not None:
+            grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
+        return theta + lr * grad
 
 
 def derived_seed(seed: int, *tags: int) -> int:
