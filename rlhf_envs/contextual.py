@@ -239,15 +239,6 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         self._cluster = 0
         self.last_response: torch.Tensor | None = None
 
-    def _draw_prompt(self) -> None:
-        c = self.config
-        k = int(self.np_random.integers(c.n_clusters))
-        noise = self.np_random.standard_normal(c.prompt_dims)
-        x = self._centres[k] + c.cluster_std * noise
-        self.prompt = x.astype(np.float32)
-        z = torch.from_numpy(self.prompt.astype(np.float64))
-        self._cluster = int(self.core.cluster(z))
-
     def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
         info = super()._info(proxy, true_u, updated, y)
         info["cluster"] = self._cluster
@@ -256,7 +247,11 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self._start(seed)
-        self._draw_prompt()
+        c = self.config
+        k = int(self.np_random.integers(c.n_clusters))
+        noise = self.np_random.standard_normal(c.prompt_dims)
+        self.prompt = (self._centres[k] + c.cluster_std * noise).astype(np.float32)
+        self._cluster = int(self.core.cluster(torch.from_numpy(self.prompt.astype(np.float64))))
         self.last_response = None
         return self.prompt.copy(), self._info()
 
