@@ -17,7 +17,7 @@ One round, top to bottom (see :meth:`RLHFCore.step`):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -160,9 +160,6 @@ class FollowerConfig:
         if unknown:
             raise TypeError(f"unknown argument(s) {unknown}; allowed: {sorted(known)}")
         return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def follower_settings(self) -> dict[str, Any]:
         """``{name: value}`` of the :class:`FollowerConfig` fields (to build the core's config)."""
