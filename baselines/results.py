@@ -7,6 +7,7 @@ tables are in ``baselines.stats``.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -342,27 +343,22 @@ RESULT_CODE = ("rlhf_envs", "agents", "baselines/configs", "baselines/run.py", "
 RESULT_CODE += ("baselines/execute.py", "baselines/sb3_runner.py", "baselines/results.py")
 
 
+@functools.cache
 def code_hash() -> str:
     """Hash of the code that determines a run's files: envs, agents, the runner, its YAML.
 
     Results are comparable when this matches, whatever the commit. Computed once per process.
     """
-    global _CODE_HASH
-    if _CODE_HASH is None:
-        root = Path(__file__).resolve().parent.parent
-        h = hashlib.sha256()
-        for part in RESULT_CODE:
-            path = root / part
-            files = [path] if path.is_file() else sorted(path.rglob("*"))
-            for f in files:
-                if f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
-                    h.update(str(f.relative_to(root)).encode())
-                    h.update(f.read_bytes())
-        _CODE_HASH = h.hexdigest()[:16]
-    return _CODE_HASH
-
-
-_CODE_HASH: str | None = None
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for part in RESULT_CODE:
+        path = root / part
+        files = [path] if path.is_file() else sorted(path.rglob("*"))
+        for f in files:
+            if f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def git_commit() -> str:
