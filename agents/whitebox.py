@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -83,10 +83,6 @@ class WhiteBoxConfig:
         check_float(self, "init", -math.inf, strict=False)
         check_int(self, "rounds", 1)
         check_int(self, "inner_steps", 1)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

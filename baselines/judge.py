@@ -403,7 +403,6 @@ def _stand_in(spec: str) -> type:
         namespace={
             "__post_init__": built,
             "to_dict": lambda self: copy.deepcopy(self._built["config"]),
-            "field_names": classmethod(lambda cls: list(d["fields"])),
         },
     )
 

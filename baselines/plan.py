@@ -67,11 +67,9 @@ def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def _read_value(text: str) -> Any:
-    for cast in (int, float):  # YAML 1.1 would read "1e6" as a string
-        try:
-            return cast(text)
-        except ValueError:
-            pass
+    value = results._number(text)  # a number first: YAML 1.1 would read "1e6" as a string
+    if not isinstance(value, str):
+        return value
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -251,7 +249,7 @@ def plan(
     else:
         section = load_defaults(env_id).get("sb3", {})
         hyperparams = _sb3_hyperparams(policy_optimizer, agent, section, sb3_kwargs)
-    allowed = agent_cls.config_cls.field_names()
+    allowed = [f.name for f in fields(agent_cls.config_cls)]
     unknown = sorted(set(agent_kwargs) - set(allowed))
     if unknown:
         raise CLIError(f"--agent-kwargs: unknown name(s) {unknown}; allowed: {allowed}")
