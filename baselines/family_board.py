@@ -48,7 +48,7 @@ import numpy as np
 from baselines import cli, report, results, stats
 from baselines.plan import CLIError, run_folder_name
 from baselines.plot import pyplot, save
-from baselines.sweep import _SAFE, finished, plan_sweep, run_sweep
+from baselines.sweep import _SAFE, controls_of, finished, plan_sweep, run_sweep
 
 CHECK_SEEDS = list(range(200, 210))
 TUNE_SEEDS = list(range(100, 110))
@@ -58,6 +58,9 @@ LEARNABLE = 0.9
 PEAK = 10.0  # utility_scale: not a family knob
 #: naive collapses: mean drop at least this (5 % of the peak) with its CI above 0
 COLLAPSE_DROP = 0.5
+#: on every board beside the tuned agents, untuned (their YAML settings), with their budget-matched
+#: controls (generated, :func:`baselines.sweep.controls_of`)
+BUDGETED = ("fpo-relaxed", "fpo-exact")
 #: the hyperparameters tuned per agent on the train split, and the values tried (all combinations)
 GRID: dict[str, dict[str, list[float]]] = {
     "fpo": {"fpo_gamma": [0.03, 0.1, 0.3]},
@@ -142,12 +145,12 @@ def _spec(env_id: str, split: str, settings: dict, seeds: list[int], dtype: str)
         {
             "agent": agent,
             "tag": _tag(split, i, label, agent),
-            "env_kwargs": {"family": f"{split}/{i}", **hidden},
+            "env_kwargs": {"family": f"{split}/{i}", **hidden, **(env[0] if env else {})},
             "agent_kwargs": kw,
             "envs": [env_id],
         }
         for i in range(len(families.configs(env_id, split)))
-        for label, (agent, kw) in settings.items()
+        for label, (agent, kw, *env) in settings.items()
     ]
     spec = {"envs": [env_id], "agents": entries, "seeds": seeds, "rounds": families.ROUNDS[env_id]}
     # float64 runs carry no dtype setting: their settings hashes are those of the committed runs
@@ -179,7 +182,7 @@ def normalised(
     calls: dict[str, list[float]] = {label: [] for label in settings}
     for i in range(len(families.configs(env_id, split))):
         u = {}
-        for label, (agent, _) in settings.items():
+        for label, (agent, *_) in settings.items():
             name = run_folder_name(agent, tag=_SAFE.sub("_", _tag(split, i, label, agent)))
             missing = [s for s in seeds if (name, s) not in done]
             if missing:
@@ -267,16 +270,24 @@ def board(
         )
     settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
     settings.update((agent, (agent, kw)) for agent, kw in frozen["settings"].items())
+    settings.update((agent, (agent, {})) for agent in BUDGETED)
     settings = {
         k: settings[k] for k in sorted(settings, key=lambda a: (a == "oracle", a != "naive"))
     }
     split, sfx = (pre + families.HIDDEN, vsfx + "_hidden") if hidden else (pre + "test", vsfx)
     t0 = time.perf_counter()
     _run(_spec(env_id, split, settings, TEST_SEEDS, dtype), out, workers)
+    done, first = finished(out, env_id, ("ok", "stopped")), {"family": f"{split}/0"}
+    for label, (agent, *_) in list(settings.items()):  # budget-matched controls, generated
+        runs = [done[run_folder_name(agent, tag=_SAFE.sub("_", _tag(split, 0, label, agent))), s]
+                for s in TEST_SEEDS]  # fmt: skip
+        for control, kw, env in controls_of(env_id, first, runs):
+            settings[f"{control}@budget={label}"] = (control, kw, env)
+    _run(_spec(env_id, split, settings, TEST_SEEDS, dtype), out, workers)
     wall = time.perf_counter() - t0
     norm, raw, calls = normalised(out, env_id, split, settings, TEST_SEEDS)
     rows = []
-    for label, (agent, kw) in settings.items():
+    for label, (agent, kw, *env) in settings.items():
         cls = agent_class(agent)
         reads = ",".join(cls(cls.config_cls(**kw)).declared_reads())
         q_lo, q_hi = stats.stratified_bootstrap_ci(norm[label], n_boot=2000)
@@ -287,9 +298,11 @@ def board(
         p_lo, p_hi = stats.probability_of_improvement_ci(raw[label], raw["naive"], 500, rng=rng)
         mean = float(np.mean(np.concatenate(norm[label])))
         rows.append(
-            dict(agent=agent, setting=json.dumps(kw), reads=reads, labeler_calls=calls[label])
+            dict(agent=label, setting=json.dumps({**kw, **(env[0] if env else {})}), reads=reads)
         )
-        rows[-1].update(iqm=stats.iqm(norm[label]), iqm_lo=q_lo, iqm_hi=q_hi)
+        rows[-1].update(
+            labeler_calls=calls[label], iqm=stats.iqm(norm[label]), iqm_lo=q_lo, iqm_hi=q_hi
+        )
         rows[-1].update(mean=mean, mean_lo=m_lo, mean_hi=m_hi)
         rows[-1].update(poi_vs_naive=poi, poi_lo=p_lo, poi_hi=p_hi)
     results.write_csv(res / f"board{sfx}_{env_id}.csv", rows, lineterminator="\n")
@@ -326,6 +339,12 @@ def board(
         for r in rows
     ]
     lines += report.markdown_table([*headers, "P(impr. vs naive)"], cells)
+    pairs = [(a, "naive") for a in settings if a != "naive"]
+    pairs += [(a.split("@budget=")[1], a) for a in settings if "@budget=" in a]
+    compared = [{"a": a, "b": b, **stats.compare(raw[a], raw[b], 500)} for a, b in pairs]
+    what = "final U, per-config means paired by config"
+    lines += ["", "Each agent against naive, and each agent with extra labeler calls against its"]
+    lines += ["budget-matched controls:", "", *stats.comparison_block(compared, what)]
     lines += [
         "",
         f"![performance profiles](profile{sfx}_{env_id}.png)",

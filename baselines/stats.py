@@ -176,20 +176,25 @@ def verdict(diff_lo: float, diff_hi: float, p_lo: float, p_hi: float) -> str:
 def compare(
     x: Any, y: Any, n_boot: int = 2000, rng: np.random.Generator | int = 0, paired: bool = False
 ) -> dict:
-    """A's runs ``x`` against B's ``y`` (one task): the mean difference with its Welch t CI (with
-    ``paired``, runs matched by position: the t CI of the differences), P(A > B) over all pairs of
-    runs with its bootstrap CI, the numbers of runs and the :func:`verdict`."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    """A's runs ``x`` against B's ``y``: the mean difference with its Welch t CI (``paired``:
+    runs matched by position, the t CI of the differences; several tasks: the t CI of the
+    per-task mean differences, paired by task), P(A > B) within tasks with its bootstrap CI
+    (:func:`probability_of_improvement_ci`), the numbers of runs and the :func:`verdict`."""
+    xs, ys = tasks_of(x), tasks_of(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) if vx + vy else 1.0
-    if paired:
-        vx, vy, dof = (x - y).var(ddof=1) / len(x), 0.0, len(x) - 1
-    diff, half = x.mean() - y.mean(), sps.t.ppf(0.975, dof) * np.sqrt(vx + vy)
-    p_lo, p_hi = probability_of_improvement_ci(x, y, n_boot, rng=rng)
+    per_task = np.array([a.mean() - b.mean() for a, b in zip(xs, ys, strict=True)])
+    if paired or len(xs) > 1:
+        d = x - y if len(xs) == 1 else per_task
+        vx, vy, dof = d.var(ddof=1) / len(d), 0.0, len(d) - 1
+    diff = per_task.mean()
+    half = sps.t.ppf(0.975, dof) * np.sqrt(vx + vy)
+    p_lo, p_hi = probability_of_improvement_ci(xs, ys, n_boot, rng=rng)
     row = dict(n_a=len(x), n_b=len(y), difference=diff, difference_lo=diff - half)
-    row.update(difference_hi=diff + half, p_improvement=_poi(x, y), p_lo=p_lo, p_hi=p_hi)
+    row.update(difference_hi=diff + half, p_improvement=probability_of_improvement(xs, ys))
     shown = (round(v, 2) for v in (diff - half, diff + half, p_lo, p_hi))  # as the block prints
-    return {**row, "verdict": verdict(*shown)}
+    return {**row, "p_lo": p_lo, "p_hi": p_hi, "verdict": verdict(*shown)}
 
 
 def comparison_block(rows: list[dict], what: str) -> list[str]:

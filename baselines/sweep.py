@@ -223,47 +223,60 @@ def finished(out: Path, env_id: str, statuses: tuple[str, ...] = ("ok",)) -> dic
     return {(r["run_name"], r["seed"]): r for r in records if r["env_id"] == env_id}
 
 
-def budget_controls(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
-    """Agents entries for the budget-matched controls of every untagged agent whose finished runs
-    under ``out`` called the labeler beyond its RM's own labels (a sweep's ``controls: true``).
-    For agent X paying ``f`` times its labels in labeler calls: ``naive@budget=X`` labels ``f``
-    times as many responses per round (white-box: the extra ones drawn around its policy; SB3:
-    each response ``f`` times), buffer scaled alike; ``oracle-values@budget=X`` (white-box)
-    spends X's extra calls as value queries of the truth."""
+def controls_of(env_id: str, env_kwargs: dict, runs: list[dict], agent_kwargs=None) -> list:
+    """The budget-matched controls of agent X from its finished ``runs`` (summaries), as
+    ``(agent, agent_kwargs, env_kwargs)``; none if X read the truth or called the labeler no more
+    than its RM's labels. For X paying ``f`` times its labels in labeler calls: naive labelling
+    ``f`` times as many responses per round (white-box: the extra ones drawn around its policy;
+    SB3: each response ``f`` times), buffer scaled alike; and, white-box, ``oracle-values``
+    spending X's extra calls as value queries of the truth (``agent_kwargs``: the sweep's)."""
     import gymnasium as gym
 
     from agents.oracle import OracleValuesAgent
     from baselines.plan import yaml_settings
 
+    calls, labels = max(r["labeler_calls"] for r in runs), max(r["labels_used"] for r in runs)
+    reads = str(runs[0]["reads"])
+    if "truth" in reads or "labeler" not in reads or calls <= labels:
+        return []
+    cfg, f = gym.make(env_id, **env_kwargs).unwrapped.config, calls / labels
+    if "+" in runs[0]["run_name"]:  # SB3
+        return [
+            (
+                "naive",
+                {},
+                {"labels_per_response": round(f), "buffer_size": round(cfg.buffer_size * f)},
+            )
+        ]
+    spr = max(cfg.samples_per_round + 1, round(cfg.samples_per_round * f))
+    naive = ("naive", {}, {"samples_per_round": spr, "buffer_size": round(cfg.buffer_size * f)})
+    settings = {**yaml_settings(env_id, OracleValuesAgent), **(agent_kwargs or {})}
+    steps = runs[0]["rounds"] * settings.get("inner_steps", 1)
+    return [
+        naive,
+        ("oracle-values", {"value_queries": max(1, round((calls - labels) / steps))}, {}),
+    ]
+
+
+def budget_controls(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Agents entries (tag ``budget=X``) for the :func:`controls_of` every untagged agent X with
+    finished runs under ``out`` (a sweep's ``controls: true``)."""
     entries = []
     for env_id in spec["envs"]:
-        cfg = gym.make(env_id, **(spec.get("env_kwargs") or {})).unwrapped.config
         runs: dict[str, list[dict]] = {}
         for (name, _), r in sorted(finished(out, env_id).items()):
             runs.setdefault(name, []).append(r)
         for name, rs in runs.items():
             agent, _, algo = name.partition("+")
-            calls, labels = max(r["labeler_calls"] for r in rs), max(r["labels_used"] for r in rs)
-            reads = str(rs[0]["reads"])
-            if "@" in name or "truth" in reads or "labeler" not in reads or calls <= labels:
-                continue
-            f, size = calls / labels, cfg.buffer_size
-            budget = {"tag": f"budget={agent}", "envs": [env_id], "policy_optimizers": [algo]}
-            if algo:
-                kw = {"labels_per_response": round(f), "buffer_size": round(size * f)}
-                entries.append({"agent": "naive", **budget, "env_kwargs": kw})
-                continue
-            budget["policy_optimizers"] = ["whitebox"]
-            spr = max(cfg.samples_per_round + 1, round(cfg.samples_per_round * f))
-            kw = {"samples_per_round": spr, "buffer_size": round(size * f)}
-            entries.append({"agent": "naive", **budget, "env_kwargs": kw})
-            settings = {
-                **yaml_settings(env_id, OracleValuesAgent),
-                **(spec.get("agent_kwargs") or {}),
-            }
-            steps = rs[0]["rounds"] * settings.get("inner_steps", 1)
-            queries = {"value_queries": max(1, round((calls - labels) / steps))}
-            entries.append({"agent": "oracle-values", **budget, "agent_kwargs": queries})
+            env_kw, agent_kw = spec.get("env_kwargs") or {}, spec.get("agent_kwargs")
+            for control, kw, env in (
+                [] if "@" in name else controls_of(env_id, env_kw, rs, agent_kw)
+            ):
+                entry = {"agent": control, "tag": f"budget={agent}", "envs": [env_id]}
+                entry.update(
+                    policy_optimizers=[algo or "whitebox"], agent_kwargs=kw, env_kwargs=env
+                )
+                entries.append(entry)
     return entries
 
 

@@ -123,6 +123,7 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     monkeypatch.setattr(fb, "GRID", {"elite-anchor": {"anchor_coef": [1.0, 10.0]}})
     monkeypatch.setattr(fb, "TUNE_SEEDS", [100, 101])
     monkeypatch.setattr(fb, "TEST_SEEDS", [0, 1])
+    monkeypatch.setattr(fb, "BUDGETED", ("fpo-relaxed",))
     args = ["--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
     assert fb.main(["board", env_id, *args]) == 2  # no tuned settings yet
     assert fb.main(["tune", env_id, *args]) == 0
@@ -133,7 +134,13 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     assert json.loads(best["setting"]) == tuned["settings"]["elite-anchor"]
     assert fb.main(["board", env_id, *args]) == 0
     rows = {r["agent"]: r for r in results.read_csv(tmp_path / "res" / f"board_{env_id}.csv")}
-    assert set(rows) == {"naive", "oracle", "elite-anchor"}
+    controls = {"naive@budget=fpo-relaxed", "oracle-values@budget=fpo-relaxed"}
+    assert set(rows) == {"naive", "oracle", "elite-anchor", "fpo-relaxed", *controls}
+    # the controls, generated from fpo-relaxed's runs: its 2 labeler calls per label
+    assert json.loads(rows["naive@budget=fpo-relaxed"]["setting"]) == {
+        "samples_per_round": 2, "buffer_size": 2}  # fmt: skip
+    assert rows["naive@budget=fpo-relaxed"]["labeler_calls"] == rows["fpo-relaxed"]["labeler_calls"]
+    assert json.loads(rows["oracle-values@budget=fpo-relaxed"]["setting"]) == {"value_queries": 1}
     assert rows["naive"]["mean"] == pytest.approx(0.0, abs=1e-12)
     assert rows["oracle"]["mean"] == pytest.approx(1.0, abs=1e-12)
     assert rows["elite-anchor"]["setting"] == json.dumps(tuned["settings"]["elite-anchor"])
@@ -147,6 +154,7 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     assert seeds == {0, 1}
     md = (tmp_path / "res" / f"BOARD_{env_id}.md").read_text()
     assert "test split" in md and "| naive |" in md
+    assert "| fpo-relaxed | naive@budget=fpo-relaxed | 4 / 4 |" in md  # the generated block
     # an agent added to the board (listed before elite-anchor) changes no other agent's row,
     # the bootstrap CIs included
     frozen = tmp_path / "res" / f"tuned_{env_id}.json"
@@ -154,7 +162,7 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     frozen.write_text(json.dumps(tuned))
     assert fb.main(["board", env_id, *args]) == 0
     more = {r["agent"]: r for r in results.read_csv(tmp_path / "res" / f"board_{env_id}.csv")}
-    assert set(more) == {"naive", "oracle", "elite-anchor", "ensemble"}
+    assert set(more) == {"naive", "oracle", "elite-anchor", "ensemble", "fpo-relaxed", *controls}
     for agent, row in rows.items():
         assert more[agent] == row, agent
 
