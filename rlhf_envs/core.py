@@ -363,31 +363,20 @@ class RLHFCore:
         d-dim gradient."""
         self.queries[kind][rows] += math.prod(y.shape[1:-1]) if y.dim() > 2 else 1
 
-    @property
-    def oracle_queries(self) -> np.ndarray:
-        """Value queries of the labeler and the truth together."""
-        return self.queries["labeler_values"] + self.queries["truth_values"]
-
-    @property
-    def oracle_grad_queries(self) -> np.ndarray:
-        """Gradient queries of the labeler and the truth together."""
-        return self.queries["labeler_grads"] + self.queries["truth_grads"]
-
-    @property
-    def oracle_value_equivalents(self) -> np.ndarray:
-        """Value queries plus ``d + 1`` per gradient query (what forward differences cost)."""
-        return self.oracle_queries + (self.config.dims + 1) * self.oracle_grad_queries
-
     def counters(self) -> dict[str, np.ndarray]:
         """Labels used and counted queries per experiment, named as ``info`` and a run's
-        ``metrics.csv`` name them: the three totals above, then one counter per kind
-        (:data:`QUERY_COLUMNS`)."""
+        ``metrics.csv`` name them: value / gradient queries of the labeler and the truth together,
+        value equivalents (``d + 1`` per gradient query: what forward differences cost), then one
+        counter per kind (:data:`QUERY_COLUMNS`)."""
+        q = self.queries
+        values = q["labeler_values"] + q["truth_values"]
+        grads = q["labeler_grads"] + q["truth_grads"]
         return {
             "labels_used": self.labels_used,
-            "oracle_queries": self.oracle_queries,
-            "oracle_grad_queries": self.oracle_grad_queries,
-            "oracle_value_equivalents": self.oracle_value_equivalents,
-            **{col: self.queries[kind] for kind, col in QUERY_COLUMNS.items()},
+            "oracle_queries": values,
+            "oracle_grad_queries": grads,
+            "oracle_value_equivalents": values + (self.config.dims + 1) * grads,
+            **{col: q[kind] for kind, col in QUERY_COLUMNS.items()},
         }
 
     # -- one response ---------------------------------------------------------------------------

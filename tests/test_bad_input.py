@@ -43,7 +43,7 @@ def _snapshot(env):
             core.in_round,
             core.round,
             core.labels_used.tolist(),
-            core.oracle_queries.tolist(),
+            core.counters()["oracle_queries"].tolist(),
         ),
         "gen": [g.get_state().clone() for g in core.generators],
         "episode": (

@@ -140,7 +140,7 @@ def test_white_box_calls_before_reset_say_to_reset(env_id):
         lambda: env.query_labeler_and_grad(ys),
         lambda: env.step(_action(env, 0)),
         lambda: env.frozen().__enter__(),
-        lambda: env.core.oracle_queries,
+        lambda: env.core.counters(),
     ]
     for call in calls:
         with pytest.raises(RuntimeError, match=r"reset\(seed=\.\.\.\)"):

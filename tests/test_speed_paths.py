@@ -153,7 +153,7 @@ def started(env_kwargs: dict, label_grad: bool, *classes):
 
 def charged(core) -> np.ndarray:
     """Oracle queries charged so far, value and gradient, per experiment."""
-    return np.stack([core.oracle_queries, core.oracle_grad_queries])
+    return np.stack([core.counters()[k] for k in ("oracle_queries", "oracle_grad_queries")])
 
 
 @pytest.mark.parametrize(

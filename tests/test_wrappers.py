@@ -242,7 +242,7 @@ def test_agent_wrapper_pays_each_builtin_agents_sb3_score_under_the_pre_step_rm(
         assert expected.shape == (1, 1)
         assert reward == float(expected[0, 0])
         assert info["wrapped_reward"] == reward
-        assert info["oracle_queries"] == int(twin_env.core.oracle_queries[0])
+        assert info["oracle_queries"] == int(twin_env.core.counters()["oracle_queries"][0])
         assert env.audit["true_utility"] == pytest.approx(
             oracle.core.utility(y)[0, 0].item(), rel=1e-12
         )
