@@ -1,12 +1,9 @@
 """What an agent sees of the env: a copy of the follower's declared state, and counted queries.
 
-An agent never holds the env. It gets a :class:`Follower`, a copy of the parts of the env's
-reward-model follower its declaration names (see :data:`agents.whitebox.READS`), refreshed by the
-env's side after every RM round, and an :class:`Oracle` whose queries the env's side answers and
-charges (one counter per kind). :func:`follower_state` is the env's side of that: what crosses
-for a declaration. In harness runs the two sides live in different processes
-(:mod:`baselines.judge`); ``Agent.learn(env)`` and :class:`agents.wrappers.AgentRewardWrapper`
-use the same two classes in one process.
+An agent never holds the env: :class:`Follower` and :class:`Oracle` are its side,
+:func:`follower_state` and :func:`answer` the env's (README, "Fair comparisons"). In harness runs
+the two sides live in different processes (:mod:`baselines.judge`); ``Agent.learn(env)`` and
+:class:`agents.wrappers.AgentRewardWrapper` use them in one process.
 """
 
 from __future__ import annotations

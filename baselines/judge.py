@@ -1,12 +1,9 @@
 """The judge and the judged: in harness runs every agent lives in a process of its own.
 
-The judge (this process: the env with its truth, labeler and follower, and the recorder) never
-runs agent code, a plugin's import included. Each agent runs in a process forked from a clean
-server process (``forkserver``), gets the follower state it declared
-(:func:`agents.follower.follower_state`) and sends back each round its play (white-box) or each
-step its action (SB3); the judge answers and charges its queries (:func:`agents.follower.answer`)
-and computes every recorded number. Agent -> judge messages are a JSON header and raw arrays of
-checked dtype and shape, never unpickled. The threat model is in the README (Fair comparisons).
+The boundary and its threat model: README, "Fair comparisons". Agents' processes are forked from
+a clean ``forkserver``; the judge answers and charges their queries (:func:`agents.follower.answer`)
+and reads agent -> judge messages as a JSON header and raw arrays of checked dtype and shape,
+never unpickled (:func:`receive`).
 """
 
 from __future__ import annotations

@@ -9,11 +9,10 @@ the trained parameters phi = (w, b) is (h(y), 1), so for candidate y and referen
     relaxed penalty    (p_phi - p*) <g_y, g_y - g_ref>,
                        p_phi = sigmoid(r_y - r_ref),  p* = sigmoid(U_y - U_ref)
 
-and the FPO score is r - gamma * penalty. The head is a linear reward model on features y = [h, 1]
-(tangent kernel K(a, b) = a . b), so the closed forms are thin adapters onto the simulations' FPO
-maths (:func:`agents.fpo.practical_penalty`, :func:`agents.fpo.relaxed_penalty`) with
-Bradley-Terry (``preference``) feedback and a :class:`~rlhf_envs.reward_models.LinearRewardModel`
-on ``[h, 1]``. "The head": :func:`llm_track.models.rm_head`."""
+and the FPO score is r - gamma * penalty: :func:`agents.fpo.practical_penalty` and
+:func:`agents.fpo.relaxed_penalty` with Bradley-Terry (``preference``) feedback on a
+:class:`~rlhf_envs.reward_models.LinearRewardModel` on ``[h, 1]`` (tangent kernel a . b).
+"The head": :func:`llm_track.models.rm_head`."""
 
 from __future__ import annotations
 
