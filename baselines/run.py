@@ -24,6 +24,7 @@ from typing import Any
 from baselines import cli, results
 from baselines.execute import execute
 from baselines.plan import CLIError, plan, resolve
+from baselines.tracking import TrackerError, backend
 
 DEFAULT_ENV = "RLHFBlindSpot-v0"
 
@@ -164,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out = args.out or "runs"
             jobs, skipped = resolve(args)
         cli.check_writable(args.out)
-        check_trackers(args)
-    except CLIError as e:
+        for flag, value in (("--tensorboard", args.tensorboard), ("--wandb", args.wandb)):
+            if value is not None:
+                backend(flag)  # a missing logging backend fails before any compute
+    except (CLIError, TrackerError) as e:
         return p.fail(e)
     for job in jobs:
         job.tensorboard, job.wandb = args.tensorboard, args.wandb
@@ -225,18 +228,6 @@ def compare_replay(cfg: dict[str, Any], source: Path, out: str) -> int:
     verdict = "reproduces" if same else "DIFFERS FROM"
     print(f"replay {verdict} {theirs} byte for byte -> {mine}")
     return 0 if same else 1
-
-
-def check_trackers(args: argparse.Namespace) -> None:
-    """Fail before any compute if a requested logging backend is missing."""
-    from baselines.tracking import TrackerError, backend
-
-    for flag, value in (("--tensorboard", args.tensorboard), ("--wandb", args.wandb)):
-        try:
-            if value is not None:
-                backend(flag)
-        except TrackerError as e:
-            raise CLIError(str(e)) from None
 
 
 def report_outcomes(outcomes: list[dict[str, Any]], out: str | Path) -> int:
