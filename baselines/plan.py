@@ -6,7 +6,6 @@ job is a batch of seeds of one (env, agent, settings) whose run folders are not 
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -123,25 +122,6 @@ class Job:
 
     def digest(self, seed: int) -> str:
         return results.config_hash(self.settings(seed))
-
-
-def resolve(args: argparse.Namespace) -> tuple[list[Job], list[tuple[str, int]]]:
-    """Validate the CLI arguments and build the pending jobs; returns (jobs, skipped)."""
-    return plan(
-        env_id=args.env,
-        agent=args.agent,
-        seeds=parse_seeds(args.seeds, args.max_runs),
-        rounds=args.rounds,
-        env_kwargs=parse_kwargs(args.env_kwargs, "--env-kwargs"),
-        agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
-        out=args.out,
-        force=args.force,
-        batch_size=args.batch_size,
-        jobs=args.jobs,
-        policy_optimizer=args.policy_optimizer,
-        sb3_kwargs=parse_kwargs(args.sb3_kwargs, "--sb3-kwargs"),
-        max_rounds=args.max_rounds,
-    )
 
 
 def family_settings(env_id: str, env_kwargs: dict[str, Any], agent: str) -> dict[str, Any]:

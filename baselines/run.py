@@ -23,7 +23,7 @@ from typing import Any
 
 from baselines import cli, results
 from baselines.execute import execute
-from baselines.plan import CLIError, plan, resolve
+from baselines.plan import CLIError, parse_kwargs, parse_seeds, plan
 from baselines.tracking import TrackerError, backend
 
 DEFAULT_ENV = "RLHFBlindSpot-v0"
@@ -163,7 +163,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.agent is None:
                 raise CLIError("--agent is required (or --from CONFIG to replay a run)")
             args.out = args.out or "runs"
-            jobs, skipped = resolve(args)
+            jobs, skipped = plan(
+                env_id=args.env,
+                agent=args.agent,
+                seeds=parse_seeds(args.seeds, args.max_runs),
+                rounds=args.rounds,
+                env_kwargs=parse_kwargs(args.env_kwargs, "--env-kwargs"),
+                agent_kwargs=parse_kwargs(args.agent_kwargs, "--agent-kwargs"),
+                out=args.out,
+                force=args.force,
+                batch_size=args.batch_size,
+                jobs=args.jobs,
+                policy_optimizer=args.policy_optimizer,
+                sb3_kwargs=parse_kwargs(args.sb3_kwargs, "--sb3-kwargs"),
+                max_rounds=args.max_rounds,
+            )
         cli.check_writable(args.out)
         for flag, value in (("--tensorboard", args.tensorboard), ("--wandb", args.wandb)):
             if value is not None:
