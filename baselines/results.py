@@ -364,14 +364,11 @@ def code_hash() -> str:
 def git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or "unknown"
-        )
+        cmd = ["git", "rev-parse", "HEAD"]
+        git = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return git.stdout.strip() or "unknown"
 
 
 def versions_record(names: tuple[str, ...] = LLM_PACKAGES) -> dict[str, str]:
