@@ -128,11 +128,9 @@ class Agent:
     optimiser of the paper's simulations (:meth:`learn`) and any stable-baselines3 algorithm
     through :class:`agents.wrappers.AgentRewardWrapper`.
 
-    ``score(core, y, oracle)`` gets the env's follower ``core`` (the reward model ``core
-    .reward_model``, its parameters ``core.params``, optimiser state, buffer and config; a
-    snapshot taken before the step under SB3), responses ``y`` of shape (S, n, d), and
-    ``oracle``, the env's counted query methods (``query_labeler``, ``query_labeler_and_grad``,
-    ``true_utility`` and ``true_utility_and_grad``). It returns scores of shape (S, n).
+    In ``score(core, y, oracle)``, ``core`` is the agent's copy of the env's follower
+    (:class:`agents.follower.Follower`; under SB3 a snapshot taken before the step) and
+    ``oracle`` the env's counted queries (:class:`agents.follower.Oracle`).
 
     Class attributes read by the harness (declare them, do not compute them elsewhere):
 
