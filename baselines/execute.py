@@ -1,8 +1,5 @@
-"""Running planned jobs: run-folder locks, batched white-box programs, SB3 runs, a process pool.
-
-Results do not depend on how jobs are grouped, on the number of workers or on the backend: each
-run's ``metrics.csv`` is the same byte for byte.
-"""
+"""Running planned jobs: run-folder locks, batched white-box programs, SB3 runs, a process pool
+(each run's ``metrics.csv`` the same bytes however the jobs are grouped or run)."""
 
 from __future__ import annotations
 
@@ -61,14 +58,9 @@ class _Progress:
 
 def run_jobs(jobs: list[Job], progress=None) -> list[dict[str, Any]]:
     """Run jobs and write their run folders; one outcome per job. Never raises: failures are
-    recorded in the run folders.
-
-    Each seed's folder is locked for the jobs' duration (:class:`results.RunLock`); a seed whose
-    folder another process holds or has finished since planning is left alone (``"busy"`` /
-    ``"done_elsewhere"`` in the outcome). White-box jobs of one :func:`batch_key` share one program
-    (:func:`_run_white_box`); if it fails, each job reruns alone, so a failure is recorded against
-    its own runs only. SB3 jobs run a seed at a time, each written when it finishes.
-    """
+    recorded in the run folders. Each seed's folder is locked for the jobs' duration
+    (:func:`_lock_seeds`); white-box jobs of one :func:`batch_key` share one program, and if it
+    fails each job reruns alone, so a failure is recorded against its own runs only."""
     import torch
 
     import rlhf_envs  # noqa: F401  (registers the envs in a fresh worker)
