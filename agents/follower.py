@@ -116,9 +116,7 @@ class Follower:
             )
         raise AttributeError(f"the follower has no attribute {name!r}")
 
-    def score(self, y: torch.Tensor) -> torch.Tensor:
-        return self.reward_model.score(self.params, y)
-
+    score = RLHFCore.score
     push = RLHFCore.push
     retained_after_push = RLHFCore.retained_after_push
     training_batch = RLHFCore.training_batch
