@@ -44,8 +44,7 @@ class WhiteBoxConfig:
         rounds: RM rounds to run (>= 1).
         policy_lr: policy step size at the start (> 0).
         policy_lr_end: step size at the end (``None``: constant).
-        sigma: Gaussian policy std at the start (> 0); a deterministic policy with
-            ``samples_per_round`` > 1 submits its extra responses from ``N(y, sigma^2 I)``.
+        sigma: policy std at the start (> 0; a deterministic policy's too, for its extra responses).
         sigma_end: std at the end (``None``: constant).
         decay_power: exponent ``p`` of the decay factor ``1 - (t/T)^p``.
         inner_steps: policy steps per round (>= 1).

@@ -1,8 +1,4 @@
-"""The commands' shared flags, as argparse parent parsers (``parents=[...]``); output folder checks.
-
-:func:`command` makes a command's :class:`Parser`, which reports a usage error as one line
-(:class:`~baselines.plan.CLIError`, exit status 2) instead of argparse's usage dump.
-"""
+"""The commands' shared flags, as argparse parent parsers; output folder checks."""
 
 from __future__ import annotations
 

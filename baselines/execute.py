@@ -135,13 +135,10 @@ def _record_failure(job: Job, seeds, batch, wall: float, error: BaseException) -
 
 def _run_white_box(todo: list[tuple[Job, list[int]]], progress) -> dict[int, dict[str, Any]]:
     """Run white-box jobs (locked seeds each) side by side on one batched env
-    (:func:`agents.whitebox.learn_together`; a job alone is a group of one), writing their folders;
-    ``{id(job): outcome}``.
-
-    The env's work is done once for all; each run's numbers are those it gets alone. A diverging
-    agent is recorded as stopped while the others go on. A group whose program fails returns ``{}``;
-    a job whose folders fail to be written is left out (the caller reruns each alone); a job alone
-    records its failure.
+    (:func:`agents.whitebox.run_rounds`; a job alone is a group of one), writing their folders;
+    ``{id(job): outcome}``. A diverging agent is recorded as stopped while the others go on. A
+    group whose program fails returns ``{}``; a job whose folders fail to be written is left out
+    (the caller reruns each alone); a job alone records its failure.
     """
     import gymnasium as gym
 

@@ -1,8 +1,4 @@
-"""Planning runs: the command line's settings checked and turned into jobs (:class:`Job`).
-
-Every setting is checked before anything runs; a problem is a :class:`CLIError` (one line). A
-job is a batch of seeds of one (env, agent, settings) whose run folders are not finished yet.
-"""
+"""Planning runs: the command line's settings checked and turned into jobs (:class:`Job`)."""
 
 from __future__ import annotations
 

@@ -6,11 +6,9 @@ Examples::
     python -m baselines.run --agent naive --env RLHFNeuralBlindSpot-v0 --seeds 0-9 --jobs 2
     python -m baselines.run --agent fpo-relaxed --env-kwargs label_noise=0.5 --agent-kwargs fpo_gamma=0.2
 
-Each run writes ``OUT/ENV/AGENT/seed_S/`` with ``config.json`` (every setting, package versions,
-git commit), ``metrics.csv`` (per round) and ``summary.json``, sealed by ``manifest.json``
-(:func:`baselines.results.write_run`). Rerunning skips finished runs with the same settings;
-``--force`` redoes them. This module is the command line (and ``--from``, the replay of a
-recorded run); the settings are checked and planned in :mod:`baselines.plan` and run in
+The run folders ``OUT/ENV/AGENT/seed_S/``: README, "Agents and harness", and
+:func:`baselines.results.write_run`. This module is the command line (and ``--from``, the replay
+of a recorded run); the settings are checked and planned in :mod:`baselines.plan` and run in
 :mod:`baselines.execute`.
 """
 

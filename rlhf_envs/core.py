@@ -79,7 +79,6 @@ def check_float(obj: Any, name: str, lo: float, strict: bool) -> None:
 
 
 def check_choice(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
-    """Validate that ``obj.name`` is one of the strings ``allowed``."""
     v = getattr(obj, name)
     if not isinstance(v, str) or v not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
@@ -101,8 +100,6 @@ def check_dims(obj: Any, name: str, dims: int, default: tuple[int, ...] | None =
 @dataclass
 class FollowerConfig:
     """The reward model, its training and the labeler's noise, shared by every env config.
-
-    Each env config inherits them (with its own defaults) and passes them to :class:`RLHFCore`.
 
     Attributes:
         rm_init_noise: initial RM error: std of the linear RM's noise / MLP's weights (>= 0).
