@@ -70,7 +70,6 @@ def get(spec: str) -> type[Agent]:
 
 
 def names() -> tuple[str, ...]:
-    """The built-in agent names."""
     return tuple(BUILTIN)
 
 

@@ -6,9 +6,8 @@ Examples::
     python -m baselines.animate --env RLHFNeuralBlindSpot-v0 --every 100 --out neural.gif
 
 Each agent runs the white-box loop of ``baselines.run`` (the per-env YAML settings, one seed) on a
-single env made with ``render_mode="rgb_array"``; every ``--every`` rounds the env's frame is taken
-(:mod:`rlhf_envs.render`). The agents' frames are stacked, one row each, scaled to ``--width``
-pixels and written as a looping GIF with a reduced palette; the last frame is held.
+single env made with ``render_mode="rgb_array"``, one row of frames each (:func:`compose`); the
+GIF loops and holds its last frame.
 """
 
 from __future__ import annotations

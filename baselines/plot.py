@@ -7,9 +7,8 @@ Examples::
     python -m baselines.plot runs --metric true_utility gap --smooth 20
 
 ``RUNS`` are run folders (``OUT/ENV/AGENT/seed_S``) or any folders above them, grouped by env and
-run name. Each env gets ``OUT/ENV.png`` and ``OUT/ENV.svg``, one panel per ``--metric``: the mean
-over seeds per RM round and its 95 % Student-t CI. SB3 runs' ``sample_true_utility`` and
-``sample_proxy_reward`` stand in for the policy mean's (the axis says which).
+run name. Each env gets ``OUT/ENV.png`` and ``OUT/ENV.svg``, one panel per ``--metric`` (Student-t
+CIs); SB3 runs' ``sample_`` columns stand in for the policy mean's (the axis says which).
 
 Damaged run folders are skipped with one line each on stderr; runs of one group with different
 lengths are cut to the shortest (one line says so).
