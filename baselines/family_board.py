@@ -428,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             c.add_argument("--agents", default=None, help="comma-separated subset of GRID")
         if cmd == "board":
             c.add_argument(
+                "--site", metavar="DIR", help="also write the static site (baselines.site)"
+            )
+            c.add_argument(
                 "--hidden",
                 action="store_true",
                 help="board on a hidden split drawn with the secret in the environment variable "
@@ -479,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
                 if args.hidden and families.secret() is None:
                     raise CLIError(f"--hidden needs a secret in {families.SECRET_VARIABLE}")
                 print(board(args.env, args, out, res, args.dtype, args.hidden, args.version))
+                if args.site:  # the static site of RESULTS/.. (it reads RESULTS/families/)
+                    from baselines.site import write_site
+
+                    print(f"wrote {write_site(res.parent, Path(args.site))}")
     except CLIError as e:
         return p.fail(e)
     print(f"wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -155,6 +155,14 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     md = (tmp_path / "res" / f"BOARD_{env_id}.md").read_text()
     assert "test split" in md and "| naive |" in md
     assert "| fpo-relaxed | naive@budget=fpo-relaxed | 4 / 4 |" in md  # the generated block
+    fam = tmp_path / "site_results" / "families"  # the site reads RESULTS/../families/
+    fam.mkdir(parents=True)
+    (fam / f"tuned_{env_id}.json").write_text(
+        (tmp_path / "res" / f"tuned_{env_id}.json").read_text()
+    )
+    site = ["--site", str(tmp_path / "site"), "--results", str(fam)]
+    assert fb.main(["board", env_id, *args, *site]) == 0
+    assert "naive@budget=fpo-relaxed" in (tmp_path / "site" / "index.html").read_text()
     # an agent added to the board (listed before elite-anchor) changes no other agent's row,
     # the bootstrap CIs included
     frozen = tmp_path / "res" / f"tuned_{env_id}.json"
