@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -103,11 +104,7 @@ def sequence_features(tokens: Any, max_len: int) -> np.ndarray:
     Of the tokens before the first EOS: ANSWER among them, their count / ``max_len`` and the
     FILLER count / ``max_len``.
     """
-    content = []
-    for t in tokens:
-        if int(t) == EOS:
-            break
-        content.append(int(t))
+    content = list(itertools.takewhile(lambda t: t != EOS, map(int, tokens)))
     return np.array(
         [float(ANSWER in content), len(content) / max_len, content.count(FILLER) / max_len]
     )
