@@ -46,10 +46,7 @@ class OracleValuesConfig(WhiteBoxConfig):
 
 
 class OracleValuesAgent(Agent):
-    """The oracle limited to value queries: the budget-matched control for agents that ask the
-    labeler beyond the RM's labels.
-
-    Each policy step spends ``value_queries`` value queries of the truth in a (1+1) evolution
+    """The oracle limited to value queries (a budget-matched control). Each policy step spends ``value_queries`` value queries of the truth in a (1+1) evolution
     strategy with the one-fifth success rule (Rechenberg 1973; Hansen, Arnold & Auger,
     "Evolution Strategies", 2015): a candidate ``theta + s u``, ``u ~ N(0, I)``, replaces the
     policy mean if its objective ``U - l2 ||y||^2`` is higher; ``s`` grows by 1.5 on a success

@@ -343,8 +343,8 @@ def board(
     pairs += [(a.split("@budget=")[1], a) for a in settings if "@budget=" in a]
     compared = [{"a": a, "b": b, **stats.compare(raw[a], raw[b], 500)} for a, b in pairs]
     what = "final U, per-config means paired by config"
-    lines += ["", "Each agent against naive, and each agent with extra labeler calls against its"]
-    lines += ["budget-matched controls:", "", *stats.comparison_block(compared, what)]
+    lines += ["", "Each agent against naive, each FPO form against its controls:", ""]
+    lines += stats.comparison_block(compared, what)
     lines += [
         "",
         f"![performance profiles](profile{sfx}_{env_id}.png)",

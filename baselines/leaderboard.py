@@ -342,12 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         "folder) and mark each row verified or not in the table",
     )
     p.add_argument("--site", metavar="DIR", help="also write the static site (baselines.site)")
-    p.add_argument(
-        "--tabulate",
-        metavar="CSV",
-        help="also tabulate the runs of a published runs.csv for the envs not under --runs, "
-        "without their run folders (no figures redrawn for them, no record checks)",
-    )
+    why = "also tabulate a published runs.csv's envs not under --runs (no figures, no checks)"
+    p.add_argument("--tabulate", metavar="CSV", help=why)
     try:
         args = p.parse_args(argv)
         out = Path(args.results)

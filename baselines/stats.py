@@ -163,9 +163,8 @@ BLOCK_END = "<!-- /comparisons -->"
 
 
 def verdict(diff_lo: float, diff_hi: float, p_lo: float, p_hi: float) -> str:
-    """``better`` where the 95 % CIs of the mean difference (A - B) and of P(A > B) both lie
-    above no difference (0 and 0.5), ``worse`` where both lie below, else ``no difference
-    detected`` (at 95 %; not evidence of equality)."""
+    """``better`` where the 95 % CIs of the difference A - B and of P(A > B) both lie above no
+    difference (0, 0.5), ``worse`` where both lie below, else ``no difference detected``."""
     if diff_lo > 0 and p_lo > 0.5:
         return VERDICTS[0]
     if diff_hi < 0 and p_hi < 0.5:
@@ -200,9 +199,8 @@ def compare(
 def comparison_block(rows: list[dict], what: str) -> list[str]:
     """Markdown lines of the generated comparison block of ``rows`` (dicts with ``a``, ``b`` and
     the fields of :func:`compare`); ``what``: the compared quantity."""
-    lines = [BLOCK_START, "", f"| A | B | n (A / B) | {what}: A - B [95 % t CI] | "]
-    lines[-1] += "P(A > B) [95 % CI] | verdict |"
-    lines.append("|---|---|---|---|---|---|")
+    head = f"| A | B | n (A / B) | {what}: A - B [95 % t CI] | P(A > B) [95 % CI] | verdict |"
+    lines = [BLOCK_START, "", head, "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['a']} | {r['b']} | {r['n_a']} / {r['n_b']} | {r['difference']:+.2f} "

@@ -224,12 +224,9 @@ def finished(out: Path, env_id: str, statuses: tuple[str, ...] = ("ok",)) -> dic
 
 
 def controls_of(env_id: str, env_kwargs: dict, runs: list[dict], agent_kwargs=None) -> list:
-    """The budget-matched controls of agent X from its finished ``runs`` (summaries), as
-    ``(agent, agent_kwargs, env_kwargs)``; none if X read the truth or called the labeler no more
-    than its RM's labels. For X paying ``f`` times its labels in labeler calls: naive labelling
-    ``f`` times as many responses per round (white-box: the extra ones drawn around its policy;
-    SB3: each response ``f`` times), buffer scaled alike; and, white-box, ``oracle-values``
-    spending X's extra calls as value queries of the truth (``agent_kwargs``: the sweep's)."""
+    """X's budget-matched controls, ``(agent, agent_kwargs, env_kwargs)``, from X's finished
+    ``runs`` if X called the labeler ``f`` > 1 times per label and read no truth: naive labelling
+    ``f`` times the responses (README, "Fair comparisons"); white-box, ``oracle-values`` too."""
     import gymnasium as gym
 
     from agents.oracle import OracleValuesAgent
@@ -259,8 +256,7 @@ def controls_of(env_id: str, env_kwargs: dict, runs: list[dict], agent_kwargs=No
 
 
 def budget_controls(spec: dict[str, Any], out: Path) -> list[dict[str, Any]]:
-    """Agents entries (tag ``budget=X``) for the :func:`controls_of` every untagged agent X with
-    finished runs under ``out`` (a sweep's ``controls: true``)."""
+    """Entries ``budget=X`` of the :func:`controls_of` each untagged agent X under ``out``."""
     entries = []
     for env_id in spec["envs"]:
         runs: dict[str, list[dict]] = {}
