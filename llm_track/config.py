@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass
 
 from agents import registry
@@ -220,3 +223,34 @@ def preset_config(preset: str, **overrides) -> LLMConfig:
     """The config of a preset, with ``overrides`` (None values are ignored) applied on top."""
     given = {k: v for k, v in overrides.items() if v is not None}
     return LLMConfig(**{"preset": preset, **PRESET_SETTINGS.get(preset, {}), **given})
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """Whether the hub's host answers a TCP connection within 3 s (avoids long retry loops)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """huggingface_hub's offline mode (what ``HF_HUB_OFFLINE=1`` sets at import) for the block:
+    every hub request raises (``llm_track/README.md``, "Offline and local models")."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub client: nothing to keep offline
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old

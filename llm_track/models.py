@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llm_track.config import LLMConfig, LLMTrackError, first_line
+from llm_track.config import LLMConfig, LLMTrackError, first_line, hub_offline, hub_reachable
 from llm_track.prompts import BUILTIN_PROMPTS
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "[CLS]", "[SEP]"]
@@ -157,37 +157,6 @@ def build_random_models(llama_cfg, deberta_cfg, seed: int, dtype: torch.dtype):
 
 
 # --------------------------------------------------------------------------- loading
-@functools.lru_cache(maxsize=1)
-def _hub_reachable() -> bool:
-    """Whether the hub's host answers a TCP connection within 3 s (avoids long retry loops)."""
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def hub_offline():
-    """huggingface_hub's offline mode (what ``HF_HUB_OFFLINE=1`` sets at import) for the block:
-    every hub request raises (``llm_track/README.md``, "Offline and local models")."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # no hub client: nothing to keep offline
-        yield
-        return
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
-
-
 def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
     """``cls.from_pretrained``: a local folder in hub-offline mode; a hub id from the cache
     first, then the hub unless HF_HUB_OFFLINE."""
@@ -205,7 +174,7 @@ def _from_pretrained(cls, name: str, what: str, flag: str, **kwargs):
     except Exception as first:
         err = first
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not (offline or local or not _hub_reachable()):
+    if not (offline or local or not hub_reachable()):
         try:
             return cls.from_pretrained(name, **kwargs)
         except Exception as second:

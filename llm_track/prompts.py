@@ -10,7 +10,7 @@ import os
 import tempfile
 from importlib import resources
 
-from llm_track.config import PROMPT_SOURCES, LLMTrackError, first_line
+from llm_track.config import PROMPT_SOURCES, LLMTrackError, first_line, hub_offline, hub_reachable
 
 ULTRAFEEDBACK = "HuggingFaceH4/ultrafeedback_binarized"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -96,10 +96,9 @@ def read_local(path: str, column: str, flag: str = "--prompts", split: str = "tr
 
 def _ultrafeedback(split: str) -> list[str]:
     """UltraFeedback binarized prompts (hub or ``datasets`` cache); an error when unavailable."""
-    from llm_track.models import _hub_reachable, hub_offline
 
     datasets = _datasets("--prompts ultrafeedback")
-    offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable()  # no ~25 s of retries
+    offline = datasets.config.HF_HUB_OFFLINE or not hub_reachable()  # no ~25 s of retries
     old, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, offline
     try:
         with hub_offline() if offline else contextlib.nullcontext():
