@@ -48,6 +48,7 @@ import numpy as np
 from baselines import cli, report, results, stats
 from baselines.plan import CLIError, run_folder_name
 from baselines.plot import pyplot, save
+from baselines.site import write_site
 from baselines.sweep import _SAFE, controls_of, finished, plan_sweep, run_sweep
 
 CHECK_SEEDS = list(range(200, 210))
@@ -58,8 +59,7 @@ LEARNABLE = 0.9
 PEAK = 10.0  # utility_scale: not a family knob
 #: naive collapses: mean drop at least this (5 % of the peak) with its CI above 0
 COLLAPSE_DROP = 0.5
-#: on every board beside the tuned agents, untuned (their YAML settings), with their budget-matched
-#: controls (generated, :func:`baselines.sweep.controls_of`)
+#: on every board, untuned (their YAML settings), with generated controls (sweep.controls_of)
 BUDGETED = ("fpo-relaxed", "fpo-exact")
 #: the hyperparameters tuned per agent on the train split, and the values tried (all combinations)
 GRID: dict[str, dict[str, list[float]]] = {
@@ -277,11 +277,11 @@ def board(
     split, sfx = (pre + families.HIDDEN, vsfx + "_hidden") if hidden else (pre + "test", vsfx)
     t0 = time.perf_counter()
     _run(_spec(env_id, split, settings, TEST_SEEDS, dtype), out, workers)
-    done, first = finished(out, env_id, ("ok", "stopped")), {"family": f"{split}/0"}
+    done, configs = finished(out, env_id, ("ok", "stopped")), families.configs(env_id, split)
     for label, (agent, *_) in list(settings.items()):  # budget-matched controls, generated
-        runs = [done[run_folder_name(agent, tag=_SAFE.sub("_", _tag(split, 0, label, agent))), s]
-                for s in TEST_SEEDS]  # fmt: skip
-        for control, kw, env in controls_of(env_id, first, runs):
+        tags = (_SAFE.sub("_", _tag(split, i, label, agent)) for i in range(len(configs)))
+        runs = [done[run_folder_name(agent, tag=t), s] for t in tags for s in TEST_SEEDS]
+        for control, kw, env in controls_of(env_id, {"family": f"{split}/0"}, runs):
             settings[f"{control}@budget={label}"] = (control, kw, env)
     _run(_spec(env_id, split, settings, TEST_SEEDS, dtype), out, workers)
     wall = time.perf_counter() - t0
@@ -483,8 +483,6 @@ def main(argv: list[str] | None = None) -> int:
                     raise CLIError(f"--hidden needs a secret in {families.SECRET_VARIABLE}")
                 print(board(args.env, args, out, res, args.dtype, args.hidden, args.version))
                 if args.site:  # the static site of RESULTS/.. (it reads RESULTS/families/)
-                    from baselines.site import write_site
-
                     print(f"wrote {write_site(res.parent, Path(args.site))}")
     except CLIError as e:
         return p.fail(e)

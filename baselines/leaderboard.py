@@ -23,6 +23,7 @@ import pandas as pd
 from baselines import cli, results, stats
 from baselines.plan import CLIError
 from baselines.plot import pyplot, save
+from baselines.site import write_site
 
 
 def _agent_name(run_name: str) -> str:
@@ -389,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     results.atomic_write_text(out / "LEADERBOARD.md", text)
     print(f"wrote {out / 'LEADERBOARD.md'} ({len(df)} runs, {len(tab)} rows)")
     if args.site:
-        from baselines.site import write_site
-
         print(f"wrote {write_site(out, Path(args.site))}")
     return 0
 

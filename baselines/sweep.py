@@ -232,6 +232,9 @@ def controls_of(env_id: str, env_kwargs: dict, runs: list[dict], agent_kwargs=No
     from agents.oracle import OracleValuesAgent
     from baselines.plan import yaml_settings
 
+    runs = [r for r in runs if r.get("status", "ok") == "ok"]  # a stopped run counted nothing
+    if not runs:
+        return []
     calls, labels = max(r["labeler_calls"] for r in runs), max(r["labels_used"] for r in runs)
     reads = str(runs[0]["reads"])
     if "truth" in reads or "labeler" not in reads or calls <= labels:

@@ -131,3 +131,17 @@ def test_sweep_generates_the_budget_controls_of_agents_with_extra_labeler_calls(
         assert control.labels_used == runs.labeler_calls[method]  # as many labels as X's calls
         assert runs.oracle_queries[f"oracle-values@budget={method}"] == extra
     assert not any(n.endswith("budget=oracle") or "budget=naive" in n for n in runs.index)
+
+
+def test_controls_of_reads_only_finished_runs():
+    """A run stopped as diverged counted nothing: it neither sets nor breaks the budget."""
+    ok = {"status": "ok", "labeler_calls": 600, "labels_used": 300, "reads": "current_rm,"
+          "labeler_values", "run_name": "fpo-relaxed", "rounds": 300}  # fmt: skip
+    stopped = {**ok, "status": "stopped", "labeler_calls": float("nan"), "labels_used": 0}
+    controls = sweep.controls_of("RLHFBlindSpot-v0", {}, [stopped, ok])
+    assert controls == [
+        ("naive", {}, {"samples_per_round": 2, "buffer_size": 2}),
+        ("oracle-values", {"value_queries": 1}, {}),
+    ]
+    assert sweep.controls_of("RLHFBlindSpot-v0", {}, [stopped]) == []
+    assert sweep.controls_of("RLHFBlindSpot-v0", {}, [{**ok, "reads": "truth_values"}]) == []
