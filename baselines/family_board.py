@@ -59,8 +59,8 @@ LEARNABLE = 0.9
 PEAK = 10.0  # utility_scale: not a family knob
 #: naive collapses: mean drop at least this (5 % of the peak) with its CI above 0
 COLLAPSE_DROP = 0.5
-#: on every board, untuned (their YAML settings), with generated controls (sweep.controls_of)
-BUDGETED = ("fpo-relaxed", "fpo-exact")
+#: untuned, with generated controls (not neural: its configs fix the spr/buffer a control changes)
+BUDGETED = {"RLHFBlindSpot-v0": ("fpo-relaxed", "fpo-exact")}
 #: the hyperparameters tuned per agent on the train split, and the values tried (all combinations)
 GRID: dict[str, dict[str, list[float]]] = {
     "fpo": {"fpo_gamma": [0.03, 0.1, 0.3]},
@@ -270,7 +270,7 @@ def board(
         )
     settings: dict[str, tuple[str, dict]] = {"naive": ("naive", {}), "oracle": ("oracle", {})}
     settings.update((agent, (agent, kw)) for agent, kw in frozen["settings"].items())
-    settings.update((agent, (agent, {})) for agent in BUDGETED)
+    settings.update((agent, (agent, {})) for agent in BUDGETED.get(env_id, ()))
     settings = {
         k: settings[k] for k in sorted(settings, key=lambda a: (a == "oracle", a != "naive"))
     }

@@ -123,7 +123,7 @@ def test_tune_then_board_on_a_tiny_family(tmp_path, monkeypatch):
     monkeypatch.setattr(fb, "GRID", {"elite-anchor": {"anchor_coef": [1.0, 10.0]}})
     monkeypatch.setattr(fb, "TUNE_SEEDS", [100, 101])
     monkeypatch.setattr(fb, "TEST_SEEDS", [0, 1])
-    monkeypatch.setattr(fb, "BUDGETED", ("fpo-relaxed",))
+    monkeypatch.setattr(fb, "BUDGETED", {env_id: ("fpo-relaxed",)})
     args = ["--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
     assert fb.main(["board", env_id, *args]) == 2  # no tuned settings yet
     assert fb.main(["tune", env_id, *args]) == 0
