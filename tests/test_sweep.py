@@ -60,6 +60,7 @@ def test_local_backends_give_identical_files(tmp_path):
     assert len(summary["runs"]) == 24 and summary["failed"] == []
 
 
+@pytest.mark.slow  # over 30 s; the default run keeps the local resume tests
 def test_ray_backend_gives_identical_files(tmp_path):
     pytest.importorskip("ray")
     cfg = write(tmp_path, SMALL)
@@ -202,6 +203,7 @@ batch_size: 1
     assert len(summaries) == 24
 
 
+@pytest.mark.slow  # over 30 s; the default run keeps the local resume tests
 def test_killed_sweep_resumes_completely(tmp_path):
     kill_and_resume(tmp_path, kills=3, seed=0)
 
