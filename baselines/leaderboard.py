@@ -118,15 +118,13 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparisons(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """Each method against each baseline and each of its budget-matched controls on final-block
-    true utility (:func:`baselines.stats.compare`: the difference with its t CI, P(improvement)
-    with its bootstrap CI, Agarwal et al., arXiv 2108.13264, and the verdict)."""
+    """Each method against the baselines and its budget-matched controls on final-block true
+    utility (:func:`baselines.stats.compare`; P(improvement): Agarwal et al., arXiv 2108.13264)."""
     from agents import registry
 
     methods = [n for n, c in registry.BUILTIN.items() if c.role == "method"]
     baselines = registry.with_role("baseline")
-    # agents from outside the package are compared against the baselines too
-    outside = {_agent_name(name) for name in df["run_name"]} - set(registry.BUILTIN)
+    outside = {_agent_name(name) for name in df["run_name"]} - set(registry.BUILTIN)  # plugins
     methods += sorted(outside)
     rows = []
     rng = np.random.default_rng(0)
@@ -353,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         if df.empty:
             raise CLIError(f"no finished runs under {args.runs}")
         if args.tabulate:
-            old = pd.read_csv(args.tabulate)
-            old = old[~old.env_id.isin(df.env_id)].assign(metrics=None, folder="", versions="")
+            try:  # pandas' parse errors are ValueErrors; no env_id column: AttributeError
+                old = pd.read_csv(args.tabulate)[lambda t: ~t.env_id.isin(df.env_id)]
+            except (OSError, ValueError, AttributeError):
+                raise CLIError(f"--tabulate: cannot read {args.tabulate} as a runs.csv") from None
+            old = old.assign(metrics=None, folder="", versions="")
             df = pd.concat([df, old], ignore_index=True)
         check_duplicates(df)
         if not args.allow_mixed:

@@ -187,8 +187,7 @@ def compare(
     if paired or len(xs) > 1:
         d = x - y if len(xs) == 1 else per_task
         vx, vy, dof = d.var(ddof=1) / len(d), 0.0, len(d) - 1
-    diff = per_task.mean()
-    half = sps.t.ppf(0.975, dof) * np.sqrt(vx + vy)
+    diff, half = per_task.mean(), sps.t.ppf(0.975, dof) * np.sqrt(vx + vy)
     p_lo, p_hi = probability_of_improvement_ci(xs, ys, n_boot, rng=rng)
     row = dict(n_a=len(x), n_b=len(y), difference=diff, difference_lo=diff - half)
     row.update(difference_hi=diff + half, p_improvement=probability_of_improvement(xs, ys))

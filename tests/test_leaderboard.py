@@ -239,3 +239,5 @@ def test_tabulate_adds_the_published_runs_of_other_envs(runs, tmp_path):
     assert tab.final_block_true_utility["RLHFBlindSpot-v0", "naive"] > 0  # from the folders
     assert len(pd.read_csv(tmp_path / "b" / "runs.csv")) == 2 * len(published)
     assert "## RLHFNeuralBlindSpot-v0" in (tmp_path / "b" / "LEADERBOARD.md").read_text()
+    for bad in (tmp_path / "missing.csv", tmp_path / "b" / "LEADERBOARD.md"):  # one-line errors
+        assert leaderboard.main([*args, "--force", "--tabulate", str(bad)]) == 2
