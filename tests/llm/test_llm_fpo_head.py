@@ -99,8 +99,9 @@ def test_scores_per_penalty_form():
 
 def test_llm_agents_come_from_the_registry():
     """The LLM track's agents are the registry's with an llm_penalty (behaviour follows it),
-    then the LLM-only random-winner control."""
-    assert AGENTS == (*registry.llm_names(), "random-winner") and registry.llm_names()
+    then the LLM-only controls (random winner; relaxed FPO's oracle budget as RM labels)."""
+    controls = ("random-winner", "naive@budget=fpo-relaxed")
+    assert AGENTS == (*registry.llm_names(), *controls) and registry.llm_names()
     assert LLMConfig().agent == registry.REFERENCE
     assert LLMConfig(agent="random-winner").penalty_form == "random"
     for name in registry.llm_names():

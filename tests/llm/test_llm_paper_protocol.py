@@ -344,6 +344,25 @@ def test_winner_rules_and_one_oracle_count_rule():
     assert proto("fpo-relaxed").oracle_cost(texts, 1) == 4
     assert proto("fpo-relaxed", skip_empty=True).oracle_cost(texts, 1) == 3
     assert proto("fpo-relaxed").oracle_cost(texts, None) == 0
+    budget = proto("naive@budget=fpo-relaxed", skip_empty=True)  # relaxed FPO's queries
+    assert budget.oracle_cost(texts, 1) == 3 and budget.pick_winner(0, score, texts) == 2
+
+
+def test_budget_control_trains_its_rm_on_every_candidate_and_picks_as_naive():
+    """naive@budget=fpo-relaxed: the same winners as naive while the RMs agree (first step),
+    relaxed FPO's oracle count, and an RM step on all candidate-vs-reference pairs (its head
+    moves differently from naive's, which learns from the winner's pair only)."""
+    kw = dict(steps=1, candidates=3)
+    runs = {}
+    for agent in ("naive", "naive@budget=fpo-relaxed", "fpo-relaxed"):
+        cfg = preset_config("tiny", agent=agent, **kw)
+        proto = L.Protocol(cfg, load_models(cfg), list(TRAIN_PROMPTS))
+        head0 = proto.head.weight.detach().clone()
+        runs[agent] = (proto.step(0), proto.head.weight.detach() - head0)
+    (naive, d_naive), (budget, d_budget), (relaxed, _) = runs.values()
+    assert budget["utility_winner"] == naive["utility_winner"]  # same draw, same pick
+    assert budget["oracle_queries"] == relaxed["oracle_queries"] == 4 > naive["oracle_queries"]
+    assert d_naive.abs().sum() > 0 and not torch.allclose(d_budget, d_naive)
 
 
 def test_random_winner_run_and_dropout_asymmetry(tmp_path):
