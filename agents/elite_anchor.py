@@ -51,7 +51,6 @@ class EliteAnchorAgent(Agent):
     name = "elite-anchor"
     config_cls = EliteAnchorConfig
     reads = ("current_rm", "rm_buffer")
-    role = "method"
     cost = 1.5
 
     def start(self, core) -> None:
@@ -103,7 +102,6 @@ class EliteEnsembleAgent(EliteAnchorAgent):
 
     name = "elite-ensemble"
     config_cls = EliteEnsembleConfig
-    reads = ("current_rm", "rm_buffer")
     cost = 6.5
 
     def start(self, core) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-import torch
-
 from rlhf_envs.core import QUERY_KINDS, RLHFCore
+from rlhf_envs.core import Oracle as Oracle  # the agent's side of the counted queries
 from rlhf_envs.reward_models import FlatParams
 
 #: Env settings that cross to an agent: the reward model's and its training's, not the truth's or
@@ -59,8 +58,12 @@ def follower_state(core: RLHFCore, rows: slice, reads: tuple[str, ...], start: b
     }
     for name in sorted(names):
         value = getattr(core, name)
-        if name == "params":
-            value = _rows_of(value, rows)
+        if name == "params":  # keeping the flat vector they share, if any
+            flat = getattr(value, "flat", None)
+            value = {k: v[rows] for k, v in value.items()}
+            if flat is not None:
+                value = FlatParams(value)
+                value.flat = flat[rows]
         elif name == "opt_state":
             value = {k: v if v.dim() == 0 else v[rows] for k, v in value.items()}
         elif name in ("buffer_y", "buffer_t"):
@@ -78,16 +81,6 @@ def follower_state(core: RLHFCore, rows: slice, reads: tuple[str, ...], start: b
             config={k: getattr(c, k) for k in RM_SETTINGS},
         )
     return state
-
-
-def _rows_of(params: dict, rows: slice) -> dict:
-    """``params`` cut to the experiments ``rows``, keeping the flat vector they share if any."""
-    out = FlatParams({k: v[rows] for k, v in params.items()})
-    flat = getattr(params, "flat", None)
-    if flat is None:
-        return dict(out)
-    out.flat = flat[rows]
-    return out
 
 
 class Follower:
@@ -122,46 +115,11 @@ class Follower:
     training_batch = RLHFCore.training_batch
 
 
-class Oracle:
-    """The env's counted queries: ``ask(kind, y)`` is answered on the env's side, which charges
-    one query of ``kind`` per response in ``y`` (shape (S, ..., d)) and refuses a kind the
-    agent did not declare."""
-
-    def __init__(self, ask):
-        self._ask = ask
-
-    def query_labeler(self, ys: Any) -> torch.Tensor:
-        """The labeler's noiseless verdict (rating, or P(y beats the reference))."""
-        return self._ask("labeler_values", ys)
-
-    def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._ask("labeler_grads", ys)
-
-    def true_utility(self, ys: Any) -> torch.Tensor:
-        return self._ask("truth_values", ys)
-
-    def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._ask("truth_grads", ys)
-
-
 def answer(core: RLHFCore, rows: slice, reads: tuple[str, ...], kind: str, ys: Any, ys_error: str):
-    """The env's side of a query: ``kind`` of the responses ``ys`` for the experiments ``rows``,
-    charged there per response; refused if ``reads`` does not declare it or ``ys`` is not
-    ``(S_rows, ..., d)``."""
+    """The env's side of a query: :meth:`RLHFCore.query` for the experiments ``rows``, refused if
+    ``reads`` does not declare ``kind``."""
     if kind not in QUERY_KINDS:
         raise ValueError(f"unknown query {kind!r}; allowed: {QUERY_KINDS}")
     if kind not in reads:
         raise UndeclaredRead(f"a {kind} query needs {kind!r} in the agent's reads ({reads})")
-    y = torch.as_tensor(ys, dtype=core.dtype).detach()
-    S, n = len(range(*rows.indices(core.S))), core.config.dims
-    if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != n:
-        raise ValueError(f"{ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")
-    fn = {
-        "labeler_values": core.labeler_target,
-        "labeler_grads": core.labeler_target_and_grad,
-        "truth_values": core.utility,
-        "truth_grads": core.utility_and_grad,
-    }[kind]
-    core.charge(y, kind, rows)
-    with torch.no_grad():
-        return fn(y)
+    return core.query(kind, ys, ys_error, rows)

@@ -40,7 +40,6 @@ class ReinitAgent(NaiveAgent):
 
     name = "reinit"
     config_cls = ReinitConfig
-    role = "baseline"
     llm_penalty = None
     sb3_algos = ()  # restarting an SB3 policy's weights is not wired
     paper_reference = {}

@@ -317,12 +317,9 @@ class Player:
         lr = _schedule(cfg.policy_lr, cfg.policy_lr_end, tc, Tc, cfg.decay_power)
         self.sigma = _schedule(cfg.sigma, cfg.sigma_end, tc, Tc, cfg.decay_power)
         if self.gaussian or spr > 1:
-            self.eps = torch.stack(
-                [
-                    torch.randn(cfg.inner_steps + spr, d, generator=g, dtype=torch.float64)
-                    for g in self.gens
-                ]
-            ).to(self.view.dtype)  # float64 streams, rounded if the env is float32
+            n = cfg.inner_steps + spr
+            eps = [torch.randn(n, d, generator=g, dtype=torch.float64) for g in self.gens]
+            self.eps = torch.stack(eps).to(self.view.dtype)  # float64 streams, rounded if float32
         theta = self.theta
         for i in range(cfg.inner_steps):
             y = theta + self.sigma * self.eps[:, i] if self.gaussian else theta

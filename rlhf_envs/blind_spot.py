@@ -13,18 +13,18 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from rlhf_envs import render as _render
-from rlhf_envs.core import BlindSpotConfig, RLHFCore
+from rlhf_envs.core import BlindSpotConfig, Oracle, RLHFCore
 
 
 def _fresh_seed(np_random: np.random.Generator) -> int:
     return int(np_random.integers(0, 2**31 - 1))
 
 
-class _BlindSpotMixin:
-    """Validation, info and white-box access shared by every env on an :class:`RLHFCore`."""
+class _BlindSpotMixin(Oracle):
+    """Validation, info, queries (:class:`Oracle`) and white-box access of every RLHFCore env."""
 
     core: RLHFCore
-    #: The error :meth:`_responses` raises, formatted with ``S`` and ``n`` (the core's ``dims``).
+    #: The error :meth:`_ask` raises, formatted with ``S`` and ``n`` (the core's ``dims``).
     ys_error = "ys must have shape ({S}, ..., {n}): experiments first, response last"
 
     def _info(self, proxy=None, true_u=None, updated: bool = False, y=None) -> dict[str, Any]:
@@ -112,41 +112,12 @@ class _BlindSpotMixin:
         """Current RM parameters, each with a leading experiment dimension. Do not modify."""
         return self.core.params
 
-    def _responses(self, ys: Any) -> torch.Tensor:
-        """``ys`` as a tensor of the core's dtype, shape (S, ..., n); a single env also takes (n,)."""
+    def _ask(self, kind: str, ys: Any):
+        """:meth:`RLHFCore.query` of ``ys`` (S, ..., n); a single env also takes (n,)."""
         y = torch.as_tensor(ys, dtype=self.core.dtype)
-        S, n = self.core.S, self.core.config.dims
-        if y.dim() == 1 and S == 1:
+        if y.dim() == 1 and self.core.S == 1:
             y = y.unsqueeze(0)
-        if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != n:
-            raise ValueError(f"{self.ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")
-        return y
-
-    def _query(self, ys: Any, fn, kind: str):
-        """``fn`` of the responses ``ys`` (detached: no gradient leaks through a value), counted
-        as queries of ``kind`` (:data:`~rlhf_envs.core.QUERY_KINDS`)."""
-        y = self._responses(ys).detach()
-        self.core.charge(y, kind)
-        with torch.no_grad():
-            return fn(y)
-
-    def true_utility(self, ys: Any) -> torch.Tensor:
-        """Oracle query of the hidden true utility of ``ys`` (S, ..., d), counted in
-        ``info["oracle_queries"]``; no gradient (:meth:`true_utility_and_grad` is a query)."""
-        return self._query(ys, self.core.utility, "truth_values")
-
-    def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`true_utility` and its gradient in ``ys``: a gradient query (``d + 1`` values)."""
-        return self._query(ys, self.core.utility_and_grad, "truth_grads")
-
-    def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`query_labeler` and its gradient in ``ys``: a gradient query."""
-        return self._query(ys, self.core.labeler_target_and_grad, "labeler_grads")
-
-    def query_labeler(self, ys: Any) -> torch.Tensor:
-        """Oracle query of the labeler's noiseless verdict (rating, or P(y beats reference)): what
-        the RM is trained toward; a value query, like :meth:`true_utility`."""
-        return self._query(ys, self.core.labeler_target, "labeler_values")
+        return self.core.query(kind, y, self.ys_error)
 
     # -- rendering (rlhf_envs.render draws; matplotlib is imported only then) ------------------
     def _rendered(self, y, proxy, true_u, extra: Any = None) -> None:
@@ -163,8 +134,7 @@ class _BlindSpotMixin:
             return None
         return _render.render(self, self._draw_frame)
 
-    def _draw_frame(self, fig) -> None:
-        _render.draw_vector(self, fig)
+    _draw_frame = _render.draw_vector
 
     def close(self, **kwargs: Any) -> None:
         _render.close(self)

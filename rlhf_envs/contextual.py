@@ -107,8 +107,7 @@ class ContextualCore(RLHFCore):
         zero = torch.zeros(core_cfg.dims, dtype=torch.float64)  # the linear RM's initial mean
         super().__init__(core_cfg, num_experiments, make_reward_model(core_cfg, zero, None))
         self.env_config = c = config
-        p = c.prompt_dims
-        eye = torch.eye(p, dtype=torch.float64)
+        eye = torch.eye(c.prompt_dims, dtype=torch.float64)
         self.centres = (c.cluster_radius * torch.cat([eye, -eye]))[: c.n_clusters]
         g = torch.Generator().manual_seed(c.task_seed)
         self.targets = c.target_std * torch.randn(
@@ -266,5 +265,4 @@ class ContextualEnv(_BlindSpotMixin, gym.Env):
         info = self._info(proxy, true_u, updated, z)
         return self.prompt.copy(), float(proxy[0]), True, False, info
 
-    def _draw_frame(self, fig) -> None:
-        _render.draw_contextual(self, fig)
+    _draw_frame = _render.draw_contextual

@@ -264,9 +264,7 @@ class RLHFCore:
         self.dtype = getattr(torch, c.dtype)
         self.y_star = torch.zeros(c.dims, dtype=self.dtype)
         self.y_star[: c.signal_dims] = c.target_value
-        self.reference = torch.zeros(c.dims, dtype=self.dtype)
-        if c.reference_response is not None:
-            self.reference = torch.tensor(c.reference_response, dtype=self.dtype)
+        self.reference = torch.tensor(c.reference_response or (0.0,) * c.dims, dtype=self.dtype)
         self.references = self.reference.expand(self.S, c.dims)
         self.labeler_direction = torch.zeros(c.dims, dtype=self.dtype)
         if c.labeler_bias:
@@ -333,8 +331,7 @@ class RLHFCore:
         u, g = self.utility_and_grad(y)
         bias = self.labeler_bias_and_grad(y)
         if bias is not None:
-            u = u + bias[0]
-            g = g + bias[1]
+            u, g = u + bias[0], g + bias[1]
         if self.config.feedback == "rating":
             return u, g
         p = torch.sigmoid((u - self.labeler_utility(self.reference)) / self.config.temperature)
@@ -354,11 +351,24 @@ class RLHFCore:
         ref = self.labeler_utility(self.reference)
         return torch.sigmoid((lab - ref) / self.config.temperature)
 
-    def charge(self, y: torch.Tensor, kind: str, rows: slice = slice(None)) -> None:
-        """Count one query of ``kind`` (:data:`QUERY_KINDS`) per response in ``y`` (shape
-        (S, ..., d)), on the experiments ``rows``. A ``*_grads`` query is the value and its
-        d-dim gradient."""
-        self.queries[kind][rows] += math.prod(y.shape[1:-1]) if y.dim() > 2 else 1
+    def query(self, kind: str, ys: Any, ys_error: str, rows: slice = slice(None)):
+        """Oracle query ``kind`` (:data:`QUERY_KINDS`) of the responses ``ys`` (S_rows, ..., d) of
+        the experiments ``rows``, detached (no gradient leaks through a value) and counted there,
+        one per response (a ``*_grads`` query: the value and its d-dim gradient); another shape
+        raises ``ValueError(ys_error)``, formatted with ``S`` and ``n``."""
+        y = torch.as_tensor(ys, dtype=self.dtype).detach()
+        S, n = len(range(*rows.indices(self.S))), self.config.dims
+        if y.dim() < 2 or y.shape[0] != S or y.shape[-1] != n:
+            raise ValueError(f"{ys_error.format(S=S, n=n)}; got {tuple(y.shape)}")
+        fn = {
+            "labeler_values": self.labeler_target,
+            "labeler_grads": self.labeler_target_and_grad,
+            "truth_values": self.utility,
+            "truth_grads": self.utility_and_grad,
+        }[kind]
+        self.queries[kind][rows] += math.prod(y.shape[1:-1])
+        with torch.no_grad():
+            return fn(y)
 
     def counters(self) -> dict[str, np.ndarray]:
         """Labels used and counted queries per experiment, named as ``info`` and a run's
@@ -467,3 +477,30 @@ class RLHFCore:
     def training_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The labelled responses and targets the RM trains on (the filled part of the buffer)."""
         return self.buffer_y[:, : self.buffer_len], self.buffer_t[:, : self.buffer_len]
+
+
+class Oracle:
+    """Counted oracle queries of responses ``ys`` (S, ..., d), each answered by ``ask(kind, ys)``
+    (:meth:`RLHFCore.query`): an env's own queries (its ``_ask``), or an agent's, answered on the
+    env's side (:func:`agents.follower.answer`), which refuses a kind the agent did not declare."""
+
+    def __init__(self, ask):
+        self._ask = ask
+
+    def true_utility(self, ys: Any) -> torch.Tensor:
+        """The hidden true utility of ``ys``, a value query (``info["oracle_queries"]``) with no
+        gradient (:meth:`true_utility_and_grad` is a query)."""
+        return self._ask("truth_values", ys)
+
+    def true_utility_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`true_utility` and its gradient in ``ys``: a gradient query (``d + 1`` values)."""
+        return self._ask("truth_grads", ys)
+
+    def query_labeler(self, ys: Any) -> torch.Tensor:
+        """The labeler's noiseless verdict (rating, or P(y beats reference)): what the RM is
+        trained toward; a value query, like :meth:`true_utility`."""
+        return self._ask("labeler_values", ys)
+
+    def query_labeler_and_grad(self, ys: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`query_labeler` and its gradient in ``ys``: a gradient query."""
+        return self._ask("labeler_grads", ys)

@@ -203,14 +203,6 @@ def _points(ax, a: np.ndarray, b: np.ndarray, star: tuple[float, float], path=Tr
         ax.plot(a[-1], b[-1], "o", ms=8, mfc="none", mec="red", mew=1.8)
 
 
-def _grow(trail: Trail, extent: np.ndarray) -> np.ndarray:
-    """The maps' extent, grown to hold ``extent`` and never shrunk (frames do not jitter)."""
-    old = trail.extent if trail.extent.any() else extent
-    lo, hi = np.minimum(old, extent), np.maximum(old, extent)
-    trail.extent = np.array([lo[0], hi[1], lo[2], hi[3]])
-    return trail.extent
-
-
 def _unit(v: np.ndarray, e1: np.ndarray | None = None) -> np.ndarray | None:
     """``v`` (made orthogonal to the unit ``e1`` if given) scaled to norm 1; None if ~0."""
     if e1 is not None:
@@ -261,7 +253,10 @@ def vector_plane(env) -> dict[str, Any]:
         e2 = _unit(np.eye(c.dims)[min(c.signal_dims, c.dims - 1)], e1)
     span = max(abs(t), 1.0)
     lo, hi = min(-0.25 * span, a_pts.min(initial=0.0)), max(1.5 * span, a_pts.max(initial=0.0))
-    ext = _grow(trail, np.array([lo, hi, 0.0, max(1.25 * span, b_pts.max(initial=0.0))]))
+    ext = np.array([lo, hi, 0.0, max(1.25 * span, b_pts.max(initial=0.0))])
+    old = trail.extent if trail.extent.any() else ext  # grown, never shrunk: frames do not jitter
+    small, big = np.minimum(old, ext), np.maximum(old, ext)
+    ext = trail.extent = np.array([small[0], big[1], small[2], big[3]])
     pad_a, pad_b = 0.05 * (ext[1] - ext[0]), 0.05 * ext[3]
     a = np.linspace(ext[0] - pad_a, ext[1] + pad_a, 90)
     b = np.linspace(-0.5 * pad_b, ext[3] + pad_b, 70)  # a little below 0: the target shows

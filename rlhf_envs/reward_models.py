@@ -263,10 +263,8 @@ class LinearRewardModel(RewardModel):
         self.guards_steps = optimizer.name == "sgd"
 
     def init_params(self, generators: list[torch.Generator]) -> Params:
-        noise = torch.stack(
-            [torch.randn(self.dims, generator=g, dtype=torch.float64) for g in generators]
-        )
-        w = self._init_mean64 + self.init_noise * noise
+        noise = [torch.randn(self.dims, generator=g, dtype=torch.float64) for g in generators]
+        w = self._init_mean64 + self.init_noise * torch.stack(noise)
         return {"w": w.to(self.dtype)}  # a float32 model starts from the float64 one, rounded
 
     def score(self, params: Params, y: torch.Tensor) -> torch.Tensor:
@@ -333,23 +331,18 @@ class MLPRewardModel(RewardModel):
 
     def init_params(self, generators: list[torch.Generator]) -> Params:
         h1, h2 = self.hidden
-        d = self.dims
-        f64, dt = torch.float64, self.dtype  # a float32 model: the float64 one, rounded
-        per = [
-            {
-                "W1": (torch.randn(h1, d, generator=g, dtype=f64) * self.init_std).to(dt),
-                "W2": (torch.randn(h2, h1, generator=g, dtype=f64) * self.init_std).to(dt),
-                "w3": (torch.randn(h2, generator=g, dtype=f64) * self.init_std).to(dt),
-            }
-            for g in generators
-        ]
+
+        def draw(*shape: int) -> torch.Tensor:  # each generator's W1, W2, w3 in this order
+            x = [torch.randn(*shape, generator=g, dtype=torch.float64) for g in generators]
+            return (torch.stack(x) * self.init_std).to(self.dtype)  # float32: float64's, rounded
+
+        params = {"W1": draw(h1, self.dims), "W2": draw(h2, h1), "w3": draw(h2)}
         S = len(generators)
-        params = {k: torch.stack([p[k] for p in per]) for k in per[0]}
         params["b1"] = torch.zeros(S, h1, dtype=self.dtype)
         params["b2"] = torch.zeros(S, h2, dtype=self.dtype)
         params["b3"] = torch.zeros(S, dtype=self.dtype)
         if self.skip_init is not None:
-            params["skip"] = self.skip_init.expand(S, d).clone()
+            params["skip"] = self.skip_init.expand(S, self.dims).clone()
         return params
 
     def _forward(self, params: Params, y: torch.Tensor):

@@ -99,11 +99,8 @@ class VerbosityConfig(FollowerConfig):
 
 
 def sequence_features(tokens: Any, max_len: int) -> np.ndarray:
-    """Feature vector ``f = [has_answer, length, filler]`` of a token sequence (float64, (3,)).
-
-    Of the tokens before the first EOS: ANSWER among them, their count / ``max_len`` and the
-    FILLER count / ``max_len``.
-    """
+    """Feature vector ``f = [has_answer, length, filler]`` (float64, (3,)) of the tokens before
+    the first EOS (counts over ``max_len``)."""
     content = list(itertools.takewhile(lambda t: t != EOS, map(int, tokens)))
     return np.array(
         [float(ANSWER in content), len(content) / max_len, content.count(FILLER) / max_len]
@@ -115,10 +112,8 @@ class VerbosityCore(RLHFCore):
 
     def __init__(self, config: VerbosityConfig, num_experiments: int = 1):
         core_cfg = config.core_config()
-        w0 = torch.tensor(
-            [config.rm_answer_weight, config.rm_length_bias, config.rm_filler_bias],
-            dtype=torch.float64,
-        )
+        weights = (config.rm_answer_weight, config.rm_length_bias, config.rm_filler_bias)
+        w0 = torch.tensor(weights, dtype=torch.float64)
         rm = make_reward_model(core_cfg, w0, w0)
         super().__init__(core_cfg, num_experiments, reward_model=rm)
         self.env_config = config
