@@ -310,7 +310,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} (default paper)")
     p.add_argument("--policy", help="policy model: hub id or local path (default: the preset's)")
     p.add_argument("--reward-model", help="reward model: hub id or local path")
-    p.add_argument("--steps", type=int, help="protocol steps (paper 500, tiny 50)")
+    p.add_argument("--steps", type=int, help="protocol steps (paper 500, tiny 50, smol 40)")
     p.add_argument("--candidates", type=int, help="candidates per step (default 8)")
     p.add_argument("--gamma", type=float, help="FPO penalty weight (paper 10, tiny 1)")
     p.add_argument("--prompts", metavar="SOURCE", help="builtin, ultrafeedback or a local path")
