@@ -183,11 +183,7 @@ class Protocol:
     def scoring_dropout_seed(self, t: int) -> int | None:
         """The seed of the RM's dropout when this agent's candidates are scored with it on (the
         paper's asymmetry, ``rm_dropout_asymmetry``: naive-like agents only), else None."""
-        on = self.cfg.rm_dropout_asymmetry and self.cfg.penalty_form in (
-            "none",
-            "random",
-            "labelled",
-        )
+        on = self.cfg.rm_dropout_asymmetry and self.cfg.penalty_form not in ("practical", "relaxed")
         return self.step_seed(t) + 2 if on else None
 
     # ---------------------------------------------------------------- scoring
