@@ -203,8 +203,8 @@ class Protocol:
 
     # ---------------------------------------------------------------- updates
     def rm_step(self, t: int, h_w: torch.Tensor, h_ref: torch.Tensor, u_w, u_ref) -> float:
-        """Bradley-Terry loss of the head on (winner(s) vs reference), soft labels sigmoid(U_w - U_ref),
-        accumulated over ``rm_grad_accum`` steps (README, "One step": the bias gets no gradient)."""
+        """Bradley-Terry loss of the head on (winner(s) vs reference), soft labels sigmoid(U_w -
+        U_ref) (mean over the pairs), accumulated over ``rm_grad_accum`` steps (README, "One step": the bias gets no gradient)."""
         logit = (self.head(h_w) - self.head(h_ref.unsqueeze(0))).view(-1).float()
         label = torch.sigmoid(u_w - u_ref).float()
         loss = F.binary_cross_entropy_with_logits(logit, label)
@@ -280,8 +280,9 @@ class Protocol:
             _optimizer_step(self.rm_opt, cfg.rm_grad_accum, t)
             _optimizer_step(self.policy_opt, cfg.grad_accum, t)
         else:
-            ok = self.eligible(texts)  # the RM's pairs: the winner's, or all (budget control)
-            rows = [i for i in range(n) if ok[i]] if cfg.penalty_form == "labelled" else [w]
+            rows = [w]  # the RM's pairs: the winner's, or every eligible one's (budget control)
+            if cfg.penalty_form == "labelled":
+                rows = [i for i, ok in enumerate(self.eligible(texts)) if ok]
             h_w, h_ref = h[rows], h[n]
             if cfg.rm_dropout_asymmetry:  # the paper's RM update: features with dropout on
                 pair = [texts[i] for i in rows] + [texts[n]]
