@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "folder) and mark each row verified or not in the table",
     )
     p.add_argument("--site", metavar="DIR", help="also write the static site (baselines.site)")
-    why = "also tabulate a published runs.csv's envs not under --runs (no figures, no checks)"
+    why = "also tabulate a published runs.csv's rows whose (env, agent) is not under --runs"
     p.add_argument("--tabulate", metavar="CSV", help=why)
     try:
         args = p.parse_args(argv)
@@ -352,10 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"no finished runs under {args.runs}")
         if args.tabulate:
             try:  # pandas' parse errors are ValueErrors; no env_id column: AttributeError
-                old = pd.read_csv(args.tabulate)[lambda t: ~t.env_id.isin(df.env_id)]
+                old = pd.read_csv(args.tabulate).set_index(["env_id", "run_name"])
+                old = old.drop(df.set_index(["env_id", "run_name"]).index, errors="ignore")
             except (OSError, ValueError, AttributeError):
                 raise CLIError(f"--tabulate: cannot read {args.tabulate} as a runs.csv") from None
-            old = old.assign(metrics=None, folder="", versions="")
+            old = old.reset_index().assign(metrics=None, folder="", versions="")
             df = pd.concat([df, old], ignore_index=True)
         check_duplicates(df)
         if not args.allow_mixed:

@@ -223,21 +223,28 @@ def _edit_summary(folder, **changes):
     (folder / "summary.json").write_text(json.dumps(s))
 
 
-def test_tabulate_adds_the_published_runs_of_other_envs(runs, tmp_path):
-    """--tabulate: the rows of a published runs.csv for envs not under --runs join the tables,
-    their comparisons and runs.csv; the envs under --runs come from the run folders."""
+def test_tabulate_adds_the_published_runs_not_under_runs(runs, tmp_path):
+    """--tabulate: the rows of a published runs.csv whose (env, agent) is not under --runs join
+    the tables, their comparisons and runs.csv (another env, or another agent of the same env);
+    the (env, agent) pairs under --runs come from the run folders."""
     assert leaderboard.main(["--runs", str(runs), "--results", str(tmp_path / "a")]) == 0
     published = pd.read_csv(tmp_path / "a" / "runs.csv")
     other = published.assign(env_id="RLHFNeuralBlindSpot-v0", final_block_true_utility=1.0)
-    pd.concat([published.assign(final_block_true_utility=-1.0), other]).to_csv(
+    extra = published[published.run_name == "naive"].assign(
+        run_name="naive@x", agent="naive@x", final_block_true_utility=-1.0
+    )
+    pd.concat([published.assign(final_block_true_utility=-1.0), other, extra]).to_csv(
         tmp_path / "published.csv", index=False
     )
     args = ["--runs", str(runs), "--results", str(tmp_path / "b")]
-    assert leaderboard.main([*args, "--tabulate", str(tmp_path / "published.csv")]) == 0
+    tabulate = [*args, "--tabulate", str(tmp_path / "published.csv")]
+    assert leaderboard.main(tabulate) == 2  # naive@x's versions are not the folders' ones
+    assert leaderboard.main([*tabulate, "--allow-mixed"]) == 0
     tab = pd.read_csv(tmp_path / "b" / "leaderboard.csv").set_index(["env_id", "agent"])
     assert tab.final_block_true_utility["RLHFNeuralBlindSpot-v0", "naive"] == 1.0
     assert tab.final_block_true_utility["RLHFBlindSpot-v0", "naive"] > 0  # from the folders
-    assert len(pd.read_csv(tmp_path / "b" / "runs.csv")) == 2 * len(published)
+    assert tab.final_block_true_utility["RLHFBlindSpot-v0", "naive@x"] == -1.0  # tabulated
+    assert len(pd.read_csv(tmp_path / "b" / "runs.csv")) == 2 * len(published) + len(extra)
     assert "## RLHFNeuralBlindSpot-v0" in (tmp_path / "b" / "LEADERBOARD.md").read_text()
     for bad in (tmp_path / "missing.csv", tmp_path / "b" / "LEADERBOARD.md"):  # one-line errors
         assert leaderboard.main([*args, "--force", "--tabulate", str(bad)]) == 2
