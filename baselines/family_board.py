@@ -345,6 +345,8 @@ def board(
     what = "final U, per-config means paired by config"
     lines += ["", "Each agent against naive, each FPO form against its controls:", ""]
     lines += stats.comparison_block(compared, what)
+    if sfx and (v1 := res / f"board_{env_id}.csv").exists():  # v2 or hidden: against v1 test
+        lines += _against_v1(rows, v1, split)
     lines += [
         "",
         f"![performance profiles](profile{sfx}_{env_id}.png)",
@@ -372,6 +374,31 @@ def board(
             res / f"revealed{vsfx}_{env_id}.json", json.dumps(reveal, indent=1)
         )
     return text
+
+
+def _against_v1(rows: list[dict], path: Path, here: str) -> list[str]:
+    """Markdown lines ranking the agents of both boards that read no truth, v1 test (``path``) and
+    ``here``, by IQM (norm.); an agent's rank range counts the agents whose 95 % CI lies wholly
+    above its own and wholly below it, and its verdict reads its two intervals the same way."""
+    old = {r["agent"]: r for r in results.read_csv(path)}
+    new = {r["agent"]: r for r in rows if r["agent"] in old and "truth" not in r["reads"]}
+    ci = lambda b, a: (float(b[a]["iqm_lo"]), float(b[a]["iqm_hi"]))  # noqa: E731
+    cell = lambda b, a: f"{float(b[a]['iqm']):.2f} [{ci(b, a)[0]:.2f}, {ci(b, a)[1]:.2f}]"  # noqa: E731
+
+    def rank(b: dict, a: str) -> str:
+        lo, hi = ci(b, a)
+        top = 1 + sum(ci(b, o)[0] > hi for o in new)
+        low = len(new) - sum(ci(b, o)[1] < lo for o in new)
+        return str(top) if top == low else f"{top}-{low}"
+
+    head = ["agent", "v1 test IQM", f"{here} IQM", "rank v1", f"rank {here}", "here vs v1"]
+    cells = []
+    for a in sorted(new, key=lambda a: -float(new[a]["iqm"])):
+        (o_lo, o_hi), (n_lo, n_hi) = ci(old, a), ci(new, a)
+        word = "higher" if n_lo > o_hi else "lower" if n_hi < o_lo else "no difference detected"
+        cells.append([a, cell(old, a), cell(new, a), rank(old, a), rank(new, a), word])
+    why = "ranks and verdicts from disjoint 95 % CIs of IQM (norm.), unpaired (other configs)"
+    return ["", f"Against the v1 test board ({why}):", "", *report.markdown_table(head, cells)]
 
 
 def _profile(norm: dict[str, list[np.ndarray]], path: Path, title: str) -> None:

@@ -196,6 +196,26 @@ def test_a_diverged_run_scores_zero_and_other_failures_stop_the_board(tmp_path):
     assert fb.DIVERGED_REASON in inspect.getsource(whitebox._check_play)  # the judge's check
 
 
+def test_a_v2_or_hidden_board_ranks_its_agents_against_v1(tmp_path):
+    """Ranks and verdicts read only disjoint intervals; agents reading the truth are left out."""
+    from baselines import family_board as fb
+    from baselines import results
+
+    def row(agent, iqm, lo, hi, reads="current_rm"):
+        return dict(agent=agent, reads=reads, iqm=iqm, iqm_lo=lo, iqm_hi=hi)
+
+    v1 = [row("a", 0.9, 0.8, 1.0), row("b", 0.5, 0.4, 0.6), row("c", 0.45, 0.3, 0.55)]
+    results.write_csv(tmp_path / "v1.csv", [*v1, row("oracle", 1, 1, 1, "truth_values")])
+    here = [row("a", 0.2, 0.1, 0.3), row("b", 0.5, 0.45, 0.55), row("c", 0.7, 0.65, 0.75)]
+    here += [row("oracle", 1, 1, 1, "truth_values"), row("new", 0.1, 0.0, 0.2)]
+    lines = fb._against_v1(here, tmp_path / "v1.csv", "v2/test")
+    cells = {ln.split(" | ")[0][2:]: ln.strip("| ").split(" | ") for ln in lines if "[" in ln}
+    assert set(cells) == {"a", "b", "c"}  # in both boards, no truth read
+    assert cells["c"][3:] == ["2-3", "1", "higher"]
+    assert cells["b"][3:] == ["2-3", "2", "no difference detected"]
+    assert cells["a"][3:] == ["1", "3", "lower"]
+
+
 def test_tune_and_board_in_float32_stay_apart_from_float64(tmp_path, monkeypatch):
     import json
 
