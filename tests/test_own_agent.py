@@ -157,3 +157,23 @@ def test_the_yaml_fills_a_plugins_fields_that_keep_the_base_default(plugins, tmp
     assert job.agent_config["policy_lr"] == 0.04 != yaml["agent"]["policy_lr"]
     assert job.agent_config["l2"] == yaml["agent"]["l2"] != WhiteBoxConfig.l2
     assert job.rounds == yaml["rounds"] != WhiteBoxConfig.rounds
+
+
+def test_the_exact_labels_example_climbs_the_labeler_not_the_truth(tmp_path, monkeypatch):
+    """examples/exact_labels.py: with an unbiased noiseless labeler it is the oracle to the last
+    digit; with a biased one it ends below the oracle, its gradient queries counted."""
+    root = str(README.parent)
+    monkeypatch.syspath_prepend(root)
+    monkeypatch.setenv("PYTHONPATH", root)  # for the agent's own process
+    out, env = tmp_path / "runs", "RLHFBlindSpot-v0"
+    common = ["--env", env, "--seeds", "0", "--rounds", "30", "--no-progress", "--quiet"]
+    for name, bias in (("oracle", 0), ("examples.exact_labels:ExactLabels", 0), ("oracle", 3)):
+        kw = ["--env-kwargs", "label_noise=0", f"labeler_bias={bias}"]
+        assert main(["--agent", name, *common, *kw, "--out", str(out / str(bias))]) == 0
+    assert main(["--agent", "examples.exact_labels:ExactLabels", *common, "--env-kwargs",
+                 "label_noise=0", "labeler_bias=3", "--out", str(out / "3")]) == 0  # fmt: skip
+    same, oracle = summary(out / "0", env, "exact-labels", 0), summary(out / "0", env, "oracle", 0)
+    assert same["final_true_utility"] == oracle["final_true_utility"]
+    assert same["reads"] == "labeler_grads" and same["oracle_grad_queries"] > 0
+    biased = summary(out / "3", env, "exact-labels", 0)["final_true_utility"]
+    assert biased < summary(out / "3", env, "oracle", 0)["final_true_utility"] - 0.1
