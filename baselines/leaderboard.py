@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,6 @@ def comparisons(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     outside = {_agent_name(name) for name in df["run_name"]} - set(registry.BUILTIN)  # plugins
     methods += sorted(outside)
     rows = []
-    rng = np.random.default_rng(0)
     for env_id, part in df.groupby("env_id"):
         finals = {label: g[POI_COLUMN].to_numpy() for label, g in part.groupby("run_name")}
         # compare within one optimiser: METHOD+ppo against BASELINE+ppo, white-box with white-box
@@ -149,6 +149,8 @@ def comparisons(df: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
         for a, b in pairs:
             if a not in finals or b not in finals:
                 continue
+            # each pair its own bootstrap stream: a row added to the table changes no other row
+            rng = np.random.default_rng([0, zlib.crc32(f"{env_id} {a} {b}".encode())])
             compared = stats.compare(finals[a], finals[b], n_boot, rng)
             rows.append(dict(page="leaderboard", env=env_id, a=a, b=b, **compared))
     return pd.DataFrame(rows)

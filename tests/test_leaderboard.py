@@ -248,3 +248,14 @@ def test_tabulate_adds_the_published_runs_not_under_runs(runs, tmp_path):
     assert "## RLHFNeuralBlindSpot-v0" in (tmp_path / "b" / "LEADERBOARD.md").read_text()
     for bad in (tmp_path / "missing.csv", tmp_path / "b" / "LEADERBOARD.md"):  # one-line errors
         assert leaderboard.main([*args, "--force", "--tabulate", str(bad)]) == 2
+
+
+def test_a_comparison_added_to_the_table_changes_no_other_row(runs):
+    df = results.load_runs([runs], metrics=True)
+    naive = df[df.run_name == "naive"]
+    df = pd.concat([df, naive.assign(run_name="ensemble")])  # a pair after the control's
+    control = naive.assign(run_name="naive@budget=fpo-relaxed")
+    before = leaderboard.comparisons(df, n_boot=200).set_index(["a", "b"])
+    after = leaderboard.comparisons(pd.concat([df, control]), n_boot=200).set_index(["a", "b"])
+    assert len(after) > len(before)
+    pd.testing.assert_frame_equal(after.loc[before.index], before)
