@@ -25,6 +25,7 @@ machinery (run folders ``OUT/NAME/ENV/AGENT@X=x,Y=y/seed_S``, resumption and the
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
@@ -36,7 +37,7 @@ import numpy as np
 from baselines import cli, results, stats
 from baselines.plan import CLIError, _read_value, parse_kwargs, parse_seeds, run_folder_name
 from baselines.plot import pyplot
-from baselines.sweep import finished, plan_sweep, run_sweep, tag_of
+from baselines.sweep import _SAFE, controls_of, finished, plan_sweep, run_sweep, tag_of
 
 #: the agent every difference is taken against
 REFERENCE = "naive"
@@ -109,19 +110,37 @@ def check_axes(env_id: str, x, y, env_kwargs: dict[str, Any]) -> None:
 
 
 def cell_run_name(agent: str, x: str, xv: Any, y: str, yv: Any) -> str:
-    """The run folder name of ``agent`` in the cell ``x=xv, y=yv`` (as the sweep names it)."""
+    """The run folder name of ``agent`` (or of a control ``C@budget=X``) in the cell ``x=xv,
+    y=yv`` (as the sweep names it)."""
     from baselines.judge import agent_class
 
-    tag = tag_of({f"env.{x}": xv, f"env.{y}": yv})
-    return run_folder_name(agent_class(agent).name, "whitebox", tag)
+    base, _, control = agent.partition("@")
+    cell = tag_of({f"env.{x}": xv, f"env.{y}": yv})
+    tag = f"{_SAFE.sub('_', control)},{cell}" if control else cell
+    return run_folder_name(agent_class(base).name, "whitebox", tag)
+
+
+def controls(out: Path, env_id: str, x, y, agents: list[str], seeds, env_kwargs) -> list[dict]:
+    """Sweep entries of each agent's budget-matched controls in each cell, generated from its
+    finished runs there (:func:`baselines.sweep.controls_of`), tagged ``budget=X,CELL``."""
+    done, entries = finished(out, env_id), []
+    for agent, xv, yv in itertools.product(agents, x[1], y[1]):
+        name, cell = cell_run_name(agent, x[0], xv, y[0], yv), {**env_kwargs, x[0]: xv, y[0]: yv}
+        for control, kw, env in controls_of(env_id, cell, [done[k] for k in done if k[0] == name]):
+            tag = f"budget={agent},{tag_of({f'env.{x[0]}': xv, f'env.{y[0]}': yv})}"
+            entries.append(
+                dict(agent=control, tag=tag, agent_kwargs=kw, env_kwargs={**cell, **env})
+            )
+    return entries
 
 
 def collect(
     out: Path, env_id: str, x, y, agents: list[str], seeds: list[int]
 ) -> list[dict[str, Any]]:
-    """One row per (cell, agent) with means and 95 % CIs over the seeds that finished."""
+    """One row per (cell, agent) with means and 95 % CIs over the seeds that finished, and the
+    comparisons of each agent X with its controls ``C@budget=X`` (block rows)."""
     done = finished(out, env_id)
-    rows = []
+    rows, versus = [], []
     for yv in y[1]:
         for xv in x[1]:
             per_agent = {}
@@ -145,7 +164,14 @@ def collect(
                     row.update({k: c[v] for k, v in COMPARED.items()})
                 row["significant"] = row["verdict"] in stats.VERDICTS[:2]
                 rows.append(row)
-    return rows
+                base = agent.partition("@budget=")[2]  # a control of base: base against it
+                if base and len(both := sorted(set(found) & set(per_agent[base]))) >= 2:
+                    u = [
+                        [d[s]["final_true_utility"] for s in both] for d in (per_agent[base], found)
+                    ]
+                    c, at = stats.compare(*u, paired=True), f" ({x[0]}={xv}, {y[0]}={yv})"
+                    versus.append(dict(a=base + at, b=agent + at, **c))
+    return rows, versus
 
 
 #: reads that call the labeler beyond the RM's own labels, or read the truth
@@ -160,13 +186,15 @@ def oracle_free(agent: str) -> bool:
     return not set(cls(cls.config_cls()).declared_reads()) & EXTRA_READS
 
 
-def page(rows: list[dict[str, Any]], x: str, y: str, title: str, command: str) -> str:
-    """``RESULTS/NAME.md``: the title, the command and each agent vs naive per cell (a block)."""
+def page(rows: list[dict[str, Any]], versus, x: str, y: str, title: str, command: str) -> str:
+    """``RESULTS/NAME.md``: the title, the command and each agent vs naive per cell, then each
+    agent vs its controls (``versus``), in a generated block."""
     block = []
     for r in filter(lambda r: r["verdict"], rows):
         at = f" ({x}={r[x]}, {y}={r[y]})"
         block.append({v: r[k] for k, v in COMPARED.items()} | {"n_b": r["n_paired"]})
         block[-1].update(a=r["agent"] + at, b=REFERENCE + at)
+    block += versus
     what = stats.comparison_block(block, "final U, paired by seed") if block else []
     return "\n".join([f"# Collapse map: {title}", "", f"`{command}`", "", *what, ""])
 
@@ -311,9 +339,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         summary = run_sweep(jobs, folders, out, args, not args.no_progress)
+        if extra := controls(out, args.env, x, y, agents, seeds, env_kwargs):
+            more = plan_sweep({**spec, "agents": extra, "grid": None}, out, args.force, args.jobs)
+            summary["failed"] += run_sweep(*more, out, args, not args.no_progress)["failed"]
+            folders, todo = folders + more[1], todo + sum(len(j.seeds) for j in more[0])
     except CLIError as e:
         return p.fail(e)
-    rows = collect(out, args.env, x, y, agents, seeds)
+    labels = list(dict.fromkeys(agents + [f"{e['agent']}@{e['tag'].split(',')[0]}" for e in extra]))
+    rows, versus = collect(out, args.env, x, y, labels, seeds)
     res.mkdir(parents=True, exist_ok=True)
     results.write_csv(res / f"{name}.csv", rows, lineterminator="\n")
     title = f"{args.env}, {len(seeds)} seeds per cell" + (
@@ -333,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": results.git_commit(),
     }
     results.atomic_write_json(res / f"{name}.json", meta)
-    results.atomic_write_text(res / f"{name}.md", page(rows, x[0], y[0], title, meta["command"]))
+    text = page(rows, versus, x[0], y[0], title, meta["command"])
+    results.atomic_write_text(res / f"{name}.md", text)
     print(
         f"{len(folders) - len(summary['failed'])}/{len(folders)} runs ok -> {res / name}.png, .csv"
     )

@@ -105,6 +105,28 @@ def test_map_resumes_without_recomputing(tiny_map, capsys):
     assert (folder / "tiny.csv").read_text() == before
 
 
+def test_a_map_runs_and_compares_the_budget_controls(tmp_path):
+    """An agent that calls the labeler beyond its RM's labels gets its generated controls in
+    every cell, compared with it in the block; a rerun computes nothing."""
+    argv = [ENV, "--x", "target_value=1.5", "--y", "rm_init_noise=0.05,0.3", "--agents"]
+    argv += ["fpo-relaxed", "--seeds", "0-1", "--rounds", "30", "--jobs", "1", "--out"]
+    argv += [str(tmp_path), "--name", "c", "--no-progress"]
+    assert cmap.main(argv) == 0
+    rows = results.read_csv(tmp_path / "c" / "c.csv")
+    controls = {"naive@budget=fpo-relaxed", "oracle-values@budget=fpo-relaxed"}
+    assert {r["agent"] for r in rows} == {"naive", "fpo-relaxed", *controls}
+    calls = {(r["agent"], r["rm_init_noise"]): r["labeler_calls"] for r in rows}
+    assert calls["naive@budget=fpo-relaxed", 0.3] == calls["fpo-relaxed", 0.3]
+    assert calls["fpo-relaxed", 0.3] == 2 * calls["naive", 0.3]
+    at = "(target_value=1.5, rm_init_noise=0.3)"
+    text = (tmp_path / "c" / "c.md").read_text()
+    assert f"| fpo-relaxed {at} | naive@budget=fpo-relaxed {at} | 2 / 2 |" in text
+    assert f"| naive@budget=fpo-relaxed {at} | naive {at} | 2 / 2 |" in text
+    assert json.loads((tmp_path / "c" / "c.json").read_text())["runs"] == 2 * 4 * 2
+    assert cmap.main(argv) == 0
+    assert json.loads((tmp_path / "c" / "c.json").read_text())["runs_computed_now"] == 0
+
+
 def test_best_agent_needs_the_verdict_better():
     rows = [
         {"x": 1, "y": 1, "agent": a, "final_true_utility": u, "verdict": v}
