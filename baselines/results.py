@@ -6,6 +6,7 @@ tables are in ``baselines.stats``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -15,6 +16,7 @@ import os
 import platform
 import secrets
 import subprocess
+import sys
 import traceback
 from importlib import metadata
 from pathlib import Path
@@ -29,12 +31,8 @@ METRIC_COLUMNS += ["oracle_queries", "oracle_grad_queries", "oracle_value_equiva
 
 COUNTERS = ("labels_used", "oracle_queries", "oracle_grad_queries", "oracle_value_equivalents")
 #: one counter per query kind (rlhf_envs.core.QUERY_COLUMNS)
-COUNTERS += (
-    "labeler_value_queries",
-    "labeler_grad_queries",
-    "truth_value_queries",
-    "truth_grad_queries",
-)
+COUNTERS += ("labeler_value_queries", "labeler_grad_queries")
+COUNTERS += ("truth_value_queries", "truth_grad_queries")
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -54,8 +52,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -82,10 +79,8 @@ def write_csv(path: Path | str, rows: list[dict[str, Any]], lineterminator: str 
 
 def _number(v: str) -> Any:
     for kind in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return kind(v)
-        except ValueError:
-            pass
     return v
 
 
@@ -102,8 +97,7 @@ def metrics_csv(history: dict[str, np.ndarray], column: int) -> str:
     known = [k for k in METRIC_COLUMNS[1:] if k in history]  # SB3 runs record samples only
     extra = [k for k in history if k not in METRIC_COLUMNS]  # optional columns, in order
     w.writerow(["round", *known, *extra])
-    rounds = len(next(iter(history.values())))
-    for t in range(rounds):
+    for t in range(len(next(iter(history.values())))):  # one row per round
         row: list[Any] = [t + 1]
         for key in known + extra:
             v = history[key][t, column]
@@ -149,8 +143,7 @@ def verify(folder: Path) -> str:
     """``""`` if the run folder is sealed and every sealed file matches, else the problem."""
     folder = Path(folder)
     try:
-        manifest = read_json(folder / MANIFEST)
-        files = manifest["files"]
+        files = read_json(folder / MANIFEST)["files"]
         if not isinstance(files, dict) or "summary.json" not in files:
             return f"{MANIFEST} lists no summary.json"
     except FileNotFoundError:
@@ -216,8 +209,7 @@ def recheck(folder: Path, s: dict[str, Any]) -> str:
     for key, want in summarise({k: v[:, None] for k, v in m.items() if k != "round"}, 0).items():
         got = s.get(key)
         if isinstance(want, float) and type(got) in (int, float):
-            both_nan = want != want and got != got
-            same = both_nan or abs(want - got) <= 1e-9 * abs(want) + 1e-12
+            same = (want != want and got != got) or abs(want - got) <= 1e-9 * abs(want) + 1e-12
         else:
             same = type(got) is type(want) and got == want
         if not same:
@@ -263,8 +255,6 @@ def load_runs(paths: list, statuses: tuple[str, ...] = ("ok",), metrics: bool = 
     ``metrics`` its ``metrics.csv`` (a dict of column arrays). A folder that fails
     :func:`check_run` is skipped with one line on stderr; other statuses are left out silently.
     """
-    import sys
-
     import pandas as pd
 
     found: dict[Path, Path] = {}
@@ -341,6 +331,7 @@ def package_versions(names: tuple[str, ...] = BASELINE_PACKAGES) -> dict[str, st
 
 RESULT_CODE = ("rlhf_envs", "agents", "baselines/configs", "baselines/run.py", "baselines/plan.py")
 RESULT_CODE += ("baselines/execute.py", "baselines/sb3_runner.py", "baselines/results.py")
+_ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 
 @functools.cache
@@ -349,23 +340,20 @@ def code_hash() -> str:
 
     Results are comparable when this matches, whatever the commit. Computed once per process.
     """
-    root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     for part in RESULT_CODE:
-        path = root / part
-        files = [path] if path.is_file() else sorted(path.rglob("*"))
-        for f in files:
+        path = _ROOT / part
+        for f in [path] if path.is_file() else sorted(path.rglob("*")):
             if f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
-                h.update(str(f.relative_to(root)).encode())
+                h.update(str(f.relative_to(_ROOT)).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
 def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
     try:
         cmd = ["git", "rev-parse", "HEAD"]
-        git = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=10)
+        git = subprocess.run(cmd, cwd=_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return git.stdout.strip() or "unknown"

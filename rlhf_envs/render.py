@@ -83,8 +83,8 @@ def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
     ``"rgb_array"``: an ``(H, W, 3)`` uint8 array (off screen, no pyplot state touched).
     ``"human"``: drawn into the env's matplotlib window; returns ``None``.
     """
+    fig = env.__dict__.get("_render_figure")
     if env.render_mode == "rgb_array":
-        fig = env.__dict__.get("_render_figure")
         if fig is None:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
@@ -102,7 +102,6 @@ def render(env, draw: Callable[[Any], None]) -> np.ndarray | None:
         matplotlib.use("Agg")  # no display: draw off screen rather than fail
     import matplotlib.pyplot as plt
 
-    fig = env.__dict__.get("_render_figure")
     if fig is None or not plt.fignum_exists(fig.number):
         fig = env._render_figure = plt.figure(dpi=DPI)
     fig.clear()
@@ -236,8 +235,7 @@ def vector_plane(env) -> dict[str, Any]:
     c = core.config
     y_star = core.y_star.numpy()
     e1 = _unit(y_star)
-    if e1 is None:  # target at the origin: measure along the first signal dim
-        e1 = np.eye(c.dims)[0]
+    e1 = np.eye(c.dims)[0] if e1 is None else e1  # target at the origin: the first signal dim
     t = float(y_star @ e1)
     ys = np.stack([it[0] for it in trail.items]) if trail.items else np.zeros((0, c.dims))
     a_pts = ys @ e1
@@ -266,12 +264,11 @@ def vector_plane(env) -> dict[str, Any]:
 def draw_vector(env, fig) -> None:
     """The frame of a vector env: ``U`` and ``r`` on :func:`vector_plane`, the score trace."""
     trail = _trail(env)
-    p = vector_plane(env)
     fig.set_size_inches(FIG_WIDTH, PANEL_HEIGHT)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 0.9]})
     c = env.core.config
     titles = ("true utility U (hidden)", "reward model r (what the policy sees)")
-    _maps(axes, fig, p, titles, c.utility_scale, path=True)
+    _maps(axes, fig, vector_plane(env), titles, c.utility_scale, path=True)
     for ax in axes[:2]:
         ax.set_xlabel("along the target: y . y*/|y*|", fontsize=8)
     axes[0].set_ylabel("distance from the y* axis\n(mostly the noise dims)", fontsize=8)
@@ -291,13 +288,9 @@ def draw_tokens(env, fig, eos: int, answer: int, filler: int) -> None:
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1, 0.9]})
     # 1. the last answers, newest on top (and the one being written, if any)
     ax = axes[0]
-    rows: list[tuple[list[int], str]] = []
-    if env.tokens and not env._done:
-        rows.append((list(env.tokens), "writing..."))
-    for _, proxy, u, _, tokens in reversed(trail.items):
+    rows = [(list(env.tokens), "writing...")] if env.tokens and not env._done else []
+    for _, proxy, u, _, tokens in list(reversed(trail.items))[: 7 - len(rows)]:
         rows.append((list(tokens), f"r {proxy:5.2f}  U {u:5.2f}"))
-        if len(rows) == 7:
-            break
     names = {eos: "EOS", answer: "ANS", filler: "FIL"}
     colours = {eos: EOS_COLOUR, answer: ANSWER_COLOUR, filler: FILLER_COLOUR}
     for i, (tokens, label) in enumerate(rows):
@@ -341,8 +334,7 @@ def cluster_plane(env, k: int) -> dict[str, Any]:
     core, c, trail = env.core, env.config, _trail(env)
     y_star = core.targets[k].numpy()
     e1 = _unit(y_star)
-    if e1 is None:
-        e1 = np.eye(c.dims)[0]
+    e1 = np.eye(c.dims)[0] if e1 is None else e1
     bias = np.zeros(c.dims)
     bias[list(c.labeler_bias_dims)] = 1.0
     e2 = _unit(bias, e1)
