@@ -126,8 +126,9 @@ def controls(out: Path, env_id: str, x, y, agents: list[str], seeds, env_kwargs)
     done, entries = finished(out, env_id), []
     for agent, xv, yv in itertools.product(agents, x[1], y[1]):
         name, cell = cell_run_name(agent, x[0], xv, y[0], yv), {**env_kwargs, x[0]: xv, y[0]: yv}
-        for control, kw, env in controls_of(env_id, cell, [done[k] for k in done if k[0] == name]):
-            tag = f"budget={agent},{tag_of({f'env.{x[0]}': xv, f'env.{y[0]}': yv})}"
+        runs = [done[name, s] for s in seeds if (name, s) in done]  # this map's seeds, as collect
+        tag = f"budget={agent},{name.partition('@')[2]}"
+        for control, kw, env in controls_of(env_id, cell, runs):
             entries.append(
                 dict(agent=control, tag=tag, agent_kwargs=kw, env_kwargs={**cell, **env})
             )
